@@ -1,0 +1,269 @@
+//! `aether`: the one binary of AetherStore. Parses the command line (flags first, then
+//! `AETHER_*` environment variables, then defaults), builds a config and calls into the
+//! library. Nothing else lives here.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use argh::FromArgs;
+
+use aetherstore::cli::{self, parse_size, DEFAULT_MASTER};
+use aetherstore::client::{self, Client};
+use aetherstore::datanode::{Datanode, DatanodeConfig};
+use aetherstore::dev::{self, DevConfig};
+use aetherstore::master::{Master, MasterConfig};
+
+#[derive(FromArgs)]
+/// AetherStore: a distributed object store. Start a local cluster with `aether dev`.
+struct Args {
+    #[argh(subcommand)]
+    command: Command,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand)]
+enum Command {
+    Dev(DevArgs),
+    Master(MasterArgs),
+    Datanode(DatanodeArgs),
+    Put(PutArgs),
+    Get(GetArgs),
+    Stat(StatArgs),
+    Nodes(NodesArgs),
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand, name = "dev")]
+/// Run a local cluster (a master and datanodes) in this process until Ctrl-C.
+struct DevArgs {
+    /// directory for all data (default: ./aether-data)
+    #[argh(option, default = "PathBuf::from(\"aether-data\")")]
+    data: PathBuf,
+    /// number of datanodes (default: 3)
+    #[argh(option, default = "3")]
+    datanodes: usize,
+    /// replicas per object (default: 2)
+    #[argh(option, default = "2")]
+    replication: usize,
+    /// master port; datanode i listens on port+i; 0 picks free ports (default: 42100)
+    #[argh(option, default = "42100")]
+    port: u16,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand, name = "master")]
+/// Run the metadata server.
+struct MasterArgs {
+    /// address to listen on (env AETHER_LISTEN; default 0.0.0.0:42100)
+    #[argh(option)]
+    listen: Option<String>,
+    /// directory of the metadata database (env AETHER_DATA; default ./aether-data/master)
+    #[argh(option)]
+    data: Option<PathBuf>,
+    /// replicas per object (env AETHER_REPLICATION; default 2)
+    #[argh(option)]
+    replication: Option<usize>,
+    /// HTTP worker threads (env AETHER_THREADS; default 16)
+    #[argh(option)]
+    threads: Option<usize>,
+    /// largest object accepted, e.g. 5T (env AETHER_MAX_OBJECT_SIZE; default 5T)
+    #[argh(option)]
+    max_object_size: Option<String>,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand, name = "datanode")]
+/// Run a storage node.
+struct DatanodeArgs {
+    /// address to listen on (env AETHER_LISTEN; default 0.0.0.0:42101)
+    #[argh(option)]
+    listen: Option<String>,
+    /// directory for objects (env AETHER_DATA; default ./aether-data/datanode)
+    #[argh(option)]
+    data: Option<PathBuf>,
+    /// master to register with, e.g. http://10.0.0.1:42100 (env AETHER_MASTER; default none)
+    #[argh(option)]
+    master: Option<String>,
+    /// base URL others reach this node at (env AETHER_ADVERTISE; default from --listen)
+    #[argh(option)]
+    advertise: Option<String>,
+    /// node id (env AETHER_NODE_ID; default the one kept in the data directory, else new)
+    #[argh(option)]
+    node_id: Option<String>,
+    /// HTTP worker threads (env AETHER_THREADS; default 32)
+    #[argh(option)]
+    threads: Option<usize>,
+    /// largest object accepted, e.g. 5T (env AETHER_MAX_OBJECT_SIZE; default 5T)
+    #[argh(option)]
+    max_object_size: Option<String>,
+    /// disk space uploads must leave free, e.g. 64M (env AETHER_RESERVE; default 64M)
+    #[argh(option)]
+    reserve: Option<String>,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand, name = "put")]
+/// Upload a file; prints the new object id.
+struct PutArgs {
+    #[argh(positional)]
+    file: PathBuf,
+    /// replicas for this object (default: the master's replication factor)
+    #[argh(option)]
+    replication: Option<usize>,
+    /// master URL (env AETHER_MASTER; default http://127.0.0.1:42100)
+    #[argh(option)]
+    master: Option<String>,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand, name = "get")]
+/// Download an object to standard output or a file.
+struct GetArgs {
+    #[argh(positional)]
+    id: String,
+    /// write to this file instead of standard output
+    #[argh(option, short = 'o')]
+    output: Option<PathBuf>,
+    /// master URL (env AETHER_MASTER; default http://127.0.0.1:42100)
+    #[argh(option)]
+    master: Option<String>,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand, name = "stat")]
+/// Show an object's metadata and replicas.
+struct StatArgs {
+    #[argh(positional)]
+    id: String,
+    /// master URL (env AETHER_MASTER; default http://127.0.0.1:42100)
+    #[argh(option)]
+    master: Option<String>,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand, name = "nodes")]
+/// List the datanodes the master knows.
+struct NodesArgs {
+    /// master URL (env AETHER_MASTER; default http://127.0.0.1:42100)
+    #[argh(option)]
+    master: Option<String>,
+}
+
+/// A setting from its flag, else its environment variable, else `None`.
+fn setting(flag: Option<String>, var: &str) -> Option<String> {
+    flag.or_else(|| std::env::var(var).ok().filter(|v| !v.is_empty()))
+}
+
+fn parsed<T: std::str::FromStr>(flag: Option<T>, var: &str, default: T) -> Result<T, String> {
+    match flag {
+        Some(value) => Ok(value),
+        None => match std::env::var(var) {
+            Ok(text) if !text.is_empty() => text
+                .parse()
+                .map_err(|_| format!("{var}={text:?} is not valid")),
+            _ => Ok(default),
+        },
+    }
+}
+
+fn size_setting(flag: Option<String>, var: &str, default: u64) -> Result<u64, String> {
+    setting(flag, var).map_or(Ok(default), |text| parse_size(&text))
+}
+
+fn client_for(master: Option<String>) -> Client {
+    let master = setting(master, "AETHER_MASTER").unwrap_or_else(|| DEFAULT_MASTER.to_string());
+    Client::new(client::agent(), &master)
+}
+
+fn wait_for_stop_signal() -> Result<(), String> {
+    let (stop, stopped) = crossbeam_channel::bounded(1);
+    ctrlc::set_handler(move || {
+        let _ = stop.try_send(());
+    })
+    .map_err(|e| e.to_string())?;
+    let _ = stopped.recv();
+    Ok(())
+}
+
+fn run(command: Command) -> Result<(), String> {
+    match command {
+        Command::Dev(args) => {
+            let config = DevConfig {
+                data_dir: args.data,
+                datanodes: args.datanodes,
+                replication: args.replication,
+                port: args.port,
+            };
+            dev::run(&config).map_err(|e| e.to_string())
+        }
+        Command::Master(args) => {
+            let listen =
+                setting(args.listen, "AETHER_LISTEN").unwrap_or_else(|| "0.0.0.0:42100".into());
+            let data = setting(args.data.map(|p| p.display().to_string()), "AETHER_DATA")
+                .unwrap_or_else(|| "aether-data/master".into());
+            let mut config = MasterConfig::new(&listen, PathBuf::from(data));
+            config.replication =
+                parsed(args.replication, "AETHER_REPLICATION", config.replication)?;
+            config.threads = parsed(args.threads, "AETHER_THREADS", config.threads)?;
+            config.max_object_size = size_setting(
+                args.max_object_size,
+                "AETHER_MAX_OBJECT_SIZE",
+                config.max_object_size,
+            )?;
+            let master = Master::start(config).map_err(|e| e.to_string())?;
+            wait_for_stop_signal()?;
+            master.shutdown();
+            Ok(())
+        }
+        Command::Datanode(args) => {
+            let listen =
+                setting(args.listen, "AETHER_LISTEN").unwrap_or_else(|| "0.0.0.0:42101".into());
+            let data = setting(args.data.map(|p| p.display().to_string()), "AETHER_DATA")
+                .unwrap_or_else(|| "aether-data/datanode".into());
+            let mut config = DatanodeConfig::new(&listen, PathBuf::from(data));
+            config.master = setting(args.master, "AETHER_MASTER");
+            config.advertise = setting(args.advertise, "AETHER_ADVERTISE");
+            config.node_id = setting(args.node_id, "AETHER_NODE_ID");
+            config.threads = parsed(args.threads, "AETHER_THREADS", config.threads)?;
+            config.max_object_size = size_setting(
+                args.max_object_size,
+                "AETHER_MAX_OBJECT_SIZE",
+                config.max_object_size,
+            )?;
+            config.reserve_bytes =
+                size_setting(args.reserve, "AETHER_RESERVE", config.reserve_bytes)?;
+            let node = Datanode::start(config, client::agent()).map_err(|e| e.to_string())?;
+            wait_for_stop_signal()?;
+            node.shutdown();
+            Ok(())
+        }
+        Command::Put(args) => {
+            let id = cli::put(&client_for(args.master), &args.file, args.replication)?;
+            println!("{id}");
+            Ok(())
+        }
+        Command::Get(args) => {
+            cli::get(&client_for(args.master), &args.id, args.output.as_deref())?;
+            Ok(())
+        }
+        Command::Stat(args) => {
+            println!("{}", cli::stat(&client_for(args.master), &args.id)?);
+            Ok(())
+        }
+        Command::Nodes(args) => {
+            print!("{}", cli::nodes(&client_for(args.master))?);
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Args = argh::from_env();
+    match run(args.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("aether: error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,290 @@
+//! The HTTP server setup shared by the master and the datanode: a TCP_NODELAY listener,
+//! a pool of worker threads over one `tiny_http::Server`, per-request logging, and the
+//! JSON error type every endpoint answers with.
+//!
+//! Nagle's algorithm on kept-alive connections costs ~40 ms per small response (the
+//! delayed-ACK interplay), so the listening socket is configured before tiny_http sees it;
+//! Linux copies TCP_NODELAY onto every accepted socket.
+
+use std::fmt;
+use std::io::{self, Read};
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tiny_http::{Header, Method, Request, Response, StatusCode};
+
+use crate::log;
+use crate::proto::ErrorBody;
+
+/// The largest JSON request body any control-plane endpoint accepts.
+pub const MAX_JSON_BODY: u64 = 64 * 1024;
+
+/// An error as a client sees it: an HTTP status and a sentence, sent as `{"error": "..."}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: u16,
+    pub message: String,
+    /// Set for 405 answers: the methods the path does accept.
+    pub allow: Option<&'static str>,
+}
+
+impl ApiError {
+    pub fn new(status: u16, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+            allow: None,
+        }
+    }
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(400, message)
+    }
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(404, message)
+    }
+    pub fn conflict(message: impl Into<String>) -> ApiError {
+        ApiError::new(409, message)
+    }
+    pub fn unavailable(message: impl Into<String>) -> ApiError {
+        ApiError::new(503, message)
+    }
+    pub fn internal(message: impl Into<String>) -> ApiError {
+        ApiError::new(500, message)
+    }
+    pub fn method_not_allowed(method: &Method, path: &str, allow: &'static str) -> ApiError {
+        ApiError {
+            status: 405,
+            message: format!("method {method} is not allowed on {path}; use {allow}"),
+            allow: Some(allow),
+        }
+    }
+    pub fn no_route(path: &str) -> ApiError {
+        ApiError::not_found(format!("no such endpoint: {path}"))
+    }
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.message, self.status)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+/// A response ready to be sent, with the byte count the request log reports.
+pub type Reply = Response<Box<dyn Read + Send>>;
+
+pub fn header(name: &str, value: &str) -> Header {
+    Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("static header names are valid")
+}
+
+pub fn json_reply<T: Serialize>(status: u16, body: &T) -> Reply {
+    let bytes = serde_json::to_vec(body).expect("wire types always serialize");
+    bytes_reply(status, bytes, "application/json")
+}
+
+pub fn bytes_reply(status: u16, bytes: Vec<u8>, content_type: &str) -> Reply {
+    let len = bytes.len();
+    Response::new(
+        StatusCode(status),
+        vec![header("Content-Type", content_type)],
+        Box::new(io::Cursor::new(bytes)) as Box<dyn Read + Send>,
+        Some(len),
+        None,
+    )
+}
+
+pub fn error_reply(err: &ApiError) -> Reply {
+    let mut reply = json_reply(
+        err.status,
+        &ErrorBody {
+            error: err.message.clone(),
+        },
+    );
+    if let Some(allow) = err.allow {
+        reply.add_header(header("Allow", allow));
+    }
+    reply
+}
+
+/// The path of a request without its query string.
+pub fn path_of(request: &Request) -> &str {
+    let url = request.url();
+    url.split_once('?').map_or(url, |(path, _)| path)
+}
+
+pub fn header_value<'a>(request: &'a Request, name: &'static str) -> Option<&'a str> {
+    request
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv(name))
+        .map(|h| h.value.as_str())
+}
+
+/// Reads and parses a small JSON body; anything malformed or oversized is a 400 that
+/// names what was expected.
+pub fn read_json<T: DeserializeOwned>(
+    request: &mut Request,
+    expected: &str,
+) -> Result<T, ApiError> {
+    if request
+        .body_length()
+        .is_some_and(|len| len as u64 > MAX_JSON_BODY)
+    {
+        return Err(ApiError::new(
+            413,
+            format!("JSON body is larger than {MAX_JSON_BODY} bytes"),
+        ));
+    }
+    let mut body = Vec::new();
+    request
+        .as_reader()
+        .take(MAX_JSON_BODY + 1)
+        .read_to_end(&mut body)
+        .map_err(|e| ApiError::bad_request(format!("could not read request body: {e}")))?;
+    if body.len() as u64 > MAX_JSON_BODY {
+        return Err(ApiError::new(
+            413,
+            format!("JSON body is larger than {MAX_JSON_BODY} bytes"),
+        ));
+    }
+    serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(format!("malformed JSON body ({e}); expected {expected}"))
+    })
+}
+
+/// What a handler produced: the reply and how many body bytes it took in, for the log.
+pub struct Handled {
+    pub reply: Reply,
+    pub bytes_in: u64,
+}
+
+impl From<Reply> for Handled {
+    fn from(reply: Reply) -> Handled {
+        Handled { reply, bytes_in: 0 }
+    }
+}
+
+/// A running HTTP server: worker threads pulling requests from one listener.
+pub struct HttpServer {
+    server: Arc<tiny_http::Server>,
+    workers: Vec<JoinHandle<()>>,
+    addr: SocketAddr,
+}
+
+impl HttpServer {
+    /// Binds `listen` with TCP_NODELAY and serves it with `threads` workers, each calling
+    /// `handler` for one request at a time. `name` prefixes the request log lines.
+    pub fn start<H>(listen: &str, threads: usize, name: &str, handler: H) -> io::Result<HttpServer>
+    where
+        H: Fn(&mut Request) -> Handled + Send + Sync + 'static,
+    {
+        let listener = bind_nodelay(listen)?;
+        let addr = listener.local_addr()?;
+        let server = tiny_http::Server::from_listener(listener, None)
+            .map_err(|e| io::Error::other(format!("cannot serve {addr}: {e}")))?;
+        let server = Arc::new(server);
+        let handler = Arc::new(handler);
+        let workers = (0..threads.max(1))
+            .map(|i| {
+                let server = Arc::clone(&server);
+                let handler = Arc::clone(&handler);
+                let name = name.to_string();
+                std::thread::Builder::new()
+                    .name(format!("{name}-http-{i}"))
+                    .spawn(move || serve(&server, &name, handler.as_ref()))
+                    .expect("spawning a worker thread")
+            })
+            .collect();
+        Ok(HttpServer {
+            server,
+            workers,
+            addr,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops taking requests and waits for every worker to finish the one it has.
+    pub fn shutdown(self) {
+        for _ in &self.workers {
+            self.server.unblock();
+        }
+        for worker in self.workers {
+            let _ = worker.join();
+        }
+    }
+}
+
+fn serve<H>(server: &tiny_http::Server, name: &str, handler: &H)
+where
+    H: Fn(&mut Request) -> Handled,
+{
+    // `recv` returns an error only once the server is unblocked for shutdown.
+    while let Ok(mut request) = server.recv() {
+        let started = Instant::now();
+        let method = request.method().clone();
+        let url = request.url().to_string();
+        let handled = handler(&mut request);
+        let status = handled.reply.status_code().0;
+        let bytes_out = handled.reply.data_length().unwrap_or(0);
+        let result = request.respond(handled.reply);
+        let elapsed = started.elapsed();
+        let outcome = match result {
+            Ok(()) => String::new(),
+            Err(e) => format!(" (reply not delivered: {e})"),
+        };
+        log::info(
+            name,
+            &format!(
+                "{method} {url} {status} in={} out={bytes_out} {:.1}ms{outcome}",
+                handled.bytes_in,
+                elapsed.as_secs_f64() * 1000.0
+            ),
+        );
+    }
+}
+
+fn bind_nodelay(listen: &str) -> io::Result<TcpListener> {
+    let addr = listen
+        .to_socket_addrs()
+        .map_err(|e| io::Error::new(e.kind(), format!("bad listen address {listen:?}: {e}")))?
+        .next()
+        .ok_or_else(|| {
+            io::Error::other(format!("listen address {listen:?} resolves to nothing"))
+        })?;
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_nodelay(true)?;
+    socket
+        .bind(&addr.into())
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_reply_is_json_with_allow_header() {
+        let err = ApiError::method_not_allowed(&Method::Get, "/api/upload/init", "POST");
+        let reply = error_reply(&err);
+        assert_eq!(reply.status_code().0, 405);
+        assert!(reply
+            .headers()
+            .iter()
+            .any(|h| h.field.equiv("Allow") && h.value == "POST"));
+    }
+}

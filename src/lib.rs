@@ -1,0 +1,14 @@
+//! AetherStore: a distributed, S3-style object store. Datanodes keep immutable objects
+//! durably on local disk; a master keeps metadata (nodes, objects, replicas) in SQLite.
+//! See ARCHITECTURE.md for the map of this crate.
+
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod client;
+pub mod datanode;
+pub mod dev;
+pub mod http;
+pub mod log;
+pub mod master;
+pub mod proto;
