@@ -20,11 +20,9 @@ fn progress(total: u64, what: &str) -> ProgressBar {
     // indicatif draws nothing when standard error is not a terminal.
     let bar = ProgressBar::new(total);
     bar.set_style(
-        ProgressStyle::with_template(
-            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-        )
-        .expect("the template is valid")
-        .progress_chars("=> "),
+        ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+            .expect("the template is valid")
+            .progress_chars("=> "),
     );
     bar.set_message(what.to_string());
     bar.enable_steady_tick(Duration::from_millis(200));
@@ -34,12 +32,8 @@ fn progress(total: u64, what: &str) -> ProgressBar {
 /// Uploads `path`: asks the master for a placement, sends the file to every placed node
 /// in parallel, then completes the upload. Returns the new object's id.
 pub fn put(client: &Client, path: &Path, replication: Option<usize>) -> CliResult<ObjectId> {
-    let size = fs::metadata(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
-        .len();
-    let placement = client
-        .init_upload(size, replication)
-        .map_err(|e| e.to_string())?;
+    let size = fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?.len();
+    let placement = client.init_upload(size, replication).map_err(|e| e.to_string())?;
     let id = ObjectId::parse(&placement.objectid)?;
     let bar = progress(size * placement.nodes.len() as u64, "uploading");
     let results: Vec<Result<(), ClientError>> = std::thread::scope(|scope| {
@@ -54,17 +48,10 @@ pub fn put(client: &Client, path: &Path, replication: Option<usize>) -> CliResul
                 })
             })
             .collect();
-        uploads
-            .into_iter()
-            .map(|u| u.join().expect("upload threads do not panic"))
-            .collect()
+        uploads.into_iter().map(|u| u.join().expect("upload threads do not panic")).collect()
     });
     bar.finish_and_clear();
-    let failures: Vec<String> = results
-        .into_iter()
-        .filter_map(|r| r.err())
-        .map(|e| e.to_string())
-        .collect();
+    let failures: Vec<String> = results.into_iter().filter_map(|r| r.err()).map(|e| e.to_string()).collect();
     if !failures.is_empty() {
         return Err(format!(
             "upload of {id} failed on {} of {} nodes, not completed: {}",
@@ -93,15 +80,13 @@ pub fn get(client: &Client, id: &str, output: Option<&Path>) -> CliResult<u64> {
             let mut done = None;
             for node in &info.replicas {
                 bar.set_position(0);
-                let attempt = File::create(&partial)
-                    .map_err(ClientError::from)
-                    .and_then(|file| {
-                        let mut out = io::BufWriter::with_capacity(1 << 20, file);
-                        let n = client.get_from_node(node, &id, &mut bar.wrap_write(&mut out))?;
-                        let file = out.into_inner().map_err(|e| e.into_error())?;
-                        file.sync_all()?;
-                        Ok(n)
-                    });
+                let attempt = File::create(&partial).map_err(ClientError::from).and_then(|file| {
+                    let mut out = io::BufWriter::with_capacity(1 << 20, file);
+                    let n = client.get_from_node(node, &id, &mut bar.wrap_write(&mut out))?;
+                    let file = out.into_inner().map_err(|e| e.into_error())?;
+                    file.sync_all()?;
+                    Ok(n)
+                });
                 match attempt.and_then(|n| check_size(n, info.size, node)) {
                     Ok(n) => {
                         done = Some(n);
@@ -116,25 +101,16 @@ pub fn get(client: &Client, id: &str, output: Option<&Path>) -> CliResult<u64> {
                     .map_err(|e| format!("cannot move {} into place: {e}", partial.display())),
                 None => {
                     let _ = fs::remove_file(&partial);
-                    Err(format!(
-                        "every replica of {id} failed: {}",
-                        errors.join("; ")
-                    ))
+                    Err(format!("every replica of {id} failed: {}", errors.join("; ")))
                 }
             }
         }
         None => {
             let stdout = io::stdout().lock();
-            let mut out = CountingWriter {
-                inner: bar.wrap_write(stdout),
-                written: 0,
-            };
+            let mut out = CountingWriter { inner: bar.wrap_write(stdout), written: 0 };
             let mut done = None;
             for node in &info.replicas {
-                match client
-                    .get_from_node(node, &id, &mut out)
-                    .and_then(|n| check_size(n, info.size, node))
-                {
+                match client.get_from_node(node, &id, &mut out).and_then(|n| check_size(n, info.size, node)) {
                     Ok(n) => {
                         done = Some(n);
                         break;
@@ -167,10 +143,7 @@ fn check_size(got: u64, want: u64, node: &str) -> Result<u64, ClientError> {
 }
 
 fn partial_path(path: &Path) -> PathBuf {
-    let mut name = path
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
+    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
     name.push(".aether-partial");
     path.with_file_name(name)
 }
@@ -201,15 +174,9 @@ pub fn stat(client: &Client, id: &str) -> CliResult<String> {
 /// The registered nodes as a table.
 pub fn nodes(client: &Client) -> CliResult<String> {
     let nodes = client.nodes().map_err(|e| e.to_string())?;
-    let mut table = format!(
-        "{:<20} {:<32} {:<8} {:>10}  {}\n",
-        "ID", "ADDRESS", "STATE", "REPLICAS", "LAST SEEN"
-    );
+    let mut table = format!("{:<20} {:<32} {:<8} {:>10}  {}\n", "ID", "ADDRESS", "STATE", "REPLICAS", "LAST SEEN");
     for n in nodes {
-        table.push_str(&format!(
-            "{:<20} {:<32} {:<8} {:>10}  {}\n",
-            n.id, n.address, n.state, n.replicas, n.last_seen
-        ));
+        table.push_str(&format!("{:<20} {:<32} {:<8} {:>10}  {}\n", n.id, n.address, n.state, n.replicas, n.last_seen));
     }
     Ok(table)
 }
@@ -220,29 +187,16 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
     let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (number, unit) = t.split_at(digits);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("invalid size {text:?}: expected e.g. 1048576 or 64M"))?;
-    let shift = match unit
-        .trim()
-        .to_ascii_uppercase()
-        .trim_end_matches("IB")
-        .trim_end_matches('B')
-    {
+    let number: u64 = number.parse().map_err(|_| format!("invalid size {text:?}: expected e.g. 1048576 or 64M"))?;
+    let shift = match unit.trim().to_ascii_uppercase().trim_end_matches("IB").trim_end_matches('B') {
         "" => 0,
         "K" => 10,
         "M" => 20,
         "G" => 30,
         "T" => 40,
-        _ => {
-            return Err(format!(
-                "invalid size {text:?}: the unit must be K, M, G or T"
-            ))
-        }
+        _ => return Err(format!("invalid size {text:?}: the unit must be K, M, G or T")),
     };
-    number
-        .checked_mul(1u64 << shift)
-        .ok_or_else(|| format!("size {text:?} is too large"))
+    number.checked_mul(1u64 << shift).ok_or_else(|| format!("size {text:?} is too large"))
 }
 
 #[cfg(test)]

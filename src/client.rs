@@ -9,8 +9,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::proto::{
-    CompleteUpload, ErrorBody, InitUpload, NodeInfo, NodeList, ObjectId, ObjectInfo, Placement,
-    RegisterNode, StatusOk,
+    CompleteUpload, ErrorBody, InitUpload, NodeInfo, NodeList, ObjectId, ObjectInfo, Placement, RegisterNode, StatusOk,
 };
 
 #[derive(Debug)]
@@ -46,11 +45,7 @@ impl ClientError {
 impl fmt::Display for ClientError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ClientError::Api {
-                url,
-                status,
-                message,
-            } => write!(f, "{url}: {status}: {message}"),
+            ClientError::Api { url, status, message } => write!(f, "{url}: {status}: {message}"),
             ClientError::Transport { url, message } => write!(f, "{url}: {message}"),
             ClientError::Protocol { url, message } => {
                 write!(f, "{url}: unexpected answer: {message}")
@@ -72,19 +67,10 @@ fn from_ureq(url: &str, err: ureq::Error) -> ClientError {
     match err {
         ureq::Error::Status(status, response) => {
             let text = response.into_string().unwrap_or_default();
-            let message = serde_json::from_str::<ErrorBody>(&text)
-                .map(|b| b.error)
-                .unwrap_or(text);
-            ClientError::Api {
-                url: url.to_string(),
-                status,
-                message,
-            }
+            let message = serde_json::from_str::<ErrorBody>(&text).map(|b| b.error).unwrap_or(text);
+            ClientError::Api { url: url.to_string(), status, message }
         }
-        ureq::Error::Transport(t) => ClientError::Transport {
-            url: url.to_string(),
-            message: t.to_string(),
-        },
+        ureq::Error::Transport(t) => ClientError::Transport { url: url.to_string(), message: t.to_string() },
     }
 }
 
@@ -108,70 +94,37 @@ pub struct Client {
 
 impl Client {
     pub fn new(agent: ureq::Agent, master: &str) -> Client {
-        Client {
-            agent,
-            master: master.trim_end_matches('/').to_string(),
-        }
+        Client { agent, master: master.trim_end_matches('/').to_string() }
     }
 
     pub fn master(&self) -> &str {
         &self.master
     }
 
-    fn post<B: Serialize, T: DeserializeOwned>(
-        &self,
-        path: &str,
-        body: &B,
-    ) -> Result<T, ClientError> {
+    fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ClientError> {
         let url = format!("{}{path}", self.master);
-        let response = self
-            .agent
-            .post(&url)
-            .send_json(body)
-            .map_err(|e| from_ureq(&url, e))?;
-        response.into_json().map_err(|e| ClientError::Protocol {
-            url,
-            message: e.to_string(),
-        })
+        let response = self.agent.post(&url).send_json(body).map_err(|e| from_ureq(&url, e))?;
+        response.into_json().map_err(|e| ClientError::Protocol { url, message: e.to_string() })
     }
 
     fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         let url = format!("{}{path}", self.master);
-        let response = self
-            .agent
-            .get(&url)
-            .call()
-            .map_err(|e| from_ureq(&url, e))?;
-        response.into_json().map_err(|e| ClientError::Protocol {
-            url,
-            message: e.to_string(),
-        })
+        let response = self.agent.get(&url).call().map_err(|e| from_ureq(&url, e))?;
+        response.into_json().map_err(|e| ClientError::Protocol { url, message: e.to_string() })
     }
 
     pub fn register(&self, id: &str, address: &str) -> Result<(), ClientError> {
-        let body = RegisterNode {
-            id: id.to_string(),
-            address: address.to_string(),
-        };
+        let body = RegisterNode { id: id.to_string(), address: address.to_string() };
         let _: StatusOk = self.post("/api/node/register", &body)?;
         Ok(())
     }
 
-    pub fn init_upload(
-        &self,
-        size: u64,
-        replication: Option<usize>,
-    ) -> Result<Placement, ClientError> {
+    pub fn init_upload(&self, size: u64, replication: Option<usize>) -> Result<Placement, ClientError> {
         self.post("/api/upload/init", &InitUpload { size, replication })
     }
 
     pub fn complete_upload(&self, id: &ObjectId) -> Result<(), ClientError> {
-        let _: StatusOk = self.post(
-            "/api/upload/complete",
-            &CompleteUpload {
-                objectid: id.to_string(),
-            },
-        )?;
+        let _: StatusOk = self.post("/api/upload/complete", &CompleteUpload { objectid: id.to_string() })?;
         Ok(())
     }
 
@@ -185,13 +138,7 @@ impl Client {
     }
 
     /// Uploads `len` bytes from `body` to one datanode.
-    pub fn put_to_node(
-        &self,
-        node: &str,
-        id: &ObjectId,
-        body: impl Read,
-        len: u64,
-    ) -> Result<(), ClientError> {
+    pub fn put_to_node(&self, node: &str, id: &ObjectId, body: impl Read, len: u64) -> Result<(), ClientError> {
         let url = format!("{}/objects/{id}", node.trim_end_matches('/'));
         self.agent
             .put(&url)
@@ -203,31 +150,16 @@ impl Client {
     }
 
     /// Streams one replica into `out` and checks that every announced byte arrived.
-    pub fn get_from_node(
-        &self,
-        node: &str,
-        id: &ObjectId,
-        out: &mut dyn Write,
-    ) -> Result<u64, ClientError> {
+    pub fn get_from_node(&self, node: &str, id: &ObjectId, out: &mut dyn Write) -> Result<u64, ClientError> {
         let url = format!("{}/objects/{id}", node.trim_end_matches('/'));
-        let response = self
-            .agent
-            .get(&url)
-            .call()
-            .map_err(|e| from_ureq(&url, e))?;
-        let announced: Option<u64> = response
-            .header("Content-Length")
-            .and_then(|v| v.parse().ok());
-        let copied =
-            io::copy(&mut response.into_reader(), out).map_err(|e| ClientError::Transport {
-                url: url.clone(),
-                message: e.to_string(),
-            })?;
+        let response = self.agent.get(&url).call().map_err(|e| from_ureq(&url, e))?;
+        let announced: Option<u64> = response.header("Content-Length").and_then(|v| v.parse().ok());
+        let copied = io::copy(&mut response.into_reader(), out)
+            .map_err(|e| ClientError::Transport { url: url.clone(), message: e.to_string() })?;
         match announced {
-            Some(len) if len != copied => Err(ClientError::Protocol {
-                url,
-                message: format!("got {copied} of {len} bytes"),
-            }),
+            Some(len) if len != copied => {
+                Err(ClientError::Protocol { url, message: format!("got {copied} of {len} bytes") })
+            }
             _ => Ok(copied),
         }
     }

@@ -29,10 +29,8 @@ impl DevCluster {
     /// Starts the master, then the datanodes, and waits until every datanode has
     /// registered, so the cluster takes uploads as soon as this returns.
     pub fn start(config: &DevConfig, agent: ureq::Agent) -> io::Result<DevCluster> {
-        let mut master_config = MasterConfig::new(
-            &format!("127.0.0.1:{}", config.port),
-            config.data_dir.join("master"),
-        );
+        let mut master_config =
+            MasterConfig::new(&format!("127.0.0.1:{}", config.port), config.data_dir.join("master"));
         master_config.replication = config.replication;
         let master = Master::start(master_config)?;
         let master_port = master.local_addr().port();
@@ -45,13 +43,8 @@ impl DevCluster {
         let mut datanodes = Vec::new();
         for i in 1..=config.datanodes {
             let id = format!("datanode-{i}");
-            let port = if config.port == 0 {
-                0
-            } else {
-                config.port + i as u16
-            };
-            let mut node_config =
-                DatanodeConfig::new(&format!("127.0.0.1:{port}"), config.data_dir.join(&id));
+            let port = if config.port == 0 { 0 } else { config.port + i as u16 };
+            let mut node_config = DatanodeConfig::new(&format!("127.0.0.1:{port}"), config.data_dir.join(&id));
             // The original walk-through registers its datanodes under these names and
             // addresses; advertising the same ones makes its calls change nothing.
             if port != 0 {
@@ -78,11 +71,7 @@ impl DevCluster {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Ok(DevCluster {
-            master,
-            datanodes,
-            master_url,
-        })
+        Ok(DevCluster { master, datanodes, master_url })
     }
 
     /// What runs where, for the person who started the cluster.
@@ -93,17 +82,9 @@ impl DevCluster {
             self.datanodes.len(),
             config.replication
         );
-        text.push_str(&format!(
-            "  master      {:<28} metadata {data}/master/meta.db\n",
-            self.master_url
-        ));
+        text.push_str(&format!("  master      {:<28} metadata {data}/master/meta.db\n", self.master_url));
         for node in &self.datanodes {
-            text.push_str(&format!(
-                "  {:<11} {:<28} objects  {data}/{}\n",
-                node.id(),
-                node.address(),
-                node.id()
-            ));
+            text.push_str(&format!("  {:<11} {:<28} objects  {data}/{}\n", node.id(), node.address(), node.id()));
         }
         text.push_str(&format!(
             "Try it:  echo hello > hello.txt && cargo run --release -- put hello.txt --master {}\n",

@@ -34,11 +34,7 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: u16, message: impl Into<String>) -> ApiError {
-        ApiError {
-            status,
-            message: message.into(),
-            allow: None,
-        }
+        ApiError { status, message: message.into(), allow: None }
     }
     pub fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError::new(400, message)
@@ -99,12 +95,7 @@ pub fn bytes_reply(status: u16, bytes: Vec<u8>, content_type: &str) -> Reply {
 }
 
 pub fn error_reply(err: &ApiError) -> Reply {
-    let mut reply = json_reply(
-        err.status,
-        &ErrorBody {
-            error: err.message.clone(),
-        },
-    );
+    let mut reply = json_reply(err.status, &ErrorBody { error: err.message.clone() });
     if let Some(allow) = err.allow {
         reply.add_header(header("Allow", allow));
     }
@@ -118,27 +109,14 @@ pub fn path_of(request: &Request) -> &str {
 }
 
 pub fn header_value<'a>(request: &'a Request, name: &'static str) -> Option<&'a str> {
-    request
-        .headers()
-        .iter()
-        .find(|h| h.field.equiv(name))
-        .map(|h| h.value.as_str())
+    request.headers().iter().find(|h| h.field.equiv(name)).map(|h| h.value.as_str())
 }
 
 /// Reads and parses a small JSON body; anything malformed or oversized is a 400 that
 /// names what was expected.
-pub fn read_json<T: DeserializeOwned>(
-    request: &mut Request,
-    expected: &str,
-) -> Result<T, ApiError> {
-    if request
-        .body_length()
-        .is_some_and(|len| len as u64 > MAX_JSON_BODY)
-    {
-        return Err(ApiError::new(
-            413,
-            format!("JSON body is larger than {MAX_JSON_BODY} bytes"),
-        ));
+pub fn read_json<T: DeserializeOwned>(request: &mut Request, expected: &str) -> Result<T, ApiError> {
+    if request.body_length().is_some_and(|len| len as u64 > MAX_JSON_BODY) {
+        return Err(ApiError::new(413, format!("JSON body is larger than {MAX_JSON_BODY} bytes")));
     }
     let mut body = Vec::new();
     request
@@ -147,25 +125,29 @@ pub fn read_json<T: DeserializeOwned>(
         .read_to_end(&mut body)
         .map_err(|e| ApiError::bad_request(format!("could not read request body: {e}")))?;
     if body.len() as u64 > MAX_JSON_BODY {
-        return Err(ApiError::new(
-            413,
-            format!("JSON body is larger than {MAX_JSON_BODY} bytes"),
-        ));
+        return Err(ApiError::new(413, format!("JSON body is larger than {MAX_JSON_BODY} bytes")));
     }
-    serde_json::from_slice(&body).map_err(|e| {
-        ApiError::bad_request(format!("malformed JSON body ({e}); expected {expected}"))
-    })
+    serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("malformed JSON body ({e}); expected {expected}")))
 }
 
-/// What a handler produced: the reply and how many body bytes it took in, for the log.
+/// What a handler produced: the reply, and for the request log how many body bytes it
+/// took in and, for an error, what went wrong.
 pub struct Handled {
     pub reply: Reply,
     pub bytes_in: u64,
+    pub error: Option<String>,
 }
 
 impl From<Reply> for Handled {
     fn from(reply: Reply) -> Handled {
-        Handled { reply, bytes_in: 0 }
+        Handled { reply, bytes_in: 0, error: None }
+    }
+}
+
+impl From<ApiError> for Handled {
+    fn from(err: ApiError) -> Handled {
+        Handled { reply: error_reply(&err), bytes_in: 0, error: Some(err.message) }
     }
 }
 
@@ -200,11 +182,7 @@ impl HttpServer {
                     .expect("spawning a worker thread")
             })
             .collect();
-        Ok(HttpServer {
-            server,
-            workers,
-            addr,
-        })
+        Ok(HttpServer { server, workers, addr })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -236,10 +214,13 @@ where
         let bytes_out = handled.reply.data_length().unwrap_or(0);
         let result = request.respond(handled.reply);
         let elapsed = started.elapsed();
-        let outcome = match result {
-            Ok(()) => String::new(),
-            Err(e) => format!(" (reply not delivered: {e})"),
+        let mut outcome = match &handled.error {
+            Some(message) => format!(": {message}"),
+            None => String::new(),
         };
+        if let Err(e) = result {
+            outcome.push_str(&format!(" (reply not delivered: {e})"));
+        }
         log::info(
             name,
             &format!(
@@ -256,19 +237,12 @@ fn bind_nodelay(listen: &str) -> io::Result<TcpListener> {
         .to_socket_addrs()
         .map_err(|e| io::Error::new(e.kind(), format!("bad listen address {listen:?}: {e}")))?
         .next()
-        .ok_or_else(|| {
-            io::Error::other(format!("listen address {listen:?} resolves to nothing"))
-        })?;
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::STREAM,
-        Some(socket2::Protocol::TCP),
-    )?;
+        .ok_or_else(|| io::Error::other(format!("listen address {listen:?} resolves to nothing")))?;
+    let socket =
+        socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     socket.set_nodelay(true)?;
-    socket
-        .bind(&addr.into())
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+    socket.bind(&addr.into()).map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
     socket.listen(1024)?;
     Ok(socket.into())
 }
@@ -282,9 +256,6 @@ mod tests {
         let err = ApiError::method_not_allowed(&Method::Get, "/api/upload/init", "POST");
         let reply = error_reply(&err);
         assert_eq!(reply.status_code().0, 405);
-        assert!(reply
-            .headers()
-            .iter()
-            .any(|h| h.field.equiv("Allow") && h.value == "POST"));
+        assert!(reply.headers().iter().any(|h| h.field.equiv("Allow") && h.value == "POST"));
     }
 }

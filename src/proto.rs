@@ -19,9 +19,7 @@ pub struct StatusOk {
 
 impl StatusOk {
     pub fn ok() -> StatusOk {
-        StatusOk {
-            status: "OK".to_string(),
-        }
+        StatusOk { status: "OK".to_string() }
     }
 }
 
@@ -119,9 +117,7 @@ impl ObjectId {
     pub fn parse(text: &str) -> Result<ObjectId, String> {
         uuid::Uuid::try_parse(text).map(ObjectId).map_err(|_| {
             let shown: String = text.chars().take(80).collect();
-            format!(
-                "invalid object id {shown:?}: expected a UUID such as 0b7a3c1e-5d2f-4c8e-9a61-2f4d8e9b1c03"
-            )
+            format!("invalid object id {shown:?}: expected a UUID such as 0b7a3c1e-5d2f-4c8e-9a61-2f4d8e9b1c03")
         })
     }
 }
@@ -134,17 +130,11 @@ impl std::fmt::Display for ObjectId {
 
 /// Node ids name datanodes in logs, URLs and the master's tables: short and plain.
 pub fn validate_node_id(id: &str) -> Result<(), String> {
-    let ok = !id.is_empty()
-        && id.len() <= 64
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    let ok = !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "invalid node id {id:?}: use 1 to 64 letters, digits, '.', '_' or '-', e.g. \"datanode-1\""
-        ))
+        Err(format!("invalid node id {id:?}: use 1 to 64 letters, digits, '.', '_' or '-', e.g. \"datanode-1\""))
     }
 }
 
@@ -152,16 +142,12 @@ pub fn validate_node_id(id: &str) -> Result<(), String> {
 /// dropped so that one node has one spelling.
 pub fn normalize_address(address: &str) -> Result<String, String> {
     let trimmed = address.trim().trim_end_matches('/');
-    let rest = trimmed
-        .strip_prefix("http://")
-        .or_else(|| trimmed.strip_prefix("https://"));
+    let rest = trimmed.strip_prefix("http://").or_else(|| trimmed.strip_prefix("https://"));
     match rest {
         Some(host) if !host.is_empty() && !host.contains('/') && !host.contains(char::is_whitespace) => {
             Ok(trimmed.to_string())
         }
-        _ => Err(format!(
-            "invalid node address {address:?}: expected a base URL such as \"http://10.0.0.5:42101\""
-        )),
+        _ => Err(format!("invalid node address {address:?}: expected a base URL such as \"http://10.0.0.5:42101\"")),
     }
 }
 
@@ -173,14 +159,7 @@ mod tests {
     fn object_ids_are_canonical_and_strict() {
         let id = ObjectId::parse("0B7A3C1E-5D2F-4C8E-9A61-2F4D8E9B1C03").unwrap();
         assert_eq!(id.to_string(), "0b7a3c1e-5d2f-4c8e-9a61-2f4d8e9b1c03");
-        for bad in [
-            "",
-            "..",
-            "../../etc/passwd",
-            "0b7a3c1e-5d2f-4c8e-9a61-2f4d8e9b1c0",
-            "x/y",
-            "%2e%2e",
-        ] {
+        for bad in ["", "..", "../../etc/passwd", "0b7a3c1e-5d2f-4c8e-9a61-2f4d8e9b1c0", "x/y", "%2e%2e"] {
             assert!(ObjectId::parse(bad).is_err(), "{bad:?} was accepted");
         }
     }
@@ -191,17 +170,8 @@ mod tests {
         for bad in ["", "a/b", "../x", "has space", &"x".repeat(65)] {
             assert!(validate_node_id(bad).is_err(), "{bad:?} was accepted");
         }
-        assert_eq!(
-            normalize_address("http://localhost:42101/").unwrap(),
-            "http://localhost:42101"
-        );
-        for bad in [
-            "localhost:42101",
-            "http://",
-            "ftp://x",
-            "http://a/b",
-            "http://a b",
-        ] {
+        assert_eq!(normalize_address("http://localhost:42101/").unwrap(), "http://localhost:42101");
+        for bad in ["localhost:42101", "http://", "ftp://x", "http://a/b", "http://a b"] {
             assert!(normalize_address(bad).is_err(), "{bad:?} was accepted");
         }
     }

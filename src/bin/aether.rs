@@ -158,9 +158,7 @@ fn parsed<T: std::str::FromStr>(flag: Option<T>, var: &str, default: T) -> Resul
     match flag {
         Some(value) => Ok(value),
         None => match std::env::var(var) {
-            Ok(text) if !text.is_empty() => text
-                .parse()
-                .map_err(|_| format!("{var}={text:?} is not valid")),
+            Ok(text) if !text.is_empty() => text.parse().map_err(|_| format!("{var}={text:?} is not valid")),
             _ => Ok(default),
         },
     }
@@ -197,27 +195,21 @@ fn run(command: Command) -> Result<(), String> {
             dev::run(&config).map_err(|e| e.to_string())
         }
         Command::Master(args) => {
-            let listen =
-                setting(args.listen, "AETHER_LISTEN").unwrap_or_else(|| "0.0.0.0:42100".into());
+            let listen = setting(args.listen, "AETHER_LISTEN").unwrap_or_else(|| "0.0.0.0:42100".into());
             let data = setting(args.data.map(|p| p.display().to_string()), "AETHER_DATA")
                 .unwrap_or_else(|| "aether-data/master".into());
             let mut config = MasterConfig::new(&listen, PathBuf::from(data));
-            config.replication =
-                parsed(args.replication, "AETHER_REPLICATION", config.replication)?;
+            config.replication = parsed(args.replication, "AETHER_REPLICATION", config.replication)?;
             config.threads = parsed(args.threads, "AETHER_THREADS", config.threads)?;
-            config.max_object_size = size_setting(
-                args.max_object_size,
-                "AETHER_MAX_OBJECT_SIZE",
-                config.max_object_size,
-            )?;
+            config.max_object_size =
+                size_setting(args.max_object_size, "AETHER_MAX_OBJECT_SIZE", config.max_object_size)?;
             let master = Master::start(config).map_err(|e| e.to_string())?;
             wait_for_stop_signal()?;
             master.shutdown();
             Ok(())
         }
         Command::Datanode(args) => {
-            let listen =
-                setting(args.listen, "AETHER_LISTEN").unwrap_or_else(|| "0.0.0.0:42101".into());
+            let listen = setting(args.listen, "AETHER_LISTEN").unwrap_or_else(|| "0.0.0.0:42101".into());
             let data = setting(args.data.map(|p| p.display().to_string()), "AETHER_DATA")
                 .unwrap_or_else(|| "aether-data/datanode".into());
             let mut config = DatanodeConfig::new(&listen, PathBuf::from(data));
@@ -225,13 +217,9 @@ fn run(command: Command) -> Result<(), String> {
             config.advertise = setting(args.advertise, "AETHER_ADVERTISE");
             config.node_id = setting(args.node_id, "AETHER_NODE_ID");
             config.threads = parsed(args.threads, "AETHER_THREADS", config.threads)?;
-            config.max_object_size = size_setting(
-                args.max_object_size,
-                "AETHER_MAX_OBJECT_SIZE",
-                config.max_object_size,
-            )?;
-            config.reserve_bytes =
-                size_setting(args.reserve, "AETHER_RESERVE", config.reserve_bytes)?;
+            config.max_object_size =
+                size_setting(args.max_object_size, "AETHER_MAX_OBJECT_SIZE", config.max_object_size)?;
+            config.reserve_bytes = size_setting(args.reserve, "AETHER_RESERVE", config.reserve_bytes)?;
             let node = Datanode::start(config, client::agent()).map_err(|e| e.to_string())?;
             wait_for_stop_signal()?;
             node.shutdown();

@@ -69,19 +69,11 @@ impl Datanode {
         crate::proto::validate_node_id(&id).map_err(io::Error::other)?;
         let (blobs, leftovers) = BlobStore::open(&config.data_dir, config.reserve_bytes)?;
         if leftovers > 0 {
-            log::warn(
-                &id,
-                &format!("removed {leftovers} unfinished upload(s) left by an earlier run"),
-            );
+            log::warn(&id, &format!("removed {leftovers} unfinished upload(s) left by an earlier run"));
         }
-        let node = Arc::new(Node {
-            blobs,
-            max_object_size: config.max_object_size,
-        });
+        let node = Arc::new(Node { blobs, max_object_size: config.max_object_size });
         let handler_node = Arc::clone(&node);
-        let http = HttpServer::start(&config.listen, config.threads, &id, move |request| {
-            handler_node.handle(request)
-        })?;
+        let http = HttpServer::start(&config.listen, config.threads, &id, move |request| handler_node.handle(request))?;
         let address = match &config.advertise {
             Some(address) => crate::proto::normalize_address(address).map_err(io::Error::other)?,
             None => default_address(http.local_addr()),
@@ -103,13 +95,7 @@ impl Datanode {
                 .spawn(move || register_until_done(&client, &id, &address, &stopped))
                 .expect("spawning the registration thread")
         });
-        Ok(Datanode {
-            http,
-            id,
-            address,
-            stop,
-            registrar,
-        })
+        Ok(Datanode { http, id, address, stop, registrar })
     }
 
     pub fn id(&self) -> &str {
@@ -145,10 +131,7 @@ fn register_until_done(client: &Client, id: &str, address: &str, stop: &Receiver
     loop {
         match client.register(id, address) {
             Ok(()) => {
-                log::info(
-                    id,
-                    &format!("registered with master {} as {address}", client.master()),
-                );
+                log::info(id, &format!("registered with master {} as {address}", client.master()));
                 return;
             }
             Err(e) => {
@@ -156,16 +139,11 @@ fn register_until_done(client: &Client, id: &str, address: &str, stop: &Receiver
                 // The first failure and then every 30th: a master that is still starting
                 // should not flood the log.
                 if failures == 1 || failures % 30 == 0 {
-                    log::warn(
-                        id,
-                        &format!("cannot register with master yet ({e}); retrying"),
-                    );
+                    log::warn(id, &format!("cannot register with master yet ({e}); retrying"));
                 }
             }
         }
-        if stop.recv_timeout(Duration::from_secs(1))
-            != Err(crossbeam_channel::RecvTimeoutError::Timeout)
-        {
+        if stop.recv_timeout(Duration::from_secs(1)) != Err(crossbeam_channel::RecvTimeoutError::Timeout) {
             return;
         }
     }
@@ -210,31 +188,25 @@ impl Node {
     fn handle(&self, request: &mut Request) -> Handled {
         let endpoint = match Endpoint::parse(request.method(), http::path_of(request)) {
             Ok(endpoint) => endpoint,
-            Err(e) => return http::error_reply(&e).into(),
+            Err(e) => return e.into(),
         };
         let result = match endpoint {
-            Endpoint::Health => Ok(http::json_reply(
-                200,
-                &Health {
-                    status: "ok".to_string(),
-                },
-            )
-            .into()),
+            Endpoint::Health => Ok(http::json_reply(200, &Health { status: "ok".to_string() }).into()),
             Endpoint::PutObject(id) => self.put(request, &id),
             Endpoint::GetObject(id) => self.get(&id),
             Endpoint::HeadObject(id) => self.head(&id),
         };
-        result.unwrap_or_else(|e| {
-            let err = ApiError::new(e.status(), e.to_string());
-            http::error_reply(&err).into()
-        })
+        result.unwrap_or_else(|e| ApiError::new(e.status(), e.to_string()).into())
     }
 
     fn put(&self, request: &mut Request, id: &ObjectId) -> Result<Handled, StoreError> {
         let declared = match http::header_value(request, "Content-Length") {
-            Some(value) => Some(value.trim().parse::<u64>().map_err(|_| {
-                StoreError::Body(io::Error::other(format!("bad Content-Length {value:?}")))
-            })?),
+            Some(value) => Some(
+                value
+                    .trim()
+                    .parse::<u64>()
+                    .map_err(|_| StoreError::Body(io::Error::other(format!("bad Content-Length {value:?}"))))?,
+            ),
             None => None,
         };
         // Refuse before reading a byte, so a client waiting on `100-continue` sends nothing.
@@ -242,24 +214,11 @@ impl Node {
             return Err(StoreError::Exists(*id));
         }
         if declared.is_some_and(|len| len > self.max_object_size) {
-            return Err(StoreError::TooLarge {
-                limit: self.max_object_size,
-            });
+            return Err(StoreError::TooLarge { limit: self.max_object_size });
         }
-        let size = self
-            .blobs
-            .put(id, request.as_reader(), declared, self.max_object_size)?;
-        let reply = http::json_reply(
-            201,
-            &Stored {
-                objectid: id.to_string(),
-                size,
-            },
-        );
-        Ok(Handled {
-            reply,
-            bytes_in: size,
-        })
+        let size = self.blobs.put(id, request.as_reader(), declared, self.max_object_size)?;
+        let reply = http::json_reply(201, &Stored { objectid: id.to_string(), size });
+        Ok(Handled { reply, bytes_in: size, error: None })
     }
 
     fn get(&self, id: &ObjectId) -> Result<Handled, StoreError> {
@@ -295,21 +254,9 @@ mod tests {
         let parsed = ObjectId::parse(id).unwrap();
         let table: &[(Method, String, Result<Endpoint, u16>)] = &[
             (Method::Get, "/health".into(), Ok(Endpoint::Health)),
-            (
-                Method::Put,
-                format!("/objects/{id}"),
-                Ok(Endpoint::PutObject(parsed)),
-            ),
-            (
-                Method::Get,
-                format!("/objects/{id}"),
-                Ok(Endpoint::GetObject(parsed)),
-            ),
-            (
-                Method::Head,
-                format!("/objects/{id}"),
-                Ok(Endpoint::HeadObject(parsed)),
-            ),
+            (Method::Put, format!("/objects/{id}"), Ok(Endpoint::PutObject(parsed))),
+            (Method::Get, format!("/objects/{id}"), Ok(Endpoint::GetObject(parsed))),
+            (Method::Head, format!("/objects/{id}"), Ok(Endpoint::HeadObject(parsed))),
             (Method::Delete, format!("/objects/{id}"), Err(405)),
             (Method::Post, "/health".into(), Err(405)),
             (Method::Get, "/objects/../../etc/passwd".into(), Err(400)),

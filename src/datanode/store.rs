@@ -63,14 +63,12 @@ impl fmt::Display for StoreError {
             StoreError::TooLarge { limit } => {
                 write!(f, "object is larger than this node's limit of {limit} bytes")
             }
-            StoreError::ShortBody { expected, received } => write!(
-                f,
-                "body ended after {received} of {expected} bytes (Content-Length); nothing was stored"
-            ),
-            StoreError::NoSpace { needed, available } => write!(
-                f,
-                "not enough disk space: need {needed} bytes, {available} available; nothing was stored"
-            ),
+            StoreError::ShortBody { expected, received } => {
+                write!(f, "body ended after {received} of {expected} bytes (Content-Length); nothing was stored")
+            }
+            StoreError::NoSpace { needed, available } => {
+                write!(f, "not enough disk space: need {needed} bytes, {available} available; nothing was stored")
+            }
             StoreError::Body(e) => write!(f, "could not read the request body: {e}; nothing was stored"),
             StoreError::Io(e) => write!(f, "storage error: {e}"),
         }
@@ -82,10 +80,7 @@ impl std::error::Error for StoreError {}
 impl From<io::Error> for StoreError {
     fn from(e: io::Error) -> StoreError {
         if e.kind() == io::ErrorKind::StorageFull {
-            StoreError::NoSpace {
-                needed: 0,
-                available: 0,
-            }
+            StoreError::NoSpace { needed: 0, available: 0 }
         } else {
             StoreError::Io(e)
         }
@@ -106,9 +101,8 @@ impl BlobStore {
         let objects = root.join("objects");
         let tmp = root.join("tmp");
         for dir in [root, &objects, &tmp] {
-            fs::create_dir_all(dir).map_err(|e| {
-                io::Error::new(e.kind(), format!("cannot create {}: {e}", dir.display()))
-            })?;
+            fs::create_dir_all(dir)
+                .map_err(|e| io::Error::new(e.kind(), format!("cannot create {}: {e}", dir.display())))?;
         }
         let mut removed = 0;
         for entry in fs::read_dir(&tmp)? {
@@ -119,14 +113,7 @@ impl BlobStore {
         if removed > 0 {
             fsync_dir(&tmp)?;
         }
-        Ok((
-            BlobStore {
-                objects,
-                tmp,
-                reserve_bytes,
-            },
-            removed,
-        ))
+        Ok((BlobStore { objects, tmp, reserve_bytes }, removed))
     }
 
     fn object_path(&self, id: &ObjectId) -> PathBuf {
@@ -157,10 +144,7 @@ impl BlobStore {
             }
             let available = self.available_bytes()?;
             if len.saturating_add(self.reserve_bytes) > available {
-                return Err(StoreError::NoSpace {
-                    needed: len,
-                    available,
-                });
+                return Err(StoreError::NoSpace { needed: len, available });
             }
         }
 
@@ -173,9 +157,7 @@ impl BlobStore {
         ensure_dir(dir)?;
         match fs::hard_link(&temp.path, &target) {
             Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                return Err(StoreError::Exists(*id))
-            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Err(StoreError::Exists(*id)),
             Err(e) => return Err(e.into()),
         }
         fsync_dir(dir)?;
@@ -288,10 +270,7 @@ struct TempFile {
 impl TempFile {
     fn create(tmp: &Path, id: &ObjectId) -> io::Result<TempFile> {
         let path = tmp.join(format!("{id}.{:016x}", rand::random::<u64>()));
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)?;
+        let file = OpenOptions::new().write(true).create_new(true).open(&path)?;
         Ok(TempFile { path, file })
     }
 }
@@ -326,8 +305,7 @@ mod tests {
     use super::*;
 
     fn temp_root(name: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("aether-store-{name}-{}", rand::random::<u32>()));
+        let dir = std::env::temp_dir().join(format!("aether-store-{name}-{}", rand::random::<u32>()));
         let _ = fs::remove_dir_all(&dir);
         dir
     }
@@ -338,20 +316,12 @@ mod tests {
         let (store, _) = BlobStore::open(&root, 0).unwrap();
         let id = ObjectId::new_random();
         let data = vec![7u8; 600_000];
-        assert_eq!(
-            store
-                .put(&id, &mut &data[..], Some(600_000), u64::MAX)
-                .unwrap(),
-            600_000
-        );
+        assert_eq!(store.put(&id, &mut &data[..], Some(600_000), u64::MAX).unwrap(), 600_000);
         let (mut file, len) = store.open_object(&id).unwrap();
         let mut back = Vec::new();
         file.read_to_end(&mut back).unwrap();
         assert_eq!((len, back), (600_000, data));
-        assert!(matches!(
-            store.put(&id, &mut &b"x"[..], Some(1), u64::MAX),
-            Err(StoreError::Exists(_))
-        ));
+        assert!(matches!(store.put(&id, &mut &b"x"[..], Some(1), u64::MAX), Err(StoreError::Exists(_))));
         assert_eq!(fs::read_dir(root.join("tmp")).unwrap().count(), 0);
         fs::remove_dir_all(root).unwrap();
     }
@@ -362,13 +332,7 @@ mod tests {
         let (store, _) = BlobStore::open(&root, 0).unwrap();
         let id = ObjectId::new_random();
         let short = store.put(&id, &mut &b"abc"[..], Some(10), u64::MAX);
-        assert!(matches!(
-            short,
-            Err(StoreError::ShortBody {
-                expected: 10,
-                received: 3
-            })
-        ));
+        assert!(matches!(short, Err(StoreError::ShortBody { expected: 10, received: 3 })));
         let big = store.put(&id, &mut &[0u8; 100][..], None, 50);
         assert!(matches!(big, Err(StoreError::TooLarge { limit: 50 })));
         assert!(!store.contains(&id));

@@ -81,10 +81,9 @@ impl MetaError {
 impl fmt::Display for MetaError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            MetaError::Invalid(m)
-            | MetaError::NotFound(m)
-            | MetaError::Conflict(m)
-            | MetaError::Unavailable(m) => f.write_str(m),
+            MetaError::Invalid(m) | MetaError::NotFound(m) | MetaError::Conflict(m) | MetaError::Unavailable(m) => {
+                f.write_str(m)
+            }
             MetaError::Internal(m) => write!(f, "metadata store error: {m}"),
         }
     }
@@ -147,9 +146,7 @@ pub struct MetaDb {
 }
 
 pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 fn open_connection(path: &Path, flags: OpenFlags) -> rusqlite::Result<Connection> {
@@ -175,25 +172,18 @@ impl MetaDb {
     /// Opens (creating and migrating) the database at `path` with `readers` read
     /// connections.
     pub fn open(path: &Path, readers: usize) -> MetaResult<MetaDb> {
-        let rw = OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let rw = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let mut conn = open_connection(path, rw)?;
-        let mode: String =
-            conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
+        let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
-            return Err(MetaError::Internal(format!(
-                "SQLite refused WAL mode (got {mode})"
-            )));
+            return Err(MetaError::Internal(format!("SQLite refused WAL mode (got {mode})")));
         }
         migrate(&mut conn)?;
 
         let pool = crossbeam_channel::bounded(readers.max(1));
         let ro = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         for _ in 0..readers.max(1) {
-            pool.0
-                .send(open_connection(path, ro)?)
-                .expect("the pool has room for every reader");
+            pool.0.send(open_connection(path, ro)?).expect("the pool has room for every reader");
         }
 
         let (jobs, queue) = crossbeam_channel::bounded::<Job>(4096);
@@ -201,11 +191,7 @@ impl MetaDb {
             .name("master-db-writer".into())
             .spawn(move || write_loop(&conn, &queue))
             .map_err(|e| MetaError::Internal(format!("cannot start the writer thread: {e}")))?;
-        Ok(MetaDb {
-            jobs: Some(jobs),
-            writer: Some(writer),
-            readers: pool,
-        })
+        Ok(MetaDb { jobs: Some(jobs), writer: Some(writer), readers: pool })
     }
 
     /// Runs `f` in the writer's next transaction and returns its result once committed.
@@ -226,24 +212,14 @@ impl MetaDb {
             })
         });
         let jobs = self.jobs.as_ref().expect("the writer runs until drop");
-        jobs.send(job)
-            .map_err(|_| MetaError::Internal("the writer thread has stopped".into()))?;
-        answer
-            .recv()
-            .map_err(|_| MetaError::Internal("the writer thread has stopped".into()))?
+        jobs.send(job).map_err(|_| MetaError::Internal("the writer thread has stopped".into()))?;
+        answer.recv().map_err(|_| MetaError::Internal("the writer thread has stopped".into()))?
     }
 
     fn read<T>(&self, f: impl FnOnce(&Connection) -> MetaResult<T>) -> MetaResult<T> {
-        let conn = self
-            .readers
-            .1
-            .recv()
-            .expect("the pool holds its own sender");
+        let conn = self.readers.1.recv().expect("the pool holds its own sender");
         let result = f(&conn);
-        self.readers
-            .0
-            .send(conn)
-            .expect("the pool holds its own receiver");
+        self.readers.0.send(conn).expect("the pool holds its own receiver");
         result
     }
 
@@ -289,13 +265,7 @@ impl MetaDb {
 
     /// Creates a pending object and its placement: `replication` distinct nodes chosen
     /// by `choose` from the live ones. Returns the chosen nodes' addresses.
-    pub fn create_object<C>(
-        &self,
-        id: ObjectId,
-        size: u64,
-        replication: usize,
-        choose: C,
-    ) -> MetaResult<Vec<String>>
+    pub fn create_object<C>(&self, id: ObjectId, size: u64, replication: usize, choose: C) -> MetaResult<Vec<String>>
     where
         C: FnOnce(&[(String, String)], usize) -> MetaResult<Vec<(String, String)>> + Send + 'static,
     {
@@ -330,15 +300,13 @@ impl MetaDb {
                 .query_row([&id], |row| row.get(0))
                 .optional()?;
             match status.as_deref() {
-                None | Some("deleted") => Err(MetaError::NotFound(format!(
-                    "no upload with objectid {id}; call /api/upload/init first"
-                ))),
+                None | Some("deleted") => {
+                    Err(MetaError::NotFound(format!("no upload with objectid {id}; call /api/upload/init first")))
+                }
                 Some("complete") => Ok(()),
                 _ => {
-                    conn.prepare_cached(
-                        "UPDATE objects SET status = 'complete', completed_at = ?2 WHERE id = ?1",
-                    )?
-                    .execute(params![id, now_ms()])?;
+                    conn.prepare_cached("UPDATE objects SET status = 'complete', completed_at = ?2 WHERE id = ?1")?
+                        .execute(params![id, now_ms()])?;
                     Ok(())
                 }
             }
@@ -351,9 +319,7 @@ impl MetaDb {
             let id = id.to_string();
             let row = conn
                 .prepare_cached("SELECT size, status, created_at, completed_at FROM objects WHERE id = ?1")?
-                .query_row([&id], |row| {
-                    Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?, row.get(2)?, row.get(3)?))
-                })
+                .query_row([&id], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?, row.get(2)?, row.get(3)?)))
                 .optional()?;
             let (size, status, created_at, completed_at) = match row {
                 Some(row) if row.1 == "complete" => row,
@@ -412,17 +378,10 @@ impl Drop for MetaDb {
 }
 
 /// Runs `f` inside a savepoint, so a failed job leaves no trace in the shared transaction.
-fn in_savepoint<T>(
-    conn: &Connection,
-    f: impl FnOnce(&Connection) -> MetaResult<T>,
-) -> MetaResult<T> {
+fn in_savepoint<T>(conn: &Connection, f: impl FnOnce(&Connection) -> MetaResult<T>) -> MetaResult<T> {
     conn.execute_batch("SAVEPOINT job")?;
     let result = f(conn);
-    let end = if result.is_ok() {
-        "RELEASE job"
-    } else {
-        "ROLLBACK TO job; RELEASE job"
-    };
+    let end = if result.is_ok() { "RELEASE job" } else { "ROLLBACK TO job; RELEASE job" };
     conn.execute_batch(end)?;
     result
 }
@@ -437,21 +396,15 @@ fn write_loop(conn: &Connection, queue: &Receiver<Job>) {
             }
         }
         let mut finishers = Vec::with_capacity(batch.len());
-        let commit = conn
-            .execute_batch("BEGIN IMMEDIATE")
-            .map_err(MetaError::from)
-            .and_then(|()| {
-                for job in batch.drain(..) {
-                    finishers.push(job(conn));
-                }
-                conn.execute_batch("COMMIT").map_err(MetaError::from)
-            });
+        let commit = conn.execute_batch("BEGIN IMMEDIATE").map_err(MetaError::from).and_then(|()| {
+            for job in batch.drain(..) {
+                finishers.push(job(conn));
+            }
+            conn.execute_batch("COMMIT").map_err(MetaError::from)
+        });
         if let Err(e) = &commit {
             let refused = finishers.len() + batch.len();
-            log::error(
-                "master",
-                &format!("metadata commit failed, {refused} write(s) refused: {e}"),
-            );
+            log::error("master", &format!("metadata commit failed, {refused} write(s) refused: {e}"));
             let _ = conn.execute_batch("ROLLBACK");
             // Jobs that never ran are answered too, so no caller waits forever.
             for job in batch {
@@ -481,44 +434,22 @@ mod tests {
     #[test]
     fn object_lifecycle_and_reopen() {
         let (db, dir) = temp_db("lifecycle");
-        assert_eq!(
-            db.register_node("n1", "http://a:1").unwrap(),
-            Registered::New
-        );
-        assert_eq!(
-            db.register_node("n1", "http://a:1").unwrap(),
-            Registered::Unchanged
-        );
-        assert_eq!(
-            db.register_node("n2", "http://b:1").unwrap(),
-            Registered::New
-        );
-        assert!(matches!(
-            db.register_node("n3", "http://b:1"),
-            Err(MetaError::Conflict(_))
-        ));
+        assert_eq!(db.register_node("n1", "http://a:1").unwrap(), Registered::New);
+        assert_eq!(db.register_node("n1", "http://a:1").unwrap(), Registered::Unchanged);
+        assert_eq!(db.register_node("n2", "http://b:1").unwrap(), Registered::New);
+        assert!(matches!(db.register_node("n3", "http://b:1"), Err(MetaError::Conflict(_))));
         let id = ObjectId::new_random();
         let placed = db.create_object(id, 10, 2, first).unwrap();
         assert_eq!(placed, vec!["http://a:1", "http://b:1"]);
         assert!(matches!(db.object(id), Err(MetaError::NotFound(_))));
         db.complete_object(id).unwrap();
         db.complete_object(id).unwrap();
-        assert!(matches!(
-            db.complete_object(ObjectId::new_random()),
-            Err(MetaError::NotFound(_))
-        ));
+        assert!(matches!(db.complete_object(ObjectId::new_random()), Err(MetaError::NotFound(_))));
         drop(db);
         let db = MetaDb::open(&dir.join("meta.db"), 1).unwrap();
         let object = db.object(id).unwrap();
         assert_eq!((object.size, object.replicas.len()), (10, 2));
-        assert_eq!(
-            db.nodes()
-                .unwrap()
-                .iter()
-                .map(|n| n.replicas)
-                .collect::<Vec<_>>(),
-            vec![1, 1]
-        );
+        assert_eq!(db.nodes().unwrap().iter().map(|n| n.replicas).collect::<Vec<_>>(), vec![1, 1]);
         drop(db);
         std::fs::remove_dir_all(dir).unwrap();
     }
@@ -535,8 +466,7 @@ mod tests {
                     if i % 2 == 0 {
                         db.register_node(&format!("x{i}"), "http://a:1").is_err()
                     } else {
-                        db.create_object(ObjectId::new_random(), 1, 1, first)
-                            .is_ok()
+                        db.create_object(ObjectId::new_random(), 1, 1, first).is_ok()
                     }
                 })
             })

@@ -16,8 +16,8 @@ use tiny_http::{Method, Request};
 use crate::http::{self, ApiError, Handled, HttpServer};
 use crate::log;
 use crate::proto::{
-    normalize_address, validate_node_id, CompleteUpload, Health, InitUpload, NodeInfo, NodeList,
-    ObjectId, ObjectInfo, Placement, RegisterNode, ReplicaInfo, StatusOk,
+    normalize_address, validate_node_id, CompleteUpload, Health, InitUpload, NodeInfo, NodeList, ObjectId, ObjectInfo,
+    Placement, RegisterNode, ReplicaInfo, StatusOk,
 };
 use db::{MetaDb, MetaError, Registered};
 
@@ -35,13 +35,7 @@ pub struct MasterConfig {
 
 impl MasterConfig {
     pub fn new(listen: &str, data_dir: PathBuf) -> MasterConfig {
-        MasterConfig {
-            listen: listen.to_string(),
-            data_dir,
-            replication: 2,
-            threads: 16,
-            max_object_size: 5 << 40,
-        }
+        MasterConfig { listen: listen.to_string(), data_dir, replication: 2, threads: 16, max_object_size: 5 << 40 }
     }
 }
 
@@ -60,21 +54,12 @@ impl Master {
                 config.replication
             )));
         }
-        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("cannot create {}: {e}", config.data_dir.display()),
-            )
-        })?;
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot create {}: {e}", config.data_dir.display())))?;
         let db_path = config.data_dir.join("meta.db");
         let db = MetaDb::open(&db_path, config.threads).map_err(io::Error::other)?;
-        let state = Arc::new(MasterState {
-            db,
-            config: config.clone(),
-        });
-        let http = HttpServer::start(&config.listen, config.threads, "master", move |request| {
-            state.handle(request)
-        })?;
+        let state = Arc::new(MasterState { db, config: config.clone() });
+        let http = HttpServer::start(&config.listen, config.threads, "master", move |request| state.handle(request))?;
         log::info(
             "master",
             &format!(
@@ -150,25 +135,22 @@ impl From<MetaError> for ApiError {
 impl MasterState {
     fn handle(&self, request: &mut Request) -> Handled {
         let bytes_in = request.body_length().unwrap_or(0) as u64;
-        let reply = Endpoint::parse(request.method(), http::path_of(request))
-            .and_then(|endpoint| self.dispatch(endpoint, request))
-            .unwrap_or_else(|e| http::error_reply(&e));
-        Handled { reply, bytes_in }
+        let result = Endpoint::parse(request.method(), http::path_of(request))
+            .and_then(|endpoint| self.dispatch(endpoint, request));
+        let mut handled = match result {
+            Ok(reply) => Handled::from(reply),
+            Err(e) => Handled::from(e),
+        };
+        handled.bytes_in = bytes_in;
+        handled
     }
 
     fn dispatch(&self, endpoint: Endpoint, request: &mut Request) -> Result<http::Reply, ApiError> {
         match endpoint {
-            Endpoint::Health => Ok(http::json_reply(
-                200,
-                &Health {
-                    status: "ok".into(),
-                },
-            )),
+            Endpoint::Health => Ok(http::json_reply(200, &Health { status: "ok".into() })),
             Endpoint::RegisterNode => {
-                let body: RegisterNode = http::read_json(
-                    request,
-                    r#"{"id": "datanode-1", "address": "http://host:42101"}"#,
-                )?;
+                let body: RegisterNode =
+                    http::read_json(request, r#"{"id": "datanode-1", "address": "http://host:42101"}"#)?;
                 self.register_node(body)
             }
             Endpoint::ListNodes => self.list_nodes(),
@@ -189,13 +171,8 @@ impl MasterState {
         let address = normalize_address(&body.address).map_err(ApiError::bad_request)?;
         let outcome = self.db.register_node(&body.id, &address)?;
         match outcome {
-            Registered::New => log::info(
-                "master",
-                &format!("node {} registered at {address}", body.id),
-            ),
-            Registered::AddressChanged => {
-                log::info("master", &format!("node {} moved to {address}", body.id))
-            }
+            Registered::New => log::info("master", &format!("node {} registered at {address}", body.id)),
+            Registered::AddressChanged => log::info("master", &format!("node {} moved to {address}", body.id)),
             Registered::Unchanged => {}
         }
         Ok(http::json_reply(200, &StatusOk::ok()))
@@ -233,19 +210,10 @@ impl MasterState {
             )));
         }
         let id = ObjectId::new_random();
-        let nodes = self
-            .db
-            .create_object(id, body.size, replication, |live, n| {
-                placement::choose_random(live, n, &mut rand::thread_rng())
-                    .map_err(MetaError::Unavailable)
-            })?;
-        Ok(http::json_reply(
-            200,
-            &Placement {
-                objectid: id.to_string(),
-                nodes,
-            },
-        ))
+        let nodes = self.db.create_object(id, body.size, replication, |live, n| {
+            placement::choose_random(live, n, &mut rand::thread_rng()).map_err(MetaError::Unavailable)
+        })?;
+        Ok(http::json_reply(200, &Placement { objectid: id.to_string(), nodes }))
     }
 
     fn complete_upload(&self, body: CompleteUpload) -> Result<http::Reply, ApiError> {
@@ -264,11 +232,7 @@ impl MasterState {
             replica_nodes: object
                 .replicas
                 .into_iter()
-                .map(|r| ReplicaInfo {
-                    node: r.node_id,
-                    address: r.address,
-                    state: r.state,
-                })
+                .map(|r| ReplicaInfo { node: r.node_id, address: r.address, state: r.state })
                 .collect(),
             created_at: rfc3339(object.created_at),
             completed_at: object.completed_at.map(rfc3339),
@@ -292,27 +256,11 @@ mod tests {
         let parsed = ObjectId::parse(id).unwrap();
         let table: &[(Method, String, Result<Endpoint, u16>)] = &[
             (Method::Get, "/health".into(), Ok(Endpoint::Health)),
-            (
-                Method::Post,
-                "/api/node/register".into(),
-                Ok(Endpoint::RegisterNode),
-            ),
+            (Method::Post, "/api/node/register".into(), Ok(Endpoint::RegisterNode)),
             (Method::Get, "/api/nodes".into(), Ok(Endpoint::ListNodes)),
-            (
-                Method::Post,
-                "/api/upload/init".into(),
-                Ok(Endpoint::InitUpload),
-            ),
-            (
-                Method::Post,
-                "/api/upload/complete".into(),
-                Ok(Endpoint::CompleteUpload),
-            ),
-            (
-                Method::Get,
-                format!("/api/objects/{id}"),
-                Ok(Endpoint::GetObject(parsed)),
-            ),
+            (Method::Post, "/api/upload/init".into(), Ok(Endpoint::InitUpload)),
+            (Method::Post, "/api/upload/complete".into(), Ok(Endpoint::CompleteUpload)),
+            (Method::Get, format!("/api/objects/{id}"), Ok(Endpoint::GetObject(parsed))),
             (Method::Get, "/api/upload/init".into(), Err(405)),
             (Method::Delete, "/api/nodes".into(), Err(405)),
             (Method::Get, "/api/objects/not-a-uuid".into(), Err(400)),

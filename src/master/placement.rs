@@ -7,11 +7,7 @@ use rand::seq::SliceRandom;
 use rand::Rng;
 
 /// Picks `n` distinct candidates at random, or says how many are missing.
-pub fn choose_random<T: Clone>(
-    candidates: &[T],
-    n: usize,
-    rng: &mut impl Rng,
-) -> Result<Vec<T>, String> {
+pub fn choose_random<T: Clone>(candidates: &[T], n: usize, rng: &mut impl Rng) -> Result<Vec<T>, String> {
     if n == 0 {
         return Err("replication must be at least 1".to_string());
     }
@@ -50,9 +46,7 @@ mod tests {
     #[test]
     fn too_few_nodes_or_zero_replicas_is_an_error() {
         let mut rng = rand::thread_rng();
-        assert!(choose_random(&[1, 2], 3, &mut rng)
-            .unwrap_err()
-            .contains("only 2"));
+        assert!(choose_random(&[1, 2], 3, &mut rng).unwrap_err().contains("only 2"));
         assert!(choose_random(&[1, 2], 0, &mut rng).is_err());
         assert_eq!(choose_random(&[1, 2], 2, &mut rng).unwrap().len(), 2);
     }

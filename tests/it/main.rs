@@ -1,1 +1,7 @@
+//! The integration tests: one binary, each module a feature seen from outside (HTTP and
+//! the CLI) against real `aether` processes on loopback ports.
 
+mod api;
+mod cluster;
+mod durability;
+mod tidy;

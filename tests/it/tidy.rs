@@ -1,0 +1,50 @@
+//! Tidy checks on the source tree itself: every Rust file says what it owns in a `//!`
+//! first line, and only the modules that own SQL and object files contain them.
+
+use std::path::{Path, PathBuf};
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+fn sources() -> Vec<(PathBuf, String)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    for dir in ["src", "tests"] {
+        rust_files(&root.join(dir), &mut files);
+    }
+    files.into_iter().map(|p| (p.clone(), std::fs::read_to_string(&p).unwrap())).collect()
+}
+
+#[test]
+fn every_file_starts_with_a_doc_comment() {
+    for (path, text) in sources() {
+        assert!(text.starts_with("//!"), "{} must start with a //! line saying what it owns", path.display());
+    }
+}
+
+#[test]
+fn sql_and_object_files_stay_in_their_modules() {
+    for (path, text) in sources() {
+        let name = path.to_string_lossy().replace('\\', "/");
+        if name.contains("/tests/") {
+            continue;
+        }
+        if !name.ends_with("src/master/db.rs") {
+            assert!(!text.contains("rusqlite"), "{name} uses SQLite; only master/db.rs may");
+        }
+        if !name.ends_with("src/datanode/store.rs") {
+            assert!(
+                !text.contains("sync_all") || name.ends_with("src/cli.rs"),
+                "{name} writes durable files; only datanode/store.rs may"
+            );
+        }
+    }
+}
