@@ -1,0 +1,40 @@
+# AetherStore image: one image for the master and the datanodes; the command picks the
+# role (`master`, the default, or `datanode`). The binary is built on the host first:
+#
+#   deploy/build-static.sh
+#   docker build -t aetherstore:latest .
+#
+# BASE_IMAGE is any Debian-like image with bash and useradd: debian:bookworm-slim in the
+# real world; the deploy test passes an image it made itself with debootstrap, since no
+# image can be pulled on the project's machines. The binary is statically linked, so
+# the base only adds a shell for the health check and the usual /etc files.
+ARG BASE_IMAGE=debian:bookworm-slim
+FROM ${BASE_IMAGE}
+
+ARG AETHER_BINARY=target/deploy/aether
+ARG AETHER_UID=10001
+
+RUN groupadd --system --gid "${AETHER_UID}" aether \
+    && useradd --system --uid "${AETHER_UID}" --gid aether --no-create-home \
+        --home-dir /var/lib/aether --shell /usr/sbin/nologin aether \
+    && mkdir -p /var/lib/aether \
+    && chown aether:aether /var/lib/aether \
+    && chmod 0750 /var/lib/aether
+
+COPY ${AETHER_BINARY} /usr/local/bin/aether
+COPY deploy/docker/healthcheck.sh /usr/local/bin/aether-healthcheck
+
+# Both roles keep their data in the volume; the master's database or the datanode's
+# objects, one role per container.
+ENV AETHER_DATA=/var/lib/aether
+VOLUME ["/var/lib/aether"]
+WORKDIR /var/lib/aether
+USER aether:aether
+EXPOSE 42100 42101
+
+HEALTHCHECK --interval=10s --timeout=5s --start-period=10s --retries=3 \
+    CMD ["/usr/local/bin/aether-healthcheck"]
+
+# aether itself is PID 1: it stops cleanly on SIGTERM (docker stop).
+ENTRYPOINT ["/usr/local/bin/aether"]
+CMD ["master"]
