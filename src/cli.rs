@@ -2,13 +2,13 @@
 //! They print results on standard output and progress on a terminal's standard error.
 
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::client::{Client, ClientError};
+use crate::client::Client;
 use crate::proto::ObjectId;
 
 /// The master a client talks to when neither `--master` nor `AETHER_MASTER` says.
@@ -29,139 +29,74 @@ fn progress(total: u64, what: &str) -> ProgressBar {
     bar
 }
 
-/// Uploads `path`: asks the master for a placement, sends the file to every placed node
-/// in parallel, then completes the upload. Returns the new object's id.
+/// Uploads `path` through a replicated chain and completes it; returns the new id.
 pub fn put(client: &Client, path: &Path, replication: Option<usize>) -> CliResult<ObjectId> {
     let size = fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?.len();
-    let placement = client.init_upload(size, replication).map_err(|e| e.to_string())?;
-    let id = ObjectId::parse(&placement.objectid)?;
-    let bar = progress(size * placement.nodes.len() as u64, "uploading");
-    let results: Vec<Result<(), ClientError>> = std::thread::scope(|scope| {
-        let uploads: Vec<_> = placement
-            .nodes
-            .iter()
-            .map(|node| {
-                let bar = bar.clone();
-                scope.spawn(move || {
-                    let file = File::open(path)?;
-                    client.put_to_node(node, &id, bar.wrap_read(file), size)
-                })
-            })
-            .collect();
-        uploads.into_iter().map(|u| u.join().expect("upload threads do not panic")).collect()
-    });
+    let bar = progress(size, "uploading");
+    let mut open = || -> io::Result<Box<dyn Read + Send>> {
+        bar.set_position(0);
+        Ok(Box::new(bar.wrap_read(File::open(path)?)))
+    };
+    let uploaded = client.upload(size, replication, &mut open);
     bar.finish_and_clear();
-    let failures: Vec<String> = results.into_iter().filter_map(|r| r.err()).map(|e| e.to_string()).collect();
-    if !failures.is_empty() {
-        return Err(format!(
-            "upload of {id} failed on {} of {} nodes, not completed: {}",
-            failures.len(),
-            placement.nodes.len(),
-            failures.join("; ")
-        ));
+    let uploaded = uploaded.map_err(|e| e.to_string())?;
+    for replica in uploaded.replicas.iter().filter(|r| r.status != 201) {
+        eprintln!(
+            "aether: note: {} did not take a copy ({}); another node did",
+            replica.node,
+            replica.error.as_deref().unwrap_or("no reason given")
+        );
     }
-    client.complete_upload(&id).map_err(|e| e.to_string())?;
-    Ok(id)
+    Ok(uploaded.id)
 }
 
-/// Downloads an object to `output` (standard output when `None`), trying each replica in
-/// turn. A file is written beside its destination and renamed into place when whole.
+/// Downloads an object to `output` (standard output when `None`), verifying its
+/// checksum and failing over between replicas. A file is written beside its destination
+/// and renamed into place only when whole and verified.
 pub fn get(client: &Client, id: &str, output: Option<&Path>) -> CliResult<u64> {
     let id = ObjectId::parse(id)?;
-    let info = client.object(&id).map_err(|e| e.to_string())?;
-    if info.replicas.is_empty() {
-        return Err(format!("object {id} has no replicas"));
-    }
-    let bar = progress(info.size, "downloading");
-    let mut errors = Vec::new();
+    let size = client.object(&id).map_err(|e| e.to_string())?.size;
+    let bar = progress(size, "downloading");
     let result = match output {
         Some(path) => {
             let partial = partial_path(path);
-            let mut done = None;
-            for node in &info.replicas {
-                bar.set_position(0);
-                let attempt = File::create(&partial).map_err(ClientError::from).and_then(|file| {
+            let result = File::create(&partial)
+                .map_err(|e| format!("cannot create {}: {e}", partial.display()))
+                .and_then(|file| {
                     let mut out = io::BufWriter::with_capacity(1 << 20, file);
-                    let n = client.get_from_node(node, &id, &mut bar.wrap_write(&mut out))?;
-                    let file = out.into_inner().map_err(|e| e.into_error())?;
-                    file.sync_all()?;
+                    let n = client.download(&id, &mut bar.wrap_write(&mut out)).map_err(|e| e.to_string())?;
+                    let file = out.into_inner().map_err(|e| e.into_error().to_string())?;
+                    file.sync_all().map_err(|e| e.to_string())?;
+                    fs::rename(&partial, path)
+                        .map_err(|e| format!("cannot move {} into place: {e}", partial.display()))?;
                     Ok(n)
                 });
-                match attempt.and_then(|n| check_size(n, info.size, node)) {
-                    Ok(n) => {
-                        done = Some(n);
-                        break;
-                    }
-                    Err(e) => errors.push(e.to_string()),
-                }
+            if result.is_err() {
+                let _ = fs::remove_file(&partial);
             }
-            match done {
-                Some(n) => fs::rename(&partial, path)
-                    .map(|()| n)
-                    .map_err(|e| format!("cannot move {} into place: {e}", partial.display())),
-                None => {
-                    let _ = fs::remove_file(&partial);
-                    Err(format!("every replica of {id} failed: {}", errors.join("; ")))
-                }
-            }
+            result
         }
         None => {
-            let stdout = io::stdout().lock();
-            let mut out = CountingWriter { inner: bar.wrap_write(stdout), written: 0 };
-            let mut done = None;
-            for node in &info.replicas {
-                match client.get_from_node(node, &id, &mut out).and_then(|n| check_size(n, info.size, node)) {
-                    Ok(n) => {
-                        done = Some(n);
-                        break;
-                    }
-                    // Bytes already on standard output cannot be taken back.
-                    Err(e) if out.written > 0 => {
-                        errors.push(e.to_string());
-                        break;
-                    }
-                    Err(e) => errors.push(e.to_string()),
-                }
-            }
+            let mut out = io::BufWriter::with_capacity(1 << 20, io::stdout().lock());
+            let n = client.download(&id, &mut bar.wrap_write(&mut out)).map_err(|e| e.to_string());
             out.flush().map_err(|e| e.to_string())?;
-            done.ok_or_else(|| format!("download of {id} failed: {}", errors.join("; ")))
+            n
         }
     };
     bar.finish_and_clear();
     result
 }
 
-fn check_size(got: u64, want: u64, node: &str) -> Result<u64, ClientError> {
-    if got == want {
-        Ok(got)
-    } else {
-        Err(ClientError::Protocol {
-            url: node.to_string(),
-            message: format!("replica has {got} bytes, the master says {want}"),
-        })
-    }
+/// Deletes an object.
+pub fn rm(client: &Client, id: &str) -> CliResult<()> {
+    let id = ObjectId::parse(id)?;
+    client.delete_object(&id).map_err(|e| e.to_string())
 }
 
 fn partial_path(path: &Path) -> PathBuf {
     let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
     name.push(".aether-partial");
     path.with_file_name(name)
-}
-
-struct CountingWriter<W> {
-    inner: W,
-    written: u64,
-}
-
-impl<W: Write> Write for CountingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.written += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
 }
 
 /// The master's metadata of one object, as pretty JSON.

@@ -9,7 +9,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::proto::{
-    CompleteUpload, ErrorBody, InitUpload, NodeInfo, NodeList, ObjectId, ObjectInfo, Placement, RegisterNode, StatusOk,
+    Checksum, ClusterStatus, CompleteUpload, ErrorBody, Heartbeat, InitUpload, Inventory, NodeCommands, NodeInfo,
+    NodeList, ObjectId, ObjectInfo, Placement, RegisterNode, ReplaceNodes, ReplicaReport, ReplicaResult, StatusOk,
+    Stored, CHAIN_HEADER, CHECKSUM_HEADER, TOKEN_HEADER,
 };
 
 #[derive(Debug)]
@@ -90,11 +92,35 @@ pub fn agent() -> ureq::Agent {
 pub struct Client {
     agent: ureq::Agent,
     master: String,
+    token: Option<String>,
+}
+
+/// What an upload achieved: the object id and every node's result.
+#[derive(Debug, Clone)]
+pub struct Uploaded {
+    pub id: ObjectId,
+    pub size: u64,
+    pub checksum: Checksum,
+    pub replicas: Vec<ReplicaResult>,
 }
 
 impl Client {
     pub fn new(agent: ureq::Agent, master: &str) -> Client {
-        Client { agent, master: master.trim_end_matches('/').to_string() }
+        Client { agent, master: master.trim_end_matches('/').to_string(), token: None }
+    }
+
+    /// Sends the cluster token with every request to the master.
+    pub fn with_token(mut self, token: Option<String>) -> Client {
+        self.token = token;
+        self
+    }
+
+    fn request(&self, method: &str, url: &str) -> ureq::Request {
+        let request = self.agent.request(method, url);
+        match &self.token {
+            Some(token) => request.set(TOKEN_HEADER, token),
+            None => request,
+        }
     }
 
     pub fn master(&self) -> &str {
@@ -103,13 +129,13 @@ impl Client {
 
     fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ClientError> {
         let url = format!("{}{path}", self.master);
-        let response = self.agent.post(&url).send_json(body).map_err(|e| from_ureq(&url, e))?;
+        let response = self.request("POST", &url).send_json(body).map_err(|e| from_ureq(&url, e))?;
         response.into_json().map_err(|e| ClientError::Protocol { url, message: e.to_string() })
     }
 
     fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         let url = format!("{}{path}", self.master);
-        let response = self.agent.get(&url).call().map_err(|e| from_ureq(&url, e))?;
+        let response = self.request("GET", &url).call().map_err(|e| from_ureq(&url, e))?;
         response.into_json().map_err(|e| ClientError::Protocol { url, message: e.to_string() })
     }
 
@@ -135,6 +161,195 @@ impl Client {
     pub fn nodes(&self) -> Result<Vec<NodeInfo>, ClientError> {
         let list: NodeList = self.get_json("/api/nodes")?;
         Ok(list.nodes)
+    }
+
+    pub fn heartbeat(&self, heartbeat: &Heartbeat) -> Result<NodeCommands, ClientError> {
+        self.post("/api/node/heartbeat", heartbeat)
+    }
+
+    pub fn report(&self, report: &ReplicaReport) -> Result<NodeCommands, ClientError> {
+        self.post("/api/replicas/report", report)
+    }
+
+    pub fn inventory(&self, inventory: &Inventory) -> Result<NodeCommands, ClientError> {
+        self.post("/api/node/inventory", inventory)
+    }
+
+    pub fn replace_nodes(&self, id: &ObjectId, failed: &[String], count: usize) -> Result<Placement, ClientError> {
+        let body = ReplaceNodes { objectid: id.to_string(), failed: failed.to_vec(), count };
+        self.post("/api/upload/replace", &body)
+    }
+
+    pub fn delete_object(&self, id: &ObjectId) -> Result<(), ClientError> {
+        let url = format!("{}/api/objects/{id}", self.master);
+        self.request("DELETE", &url).call().map_err(|e| from_ureq(&url, e))?;
+        Ok(())
+    }
+
+    pub fn cluster(&self) -> Result<ClusterStatus, ClientError> {
+        self.get_json("/api/cluster")
+    }
+
+    /// Sends `len` bytes to the first node of `chain`, which stores them and forwards
+    /// them along the rest; returns every node's result.
+    pub fn put_chain(&self, chain: &[String], id: &ObjectId, body: impl Read, len: u64) -> Result<Stored, ClientError> {
+        let first = chain.first().ok_or_else(|| ClientError::Protocol {
+            url: self.master.clone(),
+            message: "the placement names no node".into(),
+        })?;
+        let url = format!("{}/objects/{id}", first.trim_end_matches('/'));
+        let mut request = self
+            .agent
+            .put(&url)
+            .set("Content-Type", "application/octet-stream")
+            .set("Content-Length", &len.to_string());
+        if chain.len() > 1 {
+            request = request.set(CHAIN_HEADER, &chain[1..].join(","));
+        }
+        let response = request.send(body).map_err(|e| from_ureq(&url, e))?;
+        response.into_json().map_err(|e| ClientError::Protocol { url, message: e.to_string() })
+    }
+
+    /// Uploads an object to as many replicas as the master places: the bytes go once,
+    /// down a chain of datanodes; nodes the chain lost are replaced by new ones from the
+    /// master (reading the bytes again through `open`), then the upload is completed,
+    /// which the master grants only once enough replicas are confirmed by their nodes.
+    pub fn upload(
+        &self,
+        len: u64,
+        replication: Option<usize>,
+        open: &mut dyn FnMut() -> io::Result<Box<dyn Read + Send>>,
+    ) -> Result<Uploaded, ClientError> {
+        let placement = self.init_upload(len, replication)?;
+        let id = ObjectId::parse(&placement.objectid)
+            .map_err(|message| ClientError::Protocol { url: self.master.clone(), message })?;
+        let wanted = placement.nodes.len();
+        let mut chain = placement.nodes;
+        let mut stored: Vec<ReplicaResult> = Vec::new();
+        let mut checksum = None;
+        for _attempt in 0..3 {
+            let results = match self.put_chain(&chain, &id, open()?, len) {
+                Ok(answer) => {
+                    checksum = Some(answer.checksum);
+                    answer.replicas
+                }
+                Err(e) => chain
+                    .iter()
+                    .map(|node| ReplicaResult {
+                        node: node.clone(),
+                        status: e.status().unwrap_or(502),
+                        checksum: None,
+                        error: Some(e.to_string()),
+                    })
+                    .collect(),
+            };
+            let failed: Vec<String> = results.iter().filter(|r| r.status != 201).map(|r| r.node.clone()).collect();
+            stored.extend(results);
+            let good = stored.iter().filter(|r| r.status == 201).count();
+            if good >= wanted {
+                break;
+            }
+            match self.replace_nodes(&id, &failed, wanted - good) {
+                Ok(more) if !more.nodes.is_empty() => chain = more.nodes,
+                _ => break,
+            }
+        }
+        self.complete_upload(&id).map_err(|e| match e {
+            ClientError::Api { url, status, message } => {
+                let outcome: Vec<String> = stored
+                    .iter()
+                    .map(|r| {
+                        format!(
+                            "{} {}{}",
+                            r.node,
+                            r.status,
+                            r.error.as_ref().map(|e| format!(" ({e})")).unwrap_or_default()
+                        )
+                    })
+                    .collect();
+                ClientError::Api { url, status, message: format!("{message}; replicas: {}", outcome.join(", ")) }
+            }
+            other => other,
+        })?;
+        Ok(Uploaded { id, size: len, checksum: checksum.unwrap_or_default(), replicas: stored })
+    }
+
+    /// Downloads an object into `out`, verifying its checksum. Replicas are tried in the
+    /// master's order (live nodes first); when one fails part-way, the next one resumes
+    /// from the byte where it broke, using an HTTP range.
+    pub fn download(&self, id: &ObjectId, out: &mut dyn Write) -> Result<u64, ClientError> {
+        let info = self.object(id)?;
+        let mut written = 0u64;
+        let mut sum = Checksum::default();
+        let mut errors = Vec::new();
+        // Each replica gets two chances: a transfer cut by a passing fault resumes too.
+        let attempts = info.replicas.iter().chain(info.replicas.iter());
+        for node in attempts {
+            match self.fetch(node, id, written, info.checksum, &mut sum, &mut written, out) {
+                Ok(()) if written == info.size => break,
+                Ok(()) => errors.push(format!("{node}: ended at byte {written} of {}", info.size)),
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        if written != info.size {
+            return Err(ClientError::Protocol {
+                url: self.master.clone(),
+                message: format!("every replica of {id} failed: {}", errors.join("; ")),
+            });
+        }
+        if let Some(expected) = info.checksum.filter(|expected| *expected != sum) {
+            return Err(ClientError::Protocol {
+                url: self.master.clone(),
+                message: format!("downloaded bytes have checksum {sum}, the object has {expected}"),
+            });
+        }
+        Ok(written)
+    }
+
+    /// Streams one replica from `offset` on into `out`, counting what arrives.
+    #[allow(clippy::too_many_arguments)]
+    fn fetch(
+        &self,
+        node: &str,
+        id: &ObjectId,
+        offset: u64,
+        expected: Option<Checksum>,
+        sum: &mut Checksum,
+        written: &mut u64,
+        out: &mut dyn Write,
+    ) -> Result<(), ClientError> {
+        let url = format!("{}/objects/{id}", node.trim_end_matches('/'));
+        let mut request = self.agent.get(&url);
+        if offset > 0 {
+            request = request.set("Range", &format!("bytes={offset}-"));
+        }
+        let response = request.call().map_err(|e| from_ureq(&url, e))?;
+        let protocol = |message: String| ClientError::Protocol { url: url.clone(), message };
+        let replica_sum = response.header(CHECKSUM_HEADER).map(Checksum::parse).transpose().map_err(protocol)?;
+        if let (Some(expected), Some(replica)) = (expected, replica_sum) {
+            if expected != replica {
+                return Err(protocol(format!("replica has checksum {replica}, the object has {expected}")));
+            }
+        }
+        if offset > 0 {
+            let range = response.header("Content-Range").unwrap_or_default();
+            if response.status() != 206 || !range.starts_with(&format!("bytes {offset}-")) {
+                return Err(protocol(format!("asked for bytes {offset}-, got {} {range:?}", response.status())));
+            }
+        }
+        let mut reader = response.into_reader();
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = match reader.read(&mut buf) {
+                Ok(0) => return Ok(()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(ClientError::Transport { url, message: e.to_string() }),
+            };
+            out.write_all(&buf[..n])?;
+            sum.update(&buf[..n]);
+            *written += n as u64;
+        }
     }
 
     /// Uploads `len` bytes from `body` to one datanode.

@@ -32,7 +32,7 @@ impl DevCluster {
         let mut master_config =
             MasterConfig::new(&format!("127.0.0.1:{}", config.port), config.data_dir.join("master"));
         master_config.replication = config.replication;
-        let master = Master::start(master_config)?;
+        let master = Master::start(master_config, agent.clone())?;
         let master_port = master.local_addr().port();
         let master_url = if config.port == 0 {
             format!("http://127.0.0.1:{master_port}")

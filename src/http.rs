@@ -131,6 +131,21 @@ pub fn read_json<T: DeserializeOwned>(request: &mut Request, expected: &str) -> 
         .map_err(|e| ApiError::bad_request(format!("malformed JSON body ({e}); expected {expected}")))
 }
 
+/// Checks the cluster token of an internal request: with a token configured, a request
+/// without the same token is refused with 401 before it changes anything.
+pub fn check_token(request: &Request, token: Option<&str>) -> Result<(), ApiError> {
+    let Some(token) = token else { return Ok(()) };
+    let given = header_value(request, crate::proto::TOKEN_HEADER).unwrap_or_default();
+    // Compare every byte whatever the outcome, so timing says nothing about the token.
+    let same =
+        given.len() == token.len() && given.bytes().zip(token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+    if same {
+        Ok(())
+    } else {
+        Err(ApiError::new(401, format!("this cluster requires its token in the {} header", crate::proto::TOKEN_HEADER)))
+    }
+}
+
 /// What a handler produced: the reply, and for the request log how many body bytes it
 /// took in and, for an error, what went wrong.
 pub struct Handled {
@@ -165,7 +180,14 @@ impl HttpServer {
     where
         H: Fn(&mut Request) -> Handled + Send + Sync + 'static,
     {
-        let listener = bind_nodelay(listen)?;
+        HttpServer::serve(bind(listen)?, threads, name, handler)
+    }
+
+    /// Serves a listener made by `bind`, for callers that need its address first.
+    pub fn serve<H>(listener: TcpListener, threads: usize, name: &str, handler: H) -> io::Result<HttpServer>
+    where
+        H: Fn(&mut Request) -> Handled + Send + Sync + 'static,
+    {
         let addr = listener.local_addr()?;
         let server = tiny_http::Server::from_listener(listener, None)
             .map_err(|e| io::Error::other(format!("cannot serve {addr}: {e}")))?;
@@ -232,7 +254,8 @@ where
     }
 }
 
-fn bind_nodelay(listen: &str) -> io::Result<TcpListener> {
+/// Binds a listening socket with TCP_NODELAY (inherited by every accepted connection).
+pub fn bind(listen: &str) -> io::Result<TcpListener> {
     let addr = listen
         .to_socket_addrs()
         .map_err(|e| io::Error::new(e.kind(), format!("bad listen address {listen:?}: {e}")))?

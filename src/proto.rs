@@ -56,6 +56,8 @@ pub struct ObjectInfo {
     /// The same replicas with their node ids.
     #[serde(default)]
     pub replica_nodes: Vec<ReplicaInfo>,
+    #[serde(default)]
+    pub checksum: Option<Checksum>,
     pub created_at: String,
     #[serde(default)]
     pub completed_at: Option<String>,
@@ -69,17 +71,25 @@ pub struct ReplicaInfo {
 }
 
 /// One entry of `GET /api/nodes`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct NodeInfo {
     pub id: String,
     pub address: String,
     pub state: String,
     pub registered_at: String,
     pub last_seen: String,
+    /// Seconds since the last registration or heartbeat.
+    pub last_seen_secs_ago: f64,
     pub replicas: u64,
+    #[serde(default)]
+    pub capacity_bytes: Option<u64>,
+    #[serde(default)]
+    pub free_bytes: Option<u64>,
+    #[serde(default)]
+    pub object_count: Option<u64>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct NodeList {
     pub nodes: Vec<NodeInfo>,
 }
@@ -95,12 +105,173 @@ pub struct Health {
 pub struct Stored {
     pub objectid: String,
     pub size: u64,
+    pub checksum: Checksum,
+    /// Every node of the chain, this one first.
+    #[serde(default)]
+    pub replicas: Vec<ReplicaResult>,
 }
 
 /// Every error body: `{"error": "..."}`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ErrorBody {
     pub error: String,
+}
+
+/// Header carrying an object's checksum (`crc32c:` and 8 hex digits) on datanode answers,
+/// and on uploads that must arrive with exactly that checksum.
+pub const CHECKSUM_HEADER: &str = "X-Aether-Checksum";
+/// Header of a chained upload: the addresses the receiving node forwards the bytes to.
+pub const CHAIN_HEADER: &str = "X-Aether-Chain";
+/// Header carrying the cluster token on internal requests.
+pub const TOKEN_HEADER: &str = "X-Aether-Token";
+
+/// A CRC-32C of an object's bytes, computed while streaming.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Checksum(pub u32);
+
+impl Checksum {
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.0 = crc32c::crc32c_append(self.0, bytes);
+    }
+
+    pub fn parse(text: &str) -> Result<Checksum, String> {
+        text.trim()
+            .strip_prefix("crc32c:")
+            .filter(|hex| hex.len() == 8)
+            .and_then(|hex| u32::from_str_radix(hex, 16).ok())
+            .map(Checksum)
+            .ok_or_else(|| format!("invalid checksum {text:?}: expected crc32c: and 8 hex digits"))
+    }
+}
+
+impl std::fmt::Display for Checksum {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "crc32c:{:08x}", self.0)
+    }
+}
+
+impl Serialize for Checksum {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Checksum {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Checksum, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Checksum::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// One replica as a datanode holds it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReplicaState {
+    pub objectid: String,
+    pub size: u64,
+    pub checksum: Checksum,
+}
+
+/// The outcome of one node of a chained upload, as the first node reports it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReplicaResult {
+    pub node: String,
+    /// 201 when stored; the node's error status, or 502 when it could not be reached.
+    pub status: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<Checksum>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `POST /api/node/heartbeat`: a datanode says it is alive and how full it is.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Heartbeat {
+    pub id: String,
+    pub address: String,
+    pub capacity_bytes: u64,
+    pub free_bytes: u64,
+    pub object_count: u64,
+}
+
+/// `POST /api/replicas/report`: replicas a datanode has just stored, or found corrupt.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReplicaReport {
+    pub node: String,
+    #[serde(default)]
+    pub stored: Vec<ReplicaState>,
+    /// Object ids whose local copy failed verification and was quarantined.
+    #[serde(default)]
+    pub corrupt: Vec<String>,
+}
+
+/// `POST /api/node/inventory`: one batch of a datanode's full list of objects. A scan is
+/// a series of batches with one `scan` id, the last with `done: true`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Inventory {
+    pub node: String,
+    pub scan: String,
+    pub done: bool,
+    pub replicas: Vec<InventoryEntry>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct InventoryEntry {
+    pub objectid: String,
+    pub size: u64,
+    pub checksum: Checksum,
+    /// Seconds since the file was written, so the master can spare fresh uploads.
+    pub age_secs: u64,
+}
+
+/// The master's answer to heartbeats, reports and inventories: objects the node should
+/// delete.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct NodeCommands {
+    #[serde(default)]
+    pub delete: Vec<String>,
+}
+
+/// `POST /internal/replicate` on a datanode: copy these objects to `target`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReplicateRequest {
+    pub target: String,
+    pub objects: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReplicateResult {
+    pub objectid: String,
+    pub status: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `POST /internal/delete` on a datanode: remove these objects.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DeleteRequest {
+    pub objects: Vec<String>,
+}
+
+/// `POST /api/upload/replace`: more nodes for an upload whose chain lost some.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReplaceNodes {
+    pub objectid: String,
+    /// Addresses that failed; they are dropped from the placement.
+    #[serde(default)]
+    pub failed: Vec<String>,
+    pub count: usize,
+}
+
+/// `GET /api/cluster`: a summary for operators and benchmarks.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ClusterStatus {
+    pub nodes_alive: u64,
+    pub nodes_suspect: u64,
+    pub nodes_dead: u64,
+    pub objects: u64,
+    pub under_replicated: u64,
+    pub repairs_in_flight: u64,
+    pub pending_deletes: u64,
 }
 
 /// An object id: a UUID, always written in its canonical lower-case hyphenated form, so
@@ -162,6 +333,16 @@ mod tests {
         for bad in ["", "..", "../../etc/passwd", "0b7a3c1e-5d2f-4c8e-9a61-2f4d8e9b1c0", "x/y", "%2e%2e"] {
             assert!(ObjectId::parse(bad).is_err(), "{bad:?} was accepted");
         }
+    }
+
+    #[test]
+    fn checksums_round_trip() {
+        let mut sum = Checksum::default();
+        sum.update(b"123456789");
+        assert_eq!(sum.to_string(), "crc32c:e3069283");
+        assert_eq!(Checksum::parse("crc32c:e3069283"), Ok(sum));
+        assert!(Checksum::parse("md5:e3069283").is_err());
+        assert!(Checksum::parse("crc32c:e30692").is_err());
     }
 
     #[test]

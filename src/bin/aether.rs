@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use argh::FromArgs;
 
@@ -29,6 +30,7 @@ enum Command {
     Put(PutArgs),
     Get(GetArgs),
     Stat(StatArgs),
+    Rm(RmArgs),
     Nodes(NodesArgs),
 }
 
@@ -69,6 +71,21 @@ struct MasterArgs {
     /// largest object accepted, e.g. 5T (env AETHER_MAX_OBJECT_SIZE; default 5T)
     #[argh(option)]
     max_object_size: Option<String>,
+    /// replicas that must be confirmed before an upload completes (env AETHER_WRITE_QUORUM; default: all)
+    #[argh(option)]
+    write_quorum: Option<usize>,
+    /// seconds of silence after which a datanode is dead, half of it suspect (env AETHER_DEAD_AFTER; default 12)
+    #[argh(option)]
+    dead_after: Option<String>,
+    /// shared secret datanodes must present (env AETHER_CLUSTER_TOKEN; default none: an open cluster)
+    #[argh(option)]
+    cluster_token: Option<String>,
+    /// seconds after which uploads never completed, and files no one knows, are removed (env AETHER_UPLOAD_GRACE; default 3600)
+    #[argh(option)]
+    upload_grace: Option<String>,
+    /// re-replication batches in flight at once (env AETHER_REPAIR_CONCURRENCY; default 4)
+    #[argh(option)]
+    repair_concurrency: Option<usize>,
 }
 
 #[derive(FromArgs)]
@@ -99,6 +116,21 @@ struct DatanodeArgs {
     /// disk space uploads must leave free, e.g. 64M (env AETHER_RESERVE; default 64M)
     #[argh(option)]
     reserve: Option<String>,
+    /// shared secret of the cluster (env AETHER_CLUSTER_TOKEN; default none)
+    #[argh(option)]
+    cluster_token: Option<String>,
+    /// seconds between heartbeats, fractions allowed (env AETHER_HEARTBEAT_INTERVAL; default 3)
+    #[argh(option)]
+    heartbeat_interval: Option<String>,
+    /// seconds between full inventories sent to the master (env AETHER_INVENTORY_INTERVAL; default 600)
+    #[argh(option)]
+    inventory_interval: Option<String>,
+    /// bytes per second the scrubber re-reads, e.g. 32M; 0 turns it off (env AETHER_SCRUB_RATE; default 32M)
+    #[argh(option)]
+    scrub_rate: Option<String>,
+    /// seconds between scrub passes (env AETHER_SCRUB_PAUSE; default 3600)
+    #[argh(option)]
+    scrub_pause: Option<String>,
 }
 
 #[derive(FromArgs)]
@@ -141,6 +173,17 @@ struct StatArgs {
 }
 
 #[derive(FromArgs)]
+#[argh(subcommand, name = "rm")]
+/// Delete an object.
+struct RmArgs {
+    #[argh(positional)]
+    id: String,
+    /// master URL (env AETHER_MASTER; default http://127.0.0.1:42100)
+    #[argh(option)]
+    master: Option<String>,
+}
+
+#[derive(FromArgs)]
 #[argh(subcommand, name = "nodes")]
 /// List the datanodes the master knows.
 struct NodesArgs {
@@ -166,6 +209,17 @@ fn parsed<T: std::str::FromStr>(flag: Option<T>, var: &str, default: T) -> Resul
 
 fn size_setting(flag: Option<String>, var: &str, default: u64) -> Result<u64, String> {
     setting(flag, var).map_or(Ok(default), |text| parse_size(&text))
+}
+
+/// A duration in seconds, fractions allowed.
+fn seconds_setting(flag: Option<String>, var: &str, default: Duration) -> Result<Duration, String> {
+    match setting(flag, var) {
+        None => Ok(default),
+        Some(text) => match text.trim().parse::<f64>() {
+            Ok(secs) if secs.is_finite() && secs > 0.0 => Ok(Duration::from_secs_f64(secs)),
+            _ => Err(format!("{var} / its flag: {text:?} is not a positive number of seconds")),
+        },
+    }
 }
 
 fn client_for(master: Option<String>) -> Client {
@@ -203,7 +257,18 @@ fn run(command: Command) -> Result<(), String> {
             config.threads = parsed(args.threads, "AETHER_THREADS", config.threads)?;
             config.max_object_size =
                 size_setting(args.max_object_size, "AETHER_MAX_OBJECT_SIZE", config.max_object_size)?;
-            let master = Master::start(config).map_err(|e| e.to_string())?;
+            config.write_quorum = match args.write_quorum {
+                Some(w) => Some(w),
+                None => setting(None, "AETHER_WRITE_QUORUM")
+                    .map(|t| t.parse().map_err(|_| format!("AETHER_WRITE_QUORUM={t:?} is not a number")))
+                    .transpose()?,
+            };
+            config.dead_after = seconds_setting(args.dead_after, "AETHER_DEAD_AFTER", config.dead_after)?;
+            config.cluster_token = setting(args.cluster_token, "AETHER_CLUSTER_TOKEN");
+            config.upload_grace = seconds_setting(args.upload_grace, "AETHER_UPLOAD_GRACE", config.upload_grace)?;
+            config.repair_concurrency =
+                parsed(args.repair_concurrency, "AETHER_REPAIR_CONCURRENCY", config.repair_concurrency)?;
+            let master = Master::start(config, client::agent()).map_err(|e| e.to_string())?;
             wait_for_stop_signal()?;
             master.shutdown();
             Ok(())
@@ -220,6 +285,13 @@ fn run(command: Command) -> Result<(), String> {
             config.max_object_size =
                 size_setting(args.max_object_size, "AETHER_MAX_OBJECT_SIZE", config.max_object_size)?;
             config.reserve_bytes = size_setting(args.reserve, "AETHER_RESERVE", config.reserve_bytes)?;
+            config.cluster_token = setting(args.cluster_token, "AETHER_CLUSTER_TOKEN");
+            config.heartbeat_interval =
+                seconds_setting(args.heartbeat_interval, "AETHER_HEARTBEAT_INTERVAL", config.heartbeat_interval)?;
+            config.inventory_interval =
+                seconds_setting(args.inventory_interval, "AETHER_INVENTORY_INTERVAL", config.inventory_interval)?;
+            config.scrub_rate = size_setting(args.scrub_rate, "AETHER_SCRUB_RATE", config.scrub_rate)?;
+            config.scrub_pause = seconds_setting(args.scrub_pause, "AETHER_SCRUB_PAUSE", config.scrub_pause)?;
             let node = Datanode::start(config, client::agent()).map_err(|e| e.to_string())?;
             wait_for_stop_signal()?;
             node.shutdown();
@@ -238,6 +310,7 @@ fn run(command: Command) -> Result<(), String> {
             println!("{}", cli::stat(&client_for(args.master), &args.id)?);
             Ok(())
         }
+        Command::Rm(args) => cli::rm(&client_for(args.master), &args.id),
         Command::Nodes(args) => {
             print!("{}", cli::nodes(&client_for(args.master))?);
             Ok(())

@@ -1,9 +1,13 @@
 //! The datanode: stores immutable objects on local disk and serves them over HTTP.
 //!
-//! `GET /health`, `PUT|GET|HEAD /objects/{id}`. Requests are parsed into an `Endpoint`
-//! and dispatched by one `match`; every byte on disk goes through `store::BlobStore`.
-//! With a master configured, a background thread registers the node until it succeeds.
+//! Requests are parsed into an `Endpoint` and dispatched by one `match`; every byte on
+//! disk goes through `store::BlobStore`. Background threads: `membership` (registration,
+//! heartbeats, inventories, and the replica reports to the master) and `scrub` (re-reads
+//! stored objects at a bounded rate). A chained upload forwards its bytes through `chain`.
 
+mod chain;
+mod membership;
+mod scrub;
 pub mod store;
 
 use std::io::{self, Read};
@@ -12,14 +16,22 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Sender;
+use serde::Serialize;
 use tiny_http::{Method, Request, Response, StatusCode};
 
 use crate::client::Client;
 use crate::http::{self, ApiError, Handled, HttpServer, Reply};
 use crate::log;
-use crate::proto::{Health, ObjectId, Stored};
-use store::{BlobStore, StoreError};
+use crate::proto::{
+    normalize_address, Checksum, DeleteRequest, Health, ObjectId, ReplicaResult, ReplicaState, ReplicateRequest,
+    ReplicateResult, Stored, CHAIN_HEADER, CHECKSUM_HEADER,
+};
+use membership::Reporter;
+use store::{BlobStore, StoreError, StoredObject};
+
+/// The longest chain a single upload may ask a node to forward to.
+const MAX_CHAIN: usize = 15;
 
 #[derive(Debug, Clone)]
 pub struct DatanodeConfig {
@@ -37,6 +49,15 @@ pub struct DatanodeConfig {
     pub max_object_size: u64,
     /// Disk space an upload may never eat into.
     pub reserve_bytes: u64,
+    /// Shared secret for internal endpoints, sent to the master and required from it.
+    pub cluster_token: Option<String>,
+    pub heartbeat_interval: Duration,
+    /// How often the full inventory is sent (it is also sent on every registration).
+    pub inventory_interval: Duration,
+    /// Bytes per second the scrubber may read; 0 turns it off.
+    pub scrub_rate: u64,
+    /// Pause between two scrub passes over all objects.
+    pub scrub_pause: Duration,
 }
 
 impl DatanodeConfig {
@@ -50,6 +71,11 @@ impl DatanodeConfig {
             threads: 32,
             max_object_size: 5 << 40,
             reserve_bytes: 64 << 20,
+            cluster_token: None,
+            heartbeat_interval: Duration::from_secs(3),
+            inventory_interval: Duration::from_secs(600),
+            scrub_rate: 32 << 20,
+            scrub_pause: Duration::from_secs(3600),
         }
     }
 }
@@ -60,7 +86,7 @@ pub struct Datanode {
     id: String,
     address: String,
     stop: Sender<()>,
-    registrar: Option<JoinHandle<()>>,
+    threads: Vec<JoinHandle<()>>,
 }
 
 impl Datanode {
@@ -71,31 +97,54 @@ impl Datanode {
         if leftovers > 0 {
             log::warn(&id, &format!("removed {leftovers} unfinished upload(s) left by an earlier run"));
         }
-        let node = Arc::new(Node { blobs, max_object_size: config.max_object_size });
-        let handler_node = Arc::clone(&node);
-        let http = HttpServer::start(&config.listen, config.threads, &id, move |request| handler_node.handle(request))?;
+        let listener = http::bind(&config.listen)?;
+        let bound = listener.local_addr()?;
         let address = match &config.advertise {
-            Some(address) => crate::proto::normalize_address(address).map_err(io::Error::other)?,
-            None => default_address(http.local_addr()),
+            Some(address) => normalize_address(address).map_err(io::Error::other)?,
+            None => default_address(bound),
         };
+        let master =
+            config.master.as_ref().map(|m| Client::new(agent.clone(), m).with_token(config.cluster_token.clone()));
+        let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
+        let (reporter, reports) = Reporter::new(&id, master.clone());
+        let node = Arc::new(Node {
+            id: id.clone(),
+            address: address.clone(),
+            blobs,
+            max_object_size: config.max_object_size,
+            agent: agent.clone(),
+            token: config.cluster_token.clone(),
+            reporter,
+        });
+
+        let mut threads = Vec::new();
+        if let Some(master) = master {
+            let loop_node = Arc::clone(&node);
+            let (stopped, interval, inventory) =
+                (stopped.clone(), config.heartbeat_interval, config.inventory_interval);
+            threads.push(spawn(&id, "membership", move || {
+                membership::run(&loop_node, &master, reports, interval, inventory, &stopped)
+            }));
+        } else if config.cluster_token.is_none() {
+            log::warn(&id, "no --master: this node stands alone until something registers it");
+        }
+        if config.scrub_rate > 0 {
+            let scrub_node = Arc::clone(&node);
+            let (stopped, rate, pause) = (stopped.clone(), config.scrub_rate, config.scrub_pause);
+            threads.push(spawn(&id, "scrub", move || scrub::run(&scrub_node, rate, pause, &stopped)));
+        }
+
+        let handler_node = Arc::clone(&node);
+        let http = HttpServer::serve(listener, config.threads, &id, move |request| handler_node.handle(request))?;
         log::info(
             &id,
             &format!(
-                "listening on http://{} as {address}, objects in {}",
-                http.local_addr(),
+                "listening on http://{bound} as {address}, {} objects in {}",
+                node.blobs.object_count(),
                 config.data_dir.display()
             ),
         );
-        let (stop, stopped) = crossbeam_channel::bounded(1);
-        let registrar = config.master.as_ref().map(|master| {
-            let client = Client::new(agent, master);
-            let (id, address) = (id.clone(), address.clone());
-            std::thread::Builder::new()
-                .name(format!("{id}-register"))
-                .spawn(move || register_until_done(&client, &id, &address, &stopped))
-                .expect("spawning the registration thread")
-        });
-        Ok(Datanode { http, id, address, stop, registrar })
+        Ok(Datanode { http, id, address, stop, threads })
     }
 
     pub fn id(&self) -> &str {
@@ -107,14 +156,19 @@ impl Datanode {
         &self.address
     }
 
-    pub fn shutdown(mut self) {
-        let _ = self.stop.try_send(());
-        if let Some(registrar) = self.registrar.take() {
-            let _ = registrar.join();
+    pub fn shutdown(self) {
+        // Dropping the only sender wakes every background loop at once.
+        drop(self.stop);
+        for thread in self.threads {
+            let _ = thread.join();
         }
         self.http.shutdown();
         log::info(&self.id, "stopped");
     }
+}
+
+fn spawn(id: &str, what: &str, f: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
+    std::thread::Builder::new().name(format!("{id}-{what}")).spawn(f).expect("spawning a background thread")
 }
 
 fn default_address(bound: std::net::SocketAddr) -> String {
@@ -125,30 +179,6 @@ fn default_address(bound: std::net::SocketAddr) -> String {
     }
 }
 
-/// Registers with the master, retrying every second until it answers or the node stops.
-fn register_until_done(client: &Client, id: &str, address: &str, stop: &Receiver<()>) {
-    let mut failures = 0u32;
-    loop {
-        match client.register(id, address) {
-            Ok(()) => {
-                log::info(id, &format!("registered with master {} as {address}", client.master()));
-                return;
-            }
-            Err(e) => {
-                failures += 1;
-                // The first failure and then every 30th: a master that is still starting
-                // should not flood the log.
-                if failures == 1 || failures % 30 == 0 {
-                    log::warn(id, &format!("cannot register with master yet ({e}); retrying"));
-                }
-            }
-        }
-        if stop.recv_timeout(Duration::from_secs(1)) != Err(crossbeam_channel::RecvTimeoutError::Timeout) {
-            return;
-        }
-    }
-}
-
 /// The API operations of a datanode.
 #[derive(Debug, PartialEq, Eq)]
 enum Endpoint {
@@ -156,15 +186,27 @@ enum Endpoint {
     PutObject(ObjectId),
     GetObject(ObjectId),
     HeadObject(ObjectId),
+    DeleteObject(ObjectId),
+    Replicate,
+    DeleteObjects,
 }
 
 impl Endpoint {
     fn parse(method: &Method, path: &str) -> Result<Endpoint, ApiError> {
-        if path == "/health" {
-            return match method {
-                Method::Get | Method::Head => Ok(Endpoint::Health),
-                _ => Err(ApiError::method_not_allowed(method, path, "GET")),
-            };
+        let post_only = |endpoint| match method {
+            Method::Post => Ok(endpoint),
+            _ => Err(ApiError::method_not_allowed(method, path, "POST")),
+        };
+        match path {
+            "/health" => {
+                return match method {
+                    Method::Get | Method::Head => Ok(Endpoint::Health),
+                    _ => Err(ApiError::method_not_allowed(method, path, "GET")),
+                }
+            }
+            "/internal/replicate" => return post_only(Endpoint::Replicate),
+            "/internal/delete" => return post_only(Endpoint::DeleteObjects),
+            _ => {}
         }
         let Some(raw_id) = path.strip_prefix("/objects/") else {
             return Err(ApiError::no_route(path));
@@ -174,14 +216,31 @@ impl Endpoint {
             Method::Put => Ok(Endpoint::PutObject(id)),
             Method::Get => Ok(Endpoint::GetObject(id)),
             Method::Head => Ok(Endpoint::HeadObject(id)),
-            _ => Err(ApiError::method_not_allowed(method, path, "GET, HEAD, PUT")),
+            Method::Delete => Ok(Endpoint::DeleteObject(id)),
+            _ => Err(ApiError::method_not_allowed(method, path, "GET, HEAD, PUT, DELETE")),
         }
+    }
+
+    /// Operations only the master (or another datanode) may ask for.
+    fn is_internal(&self) -> bool {
+        matches!(self, Endpoint::DeleteObject(_) | Endpoint::Replicate | Endpoint::DeleteObjects)
     }
 }
 
-struct Node {
+pub(crate) struct Node {
+    id: String,
+    address: String,
     blobs: BlobStore,
     max_object_size: u64,
+    agent: ureq::Agent,
+    token: Option<String>,
+    reporter: Reporter,
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        ApiError::new(e.status(), e.to_string())
+    }
 }
 
 impl Node {
@@ -190,58 +249,223 @@ impl Node {
             Ok(endpoint) => endpoint,
             Err(e) => return e.into(),
         };
+        if endpoint.is_internal() {
+            if let Err(e) = http::check_token(request, self.token.as_deref()) {
+                return e.into();
+            }
+        }
         let result = match endpoint {
             Endpoint::Health => Ok(http::json_reply(200, &Health { status: "ok".to_string() }).into()),
             Endpoint::PutObject(id) => self.put(request, &id),
-            Endpoint::GetObject(id) => self.get(&id),
-            Endpoint::HeadObject(id) => self.head(&id),
+            Endpoint::GetObject(id) => self.get(request, &id).map(Handled::from),
+            Endpoint::HeadObject(id) => self.head(&id).map(Handled::from),
+            Endpoint::DeleteObject(id) => self.delete(&[id]).map(Handled::from),
+            Endpoint::Replicate => self.replicate(request).map(Handled::from),
+            Endpoint::DeleteObjects => self.delete_listed(request).map(Handled::from),
         };
-        result.unwrap_or_else(|e| ApiError::new(e.status(), e.to_string()).into())
+        result.unwrap_or_else(Handled::from)
     }
 
-    fn put(&self, request: &mut Request, id: &ObjectId) -> Result<Handled, StoreError> {
+    /// Stores an upload and, for a chained upload, forwards it to the rest of the chain
+    /// while it is being written. Answers once this copy is on disk and the chain has
+    /// answered, with every node's result.
+    fn put(&self, request: &mut Request, id: &ObjectId) -> Result<Handled, ApiError> {
         let declared = match http::header_value(request, "Content-Length") {
             Some(value) => Some(
                 value
                     .trim()
                     .parse::<u64>()
-                    .map_err(|_| StoreError::Body(io::Error::other(format!("bad Content-Length {value:?}"))))?,
+                    .map_err(|_| ApiError::bad_request(format!("bad Content-Length {value:?}")))?,
             ),
             None => None,
         };
+        let expected = http::header_value(request, CHECKSUM_HEADER)
+            .map(Checksum::parse)
+            .transpose()
+            .map_err(ApiError::bad_request)?;
+        let chain = parse_chain(http::header_value(request, CHAIN_HEADER))?;
         // Refuse before reading a byte, so a client waiting on `100-continue` sends nothing.
         if self.blobs.contains(id) {
-            return Err(StoreError::Exists(*id));
+            return Err(StoreError::Exists(*id).into());
         }
         if declared.is_some_and(|len| len > self.max_object_size) {
-            return Err(StoreError::TooLarge { limit: self.max_object_size });
+            return Err(StoreError::TooLarge { limit: self.max_object_size }.into());
         }
-        let size = self.blobs.put(id, request.as_reader(), declared, self.max_object_size)?;
-        let reply = http::json_reply(201, &Stored { objectid: id.to_string(), size });
-        Ok(Handled { reply, bytes_in: size, error: None })
+
+        let forward = chain::Forward::start(&self.agent, *id, &chain, declared, expected, self.token.clone());
+        let mut sink = forward.sink();
+        let stored = self.blobs.put(id, request.as_reader(), declared, self.max_object_size, expected, &mut sink);
+        drop(sink);
+        let downstream = forward.finish();
+        let stored = stored?;
+        self.reporter.stored(&ReplicaState { objectid: id.to_string(), size: stored.size, checksum: stored.checksum });
+
+        let mut replicas = vec![ReplicaResult {
+            node: self.address.clone(),
+            status: 201,
+            checksum: Some(stored.checksum),
+            error: None,
+        }];
+        replicas.extend(downstream);
+        let reply = with_checksum(
+            http::json_reply(
+                201,
+                &Stored { objectid: id.to_string(), size: stored.size, checksum: stored.checksum, replicas },
+            ),
+            stored.checksum,
+        );
+        Ok(Handled { reply, bytes_in: stored.size, error: None })
     }
 
-    fn get(&self, id: &ObjectId) -> Result<Handled, StoreError> {
-        let (file, len) = self.blobs.open_object(id)?;
-        Ok(object_reply(Box::new(file), len).into())
+    fn get(&self, request: &Request, id: &ObjectId) -> Result<Reply, ApiError> {
+        let range = parse_range(http::header_value(request, "Range"))?;
+        let read = self.blobs.read_verified(id, range).map_err(|e| self.on_store_error(id, e))?;
+        let len = usize::try_from(read.len).expect("object sizes fit in memory addresses on 64-bit hosts");
+        let status = if range.is_some() { 206 } else { 200 };
+        let mut reply = Response::new(StatusCode(status), object_headers(read.object), read.body, Some(len), None);
+        if let Some((start, _)) = range {
+            let end = start + read.len - 1;
+            reply.add_header(http::header("Content-Range", &format!("bytes {start}-{end}/{}", read.object.size)));
+        }
+        Ok(reply)
     }
 
-    fn head(&self, id: &ObjectId) -> Result<Handled, StoreError> {
-        let len = self.blobs.object_size(id)?;
+    fn head(&self, id: &ObjectId) -> Result<Reply, ApiError> {
+        let stored = self.blobs.stat(id).map_err(|e| self.on_store_error(id, e))?;
+        let len = usize::try_from(stored.size).expect("object sizes fit in memory addresses on 64-bit hosts");
         // tiny_http sends no body for HEAD but keeps Content-Length from the length given.
-        Ok(object_reply(Box::new(io::empty()), len).into())
+        Ok(Response::new(
+            StatusCode(200),
+            object_headers(stored),
+            Box::new(io::empty()) as Box<dyn Read + Send>,
+            Some(len),
+            None,
+        ))
+    }
+
+    /// A corrupt copy is moved aside and reported the moment it is found.
+    fn on_store_error(&self, id: &ObjectId, error: StoreError) -> ApiError {
+        if let StoreError::Corrupt { reason, .. } = &error {
+            self.quarantine(id, reason);
+        }
+        error.into()
+    }
+
+    pub(crate) fn quarantine(&self, id: &ObjectId, reason: &str) {
+        log::error(&self.id, &format!("object {id} failed verification ({reason}); quarantining it"));
+        if let Err(e) = self.blobs.quarantine(id) {
+            log::error(&self.id, &format!("cannot quarantine {id}: {e}"));
+        }
+        self.reporter.corrupt(id);
+    }
+
+    fn delete(&self, ids: &[ObjectId]) -> Result<Reply, ApiError> {
+        let mut deleted = 0;
+        for id in ids {
+            if self.blobs.delete(id).map_err(|e| ApiError::internal(format!("cannot delete {id}: {e}")))? {
+                deleted += 1;
+            }
+        }
+        #[derive(Serialize)]
+        struct Deleted {
+            deleted: usize,
+        }
+        Ok(http::json_reply(200, &Deleted { deleted }))
+    }
+
+    fn delete_listed(&self, request: &mut Request) -> Result<Reply, ApiError> {
+        let body: DeleteRequest = http::read_json(request, r#"{"objects": ["<uuid>", ..]}"#)?;
+        let ids = body.objects.iter().map(|id| ObjectId::parse(id)).collect::<Result<Vec<_>, _>>();
+        self.delete(&ids.map_err(ApiError::bad_request)?)
+    }
+
+    /// Copies objects to another node, each verified here and again there.
+    fn replicate(&self, request: &mut Request) -> Result<Reply, ApiError> {
+        let body: ReplicateRequest = http::read_json(request, r#"{"target": "http://..", "objects": ["<uuid>", ..]}"#)?;
+        let target = normalize_address(&body.target).map_err(ApiError::bad_request)?;
+        let mut results = Vec::with_capacity(body.objects.len());
+        for raw in &body.objects {
+            let id = ObjectId::parse(raw).map_err(ApiError::bad_request)?;
+            let outcome = self.copy_to(&id, &target);
+            if let Err(e) = &outcome {
+                log::warn(&self.id, &format!("copying {id} to {target} failed: {}", e.message));
+            }
+            results.push(ReplicateResult {
+                objectid: id.to_string(),
+                status: outcome.as_ref().map_or_else(|e| e.status, |_| 201),
+                error: outcome.err().map(|e| e.message),
+            });
+        }
+        #[derive(Serialize)]
+        struct Results {
+            results: Vec<ReplicateResult>,
+        }
+        Ok(http::json_reply(200, &Results { results }))
+    }
+
+    fn copy_to(&self, id: &ObjectId, target: &str) -> Result<(), ApiError> {
+        let read = self.blobs.read_verified(id, None).map_err(|e| self.on_store_error(id, e))?;
+        let url = format!("{target}/objects/{id}");
+        let mut put = self
+            .agent
+            .put(&url)
+            .set("Content-Length", &read.len.to_string())
+            .set(CHECKSUM_HEADER, &read.object.checksum.to_string());
+        if let Some(token) = &self.token {
+            put = put.set(crate::proto::TOKEN_HEADER, token);
+        }
+        match put.send(read.body) {
+            Ok(_) => Ok(()),
+            // The target has it already: as good as copied.
+            Err(ureq::Error::Status(409, _)) => Ok(()),
+            Err(ureq::Error::Status(status, response)) => {
+                Err(ApiError::new(status, format!("{url}: {}", response.into_string().unwrap_or_default())))
+            }
+            Err(e) => Err(ApiError::new(502, format!("{url}: {e}"))),
+        }
     }
 }
 
-fn object_reply(body: Box<dyn Read + Send>, len: u64) -> Reply {
-    let len = usize::try_from(len).expect("object sizes fit in memory addresses on 64-bit hosts");
-    Response::new(
-        StatusCode(200),
-        vec![http::header("Content-Type", "application/octet-stream")],
-        body,
-        Some(len),
-        None,
-    )
+fn object_headers(stored: StoredObject) -> Vec<tiny_http::Header> {
+    vec![
+        http::header("Content-Type", "application/octet-stream"),
+        http::header(CHECKSUM_HEADER, &stored.checksum.to_string()),
+        http::header("Accept-Ranges", "bytes"),
+    ]
+}
+
+fn with_checksum(mut reply: Reply, checksum: Checksum) -> Reply {
+    reply.add_header(http::header(CHECKSUM_HEADER, &checksum.to_string()));
+    reply
+}
+
+fn parse_chain(header: Option<&str>) -> Result<Vec<String>, ApiError> {
+    let Some(header) = header.filter(|h| !h.trim().is_empty()) else { return Ok(Vec::new()) };
+    let chain: Vec<String> =
+        header.split(',').map(normalize_address).collect::<Result<_, _>>().map_err(ApiError::bad_request)?;
+    if chain.len() > MAX_CHAIN {
+        return Err(ApiError::bad_request(format!("a chain may name at most {MAX_CHAIN} nodes")));
+    }
+    Ok(chain)
+}
+
+/// Parses a single `bytes=START-END` or `bytes=START-` range. Suffix ranges
+/// (`bytes=-N`) and lists of ranges are refused: clients of this store resume from an
+/// offset, and one range keeps the reply a plain stream.
+fn parse_range(header: Option<&str>) -> Result<Option<(u64, Option<u64>)>, ApiError> {
+    let Some(header) = header else { return Ok(None) };
+    let bad = || ApiError::new(416, format!("range {header:?} is not supported; use bytes=START-END or bytes=START-"));
+    let spec = header.trim().strip_prefix("bytes=").ok_or_else(bad)?;
+    let (start, end) = spec.split_once('-').ok_or_else(bad)?;
+    let start: u64 = start.trim().parse().map_err(|_| bad())?;
+    let end = match end.trim() {
+        "" => None,
+        end => Some(end.parse::<u64>().map_err(|_| bad())?),
+    };
+    if end.is_some_and(|end| end < start) {
+        return Err(bad());
+    }
+    Ok(Some((start, end)))
 }
 
 #[cfg(test)]
@@ -257,7 +481,11 @@ mod tests {
             (Method::Put, format!("/objects/{id}"), Ok(Endpoint::PutObject(parsed))),
             (Method::Get, format!("/objects/{id}"), Ok(Endpoint::GetObject(parsed))),
             (Method::Head, format!("/objects/{id}"), Ok(Endpoint::HeadObject(parsed))),
-            (Method::Delete, format!("/objects/{id}"), Err(405)),
+            (Method::Delete, format!("/objects/{id}"), Ok(Endpoint::DeleteObject(parsed))),
+            (Method::Post, "/internal/replicate".into(), Ok(Endpoint::Replicate)),
+            (Method::Post, "/internal/delete".into(), Ok(Endpoint::DeleteObjects)),
+            (Method::Get, "/internal/replicate".into(), Err(405)),
+            (Method::Post, format!("/objects/{id}"), Err(405)),
             (Method::Post, "/health".into(), Err(405)),
             (Method::Get, "/objects/../../etc/passwd".into(), Err(400)),
             (Method::Get, "/objects/".into(), Err(400)),
@@ -267,5 +495,22 @@ mod tests {
             let got = Endpoint::parse(method, path).map_err(|e| e.status);
             assert_eq!(&got, want, "{method} {path}");
         }
+    }
+
+    #[test]
+    fn ranges_parse() {
+        assert_eq!(parse_range(None).unwrap(), None);
+        assert_eq!(parse_range(Some("bytes=0-99")).unwrap(), Some((0, Some(99))));
+        assert_eq!(parse_range(Some("bytes=100-")).unwrap(), Some((100, None)));
+        for bad in ["bytes=-5", "bytes=9-3", "items=0-1", "bytes=a-b", "bytes=0-1,5-6"] {
+            assert_eq!(parse_range(Some(bad)).unwrap_err().status, 416, "{bad}");
+        }
+    }
+
+    #[test]
+    fn chains_parse() {
+        assert!(parse_chain(None).unwrap().is_empty());
+        assert_eq!(parse_chain(Some("http://a:1, http://b:2/")).unwrap(), vec!["http://a:1", "http://b:2"]);
+        assert!(parse_chain(Some("http://a:1,nope")).is_err());
     }
 }

@@ -4,21 +4,36 @@
 //! - `objects/ab/cd/<id>`: one file per object, fanned out by the first four hex digits
 //!   of its id (65,536 directories, created on demand), so a node can hold millions.
 //! - `tmp/`: uploads in progress; emptied at start-up.
+//! - `quarantine/<id>.<unix ms>`: copies that failed verification, kept for inspection.
+//!
+//! An object file is the object's bytes followed by a 32-byte footer (magic, size,
+//! CRC-32C, write time, and a CRC of the footer itself), so bytes and checksum are
+//! written, fsynced and renamed as one unit and can never disagree about which write they
+//! belong to.
 //!
 //! A write streams into `tmp/`, is `sync_all`ed, then hard-linked into place and its
 //! directory fsynced. The link is the commit point: it fails if the object exists, so two
 //! racing uploads of one id cannot overwrite each other, and a crash at any moment leaves
-//! either the whole object or nothing under `objects/`.
+//! either the whole object or nothing under `objects/`. Reads verify the checksum before
+//! a byte is served.
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::proto::ObjectId;
+use crate::proto::{Checksum, ObjectId};
 
 /// Bytes moved per read/write while streaming an object.
 const CHUNK: usize = 256 * 1024;
+/// Objects up to this size are verified and served from one buffer; larger ones are
+/// verified in a first pass over the file and then streamed.
+const SMALL_OBJECT: u64 = 1 << 20;
+const FOOTER_LEN: u64 = 32;
+const FOOTER_MAGIC: &[u8; 8] = b"AETHOBJ1";
 
 #[derive(Debug)]
 pub enum StoreError {
@@ -35,6 +50,17 @@ pub enum StoreError {
         needed: u64,
         available: u64,
     },
+    /// The bytes that arrived do not have the checksum the sender announced.
+    ChecksumMismatch {
+        expected: Checksum,
+        actual: Checksum,
+    },
+    /// The stored copy fails verification; it must not be served.
+    Corrupt {
+        id: ObjectId,
+        reason: String,
+    },
+    BadRange(String),
     /// The body could not be read from the client.
     Body(io::Error),
     Io(io::Error),
@@ -46,8 +72,10 @@ impl StoreError {
             StoreError::NotFound(_) => 404,
             StoreError::Exists(_) => 409,
             StoreError::TooLarge { .. } => 413,
-            StoreError::ShortBody { .. } | StoreError::Body(_) => 400,
+            StoreError::BadRange(_) => 416,
+            StoreError::ShortBody { .. } | StoreError::Body(_) | StoreError::ChecksumMismatch { .. } => 400,
             StoreError::NoSpace { .. } => 507,
+            StoreError::Corrupt { .. } => 500,
             StoreError::Io(_) => 500,
         }
     }
@@ -60,15 +88,20 @@ impl fmt::Display for StoreError {
             StoreError::Exists(id) => {
                 write!(f, "object {id} already exists; objects are immutable, upload under a new id")
             }
-            StoreError::TooLarge { limit } => {
-                write!(f, "object is larger than this node's limit of {limit} bytes")
-            }
+            StoreError::TooLarge { limit } => write!(f, "object is larger than this node's limit of {limit} bytes"),
             StoreError::ShortBody { expected, received } => {
                 write!(f, "body ended after {received} of {expected} bytes (Content-Length); nothing was stored")
             }
             StoreError::NoSpace { needed, available } => {
                 write!(f, "not enough disk space: need {needed} bytes, {available} available; nothing was stored")
             }
+            StoreError::ChecksumMismatch { expected, actual } => {
+                write!(f, "body has checksum {actual}, the sender announced {expected}; nothing was stored")
+            }
+            StoreError::Corrupt { id, reason } => {
+                write!(f, "this node's copy of {id} is corrupt ({reason}); it was quarantined, read another replica")
+            }
+            StoreError::BadRange(range) => write!(f, "range {range:?} is not satisfiable; use bytes=START-END"),
             StoreError::Body(e) => write!(f, "could not read the request body: {e}; nothing was stored"),
             StoreError::Io(e) => write!(f, "storage error: {e}"),
         }
@@ -87,11 +120,34 @@ impl From<io::Error> for StoreError {
     }
 }
 
+/// What a stored object is: its size and checksum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredObject {
+    pub size: u64,
+    pub checksum: Checksum,
+}
+
+/// An object found by `scan`, with its footer's facts or why it has none.
+pub struct ScanItem {
+    pub id: ObjectId,
+    pub stored: Result<StoredObject, String>,
+    pub age_secs: u64,
+}
+
+/// A verified object ready to be served: the bytes of the requested range.
+pub struct ObjectRead {
+    pub body: Box<dyn Read + Send>,
+    pub len: u64,
+    pub object: StoredObject,
+}
+
 pub struct BlobStore {
     objects: PathBuf,
     tmp: PathBuf,
+    quarantine: PathBuf,
     /// Space kept free on the disk: an upload that would eat into it is refused up front.
     reserve_bytes: u64,
+    count: AtomicU64,
 }
 
 impl BlobStore {
@@ -100,20 +156,24 @@ impl BlobStore {
     pub fn open(root: &Path, reserve_bytes: u64) -> io::Result<(BlobStore, usize)> {
         let objects = root.join("objects");
         let tmp = root.join("tmp");
-        for dir in [root, &objects, &tmp] {
+        let quarantine = root.join("quarantine");
+        for dir in [root, &objects, &tmp, &quarantine] {
             fs::create_dir_all(dir)
                 .map_err(|e| io::Error::new(e.kind(), format!("cannot create {}: {e}", dir.display())))?;
         }
         let mut removed = 0;
         for entry in fs::read_dir(&tmp)? {
-            let entry = entry?;
-            fs::remove_file(entry.path())?;
+            fs::remove_file(entry?.path())?;
             removed += 1;
         }
         if removed > 0 {
             fsync_dir(&tmp)?;
         }
-        Ok((BlobStore { objects, tmp, reserve_bytes }, removed))
+        let store = BlobStore { objects, tmp, quarantine, reserve_bytes, count: AtomicU64::new(0) };
+        let mut count = 0;
+        store.walk(&mut |_, _| count += 1)?;
+        store.count.store(count, Ordering::Relaxed);
+        Ok((store, removed))
     }
 
     fn object_path(&self, id: &ObjectId) -> PathBuf {
@@ -125,16 +185,26 @@ impl BlobStore {
         self.object_path(id).exists()
     }
 
+    /// How many objects the node holds.
+    pub fn object_count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
     /// Streams `body` into a new object. `declared_len` is the request's Content-Length
-    /// when it has one; the object is stored only if exactly that many bytes arrive.
-    /// Returns the stored size once the bytes and their directory entry are on disk.
+    /// when it has one; the object is stored only if exactly that many bytes arrive, and
+    /// only with `expected` as checksum when that is given. Each chunk is handed to
+    /// `forward` once it is written locally (a chained upload passes it on), and an empty
+    /// chunk once the whole body has arrived intact, before it is made durable.
+    /// Returns once the bytes and their directory entry are on disk.
     pub fn put(
         &self,
         id: &ObjectId,
         body: &mut dyn Read,
         declared_len: Option<u64>,
         max_size: u64,
-    ) -> Result<u64, StoreError> {
+        expected: Option<Checksum>,
+        forward: &mut dyn FnMut(&[u8]),
+    ) -> Result<StoredObject, StoreError> {
         if self.contains(id) {
             return Err(StoreError::Exists(*id));
         }
@@ -148,8 +218,14 @@ impl BlobStore {
             }
         }
 
-        let temp = TempFile::create(&self.tmp, id)?;
-        let received = copy_limited(body, &temp.file, max_size, declared_len)?;
+        let mut temp = TempFile::create(&self.tmp, id)?;
+        let stored = copy_limited(body, &mut temp.file, max_size, declared_len, forward)?;
+        if let Some(expected) = expected.filter(|e| *e != stored.checksum) {
+            return Err(StoreError::ChecksumMismatch { expected, actual: stored.checksum });
+        }
+        // An empty chunk tells `forward` the body arrived whole and verified.
+        forward(&[]);
+        temp.file.write_all(&encode_footer(stored, unix_secs()))?;
         temp.file.sync_all()?;
 
         let target = self.object_path(id);
@@ -162,34 +238,205 @@ impl BlobStore {
         }
         fsync_dir(dir)?;
         drop(temp);
-        Ok(received)
+        self.count.fetch_add(1, Ordering::Relaxed);
+        Ok(stored)
     }
 
-    /// Opens an object for reading, with its size.
-    pub fn open_object(&self, id: &ObjectId) -> Result<(File, u64), StoreError> {
-        match File::open(self.object_path(id)) {
-            Ok(file) => {
-                let len = file.metadata()?.len();
-                Ok((file, len))
+    /// Opens an object and reads its footer, without reading its bytes.
+    fn open_object(&self, id: &ObjectId) -> Result<(File, StoredObject, u64), StoreError> {
+        let file = match File::open(self.object_path(id)) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::NotFound(*id)),
+            Err(e) => return Err(e.into()),
+        };
+        let meta = file.metadata()?;
+        let (stored, created) =
+            read_footer(&file, meta.len()).map_err(|reason| StoreError::Corrupt { id: *id, reason })?;
+        Ok((file, stored, created))
+    }
+
+    /// Size and checksum from the footer, for `HEAD`.
+    pub fn stat(&self, id: &ObjectId) -> Result<StoredObject, StoreError> {
+        self.open_object(id).map(|(_, stored, _)| stored)
+    }
+
+    /// Reads the whole object and checks it against its footer.
+    pub fn verify(&self, id: &ObjectId) -> Result<StoredObject, StoreError> {
+        let (file, stored, _) = self.open_object(id)?;
+        let mut sum = Checksum::default();
+        let mut reader = io::BufReader::with_capacity(CHUNK, file).take(stored.size);
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let n = reader.read(&mut buf)?;
+            if n == 0 {
+                break;
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(StoreError::NotFound(*id)),
-            Err(e) => Err(e.into()),
+            sum.update(&buf[..n]);
+        }
+        check_sum(id, stored, sum)
+    }
+
+    /// Opens `range` (`start..end`, or the whole object) of a verified object. Small
+    /// objects are read into memory once; larger ones are verified first and then read
+    /// again from the (now warm) page cache as they are sent.
+    pub fn read_verified(&self, id: &ObjectId, range: Option<(u64, Option<u64>)>) -> Result<ObjectRead, StoreError> {
+        let (mut file, stored, _) = self.open_object(id)?;
+        let (start, end) = match range {
+            None => (0, stored.size),
+            Some((start, end)) => {
+                let end = end.map_or(stored.size, |e| e.saturating_add(1).min(stored.size));
+                if start >= stored.size || start >= end {
+                    return Err(StoreError::BadRange(format!("bytes={start}- of {} bytes", stored.size)));
+                }
+                (start, end)
+            }
+        };
+        if stored.size <= SMALL_OBJECT {
+            let mut bytes = vec![0u8; stored.size as usize];
+            file.read_exact(&mut bytes)?;
+            let mut sum = Checksum::default();
+            sum.update(&bytes);
+            check_sum(id, stored, sum)?;
+            bytes.truncate(end as usize);
+            let mut cursor = io::Cursor::new(bytes);
+            cursor.set_position(start);
+            return Ok(ObjectRead { body: Box::new(cursor), len: end - start, object: stored });
+        }
+        self.verify(id)?;
+        file.seek(SeekFrom::Start(start))?;
+        Ok(ObjectRead { body: Box::new(file.take(end - start)), len: end - start, object: stored })
+    }
+
+    /// Moves a corrupt copy out of the way, so it is never served or reported again.
+    pub fn quarantine(&self, id: &ObjectId) -> io::Result<()> {
+        let source = self.object_path(id);
+        let target = self.quarantine.join(format!("{id}.{}", unix_secs() * 1000));
+        match fs::rename(&source, &target) {
+            Ok(()) => {
+                self.count.fetch_sub(1, Ordering::Relaxed);
+                fsync_dir(source.parent().expect("object paths have a parent"))?;
+                fsync_dir(&self.quarantine)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
         }
     }
 
-    pub fn object_size(&self, id: &ObjectId) -> Result<u64, StoreError> {
-        match fs::metadata(self.object_path(id)) {
-            Ok(meta) => Ok(meta.len()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(StoreError::NotFound(*id)),
-            Err(e) => Err(e.into()),
+    /// Removes an object; returns whether it was there.
+    pub fn delete(&self, id: &ObjectId) -> io::Result<bool> {
+        let path = self.object_path(id);
+        match fs::remove_file(&path) {
+            Ok(()) => {
+                self.count.fetch_sub(1, Ordering::Relaxed);
+                fsync_dir(path.parent().expect("object paths have a parent"))?;
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
         }
     }
 
-    /// Bytes an unprivileged writer may still use on the data disk.
-    pub fn available_bytes(&self) -> io::Result<u64> {
+    /// Calls `f` for every object file: its id and path. Files whose names are not
+    /// object ids are skipped.
+    fn walk(&self, f: &mut dyn FnMut(ObjectId, PathBuf)) -> io::Result<()> {
+        for level1 in sorted_dir(&self.objects)? {
+            for level2 in sorted_dir(&level1)? {
+                for file in sorted_dir(&level2)? {
+                    let name = file.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+                    if let Ok(id) = ObjectId::parse(name) {
+                        f(id, file);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Calls `f` for every object with the facts of its footer (not verified against its
+    /// bytes: that is `verify`'s job).
+    pub fn scan(&self, f: &mut dyn FnMut(ScanItem)) -> io::Result<()> {
+        let now = unix_secs();
+        self.walk(&mut |id, path| {
+            let item = match File::open(&path) {
+                Ok(file) => {
+                    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+                    match read_footer(&file, len) {
+                        Ok((stored, created)) => {
+                            ScanItem { id, stored: Ok(stored), age_secs: now.saturating_sub(created) }
+                        }
+                        Err(reason) => ScanItem { id, stored: Err(reason), age_secs: 0 },
+                    }
+                }
+                // Deleted between listing and opening.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return,
+                Err(e) => ScanItem { id, stored: Err(e.to_string()), age_secs: 0 },
+            };
+            f(item);
+        })
+    }
+
+    /// Bytes an unprivileged writer may still use on the data disk, and the disk's size.
+    pub fn disk_space(&self) -> io::Result<(u64, u64)> {
         let stat = rustix::fs::statvfs(&self.tmp)?;
-        Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
+        Ok((stat.f_bavail.saturating_mul(stat.f_frsize), stat.f_blocks.saturating_mul(stat.f_frsize)))
     }
+
+    fn available_bytes(&self) -> io::Result<u64> {
+        self.disk_space().map(|(available, _)| available)
+    }
+}
+
+fn check_sum(id: &ObjectId, stored: StoredObject, actual: Checksum) -> Result<StoredObject, StoreError> {
+    if actual == stored.checksum {
+        Ok(stored)
+    } else {
+        Err(StoreError::Corrupt {
+            id: *id,
+            reason: format!("bytes have checksum {actual}, written with {}", stored.checksum),
+        })
+    }
+}
+
+fn unix_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn encode_footer(stored: StoredObject, created_secs: u64) -> [u8; FOOTER_LEN as usize] {
+    let mut footer = [0u8; FOOTER_LEN as usize];
+    footer[0..8].copy_from_slice(FOOTER_MAGIC);
+    footer[8..16].copy_from_slice(&stored.size.to_le_bytes());
+    footer[16..20].copy_from_slice(&stored.checksum.0.to_le_bytes());
+    footer[20..28].copy_from_slice(&created_secs.to_le_bytes());
+    let own = crc32c::crc32c(&footer[0..28]);
+    footer[28..32].copy_from_slice(&own.to_le_bytes());
+    footer
+}
+
+/// Reads and checks the footer of an object file `file_len` bytes long.
+fn read_footer(file: &File, file_len: u64) -> Result<(StoredObject, u64), String> {
+    if file_len < FOOTER_LEN {
+        return Err(format!("file is {file_len} bytes, too short for its footer"));
+    }
+    let mut footer = [0u8; FOOTER_LEN as usize];
+    file.read_exact_at(&mut footer, file_len - FOOTER_LEN).map_err(|e| e.to_string())?;
+    let word = |range: std::ops::Range<usize>| footer[range].iter().rev().fold(0u64, |acc, b| (acc << 8) | *b as u64);
+    if &footer[0..8] != FOOTER_MAGIC {
+        return Err("footer magic is missing".to_string());
+    }
+    if crc32c::crc32c(&footer[0..28]) != word(28..32) as u32 {
+        return Err("footer checksum does not match".to_string());
+    }
+    let size = word(8..16);
+    if size != file_len - FOOTER_LEN {
+        return Err(format!("footer says {size} bytes, the file holds {}", file_len - FOOTER_LEN));
+    }
+    Ok((StoredObject { size, checksum: Checksum(word(16..20) as u32) }, word(20..28)))
+}
+
+fn sorted_dir(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut entries: Vec<PathBuf> = fs::read_dir(dir)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    entries.sort();
+    Ok(entries)
 }
 
 /// Returns the node id kept in `root/node-id`, writing `wanted` (or a fresh random id)
@@ -227,15 +474,17 @@ pub fn load_or_create_node_id(root: &Path, wanted: Option<&str>) -> io::Result<S
 }
 
 /// Copies `body` into `out`, refusing more than `max_size` bytes and, when the length was
-/// declared, anything but exactly that many.
+/// declared, anything but exactly that many; computes the checksum on the way.
 fn copy_limited(
     body: &mut dyn Read,
-    mut out: &File,
+    out: &mut File,
     max_size: u64,
     declared_len: Option<u64>,
-) -> Result<u64, StoreError> {
+    forward: &mut dyn FnMut(&[u8]),
+) -> Result<StoredObject, StoreError> {
     let mut buf = vec![0u8; CHUNK];
     let mut received: u64 = 0;
+    let mut checksum = Checksum::default();
     loop {
         let n = match body.read(&mut buf) {
             Ok(0) => break,
@@ -253,10 +502,12 @@ fn copy_limited(
             return Err(StoreError::TooLarge { limit: max_size });
         }
         out.write_all(&buf[..n])?;
+        checksum.update(&buf[..n]);
+        forward(&buf[..n]);
     }
     match declared_len {
         Some(expected) if expected != received => Err(StoreError::ShortBody { expected, received }),
-        _ => Ok(received),
+        _ => Ok(StoredObject { size: received, checksum }),
     }
 }
 
@@ -310,33 +561,97 @@ mod tests {
         dir
     }
 
+    fn put(
+        store: &BlobStore,
+        id: &ObjectId,
+        data: &[u8],
+        declared: Option<u64>,
+        max: u64,
+    ) -> Result<StoredObject, StoreError> {
+        store.put(id, &mut &data[..], declared, max, None, &mut |_| {})
+    }
+
+    fn read_all(store: &BlobStore, id: &ObjectId, range: Option<(u64, Option<u64>)>) -> Result<Vec<u8>, StoreError> {
+        let mut read = store.read_verified(id, range)?;
+        let mut out = Vec::new();
+        read.body.read_to_end(&mut out)?;
+        assert_eq!(out.len() as u64, read.len);
+        Ok(out)
+    }
+
     #[test]
     fn put_then_read_back_and_refuse_overwrite() {
         let root = temp_root("put");
         let (store, _) = BlobStore::open(&root, 0).unwrap();
+        for size in [0usize, 600_000, 3 << 20] {
+            let id = ObjectId::new_random();
+            let data: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
+            let mut forwarded = 0;
+            let stored =
+                store.put(&id, &mut &data[..], Some(size as u64), u64::MAX, None, &mut |c| forwarded += c.len());
+            let mut sum = Checksum::default();
+            sum.update(&data);
+            assert_eq!(stored.unwrap(), StoredObject { size: size as u64, checksum: sum });
+            assert_eq!(forwarded, size);
+            assert!(read_all(&store, &id, None).unwrap() == data);
+            if size > 10 {
+                assert_eq!(read_all(&store, &id, Some((5, Some(9)))).unwrap(), &data[5..10]);
+                assert!(read_all(&store, &id, Some((size as u64 - 3, None))).unwrap() == data[size - 3..]);
+                assert!(matches!(read_all(&store, &id, Some((size as u64, None))), Err(StoreError::BadRange(_))));
+            }
+            assert!(matches!(put(&store, &id, b"x", Some(1), u64::MAX), Err(StoreError::Exists(_))));
+        }
+        assert_eq!(store.object_count(), 3);
+        assert_eq!(fs::read_dir(root.join("tmp")).unwrap().count(), 0);
+        let (reopened, _) = BlobStore::open(&root, 0).unwrap();
+        assert_eq!(reopened.object_count(), 3);
+        fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn short_oversized_and_mismatched_bodies_leave_nothing() {
+        let root = temp_root("bad");
+        let (store, _) = BlobStore::open(&root, 0).unwrap();
         let id = ObjectId::new_random();
-        let data = vec![7u8; 600_000];
-        assert_eq!(store.put(&id, &mut &data[..], Some(600_000), u64::MAX).unwrap(), 600_000);
-        let (mut file, len) = store.open_object(&id).unwrap();
-        let mut back = Vec::new();
-        file.read_to_end(&mut back).unwrap();
-        assert_eq!((len, back), (600_000, data));
-        assert!(matches!(store.put(&id, &mut &b"x"[..], Some(1), u64::MAX), Err(StoreError::Exists(_))));
+        let short = put(&store, &id, b"abc", Some(10), u64::MAX);
+        assert!(matches!(short, Err(StoreError::ShortBody { expected: 10, received: 3 })));
+        let big = put(&store, &id, &[0u8; 100], None, 50);
+        assert!(matches!(big, Err(StoreError::TooLarge { limit: 50 })));
+        let wrong = store.put(&id, &mut &b"abc"[..], Some(3), u64::MAX, Some(Checksum(1)), &mut |_| {});
+        assert!(matches!(wrong, Err(StoreError::ChecksumMismatch { .. })));
+        assert!(!store.contains(&id));
         assert_eq!(fs::read_dir(root.join("tmp")).unwrap().count(), 0);
         fs::remove_dir_all(root).unwrap();
     }
 
     #[test]
-    fn short_and_oversized_bodies_leave_nothing() {
-        let root = temp_root("bad");
+    fn a_flipped_bit_is_never_served_and_can_be_quarantined() {
+        let root = temp_root("rot");
         let (store, _) = BlobStore::open(&root, 0).unwrap();
+        for size in [1000usize, 2 << 20] {
+            let id = ObjectId::new_random();
+            put(&store, &id, &vec![1u8; size], None, u64::MAX).unwrap();
+            let path = store.object_path(&id);
+            let mut bytes = fs::read(&path).unwrap();
+            bytes[size / 2] ^= 0x10;
+            fs::write(&path, bytes).unwrap();
+            assert!(matches!(read_all(&store, &id, None), Err(StoreError::Corrupt { .. })));
+            assert!(matches!(read_all(&store, &id, Some((0, Some(10)))), Err(StoreError::Corrupt { .. })));
+            assert!(matches!(store.verify(&id), Err(StoreError::Corrupt { .. })));
+            assert_eq!(store.stat(&id).unwrap().size, size as u64, "the footer is intact");
+            store.quarantine(&id).unwrap();
+            assert!(matches!(store.stat(&id), Err(StoreError::NotFound(_))));
+        }
+        // A torn footer is corrupt too.
         let id = ObjectId::new_random();
-        let short = store.put(&id, &mut &b"abc"[..], Some(10), u64::MAX);
-        assert!(matches!(short, Err(StoreError::ShortBody { expected: 10, received: 3 })));
-        let big = store.put(&id, &mut &[0u8; 100][..], None, 50);
-        assert!(matches!(big, Err(StoreError::TooLarge { limit: 50 })));
-        assert!(!store.contains(&id));
-        assert_eq!(fs::read_dir(root.join("tmp")).unwrap().count(), 0);
+        put(&store, &id, b"hello", None, u64::MAX).unwrap();
+        let file = OpenOptions::new().write(true).open(store.object_path(&id)).unwrap();
+        file.set_len(20).unwrap();
+        assert!(matches!(store.stat(&id), Err(StoreError::Corrupt { .. })));
+        let mut seen = Vec::new();
+        store.scan(&mut |item| seen.push(item.stored.is_err())).unwrap();
+        assert_eq!(seen, vec![true]);
+        assert_eq!(fs::read_dir(root.join("quarantine")).unwrap().count(), 2);
         fs::remove_dir_all(root).unwrap();
     }
 

@@ -14,8 +14,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crossbeam_channel::{Receiver, Sender};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
+use super::repair::UnderReplicated;
 use crate::log;
-use crate::proto::ObjectId;
+use crate::proto::{Checksum, ObjectId, ReplicaState};
 
 /// Writes folded into one transaction at most.
 const MAX_BATCH: usize = 512;
@@ -54,6 +55,30 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (object_id, node_id)
     ) WITHOUT ROWID;
     CREATE INDEX replicas_by_node ON replicas (node_id, object_id);",
+    // 2: replicas may be 'missing' (not found in their node's inventory) and remember the
+    // inventory scan that last saw them; deletions wait here until their node takes them.
+    "CREATE TABLE replicas_v2 (
+        object_id  TEXT NOT NULL REFERENCES objects (id) ON DELETE CASCADE,
+        node_id    TEXT NOT NULL REFERENCES nodes (id),
+        state      TEXT NOT NULL CHECK (state IN ('placed', 'confirmed', 'quarantined', 'missing')),
+        size       INTEGER,
+        checksum   TEXT,
+        updated_at INTEGER NOT NULL,
+        seen_scan  TEXT,
+        PRIMARY KEY (object_id, node_id)
+    ) WITHOUT ROWID;
+    INSERT INTO replicas_v2 (object_id, node_id, state, size, checksum, updated_at)
+        SELECT object_id, node_id, state, size, checksum, updated_at FROM replicas;
+    DROP TABLE replicas;
+    ALTER TABLE replicas_v2 RENAME TO replicas;
+    CREATE INDEX replicas_by_node ON replicas (node_id, object_id);
+    CREATE INDEX replicas_unhealthy ON replicas (object_id) WHERE state != 'confirmed';
+    CREATE TABLE deletions (
+        node_id    TEXT NOT NULL REFERENCES nodes (id),
+        object_id  TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (node_id, object_id)
+    ) WITHOUT ROWID;",
 ];
 
 /// The master layer's error; its status is the HTTP answer.
@@ -116,6 +141,8 @@ pub struct ObjectRow {
     pub id: String,
     pub size: u64,
     pub status: String,
+    pub replication: usize,
+    pub checksum: Option<Checksum>,
     pub created_at: i64,
     pub completed_at: Option<i64>,
     pub replicas: Vec<ReplicaRow>,
@@ -126,6 +153,23 @@ pub struct ReplicaRow {
     pub node_id: String,
     pub address: String,
     pub state: String,
+    pub node_state: String,
+}
+
+/// What the master found when it asked a node for a replica itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Confirmation {
+    pub node_id: String,
+    pub size: u64,
+    pub checksum: Checksum,
+}
+
+/// Counts for `GET /api/cluster`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Counts {
+    pub objects: u64,
+    pub under_replicated: u64,
+    pub pending_deletes: u64,
 }
 
 /// What a registration changed, for the log.
@@ -135,6 +179,9 @@ pub enum Registered {
     AddressChanged,
     Unchanged,
 }
+
+/// A node that may take a replica: (node id, address).
+pub type Candidate = (String, String);
 
 type Finish = Box<dyn FnOnce(Option<&MetaError>) + Send>;
 type Job = Box<dyn FnOnce(&Connection) -> Finish + Send>;
@@ -267,7 +314,7 @@ impl MetaDb {
     /// by `choose` from the live ones. Returns the chosen nodes' addresses.
     pub fn create_object<C>(&self, id: ObjectId, size: u64, replication: usize, choose: C) -> MetaResult<Vec<String>>
     where
-        C: FnOnce(&[(String, String)], usize) -> MetaResult<Vec<(String, String)>> + Send + 'static,
+        C: FnOnce(&[Candidate], usize) -> MetaResult<Vec<Candidate>> + Send + 'static,
     {
         self.write(move |conn| {
             let live: Vec<(String, String)> = conn
@@ -291,38 +338,112 @@ impl MetaDb {
         })
     }
 
-    /// Marks a pending object complete; completing a complete object again is a no-op.
-    pub fn complete_object(&self, id: ObjectId) -> MetaResult<()> {
+    /// Completes a pending object once at least `quorum` replicas are confirmed with the
+    /// same size and checksum. `found` are replicas the master confirmed itself by asking
+    /// their nodes. Replicas that disagree with the majority are dropped and deleted from
+    /// their nodes; placed replicas never confirmed become `missing`, for repair to fill.
+    /// Completing a complete object again is a no-op.
+    pub fn complete_object(&self, id: ObjectId, quorum: usize, found: Vec<Confirmation>) -> MetaResult<()> {
         self.write(move |conn| {
             let id = id.to_string();
-            let status: Option<String> = conn
-                .prepare_cached("SELECT status FROM objects WHERE id = ?1")?
-                .query_row([&id], |row| row.get(0))
+            let row: Option<(String, i64)> = conn
+                .prepare_cached("SELECT status, replication FROM objects WHERE id = ?1")?
+                .query_row([&id], |row| Ok((row.get(0)?, row.get(1)?)))
                 .optional()?;
-            match status.as_deref() {
-                None | Some("deleted") => {
-                    Err(MetaError::NotFound(format!("no upload with objectid {id}; call /api/upload/init first")))
+            let replication = match row {
+                None => {
+                    return Err(MetaError::NotFound(format!(
+                        "no upload with objectid {id}; call /api/upload/init first"
+                    )))
                 }
-                Some("complete") => Ok(()),
-                _ => {
-                    conn.prepare_cached("UPDATE objects SET status = 'complete', completed_at = ?2 WHERE id = ?1")?
-                        .execute(params![id, now_ms()])?;
-                    Ok(())
+                Some((status, _)) if status == "deleted" => {
+                    return Err(MetaError::NotFound(format!("upload {id} was deleted or expired; start a new one")))
+                }
+                Some((status, _)) if status == "complete" => return Ok(()),
+                Some((_, replication)) => replication as usize,
+            };
+            let now = now_ms();
+            for confirmation in &found {
+                upsert_confirmed(conn, &id, &confirmation.node_id, confirmation.size, confirmation.checksum, now)?;
+            }
+            type Row = (String, String, String, Option<i64>, Option<String>);
+            let rows: Vec<Row> = conn
+                .prepare_cached(
+                    "SELECT r.node_id, n.address, r.state, r.size, r.checksum FROM replicas r
+                     JOIN nodes n ON n.id = r.node_id WHERE r.object_id = ?1 ORDER BY r.node_id",
+                )?
+                .query_map([&id], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?)))?
+                .collect::<Result<_, _>>()?;
+            // The largest group of confirmed replicas that agree is the object.
+            let mut groups: Vec<((i64, String), Vec<&str>)> = Vec::new();
+            for (node, _, state, size, checksum) in &rows {
+                if let (true, Some(size), Some(checksum)) = (state == "confirmed", size, checksum) {
+                    let key = (*size, checksum.clone());
+                    match groups.iter_mut().find(|(k, _)| *k == key) {
+                        Some((_, nodes)) => nodes.push(node),
+                        None => groups.push((key, vec![node])),
+                    }
                 }
             }
+            groups.sort_by_key(|(_, nodes)| std::cmp::Reverse(nodes.len()));
+            let need = quorum.min(replication).max(1);
+            let Some(((size, checksum), agreeing)) = groups.first().filter(|(_, nodes)| nodes.len() >= need) else {
+                let confirmed = groups.first().map_or(0, |(_, nodes)| nodes.len());
+                let missing: Vec<String> = rows
+                    .iter()
+                    .filter(|(node, ..)| !groups.first().is_some_and(|(_, nodes)| nodes.contains(&node.as_str())))
+                    .map(|(node, address, state, ..)| format!("{node} ({address}, {state})"))
+                    .collect();
+                return Err(MetaError::Unavailable(format!(
+                    "only {confirmed} of the {need} required replicas of {id} are confirmed by their datanodes; \
+                     not confirmed: {}; upload the object to the missing nodes and complete again",
+                    if missing.is_empty() { "none placed".to_string() } else { missing.join(", ") }
+                )));
+            };
+            for (node, _, state, ..) in &rows {
+                if agreeing.contains(&node.as_str()) {
+                    continue;
+                }
+                if state == "confirmed" {
+                    // A copy with other bytes than the object: not a replica of it.
+                    conn.prepare_cached("DELETE FROM replicas WHERE object_id = ?1 AND node_id = ?2")?
+                        .execute(params![id, node])?;
+                    schedule_deletion(conn, node, &id, now)?;
+                } else if state == "placed" {
+                    conn.prepare_cached(
+                        "UPDATE replicas SET state = 'missing', updated_at = ?3 WHERE object_id = ?1 AND node_id = ?2",
+                    )?
+                    .execute(params![id, node, now])?;
+                }
+            }
+            conn.prepare_cached(
+                "UPDATE objects SET status = 'complete', completed_at = ?2, size = ?3, checksum = ?4 WHERE id = ?1",
+            )?
+            .execute(params![id, now, size, checksum])?;
+            Ok(())
         })
     }
 
-    /// A completed object with its replicas; pending and deleted objects are not found.
+    /// An object with its replicas, live nodes' first. Unless `any_status`, only
+    /// completed objects are found.
     pub fn object(&self, id: ObjectId) -> MetaResult<ObjectRow> {
+        self.object_with_status(id, false)
+    }
+
+    pub fn object_with_status(&self, id: ObjectId, any_status: bool) -> MetaResult<ObjectRow> {
         self.read(|conn| {
             let id = id.to_string();
-            let row = conn
-                .prepare_cached("SELECT size, status, created_at, completed_at FROM objects WHERE id = ?1")?
-                .query_row([&id], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?, row.get(2)?, row.get(3)?)))
+            type Row = (i64, String, i64, Option<String>, i64, Option<i64>);
+            let row: Option<Row> = conn
+                .prepare_cached(
+                    "SELECT size, status, replication, checksum, created_at, completed_at FROM objects WHERE id = ?1",
+                )?
+                .query_row([&id], |row| {
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?, row.get(5)?))
+                })
                 .optional()?;
-            let (size, status, created_at, completed_at) = match row {
-                Some(row) if row.1 == "complete" => row,
+            let (size, status, replication, checksum, created_at, completed_at) = match row {
+                Some(row) if row.1 == "complete" || (any_status && row.1 == "pending") => row,
                 Some(row) if row.1 == "pending" => {
                     return Err(MetaError::NotFound(format!(
                         "object {id} is still being uploaded; it is served once /api/upload/complete succeeds"
@@ -332,14 +453,30 @@ impl MetaDb {
             };
             let replicas = conn
                 .prepare_cached(
-                    "SELECT r.node_id, n.address, r.state FROM replicas r JOIN nodes n ON n.id = r.node_id
-                     WHERE r.object_id = ?1 ORDER BY n.state = 'alive' DESC, r.node_id",
+                    "SELECT r.node_id, n.address, r.state, n.state FROM replicas r JOIN nodes n ON n.id = r.node_id
+                     WHERE r.object_id = ?1
+                     ORDER BY r.state = 'confirmed' DESC, n.state = 'alive' DESC, n.state = 'suspect' DESC, r.node_id",
                 )?
                 .query_map([&id], |row| {
-                    Ok(ReplicaRow { node_id: row.get(0)?, address: row.get(1)?, state: row.get(2)? })
+                    Ok(ReplicaRow {
+                        node_id: row.get(0)?,
+                        address: row.get(1)?,
+                        state: row.get(2)?,
+                        node_state: row.get(3)?,
+                    })
                 })?
                 .collect::<Result<_, _>>()?;
-            Ok(ObjectRow { id, size: size as u64, status, created_at, completed_at, replicas })
+            let checksum = checksum.and_then(|c| Checksum::parse(&c).ok());
+            Ok(ObjectRow {
+                id,
+                size: size as u64,
+                status,
+                replication: replication as usize,
+                checksum,
+                created_at,
+                completed_at,
+                replicas,
+            })
         })
     }
 
@@ -348,7 +485,7 @@ impl MetaDb {
             let rows = conn
                 .prepare_cached(
                     "SELECT n.id, n.address, n.state, n.registered_at, n.last_seen,
-                            (SELECT count(*) FROM replicas r WHERE r.node_id = n.id)
+                            (SELECT count(*) FROM replicas r WHERE r.node_id = n.id AND r.state = 'confirmed')
                      FROM nodes n ORDER BY n.id",
                 )?
                 .query_map([], |row| {
@@ -365,6 +502,371 @@ impl MetaDb {
             Ok(rows)
         })
     }
+
+    /// Records a node's change of liveness.
+    pub fn set_node_state(&self, node: &str, state: &str) -> MetaResult<()> {
+        let (node, state) = (node.to_string(), state.to_string());
+        self.write(move |conn| {
+            conn.prepare_cached("UPDATE nodes SET state = ?2, last_seen = ?3 WHERE id = ?1")?.execute(params![
+                node,
+                state,
+                now_ms()
+            ])?;
+            Ok(())
+        })
+    }
+
+    /// Replicas a node stored or found corrupt. Returns objects the node should delete:
+    /// copies of deleted objects, and copies whose bytes are not the object's.
+    pub fn report_replicas(
+        &self,
+        node: &str,
+        stored: Vec<ReplicaState>,
+        corrupt: Vec<String>,
+    ) -> MetaResult<Vec<String>> {
+        let node = node.to_string();
+        self.write(move |conn| {
+            require_node(conn, &node)?;
+            let now = now_ms();
+            let mut delete = Vec::new();
+            for replica in &stored {
+                if let Some(id) = record_replica(conn, &node, replica, now)? {
+                    delete.push(id);
+                }
+            }
+            for id in &corrupt {
+                conn.prepare_cached(
+                    "UPDATE replicas SET state = 'quarantined', updated_at = ?3 WHERE object_id = ?1 AND node_id = ?2",
+                )?
+                .execute(params![id, node, now])?;
+            }
+            Ok(delete)
+        })
+    }
+
+    /// One batch of a node's inventory: each listed replica is recorded as by a report
+    /// and marked as seen by `scan`. Files of objects this master never heard of are to
+    /// be deleted, but only once older than `grace_secs`: a grace period costs little
+    /// and forgives an operator who points a node at the wrong master for a moment.
+    pub fn inventory(
+        &self,
+        node: &str,
+        scan: &str,
+        entries: Vec<crate::proto::InventoryEntry>,
+        grace_secs: u64,
+    ) -> MetaResult<Vec<String>> {
+        let (node, scan) = (node.to_string(), scan.to_string());
+        self.write(move |conn| {
+            require_node(conn, &node)?;
+            let now = now_ms();
+            let mut delete = Vec::new();
+            for entry in entries {
+                let known: Option<String> = conn
+                    .prepare_cached("SELECT status FROM objects WHERE id = ?1")?
+                    .query_row([&entry.objectid], |row| row.get(0))
+                    .optional()?;
+                if known.is_none() {
+                    if entry.age_secs >= grace_secs {
+                        delete.push(entry.objectid);
+                    }
+                    continue;
+                }
+                let replica = ReplicaState { objectid: entry.objectid, size: entry.size, checksum: entry.checksum };
+                match record_replica(conn, &node, &replica, now)? {
+                    Some(id) => delete.push(id),
+                    None => {
+                        conn.prepare_cached(
+                            "UPDATE replicas SET seen_scan = ?3 WHERE object_id = ?1 AND node_id = ?2",
+                        )?
+                        .execute(params![replica.objectid, node, scan])?;
+                    }
+                }
+            }
+            Ok(delete)
+        })
+    }
+
+    /// Ends an inventory scan: confirmed replicas of `node` it did not list, and that
+    /// were not written after the scan began, are missing.
+    pub fn finish_inventory(&self, node: &str, scan: &str, started_ms: i64) -> MetaResult<usize> {
+        let (node, scan) = (node.to_string(), scan.to_string());
+        self.write(move |conn| {
+            let missing = conn
+                .prepare_cached(
+                    "UPDATE replicas SET state = 'missing', updated_at = ?4
+                     WHERE node_id = ?1 AND state = 'confirmed' AND seen_scan IS NOT ?2 AND updated_at < ?3",
+                )?
+                .execute(params![node, scan, started_ms, now_ms()])?;
+            Ok(missing)
+        })
+    }
+
+    /// Deletions waiting for `node`, handed out once (an object that survives them is
+    /// deleted again when the node's next inventory lists it).
+    pub fn take_deletions(&self, node: &str, limit: usize) -> MetaResult<Vec<String>> {
+        let node = node.to_string();
+        self.write(move |conn| {
+            let ids: Vec<String> = conn
+                .prepare_cached("SELECT object_id FROM deletions WHERE node_id = ?1 LIMIT ?2")?
+                .query_map(params![node, limit as i64], |row| row.get(0))?
+                .collect::<Result<_, _>>()?;
+            let mut remove = conn.prepare_cached("DELETE FROM deletions WHERE node_id = ?1 AND object_id = ?2")?;
+            for id in &ids {
+                remove.execute(params![node, id])?;
+            }
+            Ok(ids)
+        })
+    }
+
+    /// Deletes an object: it is gone from the API at once, and each node that holds a
+    /// copy is told to remove it when it is next heard from.
+    pub fn delete_object(&self, id: ObjectId) -> MetaResult<()> {
+        self.write(move |conn| {
+            let id = id.to_string();
+            let status: Option<String> = conn
+                .prepare_cached("SELECT status FROM objects WHERE id = ?1")?
+                .query_row([&id], |row| row.get(0))
+                .optional()?;
+            match status.as_deref() {
+                None | Some("deleted") => Err(MetaError::NotFound(format!("object {id} not found"))),
+                _ => {
+                    forget_object(conn, &id, now_ms())?;
+                    Ok(())
+                }
+            }
+        })
+    }
+
+    /// Deletes uploads still pending after `older_than_ms`; returns how many.
+    pub fn expire_pending(&self, older_than_ms: i64) -> MetaResult<usize> {
+        self.write(move |conn| {
+            let ids: Vec<String> = conn
+                .prepare_cached("SELECT id FROM objects WHERE status = 'pending' AND created_at < ?1 LIMIT 1000")?
+                .query_map([older_than_ms], |row| row.get(0))?
+                .collect::<Result<_, _>>()?;
+            let now = now_ms();
+            for id in &ids {
+                forget_object(conn, id, now)?;
+            }
+            Ok(ids.len())
+        })
+    }
+
+    /// More nodes for a pending upload: drops the unconfirmed placements on `failed`
+    /// nodes and places `count` more replicas on nodes chosen by `choose` among those
+    /// without one. Returns the new nodes' addresses.
+    pub fn replace_nodes<C>(
+        &self,
+        id: ObjectId,
+        failed: Vec<String>,
+        count: usize,
+        choose: C,
+    ) -> MetaResult<Vec<String>>
+    where
+        C: FnOnce(&[Candidate], usize) -> MetaResult<Vec<Candidate>> + Send + 'static,
+    {
+        self.write(move |conn| {
+            let id = id.to_string();
+            let status: Option<String> = conn
+                .prepare_cached("SELECT status FROM objects WHERE id = ?1")?
+                .query_row([&id], |row| row.get(0))
+                .optional()?;
+            if status.as_deref() != Some("pending") {
+                return Err(MetaError::Conflict(format!("object {id} is not an upload in progress")));
+            }
+            let now = now_ms();
+            for address in &failed {
+                conn.prepare_cached(
+                    "DELETE FROM replicas WHERE object_id = ?1 AND state = 'placed'
+                     AND node_id IN (SELECT id FROM nodes WHERE address = ?2)",
+                )?
+                .execute(params![id, address])?;
+            }
+            let holders: Vec<String> = conn
+                .prepare_cached("SELECT node_id FROM replicas WHERE object_id = ?1")?
+                .query_map([&id], |row| row.get(0))?
+                .collect::<Result<_, _>>()?;
+            let failed_ids: Vec<String> = failed
+                .iter()
+                .filter_map(|address| {
+                    conn.query_row("SELECT id FROM nodes WHERE address = ?1", [address], |row| row.get(0)).ok()
+                })
+                .collect();
+            let candidates: Vec<(String, String)> = conn
+                .prepare_cached("SELECT id, address FROM nodes WHERE state = 'alive' ORDER BY id")?
+                .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+                .collect::<Result<Vec<(String, String)>, _>>()?
+                .into_iter()
+                .filter(|(node, _)| !holders.contains(node) && !failed_ids.contains(node))
+                .collect();
+            let chosen = choose(&candidates, count)?;
+            let mut insert = conn.prepare_cached(
+                "INSERT INTO replicas (object_id, node_id, state, updated_at) VALUES (?1, ?2, 'placed', ?3)",
+            )?;
+            for (node, _) in &chosen {
+                insert.execute(params![id, node, now])?;
+            }
+            Ok(chosen.into_iter().map(|(_, address)| address).collect())
+        })
+    }
+
+    /// Completed objects with fewer healthy replicas (confirmed, on a node that is not
+    /// dead) than their replication factor but at least one, fewest first. Only objects
+    /// with an unhealthy replica record are looked at, so a healthy cluster costs an
+    /// index probe.
+    pub fn under_replicated(&self, limit: usize) -> MetaResult<Vec<UnderReplicated>> {
+        self.read(|conn| {
+            let rows: Vec<(String, i64, i64)> = conn
+                .prepare_cached(
+                    "WITH suspects AS (
+                         SELECT object_id FROM replicas WHERE state != 'confirmed'
+                         UNION
+                         SELECT r.object_id FROM replicas r JOIN nodes n ON n.id = r.node_id WHERE n.state = 'dead'
+                     ),
+                     counted AS (
+                         SELECT o.id, o.replication, o.size,
+                                (SELECT count(*) FROM replicas r JOIN nodes n ON n.id = r.node_id
+                                 WHERE r.object_id = o.id AND r.state = 'confirmed' AND n.state != 'dead') AS healthy
+                         FROM objects o JOIN suspects s ON s.object_id = o.id
+                         WHERE o.status = 'complete'
+                     )
+                     SELECT id, replication, size FROM counted
+                     WHERE healthy > 0 AND healthy < replication ORDER BY healthy LIMIT ?1",
+                )?
+                .query_map([limit as i64], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
+                .collect::<Result<_, _>>()?;
+            let mut holders = conn.prepare_cached(
+                "SELECT r.node_id, r.state = 'confirmed' AND n.state != 'dead' FROM replicas r
+                 JOIN nodes n ON n.id = r.node_id WHERE r.object_id = ?1",
+            )?;
+            let mut objects = Vec::with_capacity(rows.len());
+            for (id, replication, size) in rows {
+                let nodes: Vec<(String, bool)> =
+                    holders.query_map([&id], |row| Ok((row.get(0)?, row.get(1)?)))?.collect::<Result<_, _>>()?;
+                objects.push(UnderReplicated {
+                    object: id,
+                    replication: replication as usize,
+                    size: size as u64,
+                    healthy: nodes.iter().filter(|(_, ok)| *ok).map(|(n, _)| n.clone()).collect(),
+                    holders: nodes.into_iter().map(|(n, _)| n).collect(),
+                })
+            }
+            Ok(objects)
+        })
+    }
+
+    /// Node id → address, for turning plans into requests.
+    pub fn addresses(&self) -> MetaResult<std::collections::HashMap<String, String>> {
+        self.read(|conn| {
+            let map = conn
+                .prepare_cached("SELECT id, address FROM nodes")?
+                .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            Ok(map)
+        })
+    }
+
+    pub fn counts(&self) -> MetaResult<Counts> {
+        self.read(|conn| {
+            let objects: i64 =
+                conn.query_row("SELECT count(*) FROM objects WHERE status = 'complete'", [], |r| r.get(0))?;
+            let under: i64 = conn.query_row(
+                "SELECT count(*) FROM objects o WHERE o.status = 'complete' AND o.replication >
+                 (SELECT count(*) FROM replicas r JOIN nodes n ON n.id = r.node_id
+                  WHERE r.object_id = o.id AND r.state = 'confirmed' AND n.state != 'dead')",
+                [],
+                |r| r.get(0),
+            )?;
+            let deletes: i64 = conn.query_row("SELECT count(*) FROM deletions", [], |r| r.get(0))?;
+            Ok(Counts { objects: objects as u64, under_replicated: under as u64, pending_deletes: deletes as u64 })
+        })
+    }
+}
+
+fn require_node(conn: &Connection, node: &str) -> MetaResult<()> {
+    let known: Option<i64> =
+        conn.prepare_cached("SELECT 1 FROM nodes WHERE id = ?1")?.query_row([node], |row| row.get(0)).optional()?;
+    match known {
+        Some(_) => Ok(()),
+        None => Err(MetaError::NotFound(format!("node {node:?} is not registered; register it first"))),
+    }
+}
+
+fn upsert_confirmed(
+    conn: &Connection,
+    id: &str,
+    node: &str,
+    size: u64,
+    checksum: Checksum,
+    now: i64,
+) -> MetaResult<()> {
+    conn.prepare_cached(
+        "INSERT INTO replicas (object_id, node_id, state, size, checksum, updated_at) VALUES (?1, ?2, 'confirmed', ?3, ?4, ?5)
+         ON CONFLICT (object_id, node_id) DO UPDATE SET state = 'confirmed', size = ?3, checksum = ?4, updated_at = ?5",
+    )?
+    .execute(params![id, node, size as i64, checksum.to_string(), now])?;
+    Ok(())
+}
+
+fn schedule_deletion(conn: &Connection, node: &str, id: &str, now: i64) -> MetaResult<()> {
+    conn.prepare_cached("INSERT OR IGNORE INTO deletions (node_id, object_id, created_at) VALUES (?1, ?2, ?3)")?
+        .execute(params![node, id, now])?;
+    Ok(())
+}
+
+/// Marks an object deleted and schedules the removal of every copy.
+fn forget_object(conn: &Connection, id: &str, now: i64) -> MetaResult<()> {
+    let nodes: Vec<String> = conn
+        .prepare_cached("SELECT node_id FROM replicas WHERE object_id = ?1")?
+        .query_map([id], |row| row.get(0))?
+        .collect::<Result<_, _>>()?;
+    for node in &nodes {
+        schedule_deletion(conn, node, id, now)?;
+    }
+    conn.prepare_cached("DELETE FROM replicas WHERE object_id = ?1")?.execute([id])?;
+    conn.prepare_cached("UPDATE objects SET status = 'deleted', deleted_at = ?2 WHERE id = ?1")?
+        .execute(params![id, now])?;
+    Ok(())
+}
+
+/// Records that `node` holds `replica`. Returns the object id when the node should
+/// delete its copy instead: the object is deleted, or complete with other bytes.
+/// Objects the master does not know are left alone here (inventories collect them).
+fn record_replica(conn: &Connection, node: &str, replica: &ReplicaState, now: i64) -> MetaResult<Option<String>> {
+    let id = &replica.objectid;
+    let row: Option<(String, Option<String>, i64)> = conn
+        .prepare_cached("SELECT status, checksum, replication FROM objects WHERE id = ?1")?
+        .query_row([id], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+        .optional()?;
+    let Some((status, checksum, replication)) = row else { return Ok(None) };
+    if status == "deleted" {
+        return Ok(Some(id.clone()));
+    }
+    let other_bytes = checksum.as_deref().is_some_and(|sum| sum != replica.checksum.to_string());
+    if status == "complete" && other_bytes {
+        conn.prepare_cached("DELETE FROM replicas WHERE object_id = ?1 AND node_id = ?2")?
+            .execute(params![id, node])?;
+        return Ok(Some(id.clone()));
+    }
+    upsert_confirmed(conn, id, node, replica.size, replica.checksum, now)?;
+    if status == "complete" {
+        // Back at full strength: records of copies that are gone or on dead nodes are
+        // dropped (a dead node that returns re-reports what it still has).
+        let healthy: i64 = conn
+            .prepare_cached(
+                "SELECT count(*) FROM replicas r JOIN nodes n ON n.id = r.node_id
+                 WHERE r.object_id = ?1 AND r.state = 'confirmed' AND n.state != 'dead'",
+            )?
+            .query_row([id], |row| row.get(0))?;
+        if healthy >= replication {
+            conn.prepare_cached(
+                "DELETE FROM replicas WHERE object_id = ?1 AND (state != 'confirmed'
+                 OR node_id IN (SELECT id FROM nodes WHERE state = 'dead'))",
+            )?
+            .execute([id])?;
+        }
+    }
+    Ok(None)
 }
 
 impl Drop for MetaDb {
@@ -420,6 +922,7 @@ fn write_loop(conn: &Connection, queue: &Receiver<Job>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::InventoryEntry;
 
     fn temp_db(name: &str) -> (MetaDb, std::path::PathBuf) {
         let dir = std::env::temp_dir().join(format!("aether-db-{name}-{}", rand::random::<u32>()));
@@ -442,13 +945,16 @@ mod tests {
         let placed = db.create_object(id, 10, 2, first).unwrap();
         assert_eq!(placed, vec!["http://a:1", "http://b:1"]);
         assert!(matches!(db.object(id), Err(MetaError::NotFound(_))));
-        db.complete_object(id).unwrap();
-        db.complete_object(id).unwrap();
-        assert!(matches!(db.complete_object(ObjectId::new_random()), Err(MetaError::NotFound(_))));
+        assert!(matches!(db.complete_object(id, 2, vec![]), Err(MetaError::Unavailable(_))));
+        let sum = Checksum(7);
+        let found = |node: &str| Confirmation { node_id: node.into(), size: 10, checksum: sum };
+        db.complete_object(id, 2, vec![found("n1"), found("n2")]).unwrap();
+        db.complete_object(id, 2, vec![]).unwrap();
+        assert!(matches!(db.complete_object(ObjectId::new_random(), 1, vec![]), Err(MetaError::NotFound(_))));
         drop(db);
         let db = MetaDb::open(&dir.join("meta.db"), 1).unwrap();
         let object = db.object(id).unwrap();
-        assert_eq!((object.size, object.replicas.len()), (10, 2));
+        assert_eq!((object.size, object.replicas.len(), object.checksum), (10, 2, Some(sum)));
         assert_eq!(db.nodes().unwrap().iter().map(|n| n.replicas).collect::<Vec<_>>(), vec![1, 1]);
         drop(db);
         std::fs::remove_dir_all(dir).unwrap();
@@ -472,7 +978,86 @@ mod tests {
             })
             .collect();
         assert!(handles.into_iter().all(|h| h.join().unwrap()));
-        assert_eq!(db.nodes().unwrap()[0].replicas, 16);
+        let pending: i64 = db.read(|c| Ok(c.query_row("SELECT count(*) FROM replicas", [], |r| r.get(0))?)).unwrap();
+        assert_eq!(pending, 16);
+        drop(db);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    fn replica(id: ObjectId, sum: u32) -> ReplicaState {
+        ReplicaState { objectid: id.to_string(), size: 3, checksum: Checksum(sum) }
+    }
+
+    #[test]
+    fn reports_repairs_inventories_and_deletes() {
+        let (db, dir) = temp_db("repair");
+        for n in ["n1", "n2", "n3"] {
+            db.register_node(n, &format!("http://{n}:1")).unwrap();
+        }
+        let id = ObjectId::new_random();
+        db.create_object(id, 3, 2, first).unwrap();
+        for node in ["n1", "n2"] {
+            assert!(db.report_replicas(node, vec![replica(id, 5)], vec![]).unwrap().is_empty());
+        }
+        // A third copy with other bytes loses to the two that agree, and is deleted.
+        db.report_replicas("n3", vec![replica(id, 6)], vec![]).unwrap();
+        db.complete_object(id, 2, vec![]).unwrap();
+        assert_eq!(db.take_deletions("n3", 10).unwrap(), vec![id.to_string()]);
+        assert!(db.under_replicated(10).unwrap().is_empty());
+
+        // n1 dies: the object is under-replicated, with n2 as its only source.
+        db.set_node_state("n1", "dead").unwrap();
+        let under = db.under_replicated(10).unwrap();
+        assert_eq!((under[0].healthy.clone(), under[0].holders.len()), (vec!["n2".to_string()], 2));
+        // The repair lands on n3; the record of n1's copy goes.
+        db.report_replicas("n3", vec![replica(id, 5)], vec![]).unwrap();
+        assert!(db.under_replicated(10).unwrap().is_empty());
+        assert_eq!(db.object(id).unwrap().replicas.len(), 2);
+
+        // n2 finds its copy corrupt: quarantined, under-replicated again.
+        db.report_replicas("n2", vec![], vec![id.to_string()]).unwrap();
+        assert_eq!(db.under_replicated(10).unwrap()[0].healthy, vec!["n3".to_string()]);
+
+        // An inventory from n3 that no longer lists the object marks it missing; one
+        // that lists an unknown old file asks for its deletion.
+        let stray = ObjectId::new_random().to_string();
+        let entry = |objectid: &str, age_secs| InventoryEntry {
+            objectid: objectid.into(),
+            size: 1,
+            checksum: Checksum(1),
+            age_secs,
+        };
+        let start = now_ms() + 1;
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let delete = db
+            .inventory("n3", "scan-1", vec![entry(&stray, 100), entry(&ObjectId::new_random().to_string(), 1)], 50)
+            .unwrap();
+        assert_eq!(delete, vec![stray]);
+        assert_eq!(db.finish_inventory("n3", "scan-1", start).unwrap(), 1);
+        assert!(db.under_replicated(10).unwrap().is_empty(), "no healthy copy left: nothing to repair from");
+
+        // Deleting: gone at once, and every holder is told.
+        db.delete_object(id).unwrap();
+        assert!(matches!(db.object(id), Err(MetaError::NotFound(_))));
+        assert!(matches!(db.delete_object(id), Err(MetaError::NotFound(_))));
+        assert_eq!(db.take_deletions("n2", 10).unwrap(), vec![id.to_string()]);
+        // A node that reports the deleted object later is told again.
+        assert_eq!(db.report_replicas("n1", vec![replica(id, 5)], vec![]).unwrap(), vec![id.to_string()]);
+        assert!(matches!(db.report_replicas("ghost", vec![], vec![]), Err(MetaError::NotFound(_))));
+        drop(db);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn stale_uploads_expire() {
+        let (db, dir) = temp_db("expire");
+        db.register_node("n1", "http://n1:1").unwrap();
+        let id = ObjectId::new_random();
+        db.create_object(id, 1, 1, first).unwrap();
+        assert_eq!(db.expire_pending(now_ms() - 60_000).unwrap(), 0);
+        assert_eq!(db.expire_pending(now_ms() + 1).unwrap(), 1);
+        assert!(matches!(db.complete_object(id, 1, vec![]), Err(MetaError::NotFound(_))));
+        assert_eq!(db.take_deletions("n1", 10).unwrap(), vec![id.to_string()]);
         drop(db);
         std::fs::remove_dir_all(dir).unwrap();
     }

@@ -1,25 +1,38 @@
-//! The master: the metadata control plane. It tracks datanodes, places new objects on
-//! them and answers where an object's replicas are. It never touches object bytes.
+//! The master: the metadata control plane. It tracks datanodes and their liveness,
+//! places new objects, confirms replicas from the datanodes' own reports, answers where
+//! an object lives, and keeps every object at its replication factor. It never touches
+//! object bytes.
 //!
 //! Requests are parsed into an `Endpoint` and dispatched by one `match`; all state lives
-//! in `db::MetaDb`.
+//! in `db::MetaDb` (durable) and `liveness::Membership` (heartbeats, in memory). The
+//! `maintenance` thread moves node states, repairs and expires.
 
 pub mod db;
+pub mod liveness;
+mod maintenance;
 pub mod placement;
+pub mod repair;
 
-use std::io;
+use std::collections::HashMap;
+use std::io::{self, Read};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
+use crossbeam_channel::Sender;
 use tiny_http::{Method, Request};
 
-use crate::http::{self, ApiError, Handled, HttpServer};
+use crate::http::{self, ApiError, Handled, HttpServer, Reply};
 use crate::log;
 use crate::proto::{
-    normalize_address, validate_node_id, CompleteUpload, Health, InitUpload, NodeInfo, NodeList, ObjectId, ObjectInfo,
-    Placement, RegisterNode, ReplicaInfo, StatusOk,
+    normalize_address, validate_node_id, Checksum, ClusterStatus, CompleteUpload, Health, Heartbeat, InitUpload,
+    Inventory, NodeCommands, NodeInfo, NodeList, ObjectId, ObjectInfo, Placement, RegisterNode, ReplaceNodes,
+    ReplicaInfo, ReplicaReport, StatusOk, CHECKSUM_HEADER,
 };
-use db::{MetaDb, MetaError, Registered};
+use db::{Candidate, Confirmation, MetaDb, MetaError, Registered};
+use liveness::{Membership, NodeState};
 
 #[derive(Debug, Clone)]
 pub struct MasterConfig {
@@ -29,13 +42,34 @@ pub struct MasterConfig {
     pub data_dir: PathBuf,
     /// Replicas placed per object unless `init` asks otherwise.
     pub replication: usize,
+    /// Replicas that must be confirmed for `complete` to succeed; all of them if `None`.
+    pub write_quorum: Option<usize>,
     pub threads: usize,
     pub max_object_size: u64,
+    /// Silence after which a node is dead (and half of it, suspect).
+    pub dead_after: Duration,
+    /// Shared secret that internal requests (registration, heartbeats, reports) carry.
+    pub cluster_token: Option<String>,
+    /// Age after which an upload never completed, or a file no one knows, is removed.
+    pub upload_grace: Duration,
+    /// Re-replication batches in flight at once.
+    pub repair_concurrency: usize,
 }
 
 impl MasterConfig {
     pub fn new(listen: &str, data_dir: PathBuf) -> MasterConfig {
-        MasterConfig { listen: listen.to_string(), data_dir, replication: 2, threads: 16, max_object_size: 5 << 40 }
+        MasterConfig {
+            listen: listen.to_string(),
+            data_dir,
+            replication: 2,
+            write_quorum: None,
+            threads: 16,
+            max_object_size: 5 << 40,
+            dead_after: Duration::from_secs(12),
+            cluster_token: None,
+            upload_grace: Duration::from_secs(3600),
+            repair_concurrency: 4,
+        }
     }
 }
 
@@ -44,32 +78,69 @@ pub const MAX_REPLICATION: usize = 16;
 
 pub struct Master {
     http: HttpServer,
+    stop: Sender<()>,
+    maintenance: JoinHandle<()>,
 }
 
 impl Master {
-    pub fn start(config: MasterConfig) -> io::Result<Master> {
+    pub fn start(config: MasterConfig, agent: ureq::Agent) -> io::Result<Master> {
         if !(1..=MAX_REPLICATION).contains(&config.replication) {
             return Err(io::Error::other(format!(
                 "replication factor {} is out of range 1..={MAX_REPLICATION}",
                 config.replication
             )));
         }
+        if config.write_quorum.is_some_and(|w| w == 0 || w > config.replication) {
+            return Err(io::Error::other(format!(
+                "write quorum must be between 1 and the replication factor {}",
+                config.replication
+            )));
+        }
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| io::Error::new(e.kind(), format!("cannot create {}: {e}", config.data_dir.display())))?;
         let db_path = config.data_dir.join("meta.db");
-        let db = MetaDb::open(&db_path, config.threads).map_err(io::Error::other)?;
-        let state = Arc::new(MasterState { db, config: config.clone() });
-        let http = HttpServer::start(&config.listen, config.threads, "master", move |request| state.handle(request))?;
+        let db = MetaDb::open(&db_path, config.threads + 2).map_err(io::Error::other)?;
+        let known = db.nodes().map_err(io::Error::other)?;
+        let membership = Membership::new(
+            known.into_iter().map(|n| (n.id, NodeState::parse(&n.state))),
+            config.dead_after,
+            Instant::now(),
+        );
+        let state = Arc::new(MasterState {
+            db,
+            config: config.clone(),
+            membership,
+            agent,
+            scans: Mutex::new(HashMap::new()),
+            repairs_in_flight: AtomicU64::new(0),
+        });
+        let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
+        let maintenance_state = Arc::clone(&state);
+        let maintenance = std::thread::Builder::new()
+            .name("master-maintenance".into())
+            .spawn(move || maintenance::run(&maintenance_state, &stopped))?;
+        let handler_state = Arc::clone(&state);
+        let http =
+            HttpServer::start(&config.listen, config.threads, "master", move |request| handler_state.handle(request))?;
         log::info(
             "master",
             &format!(
-                "listening on http://{}, metadata in {}, replication {}",
+                "listening on http://{}, metadata in {}, replication {}, write quorum {}, dead after {:?}",
                 http.local_addr(),
                 db_path.display(),
-                config.replication
+                config.replication,
+                config.write_quorum.unwrap_or(config.replication),
+                config.dead_after
             ),
         );
-        Ok(Master { http })
+        if config.cluster_token.is_none() {
+            log::warn(
+                "master",
+                "no cluster token: anyone who can reach this port can register nodes and report replicas; \
+                 set --cluster-token (or AETHER_CLUSTER_TOKEN) on the master and every datanode",
+            );
+        }
+        Ok(Master { http, stop, maintenance })
     }
 
     pub fn local_addr(&self) -> std::net::SocketAddr {
@@ -77,6 +148,8 @@ impl Master {
     }
 
     pub fn shutdown(self) {
+        drop(self.stop);
+        let _ = self.maintenance.join();
         self.http.shutdown();
         log::info("master", "stopped");
     }
@@ -87,31 +160,48 @@ impl Master {
 enum Endpoint {
     Health,
     RegisterNode,
+    Heartbeat,
+    ReportReplicas,
+    Inventory,
     ListNodes,
+    ClusterStatus,
     InitUpload,
+    ReplaceNodes,
     CompleteUpload,
     GetObject(ObjectId),
+    DeleteObject(ObjectId),
+    RedirectToReplica(ObjectId),
 }
 
 impl Endpoint {
     fn parse(method: &Method, path: &str) -> Result<Endpoint, ApiError> {
-        let (endpoint, allow) = match path {
-            "/health" => (Endpoint::Health, "GET"),
-            "/api/node/register" => (Endpoint::RegisterNode, "POST"),
-            "/api/nodes" => (Endpoint::ListNodes, "GET"),
-            "/api/upload/init" => (Endpoint::InitUpload, "POST"),
-            "/api/upload/complete" => (Endpoint::CompleteUpload, "POST"),
-            _ => match path.strip_prefix("/api/objects/") {
-                Some(raw_id) => {
+        let is_get = matches!(method, Method::Get | Method::Head);
+        let is_post = *method == Method::Post;
+        let (endpoint, allowed, allow) = match path {
+            "/health" => (Endpoint::Health, is_get, "GET"),
+            "/api/node/register" => (Endpoint::RegisterNode, is_post, "POST"),
+            "/api/node/heartbeat" => (Endpoint::Heartbeat, is_post, "POST"),
+            "/api/node/inventory" => (Endpoint::Inventory, is_post, "POST"),
+            "/api/replicas/report" => (Endpoint::ReportReplicas, is_post, "POST"),
+            "/api/nodes" => (Endpoint::ListNodes, is_get, "GET"),
+            "/api/cluster" => (Endpoint::ClusterStatus, is_get, "GET"),
+            "/api/upload/init" => (Endpoint::InitUpload, is_post, "POST"),
+            "/api/upload/replace" => (Endpoint::ReplaceNodes, is_post, "POST"),
+            "/api/upload/complete" => (Endpoint::CompleteUpload, is_post, "POST"),
+            _ => {
+                if let Some(raw_id) = path.strip_prefix("/api/objects/") {
                     let id = ObjectId::parse(raw_id).map_err(ApiError::bad_request)?;
-                    (Endpoint::GetObject(id), "GET")
+                    match method {
+                        Method::Delete => (Endpoint::DeleteObject(id), true, ""),
+                        _ => (Endpoint::GetObject(id), is_get, "GET, DELETE"),
+                    }
+                } else if let Some(raw_id) = path.strip_prefix("/objects/") {
+                    let id = ObjectId::parse(raw_id).map_err(ApiError::bad_request)?;
+                    (Endpoint::RedirectToReplica(id), is_get, "GET")
+                } else {
+                    return Err(ApiError::no_route(path));
                 }
-                None => return Err(ApiError::no_route(path)),
-            },
-        };
-        let allowed = match allow {
-            "POST" => *method == Method::Post,
-            _ => matches!(method, Method::Get | Method::Head),
+            }
         };
         if allowed {
             Ok(endpoint)
@@ -119,11 +209,21 @@ impl Endpoint {
             Err(ApiError::method_not_allowed(method, path, allow))
         }
     }
+
+    /// Operations only datanodes may ask for: they change what the master believes.
+    fn is_internal(&self) -> bool {
+        matches!(self, Endpoint::RegisterNode | Endpoint::Heartbeat | Endpoint::ReportReplicas | Endpoint::Inventory)
+    }
 }
 
 struct MasterState {
     db: MetaDb,
     config: MasterConfig,
+    membership: Membership,
+    agent: ureq::Agent,
+    /// Inventory scans under way: node → (scan id, when its first batch arrived).
+    scans: Mutex<HashMap<String, (String, i64)>>,
+    repairs_in_flight: AtomicU64,
 }
 
 impl From<MetaError> for ApiError {
@@ -135,8 +235,12 @@ impl From<MetaError> for ApiError {
 impl MasterState {
     fn handle(&self, request: &mut Request) -> Handled {
         let bytes_in = request.body_length().unwrap_or(0) as u64;
-        let result = Endpoint::parse(request.method(), http::path_of(request))
-            .and_then(|endpoint| self.dispatch(endpoint, request));
+        let result = Endpoint::parse(request.method(), http::path_of(request)).and_then(|endpoint| {
+            if endpoint.is_internal() {
+                http::check_token(request, self.config.cluster_token.as_deref())?;
+            }
+            self.dispatch(endpoint, request)
+        });
         let mut handled = match result {
             Ok(reply) => Handled::from(reply),
             Err(e) => Handled::from(e),
@@ -145,7 +249,7 @@ impl MasterState {
         handled
     }
 
-    fn dispatch(&self, endpoint: Endpoint, request: &mut Request) -> Result<http::Reply, ApiError> {
+    fn dispatch(&self, endpoint: Endpoint, request: &mut Request) -> Result<Reply, ApiError> {
         match endpoint {
             Endpoint::Health => Ok(http::json_reply(200, &Health { status: "ok".into() })),
             Endpoint::RegisterNode => {
@@ -153,49 +257,154 @@ impl MasterState {
                     http::read_json(request, r#"{"id": "datanode-1", "address": "http://host:42101"}"#)?;
                 self.register_node(body)
             }
+            Endpoint::Heartbeat => {
+                let body: Heartbeat = http::read_json(request, "a heartbeat")?;
+                self.heartbeat(body)
+            }
+            Endpoint::ReportReplicas => {
+                let body: ReplicaReport = http::read_json(request, "a replica report")?;
+                let delete = self.db.report_replicas(&body.node, body.stored, body.corrupt)?;
+                Ok(http::json_reply(200, &NodeCommands { delete }))
+            }
+            Endpoint::Inventory => {
+                let body: Inventory = read_large_json(request)?;
+                self.inventory(body)
+            }
             Endpoint::ListNodes => self.list_nodes(),
+            Endpoint::ClusterStatus => self.cluster_status(),
             Endpoint::InitUpload => {
                 let body: InitUpload = http::read_json(request, r#"{"size": <bytes>}"#)?;
                 self.init_upload(body)
+            }
+            Endpoint::ReplaceNodes => {
+                let body: ReplaceNodes =
+                    http::read_json(request, r#"{"objectid": "<uuid>", "failed": ["http://.."], "count": 1}"#)?;
+                self.replace_nodes(body)
             }
             Endpoint::CompleteUpload => {
                 let body: CompleteUpload = http::read_json(request, r#"{"objectid": "<uuid>"}"#)?;
                 self.complete_upload(body)
             }
             Endpoint::GetObject(id) => self.get_object(id),
+            Endpoint::DeleteObject(id) => {
+                self.db.delete_object(id)?;
+                log::info("master", &format!("object {id} deleted; its copies are removed as their nodes check in"));
+                Ok(http::json_reply(200, &StatusOk::ok()))
+            }
+            Endpoint::RedirectToReplica(id) => self.redirect(id),
         }
     }
 
-    fn register_node(&self, body: RegisterNode) -> Result<http::Reply, ApiError> {
+    fn register_node(&self, body: RegisterNode) -> Result<Reply, ApiError> {
         validate_node_id(&body.id).map_err(ApiError::bad_request)?;
         let address = normalize_address(&body.address).map_err(ApiError::bad_request)?;
         let outcome = self.db.register_node(&body.id, &address)?;
+        let before = self.membership.registered(&body.id, Instant::now());
         match outcome {
             Registered::New => log::info("master", &format!("node {} registered at {address}", body.id)),
             Registered::AddressChanged => log::info("master", &format!("node {} moved to {address}", body.id)),
+            Registered::Unchanged if before.is_some_and(|s| s != NodeState::Alive) => {
+                log::info("master", &format!("node {} registered again and is alive", body.id))
+            }
             Registered::Unchanged => {}
         }
         Ok(http::json_reply(200, &StatusOk::ok()))
     }
 
-    fn list_nodes(&self) -> Result<http::Reply, ApiError> {
+    fn heartbeat(&self, body: Heartbeat) -> Result<Reply, ApiError> {
+        let now = Instant::now();
+        let before = self
+            .membership
+            .heartbeat(&body.id, body.capacity_bytes, body.free_bytes, body.object_count, now)
+            .ok_or_else(|| ApiError::not_found(format!("node {:?} is not registered; register it first", body.id)))?;
+        if before != NodeState::Alive {
+            self.db.set_node_state(&body.id, NodeState::Alive.as_str())?;
+            log::info("master", &format!("node {} is alive again (was {})", body.id, before.as_str()));
+        }
+        let delete = self.db.take_deletions(&body.id, 1000)?;
+        Ok(http::json_reply(200, &NodeCommands { delete }))
+    }
+
+    fn inventory(&self, body: Inventory) -> Result<Reply, ApiError> {
+        let started = {
+            let mut scans = self.scans.lock().expect("scans lock");
+            let entry = scans.entry(body.node.clone()).or_insert_with(|| (body.scan.clone(), db::now_ms()));
+            if entry.0 != body.scan {
+                *entry = (body.scan.clone(), db::now_ms());
+            }
+            entry.1
+        };
+        let grace = self.config.upload_grace.as_secs();
+        let delete = self.db.inventory(&body.node, &body.scan, body.replicas, grace)?;
+        if body.done {
+            self.scans.lock().expect("scans lock").remove(&body.node);
+            let missing = self.db.finish_inventory(&body.node, &body.scan, started)?;
+            if missing > 0 {
+                log::warn(
+                    "master",
+                    &format!("node {} no longer has {missing} replica(s); they will be re-created", body.node),
+                );
+            }
+        }
+        if !delete.is_empty() {
+            log::info("master", &format!("node {} holds {} object(s) to delete", body.node, delete.len()));
+        }
+        Ok(http::json_reply(200, &NodeCommands { delete }))
+    }
+
+    fn list_nodes(&self) -> Result<Reply, ApiError> {
+        let now = Instant::now();
         let nodes = self
             .db
             .nodes()?
             .into_iter()
-            .map(|n| NodeInfo {
-                id: n.id,
-                address: n.address,
-                state: n.state,
-                registered_at: rfc3339(n.registered_at),
-                last_seen: rfc3339(n.last_seen),
-                replicas: n.replicas,
+            .map(|n| {
+                let member = self.membership.get(&n.id);
+                let silent = member.map_or(0.0, |m| now.saturating_duration_since(m.last_seen).as_secs_f64());
+                NodeInfo {
+                    state: member.map_or(n.state, |m| m.state.as_str().to_string()),
+                    last_seen: rfc3339(db::now_ms() - (silent * 1000.0) as i64),
+                    last_seen_secs_ago: (silent * 10.0).round() / 10.0,
+                    id: n.id,
+                    address: n.address,
+                    registered_at: rfc3339(n.registered_at),
+                    replicas: n.replicas,
+                    capacity_bytes: member.and_then(|m| m.capacity_bytes),
+                    free_bytes: member.and_then(|m| m.free_bytes),
+                    object_count: member.and_then(|m| m.object_count),
+                }
             })
             .collect();
         Ok(http::json_reply(200, &NodeList { nodes }))
     }
 
-    fn init_upload(&self, body: InitUpload) -> Result<http::Reply, ApiError> {
+    fn cluster_status(&self) -> Result<Reply, ApiError> {
+        let (alive, suspect, dead) = self.membership.counts();
+        let counts = self.db.counts()?;
+        Ok(http::json_reply(
+            200,
+            &ClusterStatus {
+                nodes_alive: alive,
+                nodes_suspect: suspect,
+                nodes_dead: dead,
+                objects: counts.objects,
+                under_replicated: counts.under_replicated,
+                repairs_in_flight: self.repairs_in_flight.load(Ordering::Relaxed),
+                pending_deletes: counts.pending_deletes,
+            },
+        ))
+    }
+
+    /// Chooses `n` of `live` (id, address) pairs that may take `size` more bytes.
+    fn chooser(&self, size: u64) -> impl FnOnce(&[Candidate], usize) -> Result<Vec<Candidate>, MetaError> {
+        let placeable = self.membership.placeable(size);
+        move |live, n| {
+            let candidates: Vec<Candidate> = live.iter().filter(|(id, _)| placeable.contains(id)).cloned().collect();
+            placement::choose_random(&candidates, n, &mut rand::thread_rng()).map_err(MetaError::Unavailable)
+        }
+    }
+
+    fn init_upload(&self, body: InitUpload) -> Result<Reply, ApiError> {
         let max = self.config.max_object_size;
         if body.size > max {
             return Err(ApiError::bad_request(format!(
@@ -210,39 +419,112 @@ impl MasterState {
             )));
         }
         let id = ObjectId::new_random();
-        let nodes = self.db.create_object(id, body.size, replication, |live, n| {
-            placement::choose_random(live, n, &mut rand::thread_rng()).map_err(MetaError::Unavailable)
-        })?;
+        let nodes = self.db.create_object(id, body.size, replication, self.chooser(body.size))?;
         Ok(http::json_reply(200, &Placement { objectid: id.to_string(), nodes }))
     }
 
-    fn complete_upload(&self, body: CompleteUpload) -> Result<http::Reply, ApiError> {
+    fn replace_nodes(&self, body: ReplaceNodes) -> Result<Reply, ApiError> {
         let id = ObjectId::parse(&body.objectid).map_err(ApiError::bad_request)?;
-        self.db.complete_object(id)?;
+        if body.count == 0 || body.count > MAX_REPLICATION {
+            return Err(ApiError::bad_request(format!("count must be between 1 and {MAX_REPLICATION}")));
+        }
+        let size = self.db.object_with_status(id, true)?.size;
+        let nodes = self.db.replace_nodes(id, body.failed, body.count, self.chooser(size))?;
+        Ok(http::json_reply(200, &Placement { objectid: id.to_string(), nodes }))
+    }
+
+    /// Completes an upload once enough replicas are confirmed. Replicas no datanode has
+    /// reported yet (a node without `--master`, or a report still on its way) are checked
+    /// by asking their node directly.
+    fn complete_upload(&self, body: CompleteUpload) -> Result<Reply, ApiError> {
+        let id = ObjectId::parse(&body.objectid).map_err(ApiError::bad_request)?;
+        let object = match self.db.object_with_status(id, true) {
+            Ok(object) => object,
+            // Unknown and deleted objects get their answer from `complete_object`.
+            Err(MetaError::NotFound(_)) => {
+                self.db.complete_object(id, 1, Vec::new())?;
+                return Ok(http::json_reply(200, &StatusOk::ok()));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if object.status == "complete" {
+            return Ok(http::json_reply(200, &StatusOk::ok()));
+        }
+        let found: Vec<Confirmation> = object
+            .replicas
+            .iter()
+            .filter(|r| r.state != "confirmed")
+            .filter_map(|r| self.ask_node(&r.node_id, &r.address, &id))
+            .collect();
+        let quorum = self.config.write_quorum.unwrap_or(object.replication);
+        self.db.complete_object(id, quorum, found)?;
         Ok(http::json_reply(200, &StatusOk::ok()))
     }
 
-    fn get_object(&self, id: ObjectId) -> Result<http::Reply, ApiError> {
+    /// `HEAD`s an object on a node: its size and checksum if the node has it.
+    fn ask_node(&self, node_id: &str, address: &str, id: &ObjectId) -> Option<Confirmation> {
+        let response =
+            self.agent.head(&format!("{address}/objects/{id}")).timeout(Duration::from_secs(5)).call().ok()?;
+        let size = response.header("Content-Length")?.parse().ok()?;
+        let checksum = Checksum::parse(response.header(CHECKSUM_HEADER)?).ok()?;
+        Some(Confirmation { node_id: node_id.to_string(), size, checksum })
+    }
+
+    fn get_object(&self, id: ObjectId) -> Result<Reply, ApiError> {
         let object = self.db.object(id)?;
+        // Copies a node has lost or found corrupt are not replicas to read from.
+        let readable: Vec<&db::ReplicaRow> = object.replicas.iter().filter(|r| r.state == "confirmed").collect();
         let info = ObjectInfo {
-            objectid: object.id,
+            objectid: object.id.clone(),
             size: object.size,
-            status: object.status,
-            replicas: object.replicas.iter().map(|r| r.address.clone()).collect(),
-            replica_nodes: object
-                .replicas
-                .into_iter()
-                .map(|r| ReplicaInfo { node: r.node_id, address: r.address, state: r.state })
+            status: object.status.clone(),
+            replicas: readable.iter().map(|r| r.address.clone()).collect(),
+            replica_nodes: readable
+                .iter()
+                .map(|r| ReplicaInfo {
+                    node: r.node_id.clone(),
+                    address: r.address.clone(),
+                    state: r.node_state.clone(),
+                })
                 .collect(),
+            checksum: object.checksum,
             created_at: rfc3339(object.created_at),
             completed_at: object.completed_at.map(rfc3339),
         };
         Ok(http::json_reply(200, &info))
     }
+
+    /// `GET /objects/{id}` on the master: a redirect to a live replica, for `curl -L`.
+    fn redirect(&self, id: ObjectId) -> Result<Reply, ApiError> {
+        let object = self.db.object(id)?;
+        let replica =
+            object.replicas.iter().find(|r| r.state == "confirmed" && r.node_state == "alive").ok_or_else(|| {
+                ApiError::unavailable(format!("no live datanode holds object {id} right now; try again shortly"))
+            })?;
+        let location = format!("{}/objects/{id}", replica.address);
+        let mut reply = http::json_reply(307, &serde_json::json!({ "location": location }));
+        reply.add_header(http::header("Location", &location));
+        Ok(reply)
+    }
+}
+
+/// Inventories are the one large body the master takes: up to a batch of entries.
+fn read_large_json<T: serde::de::DeserializeOwned>(request: &mut Request) -> Result<T, ApiError> {
+    const LIMIT: u64 = 16 << 20;
+    let mut body = Vec::new();
+    request
+        .as_reader()
+        .take(LIMIT + 1)
+        .read_to_end(&mut body)
+        .map_err(|e| ApiError::bad_request(format!("could not read request body: {e}")))?;
+    if body.len() as u64 > LIMIT {
+        return Err(ApiError::new(413, format!("body is larger than {LIMIT} bytes; send smaller batches")));
+    }
+    serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("malformed JSON body ({e})")))
 }
 
 fn rfc3339(unix_ms: i64) -> String {
-    let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(unix_ms.max(0) as u64);
+    let time = std::time::UNIX_EPOCH + Duration::from_millis(unix_ms.max(0) as u64);
     humantime::format_rfc3339_millis(time).to_string()
 }
 
@@ -257,11 +539,20 @@ mod tests {
         let table: &[(Method, String, Result<Endpoint, u16>)] = &[
             (Method::Get, "/health".into(), Ok(Endpoint::Health)),
             (Method::Post, "/api/node/register".into(), Ok(Endpoint::RegisterNode)),
+            (Method::Post, "/api/node/heartbeat".into(), Ok(Endpoint::Heartbeat)),
+            (Method::Post, "/api/node/inventory".into(), Ok(Endpoint::Inventory)),
+            (Method::Post, "/api/replicas/report".into(), Ok(Endpoint::ReportReplicas)),
             (Method::Get, "/api/nodes".into(), Ok(Endpoint::ListNodes)),
+            (Method::Get, "/api/cluster".into(), Ok(Endpoint::ClusterStatus)),
             (Method::Post, "/api/upload/init".into(), Ok(Endpoint::InitUpload)),
+            (Method::Post, "/api/upload/replace".into(), Ok(Endpoint::ReplaceNodes)),
             (Method::Post, "/api/upload/complete".into(), Ok(Endpoint::CompleteUpload)),
             (Method::Get, format!("/api/objects/{id}"), Ok(Endpoint::GetObject(parsed))),
+            (Method::Delete, format!("/api/objects/{id}"), Ok(Endpoint::DeleteObject(parsed))),
+            (Method::Get, format!("/objects/{id}"), Ok(Endpoint::RedirectToReplica(parsed))),
             (Method::Get, "/api/upload/init".into(), Err(405)),
+            (Method::Put, format!("/api/objects/{id}"), Err(405)),
+            (Method::Put, format!("/objects/{id}"), Err(405)),
             (Method::Delete, "/api/nodes".into(), Err(405)),
             (Method::Get, "/api/objects/not-a-uuid".into(), Err(400)),
             (Method::Get, "/api/objects/../../etc".into(), Err(400)),

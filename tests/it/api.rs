@@ -198,10 +198,14 @@ fn master_rejects_bad_input_with_json_errors() {
     let body = json!({"id": "impostor", "address": taken}).to_string();
     check(m, "POST", "/api/node/register", Some(&body), 409, "already registered");
 
-    // A pending object is not served, and completing it twice is fine.
+    // A pending object is not served, cannot complete before its datanode has it, and
+    // completing it twice is fine.
     let (_, placement) = post(&format!("{m}/api/upload/init"), &json!({"size": 0}));
     let pending = placement["objectid"].as_str().unwrap();
     check(m, "GET", &format!("/api/objects/{pending}"), None, 404, "still being uploaded");
+    let body = json!({"objectid": pending}).to_string();
+    check(m, "POST", "/api/upload/complete", Some(&body), 503, "only 0 of the 1 required replicas");
+    assert_eq!(put_bytes(&format!("{}/objects/{pending}", placement["nodes"][0].as_str().unwrap()), b""), 201);
     for _ in 0..2 {
         let (status, _) = post(&format!("{m}/api/upload/complete"), &json!({"objectid": pending}));
         assert_eq!(status, 200);
@@ -235,7 +239,7 @@ fn datanode_rejects_bad_input_and_changes_nothing() {
         ("PUT", "/objects/../../tmp/evil", Some("x"), 400, "invalid object id"),
         ("GET", &format!("/objects/{id}"), None, 404, "not found"),
         ("HEAD", &format!("/objects/{id}"), None, 404, ""),
-        ("DELETE", &format!("/objects/{id}"), None, 405, "PUT"),
+        ("POST", &format!("/objects/{id}"), None, 405, "PUT"),
         ("POST", "/health", None, 405, "GET"),
         ("GET", "/nowhere", None, 404, "no such endpoint"),
         ("PUT", &format!("/objects/{id}"), Some(&"y".repeat(70_000)), 413, "65536 bytes"),
@@ -297,13 +301,14 @@ fn full_disk_refuses_uploads_and_leaves_nothing() {
     assert_eq!(status, 507, "{body}");
     assert!(body["error"].as_str().unwrap().contains("not enough disk space"), "{body}");
     if mounted {
-        // Chunked: the length is unknown until the disk fills up mid-write.
-        let response = crate::cluster::agent().put(&url).send(&big[..]);
-        let status = match response {
-            Err(ureq::Error::Status(code, _)) => code,
-            other => panic!("expected 507, got {:?}", other.map(|r| r.status())),
-        };
-        assert_eq!(status, 507);
+        // Chunked: the length is unknown until the disk fills up mid-write. The node
+        // answers 507 and stops reading, so the client sees that answer or, if it is
+        // still sending, the connection closing on it; either way nothing is stored.
+        match crate::cluster::agent().put(&url).send(&big[..]) {
+            Err(ureq::Error::Status(code, _)) => assert_eq!(code, 507),
+            Err(ureq::Error::Transport(_)) => node.wait_for_log(" 507 "),
+            Ok(response) => panic!("a full disk took the upload: {}", response.status()),
+        }
     }
     assert_eq!(get_bytes(&url), Err(404));
     assert_eq!(std::fs::read_dir(data.join("tmp")).unwrap().count(), 0, "leftover temp files");

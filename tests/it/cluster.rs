@@ -298,3 +298,24 @@ pub fn raw_request(base: &str, method: &str, path: &str, body: Option<&[u8]>) ->
     let json = text.split_once("\r\n\r\n").and_then(|(_, b)| serde_json::from_str(b).ok()).unwrap_or_default();
     (status, json)
 }
+
+/// Uploads `bytes` the way `aether put` does, over plain HTTP: placement, one chained
+/// PUT through every placed node, complete. Returns the object id.
+#[track_caller]
+pub fn upload(master: &str, bytes: &[u8]) -> String {
+    let body = serde_json::json!({"size": bytes.len()}).to_string();
+    let (status, placement) = request("POST", &format!("{master}/api/upload/init"), Some(body.as_bytes())).unwrap();
+    assert_eq!(status, 200, "{placement}");
+    let id = placement["objectid"].as_str().unwrap().to_string();
+    let nodes: Vec<String> = serde_json::from_value(placement["nodes"].clone()).unwrap();
+    let response = agent()
+        .put(&format!("{}/objects/{id}", nodes[0]))
+        .set("X-Aether-Chain", &nodes[1..].join(","))
+        .send_bytes(bytes);
+    let stored: serde_json::Value = response.unwrap().into_json().unwrap();
+    assert!(stored["replicas"].as_array().unwrap().iter().all(|r| r["status"] == 201), "{stored}");
+    let body = serde_json::json!({"objectid": id}).to_string();
+    let (status, answer) = request("POST", &format!("{master}/api/upload/complete"), Some(body.as_bytes())).unwrap();
+    assert_eq!(status, 200, "{answer}");
+    id
+}

@@ -8,7 +8,8 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::cluster::{
-    agent, api_get, get_bytes, pattern, put_bytes, request, wait_until, PatternReader, Proc, TempDir, TestCluster,
+    agent, api_get, get_bytes, pattern, put_bytes, request, upload, wait_until, PatternReader, Proc, TempDir,
+    TestCluster,
 };
 
 fn start_datanode(dir: &std::path::Path) -> Proc {
@@ -65,12 +66,12 @@ fn master_restart_keeps_all_metadata() {
     let post = |url: &str, body: serde_json::Value| request("POST", url, Some(body.to_string().as_bytes())).unwrap();
     let mut completed = Vec::new();
     for i in 0..20u64 {
-        let (_, placement) = post(&format!("{m}/api/upload/init"), json!({"size": i}));
-        let id = placement["objectid"].as_str().unwrap().to_string();
-        assert_eq!(post(&format!("{m}/api/upload/complete"), json!({"objectid": id})).0, 200);
-        completed.push((id, i, placement["nodes"].clone()));
+        let id = upload(&m, &pattern(i, i as usize));
+        let (_, object) = api_get(&format!("{m}/api/objects/{id}")).unwrap();
+        completed.push((id, i, object["replicas"].clone()));
     }
-    let (_, pending) = post(&format!("{m}/api/upload/init"), json!({"size": 7}));
+    let (_, pending) = post(&format!("{m}/api/upload/init"), json!({"size": 10}));
+    let pending_nodes = pending["nodes"].clone();
     let pending = pending["objectid"].as_str().unwrap().to_string();
     let (_, nodes_before) = api_get(&format!("{m}/api/nodes")).unwrap();
 
@@ -90,8 +91,13 @@ fn master_restart_keeps_all_metadata() {
         |v: &serde_json::Value| v["nodes"].as_array().unwrap().iter().map(|n| n["id"].clone()).collect::<Vec<_>>();
     assert_eq!(ids(&nodes_after), ids(&nodes_before));
     assert_eq!(api_get(&format!("{m}/api/objects/{pending}")).unwrap().0, 404);
+    let nodes: Vec<String> = serde_json::from_value(pending_nodes).unwrap();
+    for node in &nodes {
+        assert_eq!(put_bytes(&format!("{node}/objects/{pending}"), b"late bytes"), 201);
+    }
     assert_eq!(post(&format!("{m}/api/upload/complete"), json!({"objectid": pending})).0, 200);
-    assert_eq!(api_get(&format!("{m}/api/objects/{pending}")).unwrap().0, 200);
+    let (status, object) = api_get(&format!("{m}/api/objects/{pending}")).unwrap();
+    assert_eq!((status, object["size"].as_u64()), (200, Some(10)));
 }
 
 /// Peak resident memory of a process, from /proc.

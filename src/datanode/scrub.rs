@@ -1,0 +1,67 @@
+//! The scrubber: re-reads every stored object at a bounded rate and checks it against
+//! the checksum it was written with, so silent corruption is found before a reader
+//! needs that copy. A bad copy is quarantined and reported like one found by a read.
+
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+
+use super::store::StoreError;
+use super::Node;
+use crate::log;
+use crate::proto::ObjectId;
+
+/// Runs scrub passes until `stopped` is dropped: the first after `pause` (at most a
+/// minute, so a fresh node checks its disk soon), then one every `pause`.
+pub fn run(node: &Node, bytes_per_sec: u64, pause: Duration, stopped: &Receiver<()>) {
+    if !wait(stopped, pause.min(Duration::from_secs(60))) {
+        return;
+    }
+    loop {
+        let Some(summary) = pass(node, bytes_per_sec, stopped) else { return };
+        log::info(&node.id, &summary);
+        if !wait(stopped, pause) {
+            return;
+        }
+    }
+}
+
+/// Waits `how_long`; false when the node is stopping.
+fn wait(stopped: &Receiver<()>, how_long: Duration) -> bool {
+    stopped.recv_timeout(how_long) == Err(RecvTimeoutError::Timeout)
+}
+
+/// One pass over all objects; `None` when interrupted by shutdown.
+fn pass(node: &Node, bytes_per_sec: u64, stopped: &Receiver<()>) -> Option<String> {
+    let started = Instant::now();
+    let mut ids: Vec<ObjectId> = Vec::new();
+    if let Err(e) = node.blobs.scan(&mut |item| ids.push(item.id)) {
+        return Some(format!("scrub pass failed to list objects: {e}"));
+    }
+    let (mut bytes, mut corrupt) = (0u64, 0u64);
+    for id in &ids {
+        match node.blobs.verify(id) {
+            Ok(stored) => bytes += stored.size,
+            Err(StoreError::Corrupt { reason, .. }) => {
+                corrupt += 1;
+                node.quarantine(id, &reason);
+            }
+            Err(StoreError::NotFound(_)) => {}
+            Err(e) => log::error(&node.id, &format!("scrub cannot verify {id}: {e}")),
+        }
+        // Sleep off any lead over the allowed rate, staying responsive to shutdown.
+        let due = Duration::from_secs_f64(bytes as f64 / bytes_per_sec as f64);
+        if let Some(lead) = due.checked_sub(started.elapsed()) {
+            if !wait(stopped, lead) {
+                return None;
+            }
+        } else if stopped.try_recv() != Err(crossbeam_channel::TryRecvError::Empty) {
+            return None;
+        }
+    }
+    Some(format!(
+        "scrub pass verified {} object(s), {bytes} bytes, in {:.1}s: {corrupt} corrupt",
+        ids.len(),
+        started.elapsed().as_secs_f64()
+    ))
+}

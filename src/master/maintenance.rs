@@ -1,0 +1,179 @@
+//! The master's maintenance loop, twice a second: it moves silent nodes to suspect and
+//! dead, plans re-replication for objects below their replication factor and hands the
+//! batches to a bounded pool of repair workers, and expires uploads never completed.
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use serde::Deserialize;
+
+use super::{repair, MasterState};
+use crate::log;
+use crate::proto::{ReplicateRequest, ReplicateResult, TOKEN_HEADER};
+
+const TICK: Duration = Duration::from_millis(500);
+/// Objects per replicate request.
+const BATCH: usize = 64;
+
+/// One request to a source node: copy `objects` to `target`.
+struct RepairJob {
+    source: String,
+    target: String,
+    objects: Vec<String>,
+}
+
+pub fn run(state: &Arc<MasterState>, stopped: &Receiver<()>) {
+    let workers = state.config.repair_concurrency.max(1);
+    let (jobs, queue) = crossbeam_channel::bounded::<RepairJob>(workers);
+    let in_flight: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let handles: Vec<_> = (0..workers)
+        .map(|i| {
+            let (state, queue, in_flight) = (Arc::clone(state), queue.clone(), Arc::clone(&in_flight));
+            std::thread::Builder::new()
+                .name(format!("master-repair-{i}"))
+                .spawn(move || {
+                    for job in queue {
+                        run_job(&state, &job);
+                        let mut set = in_flight.lock().expect("in-flight lock");
+                        for object in &job.objects {
+                            set.remove(object);
+                        }
+                        state.repairs_in_flight.store(set.len() as u64, Ordering::Relaxed);
+                    }
+                })
+                .expect("spawning a repair worker")
+        })
+        .collect();
+
+    let mut last_expiry = Instant::now();
+    loop {
+        update_liveness(state);
+        if let Err(e) = schedule_repairs(state, &jobs, &in_flight) {
+            log::error("master", &format!("repair planning failed: {e}"));
+        }
+        if last_expiry.elapsed() >= Duration::from_secs(10) {
+            last_expiry = Instant::now();
+            expire_uploads(state);
+        }
+        if stopped.recv_timeout(TICK) != Err(RecvTimeoutError::Timeout) {
+            break;
+        }
+    }
+    drop(jobs);
+    for handle in handles {
+        let _ = handle.join();
+    }
+}
+
+fn update_liveness(state: &MasterState) {
+    for (node, new_state, silent) in state.membership.tick(Instant::now()) {
+        let message = format!("node {node} is {} (silent for {:.1}s)", new_state.as_str(), silent.as_secs_f64());
+        match new_state {
+            super::NodeState::Dead => log::warn("master", &format!("{message}; its replicas will be re-created")),
+            _ => log::warn("master", &message),
+        }
+        if let Err(e) = state.db.set_node_state(&node, new_state.as_str()) {
+            log::error("master", &format!("cannot record that node {node} is {}: {e}", new_state.as_str()));
+        }
+    }
+}
+
+fn schedule_repairs(
+    state: &MasterState,
+    jobs: &crossbeam_channel::Sender<RepairJob>,
+    in_flight: &Mutex<HashSet<String>>,
+) -> Result<(), String> {
+    let busy = in_flight.lock().expect("in-flight lock").len();
+    let capacity = (state.config.repair_concurrency.max(1) * BATCH * 2).saturating_sub(busy);
+    if capacity == 0 {
+        return Ok(());
+    }
+    let candidates = state.db.under_replicated(busy + capacity).map_err(|e| e.to_string())?;
+    let fresh: Vec<repair::UnderReplicated> = {
+        let set = in_flight.lock().expect("in-flight lock");
+        candidates.into_iter().filter(|c| !set.contains(&c.object)).take(capacity).collect()
+    };
+    if fresh.is_empty() {
+        return Ok(());
+    }
+    let targets = state.membership.placeable(0);
+    let plan = repair::plan(&fresh, &targets, &mut rand::thread_rng());
+    if plan.is_empty() {
+        return Ok(());
+    }
+    let addresses = state.db.addresses().map_err(|e| e.to_string())?;
+    for (source, target, objects) in repair::batches(plan, BATCH) {
+        let (Some(source), Some(target)) = (addresses.get(&source), addresses.get(&target)) else { continue };
+        {
+            let mut set = in_flight.lock().expect("in-flight lock");
+            set.extend(objects.iter().cloned());
+            state.repairs_in_flight.store(set.len() as u64, Ordering::Relaxed);
+        }
+        let job = RepairJob { source: source.clone(), target: target.clone(), objects };
+        if let Err(crossbeam_channel::TrySendError::Full(job)) = jobs.try_send(job) {
+            // Every worker is busy: these wait for the next tick.
+            let mut set = in_flight.lock().expect("in-flight lock");
+            for object in &job.objects {
+                set.remove(object);
+            }
+            state.repairs_in_flight.store(set.len() as u64, Ordering::Relaxed);
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Asks the source node to copy a batch; the target reports each copy it stores, which
+/// is what makes the master count it.
+fn run_job(state: &MasterState, job: &RepairJob) {
+    #[derive(Deserialize)]
+    struct Results {
+        results: Vec<ReplicateResult>,
+    }
+    let url = format!("{}/internal/replicate", job.source);
+    let mut request = state.agent.post(&url).timeout(Duration::from_secs(600));
+    if let Some(token) = &state.config.cluster_token {
+        request = request.set(TOKEN_HEADER, token);
+    }
+    let body = ReplicateRequest { target: job.target.clone(), objects: job.objects.clone() };
+    match request.send_json(&body).map(|r| r.into_json::<Results>()) {
+        Ok(Ok(answer)) => {
+            let failed: Vec<&ReplicateResult> = answer.results.iter().filter(|r| r.status != 201).collect();
+            if failed.is_empty() {
+                log::info(
+                    "master",
+                    &format!("re-replicated {} object(s) from {} to {}", job.objects.len(), job.source, job.target),
+                );
+            } else {
+                let first = failed[0].error.as_deref().unwrap_or("unknown error");
+                log::warn(
+                    "master",
+                    &format!(
+                        "re-replication from {} to {}: {} of {} failed (first: {first})",
+                        job.source,
+                        job.target,
+                        failed.len(),
+                        job.objects.len()
+                    ),
+                );
+            }
+        }
+        Ok(Err(e)) => log::warn("master", &format!("{url}: unreadable answer: {e}")),
+        Err(e) => log::warn("master", &format!("re-replication request to {url} failed: {e}")),
+    }
+}
+
+fn expire_uploads(state: &MasterState) {
+    let cutoff = super::db::now_ms() - state.config.upload_grace.as_millis() as i64;
+    match state.db.expire_pending(cutoff) {
+        Ok(0) => {}
+        Ok(n) => log::info(
+            "master",
+            &format!("expired {n} upload(s) never completed within {:?}", state.config.upload_grace),
+        ),
+        Err(e) => log::error("master", &format!("cannot expire stale uploads: {e}")),
+    }
+}

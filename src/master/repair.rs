@@ -1,0 +1,143 @@
+//! Repair planning: which copies to make so every object is back at its replication
+//! factor. A pure function over the under-replicated objects and the nodes that can take
+//! a copy; the maintenance loop runs the plan.
+
+use std::collections::HashMap;
+
+use rand::seq::SliceRandom;
+use rand::Rng;
+
+/// An object with fewer healthy replicas than it should have.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnderReplicated {
+    pub object: String,
+    pub replication: usize,
+    pub size: u64,
+    /// Nodes whose copy is confirmed and not dead: the possible sources.
+    pub healthy: Vec<String>,
+    /// Every node with any record of the object, healthy or not: never a target.
+    pub holders: Vec<String>,
+}
+
+/// One copy to make.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transfer {
+    pub object: String,
+    pub source: String,
+    pub target: String,
+}
+
+/// Plans copies, objects with the fewest healthy replicas first. Targets are chosen at
+/// random among `targets` (nodes that may take new replicas) that do not hold the
+/// object; sources are the healthy holders with the least work planned so far. Objects
+/// with no healthy replica cannot be repaired and are left out.
+pub fn plan(objects: &[UnderReplicated], targets: &[String], rng: &mut impl Rng) -> Vec<Transfer> {
+    let mut order: Vec<&UnderReplicated> = objects.iter().filter(|o| !o.healthy.is_empty()).collect();
+    order.sort_by_key(|o| o.healthy.len());
+    let mut load: HashMap<&str, usize> = HashMap::new();
+    let mut transfers = Vec::new();
+    for object in order {
+        let missing = object.replication.saturating_sub(object.healthy.len());
+        let free: Vec<&String> = targets.iter().filter(|t| !object.holders.contains(t)).collect();
+        for target in free.choose_multiple(rng, missing) {
+            let source = object
+                .healthy
+                .iter()
+                .min_by_key(|s| load.get(s.as_str()).copied().unwrap_or(0))
+                .expect("objects without a healthy copy were filtered out");
+            *load.entry(source).or_default() += 1;
+            *load.entry(target.as_str()).or_default() += 1;
+            transfers.push(Transfer {
+                object: object.object.clone(),
+                source: source.clone(),
+                target: (*target).clone(),
+            });
+        }
+    }
+    transfers
+}
+
+/// Groups transfers by (source, target) into batches of at most `batch` objects, so one
+/// request moves many small objects.
+pub fn batches(transfers: Vec<Transfer>, batch: usize) -> Vec<(String, String, Vec<String>)> {
+    let mut groups: Vec<(String, String, Vec<String>)> = Vec::new();
+    let mut index: HashMap<(String, String), Vec<usize>> = HashMap::new();
+    for transfer in transfers {
+        let key = (transfer.source.clone(), transfer.target.clone());
+        let slots = index.entry(key).or_default();
+        match slots.last().copied().filter(|&i| groups[i].2.len() < batch) {
+            Some(i) => groups[i].2.push(transfer.object),
+            None => {
+                slots.push(groups.len());
+                groups.push((transfer.source, transfer.target, vec![transfer.object]));
+            }
+        }
+    }
+    groups
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    fn object(name: &str, replication: usize, healthy: &[&str], holders: &[&str]) -> UnderReplicated {
+        UnderReplicated {
+            object: name.into(),
+            replication,
+            size: 1,
+            healthy: healthy.iter().map(|s| s.to_string()).collect(),
+            holders: holders.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn nodes(names: &[&str]) -> Vec<String> {
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn fewest_replicas_first_and_never_onto_a_holder() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let objects = vec![
+            object("two-left", 3, &["a", "b"], &["a", "b", "dead"]),
+            object("one-left", 3, &["c"], &["c", "dead"]),
+            object("lost", 2, &[], &["dead"]),
+        ];
+        let plan = plan(&objects, &nodes(&["a", "b", "c", "d"]), &mut rng);
+        assert_eq!(plan[0].object, "one-left");
+        assert_eq!(plan.iter().filter(|t| t.object == "one-left").count(), 2);
+        assert_eq!(plan.iter().filter(|t| t.object == "two-left").count(), 1);
+        assert!(plan.iter().all(|t| t.object != "lost"));
+        for t in &plan {
+            let o = objects.iter().find(|o| o.object == t.object).unwrap();
+            assert!(o.healthy.contains(&t.source), "{t:?}");
+            assert!(!o.holders.contains(&t.target), "{t:?}");
+        }
+    }
+
+    #[test]
+    fn takes_what_targets_there_are_and_spreads_sources() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(2);
+        let objects: Vec<_> = (0..100).map(|i| object(&format!("o{i}"), 3, &["a", "b"], &["a", "b", "x"])).collect();
+        let plan = plan(&objects, &nodes(&["a", "b", "c"]), &mut rng);
+        assert_eq!(plan.len(), 100);
+        assert!(plan.iter().all(|t| t.target == "c"));
+        let from_a = plan.iter().filter(|t| t.source == "a").count();
+        assert!((45..=55).contains(&from_a), "{from_a} of 100 from a");
+        assert!(self::plan(&objects, &nodes(&["a", "b"]), &mut rng).is_empty());
+    }
+
+    #[test]
+    fn batches_group_by_source_and_target() {
+        let t = |o: &str, s: &str, d: &str| Transfer { object: o.into(), source: s.into(), target: d.into() };
+        let groups = batches(vec![t("1", "a", "c"), t("2", "a", "c"), t("3", "b", "c"), t("4", "a", "c")], 2);
+        assert_eq!(
+            groups,
+            vec![
+                ("a".into(), "c".into(), vec!["1".into(), "2".into()]),
+                ("b".into(), "c".into(), vec!["3".into()]),
+                ("a".into(), "c".into(), vec!["4".into()]),
+            ]
+        );
+    }
+}
