@@ -2,6 +2,7 @@
 # Helpers shared by the deploy scripts: logging, timing, polling with a deadline, and
 # finding the Debian mirror this machine's apt already uses. Sourced, never run.
 
+export AETHER_REPO_ROOT
 AETHER_REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 AETHER_CACHE_DIR=${AETHER_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/aether-deploy}
 
@@ -99,7 +100,7 @@ timed() {
     say "== $name"
     "$@"
     local rc=$?
-    AETHER_TIMINGS+=("$(printf '%-44s %4ss' "$name" $((SECONDS - start)))")
+    AETHER_TIMINGS+=("$(printf '%-52s %4ss' "$name" $((SECONDS - start)))")
     return $rc
 }
 
