@@ -167,6 +167,9 @@ pub struct Confirmation {
 /// Counts for `GET /api/cluster`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Counts {
+    pub nodes_alive: u64,
+    pub nodes_suspect: u64,
+    pub nodes_dead: u64,
     pub objects: u64,
     pub under_replicated: u64,
     pub pending_deletes: u64,
@@ -318,7 +321,7 @@ impl MetaDb {
     {
         self.write(move |conn| {
             let live: Vec<(String, String)> = conn
-                .prepare_cached("SELECT id, address FROM nodes WHERE state = 'alive' ORDER BY id")?
+                .prepare_cached("SELECT id, address FROM nodes WHERE state != 'dead' ORDER BY id")?
                 .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
                 .collect::<Result<_, _>>()?;
             let chosen = choose(&live, replication)?;
@@ -693,7 +696,7 @@ impl MetaDb {
                 })
                 .collect();
             let candidates: Vec<(String, String)> = conn
-                .prepare_cached("SELECT id, address FROM nodes WHERE state = 'alive' ORDER BY id")?
+                .prepare_cached("SELECT id, address FROM nodes WHERE state != 'dead' ORDER BY id")?
                 .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
                 .collect::<Result<Vec<(String, String)>, _>>()?
                 .into_iter()
@@ -778,7 +781,18 @@ impl MetaDb {
                 |r| r.get(0),
             )?;
             let deletes: i64 = conn.query_row("SELECT count(*) FROM deletions", [], |r| r.get(0))?;
-            Ok(Counts { objects: objects as u64, under_replicated: under as u64, pending_deletes: deletes as u64 })
+            let nodes = |state: &str| -> MetaResult<u64> {
+                let n: i64 = conn.query_row("SELECT count(*) FROM nodes WHERE state = ?1", [state], |r| r.get(0))?;
+                Ok(n as u64)
+            };
+            Ok(Counts {
+                nodes_alive: nodes("alive")?,
+                nodes_suspect: nodes("suspect")?,
+                nodes_dead: nodes("dead")?,
+                objects: objects as u64,
+                under_replicated: under as u64,
+                pending_deletes: deletes as u64,
+            })
         })
     }
 }

@@ -137,22 +137,26 @@ impl Membership {
     /// Nodes a new replica of `size` bytes may go to: alive, and not full as far as
     /// their last heartbeat said.
     pub fn placeable(&self, size: u64) -> Vec<String> {
+        self.with_room(NodeState::Alive, size)
+    }
+
+    /// Suspect nodes with room: used only when too few alive nodes are left, since a
+    /// node that missed a heartbeat or two under load is usually fine.
+    pub fn fallback(&self, size: u64) -> Vec<String> {
+        self.with_room(NodeState::Suspect, size)
+    }
+
+    fn with_room(&self, state: NodeState, size: u64) -> Vec<String> {
         let members = self.members.lock().expect("membership lock");
         let mut ids: Vec<String> = members
             .iter()
             .filter(|(_, m)| {
-                m.state == NodeState::Alive && m.free_bytes.is_none_or(|free| free >= size.saturating_add(FULL_MARGIN))
+                m.state == state && m.free_bytes.is_none_or(|free| free >= size.saturating_add(FULL_MARGIN))
             })
             .map(|(id, _)| id.clone())
             .collect();
         ids.sort();
         ids
-    }
-
-    pub fn counts(&self) -> (u64, u64, u64) {
-        let members = self.members.lock().expect("membership lock");
-        let count = |state| members.values().filter(|m| m.state == state).count() as u64;
-        (count(NodeState::Alive), count(NodeState::Suspect), count(NodeState::Dead))
     }
 }
 
@@ -192,6 +196,7 @@ mod tests {
         assert!(members.tick(start + Duration::from_secs(1)).is_empty());
         let changes = members.tick(start + Duration::from_secs(6));
         assert_eq!(changes.iter().map(|c| (c.0.as_str(), c.1)).collect::<Vec<_>>(), vec![("a", NodeState::Suspect)]);
+        assert_eq!((members.placeable(0), members.fallback(0)), (vec![], vec!["a".to_string()]));
         assert!(members.tick(start + Duration::from_secs(7)).is_empty());
         assert_eq!(members.tick(start + Duration::from_secs(11))[0].1, NodeState::Dead);
         assert_eq!(members.placeable(0), Vec::<String>::new());

@@ -379,14 +379,15 @@ impl MasterState {
     }
 
     fn cluster_status(&self) -> Result<Reply, ApiError> {
-        let (alive, suspect, dead) = self.membership.counts();
+        // Node states come from the database, like the replica counts beside them, so
+        // a node reported dead is one whose replicas already count as lost.
         let counts = self.db.counts()?;
         Ok(http::json_reply(
             200,
             &ClusterStatus {
-                nodes_alive: alive,
-                nodes_suspect: suspect,
-                nodes_dead: dead,
+                nodes_alive: counts.nodes_alive,
+                nodes_suspect: counts.nodes_suspect,
+                nodes_dead: counts.nodes_dead,
                 objects: counts.objects,
                 under_replicated: counts.under_replicated,
                 repairs_in_flight: self.repairs_in_flight.load(Ordering::Relaxed),
@@ -397,10 +398,13 @@ impl MasterState {
 
     /// Chooses `n` of `live` (id, address) pairs that may take `size` more bytes.
     fn chooser(&self, size: u64) -> impl FnOnce(&[Candidate], usize) -> Result<Vec<Candidate>, MetaError> {
-        let placeable = self.membership.placeable(size);
-        move |live, n| {
-            let candidates: Vec<Candidate> = live.iter().filter(|(id, _)| placeable.contains(id)).cloned().collect();
-            placement::choose_random(&candidates, n, &mut rand::thread_rng()).map_err(MetaError::Unavailable)
+        let (alive, suspect) = (self.membership.placeable(size), self.membership.fallback(size));
+        move |known, n| {
+            let pick = |ids: &[String]| -> Vec<Candidate> {
+                known.iter().filter(|(id, _)| ids.contains(id)).cloned().collect()
+            };
+            placement::choose_preferring(&pick(&alive), &pick(&suspect), n, &mut rand::thread_rng())
+                .map_err(MetaError::Unavailable)
         }
     }
 

@@ -20,6 +20,26 @@ pub fn choose_random<T: Clone>(candidates: &[T], n: usize, rng: &mut impl Rng) -
     Ok(candidates.choose_multiple(rng, n).cloned().collect())
 }
 
+/// Picks `n` distinct nodes, from `preferred` as far as they go and the rest from
+/// `fallback`; says how many are missing when both together are too few.
+pub fn choose_preferring<T: Clone>(
+    preferred: &[T],
+    fallback: &[T],
+    n: usize,
+    rng: &mut impl Rng,
+) -> Result<Vec<T>, String> {
+    if preferred.len() >= n || fallback.is_empty() {
+        return choose_random(preferred, n, rng);
+    }
+    let all: Vec<T> = preferred.iter().chain(fallback).cloned().collect();
+    // Checks the total (and that n is not 0) with the same message as one pool would.
+    choose_random(&all, n, rng)?;
+    let mut chosen = preferred.to_vec();
+    chosen.extend(choose_random(fallback, n - preferred.len(), rng)?);
+    chosen.shuffle(rng);
+    Ok(chosen)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -41,6 +61,18 @@ mod tests {
         }
         // Each node is expected 600 times; a fair choice stays well inside these bounds.
         assert!(hits.iter().all(|&h| (450..750).contains(&h)), "{hits:?}");
+    }
+
+    #[test]
+    fn suspect_nodes_only_fill_what_alive_ones_cannot() {
+        let mut rng = rand::thread_rng();
+        for _ in 0..50 {
+            let mut chosen = choose_preferring(&[1, 2], &[8, 9], 3, &mut rng).unwrap();
+            chosen.sort();
+            assert!(chosen.starts_with(&[1, 2]) && chosen.len() == 3, "{chosen:?}");
+            assert!(choose_preferring(&[1, 2, 3], &[9], 3, &mut rng).unwrap().iter().all(|n| *n != 9));
+        }
+        assert!(choose_preferring(&[1], &[9], 3, &mut rng).unwrap_err().contains("only 2"));
     }
 
     #[test]

@@ -107,8 +107,7 @@ fn dev_cluster_serves_the_walkthrough_and_stops_on_sigint() {
 #[test]
 fn cli_put_get_stat_nodes() {
     let cluster = TestCluster::start("cli", 3, 2);
-    let dir = TempDir::new("cli-files");
-    let input = dir.path().join("in.bin");
+    let input = cluster.dir.path().join("in.bin");
     let data = pattern(11, 3 << 20);
     std::fs::write(&input, &data).unwrap();
 
@@ -116,7 +115,7 @@ fn cli_put_get_stat_nodes() {
     assert!(put.status.success(), "{}", String::from_utf8_lossy(&put.stderr));
     let id = String::from_utf8(put.stdout).unwrap().trim().to_string();
 
-    let output = dir.path().join("out.bin");
+    let output = cluster.dir.path().join("out.bin");
     let get = cluster.aether(&["get", &id, "-o", output.to_str().unwrap()]);
     assert!(get.status.success(), "{}", String::from_utf8_lossy(&get.stderr));
     assert!(std::fs::read(&output).unwrap() == data);
@@ -140,8 +139,7 @@ fn cli_put_get_stat_nodes() {
 #[test]
 fn get_fails_over_to_another_replica() {
     let mut cluster = TestCluster::start("failover", 2, 2);
-    let dir = TempDir::new("failover-files");
-    let input = dir.path().join("in.bin");
+    let input = cluster.dir.path().join("in.bin");
     std::fs::write(&input, b"survives one node").unwrap();
     let put = cluster.aether(&["put", input.to_str().unwrap()]);
     let id = String::from_utf8(put.stdout).unwrap().trim().to_string();

@@ -5,19 +5,40 @@
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_aether");
 
-/// A temporary directory removed on drop unless the test failed.
-pub struct TempDir(pub PathBuf);
+/// Tests share the machine; the one that writes a whole GiB takes it alone, since its
+/// writeback makes every other test's fsyncs (and so their deadlines) crawl.
+static DISK: RwLock<()> = RwLock::new(());
+
+enum DiskGuard {
+    Shared(#[allow(dead_code)] RwLockReadGuard<'static, ()>),
+    Exclusive(#[allow(dead_code)] RwLockWriteGuard<'static, ()>),
+}
+
+/// A temporary directory removed on drop unless the test failed. It also holds the
+/// test's share of the disk.
+pub struct TempDir(pub PathBuf, #[allow(dead_code)] DiskGuard);
 
 impl TempDir {
     pub fn new(name: &str) -> TempDir {
+        let guard = DiskGuard::Shared(DISK.read().unwrap_or_else(|e| e.into_inner()));
+        TempDir::with_guard(name, guard)
+    }
+
+    /// A directory for a test that needs the disk to itself.
+    pub fn exclusive(name: &str) -> TempDir {
+        let guard = DiskGuard::Exclusive(DISK.write().unwrap_or_else(|e| e.into_inner()));
+        TempDir::with_guard(name, guard)
+    }
+
+    fn with_guard(name: &str, guard: DiskGuard) -> TempDir {
         let path = std::env::temp_dir().join(format!("aether-it-{name}-{:08x}", rand::random::<u32>()));
         std::fs::create_dir_all(&path).unwrap();
-        TempDir(path)
+        TempDir(path, guard)
     }
     pub fn path(&self) -> &Path {
         &self.0
@@ -150,7 +171,7 @@ impl TestCluster {
         }
         let want = n;
         let url = cluster.master.url.clone();
-        wait_until("datanodes to register", Duration::from_secs(20), || {
+        wait_until("datanodes to register", Duration::from_secs(60), || {
             api_get(&format!("{url}/api/nodes"))
                 .map(|(_, body)| body["nodes"].as_array().map_or(0, |a| a.len()) >= want)
                 .unwrap_or(false)
@@ -181,11 +202,14 @@ impl TestCluster {
         self.datanodes.len() - 1
     }
 
-    /// Kills the master with SIGKILL and starts it again on the same data.
+    /// Kills the master with SIGKILL and starts it again on the same data and port, as
+    /// a crashed service restarted by systemd would be.
     pub fn restart_master(&mut self) {
         self.master.kill();
-        let args: Vec<&str> = self.master_args.iter().map(String::as_str).collect();
-        self.master = Proc::start("master", &args);
+        let address = self.master.url.trim_start_matches("http://").to_string();
+        let args: Vec<String> =
+            self.master_args.iter().map(|a| if a == "127.0.0.1:0" { address.clone() } else { a.clone() }).collect();
+        self.master = Proc::start("master", &args.iter().map(String::as_str).collect::<Vec<_>>());
     }
 
     pub fn aether(&self, args: &[&str]) -> std::process::Output {

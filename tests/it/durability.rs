@@ -110,7 +110,7 @@ fn peak_rss_kib(pid: u32) -> u64 {
 #[test]
 fn one_gib_object_streams_through_a_small_datanode() {
     const SIZE: u64 = 1 << 30;
-    let dir = TempDir::new("gib");
+    let dir = TempDir::exclusive("gib");
     let node = start_datanode(&dir.path().join("d"));
     let url = format!("{}/objects/22222222-3333-4444-8555-666666666666", node.url);
     let body = PatternReader { seed: 77, remaining: SIZE };

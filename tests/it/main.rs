@@ -4,4 +4,5 @@
 mod api;
 mod cluster;
 mod durability;
+mod healing;
 mod tidy;

@@ -1,0 +1,280 @@
+//! Replication and self-healing on a local multi-process cluster with short intervals:
+//! chained uploads, a datanode killed mid-upload, dead-node detection and repair, a
+//! flipped byte on disk, deletes that survive a node's absence, a master restart, the
+//! cluster token, ranges and the master's redirect.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aetherstore::client::Client;
+use aetherstore::proto::ObjectId;
+use serde_json::{json, Value};
+
+use crate::cluster::{agent, api_get, get_bytes, pattern, raw_request, request, upload, wait_until, Proc, TestCluster};
+
+/// Master and datanode flags that make failure detection and repair take a second or two.
+const FAST_MASTER: &[&str] = &["--dead-after", "1.5"];
+const FAST_DATANODE: &[&str] = &["--heartbeat-interval", "0.2", "--scrub-pause", "0.5"];
+
+fn fast_cluster(name: &str, datanodes: usize, replication: usize, extra_master: &[&str]) -> TestCluster {
+    let mut master: Vec<&str> = vec!["--replication"];
+    let replication = replication.to_string();
+    master.push(&replication);
+    master.extend_from_slice(FAST_MASTER);
+    master.extend_from_slice(extra_master);
+    TestCluster::start_with(name, datanodes, &master, FAST_DATANODE)
+}
+
+fn client(cluster: &TestCluster) -> Client {
+    Client::new(aetherstore::client::agent(), &cluster.master.url)
+}
+
+fn object(cluster: &TestCluster, id: &str) -> Value {
+    let (status, body) = api_get(&format!("{}/api/objects/{id}", cluster.master.url)).unwrap();
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+fn cluster_status(cluster: &TestCluster) -> Value {
+    api_get(&format!("{}/api/cluster", cluster.master.url)).unwrap().1
+}
+
+/// Where a datanode keeps an object's file.
+fn object_file(cluster: &TestCluster, node: &str, id: &str) -> PathBuf {
+    cluster.datanode_dir(node).join("objects").join(&id[0..2]).join(&id[2..4]).join(id)
+}
+
+fn download(cluster: &TestCluster, id: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    client(cluster).download(&ObjectId::parse(id).unwrap(), &mut out).unwrap();
+    out
+}
+
+#[test]
+fn a_chained_upload_lands_on_every_placed_node_with_its_checksum() {
+    let cluster = fast_cluster("chain", 3, 3, &[]);
+    let data = pattern(21, 3 << 20);
+    let id = upload(&cluster.master.url, &data);
+    let info = object(&cluster, &id);
+    assert_eq!(info["replicas"].as_array().unwrap().len(), 3);
+    let checksum = info["checksum"].as_str().unwrap().to_string();
+    assert!(checksum.starts_with("crc32c:"));
+    for node in info["replicas"].as_array().unwrap() {
+        let response = agent().get(&format!("{}/objects/{id}", node.as_str().unwrap())).call().unwrap();
+        assert_eq!(response.header("X-Aether-Checksum"), Some(checksum.as_str()));
+        let mut bytes = Vec::new();
+        response.into_reader().read_to_end(&mut bytes).unwrap();
+        assert!(bytes == data);
+    }
+    for i in 1..=3 {
+        assert!(object_file(&cluster, &format!("datanode-{i}"), &id).exists());
+    }
+    // Ranges, as a resumed download asks for them.
+    let node = info["replicas"][0].as_str().unwrap();
+    let response = agent().get(&format!("{node}/objects/{id}")).set("Range", "bytes=1000-1999").call().unwrap();
+    assert_eq!(response.status(), 206);
+    assert_eq!(response.header("Content-Range"), Some(format!("bytes 1000-1999/{}", 3 << 20).as_str()));
+    let mut part = Vec::new();
+    response.into_reader().read_to_end(&mut part).unwrap();
+    assert!(part == data[1000..2000]);
+    let (status, _) = raw_request(node, "GET", &format!("/objects/{id}"), None);
+    assert_eq!(status, 200);
+    // The master redirects curl -L users to a live replica.
+    let (status, body) = raw_request(&cluster.master.url, "GET", &format!("/objects/{id}"), None);
+    assert_eq!(status, 307, "{body}");
+    let location = body["location"].as_str().unwrap();
+    assert!(get_bytes(location).unwrap() == data);
+}
+
+#[test]
+fn sigkill_during_replicated_uploads_loses_nothing_acknowledged() {
+    let mut cluster = fast_cluster("kill-chain", 4, 3, &[]);
+    let acknowledged = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let master = cluster.master.url.clone();
+    let writers: Vec<_> = (0..3u64)
+        .map(|w| {
+            let (acknowledged, stop, master) = (Arc::clone(&acknowledged), Arc::clone(&stop), master.clone());
+            std::thread::spawn(move || {
+                let client = Client::new(aetherstore::client::agent(), &master);
+                let mut failures = 0;
+                for i in 0..200u64 {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let data = pattern(w * 1000 + i + 1, 256 * 1024 + (i as usize * 4099) % 65536);
+                    let mut open = || Ok(Box::new(std::io::Cursor::new(data.clone())) as Box<dyn Read + Send>);
+                    match client.upload(data.len() as u64, None, &mut open) {
+                        Ok(done) => acknowledged.lock().unwrap().push((done.id, data)),
+                        Err(_) => failures += 1,
+                    }
+                }
+                failures
+            })
+        })
+        .collect();
+    wait_until("some uploads", Duration::from_secs(30), || acknowledged.lock().unwrap().len() >= 20);
+    cluster.datanodes[1].kill();
+    let before = acknowledged.lock().unwrap().len();
+    wait_until("uploads after the kill", Duration::from_secs(60), || acknowledged.lock().unwrap().len() >= before + 30);
+    stop.store(true, Ordering::Relaxed);
+    let failures: u32 = writers.into_iter().map(|w| w.join().unwrap()).sum();
+    let acknowledged = acknowledged.lock().unwrap();
+    eprintln!("{} uploads acknowledged, {failures} refused around the kill", acknowledged.len());
+    let client = client(&cluster);
+    for (id, data) in acknowledged.iter() {
+        let mut out = Vec::new();
+        client.download(id, &mut out).unwrap_or_else(|e| panic!("{id}: {e}"));
+        assert!(out == *data, "{id} came back different");
+    }
+}
+
+#[test]
+fn a_dead_node_is_detected_and_every_object_returns_to_full_strength() {
+    let mut cluster = fast_cluster("heal", 4, 3, &[]);
+    let ids: Vec<String> = (0..40).map(|i| upload(&cluster.master.url, &pattern(i + 100, 1000 + i as usize))).collect();
+    cluster.datanodes[0].kill();
+    wait_until("the node to be declared dead", Duration::from_secs(20), || cluster_status(&cluster)["nodes_dead"] == 1);
+    wait_until("every object back at 3 replicas", Duration::from_secs(60), || {
+        cluster_status(&cluster)["under_replicated"] == 0
+    });
+    let nodes = api_get(&format!("{}/api/nodes", cluster.master.url)).unwrap().1;
+    let dead = nodes["nodes"].as_array().unwrap().iter().find(|n| n["id"] == "datanode-1").unwrap().clone();
+    assert_eq!(dead["state"], "dead", "{nodes}");
+    for (i, id) in ids.iter().enumerate() {
+        let info = object(&cluster, id);
+        let holders: Vec<&str> =
+            info["replica_nodes"].as_array().unwrap().iter().map(|r| r["node"].as_str().unwrap()).collect();
+        assert_eq!(holders.len(), 3, "{info}");
+        assert!(!holders.contains(&"datanode-1"), "{info}");
+        for holder in holders {
+            assert!(object_file(&cluster, holder, id).exists(), "{id} missing on {holder}");
+        }
+        assert!(download(&cluster, id) == pattern(i as u64 + 100, 1000 + i));
+    }
+}
+
+#[test]
+fn a_flipped_byte_is_never_served_and_is_repaired() {
+    let cluster = fast_cluster("rot", 3, 2, &[]);
+    let data = pattern(7, 200_000);
+    let (read_id, scrub_id) = (upload(&cluster.master.url, &data), upload(&cluster.master.url, &data));
+    let flip = |id: &str| -> (String, String) {
+        let info = object(&cluster, id);
+        let victim = info["replica_nodes"][0].clone();
+        let path = object_file(&cluster, victim["node"].as_str().unwrap(), id);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[1234] ^= 0x01;
+        std::fs::write(&path, bytes).unwrap();
+        (victim["node"].as_str().unwrap().to_string(), victim["address"].as_str().unwrap().to_string())
+    };
+    // Found by a read: the bad copy is refused, the client fails over.
+    let (read_victim, address) = flip(&read_id);
+    let (status, body) = raw_request(&address, "GET", &format!("/objects/{read_id}"), None);
+    assert_eq!(status, 500, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("corrupt"), "{body}");
+    assert!(download(&cluster, &read_id) == data);
+    // Found by the scrubber, with no read at all.
+    let (scrub_victim, _) = flip(&scrub_id);
+    for (id, victim) in [(&read_id, &read_victim), (&scrub_id, &scrub_victim)] {
+        wait_until("the bad copy to be replaced", Duration::from_secs(30), || {
+            let info = object(&cluster, id);
+            let holders: Vec<&str> =
+                info["replica_nodes"].as_array().unwrap().iter().map(|r| r["node"].as_str().unwrap()).collect();
+            holders.len() == 2 && !holders.contains(&victim.as_str())
+        });
+        assert!(download(&cluster, id) == data);
+        let quarantine = cluster.datanode_dir(victim).join("quarantine");
+        assert!(std::fs::read_dir(quarantine).unwrap().count() >= 1);
+    }
+}
+
+#[test]
+fn a_node_down_during_a_delete_does_not_bring_the_object_back() {
+    let mut cluster = fast_cluster("delete", 3, 3, &[]);
+    let id = upload(&cluster.master.url, b"short-lived");
+    let args = cluster.datanode_args("datanode-2", FAST_DATANODE);
+    cluster.datanodes[1].kill();
+    let rm = cluster.aether(&["rm", &id]);
+    assert!(rm.status.success(), "{}", String::from_utf8_lossy(&rm.stderr));
+    assert_eq!(api_get(&format!("{}/api/objects/{id}", cluster.master.url)).unwrap().0, 404);
+    for node in ["datanode-1", "datanode-3"] {
+        wait_until("live copies to go", Duration::from_secs(20), || !object_file(&cluster, node, &id).exists());
+    }
+    assert!(object_file(&cluster, "datanode-2", &id).exists(), "the dead node kept its copy");
+    cluster.datanodes[1] = Proc::start("datanode-2", &args.iter().map(String::as_str).collect::<Vec<_>>());
+    wait_until("the returning node to delete its copy", Duration::from_secs(20), || {
+        !object_file(&cluster, "datanode-2", &id).exists()
+    });
+    cluster.datanodes[1].wait_for_log("inventory of");
+    assert_eq!(api_get(&format!("{}/api/objects/{id}", cluster.master.url)).unwrap().0, 404);
+    assert_eq!(cluster.aether(&["rm", &id]).status.code(), Some(1), "deleting twice is an error");
+}
+
+#[test]
+fn the_cluster_survives_a_master_restart_and_a_lost_master_database() {
+    let mut cluster = fast_cluster("master-loss", 3, 2, &[]);
+    let first = upload(&cluster.master.url, b"before the restart");
+    cluster.restart_master();
+    let second = upload(&cluster.master.url, b"after the restart");
+    assert_eq!(download(&cluster, &first), b"before the restart");
+    assert_eq!(download(&cluster, &second), b"after the restart");
+
+    // A master whose database is gone: datanodes find they are unknown and register again.
+    cluster.master.kill();
+    std::fs::remove_dir_all(cluster.dir.path().join("master")).unwrap();
+    cluster.restart_master();
+    wait_until("datanodes to register again", Duration::from_secs(20), || {
+        api_get(&format!("{}/api/nodes", cluster.master.url)).unwrap().1["nodes"].as_array().unwrap().len() == 3
+    });
+    let third = upload(&cluster.master.url, b"on a new master");
+    assert_eq!(download(&cluster, &third), b"on a new master");
+}
+
+#[test]
+fn a_cluster_token_keeps_strangers_out() {
+    let token = "s3cret-token";
+    let cluster = TestCluster::start_with(
+        "token",
+        2,
+        &["--replication", "2", "--cluster-token", token],
+        &["--cluster-token", token, "--heartbeat-interval", "0.2"],
+    );
+    let m = &cluster.master.url;
+    let register = json!({"id": "intruder", "address": "http://127.0.0.1:9"}).to_string();
+    let (status, body) = raw_request(m, "POST", "/api/node/register", Some(register.as_bytes()));
+    assert_eq!(status, 401, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("token"));
+    let nodes = api_get(&format!("{m}/api/nodes")).unwrap().1;
+    assert_eq!(nodes["nodes"].as_array().unwrap().len(), 2, "the refused node was not added: {nodes}");
+    let id = upload(m, b"guarded");
+    let holder = object(&cluster, &id)["replicas"][0].as_str().unwrap().to_string();
+    let (status, _) = raw_request(&holder, "DELETE", &format!("/objects/{id}"), None);
+    assert_eq!(status, 401);
+    let response = agent().delete(&format!("{holder}/objects/{id}")).set("X-Aether-Token", token).call().unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(get_bytes(&format!("{holder}/objects/{id}")), Err(404));
+    let (status, _) = request("GET", &format!("{m}/health"), None).unwrap();
+    assert_eq!(status, 200, "public endpoints need no token");
+}
+
+#[test]
+fn uploads_never_completed_are_collected() {
+    let cluster = fast_cluster("expire", 2, 2, &["--upload-grace", "1"]);
+    let body = json!({"size": 5}).to_string();
+    let (_, placement) =
+        request("POST", &format!("{}/api/upload/init", cluster.master.url), Some(body.as_bytes())).unwrap();
+    let id = placement["objectid"].as_str().unwrap().to_string();
+    let node = placement["nodes"][0].as_str().unwrap();
+    assert_eq!(crate::cluster::put_bytes(&format!("{node}/objects/{id}"), b"abandoned"), 201);
+    wait_until("the abandoned bytes to be deleted", Duration::from_secs(30), || {
+        get_bytes(&format!("{node}/objects/{id}")) == Err(404)
+    });
+    let complete = json!({"objectid": id}).to_string();
+    let (status, body) =
+        request("POST", &format!("{}/api/upload/complete", cluster.master.url), Some(complete.as_bytes())).unwrap();
+    assert_eq!(status, 404, "{body}");
+}
