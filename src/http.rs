@@ -115,17 +115,27 @@ pub fn header_value<'a>(request: &'a Request, name: &'static str) -> Option<&'a 
 /// Reads and parses a small JSON body; anything malformed or oversized is a 400 that
 /// names what was expected.
 pub fn read_json<T: DeserializeOwned>(request: &mut Request, expected: &str) -> Result<T, ApiError> {
-    if request.body_length().is_some_and(|len| len as u64 > MAX_JSON_BODY) {
-        return Err(ApiError::new(413, format!("JSON body is larger than {MAX_JSON_BODY} bytes")));
+    read_json_limited(request, MAX_JSON_BODY, expected)
+}
+
+/// `read_json` for the few bodies allowed to be larger (datanode inventories).
+pub fn read_json_limited<T: DeserializeOwned>(
+    request: &mut Request,
+    limit: u64,
+    expected: &str,
+) -> Result<T, ApiError> {
+    let too_large = || ApiError::new(413, format!("JSON body is larger than {limit} bytes; send smaller batches"));
+    if request.body_length().is_some_and(|len| len as u64 > limit) {
+        return Err(too_large());
     }
     let mut body = Vec::new();
     request
         .as_reader()
-        .take(MAX_JSON_BODY + 1)
+        .take(limit + 1)
         .read_to_end(&mut body)
         .map_err(|e| ApiError::bad_request(format!("could not read request body: {e}")))?;
-    if body.len() as u64 > MAX_JSON_BODY {
-        return Err(ApiError::new(413, format!("JSON body is larger than {MAX_JSON_BODY} bytes")));
+    if body.len() as u64 > limit {
+        return Err(too_large());
     }
     serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("malformed JSON body ({e}); expected {expected}")))

@@ -331,13 +331,7 @@ impl MetaDb {
                 "INSERT INTO objects (id, size, status, replication, created_at) VALUES (?1, ?2, 'pending', ?3, ?4)",
             )?
             .execute(params![id, size as i64, replication as i64, now])?;
-            let mut insert = conn.prepare_cached(
-                "INSERT INTO replicas (object_id, node_id, state, updated_at) VALUES (?1, ?2, 'placed', ?3)",
-            )?;
-            for (node_id, _) in &chosen {
-                insert.execute(params![id, node_id, now])?;
-            }
-            Ok(chosen.into_iter().map(|(_, address)| address).collect())
+            place_replicas(conn, &id, chosen, now)
         })
     }
 
@@ -703,13 +697,7 @@ impl MetaDb {
                 .filter(|(node, _)| !holders.contains(node) && !failed_ids.contains(node))
                 .collect();
             let chosen = choose(&candidates, count)?;
-            let mut insert = conn.prepare_cached(
-                "INSERT INTO replicas (object_id, node_id, state, updated_at) VALUES (?1, ?2, 'placed', ?3)",
-            )?;
-            for (node, _) in &chosen {
-                insert.execute(params![id, node, now])?;
-            }
-            Ok(chosen.into_iter().map(|(_, address)| address).collect())
+            place_replicas(conn, &id, chosen, now)
         })
     }
 
@@ -820,6 +808,16 @@ fn upsert_confirmed(
     )?
     .execute(params![id, node, size as i64, checksum.to_string(), now])?;
     Ok(())
+}
+
+/// Records new placements and returns their addresses.
+fn place_replicas(conn: &Connection, id: &str, chosen: Vec<Candidate>, now: i64) -> MetaResult<Vec<String>> {
+    let mut insert = conn
+        .prepare_cached("INSERT INTO replicas (object_id, node_id, state, updated_at) VALUES (?1, ?2, 'placed', ?3)")?;
+    for (node, _) in &chosen {
+        insert.execute(params![id, node, now])?;
+    }
+    Ok(chosen.into_iter().map(|(_, address)| address).collect())
 }
 
 fn schedule_deletion(conn: &Connection, node: &str, id: &str, now: i64) -> MetaResult<()> {

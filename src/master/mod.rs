@@ -14,7 +14,7 @@ pub mod placement;
 pub mod repair;
 
 use std::collections::HashMap;
-use std::io::{self, Read};
+use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -267,7 +267,7 @@ impl MasterState {
                 Ok(http::json_reply(200, &NodeCommands { delete }))
             }
             Endpoint::Inventory => {
-                let body: Inventory = read_large_json(request)?;
+                let body: Inventory = http::read_json_limited(request, 16 << 20, "an inventory batch")?;
                 self.inventory(body)
             }
             Endpoint::ListNodes => self.list_nodes(),
@@ -510,21 +510,6 @@ impl MasterState {
         reply.add_header(http::header("Location", &location));
         Ok(reply)
     }
-}
-
-/// Inventories are the one large body the master takes: up to a batch of entries.
-fn read_large_json<T: serde::de::DeserializeOwned>(request: &mut Request) -> Result<T, ApiError> {
-    const LIMIT: u64 = 16 << 20;
-    let mut body = Vec::new();
-    request
-        .as_reader()
-        .take(LIMIT + 1)
-        .read_to_end(&mut body)
-        .map_err(|e| ApiError::bad_request(format!("could not read request body: {e}")))?;
-    if body.len() as u64 > LIMIT {
-        return Err(ApiError::new(413, format!("body is larger than {LIMIT} bytes; send smaller batches")));
-    }
-    serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("malformed JSON body ({e})")))
 }
 
 fn rfc3339(unix_ms: i64) -> String {
