@@ -109,9 +109,14 @@ pub fn stat(client: &Client, id: &str) -> CliResult<String> {
 /// The registered nodes as a table.
 pub fn nodes(client: &Client) -> CliResult<String> {
     let nodes = client.nodes().map_err(|e| e.to_string())?;
-    let mut table = format!("{:<20} {:<32} {:<8} {:>10}  {}\n", "ID", "ADDRESS", "STATE", "REPLICAS", "LAST SEEN");
+    let row = |cells: [&str; 6]| {
+        format!("{:<20} {:<32} {:<8} {:>9} {:>10} {:>10}\n", cells[0], cells[1], cells[2], cells[3], cells[4], cells[5])
+    };
+    let mut table = row(["ID", "ADDRESS", "STATE", "REPLICAS", "FREE", "SEEN"]);
     for n in nodes {
-        table.push_str(&format!("{:<20} {:<32} {:<8} {:>10}  {}\n", n.id, n.address, n.state, n.replicas, n.last_seen));
+        let free = n.free_bytes.map_or("-".to_string(), |b| format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64));
+        let seen = format!("{:.1}s ago", n.last_seen_secs_ago);
+        table.push_str(&row([&n.id, &n.address, &n.state, &n.replicas.to_string(), &free, &seen]));
     }
     Ok(table)
 }
