@@ -601,6 +601,17 @@ impl MetaDb {
     /// Deletions waiting for `node`, handed out once (an object that survives them is
     /// deleted again when the node's next inventory lists it).
     pub fn take_deletions(&self, node: &str, limit: usize) -> MetaResult<Vec<String>> {
+        // Every heartbeat asks; a read keeps the usual answer, none, off the writer.
+        let waiting = self.read(|conn| {
+            let found: Option<i64> = conn
+                .prepare_cached("SELECT 1 FROM deletions WHERE node_id = ?1 LIMIT 1")?
+                .query_row([node], |row| row.get(0))
+                .optional()?;
+            Ok(found.is_some())
+        })?;
+        if !waiting {
+            return Ok(Vec::new());
+        }
         let node = node.to_string();
         self.write(move |conn| {
             let ids: Vec<String> = conn
