@@ -278,3 +278,38 @@ fn uploads_never_completed_are_collected() {
         request("POST", &format!("{}/api/upload/complete", cluster.master.url), Some(complete.as_bytes())).unwrap();
     assert_eq!(status, 404, "{body}");
 }
+
+#[test]
+fn a_download_cut_off_mid_way_resumes_on_another_replica() {
+    let mut cluster = fast_cluster("resume", 2, 2, &[]);
+    let data = pattern(99, 48 << 20);
+    let id = upload(&cluster.master.url, &data);
+    let info = object(&cluster, &id);
+    let first = info["replica_nodes"][0]["node"].as_str().unwrap().to_string();
+    let index = cluster.datanodes.iter().position(|n| n.name == first).unwrap();
+    let other = 1 - index;
+
+    /// Kills the replica being read once some bytes of it have arrived.
+    struct CutOff<'a> {
+        out: Vec<u8>,
+        victim: &'a mut crate::cluster::Proc,
+        after: usize,
+    }
+    impl std::io::Write for CutOff<'_> {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.out.extend_from_slice(buf);
+            if self.out.len() >= self.after {
+                self.victim.kill();
+            }
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let client = client(&cluster);
+    let mut sink = CutOff { out: Vec::new(), victim: &mut cluster.datanodes[index], after: 4 << 20 };
+    client.download(&ObjectId::parse(&id).unwrap(), &mut sink).unwrap();
+    assert!(sink.out == data, "resumed download differs");
+    cluster.datanodes[other].wait_for_log(" 206 ");
+}
