@@ -82,5 +82,8 @@ tar --numeric-owner -C "$rootfs" -c . |
         --change 'CMD ["/sbin/init"]' \
         --change "LABEL org.opencontainers.image.description=\"AetherStore deploy-test base, Debian $SUITE from debootstrap\"" \
         - "$TAG" >/dev/null
+# Earlier recipes' images are of no further use.
+docker image ls --format '{{.Repository}}:{{.Tag}}' aether-test-base | grep -vxF "$TAG" |
+    xargs -r docker image rm >/dev/null 2>&1 || true
 say "built $TAG ($(docker image inspect -f '{{.Size}}' "$TAG" | awk '{ printf "%.0f MB", $1 / 1e6 }'))"
 echo "$TAG"

@@ -260,6 +260,10 @@ aether_master_replication: 2
 aether_master_port: 42100
 aether_datanode_port: 42101
 aether_datanode_serial: 1
+# The optional settings, so that their templates are exercised too.
+aether_master_write_quorum: 2
+aether_master_dead_after: 12
+aether_datanode_heartbeat_interval: 3
 EOF
 }
 
@@ -286,6 +290,11 @@ changed_tasks() {
 # changed_count LOG HOST: the changed= count of HOST in the recap.
 changed_count() {
     awk -v host="$2" '/^PLAY RECAP/ { recap = 1 } recap && $1 == host { for (i = 2; i <= NF; i++) if ($i ~ /^changed=/) { sub(/changed=/, "", $i); print $i } }' "$1"
+}
+
+# has_env CONTAINER SERVICE NAME=VALUE: the running service has that variable.
+has_env() {
+    in_host "$1" "tr '\\0' '\\n' </proc/\$(systemctl show -p MainPID --value $2)/environ" | grep -qx "$3"
 }
 
 main_pid() { in_host "$1" "systemctl show -p MainPID --value $2"; }
@@ -457,18 +466,26 @@ read_walkthrough_object() {
 }
 
 # put_objects CONTAINER_OR_EMPTY: uploads a few objects of assorted sizes with `aether put`.
+# Every placed datanode must take its copy (through the chain of datanodes forwarding
+# to each other): a client falling back to another node means the advertised
+# addresses do not work from everywhere.
 put_objects() {
     local where=$1 n id size
     for n in 1 2 3 4 5; do
         size=$((n * n * 200000 + n))
         if [[ -n $where ]]; then
             id=$(docker exec -e AETHER_MASTER="$master_url" "$where" bash -c \
-                "head -c $size /dev/urandom >/tmp/object-$n && aether put /tmp/object-$n") || return 1
+                "head -c $size /dev/urandom >/tmp/object-$n && aether put /tmp/object-$n" 2>"$work/put.err") || { cat "$work/put.err" >&2; return 1; }
             object_sums[$id]=$(docker exec "$where" sha256sum "/tmp/object-$n" | cut -d' ' -f1)
         else
             head -c "$size" /dev/urandom >"$work/object-$n"
-            id=$(AETHER_MASTER=$master_url "$binary" put "$work/object-$n") || return 1
+            id=$(AETHER_MASTER=$master_url "$binary" put "$work/object-$n" 2>"$work/put.err") || { cat "$work/put.err" >&2; return 1; }
             object_sums[$id]=$(sha256sum <"$work/object-$n" | cut -d' ' -f1)
+        fi
+        if grep -q 'did not take a copy' "$work/put.err"; then
+            cat "$work/put.err" >&2
+            say "object $id: a placed datanode did not take its copy"
+            return 1
         fi
     done
 }
@@ -498,12 +515,19 @@ ansible_cluster_checks() {
     for c in "${DATANODES[@]}"; do expected+=("$c=http://$c:42101"); done
     check "the datanodes registered themselves under their ids and addresses" \
         test "$registered" == "${expected[*]}"
+    check "aether nodes lists the three datanodes" bash -c \
+        "[[ \$(docker exec -e AETHER_MASTER=$master_url $MASTER aether nodes | grep -c '$PREFIX-datanode-') == 3 ]]"
+    check "the master runs with the optional settings rendered (AETHER_DEAD_AFTER)" \
+        has_env "$MASTER" aether-master AETHER_DEAD_AFTER=12
+    check "the datanodes run with the optional settings rendered (AETHER_HEARTBEAT_INTERVAL)" \
+        has_env "${DATANODES[1]}" aether-datanode AETHER_HEARTBEAT_INTERVAL=3
 
     # The seed's walk-through, from the master host, with the deployed datanodes' own ids
     # and addresses (another id for an address already held would be refused).
     local walk_id
     # shellcheck disable=SC2086  # one argument per node
-    walk_id=$(docker exec -i "$MASTER" bash -s -- "$master_url" $registered <"$AETHER_REPO_ROOT/deploy/walkthrough.sh" | tail -n 1) ||
+    walk_id=$(docker exec -i -e AETHER_CLUSTER_TOKEN="$cluster_token" "$MASTER" \
+        bash -s -- "$master_url" $registered <"$AETHER_REPO_ROOT/deploy/walkthrough.sh" | tail -n 1) ||
         fail "the seed's curl walk-through works on the Ansible cluster"
     pass "the seed's curl walk-through works on the Ansible cluster"
 

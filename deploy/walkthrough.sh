@@ -13,6 +13,9 @@
 #
 # Registering a node again under the id and address it registered itself with is a
 # no-op, as in the original; a different id for an address already held is refused.
+# Registration is an internal endpoint: in a cluster with a token, set
+# AETHER_CLUSTER_TOKEN and step 1 sends it in the X-Aether-Token header (the other
+# steps are the public API and need none).
 # Needs bash, curl and python3 (for reading JSON).
 set -euo pipefail
 
@@ -42,10 +45,12 @@ expect_status() {
 }
 
 step "1. Register DataNodes with Master"
+token_header=()
+[[ -n ${AETHER_CLUSTER_TOKEN:-} ]] && token_header=(-H "X-Aether-Token: $AETHER_CLUSTER_TOKEN")
 for node in "$@"; do
     id=${node%%=*}
     address=${node#*=}
-    request POST "$master/api/node/register" -H "Content-Type: application/json" \
+    request POST "$master/api/node/register" -H "Content-Type: application/json" "${token_header[@]}" \
         -d "{\"id\":\"$id\",\"address\":\"$address\"}"
     expect_status 200
     [[ $(json 'd["status"]' <"$work/body") == OK ]] || fail "register did not answer {\"status\": \"OK\"}"
