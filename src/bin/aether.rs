@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use argh::FromArgs;
 
+use aetherstore::bench::{self, BenchConfig, Workload};
 use aetherstore::cli::{self, parse_size, DEFAULT_MASTER};
 use aetherstore::client::{self, Client};
 use aetherstore::datanode::{Datanode, DatanodeConfig};
@@ -32,6 +33,7 @@ enum Command {
     Stat(StatArgs),
     Rm(RmArgs),
     Nodes(NodesArgs),
+    Bench(BenchArgs),
 }
 
 #[derive(FromArgs)]
@@ -192,6 +194,52 @@ struct NodesArgs {
     master: Option<String>,
 }
 
+#[derive(FromArgs)]
+#[argh(subcommand, name = "bench")]
+/// Measure: put, get, mixed, init, lookup against a running cluster; loopback (this
+/// machine's TCP bandwidth); populate (fill a stopped master's database for scaling runs).
+struct BenchArgs {
+    /// put, get, mixed, init, lookup, loopback or populate
+    #[argh(positional)]
+    workload: String,
+    /// master URL (env AETHER_MASTER; default http://127.0.0.1:42100)
+    #[argh(option)]
+    master: Option<String>,
+    /// object size, e.g. 4K, 1M, 64M (default 4K)
+    #[argh(option, default = "String::from(\"4K\")")]
+    size: String,
+    /// concurrent clients; streams for loopback (default 16)
+    #[argh(option, default = "16")]
+    threads: usize,
+    /// operations to run (default: run for --duration)
+    #[argh(option)]
+    count: Option<u64>,
+    /// seconds to run, fractions allowed; with --count, the time limit (default 10, or 600 with --count)
+    #[argh(option)]
+    duration: Option<String>,
+    /// replicas per object (default: the master's replication factor)
+    #[argh(option)]
+    replication: Option<usize>,
+    /// objects uploaded before get, mixed or lookup (default: up to 1000, at most 1 GiB)
+    #[argh(option)]
+    working_set: Option<usize>,
+    /// share of puts in mixed, in percent (default 30)
+    #[argh(option, default = "30")]
+    put_percent: u32,
+    /// lookup: look up the N objects populate created instead of uploading a working set
+    #[argh(option)]
+    populated: Option<u64>,
+    /// populate: the master's data directory (stop the master first)
+    #[argh(option)]
+    data: Option<PathBuf>,
+    /// populate: how many objects the database should hold
+    #[argh(option)]
+    objects: Option<u64>,
+    /// print the report as JSON
+    #[argh(switch)]
+    json: bool,
+}
+
 /// A setting from its flag, else its environment variable, else `None`.
 fn setting(flag: Option<String>, var: &str) -> Option<String> {
     flag.or_else(|| std::env::var(var).ok().filter(|v| !v.is_empty()))
@@ -313,6 +361,25 @@ fn run(command: Command) -> Result<(), String> {
         Command::Rm(args) => cli::rm(&client_for(args.master), &args.id),
         Command::Nodes(args) => {
             print!("{}", cli::nodes(&client_for(args.master))?);
+            Ok(())
+        }
+        Command::Bench(args) => {
+            let config = BenchConfig {
+                workload: Workload::parse(&args.workload)?,
+                master: setting(args.master, "AETHER_MASTER").unwrap_or_else(|| DEFAULT_MASTER.to_string()),
+                size: parse_size(&args.size)?,
+                threads: args.threads,
+                count: args.count,
+                duration: args.duration.map(|d| seconds_setting(Some(d), "--duration", Duration::ZERO)).transpose()?,
+                replication: args.replication,
+                working_set: args.working_set,
+                put_percent: args.put_percent.min(100),
+                populated: args.populated,
+                data_dir: args.data,
+                objects: args.objects,
+                json: args.json,
+            };
+            print!("{}", bench::run(&config)?);
             Ok(())
         }
     }

@@ -942,6 +942,47 @@ fn write_loop(conn: &Connection, queue: &Receiver<Job>) {
     }
 }
 
+// Benchmark support
+//
+// Used only by `aether bench populate` (src/bench.rs) to fill a database with many
+// objects quickly for the scaling measurements. Offline only: run it with the master
+// stopped (a running master would not know the nodes it registers until restarted).
+
+impl MetaDb {
+    /// Records `objects` (id, size, checksum) as complete objects, each with a confirmed
+    /// replica on every node of `nodes` (which must be registered), in one job of the
+    /// writer thread and so in one transaction. Ids already present are left alone.
+    /// Returns how many objects were added.
+    pub fn bench_insert_complete(
+        &self,
+        objects: Vec<(ObjectId, u64, Checksum)>,
+        nodes: Vec<String>,
+    ) -> MetaResult<usize> {
+        self.write(move |conn| {
+            let now = now_ms();
+            let mut object = conn.prepare_cached(
+                "INSERT OR IGNORE INTO objects (id, size, status, replication, checksum, created_at, completed_at)
+                 VALUES (?1, ?2, 'complete', ?3, ?4, ?5, ?5)",
+            )?;
+            let mut replica = conn.prepare_cached(
+                "INSERT OR IGNORE INTO replicas (object_id, node_id, state, size, checksum, updated_at)
+                 VALUES (?1, ?2, 'confirmed', ?3, ?4, ?5)",
+            )?;
+            let mut added = 0;
+            for (id, size, checksum) in &objects {
+                let (id, checksum) = (id.to_string(), checksum.to_string());
+                if object.execute(params![id, *size as i64, nodes.len() as i64, checksum, now])? == 1 {
+                    added += 1;
+                    for node in &nodes {
+                        replica.execute(params![id, node, *size as i64, checksum, now])?;
+                    }
+                }
+            }
+            Ok(added)
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,6 +2,7 @@
 //! the CLI) against real `aether` processes on loopback ports.
 
 mod api;
+mod bench;
 mod cluster;
 mod durability;
 mod healing;
