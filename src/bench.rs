@@ -31,7 +31,7 @@ const DEFAULT_DURATION: Duration = Duration::from_secs(10);
 /// Bytes a default working set of `get` and `mixed` may hold.
 const WORKING_SET_BYTES: u64 = 1 << 30;
 /// Objects per transaction of `populate`.
-const POPULATE_BATCH: u64 = 50_000;
+const POPULATE_BATCH: u64 = 100_000;
 
 /// What to measure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -743,8 +743,10 @@ fn populate(config: &BenchConfig) -> Result<PopulateReport, String> {
     let mut next = 0;
     while next < objects {
         let end = (next + POPULATE_BATCH).min(objects);
-        let batch: Vec<(ObjectId, u64, Checksum)> =
+        let mut batch: Vec<(ObjectId, u64, Checksum)> =
             (next..end).map(|i| (populated_id(i), 4096, Checksum(splitmix(i) as u32))).collect();
+        // In key order, each page of the trees is visited once per batch.
+        batch.sort_unstable_by_key(|(id, ..)| id.to_string());
         added += db.bench_insert_complete(batch, nodes.clone()).map_err(|e| e.to_string())? as u64;
         next = end;
     }

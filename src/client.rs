@@ -10,8 +10,8 @@ use serde::Serialize;
 
 use crate::proto::{
     Checksum, ClusterStatus, CompleteUpload, ErrorBody, Heartbeat, InitUpload, Inventory, NodeCommands, NodeInfo,
-    NodeList, ObjectId, ObjectInfo, Placement, RegisterNode, ReplaceNodes, ReplicaReport, ReplicaResult, StatusOk,
-    Stored, CHAIN_HEADER, CHECKSUM_HEADER, TOKEN_HEADER,
+    NodeList, ObjectId, ObjectInfo, Placement, Receipt, RegisterNode, ReplaceNodes, ReplicaReport, ReplicaResult,
+    StatusOk, Stored, CHAIN_HEADER, CHECKSUM_HEADER, TOKEN_HEADER,
 };
 
 #[derive(Debug)]
@@ -150,7 +150,12 @@ impl Client {
     }
 
     pub fn complete_upload(&self, id: &ObjectId) -> Result<(), ClientError> {
-        let _: StatusOk = self.post("/api/upload/complete", &CompleteUpload { objectid: id.to_string() })?;
+        self.complete_with_receipts(id, Vec::new())
+    }
+
+    /// Completes an upload, handing over the datanodes' receipts for the copies they stored.
+    pub fn complete_with_receipts(&self, id: &ObjectId, receipts: Vec<Receipt>) -> Result<(), ClientError> {
+        let _: StatusOk = self.post("/api/upload/complete", &CompleteUpload { objectid: id.to_string(), receipts })?;
         Ok(())
     }
 
@@ -239,6 +244,7 @@ impl Client {
                         node: node.clone(),
                         status: e.status().unwrap_or(502),
                         checksum: None,
+                        receipt: None,
                         error: Some(e.to_string()),
                     })
                     .collect(),
@@ -254,7 +260,8 @@ impl Client {
                 _ => break,
             }
         }
-        self.complete_upload(&id).map_err(|e| match e {
+        let receipts = stored.iter().filter(|r| r.status == 201).filter_map(|r| r.receipt.clone()).collect();
+        self.complete_with_receipts(&id, receipts).map_err(|e| match e {
             ClientError::Api { url, status, message } => {
                 let outcome: Vec<String> = stored
                     .iter()

@@ -43,6 +43,10 @@ pub struct Placement {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct CompleteUpload {
     pub objectid: String,
+    /// Receipts of the datanodes that stored copies; without them the master relies on
+    /// the datanodes' reports or asks them itself.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub receipts: Vec<Receipt>,
 }
 
 /// `GET /api/objects/{id}`: where a completed object's replicas are.
@@ -179,8 +183,57 @@ pub struct ReplicaResult {
     pub status: u16,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checksum: Option<Checksum>,
+    /// The storing node's signed word that it holds the copy, for `complete`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipt: Option<Receipt>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// A datanode's receipt for a stored copy: an HMAC-SHA256, keyed with the cluster token,
+/// over the object id, size, checksum and node id. The client hands receipts to
+/// `complete`, so the master confirms copies without a round trip to each node, and
+/// without taking the client's word: only a holder of the token can make one.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Receipt {
+    pub node: String,
+    pub size: u64,
+    pub checksum: Checksum,
+    pub mac: String,
+}
+
+/// The key of an open cluster's receipts. Such receipts prove only as much as the open
+/// report endpoint does: anyone could have reported the copy.
+const OPEN_CLUSTER_KEY: &[u8] = b"aetherstore open cluster";
+
+type HmacSha256 = hmac::Hmac<sha2::Sha256>;
+
+impl Receipt {
+    fn mac(token: Option<&str>, objectid: &str, node: &str, size: u64, checksum: Checksum) -> HmacSha256 {
+        use hmac::Mac;
+        let key = token.map_or(OPEN_CLUSTER_KEY, str::as_bytes);
+        let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes keys of any length");
+        mac.update(format!("{objectid}\n{node}\n{size}\n{checksum}").as_bytes());
+        mac
+    }
+
+    pub fn sign(token: Option<&str>, objectid: &str, node: &str, size: u64, checksum: Checksum) -> Receipt {
+        use hmac::Mac;
+        let tag = Receipt::mac(token, objectid, node, size, checksum).finalize().into_bytes();
+        let mac = tag.iter().map(|b| format!("{b:02x}")).collect();
+        Receipt { node: node.to_string(), size, checksum, mac }
+    }
+
+    /// Whether this receipt was signed with `token` for `objectid`.
+    pub fn verify(&self, token: Option<&str>, objectid: &str) -> bool {
+        use hmac::Mac;
+        let bytes: Option<Vec<u8>> = (0..self.mac.len())
+            .step_by(2)
+            .map(|i| self.mac.get(i..i + 2).and_then(|hex| u8::from_str_radix(hex, 16).ok()))
+            .collect();
+        let Some(bytes) = bytes else { return false };
+        Receipt::mac(token, objectid, &self.node, self.size, self.checksum).verify_slice(&bytes).is_ok()
+    }
 }
 
 /// `POST /api/node/heartbeat`: a datanode says it is alive and how full it is.
@@ -343,6 +396,20 @@ mod tests {
         assert_eq!(Checksum::parse("crc32c:e3069283"), Ok(sum));
         assert!(Checksum::parse("md5:e3069283").is_err());
         assert!(Checksum::parse("crc32c:e30692").is_err());
+    }
+
+    #[test]
+    fn receipts_verify_only_with_their_key_and_object() {
+        let receipt = Receipt::sign(Some("token"), "obj", "datanode-1", 5, Checksum(9));
+        assert!(receipt.verify(Some("token"), "obj"));
+        assert!(!receipt.verify(Some("other"), "obj"));
+        assert!(!receipt.verify(None, "obj"));
+        assert!(!receipt.verify(Some("token"), "another-obj"));
+        let forged = Receipt { size: 6, ..receipt.clone() };
+        assert!(!forged.verify(Some("token"), "obj"));
+        let garbled = Receipt { mac: "zz".into(), ..receipt };
+        assert!(!garbled.verify(Some("token"), "obj"));
+        assert!(Receipt::sign(None, "obj", "n", 1, Checksum(1)).verify(None, "obj"));
     }
 
     #[test]

@@ -91,11 +91,13 @@ fn forward(
         request = request.set(TOKEN_HEADER, token);
     }
     let failed = |status: u16, error: String| {
-        let mut results = vec![ReplicaResult { node: next.clone(), status, checksum: None, error: Some(error) }];
+        let mut results =
+            vec![ReplicaResult { node: next.clone(), status, checksum: None, receipt: None, error: Some(error) }];
         results.extend(chain[1..].iter().map(|node| ReplicaResult {
             node: node.clone(),
             status: 502,
             checksum: None,
+            receipt: None,
             error: Some(format!("not known: the chain broke at {next}")),
         }));
         results

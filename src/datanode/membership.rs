@@ -5,9 +5,9 @@
 
 use std::time::{Duration, Instant};
 
+use std::thread::JoinHandle;
+
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 use super::Node;
 use crate::client::Client;
@@ -17,6 +17,8 @@ use crate::proto::{Heartbeat, Inventory, InventoryEntry, NodeCommands, ObjectId,
 /// Reports waiting for the master at most; past that they are dropped (the next
 /// inventory tells the master the same).
 const QUEUED_REPORTS: usize = 100_000;
+/// How long the reporter waits for more reports to send with the first.
+const REPORT_WINDOW: Duration = Duration::from_millis(5);
 /// Objects per inventory request.
 const INVENTORY_BATCH: usize = 5_000;
 
@@ -25,66 +27,94 @@ pub enum Report {
     Corrupt(String),
 }
 
-/// Tells the master about replicas: at once while the master answers, through a queue
-/// (flushed by the membership loop) while it does not.
+/// Tells the master about replicas from a thread of its own, many per request. Uploads
+/// never wait for it: their receipts confirm them at `complete`, and these reports cover
+/// copies made without a receipt reaching the master (repairs, manual uploads).
 pub struct Reporter {
     node: String,
-    master: Option<Client>,
-    queue: Sender<Report>,
-    master_answers: Arc<AtomicBool>,
+    queue: Option<Sender<Report>>,
 }
 
 impl Reporter {
-    pub fn new(node: &str, master: Option<Client>) -> (Reporter, Receiver<Report>) {
+    /// Starts the reporting thread when there is a master to report to.
+    pub fn start(node: &str, master: Option<Client>, stopped: Receiver<()>) -> (Reporter, Option<JoinHandle<()>>) {
+        let Some(master) = master else { return (Reporter { node: node.to_string(), queue: None }, None) };
         let (queue, reports) = crossbeam_channel::bounded(QUEUED_REPORTS);
-        let master_answers = Arc::new(AtomicBool::new(false));
-        (Reporter { node: node.to_string(), master, queue, master_answers }, reports)
+        let id = node.to_string();
+        let thread = std::thread::Builder::new()
+            .name(format!("{node}-reporter"))
+            .spawn(move || report_loop(&id, &master, &reports, &stopped))
+            .expect("spawning the reporter thread");
+        (Reporter { node: node.to_string(), queue: Some(queue) }, Some(thread))
     }
 
-    /// A replica was just stored: the master hears of it before the upload is answered,
-    /// so that the client's `complete` finds it confirmed.
     pub fn stored(&self, replica: &ReplicaState) {
-        let Some(master) = &self.master else { return };
-        if self.master_answers.load(Ordering::Relaxed) {
-            let report = ReplicaReport { node: self.node.clone(), stored: vec![replica.clone()], corrupt: Vec::new() };
-            if master.report(&report).is_ok() {
-                return;
-            }
-            self.master_answers.store(false, Ordering::Relaxed);
-        }
         self.enqueue(Report::Stored(replica.clone()));
     }
 
     pub fn corrupt(&self, id: &ObjectId) {
-        if self.master.is_some() {
-            self.enqueue(Report::Corrupt(id.to_string()));
-        }
+        self.enqueue(Report::Corrupt(id.to_string()));
     }
 
     fn enqueue(&self, report: Report) {
-        if self.queue.try_send(report).is_err() {
+        let Some(queue) = &self.queue else { return };
+        if queue.try_send(report).is_err() {
             log::warn(&self.node, "report queue full; the next inventory will tell the master instead");
         }
     }
+}
 
-    fn set_master_answers(&self, answers: bool) {
-        self.master_answers.store(answers, Ordering::Relaxed);
+fn report_loop(node: &str, master: &Client, reports: &Receiver<Report>, stopped: &Receiver<()>) {
+    let mut pending: Vec<Report> = Vec::new();
+    let mut failures = 0u32;
+    loop {
+        if pending.is_empty() {
+            crossbeam_channel::select! {
+                recv(reports) -> report => match report {
+                    Ok(report) => pending.push(report),
+                    Err(_) => return,
+                },
+                recv(stopped) -> _ => return,
+            }
+        }
+        let deadline = Instant::now() + REPORT_WINDOW;
+        while pending.len() < 1000 {
+            match reports.recv_deadline(deadline) {
+                Ok(report) => pending.push(report),
+                Err(_) => break,
+            }
+        }
+        let mut report = ReplicaReport { node: node.to_string(), stored: Vec::new(), corrupt: Vec::new() };
+        for item in &pending {
+            match item {
+                Report::Stored(replica) => report.stored.push(replica.clone()),
+                Report::Corrupt(id) => report.corrupt.push(id.clone()),
+            }
+        }
+        // Deletions the answer names are also queued for this node's heartbeats.
+        match master.report(&report) {
+            Ok(_) => {
+                pending.clear();
+                failures = 0;
+            }
+            Err(e) => {
+                failures += 1;
+                if failures == 1 || failures % 30 == 0 {
+                    log::warn(node, &format!("{} report(s) not delivered yet ({failures} tries): {e}", pending.len()));
+                }
+                if stopped.recv_timeout(Duration::from_secs(1)) != Err(RecvTimeoutError::Timeout) {
+                    return;
+                }
+            }
+        }
     }
 }
 
 /// The membership loop; returns when `stopped` is dropped.
-pub fn run(
-    node: &Node,
-    master: &Client,
-    reports: Receiver<Report>,
-    interval: Duration,
-    inventory_interval: Duration,
-    stopped: &Receiver<()>,
-) {
+pub fn run(node: &Node, master: &Client, interval: Duration, inventory_interval: Duration, stopped: &Receiver<()>) {
     let mut registered = false;
     let mut failures = 0u32;
     let mut next_inventory = Instant::now();
-    let mut unsent: Vec<Report> = Vec::new();
     loop {
         let outcome = if registered {
             heartbeat(node, master)
@@ -99,7 +129,6 @@ pub fn run(
         match outcome {
             Ok(commands) => {
                 failures = 0;
-                node.reporter.set_master_answers(true);
                 delete_objects(node, &commands);
                 if Instant::now() >= next_inventory {
                     match send_inventory(node, master) {
@@ -110,7 +139,6 @@ pub fn run(
                         }
                     }
                 }
-                flush_reports(node, master, &reports, &mut unsent);
             }
             Err(e) if registered && e.status() == Some(404) => {
                 log::warn(
@@ -121,7 +149,6 @@ pub fn run(
                 continue;
             }
             Err(e) => {
-                node.reporter.set_master_answers(false);
                 failures += 1;
                 // The first failure and then every 20th: a master that is down should
                 // not flood the log.
@@ -208,30 +235,4 @@ fn send_inventory(node: &Node, master: &Client) -> Result<(), String> {
     send(batch, true)?;
     log::info(&node.id, &format!("inventory of {total} object(s) sent to the master"));
     Ok(())
-}
-
-fn flush_reports(node: &Node, master: &Client, reports: &Receiver<Report>, unsent: &mut Vec<Report>) {
-    while unsent.len() < 1000 {
-        match reports.try_recv() {
-            Ok(report) => unsent.push(report),
-            Err(_) => break,
-        }
-    }
-    if unsent.is_empty() {
-        return;
-    }
-    let mut report = ReplicaReport { node: node.id.clone(), stored: Vec::new(), corrupt: Vec::new() };
-    for item in unsent.iter() {
-        match item {
-            Report::Stored(replica) => report.stored.push(replica.clone()),
-            Report::Corrupt(id) => report.corrupt.push(id.clone()),
-        }
-    }
-    match master.report(&report) {
-        Ok(commands) => {
-            unsent.clear();
-            delete_objects(node, &commands);
-        }
-        Err(e) => log::warn(&node.id, &format!("{} report(s) not delivered yet: {e}", unsent.len())),
-    }
 }

@@ -24,8 +24,8 @@ use crate::client::Client;
 use crate::http::{self, ApiError, Handled, HttpServer, Reply};
 use crate::log;
 use crate::proto::{
-    normalize_address, Checksum, DeleteRequest, Health, ObjectId, ReplicaResult, ReplicaState, ReplicateRequest,
-    ReplicateResult, Stored, CHAIN_HEADER, CHECKSUM_HEADER,
+    normalize_address, Checksum, DeleteRequest, Health, ObjectId, Receipt, ReplicaResult, ReplicaState,
+    ReplicateRequest, ReplicateResult, Stored, CHAIN_HEADER, CHECKSUM_HEADER,
 };
 use membership::Reporter;
 use store::{BlobStore, StoreError, StoredObject};
@@ -106,7 +106,7 @@ impl Datanode {
         let master =
             config.master.as_ref().map(|m| Client::new(agent.clone(), m).with_token(config.cluster_token.clone()));
         let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
-        let (reporter, reports) = Reporter::new(&id, master.clone());
+        let (reporter, reporter_thread) = Reporter::start(&id, master.clone(), stopped.clone());
         let node = Arc::new(Node {
             id: id.clone(),
             address: address.clone(),
@@ -117,13 +117,13 @@ impl Datanode {
             reporter,
         });
 
-        let mut threads = Vec::new();
+        let mut threads: Vec<JoinHandle<()>> = reporter_thread.into_iter().collect();
         if let Some(master) = master {
             let loop_node = Arc::clone(&node);
             let (stopped, interval, inventory) =
                 (stopped.clone(), config.heartbeat_interval, config.inventory_interval);
             threads.push(spawn(&id, "membership", move || {
-                membership::run(&loop_node, &master, reports, interval, inventory, &stopped)
+                membership::run(&loop_node, &master, interval, inventory, &stopped)
             }));
         } else if config.cluster_token.is_none() {
             log::warn(&id, "no --master: this node stands alone until something registers it");
@@ -300,10 +300,13 @@ impl Node {
         let stored = stored?;
         self.reporter.stored(&ReplicaState { objectid: id.to_string(), size: stored.size, checksum: stored.checksum });
 
+        let object = id.to_string();
+        let receipt = Receipt::sign(self.token.as_deref(), &object, &self.id, stored.size, stored.checksum);
         let mut replicas = vec![ReplicaResult {
             node: self.address.clone(),
             status: 201,
             checksum: Some(stored.checksum),
+            receipt: Some(receipt),
             error: None,
         }];
         replicas.extend(downstream);
@@ -322,7 +325,10 @@ impl Node {
         let read = self.blobs.read_verified(id, range).map_err(|e| self.on_store_error(id, e))?;
         let len = usize::try_from(read.len).expect("object sizes fit in memory addresses on 64-bit hosts");
         let status = if range.is_some() { 206 } else { 200 };
-        let mut reply = Response::new(StatusCode(status), object_headers(read.object), read.body, Some(len), None);
+        // Always a Content-Length (tiny_http would switch to chunked encoding past
+        // 32 KiB): clients check it, and HEAD answers carry the size in it.
+        let mut reply = Response::new(StatusCode(status), object_headers(read.object), read.body, Some(len), None)
+            .with_chunked_threshold(usize::MAX);
         if let Some((start, _)) = range {
             let end = start + read.len - 1;
             reply.add_header(http::header("Content-Range", &format!("bytes {start}-{end}/{}", read.object.size)));
@@ -334,13 +340,9 @@ impl Node {
         let stored = self.blobs.stat(id).map_err(|e| self.on_store_error(id, e))?;
         let len = usize::try_from(stored.size).expect("object sizes fit in memory addresses on 64-bit hosts");
         // tiny_http sends no body for HEAD but keeps Content-Length from the length given.
-        Ok(Response::new(
-            StatusCode(200),
-            object_headers(stored),
-            Box::new(io::empty()) as Box<dyn Read + Send>,
-            Some(len),
-            None,
-        ))
+        let body = Box::new(io::empty()) as Box<dyn Read + Send>;
+        Ok(Response::new(StatusCode(200), object_headers(stored), body, Some(len), None)
+            .with_chunked_threshold(usize::MAX))
     }
 
     /// A corrupt copy is moved aside and reported the moment it is found.

@@ -862,13 +862,13 @@ fn record_replica(conn: &Connection, node: &str, replica: &ReplicaState, now: i6
         .query_row([id], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
         .optional()?;
     let Some((status, checksum, replication)) = row else { return Ok(None) };
-    if status == "deleted" {
-        return Ok(Some(id.clone()));
-    }
     let other_bytes = checksum.as_deref().is_some_and(|sum| sum != replica.checksum.to_string());
-    if status == "complete" && other_bytes {
+    if status == "deleted" || (status == "complete" && other_bytes) {
+        // Said in the answer, and queued for the node's heartbeats in case the answer
+        // is lost.
         conn.prepare_cached("DELETE FROM replicas WHERE object_id = ?1 AND node_id = ?2")?
             .execute(params![id, node])?;
+        schedule_deletion(conn, node, id, now)?;
         return Ok(Some(id.clone()));
     }
     upsert_confirmed(conn, id, node, replica.size, replica.checksum, now)?;
@@ -952,13 +952,17 @@ impl MetaDb {
     /// Records `objects` (id, size, checksum) as complete objects, each with a confirmed
     /// replica on every node of `nodes` (which must be registered), in one job of the
     /// writer thread and so in one transaction. Ids already present are left alone.
-    /// Returns how many objects were added.
+    /// Raises the writer connection's page cache to 512 MiB for the rest of its life,
+    /// which only an offline tool can afford. Returns how many objects were added.
     pub fn bench_insert_complete(
         &self,
         objects: Vec<(ObjectId, u64, Checksum)>,
         nodes: Vec<String>,
     ) -> MetaResult<usize> {
         self.write(move |conn| {
+            // Big batches of random keys touch most pages of every tree: with the default
+            // 2 MB cache they are spilled to the WAL and written again within one batch.
+            conn.pragma_update(None, "cache_size", -512 * 1024)?;
             let now = now_ms();
             let mut object = conn.prepare_cached(
                 "INSERT OR IGNORE INTO objects (id, size, status, replication, checksum, created_at, completed_at)

@@ -454,24 +454,48 @@ impl MasterState {
         if object.status == "complete" {
             return Ok(http::json_reply(200, &StatusOk::ok()));
         }
-        let found: Vec<Confirmation> = object
-            .replicas
+        // Receipts signed by the datanodes confirm copies without asking anyone.
+        let token = self.config.cluster_token.as_deref();
+        let mut found: Vec<Confirmation> = body
+            .receipts
             .iter()
-            .filter(|r| r.state != "confirmed")
-            .filter_map(|r| self.ask_node(&r.node_id, &r.address, &id))
+            .filter(|r| self.membership.get(&r.node).is_some() && r.verify(token, &object.id))
+            .map(|r| Confirmation { node_id: r.node.clone(), size: r.size, checksum: r.checksum })
             .collect();
         let quorum = self.config.write_quorum.unwrap_or(object.replication);
+        let known = |node: &str| found.iter().any(|f| f.node_id == node);
+        let confirmed = object.replicas.iter().filter(|r| r.state == "confirmed" && !known(&r.node_id)).count();
+        if confirmed + found.len() < quorum {
+            let unconfirmed: Vec<&db::ReplicaRow> =
+                object.replicas.iter().filter(|r| r.state != "confirmed" && !known(&r.node_id)).collect();
+            found.extend(unconfirmed.into_iter().filter_map(|r| self.ask_node(&r.node_id, &r.address, &id)));
+        }
         self.db.complete_object(id, quorum, found)?;
         Ok(http::json_reply(200, &StatusOk::ok()))
     }
 
     /// `HEAD`s an object on a node: its size and checksum if the node has it.
     fn ask_node(&self, node_id: &str, address: &str, id: &ObjectId) -> Option<Confirmation> {
-        let response =
-            self.agent.head(&format!("{address}/objects/{id}")).timeout(Duration::from_secs(5)).call().ok()?;
-        let size = response.header("Content-Length")?.parse().ok()?;
-        let checksum = Checksum::parse(response.header(CHECKSUM_HEADER)?).ok()?;
-        Some(Confirmation { node_id: node_id.to_string(), size, checksum })
+        let url = format!("{address}/objects/{id}");
+        let answer = self.agent.head(&url).timeout(Duration::from_secs(5)).call().map_err(|e| e.to_string()).and_then(
+            |response| {
+                let size = response.header("Content-Length").and_then(|v| v.parse().ok());
+                let checksum = response.header(CHECKSUM_HEADER).map(Checksum::parse);
+                match (size, checksum) {
+                    (Some(size), Some(Ok(checksum))) => {
+                        Ok(Confirmation { node_id: node_id.to_string(), size, checksum })
+                    }
+                    _ => Err("no size or checksum in the answer".to_string()),
+                }
+            },
+        );
+        match answer {
+            Ok(confirmation) => Some(confirmation),
+            Err(e) => {
+                log::info("master", &format!("node {node_id} does not confirm {id}: HEAD {url}: {e}"));
+                None
+            }
+        }
     }
 
     fn get_object(&self, id: ObjectId) -> Result<Reply, ApiError> {

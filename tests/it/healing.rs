@@ -80,8 +80,9 @@ fn a_chained_upload_lands_on_every_placed_node_with_its_checksum() {
     let mut part = Vec::new();
     response.into_reader().read_to_end(&mut part).unwrap();
     assert!(part == data[1000..2000]);
-    let (status, _) = raw_request(node, "GET", &format!("/objects/{id}"), None);
-    assert_eq!(status, 200);
+    let head = agent().head(&format!("{node}/objects/{id}")).call().unwrap();
+    let want = (3 << 20).to_string();
+    assert_eq!(head.header("Content-Length"), Some(want.as_str()), "large objects are sized, not chunked");
     // The master redirects curl -L users to a live replica.
     let (status, body) = raw_request(&cluster.master.url, "GET", &format!("/objects/{id}"), None);
     assert_eq!(status, 307, "{body}");
