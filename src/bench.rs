@@ -239,7 +239,7 @@ pub fn human(report: &Report) -> String {
     let mut text = format!(
         "{} {} x {} thread(s), replication {replication}: {} ops in {:.2} s, {} error(s)\n",
         report.workload.name(),
-        size_text(report.size),
+        if report.workload == Workload::Lookup { "objects".to_string() } else { size_text(report.size) },
         report.threads,
         report.ops,
         report.duration_secs,
@@ -746,7 +746,7 @@ fn populate(config: &BenchConfig) -> Result<PopulateReport, String> {
         let mut batch: Vec<(ObjectId, u64, Checksum)> =
             (next..end).map(|i| (populated_id(i), 4096, Checksum(splitmix(i) as u32))).collect();
         // In key order, each page of the trees is visited once per batch.
-        batch.sort_unstable_by_key(|(id, ..)| id.to_string());
+        batch.sort_unstable_by_key(|(id, ..)| *id);
         added += db.bench_insert_complete(batch, nodes.clone()).map_err(|e| e.to_string())? as u64;
         next = end;
     }

@@ -1,0 +1,160 @@
+#!/usr/bin/env python3
+"""The data disk's own limits, measured on the filesystem of --dir (where the cluster's
+data lives), for the benchmark suite. Prints one JSON object:
+
+- seq_write_mb_per_sec: 1 GiB written sequentially in 1 MiB writes through the page
+  cache, then fsync; the time includes the fsync (as `dd conv=fsync`). The median of
+  three runs (each in seq_write_runs). MB = 10^6 bytes.
+- seq_write_direct_mb_per_sec: the same with O_DIRECT (aligned 1 MiB buffers, no page
+  cache): what the device itself takes. On a VM, buffered writes that must grow the
+  page cache into memory the guest has not touched recently can be several times slower
+  than both this and writes that reuse freed cache pages; see the Benchmarks section of the README.
+- fsync_4k_per_sec: 4 KiB appended to one file and fsynced, repeatedly, one writer:
+  durable small writes per second when nothing batches them.
+- fsync_4k_per_sec_16: the same with 16 writers on 16 files at once (the disk's
+  parallelism for independent durable writes).
+- create_4k_per_sec, create_4k_per_sec_16: what one datanode does per small object: a
+  new file with 4 KiB, fsync, hard link into a directory, fsync of that directory.
+
+Python only drives the loops; every measured operation is a system call that waits for
+the disk, so the interpreter's overhead is a few microseconds per operation.
+"""
+import argparse
+import json
+import mmap
+import os
+import shutil
+import sys
+import threading
+import time
+
+MiB = 1 << 20
+
+
+def seq_write(directory, total):
+    path = os.path.join(directory, "seq")
+    chunk = os.urandom(MiB)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        start = time.perf_counter()
+        written = 0
+        while written < total:
+            written += os.write(fd, chunk)
+        os.fsync(fd)
+        elapsed = time.perf_counter() - start
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    return written / elapsed / 1e6
+
+
+def seq_write_direct(directory, total):
+    path = os.path.join(directory, "seq-direct")
+    chunk = mmap.mmap(-1, MiB)  # page-aligned, as O_DIRECT requires
+    chunk.write(os.urandom(MiB))
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT, 0o600)
+    try:
+        start = time.perf_counter()
+        written = 0
+        while written < total:
+            written += os.write(fd, chunk)
+        os.fsync(fd)
+        elapsed = time.perf_counter() - start
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    return written / elapsed / 1e6
+
+
+def fsync_4k(path, seconds, limit, counts, index):
+    block = os.urandom(4096)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
+    n = 0
+    try:
+        deadline = time.perf_counter() + seconds
+        while n < limit and time.perf_counter() < deadline:
+            os.write(fd, block)
+            os.fsync(fd)
+            n += 1
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    counts[index] = n
+
+
+def create_4k(directory, seconds, limit, counts, index):
+    """New file, 4 KiB, fsync, hard link into place, directory fsync: a datanode's PUT."""
+    block = os.urandom(4096)
+    tmp = os.path.join(directory, f"tmp-{index}")
+    objects = os.path.join(directory, f"objects-{index}")
+    os.makedirs(directory, exist_ok=True)
+    os.makedirs(tmp, exist_ok=True)
+    os.makedirs(objects, exist_ok=True)
+    dir_fd = os.open(objects, os.O_RDONLY | os.O_DIRECTORY)
+    n = 0
+    try:
+        deadline = time.perf_counter() + seconds
+        while n < limit and time.perf_counter() < deadline:
+            temp = os.path.join(tmp, str(n))
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            os.write(fd, block)
+            os.fsync(fd)
+            os.close(fd)
+            os.link(temp, os.path.join(objects, str(n)))
+            os.fsync(dir_fd)
+            os.unlink(temp)
+            n += 1
+    finally:
+        os.close(dir_fd)
+    counts[index] = n
+
+
+def parallel(target, writers, seconds, limit, args):
+    counts = [0] * writers
+    threads = [threading.Thread(target=target, args=(*args(i), seconds, limit, counts, i)) for i in range(writers)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(counts) / (time.perf_counter() - start)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--dir", required=True, help="a directory on the data disk")
+    parser.add_argument("--seq-bytes", type=int, default=1 << 30)
+    parser.add_argument("--seconds", type=float, default=3.0, help="per small-write measurement")
+    args = parser.parse_args()
+
+    work = os.path.join(args.dir, f"disk-bench-{os.getpid()}")
+    os.makedirs(work)
+    limit = 1_000_000
+    try:
+        result = {"dir": os.path.abspath(args.dir), "seq_bytes": args.seq_bytes}
+        runs = [seq_write(work, args.seq_bytes) for _ in range(3)]
+        result["seq_write_runs"] = runs
+        result["seq_write_mb_per_sec"] = sorted(runs)[1]
+        try:
+            result["seq_write_direct_mb_per_sec"] = seq_write_direct(work, args.seq_bytes)
+        except OSError as error:  # a filesystem without O_DIRECT (tmpfs)
+            result["seq_write_direct_mb_per_sec"] = None
+            result["seq_write_direct_error"] = str(error)
+        result["fsync_4k_per_sec"] = parallel(fsync_4k, 1, args.seconds, limit, lambda i: (os.path.join(work, f"f{i}"),))
+        result["fsync_4k_per_sec_16"] = parallel(
+            fsync_4k, 16, args.seconds, limit, lambda i: (os.path.join(work, f"f{i}"),)
+        )
+        result["create_4k_per_sec"] = parallel(
+            create_4k, 1, args.seconds, limit, lambda i: (os.path.join(work, "create-1"),)
+        )
+        result["create_4k_per_sec_16"] = parallel(
+            create_4k, 16, args.seconds, limit, lambda i: (os.path.join(work, "create-16"),)
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,237 @@
+#!/usr/bin/env python3
+"""Turns the JSON pieces bench/run.sh collected into the results: every figure, the
+machine limit it is compared with, the ratio, the issue's target and whether it is met.
+Writes RESULTS/results.json and RESULTS/results.md (the table, then the same JSON) and
+prints the table.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+MiB = 1 << 20
+
+
+def load(out, name):
+    path = os.path.join(out, name + ".json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        data = json.load(f)
+    return None if data.get("failed") else data
+
+
+def load_last_line(out, name):
+    path = os.path.join(out, name)
+    if not os.path.exists(path):
+        return None, None
+    lines = [l for l in open(path).read().splitlines() if l.strip()]
+    parsed = [json.loads(l) for l in lines]
+    report = next((p for p in parsed if "workload" in p), None)
+    return report, parsed[-1] if parsed else None
+
+
+class Table:
+    def __init__(self):
+        self.rows = []
+
+    def add(self, section, figure, value, unit, limit=None, limit_name=None, target=None, met=None, ratio=None):
+        if ratio is None and value is not None and limit:
+            ratio = value / limit
+        self.rows.append(
+            {
+                "section": section,
+                "figure": figure,
+                "value": value,
+                "unit": unit,
+                "limit": limit,
+                "limit_name": limit_name,
+                "ratio": ratio,
+                "target": target,
+                "met": met,
+            }
+        )
+
+
+def fmt(value, unit=""):
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        text = f"{value:,.0f}" if abs(value) >= 100 else f"{value:,.2f}"
+    else:
+        text = f"{value:,}"
+    return f"{text} {unit}".strip()
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--results", required=True)
+    parser.add_argument("--elapsed", type=int, default=0)
+    parser.add_argument("--quick", default="0")
+    args = parser.parse_args()
+    out = args.out
+
+    env = load(out, "env") or {}
+    disk = load(out, "disk") or {}
+    loop = [load(out, "loopback-1"), load(out, "loopback-2")]
+    buffered = disk.get("seq_write_mb_per_sec")
+    direct = disk.get("seq_write_direct_mb_per_sec")
+    # The disk's limit is what it takes by the fastest way measured.
+    seq = max((v for v in (buffered, direct) if v), default=None)
+    fsync4k = disk.get("fsync_4k_per_sec")
+    loopback = max((l["mb_per_sec"] for l in loop if l), default=None)
+
+    t = Table()
+    s = "Machine limits"
+    t.add(s, "Sequential write, 1 GiB buffered then fsync (median of 3)", buffered, "MB/s")
+    t.add(s, "Sequential write, 1 GiB O_DIRECT then fsync (the device)", direct, "MB/s")
+    t.add(s, "fsync'd 4 KiB appends, 1 writer", fsync4k, "ops/s")
+    t.add(s, "fsync'd 4 KiB appends, 16 writers", disk.get("fsync_4k_per_sec_16"), "ops/s")
+    t.add(s, "4 KiB file create+fsync+link+dir fsync, 1 writer", disk.get("create_4k_per_sec"), "ops/s")
+    t.add(s, "4 KiB file create+fsync+link+dir fsync, 16 writers", disk.get("create_4k_per_sec_16"), "ops/s")
+    for l in loop:
+        if l:
+            t.add(s, f"Loopback TCP, {l['streams']} stream(s)", l["mb_per_sec"], "MB/s")
+
+    def get(name, key="ops_per_sec"):
+        r = load(out, name)
+        return (r or {}).get(key), r
+
+    for r in (1, 3):
+        s = f"Cluster, R={r}"
+        seq_r = seq / r if seq else None
+        v, _ = get(f"r{r}-put-4k-t1")
+        t.add(s, "PUT 4 KiB, 1 client", v, "ops/s", fsync4k, "fsync'd 4 KiB writes/s")
+        v, _ = get(f"r{r}-put-4k-t16")
+        if r == 1:
+            met = None if v is None or not fsync4k else v >= fsync4k
+            t.add(s, "PUT 4 KiB, 16 clients", v, "ops/s", fsync4k, "fsync'd 4 KiB writes/s", ">= 1x", met)
+        else:
+            t.add(s, "PUT 4 KiB, 16 clients", v, "ops/s", fsync4k / 3 if fsync4k else None, "fsync'd 4 KiB writes/s / 3")
+        v, _ = get(f"r{r}-get-4k-t1")
+        t.add(s, "GET 4 KiB, 1 client", v, "ops/s")
+        v, _ = get(f"r{r}-get-4k-t16")
+        t.add(s, "GET 4 KiB, 16 clients", v, "ops/s", None, None, ">= 10,000 ops/s", None if v is None else v >= 10000)
+        for size, threads in (("1m", 4), ("64m", 2)):
+            label = "1 MiB" if size == "1m" else "64 MiB"
+            v, _ = get(f"r{r}-put-{size}-t{threads}", "mb_per_sec")
+            if r == 3:
+                ratio = v / seq_r if v is not None and seq_r else None
+                t.add(s, f"PUT {label}, {threads} clients", v, "MB/s", seq_r, "seq. write / 3", ">= 80%",
+                      None if ratio is None else ratio >= 0.8)
+                if buffered and seq != buffered:
+                    t.add(s, f"  same, against buffered writes", v, "MB/s", buffered / 3, "buffered seq. write / 3")
+            else:
+                t.add(s, f"PUT {label}, {threads} clients", v, "MB/s", seq, "seq. write")
+            v, _ = get(f"r{r}-get-{size}-t{threads}", "mb_per_sec")
+            ratio = v / loopback if v is not None and loopback else None
+            t.add(s, f"GET {label}, {threads} clients", v, "MB/s", loopback, "loopback TCP", ">= 50%",
+                  None if ratio is None else ratio >= 0.5)
+        v, _ = get(f"r{r}-init-t16")
+        t.add(s, "Metadata: init (durable write), 16 clients", v, "ops/s", None, None, ">= 10,000 ops/s",
+              None if v is None else v >= 10000)
+        v, _ = get(f"r{r}-lookup-t16")
+        t.add(s, "Metadata: lookup GET /api/objects/{id}, 16 clients", v, "ops/s", None, None, ">= 10,000 ops/s",
+              None if v is None else v >= 10000)
+        v, _ = get(f"r{r}-create0-t16")
+        t.add(s, "Metadata: init + 0-byte chained PUT + complete, 16 clients", v, "objects/s")
+        if v is not None:
+            # init, complete, and one replica report per replica: master writes per object.
+            t.add(s, f"  = master durable writes (init + {r} report(s) + complete)", v * (2 + r), "writes/s")
+
+    s = "Datanode memory"
+    report, rss = load_last_line(out, "datanode-rss-1g.jsonl")
+    if report:
+        t.add(s, "PUT 1 GiB at R=3, 1 client", report["mb_per_sec"], "MB/s", seq / 3 if seq else None, "seq. write / 3")
+    peak = rss.get("max_rss_peak_mib") if rss and "max_rss_peak_mib" in rss else None
+    t.add(s, "Datanode peak RSS during the 1 GiB upload", peak, "MiB", None, None, "< 100 MiB",
+          None if peak is None else peak < 100)
+    master_rss = load(out, "cluster-master-rss") or {}
+    t.add(s, "Master RSS after the cluster runs (peak)", master_rss.get("master_hwm_mib"), "MiB")
+
+    s = "Master scaling"
+    scales = sorted(
+        int(f[len("scaling-"):-len(".json")]) for f in os.listdir(out) if f.startswith("scaling-") and f.endswith(".json")
+    )
+    base = {}
+    for n in scales:
+        sc = load(out, f"scaling-{n}") or {}
+        one = load(out, f"lookup-{n}-t1") or {}
+        many = load(out, f"lookup-{n}-t16") or {}
+        p99_1 = one.get("latency_ms", {}).get("p99")
+        p99_16 = many.get("latency_ms", {}).get("p99")
+        if not base:
+            base = {"p99_1": p99_1, "p99_16": p99_16}
+        label = f"{n:,} objects"
+        t.add(s, f"{label}: lookup p50, 1 client", one.get("latency_ms", {}).get("p50"), "ms")
+        if n == scales[0] or not base.get("p99_1") or p99_1 is None:
+            t.add(s, f"{label}: lookup p99, 1 client", p99_1, "ms")
+        else:
+            ratio = p99_1 / base["p99_1"]
+            t.add(s, f"{label}: lookup p99, 1 client", p99_1, "ms", base["p99_1"], f"p99 at {scales[0]:,}",
+                  "<= 2x" if n == 1_000_000 else None, (ratio <= 2) if n == 1_000_000 else None, ratio)
+        if n == scales[0] or not base.get("p99_16") or p99_16 is None:
+            t.add(s, f"{label}: lookup p99, 16 clients", p99_16, "ms")
+        else:
+            ratio = p99_16 / base["p99_16"]
+            t.add(s, f"{label}: lookup p99, 16 clients", p99_16, "ms", base["p99_16"], f"p99 at {scales[0]:,}",
+                  "<= 2x" if n == 1_000_000 else None, (ratio <= 2) if n == 1_000_000 else None, ratio)
+        t.add(s, f"{label}: lookups, 16 clients", many.get("ops_per_sec"), "ops/s")
+        rss = sc.get("rss_mib")
+        t.add(s, f"{label}: master RSS after lookups", rss, "MiB", None, None,
+              "< 256 MiB" if n == 1_000_000 else None, (rss < 256) if n == 1_000_000 and rss is not None else None)
+        t.add(s, f"{label}: database size", sc.get("db_mib"), "MiB")
+        secs = sc.get("cluster_status_secs")
+        t.add(s, f"{label}: one GET /api/cluster", secs * 1000 if secs is not None else None, "ms")
+
+    lines = []
+    lines.append("| Section | Figure | Value | Limit | Ratio | Target | Result |")
+    lines.append("| --- | --- | ---: | --- | ---: | --- | --- |")
+    for row in t.rows:
+        limit = f"{fmt(row['limit'])} ({row['limit_name']})" if row["limit"] is not None and row["limit_name"] else ""
+        ratio = f"{row['ratio'] * 100:.0f}%" if row["ratio"] is not None and row["limit_name"] else ""
+        if row["ratio"] is not None and row["limit_name"] and row["limit_name"].startswith("p99"):
+            ratio = f"{row['ratio']:.2f}x"
+        result = "" if row["met"] is None else ("met" if row["met"] else "**missed**")
+        lines.append(
+            f"| {row['section']} | {row['figure']} | {fmt(row['value'], row['unit'])} | {limit} | {ratio} "
+            f"| {row['target'] or ''} | {result} |"
+        )
+    table = "\n".join(lines)
+
+    pieces = {}
+    for name in sorted(os.listdir(out)):
+        if name.endswith(".json"):
+            with open(os.path.join(out, name)) as f:
+                pieces[name[:-5]] = json.load(f)
+        elif name.endswith(".jsonl"):
+            pieces[name[:-6]] = [json.loads(l) for l in open(os.path.join(out, name)) if l.strip()]
+    env["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    env["loadavg_end"] = open("/proc/loadavg").read().split()[:3]
+    env["elapsed_secs"] = args.elapsed
+    env["quick"] = args.quick == "1"
+    everything = {"env": env, "rows": t.rows, "raw": pieces}
+
+    os.makedirs(args.results, exist_ok=True)
+    with open(os.path.join(args.results, "results.json"), "w") as f:
+        json.dump(everything, f, indent=1)
+    missed = [r for r in t.rows if r["met"] is False]
+    met = [r for r in t.rows if r["met"] is True]
+    header = (
+        f"# AetherStore benchmark results\n\n"
+        f"Run {env.get('started', '?')} to {env['finished']} ({args.elapsed} s) on {env.get('host_cpus', '?')} CPUs, "
+        f"{env.get('mem_gib', '?')} GiB, kernel {env.get('kernel', '?')}, commit {env.get('commit', '?')}; "
+        f"load average {' '.join(env.get('loadavg_start', []))} at the start, {' '.join(env['loadavg_end'])} at the end"
+        f"{' (quick run: short timings)' if env['quick'] else ''}. Data and disk measurements in {env.get('dir', '?')}. "
+        f"MB = 10^6 bytes. Targets: {len(met)} met, {len(missed)} missed.\n\n"
+    )
+    with open(os.path.join(args.results, "results.md"), "w") as f:
+        f.write(header + table + "\n\n## All figures (JSON)\n\n```json\n" + json.dumps(everything, indent=1) + "\n```\n")
+    print(header + table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# The benchmark suite: measures this machine's limits, then AetherStore on it, and writes
+# every figure with its ratio to the matching limit into one results file (Markdown table
+# plus the JSON), and prints the table. Bounded: about 10 minutes on 2 cores.
+#
+#   bench/run.sh               # everything
+#   BENCH_QUICK=1 bench/run.sh # shorter runs and 100k objects at most (a smoke run)
+#
+# Environment:
+#   BENCH_DIR      work directory on the data disk (default target/bench); the cluster's
+#                  data and the disk measurements live here, logs in $BENCH_DIR/logs
+#   BENCH_RESULTS  where the results go (default bench/results)
+#   BENCH_SECONDS  seconds per timed run (default 5)
+#
+# Needs: cargo (a release build is made), python3, curl. Everything listens on 127.0.0.1
+# and everything started here is stopped on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source bench/lib.sh
+
+QUICK=${BENCH_QUICK:-0}
+DIR=${BENCH_DIR:-target/bench}
+RESULTS=${BENCH_RESULTS:-bench/results}
+SECS=${BENCH_SECONDS:-5}
+SCALES="10000 100000 1000000"
+if [[ $QUICK == 1 ]]; then
+  SECS=${BENCH_SECONDS:-1}
+  SCALES="10000 100000"
+fi
+LOGS=$DIR/logs
+OUT=$DIR/out
+STARTED=$SECONDS
+
+trap bench_cleanup EXIT
+for d in master datanode-1 datanode-2 datanode-3 scaling; do rm -rf "${DIR:?}/$d"; done
+rm -rf "$LOGS" "$OUT"
+mkdir -p "$LOGS" "$OUT" "$RESULTS"
+
+log "building the release binary"
+cargo build --release --quiet
+python3 - "$OUT/env.json" "$DIR" <<'PY'
+import json, os, platform, subprocess, sys, time
+commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout != ""
+json.dump({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host_cpus": os.cpu_count(),
+           "mem_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+           "kernel": platform.release(), "commit": commit + ("+changes" if dirty else ""),
+           "loadavg_start": open("/proc/loadavg").read().split()[:3], "dir": os.path.abspath(sys.argv[2])},
+          open(sys.argv[1], "w"))
+PY
+
+# run_bench NAME ARGS..: one `aether bench` run against the cluster, its JSON report in
+# $OUT/NAME.json. A failed run is recorded as such and the suite goes on.
+run_bench() {
+  local name=$1
+  shift
+  if "$AETHER" bench "$@" --master "$MASTER_URL" --json >"$OUT/$name.json" 2>"$LOGS/bench-$name.err"; then
+    python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print("  %-22s %10.1f ops/s %8.1f MB/s  p99 %.2f ms  errors %d" % (sys.argv[2], r["ops_per_sec"], r["mb_per_sec"], r["latency_ms"]["p99"], r["errors"]))' \
+      "$OUT/$name.json" "$name" >&2
+  else
+    log "  $name FAILED: $(tail -c 300 "$LOGS/bench-$name.err")"
+    printf '{"failed": true, "error": %s}\n' "$(tail -c 300 "$LOGS/bench-$name.err" | python3 -c 'import json,sys; print(json.dumps(sys.stdin.read()))')" \
+      >"$OUT/$name.json"
+  fi
+}
+
+# ---- 1. The machine's limits --------------------------------------------------------
+log "machine limits: disk (on $(df -P "$DIR" | awk 'NR==2 {print $1 " mounted at " $6}'))"
+python3 bench/disk.py --dir "$DIR" --seconds "$([[ $QUICK == 1 ]] && echo 1 || echo 3)" >"$OUT/disk.json"
+cat "$OUT/disk.json" >&2
+log "machine limits: loopback TCP"
+"$AETHER" bench loopback --threads 1 --duration 3 --json >"$OUT/loopback-1.json"
+"$AETHER" bench loopback --threads 2 --duration 3 --json >"$OUT/loopback-2.json"
+cat "$OUT/loopback-1.json" "$OUT/loopback-2.json" >&2
+
+# ---- 2. A local cluster: master + 3 datanodes -------------------------------------------
+log "starting a master and 3 datanodes"
+start_master master "$DIR/master" --replication 3
+DATANODE_PIDS=()
+for i in 1 2 3; do
+  start_datanode "datanode-$i" "$DIR/datanode-$i"
+  DATANODE_PIDS+=("$DATANODE_PID")
+done
+CLUSTER_MASTER_PID=$MASTER_PID
+wait_for_nodes 3 60
+
+for r in 1 3; do
+  log "R=$r: small objects"
+  run_bench "r$r-put-4k-t1" put --size 4K --threads 1 --replication $r --duration "$SECS"
+  run_bench "r$r-put-4k-t16" put --size 4K --threads 16 --replication $r --duration "$SECS"
+  run_bench "r$r-get-4k-t1" get --size 4K --threads 1 --replication $r --duration "$SECS" --working-set 1000
+  run_bench "r$r-get-4k-t16" get --size 4K --threads 16 --replication $r --duration "$SECS" --working-set 1000
+  log "R=$r: large objects"
+  run_bench "r$r-put-1m-t4" put --size 1M --threads 4 --replication $r --duration "$SECS"
+  run_bench "r$r-get-1m-t4" get --size 1M --threads 4 --replication $r --duration "$SECS" --working-set 64
+  run_bench "r$r-put-64m-t2" put --size 64M --threads 2 --replication $r --duration "$((SECS * 2))"
+  run_bench "r$r-get-64m-t2" get --size 64M --threads 2 --replication $r --duration "$SECS" --working-set 4
+  log "R=$r: metadata"
+  run_bench "r$r-init-t16" init --size 4K --threads 16 --replication $r --duration "$SECS"
+  run_bench "r$r-lookup-t16" lookup --size 4K --threads 16 --replication $r --duration "$SECS" --working-set 1000
+  run_bench "r$r-create0-t16" put --size 0 --threads 16 --replication $r --duration "$SECS"
+done
+
+log "datanode memory during a 1 GiB upload at R=3"
+python3 bench/sample_rss.py --pids "$(IFS=,; echo "${DATANODE_PIDS[*]}")" --timeout 600 -- \
+  "$AETHER" bench put --size 1G --count 1 --threads 1 --replication 3 --master "$MASTER_URL" --json \
+  >"$OUT/datanode-rss-1g.jsonl" || log "the 1 GiB upload failed: $(cat "$OUT/datanode-rss-1g.jsonl")"
+tail -1 "$OUT/datanode-rss-1g.jsonl" >&2
+echo "{\"master_rss_mib\": $(($(rss_kib "$CLUSTER_MASTER_PID") / 1024)), \"master_hwm_mib\": $(($(hwm_kib "$CLUSTER_MASTER_PID") / 1024))}" \
+  >"$OUT/cluster-master-rss.json"
+
+bench_cleanup
+rm -rf "${DIR:?}/datanode-1" "${DIR:?}/datanode-2" "${DIR:?}/datanode-3"
+
+# ---- 3. How the master's cost grows with the objects it knows --------------------------
+SCALING=$DIR/scaling
+for n in $SCALES; do
+  log "scaling: populating the master's database to $n objects (master stopped)"
+  "$AETHER" bench populate --data "$SCALING" --objects "$n" --replication 3 --json >"$OUT/populate-$n.json"
+  start_master "master-$n" "$SCALING" --dead-after 3600
+  run_bench "lookup-$n-t1" lookup --populated "$n" --threads 1 --duration "$SECS"
+  run_bench "lookup-$n-t16" lookup --populated "$n" --threads 16 --duration "$SECS"
+  # /api/cluster counts every object: how long one answer takes at this size.
+  cluster_secs=$(curl -fsS -o /dev/null -w '%{time_total}' --max-time 120 "$MASTER_URL/api/cluster" || echo null)
+  echo "{\"objects\": $n, \"rss_mib\": $(($(rss_kib "$MASTER_PID") / 1024)), \"hwm_mib\": $(($(hwm_kib "$MASTER_PID") / 1024)), \"db_mib\": $(du -sm "$SCALING" | cut -f1), \"cluster_status_secs\": $cluster_secs}" \
+    >"$OUT/scaling-$n.json"
+  cat "$OUT/scaling-$n.json" >&2
+  bench_cleanup
+done
+rm -rf "$SCALING"
+
+# ---- 4. The results -------------------------------------------------------------------
+log "suite done in $((SECONDS - STARTED)) s; writing results"
+python3 bench/report.py --out "$OUT" --results "$RESULTS" --elapsed "$((SECONDS - STARTED))" --quick "$QUICK"
