@@ -6,6 +6,7 @@
 # runs with --dead-after 3 and the datanodes with --heartbeat-interval 0.5.
 #
 # Usage: bench/repair.sh [OBJECTS] [SIZE]    (defaults 10000 and 4K)
+#        append its line to bench/results/repair.jsonl to keep it with the others.
 # Environment: BENCH_DIR (default target/bench/repair), AETHER (default target/release/aether).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,4 +41,5 @@ log "killing datanode-1 (pid ${PIDS[1]}) with SIGKILL"
 KILLED_AT=$(date +%s.%N)
 kill -KILL "${PIDS[1]}"
 python3 bench/watch_cluster.py "$MASTER_URL" --until repaired --since "$KILLED_AT" --timeout 600 \
-  --upload "$DIR/upload.json" --objects "$OBJECTS" --size "$SIZE"
+  --upload "$DIR/upload.json" --objects "$OBJECTS" --size "$SIZE" \
+  --commit "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- src 2>/dev/null || echo +changes)"

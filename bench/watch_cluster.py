@@ -29,6 +29,7 @@ def main():
     parser.add_argument("--upload", help="JSON report of the upload, copied into the result")
     parser.add_argument("--objects", type=int)
     parser.add_argument("--size")
+    parser.add_argument("--commit", help="the commit measured, copied into the result")
     args = parser.parse_args()
 
     since = args.since if args.since is not None else time.time()
@@ -67,6 +68,8 @@ def main():
                 max_under = max(max_under, last["under_replicated"])
             if last["nodes_dead"] == 1 and last["under_replicated"] == 0 and detected is not None:
                 result = {
+                    "commit": args.commit,
+                    "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                     "objects": args.objects,
                     "size": args.size,
                     "replication": 3,
