@@ -558,10 +558,7 @@ impl MetaDb {
             let now = now_ms();
             let mut delete = Vec::new();
             for entry in entries {
-                let known: Option<String> = conn
-                    .prepare_cached("SELECT status FROM objects WHERE id = ?1")?
-                    .query_row([&entry.objectid], |row| row.get(0))
-                    .optional()?;
+                let known = object_status(conn, &entry.objectid)?;
                 if known.is_none() {
                     if entry.age_secs >= grace_secs {
                         delete.push(entry.objectid);
@@ -631,10 +628,7 @@ impl MetaDb {
     pub fn delete_object(&self, id: ObjectId) -> MetaResult<()> {
         self.write(move |conn| {
             let id = id.to_string();
-            let status: Option<String> = conn
-                .prepare_cached("SELECT status FROM objects WHERE id = ?1")?
-                .query_row([&id], |row| row.get(0))
-                .optional()?;
+            let status = object_status(conn, &id)?;
             match status.as_deref() {
                 None | Some("deleted") => Err(MetaError::NotFound(format!("object {id} not found"))),
                 _ => {
@@ -675,10 +669,7 @@ impl MetaDb {
     {
         self.write(move |conn| {
             let id = id.to_string();
-            let status: Option<String> = conn
-                .prepare_cached("SELECT status FROM objects WHERE id = ?1")?
-                .query_row([&id], |row| row.get(0))
-                .optional()?;
+            let status = object_status(conn, &id)?;
             if status.as_deref() != Some("pending") {
                 return Err(MetaError::Conflict(format!("object {id} is not an upload in progress")));
             }
@@ -794,6 +785,14 @@ impl MetaDb {
             })
         })
     }
+}
+
+fn object_status(conn: &Connection, id: &str) -> MetaResult<Option<String>> {
+    let status = conn
+        .prepare_cached("SELECT status FROM objects WHERE id = ?1")?
+        .query_row([id], |row| row.get(0))
+        .optional()?;
+    Ok(status)
 }
 
 fn require_node(conn: &Connection, node: &str) -> MetaResult<()> {
