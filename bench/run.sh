@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The benchmark suite: measures this machine's limits, then AetherStore on it, and writes
 # every figure with its ratio to the matching limit into one results file (Markdown table
-# plus the JSON), and prints the table. Bounded: about 10 minutes on 2 cores.
+# plus the JSON), and prints the table. Bounded: about 5 minutes on 2 cores.
 #
 #   bench/run.sh               # everything
-#   BENCH_QUICK=1 bench/run.sh # shorter runs and 100k objects at most (a smoke run)
+#   BENCH_QUICK=1 bench/run.sh # shorter runs and 100k objects at most (a smoke run; its
+#                              # results go to target/bench/quick-results)
 #
 # Environment:
 #   BENCH_DIR      work directory on the data disk (default target/bench); the cluster's
@@ -24,6 +25,7 @@ RESULTS=${BENCH_RESULTS:-bench/results}
 SECS=${BENCH_SECONDS:-5}
 SCALES="10000 100000 1000000"
 if [[ $QUICK == 1 ]]; then
+  RESULTS=${BENCH_RESULTS:-$DIR/quick-results}
   SECS=${BENCH_SECONDS:-1}
   SCALES="10000 100000"
 fi
