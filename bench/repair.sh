@@ -7,7 +7,8 @@
 #
 # Usage: bench/repair.sh [OBJECTS] [SIZE]    (defaults 10000 and 4K)
 #        append its line to bench/results/repair.jsonl to keep it with the others.
-# Environment: BENCH_DIR (default target/bench/repair), AETHER (default target/release/aether).
+# Environment: BENCH_DIR (default target/bench/repair), AETHER (default target/release/aether),
+#              REPAIR_MASTER_ARGS (more master flags, e.g. "--repair-concurrency 16").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
@@ -22,7 +23,8 @@ trap bench_cleanup EXIT
 
 [[ -x $AETHER ]] || cargo build --release --quiet
 
-start_master master "$DIR/master" --replication 3 --dead-after 3
+# shellcheck disable=SC2086 # the extra flags are words
+start_master master "$DIR/master" --replication 3 --dead-after 3 ${REPAIR_MASTER_ARGS:-}
 declare -A PIDS
 for i in 1 2 3 4; do
   start_datanode "datanode-$i" "$DIR/datanode-$i" --heartbeat-interval 0.5
@@ -42,4 +44,5 @@ KILLED_AT=$(date +%s.%N)
 kill -KILL "${PIDS[1]}"
 python3 bench/watch_cluster.py "$MASTER_URL" --until repaired --since "$KILLED_AT" --timeout 600 \
   --upload "$DIR/upload.json" --objects "$OBJECTS" --size "$SIZE" \
+  --master-args "--replication 3 --dead-after 3 ${REPAIR_MASTER_ARGS:-}" \
   --commit "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- src 2>/dev/null || echo +changes)"

@@ -30,6 +30,7 @@ def main():
     parser.add_argument("--objects", type=int)
     parser.add_argument("--size")
     parser.add_argument("--commit", help="the commit measured, copied into the result")
+    parser.add_argument("--master-args", help="the master's flags, copied into the result")
     args = parser.parse_args()
 
     since = args.since if args.since is not None else time.time()
@@ -69,6 +70,7 @@ def main():
             if last["nodes_dead"] == 1 and last["under_replicated"] == 0 and detected is not None:
                 result = {
                     "commit": args.commit,
+                    "master_args": args.master_args,
                     "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                     "objects": args.objects,
                     "size": args.size,
