@@ -85,7 +85,7 @@ struct MasterArgs {
     /// seconds after which uploads never completed, and files no one knows, are removed (env AETHER_UPLOAD_GRACE; default 3600)
     #[argh(option)]
     upload_grace: Option<String>,
-    /// re-replication batches in flight at once (env AETHER_REPAIR_CONCURRENCY; default 4)
+    /// re-replication batches (of up to 64 objects) in flight at once (env AETHER_REPAIR_CONCURRENCY; default 16)
     #[argh(option)]
     repair_concurrency: Option<usize>,
 }

@@ -68,7 +68,7 @@ impl MasterConfig {
             dead_after: Duration::from_secs(12),
             cluster_token: None,
             upload_grace: Duration::from_secs(3600),
-            repair_concurrency: 4,
+            repair_concurrency: 16,
         }
     }
 }
