@@ -720,7 +720,9 @@ impl MetaDb {
                          SELECT o.id, o.replication, o.size,
                                 (SELECT count(*) FROM replicas r JOIN nodes n ON n.id = r.node_id
                                  WHERE r.object_id = o.id AND r.state = 'confirmed' AND n.state != 'dead') AS healthy
-                         FROM objects o JOIN suspects s ON s.object_id = o.id
+                         -- CROSS JOIN keeps this order: SQLite would otherwise count
+                         -- every object's replicas before joining the few suspects.
+                         FROM suspects s CROSS JOIN objects o ON o.id = s.object_id
                          WHERE o.status = 'complete'
                      )
                      SELECT id, replication, size FROM counted
@@ -761,6 +763,8 @@ impl MetaDb {
 
     pub fn counts(&self) -> MetaResult<Counts> {
         self.read(|conn| {
+            // One snapshot for all the counts, so node states and replica counts agree.
+            let _snapshot = conn.unchecked_transaction()?;
             let objects: i64 =
                 conn.query_row("SELECT count(*) FROM objects WHERE status = 'complete'", [], |r| r.get(0))?;
             let under: i64 = conn.query_row(
