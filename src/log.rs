@@ -7,9 +7,11 @@ use std::time::SystemTime;
 
 fn line(level: &str, component: &str, message: &str) {
     let now = humantime::format_rfc3339_millis(SystemTime::now());
-    // One locked write per line keeps lines from different threads whole.
-    let mut err = std::io::stderr().lock();
-    let _ = writeln!(err, "{now} {level} {component}: {message}");
+    // Formatted first and written with one call: standard error is unbuffered, so
+    // `writeln!` on it would cost a system call per piece, and one write keeps lines
+    // from different threads whole.
+    let line = format!("{now} {level} {component}: {message}\n");
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
 
 pub fn info(component: &str, message: &str) {
