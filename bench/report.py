@@ -166,18 +166,15 @@ def main():
             base = {"p99_1": p99_1, "p99_16": p99_16}
         label = f"{n:,} objects"
         t.add(s, f"{label}: lookup p50, 1 client", one.get("latency_ms", {}).get("p50"), "ms")
-        if n == scales[0] or not base.get("p99_1") or p99_1 is None:
-            t.add(s, f"{label}: lookup p99, 1 client", p99_1, "ms")
-        else:
-            ratio = p99_1 / base["p99_1"]
-            t.add(s, f"{label}: lookup p99, 1 client", p99_1, "ms", base["p99_1"], f"p99 at {scales[0]:,}",
-                  "<= 2x" if n == 1_000_000 else None, (ratio <= 2) if n == 1_000_000 else None, ratio)
-        if n == scales[0] or not base.get("p99_16") or p99_16 is None:
-            t.add(s, f"{label}: lookup p99, 16 clients", p99_16, "ms")
-        else:
-            ratio = p99_16 / base["p99_16"]
-            t.add(s, f"{label}: lookup p99, 16 clients", p99_16, "ms", base["p99_16"], f"p99 at {scales[0]:,}",
-                  "<= 2x" if n == 1_000_000 else None, (ratio <= 2) if n == 1_000_000 else None, ratio)
+        for key, clients, p99 in (("p99_1", "1 client", p99_1), ("p99_16", "16 clients", p99_16)):
+            figure = f"{label}: lookup p99, {clients}"
+            if n == scales[0] or not base.get(key) or p99 is None:
+                t.add(s, figure, p99, "ms")
+                continue
+            ratio = p99 / base[key]
+            target = n == 1_000_000
+            t.add(s, figure, p99, "ms", base[key], f"p99 at {scales[0]:,}",
+                  "<= 2x" if target else None, (ratio <= 2) if target else None, ratio)
         t.add(s, f"{label}: lookups, 16 clients", many.get("ops_per_sec"), "ops/s")
         rss = sc.get("rss_mib")
         t.add(s, f"{label}: master RSS after lookups", rss, "MiB", None, None,
