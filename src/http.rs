@@ -1,6 +1,6 @@
 //! The HTTP server setup shared by the master and the datanode: a TCP_NODELAY listener,
-//! a pool of worker threads over one `tiny_http::Server`, per-request logging, and the
-//! JSON error type every endpoint answers with.
+//! requests handled on their connection's thread with a cap on how many at once,
+//! per-request logging, and the JSON error type every endpoint answers with.
 //!
 //! Nagle's algorithm on kept-alive connections costs ~40 ms per small response (the
 //! delayed-ACK interplay), so the listening socket is configured before tiny_http sees it;
@@ -9,8 +9,7 @@
 use std::fmt;
 use std::io::{self, Read};
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
-use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
 use serde::de::DeserializeOwned;
@@ -176,16 +175,18 @@ impl From<ApiError> for Handled {
     }
 }
 
-/// A running HTTP server: worker threads pulling requests from one listener.
+/// A running HTTP server. Each connection's requests are handled on the thread that
+/// reads that connection (tiny_http's pool grows a thread per open connection), so a
+/// request costs no hand-off between threads; at most `threads` are handled at once.
 pub struct HttpServer {
-    server: Arc<tiny_http::Server>,
-    workers: Vec<JoinHandle<()>>,
+    server: tiny_http::Server,
+    gate: Arc<Gate>,
     addr: SocketAddr,
 }
 
 impl HttpServer {
-    /// Binds `listen` with TCP_NODELAY and serves it with `threads` workers, each calling
-    /// `handler` for one request at a time. `name` prefixes the request log lines.
+    /// Binds `listen` with TCP_NODELAY and serves it, handling at most `threads` requests
+    /// at once, each by one call of `handler`. `name` prefixes the request log lines.
     pub fn start<H>(listen: &str, threads: usize, name: &str, handler: H) -> io::Result<HttpServer>
     where
         H: Fn(&mut Request) -> Handled + Send + Sync + 'static,
@@ -199,75 +200,128 @@ impl HttpServer {
         H: Fn(&mut Request) -> Handled + Send + Sync + 'static,
     {
         let addr = listener.local_addr()?;
-        let server = tiny_http::Server::from_listener(listener, None)
+        let gate = Arc::new(Gate::new(threads.max(1)));
+        let (inner_gate, name) = (Arc::clone(&gate), name.to_string());
+        let serve_one = move |request: Request| serve_one(request, &name, &inner_gate, &handler);
+        let server = tiny_http::Server::from_listener_with_handler(listener, Arc::new(serve_one))
             .map_err(|e| io::Error::other(format!("cannot serve {addr}: {e}")))?;
-        let server = Arc::new(server);
-        let handler = Arc::new(handler);
-        let workers = (0..threads.max(1))
-            .map(|i| {
-                let server = Arc::clone(&server);
-                let handler = Arc::clone(&handler);
-                let name = name.to_string();
-                std::thread::Builder::new()
-                    .name(format!("{name}-http-{i}"))
-                    .spawn(move || serve(&server, &name, handler.as_ref()))
-                    .expect("spawning a worker thread")
-            })
-            .collect();
-        Ok(HttpServer { server, workers, addr })
+        Ok(HttpServer { server, gate, addr })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
     }
 
-    /// Stops taking requests and waits for every worker to finish the one it has.
+    /// Stops taking requests (later ones get a 503) and waits for the ones under way.
     pub fn shutdown(self) {
-        for _ in &self.workers {
-            self.server.unblock();
+        self.gate.close();
+        drop(self.server);
+    }
+}
+
+/// Admits at most `limit` requests at once and, at shutdown, none.
+struct Gate {
+    limit: usize,
+    state: Mutex<GateState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct GateState {
+    busy: usize,
+    waiting: usize,
+    closed: bool,
+}
+
+impl Gate {
+    fn new(limit: usize) -> Gate {
+        Gate { limit, state: Mutex::new(GateState::default()), changed: Condvar::new() }
+    }
+
+    /// Waits for room; `false` once the gate is closed.
+    fn enter(&self) -> bool {
+        let mut state = self.state.lock().expect("gate lock");
+        while state.busy >= self.limit && !state.closed {
+            state.waiting += 1;
+            state = self.changed.wait(state).expect("gate lock");
+            state.waiting -= 1;
         }
-        for worker in self.workers {
-            let _ = worker.join();
+        if state.closed {
+            return false;
+        }
+        state.busy += 1;
+        true
+    }
+
+    fn leave(&self) {
+        let mut state = self.state.lock().expect("gate lock");
+        state.busy -= 1;
+        // Waking costs a system call; only pay it when someone waits.
+        if state.waiting > 0 {
+            self.changed.notify_all();
+        }
+    }
+
+    /// Refuses new requests and waits until the admitted ones are done.
+    fn close(&self) {
+        let mut state = self.state.lock().expect("gate lock");
+        state.closed = true;
+        self.changed.notify_all();
+        while state.busy > 0 {
+            state.waiting += 1;
+            state = self.changed.wait(state).expect("gate lock");
+            state.waiting -= 1;
         }
     }
 }
 
-fn serve<H>(server: &tiny_http::Server, name: &str, handler: &H)
+/// Leaves the gate when dropped, also when a handler panics.
+struct Admitted<'a>(&'a Gate);
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        self.0.leave();
+    }
+}
+
+fn serve_one<H>(mut request: Request, name: &str, gate: &Gate, handler: &H)
 where
     H: Fn(&mut Request) -> Handled,
 {
-    // `recv` returns an error only once the server is unblocked for shutdown.
-    while let Ok(mut request) = server.recv() {
-        let started = Instant::now();
-        let method = request.method().clone();
-        let url = request.url().to_string();
-        let handled = handler(&mut request);
-        let status = handled.reply.status_code().0;
-        // Health checks come every few seconds from load balancers and container
-        // engines; only the ones that fail are worth a line.
-        let routine = status == 200 && url == "/health";
-        let bytes_out = handled.reply.data_length().unwrap_or(0);
-        let result = request.respond(handled.reply);
-        let elapsed = started.elapsed();
-        let mut outcome = match &handled.error {
-            Some(message) => format!(": {message}"),
-            None => String::new(),
-        };
-        if let Err(e) = result {
-            outcome.push_str(&format!(" (reply not delivered: {e})"));
-        }
-        if routine && outcome.is_empty() {
-            continue;
-        }
-        log::info(
-            name,
-            &format!(
-                "{method} {url} {status} in={} out={bytes_out} {:.1}ms{outcome}",
-                handled.bytes_in,
-                elapsed.as_secs_f64() * 1000.0
-            ),
-        );
+    if !gate.enter() {
+        let _ = request.respond(error_reply(&ApiError::unavailable("the server is shutting down")));
+        return;
     }
+    let _admitted = Admitted(gate);
+    let started = Instant::now();
+    let method = request.method().clone();
+    let url = request.url().to_string();
+    let handled = handler(&mut request);
+    let status = handled.reply.status_code().0;
+    // Health checks come every few seconds from load balancers and container engines;
+    // only the ones that fail are worth a line.
+    let routine = status == 200 && url == "/health";
+    let bytes_out = handled.reply.data_length().unwrap_or(0);
+    let result = request.respond(handled.reply);
+    let elapsed = started.elapsed();
+    let mut outcome = match &handled.error {
+        Some(message) => format!(": {message}"),
+        None => String::new(),
+    };
+    if let Err(e) = result {
+        outcome.push_str(&format!(" (reply not delivered: {e})"));
+    }
+    if routine && outcome.is_empty() {
+        return;
+    }
+    log::info(
+        name,
+        &format!(
+            "{method} {url} {status} in={} out={bytes_out} {:.1}ms{outcome}",
+            handled.bytes_in,
+            elapsed.as_secs_f64() * 1000.0
+        ),
+    );
 }
 
 /// Binds a listening socket with TCP_NODELAY (inherited by every accepted connection).

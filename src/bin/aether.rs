@@ -67,7 +67,7 @@ struct MasterArgs {
     /// replicas per object (env AETHER_REPLICATION; default 2)
     #[argh(option)]
     replication: Option<usize>,
-    /// HTTP worker threads (env AETHER_THREADS; default 16)
+    /// requests handled at once (env AETHER_THREADS; default 16)
     #[argh(option)]
     threads: Option<usize>,
     /// largest object accepted, e.g. 5T (env AETHER_MAX_OBJECT_SIZE; default 5T)
@@ -109,7 +109,7 @@ struct DatanodeArgs {
     /// node id (env AETHER_NODE_ID; default the one kept in the data directory, else new)
     #[argh(option)]
     node_id: Option<String>,
-    /// HTTP worker threads (env AETHER_THREADS; default 32)
+    /// requests handled at once (env AETHER_THREADS; default 32)
     #[argh(option)]
     threads: Option<usize>,
     /// largest object accepted, e.g. 5T (env AETHER_MAX_OBJECT_SIZE; default 5T)

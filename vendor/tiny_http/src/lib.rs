@@ -243,7 +243,26 @@ impl Server {
         listener: L,
         ssl_config: Option<SslConfig>,
     ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
-        let listener = listener.into();
+        Server::start(listener.into(), ssl_config, None)
+    }
+
+    /// AetherStore patch: builds a server that calls `handler` for every request on the
+    /// thread that read it from its connection, instead of queueing it for `recv()`.
+    /// That saves a thread hand-off (two context switches) per request. `handler` must
+    /// respond to the request; `recv()` on such a server never returns a request. After
+    /// the server is dropped, a connection ends after the request it is handling.
+    pub fn from_listener_with_handler<L: Into<Listener>>(
+        listener: L,
+        handler: Arc<dyn Fn(Request) + Send + Sync + 'static>,
+    ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
+        Server::start(listener.into(), None, Some(handler))
+    }
+
+    fn start(
+        listener: Listener,
+        ssl_config: Option<SslConfig>,
+        handler: Option<Arc<dyn Fn(Request) + Send + Sync + 'static>>,
+    ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
         // building the "close" variable
         let close_trigger = Arc::new(AtomicBool::new(false));
 
@@ -319,11 +338,20 @@ impl Server {
                 match new_client {
                     Ok(client) => {
                         let messages = inside_messages.clone();
+                        let handler = handler.clone();
+                        let close = inside_close_trigger.clone();
                         let mut client = Some(client);
                         tasks_pool.spawn(Box::new(move || {
                             if let Some(client) = client.take() {
+                                if let Some(handler) = &handler {
+                                    for rq in client {
+                                        handler(rq);
+                                        if close.load(Relaxed) {
+                                            break;
+                                        }
+                                    }
                                 // Synchronization is needed for HTTPS requests to avoid a deadlock
-                                if client.secure() {
+                                } else if client.secure() {
                                     let (sender, receiver) = mpsc::channel();
                                     for rq in client {
                                         messages.push(rq.with_notify_sender(sender.clone()).into());
