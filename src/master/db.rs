@@ -1,15 +1,20 @@
 //! `MetaDb`: the master's metadata in SQLite, and the only code in the project with SQL.
 //!
-//! One writer thread owns the write connection and is fed by a channel: it takes every
-//! write waiting, runs each in its own savepoint inside one transaction and commits once
-//! (group commit), so many concurrent writes share one fsync and each caller is answered
-//! only after the commit is durable (`synchronous=FULL`). Reads use a small pool of
-//! read-only connections, which WAL lets run beside the writer.
+//! Writes are group-committed without a writer thread (leader/follower): a caller queues
+//! its write, and the first caller to find no commit under way becomes the leader. It
+//! takes every write waiting, runs each in its own savepoint inside one transaction,
+//! commits once (`synchronous=FULL`, so one fsync for the group), answers every caller of
+//! the group, and hands the lead to the first caller still waiting. So concurrent writes
+//! share an fsync, each caller is answered only after the commit is durable, and no
+//! request waits on a hand-off to another thread when the database is idle. A checkpoint
+//! thread folds the write-ahead log into the database file off the commit path. Reads use
+//! a small pool of read-only connections, which WAL lets run beside the writer.
 
 use std::fmt;
 use std::path::Path;
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, Sender};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
@@ -20,6 +25,13 @@ use crate::proto::{Checksum, ObjectId, ReplicaState};
 
 /// Writes folded into one transaction at most.
 const MAX_BATCH: usize = 512;
+
+/// How often the checkpoint thread folds the write-ahead log into the database.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Write-ahead log pages after which a commit checkpoints by itself (SQLite's default is
+/// 1,000): only a fallback for when the checkpoint thread falls behind.
+const WAL_AUTOCHECKPOINT_PAGES: i64 = 16_384;
 
 /// Schema migrations; `PRAGMA user_version` is the number applied.
 const MIGRATIONS: &[&str] = &[
@@ -187,12 +199,102 @@ pub enum Registered {
 pub type Candidate = (String, String);
 
 type Finish = Box<dyn FnOnce(Option<&MetaError>) + Send>;
-type Job = Box<dyn FnOnce(&Connection) -> Finish + Send>;
+/// A write: run on the connection inside the group's transaction, or (`None`) not run
+/// at all because the transaction could not start; either way it returns what answers
+/// its caller once the commit's outcome is known.
+type Job = Box<dyn FnOnce(Option<&Connection>) -> Finish + Send>;
 
 pub struct MetaDb {
-    jobs: Option<Sender<Job>>,
-    writer: Option<JoinHandle<()>>,
+    // Fields drop in order: readers and the checkpointer close before the write
+    // connection, so closing it, the last one, checkpoints and removes the log.
     readers: (Sender<Connection>, Receiver<Connection>),
+    checkpointer: Option<(Sender<()>, JoinHandle<()>)>,
+    writer: Writer,
+}
+
+/// The write connection and the writes waiting for the next commit.
+struct Writer {
+    conn: Mutex<Connection>,
+    queue: Mutex<WriteQueue>,
+}
+
+struct WriteQueue {
+    waiting: Vec<(Job, Arc<Turn>)>,
+    /// Whether some caller is committing a group now.
+    leading: bool,
+}
+
+/// What a queued write is waiting for: its group's commit, or the lead.
+struct Turn {
+    state: Mutex<TurnState>,
+    changed: Condvar,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum TurnState {
+    Queued,
+    Lead,
+    Done,
+}
+
+impl Turn {
+    fn new() -> Turn {
+        Turn { state: Mutex::new(TurnState::Queued), changed: Condvar::new() }
+    }
+
+    fn set(&self, state: TurnState) {
+        *self.state.lock().expect("turn lock") = state;
+        self.changed.notify_one();
+    }
+
+    fn wait(&self) -> TurnState {
+        let mut state = self.state.lock().expect("turn lock");
+        while *state == TurnState::Queued {
+            state = self.changed.wait(state).expect("turn lock");
+        }
+        *state
+    }
+}
+
+impl Writer {
+    /// Queues `job` and returns once the transaction it ran in is committed (or failed).
+    fn run(&self, job: Job) {
+        let turn = Arc::new(Turn::new());
+        let lead = {
+            let mut queue = self.queue.lock().expect("write queue lock");
+            queue.waiting.push((job, Arc::clone(&turn)));
+            !std::mem::replace(&mut queue.leading, true)
+        };
+        if lead || turn.wait() == TurnState::Lead {
+            self.commit_group();
+        }
+    }
+
+    /// Commits the writes waiting (this caller's first among them), answers them, and
+    /// passes the lead to the next caller waiting, if any.
+    fn commit_group(&self) {
+        let group: Vec<(Job, Arc<Turn>)> = {
+            let mut queue = self.queue.lock().expect("write queue lock");
+            let n = queue.waiting.len().min(MAX_BATCH);
+            queue.waiting.drain(..n).collect()
+        };
+        let (jobs, turns): (Vec<Job>, Vec<Arc<Turn>>) = group.into_iter().unzip();
+        let finishers = {
+            let conn = self.conn.lock().expect("write connection lock");
+            commit_jobs(&conn, jobs)
+        };
+        for (finish, error) in finishers {
+            finish(error.as_ref());
+        }
+        for turn in &turns {
+            turn.set(TurnState::Done);
+        }
+        let mut queue = self.queue.lock().expect("write queue lock");
+        match queue.waiting.first() {
+            Some((_, next)) => next.set(TurnState::Lead),
+            None => queue.leading = false,
+        }
+    }
 }
 
 pub fn now_ms() -> i64 {
@@ -236,12 +338,16 @@ impl MetaDb {
             pool.0.send(open_connection(path, ro)?).expect("the pool has room for every reader");
         }
 
-        let (jobs, queue) = crossbeam_channel::bounded::<Job>(4096);
-        let writer = std::thread::Builder::new()
-            .name("master-db-writer".into())
-            .spawn(move || write_loop(&conn, &queue))
-            .map_err(|e| MetaError::Internal(format!("cannot start the writer thread: {e}")))?;
-        Ok(MetaDb { jobs: Some(jobs), writer: Some(writer), readers: pool })
+        conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)?;
+        let checkpoint_conn = open_connection(path, rw)?;
+        let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
+        let checkpointer = std::thread::Builder::new()
+            .name("master-db-checkpoint".into())
+            .spawn(move || checkpoint_loop(&checkpoint_conn, &stopped))
+            .map_err(|e| MetaError::Internal(format!("cannot start the checkpoint thread: {e}")))?;
+        let writer =
+            Writer { conn: Mutex::new(conn), queue: Mutex::new(WriteQueue { waiting: Vec::new(), leading: false }) };
+        Ok(MetaDb { readers: pool, checkpointer: Some((stop, checkpointer)), writer })
     }
 
     /// Runs `f` in the writer's next transaction and returns its result once committed.
@@ -250,20 +356,24 @@ impl MetaDb {
         T: Send + 'static,
         F: FnOnce(&Connection) -> MetaResult<T> + Send + 'static,
     {
-        let (reply, answer) = crossbeam_channel::bounded(1);
+        let answer: Arc<Mutex<Option<MetaResult<T>>>> = Arc::new(Mutex::new(None));
+        let reply = Arc::clone(&answer);
         let job: Job = Box::new(move |conn| {
-            let result = in_savepoint(conn, f);
+            let result = match conn {
+                Some(conn) => in_savepoint(conn, f),
+                None => Err(MetaError::Internal("the write was not run".into())),
+            };
             Box::new(move |commit_error| {
                 let outcome = match commit_error {
                     None => result,
                     Some(e) => Err(e.clone()),
                 };
-                let _ = reply.send(outcome);
+                *reply.lock().expect("answer lock") = Some(outcome);
             })
         });
-        let jobs = self.jobs.as_ref().expect("the writer runs until drop");
-        jobs.send(job).map_err(|_| MetaError::Internal("the writer thread has stopped".into()))?;
-        answer.recv().map_err(|_| MetaError::Internal("the writer thread has stopped".into()))?
+        self.writer.run(job);
+        let outcome = answer.lock().expect("answer lock").take();
+        outcome.unwrap_or_else(|| Err(MetaError::Internal("a write was never answered".into())))
     }
 
     fn read<T>(&self, f: impl FnOnce(&Connection) -> MetaResult<T>) -> MetaResult<T> {
@@ -897,50 +1007,72 @@ fn record_replica(conn: &Connection, node: &str, replica: &ReplicaState, now: i6
 
 impl Drop for MetaDb {
     fn drop(&mut self) {
-        // Closing the channel ends the writer loop after it has committed what it has.
-        self.jobs.take();
-        if let Some(writer) = self.writer.take() {
-            let _ = writer.join();
+        if let Some((stop, checkpointer)) = self.checkpointer.take() {
+            drop(stop);
+            let _ = checkpointer.join();
         }
     }
 }
 
 /// Runs `f` inside a savepoint, so a failed job leaves no trace in the shared transaction.
 fn in_savepoint<T>(conn: &Connection, f: impl FnOnce(&Connection) -> MetaResult<T>) -> MetaResult<T> {
-    conn.execute_batch("SAVEPOINT job")?;
+    run(conn, "SAVEPOINT job")?;
     let result = f(conn);
-    let end = if result.is_ok() { "RELEASE job" } else { "ROLLBACK TO job; RELEASE job" };
-    conn.execute_batch(end)?;
+    if result.is_err() {
+        run(conn, "ROLLBACK TO job")?;
+    }
+    run(conn, "RELEASE job")?;
     result
 }
 
-fn write_loop(conn: &Connection, queue: &Receiver<Job>) {
-    while let Ok(first) = queue.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match queue.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
+/// Runs one statement without parameters, prepared once per connection.
+fn run(conn: &Connection, sql: &str) -> MetaResult<()> {
+    conn.prepare_cached(sql)?.execute([])?;
+    Ok(())
+}
+
+/// Runs `jobs` in one transaction and returns each job's finisher with the commit's
+/// error, if any. Every job is answered: the ones a failed transaction never ran, and
+/// one that panicked (its caller gets an error; its savepoint is rolled back so the
+/// others still commit).
+fn commit_jobs(conn: &Connection, jobs: Vec<Job>) -> Vec<(Finish, Option<MetaError>)> {
+    let count = jobs.len();
+    let mut jobs = jobs.into_iter();
+    let mut finishers: Vec<Finish> = Vec::with_capacity(count);
+    let commit = run(conn, "BEGIN IMMEDIATE").and_then(|()| {
+        for job in jobs.by_ref() {
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(Some(conn)))) {
+                Ok(finish) => finishers.push(finish),
+                Err(_) => {
+                    log::error("master", "a metadata write panicked; it is rolled back and its caller told so");
+                    run(conn, "ROLLBACK TO job")?;
+                    run(conn, "RELEASE job")?;
+                }
             }
         }
-        let mut finishers = Vec::with_capacity(batch.len());
-        let commit = conn.execute_batch("BEGIN IMMEDIATE").map_err(MetaError::from).and_then(|()| {
-            for job in batch.drain(..) {
-                finishers.push(job(conn));
+        run(conn, "COMMIT")
+    });
+    let error = commit.err();
+    if let Some(e) = &error {
+        log::error("master", &format!("metadata commit failed, {count} write(s) refused: {e}"));
+        let _ = conn.execute_batch("ROLLBACK");
+        finishers.extend(jobs.map(|job| job(None)));
+    }
+    finishers.into_iter().map(|finish| (finish, error.clone())).collect()
+}
+
+/// Folds the write-ahead log into the database file every `CHECKPOINT_INTERVAL`, without
+/// blocking writers or readers (PASSIVE), so commits rarely have to do it themselves.
+fn checkpoint_loop(conn: &Connection, stopped: &Receiver<()>) {
+    let mut failing = false;
+    while stopped.recv_timeout(CHECKPOINT_INTERVAL) == Err(crossbeam_channel::RecvTimeoutError::Timeout) {
+        match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| row.get::<_, i64>(0)) {
+            Ok(_) => failing = false,
+            Err(e) if !failing => {
+                failing = true;
+                log::warn("master", &format!("cannot checkpoint the metadata log (commits will): {e}"));
             }
-            conn.execute_batch("COMMIT").map_err(MetaError::from)
-        });
-        if let Err(e) = &commit {
-            let refused = finishers.len() + batch.len();
-            log::error("master", &format!("metadata commit failed, {refused} write(s) refused: {e}"));
-            let _ = conn.execute_batch("ROLLBACK");
-            // Jobs that never ran are answered too, so no caller waits forever.
-            for job in batch {
-                finishers.push(job(conn));
-            }
-        }
-        for finish in finishers {
-            finish(commit.as_ref().err());
+            Err(_) => {}
         }
     }
 }
@@ -1015,6 +1147,43 @@ mod tests {
 
     fn first(live: &[(String, String)], n: usize) -> MetaResult<Vec<(String, String)>> {
         Ok(live.iter().take(n).cloned().collect())
+    }
+
+    #[test]
+    fn concurrent_writes_are_each_answered_and_a_panic_spoils_only_its_own() {
+        let (db, dir) = temp_db("group");
+        let db = Arc::new(db);
+        let writers: Vec<_> = (0..8)
+            .map(|t| {
+                let db = Arc::clone(&db);
+                std::thread::spawn(move || {
+                    for i in 0..50 {
+                        let (id, address) = (format!("n{t}-{i}"), format!("http://h{t}:{i}"));
+                        assert_eq!(db.register_node(&id, &address).unwrap(), Registered::New);
+                        // A write that fails leaves no trace, whatever shares its commit.
+                        let refused = db.write(move |conn| -> MetaResult<()> {
+                            run(
+                                conn,
+                                "INSERT INTO nodes (id, address, registered_at, last_seen) VALUES ('x', 'y', 0, 0)",
+                            )?;
+                            Err(MetaError::Conflict("refused".into()))
+                        });
+                        assert!(matches!(refused, Err(MetaError::Conflict(_))));
+                    }
+                })
+            })
+            .collect();
+        for writer in writers {
+            writer.join().unwrap();
+        }
+        let panicked = db.write(|_conn| -> MetaResult<()> { panic!("a bug in a write") });
+        assert!(matches!(panicked, Err(MetaError::Internal(_))), "{panicked:?}");
+        assert_eq!(db.register_node("after", "http://after:1").unwrap(), Registered::New);
+        let nodes = db.nodes().unwrap();
+        assert_eq!(nodes.len(), 8 * 50 + 1);
+        assert!(!nodes.iter().any(|n| n.id == "x"));
+        drop(db);
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
