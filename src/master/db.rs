@@ -205,8 +205,6 @@ type Finish = Box<dyn FnOnce(Option<&MetaError>) + Send>;
 type Job = Box<dyn FnOnce(Option<&Connection>) -> Finish + Send>;
 
 pub struct MetaDb {
-    // Fields drop in order: readers and the checkpointer close before the write
-    // connection, so closing it, the last one, checkpoints and removes the log.
     readers: (Sender<Connection>, Receiver<Connection>),
     checkpointer: Option<(Sender<()>, JoinHandle<()>)>,
     writer: Writer,
@@ -374,6 +372,17 @@ impl MetaDb {
         self.writer.run(job);
         let outcome = answer.lock().expect("answer lock").take();
         outcome.unwrap_or_else(|| Err(MetaError::Internal("a write was never answered".into())))
+    }
+
+    /// Folds the whole write-ahead log into the database file and empties it, waiting
+    /// for readers if need be: for a master that is stopping.
+    pub fn checkpoint_all(&self) -> MetaResult<()> {
+        let conn = self.writer.conn.lock().expect("write connection lock");
+        let busy: i64 = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get(0))?;
+        if busy != 0 {
+            return Err(MetaError::Internal("the metadata log is still in use by a reader".into()));
+        }
+        Ok(())
     }
 
     fn read<T>(&self, f: impl FnOnce(&Connection) -> MetaResult<T>) -> MetaResult<T> {

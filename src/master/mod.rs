@@ -80,6 +80,7 @@ pub struct Master {
     http: HttpServer,
     stop: Sender<()>,
     maintenance: JoinHandle<()>,
+    state: Arc<MasterState>,
 }
 
 impl Master {
@@ -140,7 +141,7 @@ impl Master {
                  set --cluster-token (or AETHER_CLUSTER_TOKEN) on the master and every datanode",
             );
         }
-        Ok(Master { http, stop, maintenance })
+        Ok(Master { http, stop, maintenance, state })
     }
 
     pub fn local_addr(&self) -> std::net::SocketAddr {
@@ -151,6 +152,11 @@ impl Master {
         drop(self.stop);
         let _ = self.maintenance.join();
         self.http.shutdown();
+        // Connection threads may outlive this, so the database is not closed by a drop;
+        // it is left with its log folded in, ready to copy or back up.
+        if let Err(e) = self.state.db.checkpoint_all() {
+            log::warn("master", &format!("stopping with the metadata log not folded in: {e}"));
+        }
         log::info("master", "stopped");
     }
 }
