@@ -91,6 +91,14 @@ const MIGRATIONS: &[&str] = &[
         created_at INTEGER NOT NULL,
         PRIMARY KEY (node_id, object_id)
     ) WITHOUT ROWID;",
+    // 3: an upload's placement lives in its object row (node ids, comma-separated) until
+    // `complete`, instead of as 'placed' replica rows: an `init` then writes one row, not
+    // 1 + R rows and their index entries. Node ids cannot contain commas.
+    "ALTER TABLE objects ADD COLUMN placed TEXT;
+    UPDATE objects SET placed = (SELECT group_concat(node_id, ',') FROM replicas r
+                                 WHERE r.object_id = objects.id AND r.state = 'placed')
+        WHERE status = 'pending';
+    DELETE FROM replicas WHERE state = 'placed';",
 ];
 
 /// The master layer's error; its status is the HTTP answer.
@@ -444,13 +452,19 @@ impl MetaDb {
                 .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
                 .collect::<Result<_, _>>()?;
             let chosen = choose(&live, replication)?;
-            let now = now_ms();
-            let id = id.to_string();
+            let placed: Vec<&str> = chosen.iter().map(|(node, _)| node.as_str()).collect();
             conn.prepare_cached(
-                "INSERT INTO objects (id, size, status, replication, created_at) VALUES (?1, ?2, 'pending', ?3, ?4)",
+                "INSERT INTO objects (id, size, status, replication, created_at, placed)
+                 VALUES (?1, ?2, 'pending', ?3, ?4, ?5)",
             )?
-            .execute(params![id, size as i64, replication as i64, now])?;
-            place_replicas(conn, &id, chosen, now)
+            .execute(params![
+                id.to_string(),
+                size as i64,
+                replication as i64,
+                now_ms(),
+                placed.join(",")
+            ])?;
+            Ok(chosen.into_iter().map(|(_, address)| address).collect())
         })
     }
 
@@ -490,6 +504,10 @@ impl MetaDb {
                 )?
                 .query_map([&id], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?)))?
                 .collect::<Result<_, _>>()?;
+            let mut rows = rows;
+            for (node, address) in placed_without_row(conn, &id)? {
+                rows.push((node, address, "placed".to_string(), None, None));
+            }
             // The largest group of confirmed replicas that agree is the object.
             let mut groups: Vec<((i64, String), Vec<&str>)> = Vec::new();
             for (node, _, state, size, checksum) in &rows {
@@ -527,13 +545,14 @@ impl MetaDb {
                     schedule_deletion(conn, node, &id, now)?;
                 } else if state == "placed" {
                     conn.prepare_cached(
-                        "UPDATE replicas SET state = 'missing', updated_at = ?3 WHERE object_id = ?1 AND node_id = ?2",
+                        "INSERT INTO replicas (object_id, node_id, state, updated_at) VALUES (?1, ?2, 'missing', ?3)",
                     )?
                     .execute(params![id, node, now])?;
                 }
             }
             conn.prepare_cached(
-                "UPDATE objects SET status = 'complete', completed_at = ?2, size = ?3, checksum = ?4 WHERE id = ?1",
+                "UPDATE objects SET status = 'complete', completed_at = ?2, size = ?3, checksum = ?4, placed = NULL
+                 WHERE id = ?1",
             )?
             .execute(params![id, now, size, checksum])?;
             Ok(())
@@ -581,7 +600,15 @@ impl MetaDb {
                         node_state: row.get(3)?,
                     })
                 })?
-                .collect::<Result<_, _>>()?;
+                .collect::<Result<Vec<ReplicaRow>, _>>()?;
+            let mut replicas = replicas;
+            if status == "pending" {
+                let mut node_state = conn.prepare_cached("SELECT state FROM nodes WHERE id = ?1")?;
+                for (node_id, address) in placed_without_row(conn, &id)? {
+                    let node_state = node_state.query_row([&node_id], |row| row.get(0))?;
+                    replicas.push(ReplicaRow { node_id, address, state: "placed".into(), node_state });
+                }
+            }
             let checksum = checksum.and_then(|c| Checksum::parse(&c).ok());
             Ok(ObjectRow {
                 id,
@@ -792,24 +819,20 @@ impl MetaDb {
             if status.as_deref() != Some("pending") {
                 return Err(MetaError::Conflict(format!("object {id} is not an upload in progress")));
             }
-            let now = now_ms();
-            for address in &failed {
-                conn.prepare_cached(
-                    "DELETE FROM replicas WHERE object_id = ?1 AND state = 'placed'
-                     AND node_id IN (SELECT id FROM nodes WHERE address = ?2)",
-                )?
-                .execute(params![id, address])?;
-            }
-            let holders: Vec<String> = conn
-                .prepare_cached("SELECT node_id FROM replicas WHERE object_id = ?1")?
-                .query_map([&id], |row| row.get(0))?
-                .collect::<Result<_, _>>()?;
             let failed_ids: Vec<String> = failed
                 .iter()
                 .filter_map(|address| {
                     conn.query_row("SELECT id FROM nodes WHERE address = ?1", [address], |row| row.get(0)).ok()
                 })
                 .collect();
+            // Placements on failed nodes are dropped unless the node did store a copy.
+            let mut placed = placed_nodes(conn, &id)?;
+            placed.retain(|node| !failed_ids.contains(node));
+            let mut holders: Vec<String> = conn
+                .prepare_cached("SELECT node_id FROM replicas WHERE object_id = ?1")?
+                .query_map([&id], |row| row.get(0))?
+                .collect::<Result<_, _>>()?;
+            holders.extend(placed.iter().cloned());
             let candidates: Vec<(String, String)> = conn
                 .prepare_cached("SELECT id, address FROM nodes WHERE state != 'dead' ORDER BY id")?
                 .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
@@ -818,7 +841,10 @@ impl MetaDb {
                 .filter(|(node, _)| !holders.contains(node) && !failed_ids.contains(node))
                 .collect();
             let chosen = choose(&candidates, count)?;
-            place_replicas(conn, &id, chosen, now)
+            placed.extend(chosen.iter().map(|(node, _)| node.clone()));
+            conn.prepare_cached("UPDATE objects SET placed = ?2 WHERE id = ?1")?
+                .execute(params![id, placed.join(",")])?;
+            Ok(chosen.into_iter().map(|(_, address)| address).collect())
         })
     }
 
@@ -943,14 +969,28 @@ fn upsert_confirmed(
     Ok(())
 }
 
-/// Records new placements and returns their addresses.
-fn place_replicas(conn: &Connection, id: &str, chosen: Vec<Candidate>, now: i64) -> MetaResult<Vec<String>> {
-    let mut insert = conn
-        .prepare_cached("INSERT INTO replicas (object_id, node_id, state, updated_at) VALUES (?1, ?2, 'placed', ?3)")?;
-    for (node, _) in &chosen {
-        insert.execute(params![id, node, now])?;
+/// The nodes an upload was placed on (its object row's `placed`).
+fn placed_nodes(conn: &Connection, id: &str) -> MetaResult<Vec<String>> {
+    let placed: Option<Option<String>> = conn
+        .prepare_cached("SELECT placed FROM objects WHERE id = ?1")?
+        .query_row([id], |row| row.get(0))
+        .optional()?;
+    let placed = placed.flatten().unwrap_or_default();
+    Ok(placed.split(',').filter(|node| !node.is_empty()).map(str::to_string).collect())
+}
+
+/// Placed nodes with no replica record yet (none has confirmed a copy), with addresses.
+fn placed_without_row(conn: &Connection, id: &str) -> MetaResult<Vec<(String, String)>> {
+    let mut has_row = conn.prepare_cached("SELECT 1 FROM replicas WHERE object_id = ?1 AND node_id = ?2")?;
+    let mut address = conn.prepare_cached("SELECT address FROM nodes WHERE id = ?1")?;
+    let mut found = Vec::new();
+    for node in placed_nodes(conn, id)? {
+        if !has_row.exists(params![id, node])? {
+            let address: String = address.query_row([&node], |row| row.get(0))?;
+            found.push((node, address));
+        }
     }
-    Ok(chosen.into_iter().map(|(_, address)| address).collect())
+    Ok(found)
 }
 
 fn schedule_deletion(conn: &Connection, node: &str, id: &str, now: i64) -> MetaResult<()> {
@@ -961,15 +1001,21 @@ fn schedule_deletion(conn: &Connection, node: &str, id: &str, now: i64) -> MetaR
 
 /// Marks an object deleted and schedules the removal of every copy.
 fn forget_object(conn: &Connection, id: &str, now: i64) -> MetaResult<()> {
-    let nodes: Vec<String> = conn
+    let mut nodes: Vec<String> = conn
         .prepare_cached("SELECT node_id FROM replicas WHERE object_id = ?1")?
         .query_map([id], |row| row.get(0))?
         .collect::<Result<_, _>>()?;
+    // An upload's placed nodes may hold a copy no one has reported yet.
+    for node in placed_nodes(conn, id)? {
+        if !nodes.contains(&node) {
+            nodes.push(node);
+        }
+    }
     for node in &nodes {
         schedule_deletion(conn, node, id, now)?;
     }
     conn.prepare_cached("DELETE FROM replicas WHERE object_id = ?1")?.execute([id])?;
-    conn.prepare_cached("UPDATE objects SET status = 'deleted', deleted_at = ?2 WHERE id = ?1")?
+    conn.prepare_cached("UPDATE objects SET status = 'deleted', deleted_at = ?2, placed = NULL WHERE id = ?1")?
         .execute(params![id, now])?;
     Ok(())
 }
@@ -1196,6 +1242,40 @@ mod tests {
     }
 
     #[test]
+    fn version_2_placements_move_into_their_object_rows() {
+        let dir = std::env::temp_dir().join(format!("aether-db-v2-{}", rand::random::<u32>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("meta.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            for migration in &MIGRATIONS[..2] {
+                conn.execute_batch(migration).unwrap();
+            }
+            conn.pragma_update(None, "user_version", 2).unwrap();
+            conn.execute_batch(
+                "INSERT INTO nodes (id, address, registered_at, last_seen) VALUES ('n1', 'http://a:1', 0, 0),
+                                                                              ('n2', 'http://b:1', 0, 0);
+                 INSERT INTO objects (id, size, status, replication, created_at)
+                     VALUES ('0b7a3c1e-5d2f-4c8e-9a61-2f4d8e9b1c03', 3, 'pending', 2, 0);
+                 INSERT INTO replicas (object_id, node_id, state, updated_at)
+                     VALUES ('0b7a3c1e-5d2f-4c8e-9a61-2f4d8e9b1c03', 'n1', 'placed', 0),
+                            ('0b7a3c1e-5d2f-4c8e-9a61-2f4d8e9b1c03', 'n2', 'confirmed', 0);",
+            )
+            .unwrap();
+        }
+        let db = MetaDb::open(&path, 1).unwrap();
+        let id = ObjectId::parse("0b7a3c1e-5d2f-4c8e-9a61-2f4d8e9b1c03").unwrap();
+        let object = db.object_with_status(id, true).unwrap();
+        let states: Vec<(&str, &str)> =
+            object.replicas.iter().map(|r| (r.node_id.as_str(), r.state.as_str())).collect();
+        assert_eq!(states, vec![("n2", "confirmed"), ("n1", "placed")]);
+        let rows: i64 = db.read(|c| Ok(c.query_row("SELECT count(*) FROM replicas", [], |r| r.get(0))?)).unwrap();
+        assert_eq!(rows, 1);
+        drop(db);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
     fn object_lifecycle_and_reopen() {
         let (db, dir) = temp_db("lifecycle");
         assert_eq!(db.register_node("n1", "http://a:1").unwrap(), Registered::New);
@@ -1239,7 +1319,9 @@ mod tests {
             })
             .collect();
         assert!(handles.into_iter().all(|h| h.join().unwrap()));
-        let pending: i64 = db.read(|c| Ok(c.query_row("SELECT count(*) FROM replicas", [], |r| r.get(0))?)).unwrap();
+        let pending: i64 = db
+            .read(|c| Ok(c.query_row("SELECT count(*) FROM objects WHERE placed = 'n1'", [], |r| r.get(0))?))
+            .unwrap();
         assert_eq!(pending, 16);
         drop(db);
         std::fs::remove_dir_all(dir).unwrap();
