@@ -114,6 +114,9 @@ def main():
     parser.add_argument("--dir", required=True, help="a directory on the data disk")
     parser.add_argument("--seq-bytes", type=int, default=1 << 30)
     parser.add_argument("--seconds", type=float, default=3.0, help="per small-write measurement")
+    parser.add_argument(
+        "--keep", action="store_true", help="leave the files written (in the 'work' directory the JSON names)"
+    )
     args = parser.parse_args()
 
     work = os.path.join(args.dir, f"disk-bench-{os.getpid()}")
@@ -139,8 +142,10 @@ def main():
         result["create_4k_per_sec_16"] = parallel(
             create_4k, 16, args.seconds, limit, lambda i: (os.path.join(work, "create-16"),)
         )
+        result["work"] = os.path.abspath(work)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(result))
     return 0
 
