@@ -17,8 +17,11 @@ use crate::proto::{Heartbeat, Inventory, InventoryEntry, NodeCommands, ObjectId,
 /// Reports waiting for the master at most; past that they are dropped (the next
 /// inventory tells the master the same).
 const QUEUED_REPORTS: usize = 100_000;
-/// How long the reporter waits for more reports to send with the first.
-const REPORT_WINDOW: Duration = Duration::from_millis(5);
+/// How long the reporter waits for more reports to send with the first. Long enough that
+/// an upload's own `complete` (with this node's receipt) usually reaches the master
+/// first, which then recognises the report as known without a write; short next to the
+/// seconds a repair takes, which these reports confirm.
+const REPORT_WINDOW: Duration = Duration::from_millis(200);
 /// Objects per inventory request.
 const INVENTORY_BATCH: usize = 5_000;
 
