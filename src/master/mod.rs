@@ -443,39 +443,36 @@ impl MasterState {
         Ok(http::json_reply(200, &Placement { objectid: id.to_string(), nodes }))
     }
 
-    /// Completes an upload once enough replicas are confirmed. Replicas no datanode has
-    /// reported yet (a node without `--master`, or a report still on its way) are checked
-    /// by asking their node directly.
+    /// Completes an upload once enough replicas are confirmed. Receipts signed by the
+    /// datanodes usually suffice, in one write. Otherwise replicas no datanode has
+    /// reported yet (a node without `--master`, a report still on its way) are checked
+    /// by asking their node directly, and the upload is completed with what they say.
     fn complete_upload(&self, body: CompleteUpload) -> Result<Reply, ApiError> {
         let id = ObjectId::parse(&body.objectid).map_err(ApiError::bad_request)?;
-        let object = match self.db.object_with_status(id, true) {
-            Ok(object) => object,
-            // Unknown and deleted objects get their answer from `complete_object`.
-            Err(MetaError::NotFound(_)) => {
-                self.db.complete_object(id, 1, Vec::new())?;
-                return Ok(http::json_reply(200, &StatusOk::ok()));
-            }
-            Err(e) => return Err(e.into()),
-        };
-        if object.status == "complete" {
-            return Ok(http::json_reply(200, &StatusOk::ok()));
-        }
-        // Receipts signed by the datanodes confirm copies without asking anyone.
+        let canonical = id.to_string();
         let token = self.config.cluster_token.as_deref();
         let mut found: Vec<Confirmation> = body
             .receipts
             .iter()
-            .filter(|r| self.membership.get(&r.node).is_some() && r.verify(token, &object.id))
+            .filter(|r| self.membership.get(&r.node).is_some() && r.verify(token, &canonical))
             .map(|r| Confirmation { node_id: r.node.clone(), size: r.size, checksum: r.checksum })
             .collect();
-        let quorum = self.config.write_quorum.unwrap_or(object.replication);
-        let known = |node: &str| found.iter().any(|f| f.node_id == node);
-        let confirmed = object.replicas.iter().filter(|r| r.state == "confirmed" && !known(&r.node_id)).count();
-        if confirmed + found.len() < quorum {
-            let unconfirmed: Vec<&db::ReplicaRow> =
-                object.replicas.iter().filter(|r| r.state != "confirmed" && !known(&r.node_id)).collect();
-            found.extend(unconfirmed.into_iter().filter_map(|r| self.ask_node(&r.node_id, &r.address, &id)));
+        // Without a configured write quorum, every placed replica is needed.
+        let quorum = self.config.write_quorum.unwrap_or(usize::MAX);
+        match self.db.complete_object(id, quorum, found.clone()) {
+            Err(MetaError::Unavailable(_)) => {}
+            done => {
+                done?;
+                return Ok(http::json_reply(200, &StatusOk::ok()));
+            }
         }
+        let object = self.db.object_with_status(id, true)?;
+        let known = |node: &str, found: &[Confirmation]| found.iter().any(|f| f.node_id == node);
+        let unconfirmed: Vec<&db::ReplicaRow> =
+            object.replicas.iter().filter(|r| r.state != "confirmed" && !known(&r.node_id, &found)).collect();
+        let asked: Vec<Confirmation> =
+            unconfirmed.into_iter().filter_map(|r| self.ask_node(&r.node_id, &r.address, &id)).collect();
+        found.extend(asked);
         self.db.complete_object(id, quorum, found)?;
         Ok(http::json_reply(200, &StatusOk::ok()))
     }
