@@ -586,11 +586,10 @@ impl MetaDb {
                 }
                 _ => return Err(MetaError::NotFound(format!("object {id} not found"))),
             };
-            let replicas = conn
+            let mut replicas = conn
                 .prepare_cached(
                     "SELECT r.node_id, n.address, r.state, n.state FROM replicas r JOIN nodes n ON n.id = r.node_id
-                     WHERE r.object_id = ?1
-                     ORDER BY r.state = 'confirmed' DESC, n.state = 'alive' DESC, n.state = 'suspect' DESC, r.node_id",
+                     WHERE r.object_id = ?1",
                 )?
                 .query_map([&id], |row| {
                     Ok(ReplicaRow {
@@ -601,7 +600,16 @@ impl MetaDb {
                     })
                 })?
                 .collect::<Result<Vec<ReplicaRow>, _>>()?;
-            let mut replicas = replicas;
+            // Readers try them in this order: confirmed copies on live nodes first. (Sorted
+            // here: an ORDER BY costs SQLite a temporary b-tree on every lookup.)
+            replicas.sort_by_cached_key(|r| {
+                let node_rank = match r.node_state.as_str() {
+                    "alive" => 0,
+                    "suspect" => 1,
+                    _ => 2,
+                };
+                (r.state != "confirmed", node_rank, r.node_id.clone())
+            });
             if status == "pending" {
                 let mut node_state = conn.prepare_cached("SELECT state FROM nodes WHERE id = ?1")?;
                 for (node_id, address) in placed_without_row(conn, &id)? {
