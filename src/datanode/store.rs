@@ -12,10 +12,10 @@
 //! belong to.
 //!
 //! A write streams into `tmp/` (a large object with O_DIRECT, past the page cache), is
-//! `sync_all`ed, then hard-linked into place and its directory fsynced. The link is the commit point: it fails if the object exists, so two
-//! racing uploads of one id cannot overwrite each other, and a crash at any moment leaves
-//! either the whole object or nothing under `objects/`. Reads verify the checksum before
-//! a byte is served.
+//! `sync_all`ed, then hard-linked into place and its directory fsynced. The link is the
+//! commit point: it fails if the object exists, so two racing uploads of one id cannot
+//! overwrite each other, and a crash at any moment leaves either the whole object or
+//! nothing under `objects/`. Reads verify the checksum before a byte is served.
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
@@ -35,7 +35,7 @@ const SMALL_OBJECT: u64 = 1 << 20;
 /// Objects from this size on are dropped from the page cache once durable.
 const UNCACHED_OBJECT: u64 = 8 << 20;
 /// Objects from this size on are written with O_DIRECT, past the page cache.
-const DIRECT_OBJECT: u64 = 8 << 20;
+const DIRECT_OBJECT: u64 = 1 << 20;
 /// Bytes gathered before one O_DIRECT write.
 const DIRECT_CHUNK: usize = 1 << 20;
 /// O_DIRECT wants buffers, file offsets and lengths aligned to the disk's logical block
@@ -565,7 +565,11 @@ struct ChunkWriter<'a> {
 impl<'a> ChunkWriter<'a> {
     fn new(file: &'a File, declared_len: Option<u64>, direct: bool) -> ChunkWriter<'a> {
         let (chunk, slack) = if direct {
-            (DIRECT_CHUNK, DIRECT_ALIGN)
+            // Just big enough for a smaller object: the buffer's pages are touched once.
+            let want = declared_len.map_or(DIRECT_CHUNK, |len| {
+                usize::try_from(len).unwrap_or(DIRECT_CHUNK).min(DIRECT_CHUNK).next_multiple_of(DIRECT_ALIGN)
+            });
+            (want.max(DIRECT_ALIGN), DIRECT_ALIGN)
         } else {
             // A small upload needs a small buffer: zeroing 256 KiB costs more than its bytes.
             let want = declared_len
