@@ -292,7 +292,7 @@ impl Node {
             return Err(StoreError::TooLarge { limit: self.max_object_size }.into());
         }
 
-        let forward = chain::Forward::start(&self.agent, *id, &chain, declared, expected, self.token.clone());
+        let mut forward = chain::Forward::start(&self.agent, *id, &chain, declared, expected, self.token.clone());
         let mut sink = forward.sink();
         let stored = self.blobs.put(id, request.as_reader(), declared, self.max_object_size, expected, &mut sink);
         drop(sink);
