@@ -109,6 +109,44 @@ where
     Ok(())
 }
 
+/// AetherStore patch: the largest buffer a response body is copied through (as `io::copy`).
+const BODY_BUFFER: usize = 8 * 1024;
+
+/// AetherStore patch: copies a response body through one buffer, and for a body with a
+/// `Content-Length` exactly that many bytes: a reader that ends early is an error (the
+/// client was promised more; `Request::respond` then closes the connection), and one with
+/// more to give is not read past the length (the extra bytes would be taken for the start
+/// of the next response). An error from `reader` is returned as it is.
+fn copy_body<R, W>(reader: &mut R, writer: &mut W, length: Option<usize>) -> IoResult<()>
+where
+    R: Read + ?Sized,
+    W: Write + ?Sized,
+{
+    let mut remaining = length.unwrap_or(usize::MAX);
+    let mut buf = vec![0u8; remaining.min(BODY_BUFFER)];
+    while remaining > 0 {
+        let want = remaining.min(buf.len());
+        let n = match reader.read(&mut buf[..want]) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        writer.write_all(&buf[..n])?;
+        remaining -= n;
+    }
+    match length {
+        Some(length) if remaining > 0 => Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!(
+                "response body ended after {} of its {length} bytes",
+                length - remaining
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn choose_transfer_encoding(
     status_code: StatusCode,
     request_headers: &[Header],
@@ -434,7 +472,7 @@ where
                     use chunked_transfer::Encoder;
 
                     let mut writer = Encoder::new(writer);
-                    io::copy(&mut reader, &mut writer)?;
+                    copy_body(&mut reader, &mut writer, None)?;
                 }
 
                 Some(TransferEncoding::Identity) => {
@@ -442,7 +480,7 @@ where
                     let data_length = data_length.unwrap();
 
                     if data_length >= 1 {
-                        io::copy(&mut reader, &mut writer)?;
+                        copy_body(&mut reader, &mut writer, Some(data_length))?;
                     }
                 }
 
