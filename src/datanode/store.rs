@@ -317,8 +317,13 @@ impl BlobStore {
             }
         };
         if stored.size <= SMALL_OBJECT {
-            let mut bytes = vec![0u8; stored.size as usize];
-            file.read_exact(&mut bytes)?;
+            // `read_to_end` fills the spare capacity without zeroing it first (a memset
+            // was a tenth of a 1 MiB GET's datanode time).
+            let mut bytes = Vec::with_capacity(stored.size as usize);
+            (&mut file).take(stored.size).read_to_end(&mut bytes)?;
+            if bytes.len() as u64 != stored.size {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "object file ended before its footer").into());
+            }
             let mut sum = Checksum::default();
             sum.update(&bytes);
             check_sum(id, stored, sum)?;
