@@ -363,10 +363,16 @@ impl Node {
         })
     }
 
+    /// Readers that find the same corrupt copy at once (or a reader and the scrubber)
+    /// quarantine and report it once: whoever moves the file.
     pub(crate) fn quarantine(&self, id: &ObjectId, reason: &str) {
-        log::error(&self.id, &format!("object {id} failed verification ({reason}); quarantining it"));
-        if let Err(e) = self.blobs.quarantine(id) {
-            log::error(&self.id, &format!("cannot quarantine {id}: {e}"));
+        match self.blobs.quarantine(id) {
+            Ok(false) => return,
+            Ok(true) => log::error(&self.id, &format!("object {id} failed verification ({reason}); quarantined it")),
+            Err(e) => log::error(
+                &self.id,
+                &format!("object {id} failed verification ({reason}) and cannot be quarantined: {e}"),
+            ),
         }
         self.reporter.corrupt(id);
     }

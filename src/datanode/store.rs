@@ -337,16 +337,19 @@ impl BlobStore {
     }
 
     /// Moves a corrupt copy out of the way, so it is never served or reported again.
-    pub fn quarantine(&self, id: &ObjectId) -> io::Result<()> {
+    /// Returns whether this call moved it (`false`: it was gone already, e.g. moved by
+    /// another reader that found the same corruption at the same time).
+    pub fn quarantine(&self, id: &ObjectId) -> io::Result<bool> {
         let source = self.object_path(id);
         let target = self.quarantine.join(format!("{id}.{}", unix_secs() * 1000));
         match fs::rename(&source, &target) {
             Ok(()) => {
                 self.count.fetch_sub(1, Ordering::Relaxed);
                 fsync_dir(source.parent().expect("object paths have a parent"))?;
-                fsync_dir(&self.quarantine)
+                fsync_dir(&self.quarantine)?;
+                Ok(true)
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(e),
         }
     }
@@ -806,8 +809,9 @@ mod tests {
             assert!(corrupt(read_all(&store, &id, Some((0, Some(10))))));
             assert!(matches!(store.verify(&id), Err(StoreError::Corrupt { .. })));
             assert_eq!(store.stat(&id).unwrap().size, size as u64, "the footer is intact");
-            store.quarantine(&id).unwrap();
+            assert!(store.quarantine(&id).unwrap());
             assert!(matches!(store.stat(&id), Err(StoreError::NotFound(_))));
+            assert!(!store.quarantine(&id).unwrap(), "moved once");
         }
         // A torn footer is corrupt too.
         let id = ObjectId::new_random();
