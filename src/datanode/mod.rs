@@ -244,7 +244,7 @@ impl From<StoreError> for ApiError {
 }
 
 impl Node {
-    fn handle(&self, request: &mut Request) -> Handled {
+    fn handle(self: &Arc<Self>, request: &mut Request) -> Handled {
         let endpoint = match Endpoint::parse(request.method(), http::path_of(request)) {
             Ok(endpoint) => endpoint,
             Err(e) => return e.into(),
@@ -320,13 +320,15 @@ impl Node {
         Ok(Handled { reply, bytes_in: stored.size, error: None })
     }
 
-    fn get(&self, request: &Request, id: &ObjectId) -> Result<Reply, ApiError> {
+    fn get(self: &Arc<Self>, request: &Request, id: &ObjectId) -> Result<Reply, ApiError> {
         let range = parse_range(http::header_value(request, "Range"))?;
-        let read = self.blobs.read_verified(id, range).map_err(|e| self.on_store_error(id, e))?;
+        let read = self.blobs.read_verified(id, range, self.on_corrupt(id)).map_err(|e| self.on_store_error(id, e))?;
         let len = usize::try_from(read.len).expect("object sizes fit in memory addresses on 64-bit hosts");
         let status = if range.is_some() { 206 } else { 200 };
         // Always a Content-Length (tiny_http would switch to chunked encoding past
-        // 32 KiB): clients check it, and HEAD answers carry the size in it.
+        // 32 KiB): clients check it, and HEAD answers carry the size in it. A large
+        // object found corrupt while it streams ends the reply short of that length and
+        // closes the connection (our tiny_http patch), so no client takes it as whole.
         let mut reply = Response::new(StatusCode(status), object_headers(read.object), read.body, Some(len), None)
             .with_chunked_threshold(usize::MAX);
         if let Some((start, _)) = range {
@@ -353,10 +355,24 @@ impl Node {
         error.into()
     }
 
+    /// The same for a copy found corrupt while it streams, after its headers went out.
+    fn on_corrupt(self: &Arc<Self>, id: &ObjectId) -> store::OnCorrupt {
+        let (node, id) = (Arc::clone(self), *id);
+        Box::new(move |error| {
+            node.on_store_error(&id, error);
+        })
+    }
+
+    /// Readers that find the same corrupt copy at once (or a reader and the scrubber)
+    /// quarantine and report it once: whoever moves the file.
     pub(crate) fn quarantine(&self, id: &ObjectId, reason: &str) {
-        log::error(&self.id, &format!("object {id} failed verification ({reason}); quarantining it"));
-        if let Err(e) = self.blobs.quarantine(id) {
-            log::error(&self.id, &format!("cannot quarantine {id}: {e}"));
+        match self.blobs.quarantine(id) {
+            Ok(false) => return,
+            Ok(true) => log::error(&self.id, &format!("object {id} failed verification ({reason}); quarantined it")),
+            Err(e) => log::error(
+                &self.id,
+                &format!("object {id} failed verification ({reason}) and cannot be quarantined: {e}"),
+            ),
         }
         self.reporter.corrupt(id);
     }
@@ -382,7 +398,7 @@ impl Node {
     }
 
     /// Copies objects to another node, each verified here and again there.
-    fn replicate(&self, request: &mut Request) -> Result<Reply, ApiError> {
+    fn replicate(self: &Arc<Self>, request: &mut Request) -> Result<Reply, ApiError> {
         let body: ReplicateRequest = http::read_json(request, r#"{"target": "http://..", "objects": ["<uuid>", ..]}"#)?;
         let target = normalize_address(&body.target).map_err(ApiError::bad_request)?;
         let mut results = Vec::with_capacity(body.objects.len());
@@ -405,8 +421,9 @@ impl Node {
         Ok(http::json_reply(200, &Results { results }))
     }
 
-    fn copy_to(&self, id: &ObjectId, target: &str) -> Result<(), ApiError> {
-        let read = self.blobs.read_verified(id, None).map_err(|e| self.on_store_error(id, e))?;
+    /// A copy found corrupt on the way ends the upload short, so the target stores nothing.
+    fn copy_to(self: &Arc<Self>, id: &ObjectId, target: &str) -> Result<(), ApiError> {
+        let read = self.blobs.read_verified(id, None, self.on_corrupt(id)).map_err(|e| self.on_store_error(id, e))?;
         let url = format!("{target}/objects/{id}");
         let mut put = self
             .agent

@@ -1,6 +1,6 @@
 //! Replication and self-healing on a local multi-process cluster with short intervals:
 //! chained uploads, a datanode killed mid-upload, dead-node detection and repair, a
-//! flipped byte on disk, deletes that survive a node's absence, a master restart, the
+//! flipped byte on disk (in a small object, and in a large one found while it streams), deletes that survive a node's absence, a master restart, the
 //! cluster token, ranges and the master's redirect.
 
 use std::io::Read;
@@ -190,6 +190,72 @@ fn a_flipped_byte_is_never_served_and_is_repaired() {
         assert!(download(&cluster, id) == data);
         let quarantine = cluster.datanode_dir(victim).join("quarantine");
         assert!(std::fs::read_dir(quarantine).unwrap().count() >= 1);
+    }
+}
+
+/// GETs `path` the way curl does, on a kept-alive HTTP/1.1 connection, and reads until
+/// the server closes it. Returns the status, the announced Content-Length and how many
+/// body bytes came. A server that left the connection open would run into the timeout.
+fn get_until_closed(base: &str, path: &str) -> (u16, usize, usize) {
+    use std::io::Write;
+    let addr = base.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut answer = Vec::new();
+    if let Err(e) = stream.read_to_end(&mut answer) {
+        panic!("the connection was left open after {} bytes: {e}", answer.len());
+    }
+    let split = answer.windows(4).position(|w| w == b"\r\n\r\n").expect("a whole header") + 4;
+    let head = String::from_utf8_lossy(&answer[..split]).to_lowercase();
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let length = head.split("content-length:").nth(1).and_then(|r| r.split_whitespace().next()?.parse().ok());
+    (status, length.expect("a Content-Length"), answer.len() - split)
+}
+
+#[test]
+fn a_flipped_byte_in_a_large_object_cuts_its_reply_short() {
+    // No scrubber: the reads below must be the ones that find the flipped bytes.
+    let master = ["--replication", "2", "--dead-after", "1.5"];
+    let cluster =
+        TestCluster::start_with("rot-large", 3, &master, &["--heartbeat-interval", "0.2", "--scrub-rate", "0"]);
+    let data = pattern(11, 3 << 20);
+    let (curl_id, client_id) = (upload(&cluster.master.url, &data), upload(&cluster.master.url, &data));
+    let flip = |id: &str, at: usize| -> (String, String) {
+        let info = object(&cluster, id);
+        let victim = info["replica_nodes"][0].clone();
+        let path = object_file(&cluster, victim["node"].as_str().unwrap(), id);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[at] ^= 0x01;
+        std::fs::write(&path, bytes).unwrap();
+        (victim["node"].as_str().unwrap().to_string(), victim["address"].as_str().unwrap().to_string())
+    };
+
+    // Found while streaming to curl: the headers went out, the body stops short and the
+    // connection closes.
+    let (curl_victim, address) = flip(&curl_id, 1 << 20);
+    let (status, announced, received) = get_until_closed(&address, &format!("/objects/{curl_id}"));
+    assert_eq!((status, announced), (200, data.len()));
+    assert!(received < data.len(), "a corrupt copy was sent whole");
+    assert!(!object_file(&cluster, &curl_victim, &curl_id).exists(), "quarantined before the reply ended");
+    assert!(download(&cluster, &curl_id) == data, "the next read comes from a good replica");
+
+    // Found while streaming to our client, in the last chunk: what came before it was
+    // good, and the client resumes from another replica.
+    let (client_victim, _) = flip(&client_id, data.len() - 100);
+    assert!(download(&cluster, &client_id) == data);
+
+    for (id, victim) in [(&curl_id, &curl_victim), (&client_id, &client_victim)] {
+        wait_until("the bad copy to be replaced", Duration::from_secs(30), || {
+            let info = object(&cluster, id);
+            let holders: Vec<&str> =
+                info["replica_nodes"].as_array().unwrap().iter().map(|r| r["node"].as_str().unwrap()).collect();
+            holders.len() == 2 && !holders.contains(&victim.as_str())
+        });
+        let node = cluster.datanodes.iter().find(|d| &d.name == victim).unwrap();
+        let found = format!("object {id} failed verification");
+        assert_eq!(node.log_text().matches(&found).count(), 1, "quarantined and reported once");
+        assert!(download(&cluster, id) == data);
     }
 }
 

@@ -7,7 +7,7 @@ use std::str::FromStr;
 
 use std::sync::mpsc::Sender;
 
-use crate::util::{EqualReader, FusedReader};
+use crate::util::{ConnectionCloser, EqualReader, FusedReader};
 use crate::{HTTPVersion, Header, Method, Response, StatusCode};
 use chunked_transfer::Decoder;
 
@@ -74,6 +74,9 @@ pub struct Request {
 
     // If Some, a message must be sent after responding
     notify_when_responded: Option<Sender<()>>,
+
+    // AetherStore patch: closes the connection when a response fails part-way
+    closer: Option<ConnectionCloser>,
 }
 
 struct NotifyOnDrop<R> {
@@ -135,6 +138,7 @@ pub fn new_request<R, W>(
     remote_addr: Option<SocketAddr>,
     mut source_data: R,
     writer: W,
+    closer: Option<ConnectionCloser>,
 ) -> Result<Request, RequestCreationError>
 where
     R: Read + Send + 'static,
@@ -238,6 +242,7 @@ where
         body_length: content_length,
         must_send_continue: expects_continue,
         notify_when_responded: None,
+        closer,
     })
 }
 
@@ -448,15 +453,25 @@ impl Request {
 
         let do_not_send_body = self.method == Method::Head;
 
-        Self::ignore_client_closing_errors(response.raw_print(
-            writer.by_ref(),
-            self.http_version.clone(),
-            &self.headers,
-            do_not_send_body,
-            None,
-        ))?;
+        let result = response
+            .raw_print(
+                writer.by_ref(),
+                self.http_version.clone(),
+                &self.headers,
+                do_not_send_body,
+                None,
+            )
+            .and_then(|()| writer.flush());
 
-        Self::ignore_client_closing_errors(writer.flush())
+        // AetherStore patch: a response that failed part-way (most often its body reader
+        // returned an error after the headers went out) must not look complete, nor leave
+        // the client waiting for the rest on a connection kept alive: close it.
+        if result.is_err() {
+            if let Some(closer) = &self.closer {
+                closer.close();
+            }
+        }
+        Self::ignore_client_closing_errors(result)
     }
 
     fn ignore_client_closing_errors(result: io::Result<()>) -> io::Result<()> {

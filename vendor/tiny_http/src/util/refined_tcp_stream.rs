@@ -1,6 +1,7 @@
 use std::io::Result as IoResult;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr};
+use std::sync::{Arc, Mutex};
 
 use crate::connection::Connection;
 #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
@@ -120,6 +121,26 @@ impl RefinedTcpStream {
 
     pub(crate) fn peer_addr(&mut self) -> IoResult<Option<SocketAddr>> {
         self.stream.peer_addr()
+    }
+}
+
+/// AetherStore patch: shuts a connection down in both directions from the thread writing
+/// a response, whoever owns its reader and writer. A response that failed part-way (its
+/// body reader returned an error, or ended before its `Content-Length`) leaves the client
+/// waiting for bytes that will never come; closing tells it at once, and nothing else is
+/// ever sent on that connection.
+#[derive(Clone)]
+pub(crate) struct ConnectionCloser(Arc<Mutex<Stream>>);
+
+impl ConnectionCloser {
+    pub(crate) fn new(socket: &RefinedTcpStream) -> ConnectionCloser {
+        ConnectionCloser(Arc::new(Mutex::new(socket.stream.clone())))
+    }
+
+    pub(crate) fn close(&self) {
+        if let Ok(mut stream) = self.0.lock() {
+            stream.shutdown(Shutdown::Both).ok();
+        }
     }
 }
 
