@@ -297,6 +297,9 @@ pub struct ReplicateResult {
     pub status: u16,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The target's receipt for the copy it stored, so the master can count it at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipt: Option<Receipt>,
 }
 
 /// `POST /internal/delete` on a datanode: remove these objects.

@@ -408,11 +408,11 @@ impl Node {
             if let Err(e) = &outcome {
                 log::warn(&self.id, &format!("copying {id} to {target} failed: {}", e.message));
             }
-            results.push(ReplicateResult {
-                objectid: id.to_string(),
-                status: outcome.as_ref().map_or_else(|e| e.status, |_| 201),
-                error: outcome.err().map(|e| e.message),
-            });
+            let (status, receipt, error) = match outcome {
+                Ok(receipt) => (201, receipt, None),
+                Err(e) => (e.status, None, Some(e.message)),
+            };
+            results.push(ReplicateResult { objectid: id.to_string(), status, error, receipt });
         }
         #[derive(Serialize)]
         struct Results {
@@ -421,8 +421,10 @@ impl Node {
         Ok(http::json_reply(200, &Results { results }))
     }
 
-    /// A copy found corrupt on the way ends the upload short, so the target stores nothing.
-    fn copy_to(self: &Arc<Self>, id: &ObjectId, target: &str) -> Result<(), ApiError> {
+    /// Copies an object to `target`; returns the target's receipt, or none when the target
+    /// had the object already. A copy found corrupt on the way ends the upload short, so
+    /// the target stores nothing.
+    fn copy_to(self: &Arc<Self>, id: &ObjectId, target: &str) -> Result<Option<Receipt>, ApiError> {
         let read = self.blobs.read_verified(id, None, self.on_corrupt(id)).map_err(|e| self.on_store_error(id, e))?;
         let url = format!("{target}/objects/{id}");
         let mut put = self
@@ -434,9 +436,13 @@ impl Node {
             put = put.set(crate::proto::TOKEN_HEADER, token);
         }
         match put.send(read.body) {
-            Ok(_) => Ok(()),
-            // The target has it already: as good as copied.
-            Err(ureq::Error::Status(409, _)) => Ok(()),
+            Ok(response) => {
+                let stored: Stored =
+                    response.into_json().map_err(|e| ApiError::new(502, format!("{url}: unreadable answer: {e}")))?;
+                Ok(stored.replicas.into_iter().next().and_then(|r| r.receipt))
+            }
+            // The target has it already: as good as copied (it reported the copy then).
+            Err(ureq::Error::Status(409, _)) => Ok(None),
             Err(ureq::Error::Status(status, response)) => {
                 Err(ApiError::new(status, format!("{url}: {}", response.into_string().unwrap_or_default())))
             }

@@ -2,7 +2,7 @@
 //! dead, plans re-replication for objects below their replication factor and hands the
 //! batches to a bounded pool of repair workers, and expires uploads never completed.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use super::{repair, MasterState};
 use crate::log;
-use crate::proto::{ReplicateRequest, ReplicateResult, TOKEN_HEADER};
+use crate::proto::{ReplicaState, ReplicateRequest, ReplicateResult, TOKEN_HEADER};
 
 const TICK: Duration = Duration::from_millis(500);
 /// Objects per replicate request.
@@ -141,6 +141,7 @@ fn run_job(state: &MasterState, job: &RepairJob) {
     let body = ReplicateRequest { target: job.target.clone(), objects: job.objects.clone() };
     match request.send_json(&body).map(|r| r.into_json::<Results>()) {
         Ok(Ok(answer)) => {
+            record_copies(state, &answer.results);
             let failed: Vec<&ReplicateResult> = answer.results.iter().filter(|r| r.status != 201).collect();
             if failed.is_empty() {
                 log::info(
@@ -163,6 +164,27 @@ fn run_job(state: &MasterState, job: &RepairJob) {
         }
         Ok(Err(e)) => log::warn("master", &format!("{url}: unreadable answer: {e}")),
         Err(e) => log::warn("master", &format!("re-replication request to {url} failed: {e}")),
+    }
+}
+
+/// Counts the copies a repair made at once, from the targets' receipts, instead of
+/// waiting for the targets' reports: until they are counted, the next scan would plan the
+/// same objects again, onto other nodes.
+fn record_copies(state: &MasterState, results: &[ReplicateResult]) {
+    let token = state.config.cluster_token.as_deref();
+    let mut by_node: HashMap<&str, Vec<ReplicaState>> = HashMap::new();
+    for result in results.iter().filter(|r| r.status == 201) {
+        let Some(receipt) = result.receipt.as_ref().filter(|r| r.verify(token, &result.objectid)) else { continue };
+        by_node.entry(&receipt.node).or_default().push(ReplicaState {
+            objectid: result.objectid.clone(),
+            size: receipt.size,
+            checksum: receipt.checksum,
+        });
+    }
+    for (node, copies) in by_node {
+        if let Err(e) = state.db.report_replicas(node, copies, Vec::new()) {
+            log::warn("master", &format!("cannot record the copies repair made on {node} (its report will): {e}"));
+        }
     }
 }
 
