@@ -1069,17 +1069,18 @@ fn record_replica(conn: &Connection, node: &str, replica: &ReplicaState, now: i6
         schedule_deletion(conn, node, id, now)?;
         return Ok(Some(id.clone()));
     }
+    if status == "complete" && healthy_copies(conn, id)? >= replication && !has_record(conn, id, node)? {
+        // A copy beyond the replication factor that the master has no record of: most
+        // likely a node back from the dead after its copies were made again elsewhere.
+        // Enough healthy copies remain without it, so it is removed, not kept forever.
+        schedule_deletion(conn, node, id, now)?;
+        return Ok(Some(id.clone()));
+    }
     upsert_confirmed(conn, id, node, replica.size, replica.checksum, now)?;
     if status == "complete" {
         // Back at full strength: records of copies that are gone or on dead nodes are
         // dropped (a dead node that returns re-reports what it still has).
-        let healthy: i64 = conn
-            .prepare_cached(
-                "SELECT count(*) FROM replicas r JOIN nodes n ON n.id = r.node_id
-                 WHERE r.object_id = ?1 AND r.state = 'confirmed' AND n.state != 'dead'",
-            )?
-            .query_row([id], |row| row.get(0))?;
-        if healthy >= replication {
+        if healthy_copies(conn, id)? >= replication {
             conn.prepare_cached(
                 "DELETE FROM replicas WHERE object_id = ?1 AND (state != 'confirmed'
                  OR node_id IN (SELECT id FROM nodes WHERE state = 'dead'))",
@@ -1088,6 +1089,24 @@ fn record_replica(conn: &Connection, node: &str, replica: &ReplicaState, now: i6
         }
     }
     Ok(None)
+}
+
+/// Confirmed copies of an object on nodes that are not dead.
+fn healthy_copies(conn: &Connection, id: &str) -> MetaResult<i64> {
+    let healthy = conn
+        .prepare_cached(
+            "SELECT count(*) FROM replicas r JOIN nodes n ON n.id = r.node_id
+             WHERE r.object_id = ?1 AND r.state = 'confirmed' AND n.state != 'dead'",
+        )?
+        .query_row([id], |row| row.get(0))?;
+    Ok(healthy)
+}
+
+/// Whether the master has any record of `node`'s copy of an object.
+fn has_record(conn: &Connection, id: &str, node: &str) -> MetaResult<bool> {
+    Ok(conn
+        .prepare_cached("SELECT 1 FROM replicas WHERE object_id = ?1 AND node_id = ?2")?
+        .exists(params![id, node])?)
 }
 
 impl Drop for MetaDb {
@@ -1359,6 +1378,32 @@ mod tests {
 
     fn replica(id: ObjectId, sum: u32) -> ReplicaState {
         ReplicaState { objectid: id.to_string(), size: 3, checksum: Checksum(sum) }
+    }
+
+    #[test]
+    fn a_copy_beyond_the_replication_factor_that_returns_is_removed() {
+        let (db, dir) = temp_db("surplus");
+        for n in ["n1", "n2", "n3"] {
+            db.register_node(n, &format!("http://{n}:1")).unwrap();
+        }
+        let id = ObjectId::new_random();
+        db.create_object(id, 3, 2, first).unwrap();
+        let found = |node: &str| Confirmation { node_id: node.into(), size: 3, checksum: Checksum(5) };
+        db.complete_object(id, 2, vec![found("n1"), found("n2")]).unwrap();
+        // n3 turns up with a copy no one asked for: two healthy copies remain without it.
+        assert_eq!(db.report_replicas("n3", vec![replica(id, 5)], vec![]).unwrap(), vec![id.to_string()]);
+        assert_eq!(db.take_deletions("n3", 10).unwrap(), vec![id.to_string()]);
+        assert_eq!(db.object(id).unwrap().replicas.len(), 2);
+        // With n1 dead, the same copy is what brings the object back to strength: kept.
+        db.set_node_state("n1", "dead").unwrap();
+        assert!(db.report_replicas("n3", vec![replica(id, 5)], vec![]).unwrap().is_empty());
+        let holders: Vec<String> = db.object(id).unwrap().replicas.into_iter().map(|r| r.node_id).collect();
+        assert_eq!(holders, vec!["n2".to_string(), "n3".to_string()]);
+        // A node with a record of its copy is never told to drop it for being one too many.
+        db.set_node_state("n1", "alive").unwrap();
+        assert!(db.report_replicas("n2", vec![replica(id, 5)], vec![]).unwrap().is_empty());
+        drop(db);
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

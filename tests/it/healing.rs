@@ -156,6 +156,17 @@ fn a_dead_node_is_detected_and_every_object_returns_to_full_strength() {
         }
         assert!(download(&cluster, id) == pattern(i as u64 + 100, 1000 + i));
     }
+
+    // The dead node comes back with its old copies: they are one too many now, so its
+    // inventory gets them deleted, and every object keeps its three.
+    let args = cluster.datanode_args("datanode-1", FAST_DATANODE);
+    cluster.datanodes[0] = Proc::start("datanode-1", &args.iter().map(String::as_str).collect::<Vec<_>>());
+    wait_until("the returned node's surplus copies to be deleted", Duration::from_secs(30), || {
+        ids.iter().all(|id| !object_file(&cluster, "datanode-1", id).exists())
+    });
+    for id in &ids {
+        assert_eq!(object(&cluster, id)["replica_nodes"].as_array().unwrap().len(), 3);
+    }
 }
 
 #[test]
