@@ -440,19 +440,18 @@ impl MetaDb {
         })
     }
 
-    /// Creates a pending object and its placement: `replication` distinct nodes chosen
-    /// by `choose` from the live ones. Returns the chosen nodes' addresses.
-    pub fn create_object<C>(&self, id: ObjectId, size: u64, replication: usize, choose: C) -> MetaResult<Vec<String>>
-    where
-        C: FnOnce(&[Candidate], usize) -> MetaResult<Vec<Candidate>> + Send + 'static,
-    {
+    /// Creates a pending object placed on `placed` (node id, address), whose addresses it
+    /// returns. The caller chooses the nodes (from the master's memory of them): the
+    /// write itself is one row.
+    pub fn create_object(
+        &self,
+        id: ObjectId,
+        size: u64,
+        replication: usize,
+        placed: Vec<Candidate>,
+    ) -> MetaResult<Vec<String>> {
         self.write(move |conn| {
-            let live: Vec<(String, String)> = conn
-                .prepare_cached("SELECT id, address FROM nodes WHERE state != 'dead' ORDER BY id")?
-                .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
-                .collect::<Result<_, _>>()?;
-            let chosen = choose(&live, replication)?;
-            let placed: Vec<&str> = chosen.iter().map(|(node, _)| node.as_str()).collect();
+            let nodes: Vec<&str> = placed.iter().map(|(node, _)| node.as_str()).collect();
             conn.prepare_cached(
                 "INSERT INTO objects (id, size, status, replication, created_at, placed)
                  VALUES (?1, ?2, 'pending', ?3, ?4, ?5)",
@@ -462,9 +461,9 @@ impl MetaDb {
                 size as i64,
                 replication as i64,
                 now_ms(),
-                placed.join(",")
+                nodes.join(",")
             ])?;
-            Ok(chosen.into_iter().map(|(_, address)| address).collect())
+            Ok(placed.into_iter().map(|(_, address)| address).collect())
         })
     }
 
@@ -1249,8 +1248,9 @@ mod tests {
         (MetaDb::open(&dir.join("meta.db"), 2).unwrap(), dir)
     }
 
-    fn first(live: &[(String, String)], n: usize) -> MetaResult<Vec<(String, String)>> {
-        Ok(live.iter().take(n).cloned().collect())
+    /// The first `n` nodes that are not dead, by id: a placement for tests.
+    fn first(db: &MetaDb, n: usize) -> Vec<Candidate> {
+        db.nodes().unwrap().into_iter().filter(|n| n.state != "dead").take(n).map(|n| (n.id, n.address)).collect()
     }
 
     #[test]
@@ -1332,7 +1332,7 @@ mod tests {
         assert_eq!(db.register_node("n2", "http://b:1").unwrap(), Registered::New);
         assert!(matches!(db.register_node("n3", "http://b:1"), Err(MetaError::Conflict(_))));
         let id = ObjectId::new_random();
-        let placed = db.create_object(id, 10, 2, first).unwrap();
+        let placed = db.create_object(id, 10, 2, first(&db, 2)).unwrap();
         assert_eq!(placed, vec!["http://a:1", "http://b:1"]);
         assert!(matches!(db.object(id), Err(MetaError::NotFound(_))));
         assert!(matches!(db.complete_object(id, 2, vec![]), Err(MetaError::Unavailable(_))));
@@ -1362,7 +1362,7 @@ mod tests {
                     if i % 2 == 0 {
                         db.register_node(&format!("x{i}"), "http://a:1").is_err()
                     } else {
-                        db.create_object(ObjectId::new_random(), 1, 1, first).is_ok()
+                        db.create_object(ObjectId::new_random(), 1, 1, first(&db, 1)).is_ok()
                     }
                 })
             })
@@ -1387,7 +1387,7 @@ mod tests {
             db.register_node(n, &format!("http://{n}:1")).unwrap();
         }
         let id = ObjectId::new_random();
-        db.create_object(id, 3, 2, first).unwrap();
+        db.create_object(id, 3, 2, first(&db, 2)).unwrap();
         let found = |node: &str| Confirmation { node_id: node.into(), size: 3, checksum: Checksum(5) };
         db.complete_object(id, 2, vec![found("n1"), found("n2")]).unwrap();
         // n3 turns up with a copy no one asked for: two healthy copies remain without it.
@@ -1413,7 +1413,7 @@ mod tests {
             db.register_node(n, &format!("http://{n}:1")).unwrap();
         }
         let id = ObjectId::new_random();
-        db.create_object(id, 3, 2, first).unwrap();
+        db.create_object(id, 3, 2, first(&db, 2)).unwrap();
         for node in ["n1", "n2"] {
             assert!(db.report_replicas(node, vec![replica(id, 5)], vec![]).unwrap().is_empty());
         }
@@ -1471,7 +1471,7 @@ mod tests {
         let (db, dir) = temp_db("expire");
         db.register_node("n1", "http://n1:1").unwrap();
         let id = ObjectId::new_random();
-        db.create_object(id, 1, 1, first).unwrap();
+        db.create_object(id, 1, 1, first(&db, 1)).unwrap();
         assert_eq!(db.expire_pending(now_ms() - 60_000).unwrap(), 0);
         assert_eq!(db.expire_pending(now_ms() + 1).unwrap(), 1);
         assert!(matches!(db.complete_object(id, 1, vec![]), Err(MetaError::NotFound(_))));

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -102,6 +102,7 @@ impl Master {
         let db_path = config.data_dir.join("meta.db");
         let db = MetaDb::open(&db_path, config.threads + 2).map_err(io::Error::other)?;
         let known = db.nodes().map_err(io::Error::other)?;
+        let nodes = RwLock::new(Arc::new(known.iter().map(|n| (n.id.clone(), n.address.clone())).collect()));
         let membership = Membership::new(
             known.into_iter().map(|n| (n.id, NodeState::parse(&n.state))),
             config.dead_after,
@@ -113,6 +114,7 @@ impl Master {
             membership,
             agent,
             scans: Mutex::new(HashMap::new()),
+            nodes,
             repairs_in_flight: AtomicU64::new(0),
         });
         let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
@@ -229,6 +231,9 @@ struct MasterState {
     agent: ureq::Agent,
     /// Inventory scans under way: node → (scan id, when its first batch arrived).
     scans: Mutex<HashMap<String, (String, i64)>>,
+    /// Every registered node's (id, address), by id: placement reads it instead of the
+    /// database. Addresses change only by registration, which refreshes it.
+    nodes: RwLock<Arc<Vec<Candidate>>>,
     repairs_in_flight: AtomicU64,
 }
 
@@ -305,6 +310,10 @@ impl MasterState {
         validate_node_id(&body.id).map_err(ApiError::bad_request)?;
         let address = normalize_address(&body.address).map_err(ApiError::bad_request)?;
         let outcome = self.db.register_node(&body.id, &address)?;
+        if outcome != Registered::Unchanged {
+            let nodes = self.db.nodes()?.into_iter().map(|n| (n.id, n.address)).collect();
+            *self.nodes.write().expect("nodes lock") = Arc::new(nodes);
+        }
         let before = self.membership.registered(&body.id, Instant::now());
         match outcome {
             Registered::New => log::info("master", &format!("node {} registered at {address}", body.id)),
@@ -429,7 +438,9 @@ impl MasterState {
             )));
         }
         let id = ObjectId::new_random();
-        let nodes = self.db.create_object(id, body.size, replication, self.chooser(body.size))?;
+        let known = Arc::clone(&self.nodes.read().expect("nodes lock"));
+        let placed = self.chooser(body.size)(&known, replication)?;
+        let nodes = self.db.create_object(id, body.size, replication, placed)?;
         Ok(http::json_reply(200, &Placement { objectid: id.to_string(), nodes }))
     }
 
