@@ -533,14 +533,20 @@ impl MetaDb {
                     if missing.is_empty() { "none placed".to_string() } else { missing.join(", ") }
                 )));
             };
+            let short = (agreeing.len() as i64) < replication as i64;
             for (node, _, state, ..) in &rows {
                 if agreeing.contains(&node.as_str()) {
                     continue;
                 }
                 if state == "confirmed" {
-                    // A copy with other bytes than the object: not a replica of it.
-                    conn.prepare_cached("DELETE FROM replicas WHERE object_id = ?1 AND node_id = ?2")?
-                        .execute(params![id, node])?;
+                    // A copy with other bytes than the object: not a replica of it. While
+                    // the object is short of its count, the row stays as a `missing`
+                    // marker, since repair looks only at objects with such a row.
+                    if short {
+                        mark_missing(conn, &id, node, now)?;
+                    } else {
+                        forget_replica(conn, &id, node)?;
+                    }
                     schedule_deletion(conn, node, &id, now)?;
                 } else if state == "placed" {
                     conn.prepare_cached(
@@ -1062,9 +1068,13 @@ fn record_replica(conn: &Connection, node: &str, replica: &ReplicaState, now: i6
     let other_bytes = checksum.as_deref().is_some_and(|sum| sum != replica.checksum.to_string());
     if status == "deleted" || (status == "complete" && other_bytes) {
         // Said in the answer, and queued for the node's heartbeats in case the answer
-        // is lost.
-        conn.prepare_cached("DELETE FROM replicas WHERE object_id = ?1 AND node_id = ?2")?
-            .execute(params![id, node])?;
+        // is lost. A record of a complete object's copy stays, as `missing`: it is what
+        // sends repair to the object if it is short of copies.
+        if status == "deleted" {
+            forget_replica(conn, id, node)?;
+        } else {
+            mark_missing(conn, id, node, now)?;
+        }
         schedule_deletion(conn, node, id, now)?;
         return Ok(Some(id.clone()));
     }
@@ -1088,6 +1098,21 @@ fn record_replica(conn: &Connection, node: &str, replica: &ReplicaState, now: i6
         }
     }
     Ok(None)
+}
+
+/// Keeps the record of `node`'s copy only as a copy it lacks (`missing`).
+fn mark_missing(conn: &Connection, id: &str, node: &str, now: i64) -> MetaResult<()> {
+    conn.prepare_cached(
+        "UPDATE replicas SET state = 'missing', size = NULL, checksum = NULL, updated_at = ?3
+         WHERE object_id = ?1 AND node_id = ?2",
+    )?
+    .execute(params![id, node, now])?;
+    Ok(())
+}
+
+fn forget_replica(conn: &Connection, id: &str, node: &str) -> MetaResult<()> {
+    conn.prepare_cached("DELETE FROM replicas WHERE object_id = ?1 AND node_id = ?2")?.execute(params![id, node])?;
+    Ok(())
 }
 
 /// Confirmed copies of an object on nodes that are not dead.
@@ -1378,6 +1403,28 @@ mod tests {
 
     fn replica(id: ObjectId, sum: u32) -> ReplicaState {
         ReplicaState { objectid: id.to_string(), size: 3, checksum: Checksum(sum) }
+    }
+
+    #[test]
+    fn a_copy_with_other_bytes_leaves_its_object_to_repair() {
+        let (db, dir) = temp_db("disagree");
+        for n in ["n1", "n2", "n3"] {
+            db.register_node(n, &format!("http://{n}:1")).unwrap();
+        }
+        let id = ObjectId::new_random();
+        db.create_object(id, 3, 3, first(&db, 3)).unwrap();
+        let found = |node: &str, sum| Confirmation { node_id: node.into(), size: 3, checksum: Checksum(sum) };
+        // Two of three agree (write quorum 2); n3 stored other bytes.
+        db.complete_object(id, 2, vec![found("n1", 5), found("n2", 5), found("n3", 6)]).unwrap();
+        assert_eq!(db.take_deletions("n3", 10).unwrap(), vec![id.to_string()]);
+        let under = db.under_replicated(10).unwrap();
+        assert_eq!(under.len(), 1, "two good copies of three: repair must find the object");
+        assert_eq!(under[0].healthy, vec!["n1".to_string(), "n2".to_string()]);
+        // n3 reports its wrong copy again: told to delete it, and the object stays on the list.
+        assert_eq!(db.report_replicas("n3", vec![replica(id, 6)], vec![]).unwrap(), vec![id.to_string()]);
+        assert_eq!(db.under_replicated(10).unwrap().len(), 1);
+        drop(db);
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
