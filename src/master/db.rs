@@ -910,20 +910,27 @@ impl MetaDb {
                 )?
                 .query_map([limit as i64], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
                 .collect::<Result<_, _>>()?;
+            // Per holder: whether its copy is healthy, and whether it is a live node known
+            // to lack the copy (lost or quarantined) with no deletion of it pending, which
+            // may take a new one.
             let mut holders = conn.prepare_cached(
-                "SELECT r.node_id, r.state = 'confirmed' AND n.state != 'dead' FROM replicas r
-                 JOIN nodes n ON n.id = r.node_id WHERE r.object_id = ?1",
+                "SELECT r.node_id, r.state = 'confirmed' AND n.state != 'dead',
+                        r.state IN ('missing', 'quarantined') AND n.state != 'dead' AND NOT EXISTS
+                            (SELECT 1 FROM deletions d WHERE d.node_id = r.node_id AND d.object_id = r.object_id)
+                 FROM replicas r JOIN nodes n ON n.id = r.node_id WHERE r.object_id = ?1",
             )?;
             let mut objects = Vec::with_capacity(rows.len());
             for (id, replication, size) in rows {
-                let nodes: Vec<(String, bool)> =
-                    holders.query_map([&id], |row| Ok((row.get(0)?, row.get(1)?)))?.collect::<Result<_, _>>()?;
+                let nodes: Vec<(String, bool, bool)> = holders
+                    .query_map([&id], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
+                    .collect::<Result<_, _>>()?;
                 objects.push(UnderReplicated {
                     object: id,
                     replication: replication as usize,
                     size: size as u64,
-                    healthy: nodes.iter().filter(|(_, ok)| *ok).map(|(n, _)| n.clone()).collect(),
-                    holders: nodes.into_iter().map(|(n, _)| n).collect(),
+                    healthy: nodes.iter().filter(|(_, ok, _)| *ok).map(|(n, ..)| n.clone()).collect(),
+                    lacking: nodes.iter().filter(|(.., lacks)| *lacks).map(|(n, ..)| n.clone()).collect(),
+                    holders: nodes.into_iter().map(|(n, ..)| n).collect(),
                 })
             }
             Ok(objects)

@@ -15,8 +15,12 @@ pub struct UnderReplicated {
     pub size: u64,
     /// Nodes whose copy is confirmed and not dead: the possible sources.
     pub healthy: Vec<String>,
-    /// Every node with any record of the object, healthy or not: never a target.
+    /// Every node with any record of the object, healthy or not: not a target, unless
+    /// it is one of `lacking`.
     pub holders: Vec<String>,
+    /// Live holders known to lack their copy (lost or quarantined, no deletion pending):
+    /// targets when there are not enough nodes without any record.
+    pub lacking: Vec<String>,
 }
 
 /// One copy to make.
@@ -28,9 +32,10 @@ pub struct Transfer {
 }
 
 /// Plans copies, objects with the fewest healthy replicas first. Targets are chosen at
-/// random among `targets` (nodes that may take new replicas) that do not hold the
-/// object; sources are the healthy holders with the least work planned so far. Objects
-/// with no healthy replica cannot be repaired and are left out.
+/// random among `targets` (nodes that may take new replicas) that have no record of the
+/// object, then among those known to have lost their copy (so a small cluster can make a
+/// lost copy again where it was); sources are the healthy holders with the least work
+/// planned so far. Objects with no healthy replica cannot be repaired and are left out.
 pub fn plan(objects: &[UnderReplicated], targets: &[String], rng: &mut impl Rng) -> Vec<Transfer> {
     let mut order: Vec<&UnderReplicated> = objects.iter().filter(|o| !o.healthy.is_empty()).collect();
     order.sort_by_key(|o| o.healthy.len());
@@ -38,8 +43,16 @@ pub fn plan(objects: &[UnderReplicated], targets: &[String], rng: &mut impl Rng)
     let mut transfers = Vec::new();
     for object in order {
         let missing = object.replication.saturating_sub(object.healthy.len());
-        let free: Vec<&String> = targets.iter().filter(|t| !object.holders.contains(t)).collect();
-        for target in free.choose_multiple(rng, missing) {
+        let mut chosen: Vec<&String> = targets
+            .iter()
+            .filter(|t| !object.holders.contains(t))
+            .collect::<Vec<_>>()
+            .choose_multiple(rng, missing)
+            .copied()
+            .collect();
+        let again: Vec<&String> = targets.iter().filter(|t| object.lacking.contains(t)).collect();
+        chosen.extend(again.choose_multiple(rng, missing - chosen.len()).copied());
+        for target in chosen {
             let source = object
                 .healthy
                 .iter()
@@ -88,7 +101,23 @@ mod tests {
             size: 1,
             healthy: healthy.iter().map(|s| s.to_string()).collect(),
             holders: holders.iter().map(|s| s.to_string()).collect(),
+            lacking: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_node_that_lost_its_copy_takes_it_again_only_when_no_other_can() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let mut lost = object("lost-on-c", 3, &["a", "b"], &["a", "b", "c"]);
+        lost.lacking = vec!["c".to_string()];
+        let three = plan(std::slice::from_ref(&lost), &nodes(&["a", "b", "c"]), &mut rng);
+        assert_eq!(three.iter().map(|t| t.target.as_str()).collect::<Vec<_>>(), vec!["c"]);
+        let four = plan(std::slice::from_ref(&lost), &nodes(&["a", "b", "c", "d"]), &mut rng);
+        assert_eq!(four.iter().map(|t| t.target.as_str()).collect::<Vec<_>>(), vec!["d"]);
+        // A holder not known to lack its copy (a dead node's, or one with a deletion
+        // pending) is never a target.
+        let held = object("held", 3, &["a", "b"], &["a", "b", "c"]);
+        assert!(plan(&[held], &nodes(&["a", "b", "c"]), &mut rng).is_empty());
     }
 
     fn nodes(names: &[&str]) -> Vec<String> {

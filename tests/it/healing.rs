@@ -204,6 +204,31 @@ fn a_flipped_byte_is_never_served_and_is_repaired() {
     }
 }
 
+#[test]
+fn a_copy_lost_in_a_cluster_of_exactly_r_nodes_is_made_again_where_it_was() {
+    let cluster = fast_cluster("remake", 3, 3, &[]);
+    let data = pattern(8, 100_000);
+    let id = upload(&cluster.master.url, &data);
+    let victim = object(&cluster, &id)["replica_nodes"][1].clone();
+    let (node, address) = (victim["node"].as_str().unwrap(), victim["address"].as_str().unwrap());
+    let path = object_file(&cluster, node, &id);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[99] ^= 0x01;
+    std::fs::write(&path, bytes).unwrap();
+    let (status, _) = raw_request(address, "GET", &format!("/objects/{id}"), None);
+    assert_eq!(status, 500, "the corrupt copy is refused and quarantined");
+    // No fourth node to copy to: the node that lost its copy gets a good one back.
+    wait_until("the copy to be made again on its node", Duration::from_secs(30), || {
+        get_bytes(&format!("{address}/objects/{id}")).is_ok_and(|bytes| bytes == data)
+    });
+    wait_until("the master to count it", Duration::from_secs(30), || {
+        let holders = object(&cluster, &id)["replica_nodes"].as_array().unwrap().clone();
+        holders.len() == 3 && holders.iter().any(|r| r["node"] == node)
+    });
+    assert_eq!(cluster_status(&cluster)["under_replicated"], 0);
+    assert!(std::fs::read_dir(cluster.datanode_dir(node).join("quarantine")).unwrap().count() >= 1);
+}
+
 /// GETs `path` the way curl does, on a kept-alive HTTP/1.1 connection, and reads until
 /// the server closes it. Returns the status, the announced Content-Length and how many
 /// body bytes came. A server that left the connection open would run into the timeout.
