@@ -1023,11 +1023,10 @@ fn placed_nodes(conn: &Connection, id: &str) -> MetaResult<Vec<String>> {
 
 /// Placed nodes with no replica record yet (none has confirmed a copy), with addresses.
 fn placed_without_row(conn: &Connection, id: &str) -> MetaResult<Vec<(String, String)>> {
-    let mut has_row = conn.prepare_cached("SELECT 1 FROM replicas WHERE object_id = ?1 AND node_id = ?2")?;
     let mut address = conn.prepare_cached("SELECT address FROM nodes WHERE id = ?1")?;
     let mut found = Vec::new();
     for node in placed_nodes(conn, id)? {
-        if !has_row.exists(params![id, node])? {
+        if !has_record(conn, id, &node)? {
             let address: String = address.query_row([&node], |row| row.get(0))?;
             found.push((node, address));
         }
@@ -1274,6 +1273,15 @@ mod tests {
     use super::*;
     use crate::proto::InventoryEntry;
 
+    /// A database with nodes n1, n2, n3 registered at http://nK:1.
+    fn temp_db_with_three_nodes(name: &str) -> (MetaDb, std::path::PathBuf) {
+        let (db, dir) = temp_db(name);
+        for n in ["n1", "n2", "n3"] {
+            db.register_node(n, &format!("http://{n}:1")).unwrap();
+        }
+        (db, dir)
+    }
+
     fn temp_db(name: &str) -> (MetaDb, std::path::PathBuf) {
         let dir = std::env::temp_dir().join(format!("aether-db-{name}-{}", rand::random::<u32>()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -1414,10 +1422,7 @@ mod tests {
 
     #[test]
     fn a_copy_with_other_bytes_leaves_its_object_to_repair() {
-        let (db, dir) = temp_db("disagree");
-        for n in ["n1", "n2", "n3"] {
-            db.register_node(n, &format!("http://{n}:1")).unwrap();
-        }
+        let (db, dir) = temp_db_with_three_nodes("disagree");
         let id = ObjectId::new_random();
         db.create_object(id, 3, 3, first(&db, 3)).unwrap();
         let found = |node: &str, sum| Confirmation { node_id: node.into(), size: 3, checksum: Checksum(sum) };
@@ -1436,10 +1441,7 @@ mod tests {
 
     #[test]
     fn a_copy_beyond_the_replication_factor_that_returns_is_removed() {
-        let (db, dir) = temp_db("surplus");
-        for n in ["n1", "n2", "n3"] {
-            db.register_node(n, &format!("http://{n}:1")).unwrap();
-        }
+        let (db, dir) = temp_db_with_three_nodes("surplus");
         let id = ObjectId::new_random();
         db.create_object(id, 3, 2, first(&db, 2)).unwrap();
         let found = |node: &str| Confirmation { node_id: node.into(), size: 3, checksum: Checksum(5) };
@@ -1462,10 +1464,7 @@ mod tests {
 
     #[test]
     fn reports_repairs_inventories_and_deletes() {
-        let (db, dir) = temp_db("repair");
-        for n in ["n1", "n2", "n3"] {
-            db.register_node(n, &format!("http://{n}:1")).unwrap();
-        }
+        let (db, dir) = temp_db_with_three_nodes("repair");
         let id = ObjectId::new_random();
         db.create_object(id, 3, 2, first(&db, 2)).unwrap();
         for node in ["n1", "n2"] {

@@ -311,7 +311,9 @@ impl MasterState {
         let address = normalize_address(&body.address).map_err(ApiError::bad_request)?;
         let outcome = self.db.register_node(&body.id, &address)?;
         if outcome != Registered::Unchanged {
-            let nodes = self.db.nodes()?.into_iter().map(|n| (n.id, n.address)).collect();
+            // `addresses`, not `nodes`: that one also counts every node's replicas.
+            let mut nodes: Vec<Candidate> = self.db.addresses()?.into_iter().collect();
+            nodes.sort();
             *self.nodes.write().expect("nodes lock") = Arc::new(nodes);
         }
         let before = self.membership.registered(&body.id, Instant::now());
