@@ -1,20 +1,47 @@
-//! The client commands of `aether`: `put`, `get`, `stat` and `nodes`, built on `Client`.
-//! They print results on standard output and progress on a terminal's standard error.
+//! The client commands of `aether`: `put`, `get`, `stat`, `rm`, `nodes` and `cluster`,
+//! built on `Client`. They print results on standard output, and progress and a
+//! one-line summary of each transfer on a terminal's standard error.
 
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::io::{self, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
 
-use crate::client::Client;
+use crate::client::{Client, ClientError};
 use crate::proto::ObjectId;
 
 /// The master a client talks to when neither `--master` nor `AETHER_MASTER` says.
 pub const DEFAULT_MASTER: &str = "http://127.0.0.1:42100";
 
 pub type CliResult<T> = Result<T, String>;
+
+/// A client error as one sentence for the person at the terminal, with a hint when the
+/// master does not answer at all.
+fn explain(client: &Client, error: ClientError) -> String {
+    match &error {
+        ClientError::Unreachable { url, message } if url.starts_with(client.master()) => format!(
+            "cannot reach the master at {} ({message}); is a master running? Start one with `aether dev`, \
+             or point --master (or AETHER_MASTER) at yours",
+            client.master()
+        ),
+        _ => error.to_string(),
+    }
+}
+
+/// What a finished transfer did, e.g. `uploaded 64.00 MiB in 1.2 s (53.33 MiB/s)`.
+fn summary(verb: &str, bytes: u64, elapsed: Duration) -> String {
+    let secs = elapsed.as_secs_f64().max(0.001);
+    format!("{verb} {} in {secs:.1} s ({}/s)", HumanBytes(bytes), HumanBytes((bytes as f64 / secs) as u64))
+}
+
+/// Prints the summary on a terminal only: scripts that read standard error see nothing.
+fn print_summary(verb: &str, bytes: u64, started: Instant) {
+    if io::stderr().is_terminal() {
+        eprintln!("{}", summary(verb, bytes, started.elapsed()));
+    }
+}
 
 fn progress(total: u64, what: &str) -> ProgressBar {
     // indicatif draws nothing when standard error is not a terminal.
@@ -32,6 +59,7 @@ fn progress(total: u64, what: &str) -> ProgressBar {
 /// Uploads `path` through a replicated chain and completes it; returns the new id.
 pub fn put(client: &Client, path: &Path, replication: Option<usize>) -> CliResult<ObjectId> {
     let size = fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?.len();
+    let started = Instant::now();
     let bar = progress(size, "uploading");
     let mut open = || -> io::Result<Box<dyn Read + Send>> {
         bar.set_position(0);
@@ -39,7 +67,7 @@ pub fn put(client: &Client, path: &Path, replication: Option<usize>) -> CliResul
     };
     let uploaded = client.upload(size, replication, &mut open);
     bar.finish_and_clear();
-    let uploaded = uploaded.map_err(|e| e.to_string())?;
+    let uploaded = uploaded.map_err(|e| explain(client, e))?;
     for replica in uploaded.replicas.iter().filter(|r| r.status != 201) {
         eprintln!(
             "aether: note: {} did not take a copy ({}); another node did",
@@ -47,6 +75,7 @@ pub fn put(client: &Client, path: &Path, replication: Option<usize>) -> CliResul
             replica.error.as_deref().unwrap_or("no reason given")
         );
     }
+    print_summary("uploaded", size, started);
     Ok(uploaded.id)
 }
 
@@ -55,7 +84,8 @@ pub fn put(client: &Client, path: &Path, replication: Option<usize>) -> CliResul
 /// and renamed into place only when whole and verified.
 pub fn get(client: &Client, id: &str, output: Option<&Path>) -> CliResult<u64> {
     let id = ObjectId::parse(id)?;
-    let size = client.object(&id).map_err(|e| e.to_string())?.size;
+    let started = Instant::now();
+    let size = client.object(&id).map_err(|e| explain(client, e))?.size;
     let bar = progress(size, "downloading");
     let result = match output {
         Some(path) => {
@@ -64,7 +94,7 @@ pub fn get(client: &Client, id: &str, output: Option<&Path>) -> CliResult<u64> {
                 .map_err(|e| format!("cannot create {}: {e}", partial.display()))
                 .and_then(|file| {
                     let mut out = io::BufWriter::with_capacity(1 << 20, file);
-                    let n = client.download(&id, &mut bar.wrap_write(&mut out)).map_err(|e| e.to_string())?;
+                    let n = client.download(&id, &mut bar.wrap_write(&mut out)).map_err(|e| explain(client, e))?;
                     let file = out.into_inner().map_err(|e| e.into_error().to_string())?;
                     file.sync_all().map_err(|e| e.to_string())?;
                     fs::rename(&partial, path)
@@ -78,19 +108,22 @@ pub fn get(client: &Client, id: &str, output: Option<&Path>) -> CliResult<u64> {
         }
         None => {
             let mut out = io::BufWriter::with_capacity(1 << 20, io::stdout().lock());
-            let n = client.download(&id, &mut bar.wrap_write(&mut out)).map_err(|e| e.to_string());
+            let n = client.download(&id, &mut bar.wrap_write(&mut out)).map_err(|e| explain(client, e));
             out.flush().map_err(|e| e.to_string())?;
             n
         }
     };
     bar.finish_and_clear();
+    if let Ok(n) = result {
+        print_summary("downloaded", n, started);
+    }
     result
 }
 
 /// Deletes an object.
 pub fn rm(client: &Client, id: &str) -> CliResult<()> {
     let id = ObjectId::parse(id)?;
-    client.delete_object(&id).map_err(|e| e.to_string())
+    client.delete_object(&id).map_err(|e| explain(client, e))
 }
 
 fn partial_path(path: &Path) -> PathBuf {
@@ -102,23 +135,41 @@ fn partial_path(path: &Path) -> PathBuf {
 /// The master's metadata of one object, as pretty JSON.
 pub fn stat(client: &Client, id: &str) -> CliResult<String> {
     let id = ObjectId::parse(id)?;
-    let info = client.object(&id).map_err(|e| e.to_string())?;
+    let info = client.object(&id).map_err(|e| explain(client, e))?;
     Ok(serde_json::to_string_pretty(&info).expect("wire types serialize"))
 }
 
 /// The registered nodes as a table.
 pub fn nodes(client: &Client) -> CliResult<String> {
-    let nodes = client.nodes().map_err(|e| e.to_string())?;
-    let row = |cells: [&str; 6]| {
-        format!("{:<20} {:<32} {:<8} {:>9} {:>10} {:>10}\n", cells[0], cells[1], cells[2], cells[3], cells[4], cells[5])
+    let nodes = client.nodes().map_err(|e| explain(client, e))?;
+    let row = |cells: [&str; 7]| {
+        format!(
+            "{:<20} {:<32} {:<8} {:>9} {:>10} {:>10}  {}\n",
+            cells[0], cells[1], cells[2], cells[3], cells[4], cells[5], cells[6]
+        )
     };
-    let mut table = row(["ID", "ADDRESS", "STATE", "REPLICAS", "FREE", "SEEN"]);
+    let mut table = row(["ID", "ADDRESS", "STATE", "REPLICAS", "FREE", "SEEN", "VERSION"]);
     for n in nodes {
         let free = n.free_bytes.map_or("-".to_string(), |b| format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64));
         let seen = format!("{:.1}s ago", n.last_seen_secs_ago);
-        table.push_str(&row([&n.id, &n.address, &n.state, &n.replicas.to_string(), &free, &seen]));
+        let version = n.version.as_deref().unwrap_or("-");
+        table.push_str(&row([&n.id, &n.address, &n.state, &n.replicas.to_string(), &free, &seen, version]));
     }
     Ok(table)
+}
+
+/// The master's `/api/cluster` for people.
+pub fn cluster(client: &Client) -> CliResult<String> {
+    let c = client.cluster().map_err(|e| explain(client, e))?;
+    let mut text = format!("master      {} (aether {})\n", client.master(), c.version);
+    text.push_str(&format!(
+        "datanodes   {} alive, {} suspect, {} dead\n",
+        c.nodes_alive, c.nodes_suspect, c.nodes_dead
+    ));
+    text.push_str(&format!("objects     {}, {} under-replicated\n", c.objects, c.under_replicated));
+    text.push_str(&format!("repairs     {} in flight\n", c.repairs_in_flight));
+    text.push_str(&format!("deletes     {} copies waiting for their node\n", c.pending_deletes));
+    Ok(text)
 }
 
 /// Parses a byte size: a plain number, or one with a suffix K, M, G or T (powers of 1024,
@@ -152,5 +203,11 @@ mod tests {
         assert!(parse_size("").is_err());
         assert!(parse_size("12Q").is_err());
         assert!(parse_size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn summary_names_size_time_and_rate() {
+        let line = summary("uploaded", 3 << 20, Duration::from_secs(2));
+        assert_eq!(line, "uploaded 3.00 MiB in 2.0 s (1.50 MiB/s)");
     }
 }

@@ -22,7 +22,13 @@ pub enum ClientError {
         status: u16,
         message: String,
     },
-    /// The request never got an answer: refused, reset, timed out.
+    /// Nothing answered at the address: the connection was refused or the host name
+    /// does not resolve. Usually the server is not running, or the address is wrong.
+    Unreachable {
+        url: String,
+        message: String,
+    },
+    /// The request never got a whole answer: reset, timed out.
     Transport {
         url: String,
         message: String,
@@ -32,10 +38,25 @@ pub enum ClientError {
         url: String,
         message: String,
     },
+    /// Every replica of an object failed; the message says how each did.
+    NoReplica {
+        message: String,
+    },
     Io(io::Error),
 }
 
 impl ClientError {
+    /// What went wrong, without the URL (for lists that name each node themselves).
+    pub fn reason(&self) -> String {
+        match self {
+            ClientError::Api { status, message, .. } => format!("{status}: {message}"),
+            ClientError::Unreachable { message, .. } | ClientError::Transport { message, .. } => message.clone(),
+            ClientError::Protocol { message, .. } => format!("unexpected answer: {message}"),
+            ClientError::NoReplica { message } => message.clone(),
+            ClientError::Io(e) => e.to_string(),
+        }
+    }
+
     pub fn status(&self) -> Option<u16> {
         match self {
             ClientError::Api { status, .. } => Some(*status),
@@ -49,9 +70,11 @@ impl fmt::Display for ClientError {
         match self {
             ClientError::Api { url, status, message } => write!(f, "{url}: {status}: {message}"),
             ClientError::Transport { url, message } => write!(f, "{url}: {message}"),
+            ClientError::Unreachable { url, message } => write!(f, "{url}: {message}"),
             ClientError::Protocol { url, message } => {
                 write!(f, "{url}: unexpected answer: {message}")
             }
+            ClientError::NoReplica { message } => write!(f, "{message}"),
             ClientError::Io(e) => write!(f, "{e}"),
         }
     }
@@ -72,7 +95,38 @@ fn from_ureq(url: &str, err: ureq::Error) -> ClientError {
             let message = serde_json::from_str::<ErrorBody>(&text).map(|b| b.error).unwrap_or(text);
             ClientError::Api { url: url.to_string(), status, message }
         }
-        ureq::Error::Transport(t) => ClientError::Transport { url: url.to_string(), message: t.to_string() },
+        ureq::Error::Transport(t) => {
+            // ureq's own text repeats the URL; the error already names it once.
+            let cause = std::error::Error::source(&t).map(|e| e.to_string());
+            let url = url.to_string();
+            match (t.kind(), cause) {
+                (ureq::ErrorKind::ConnectionFailed, Some(cause)) => {
+                    ClientError::Unreachable { url, message: format!("cannot connect: {cause}") }
+                }
+                (ureq::ErrorKind::Dns, cause) => ClientError::Unreachable {
+                    url,
+                    message: format!("cannot resolve the host name: {}", cause.as_deref().unwrap_or("unknown host")),
+                },
+                (kind, cause) => {
+                    let message = [Some(kind.to_string()), t.message().map(str::to_string), cause]
+                        .into_iter()
+                        .flatten()
+                        .collect::<Vec<_>>()
+                        .join(": ");
+                    ClientError::Transport { url, message }
+                }
+            }
+        }
+    }
+}
+
+/// A master address as people write it: `host:port` means `http://host:port`.
+pub fn master_url(text: &str) -> String {
+    let text = text.trim().trim_end_matches('/');
+    if text.contains("://") {
+        text.to_string()
+    } else {
+        format!("http://{text}")
     }
 }
 
@@ -106,7 +160,7 @@ pub struct Uploaded {
 
 impl Client {
     pub fn new(agent: ureq::Agent, master: &str) -> Client {
-        Client { agent, master: master.trim_end_matches('/').to_string(), token: None }
+        Client { agent, master: master_url(master), token: None }
     }
 
     /// Sends the cluster token with every request to the master.
@@ -140,7 +194,8 @@ impl Client {
     }
 
     pub fn register(&self, id: &str, address: &str) -> Result<(), ClientError> {
-        let body = RegisterNode { id: id.to_string(), address: address.to_string() };
+        let body =
+            RegisterNode { id: id.to_string(), address: address.to_string(), version: Some(crate::VERSION.into()) };
         let _: StatusOk = self.post("/api/node/register", &body)?;
         Ok(())
     }
@@ -245,7 +300,7 @@ impl Client {
                         status: e.status().unwrap_or(502),
                         checksum: None,
                         receipt: None,
-                        error: Some(e.to_string()),
+                        error: Some(e.reason()),
                     })
                     .collect(),
             };
@@ -288,21 +343,29 @@ impl Client {
         let info = self.object(id)?;
         let mut written = 0u64;
         let mut sum = Checksum::default();
-        let mut errors = Vec::new();
+        // The last failure of each replica, in the order they were tried.
+        let mut errors: Vec<(&str, String)> = Vec::new();
         // Each replica gets two chances: a transfer cut by a passing fault resumes too.
         let attempts = info.replicas.iter().chain(info.replicas.iter());
         for node in attempts {
-            match self.fetch(node, id, written, info.checksum, &mut sum, &mut written, out) {
+            let error = match self.fetch(node, id, written, info.checksum, &mut sum, &mut written, out) {
                 Ok(()) if written == info.size => break,
-                Ok(()) => errors.push(format!("{node}: ended at byte {written} of {}", info.size)),
-                Err(e) => errors.push(e.to_string()),
+                Ok(()) => format!("ended at byte {written} of {}", info.size),
+                Err(e) => e.reason(),
+            };
+            match errors.iter_mut().find(|(n, _)| *n == node.as_str()) {
+                Some(entry) => entry.1 = error,
+                None => errors.push((node, error)),
             }
         }
         if written != info.size {
-            return Err(ClientError::Protocol {
-                url: self.master.clone(),
-                message: format!("every replica of {id} failed: {}", errors.join("; ")),
-            });
+            let each: Vec<String> = errors.iter().map(|(node, error)| format!("{node}: {error}")).collect();
+            let message = if each.is_empty() {
+                format!("object {id} has no replica to read from")
+            } else {
+                format!("every replica of {id} failed ({})", each.join("; "))
+            };
+            return Err(ClientError::NoReplica { message });
         }
         if let Some(expected) = info.checksum.filter(|expected| *expected != sum) {
             return Err(ClientError::Protocol {

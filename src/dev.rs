@@ -19,6 +19,27 @@ pub struct DevConfig {
     pub port: u16,
 }
 
+/// The replication factor of a dev cluster of `datanodes` nodes: the one asked for, if
+/// the cluster can hold that many copies, else 2 or, with a single datanode, 1.
+pub fn replication_for(datanodes: usize, requested: Option<usize>) -> Result<usize, String> {
+    if datanodes == 0 {
+        return Err("--datanodes must be at least 1: a cluster without datanodes cannot store anything".into());
+    }
+    match requested {
+        Some(0) => Err("--replication must be at least 1".into()),
+        Some(r) if r > datanodes => Err(format!(
+            "--replication {r} needs at least {r} datanodes, but --datanodes is {datanodes}; \
+             start more datanodes (--datanodes {r}) or ask for fewer replicas"
+        )),
+        Some(r) => Ok(r),
+        None => Ok(2.min(datanodes)),
+    }
+}
+
+fn plural(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 pub struct DevCluster {
     master: Master,
     datanodes: Vec<Datanode>,
@@ -65,8 +86,8 @@ impl DevCluster {
             }
             if Instant::now() > deadline {
                 return Err(io::Error::other(format!(
-                    "only {registered} of {} datanodes registered within 15 s",
-                    datanodes.len()
+                    "only {registered} of {} registered within 15 s",
+                    plural(datanodes.len(), "datanode", "datanodes")
                 )));
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -78,8 +99,8 @@ impl DevCluster {
     pub fn summary(&self, config: &DevConfig) -> String {
         let data = config.data_dir.display();
         let mut text = format!(
-            "AetherStore dev cluster: 1 master, {} datanodes, replication {}, data under {data}\n",
-            self.datanodes.len(),
+            "AetherStore dev cluster: 1 master, {}, replication {}, data under {data}\n",
+            plural(self.datanodes.len(), "datanode", "datanodes"),
             config.replication
         );
         text.push_str(&format!("  master      {:<28} metadata {data}/master/meta.db\n", self.master_url));
@@ -117,4 +138,19 @@ pub fn run(config: &DevConfig) -> io::Result<()> {
     crate::log::info("dev", "stopping the cluster");
     cluster.shutdown();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replication_fits_the_datanodes() {
+        assert_eq!(replication_for(3, None), Ok(2));
+        assert_eq!(replication_for(1, None), Ok(1));
+        assert_eq!(replication_for(3, Some(3)), Ok(3));
+        assert!(replication_for(2, Some(3)).is_err());
+        assert!(replication_for(0, None).is_err());
+        assert!(replication_for(2, Some(0)).is_err());
+    }
 }

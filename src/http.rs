@@ -161,17 +161,20 @@ pub struct Handled {
     pub reply: Reply,
     pub bytes_in: u64,
     pub error: Option<String>,
+    /// Routine traffic (health checks, the cluster's own internal requests): logged at
+    /// debug when it succeeds, so heartbeats do not drown what an operator needs to see.
+    pub routine: bool,
 }
 
 impl From<Reply> for Handled {
     fn from(reply: Reply) -> Handled {
-        Handled { reply, bytes_in: 0, error: None }
+        Handled { reply, bytes_in: 0, error: None, routine: false }
     }
 }
 
 impl From<ApiError> for Handled {
     fn from(err: ApiError) -> Handled {
-        Handled { reply: error_reply(&err), bytes_in: 0, error: Some(err.message) }
+        Handled { reply: error_reply(&err), bytes_in: 0, error: Some(err.message), routine: false }
     }
 }
 
@@ -298,9 +301,6 @@ where
     let url = request.url().to_string();
     let handled = handler(&mut request);
     let status = handled.reply.status_code().0;
-    // Health checks come every few seconds from load balancers and container engines;
-    // only the ones that fail are worth a line.
-    let routine = status == 200 && url == "/health";
     let bytes_out = handled.reply.data_length().unwrap_or(0);
     let result = request.respond(handled.reply);
     let elapsed = started.elapsed();
@@ -311,10 +311,15 @@ where
     if let Err(e) = result {
         outcome.push_str(&format!(" (reply not delivered: {e})"));
     }
-    if routine && outcome.is_empty() {
+    // Health checks and heartbeats come every few seconds; only the ones that fail are
+    // worth a line at the default level.
+    let level =
+        if handled.routine && status < 400 && outcome.is_empty() { log::Level::Debug } else { log::Level::Info };
+    if !log::enabled(level) {
         return;
     }
-    log::info(
+    log::log(
+        level,
         name,
         &format!(
             "{method} {url} {status} in={} out={bytes_out} {:.1}ms{outcome}",

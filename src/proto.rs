@@ -9,6 +9,9 @@ use serde::{Deserialize, Serialize};
 pub struct RegisterNode {
     pub id: String,
     pub address: String,
+    /// The datanode's `aether --version`; absent from older nodes and curl.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
 }
 
 /// The answer of control-plane writes that have nothing else to say.
@@ -91,6 +94,9 @@ pub struct NodeInfo {
     pub free_bytes: Option<u64>,
     #[serde(default)]
     pub object_count: Option<u64>,
+    /// What the node runs, as it last said (in memory: unknown right after a master restart).
+    #[serde(default)]
+    pub version: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -102,6 +108,15 @@ pub struct NodeList {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Health {
     pub status: String,
+    /// What the server runs (`crate::VERSION`).
+    #[serde(default)]
+    pub version: String,
+}
+
+impl Health {
+    pub fn ok() -> Health {
+        Health { status: "ok".to_string(), version: crate::VERSION.to_string() }
+    }
 }
 
 /// A datanode's answer to a stored `PUT /objects/{id}`.
@@ -244,6 +259,8 @@ pub struct Heartbeat {
     pub capacity_bytes: u64,
     pub free_bytes: u64,
     pub object_count: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
 }
 
 /// `POST /api/replicas/report`: replicas a datanode has just stored, or found corrupt.
@@ -328,6 +345,9 @@ pub struct ClusterStatus {
     pub under_replicated: u64,
     pub repairs_in_flight: u64,
     pub pending_deletes: u64,
+    /// What the master runs.
+    #[serde(default)]
+    pub version: String,
 }
 
 /// An object id: a UUID, always written in its canonical lower-case hyphenated form, so

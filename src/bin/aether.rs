@@ -13,13 +13,17 @@ use aetherstore::cli::{self, parse_size, DEFAULT_MASTER};
 use aetherstore::client::{self, Client};
 use aetherstore::datanode::{Datanode, DatanodeConfig};
 use aetherstore::dev::{self, DevConfig};
+use aetherstore::log;
 use aetherstore::master::{Master, MasterConfig};
 
 #[derive(FromArgs)]
 /// AetherStore: a distributed object store. Start a local cluster with `aether dev`.
 struct Args {
+    /// print the version (and the git commit it was built from) and exit
+    #[argh(switch, short = 'V')]
+    version: bool,
     #[argh(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(FromArgs)]
@@ -33,6 +37,7 @@ enum Command {
     Stat(StatArgs),
     Rm(RmArgs),
     Nodes(NodesArgs),
+    Cluster(ClusterArgs),
     Bench(BenchArgs),
 }
 
@@ -46,12 +51,18 @@ struct DevArgs {
     /// number of datanodes (default: 3)
     #[argh(option, default = "3")]
     datanodes: usize,
-    /// replicas per object (default: 2)
-    #[argh(option, default = "2")]
-    replication: usize,
+    /// replicas per object (default: 2, or 1 with a single datanode)
+    #[argh(option)]
+    replication: Option<usize>,
     /// master port; datanode i listens on port+i; 0 picks free ports (default: 42100)
     #[argh(option, default = "42100")]
     port: u16,
+    /// log level: error, warn, info or debug (env AETHER_LOG; default info)
+    #[argh(option)]
+    log_level: Option<String>,
+    /// log format: text, or json for one object per line (env AETHER_LOG_FORMAT; default text)
+    #[argh(option)]
+    log_format: Option<String>,
 }
 
 #[derive(FromArgs)]
@@ -88,6 +99,12 @@ struct MasterArgs {
     /// re-replication batches (of up to 64 objects) in flight at once (env AETHER_REPAIR_CONCURRENCY; default 16)
     #[argh(option)]
     repair_concurrency: Option<usize>,
+    /// log level: error, warn, info or debug (env AETHER_LOG; default info)
+    #[argh(option)]
+    log_level: Option<String>,
+    /// log format: text, or json for one object per line (env AETHER_LOG_FORMAT; default text)
+    #[argh(option)]
+    log_format: Option<String>,
 }
 
 #[derive(FromArgs)]
@@ -133,12 +150,19 @@ struct DatanodeArgs {
     /// seconds between scrub passes (env AETHER_SCRUB_PAUSE; default 3600)
     #[argh(option)]
     scrub_pause: Option<String>,
+    /// log level: error, warn, info or debug (env AETHER_LOG; default info)
+    #[argh(option)]
+    log_level: Option<String>,
+    /// log format: text, or json for one object per line (env AETHER_LOG_FORMAT; default text)
+    #[argh(option)]
+    log_format: Option<String>,
 }
 
 #[derive(FromArgs)]
 #[argh(subcommand, name = "put")]
 /// Upload a file; prints the new object id.
 struct PutArgs {
+    /// the file to upload
     #[argh(positional)]
     file: PathBuf,
     /// replicas for this object (default: the master's replication factor)
@@ -153,6 +177,7 @@ struct PutArgs {
 #[argh(subcommand, name = "get")]
 /// Download an object to standard output or a file.
 struct GetArgs {
+    /// the object id that `aether put` printed
     #[argh(positional)]
     id: String,
     /// write to this file instead of standard output
@@ -167,6 +192,7 @@ struct GetArgs {
 #[argh(subcommand, name = "stat")]
 /// Show an object's metadata and replicas.
 struct StatArgs {
+    /// the object id
     #[argh(positional)]
     id: String,
     /// master URL (env AETHER_MASTER; default http://127.0.0.1:42100)
@@ -178,6 +204,7 @@ struct StatArgs {
 #[argh(subcommand, name = "rm")]
 /// Delete an object.
 struct RmArgs {
+    /// the object id
     #[argh(positional)]
     id: String,
     /// master URL (env AETHER_MASTER; default http://127.0.0.1:42100)
@@ -189,6 +216,15 @@ struct RmArgs {
 #[argh(subcommand, name = "nodes")]
 /// List the datanodes the master knows.
 struct NodesArgs {
+    /// master URL (env AETHER_MASTER; default http://127.0.0.1:42100)
+    #[argh(option)]
+    master: Option<String>,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand, name = "cluster")]
+/// Show the cluster's health: nodes by state, objects, repairs, deletes.
+struct ClusterArgs {
     /// master URL (env AETHER_MASTER; default http://127.0.0.1:42100)
     #[argh(option)]
     master: Option<String>,
@@ -275,6 +311,15 @@ fn client_for(master: Option<String>) -> Client {
     Client::new(client::agent(), &master)
 }
 
+/// Sets the log level and format of a server from its flags, else `AETHER_LOG` and
+/// `AETHER_LOG_FORMAT`, else info and text.
+fn init_log(level: Option<String>, format: Option<String>) -> Result<(), String> {
+    let level = setting(level, "AETHER_LOG").map_or(Ok(log::Level::Info), |t| log::Level::parse(&t))?;
+    let format = setting(format, "AETHER_LOG_FORMAT").map_or(Ok(log::Format::Text), |t| log::Format::parse(&t))?;
+    log::init(level, format);
+    Ok(())
+}
+
 fn wait_for_stop_signal() -> Result<(), String> {
     let (stop, stopped) = crossbeam_channel::bounded(1);
     ctrlc::set_handler(move || {
@@ -288,15 +333,17 @@ fn wait_for_stop_signal() -> Result<(), String> {
 fn run(command: Command) -> Result<(), String> {
     match command {
         Command::Dev(args) => {
+            init_log(args.log_level, args.log_format)?;
             let config = DevConfig {
                 data_dir: args.data,
                 datanodes: args.datanodes,
-                replication: args.replication,
+                replication: dev::replication_for(args.datanodes, args.replication)?,
                 port: args.port,
             };
             dev::run(&config).map_err(|e| e.to_string())
         }
         Command::Master(args) => {
+            init_log(args.log_level, args.log_format)?;
             let listen = setting(args.listen, "AETHER_LISTEN").unwrap_or_else(|| "0.0.0.0:42100".into());
             let data = setting(args.data.map(|p| p.display().to_string()), "AETHER_DATA")
                 .unwrap_or_else(|| "aether-data/master".into());
@@ -322,6 +369,7 @@ fn run(command: Command) -> Result<(), String> {
             Ok(())
         }
         Command::Datanode(args) => {
+            init_log(args.log_level, args.log_format)?;
             let listen = setting(args.listen, "AETHER_LISTEN").unwrap_or_else(|| "0.0.0.0:42101".into());
             let data = setting(args.data.map(|p| p.display().to_string()), "AETHER_DATA")
                 .unwrap_or_else(|| "aether-data/datanode".into());
@@ -363,6 +411,10 @@ fn run(command: Command) -> Result<(), String> {
             print!("{}", cli::nodes(&client_for(args.master))?);
             Ok(())
         }
+        Command::Cluster(args) => {
+            print!("{}", cli::cluster(&client_for(args.master))?);
+            Ok(())
+        }
         Command::Bench(args) => {
             let config = BenchConfig {
                 workload: Workload::parse(&args.workload)?,
@@ -387,7 +439,15 @@ fn run(command: Command) -> Result<(), String> {
 
 fn main() -> ExitCode {
     let args: Args = argh::from_env();
-    match run(args.command) {
+    if args.version {
+        println!("aether {}", aetherstore::VERSION);
+        return ExitCode::SUCCESS;
+    }
+    let Some(command) = args.command else {
+        eprintln!("aether: error: no command given; see `aether --help` (try `aether dev` for a local cluster)");
+        return ExitCode::FAILURE;
+    };
+    match run(command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("aether: error: {message}");

@@ -176,6 +176,7 @@ fn heartbeat(node: &Node, master: &Client) -> Result<NodeCommands, crate::client
         capacity_bytes,
         free_bytes,
         object_count: node.blobs.object_count(),
+        version: Some(crate::VERSION.into()),
     })
 }
 

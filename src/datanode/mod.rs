@@ -93,6 +93,7 @@ impl Datanode {
     pub fn start(config: DatanodeConfig, agent: ureq::Agent) -> io::Result<Datanode> {
         let id = store::load_or_create_node_id(&config.data_dir, config.node_id.as_deref())?;
         crate::proto::validate_node_id(&id).map_err(io::Error::other)?;
+        log::info(&id, &format!("aether {} starting", crate::VERSION));
         let (blobs, leftovers) = BlobStore::open(&config.data_dir, config.reserve_bytes)?;
         if leftovers > 0 {
             log::warn(&id, &format!("removed {leftovers} unfinished upload(s) left by an earlier run"));
@@ -254,8 +255,9 @@ impl Node {
                 return e.into();
             }
         }
+        let routine = endpoint.is_internal() || endpoint == Endpoint::Health;
         let result = match endpoint {
-            Endpoint::Health => Ok(http::json_reply(200, &Health { status: "ok".to_string() }).into()),
+            Endpoint::Health => Ok(http::json_reply(200, &Health::ok()).into()),
             Endpoint::PutObject(id) => self.put(request, &id),
             Endpoint::GetObject(id) => self.get(request, &id).map(Handled::from),
             Endpoint::HeadObject(id) => self.head(&id).map(Handled::from),
@@ -263,7 +265,9 @@ impl Node {
             Endpoint::Replicate => self.replicate(request).map(Handled::from),
             Endpoint::DeleteObjects => self.delete_listed(request).map(Handled::from),
         };
-        result.unwrap_or_else(Handled::from)
+        let mut handled = result.unwrap_or_else(Handled::from);
+        handled.routine = routine;
+        handled
     }
 
     /// Stores an upload and, for a chained upload, forwards it to the rest of the chain
@@ -317,7 +321,7 @@ impl Node {
             ),
             stored.checksum,
         );
-        Ok(Handled { reply, bytes_in: stored.size, error: None })
+        Ok(Handled { reply, bytes_in: stored.size, error: None, routine: false })
     }
 
     fn get(self: &Arc<Self>, request: &Request, id: &ObjectId) -> Result<Reply, ApiError> {

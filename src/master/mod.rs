@@ -85,6 +85,7 @@ pub struct Master {
 
 impl Master {
     pub fn start(config: MasterConfig, agent: ureq::Agent) -> io::Result<Master> {
+        log::info("master", &format!("aether {} starting", crate::VERSION));
         if !(1..=MAX_REPLICATION).contains(&config.replication) {
             return Err(io::Error::other(format!(
                 "replication factor {} is out of range 1..={MAX_REPLICATION}",
@@ -116,6 +117,7 @@ impl Master {
             scans: Mutex::new(HashMap::new()),
             nodes,
             repairs_in_flight: AtomicU64::new(0),
+            versions: Mutex::new(HashMap::new()),
         });
         let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
         let maintenance_state = Arc::clone(&state);
@@ -235,6 +237,8 @@ struct MasterState {
     /// database. Addresses change only by registration, which refreshes it.
     nodes: RwLock<Arc<Vec<Candidate>>>,
     repairs_in_flight: AtomicU64,
+    /// What each node said it runs, by id: memory only, told again by every heartbeat.
+    versions: Mutex<HashMap<String, String>>,
 }
 
 impl From<MetaError> for ApiError {
@@ -246,7 +250,9 @@ impl From<MetaError> for ApiError {
 impl MasterState {
     fn handle(&self, request: &mut Request) -> Handled {
         let bytes_in = request.body_length().unwrap_or(0) as u64;
+        let mut routine = false;
         let result = Endpoint::parse(request.method(), http::path_of(request)).and_then(|endpoint| {
+            routine = endpoint.is_internal() || endpoint == Endpoint::Health;
             if endpoint.is_internal() {
                 http::check_token(request, self.config.cluster_token.as_deref())?;
             }
@@ -257,12 +263,13 @@ impl MasterState {
             Err(e) => Handled::from(e),
         };
         handled.bytes_in = bytes_in;
+        handled.routine = routine;
         handled
     }
 
     fn dispatch(&self, endpoint: Endpoint, request: &mut Request) -> Result<Reply, ApiError> {
         match endpoint {
-            Endpoint::Health => Ok(http::json_reply(200, &Health { status: "ok".into() })),
+            Endpoint::Health => Ok(http::json_reply(200, &Health::ok())),
             Endpoint::RegisterNode => {
                 let body: RegisterNode =
                     http::read_json(request, r#"{"id": "datanode-1", "address": "http://host:42101"}"#)?;
@@ -317,6 +324,7 @@ impl MasterState {
             *self.nodes.write().expect("nodes lock") = Arc::new(nodes);
         }
         let before = self.membership.registered(&body.id, Instant::now());
+        self.note_version(&body.id, body.version);
         match outcome {
             Registered::New => log::info("master", &format!("node {} registered at {address}", body.id)),
             Registered::AddressChanged => log::info("master", &format!("node {} moved to {address}", body.id)),
@@ -334,12 +342,23 @@ impl MasterState {
             .membership
             .heartbeat(&body.id, body.capacity_bytes, body.free_bytes, body.object_count, now)
             .ok_or_else(|| ApiError::not_found(format!("node {:?} is not registered; register it first", body.id)))?;
+        self.note_version(&body.id, body.version);
         if before != NodeState::Alive {
             self.db.set_node_state(&body.id, NodeState::Alive.as_str())?;
             log::info("master", &format!("node {} is alive again (was {})", body.id, before.as_str()));
         }
         let delete = self.db.take_deletions(&body.id, 1000)?;
         Ok(http::json_reply(200, &NodeCommands { delete }))
+    }
+
+    fn note_version(&self, id: &str, version: Option<String>) {
+        let Some(version) = version else { return };
+        let mut versions = self.versions.lock().expect("versions lock");
+        if versions.get(id) != Some(&version) {
+            if let Some(before) = versions.insert(id.to_string(), version.clone()) {
+                log::info("master", &format!("node {id} now runs aether {version} (was {before})"));
+            }
+        }
     }
 
     fn inventory(&self, body: Inventory) -> Result<Reply, ApiError> {
@@ -371,12 +390,14 @@ impl MasterState {
 
     fn list_nodes(&self) -> Result<Reply, ApiError> {
         let now = Instant::now();
+        let versions = self.versions.lock().expect("versions lock").clone();
         let nodes = self
             .db
             .nodes()?
             .into_iter()
             .map(|n| {
                 let member = self.membership.get(&n.id);
+                let version = versions.get(&n.id).cloned();
                 let silent = member.map_or(0.0, |m| now.saturating_duration_since(m.last_seen).as_secs_f64());
                 NodeInfo {
                     state: member.map_or(n.state, |m| m.state.as_str().to_string()),
@@ -389,6 +410,7 @@ impl MasterState {
                     capacity_bytes: member.and_then(|m| m.capacity_bytes),
                     free_bytes: member.and_then(|m| m.free_bytes),
                     object_count: member.and_then(|m| m.object_count),
+                    version,
                 }
             })
             .collect();
@@ -409,6 +431,7 @@ impl MasterState {
                 under_replicated: counts.under_replicated,
                 repairs_in_flight: self.repairs_in_flight.load(Ordering::Relaxed),
                 pending_deletes: counts.pending_deletes,
+                version: crate::VERSION.to_string(),
             },
         ))
     }
