@@ -3,6 +3,7 @@
 
 mod api;
 mod bench;
+mod cli;
 mod cluster;
 mod durability;
 mod healing;
