@@ -4,6 +4,8 @@
 #   deploy/build-static.sh
 #   docker build -t aetherstore:latest .
 #
+# A binary built again needs the image built again: `docker-compose up -d --build`.
+#
 # BASE_IMAGE is any Debian-like image with bash and useradd: debian:bookworm-slim in the
 # real world; the deploy test passes an image it made itself with debootstrap, since no
 # image can be pulled on the project's machines. The binary is statically linked, so
@@ -21,8 +23,18 @@ RUN groupadd --system --gid "${AETHER_UID}" aether \
     && chown aether:aether /var/lib/aether \
     && chmod 0750 /var/lib/aether
 
-COPY ${AETHER_BINARY} /usr/local/bin/aether
-COPY deploy/docker/healthcheck.sh /usr/local/bin/aether-healthcheck
+# The binary is copied through a wildcard, so that a fresh clone that has not built it
+# yet reaches the check below, which says what to run, instead of "file not found".
+COPY deploy/docker/healthcheck.sh ${AETHER_BINARY}* /tmp/aether-build/
+RUN binary="/tmp/aether-build/$(basename "${AETHER_BINARY}")"; \
+    if [ ! -f "$binary" ]; then \
+        echo "error: ${AETHER_BINARY} does not exist. Build it first: deploy/build-static.sh," \
+             "then build the image again (docker-compose up -d --build, or docker build)." >&2; \
+        exit 1; \
+    fi \
+    && install -m 0755 "$binary" /usr/local/bin/aether \
+    && install -m 0755 /tmp/aether-build/healthcheck.sh /usr/local/bin/aether-healthcheck \
+    && rm -rf /tmp/aether-build
 
 # Both roles keep their data in the volume; the master's database or the datanode's
 # objects, one role per container.
