@@ -315,6 +315,17 @@ impl Client {
                 _ => break,
             }
         }
+        if !stored.iter().any(|r| r.status == 201) {
+            // Nothing to complete: say what each node answered, each node once.
+            let mut each: Vec<String> = Vec::new();
+            for r in stored.iter().rev() {
+                if !each.iter().any(|e| e.starts_with(&format!("{}: ", r.node))) {
+                    each.push(format!("{}: {}", r.node, r.error.as_deref().unwrap_or("no copy")));
+                }
+            }
+            each.reverse();
+            return Err(ClientError::NoReplica { message: format!("no datanode stored {id} ({})", each.join("; ")) });
+        }
         let receipts = stored.iter().filter(|r| r.status == 201).filter_map(|r| r.receipt.clone()).collect();
         self.complete_with_receipts(&id, receipts).map_err(|e| match e {
             ClientError::Api { url, status, message } => {

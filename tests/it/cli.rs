@@ -175,7 +175,7 @@ fn master_address_without_scheme_works_and_no_master_says_so_once() {
 }
 
 #[test]
-fn a_read_with_every_replica_down_names_each_once() {
+fn every_replica_down_names_each_node_once() {
     let mut cluster = TestCluster::start("all-down", 2, 2);
     let id = upload(&cluster.master.url, b"two copies, both about to vanish");
     let addresses: Vec<String> = cluster.datanodes.iter().map(|n| n.url.clone()).collect();
@@ -189,6 +189,16 @@ fn a_read_with_every_replica_down_names_each_once() {
     assert_eq!(message.lines().count(), 1, "{message}");
     for address in &addresses {
         assert_eq!(message.matches(address.as_str()).count(), 1, "{address} once: {message}");
+    }
+    // An upload placed on them fails the same way.
+    let file = cluster.dir.path().join("in");
+    std::fs::write(&file, b"nowhere to go").unwrap();
+    let failed = cluster.aether(&["put", file.to_str().unwrap()]);
+    assert!(!failed.status.success());
+    let message = text(&failed.stderr);
+    assert_eq!(message.lines().count(), 1, "{message}");
+    for address in &addresses {
+        assert!(message.matches(address.as_str()).count() <= 1, "{address} at most once: {message}");
     }
 }
 
