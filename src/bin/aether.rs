@@ -444,7 +444,11 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let Some(command) = args.command else {
-        eprintln!("aether: error: no command given; see `aether --help` (try `aether dev` for a local cluster)");
+        // As argh answers `--help`: the commands, then a word on where to start.
+        if let Err(help) = Args::from_args(&["aether"], &["--help"]) {
+            eprint!("{}", help.output);
+        }
+        eprintln!("\naether: error: no command given; try `aether dev` for a local cluster");
         return ExitCode::FAILURE;
     };
     match run(command) {
