@@ -122,12 +122,9 @@ fn from_ureq(url: &str, err: ureq::Error) -> ClientError {
 
 /// A master address as people write it: `host:port` means `http://host:port`.
 pub fn master_url(text: &str) -> String {
-    let text = text.trim().trim_end_matches('/');
-    if text.contains("://") {
-        text.to_string()
-    } else {
-        format!("http://{text}")
-    }
+    let text = text.trim();
+    let url = if text.contains("://") { text.to_string() } else { format!("http://{text}") };
+    url.trim_end_matches('/').to_string()
 }
 
 /// The one HTTP agent of a process: pooled keep-alive connections and explicit timeouts,
