@@ -38,7 +38,7 @@ enum Command {
 
 #[derive(FromArgs)]
 #[argh(subcommand, name = "dev")]
-/// Run a local cluster (a master and datanodes) in this process until Ctrl-C.
+/// Run a local cluster until Ctrl-C: the master in this process, each datanode a child process.
 struct DevArgs {
     /// directory for all data (default: ./aether-data)
     #[argh(option, default = "PathBuf::from(\"aether-data\")")]
@@ -52,6 +52,9 @@ struct DevArgs {
     /// master port; datanode i listens on port+i; 0 picks free ports (default: 42100)
     #[argh(option, default = "42100")]
     port: u16,
+    /// seconds of silence after which a datanode is dead and its copies are made again (default 12)
+    #[argh(option)]
+    dead_after: Option<String>,
 }
 
 #[derive(FromArgs)]
@@ -293,6 +296,7 @@ fn run(command: Command) -> Result<(), String> {
                 datanodes: args.datanodes,
                 replication: args.replication,
                 port: args.port,
+                dead_after: seconds_setting(args.dead_after, "AETHER_DEAD_AFTER", Duration::from_secs(12))?,
             };
             dev::run(&config).map_err(|e| e.to_string())
         }
@@ -322,6 +326,7 @@ fn run(command: Command) -> Result<(), String> {
             Ok(())
         }
         Command::Datanode(args) => {
+            dev::follow_dev_parent();
             let listen = setting(args.listen, "AETHER_LISTEN").unwrap_or_else(|| "0.0.0.0:42101".into());
             let data = setting(args.data.map(|p| p.display().to_string()), "AETHER_DATA")
                 .unwrap_or_else(|| "aether-data/datanode".into());

@@ -25,6 +25,7 @@ use crossbeam_channel::Sender;
 use tiny_http::{Method, Request};
 
 use crate::http::{self, ApiError, Handled, HttpServer, Reply};
+use crate::lock::DataDirLock;
 use crate::log;
 use crate::proto::{
     normalize_address, validate_node_id, Checksum, ClusterStatus, CompleteUpload, Health, Heartbeat, InitUpload,
@@ -81,6 +82,8 @@ pub struct Master {
     stop: Sender<()>,
     maintenance: JoinHandle<()>,
     state: Arc<MasterState>,
+    /// Held until the master is dropped: no other server uses its data directory.
+    _lock: DataDirLock,
 }
 
 impl Master {
@@ -97,8 +100,7 @@ impl Master {
                 config.replication
             )));
         }
-        std::fs::create_dir_all(&config.data_dir)
-            .map_err(|e| io::Error::new(e.kind(), format!("cannot create {}: {e}", config.data_dir.display())))?;
+        let lock = DataDirLock::acquire(&config.data_dir)?;
         let db_path = config.data_dir.join("meta.db");
         let db = MetaDb::open(&db_path, config.threads + 2).map_err(io::Error::other)?;
         let known = db.nodes().map_err(io::Error::other)?;
@@ -143,7 +145,7 @@ impl Master {
                  set --cluster-token (or AETHER_CLUSTER_TOKEN) on the master and every datanode",
             );
         }
-        Ok(Master { http, stop, maintenance, state })
+        Ok(Master { http, stop, maintenance, state, _lock: lock })
     }
 
     pub fn local_addr(&self) -> std::net::SocketAddr {

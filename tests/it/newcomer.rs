@@ -1,0 +1,188 @@
+//! What a newcomer meets first, tried as they would: `aether dev` (one cluster per data
+//! directory, a datanode killed to watch it heal), the seed's walk-through verbatim,
+//! `aether put` from a pipe or `-`, and inputs refused before the cluster is asked.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::cluster::{api_get, pattern, request, wait_until, TempDir, TestCluster, BIN};
+
+/// A running `aether dev`, with what its banner said.
+struct Dev {
+    child: Child,
+    master: String,
+    /// (id, address, pid) of each datanode.
+    nodes: Vec<(String, String, u32)>,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Dev {
+    fn start(data: &Path, extra: &[&str]) -> Dev {
+        let mut child = Command::new(BIN)
+            .args(["dev", "--data"])
+            .arg(data)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (stderr, sink) = (child.stderr.take().unwrap(), Arc::clone(&log));
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let (mut master, mut nodes) = (String::new(), Vec::new());
+        let mut banner = Vec::new();
+        for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+            let line = line.unwrap();
+            banner.push(line.clone());
+            if line.starts_with("Stop it") {
+                break;
+            }
+            let words: Vec<&str> = line.split_whitespace().collect();
+            if words.len() >= 4 && words[0] == "master" {
+                master = words[1].to_string();
+            } else if words.len() >= 4 && words[0].starts_with("datanode-") && words[2] == "pid" {
+                nodes.push((words[0].to_string(), words[1].to_string(), words[3].parse().unwrap()));
+            }
+        }
+        let dev = Dev { child, master, nodes, log };
+        assert!(!dev.master.is_empty(), "no banner: {banner:?}\n{}", dev.log_text());
+        dev
+    }
+
+    fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    fn aether(&self, args: &[&str]) -> Output {
+        Command::new(BIN).args(args).env("AETHER_MASTER", &self.master).stdin(Stdio::null()).output().unwrap()
+    }
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-INT", &self.child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("---- log of aether dev ----\n{}", self.log_text());
+        }
+    }
+}
+
+/// Runs `aether ARGS`; a command still running after `limit` is killed and counts as a
+/// failure to refuse.
+fn run_for(args: &[&str], data: &Path, limit: Duration) -> (bool, String) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .arg(data)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+            return (status.success(), err);
+        }
+        if Instant::now() > deadline {
+            let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+            std::thread::sleep(Duration::from_secs(2));
+            let _ = child.kill();
+            let _ = child.wait();
+            return (true, format!("aether {args:?} was still running after {limit:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_data_directory_serves_one_server_at_a_time() {
+    let dir = TempDir::new("dirlock");
+    let dev = Dev::start(dir.path(), &["--port", "0"]);
+    let data = dir.path().join("in.txt");
+    std::fs::write(&data, b"written before the second start").unwrap();
+    let put = dev.aether(&["put", data.to_str().unwrap()]);
+    assert!(put.status.success(), "{}", String::from_utf8_lossy(&put.stderr));
+    let id = String::from_utf8(put.stdout).unwrap().trim().to_string();
+
+    let limit = Duration::from_secs(20);
+    let dev_pid = dev.child.id();
+    let (ok, err) = run_for(&["dev", "--port", "0", "--data"], dir.path(), limit);
+    assert!(!ok && err.contains(&format!("is in use by PID {dev_pid}")), "{err}");
+    let master_dir = dir.path().join("master");
+    let (ok, err) = run_for(&["master", "--listen", "127.0.0.1:0", "--data"], &master_dir, limit);
+    assert!(!ok && err.contains(&format!("is in use by PID {dev_pid}")), "{err}");
+    let (node, _, node_pid) = &dev.nodes[0];
+    let node_dir = dir.path().join(node);
+    let (ok, err) = run_for(&["datanode", "--listen", "127.0.0.1:0", "--data"], &node_dir, limit);
+    assert!(!ok && err.contains(&format!("is in use by PID {node_pid}")), "{err}");
+
+    // The first cluster noticed nothing: same nodes at the same addresses, data intact.
+    let (_, list) = api_get(&format!("{}/api/nodes", dev.master)).unwrap();
+    let mut registered: Vec<(String, String)> = list["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| (n["id"].as_str().unwrap().to_string(), n["address"].as_str().unwrap().to_string()))
+        .collect();
+    registered.sort();
+    let expected: Vec<(String, String)> = dev.nodes.iter().map(|(id, url, _)| (id.clone(), url.clone())).collect();
+    assert_eq!(registered, expected);
+    let get = dev.aether(&["get", &id]);
+    assert!(get.status.success() && get.stdout == b"written before the second start");
+}
+
+#[test]
+fn a_dev_datanode_killed_with_sigkill_is_healed_around() {
+    let dir = TempDir::new("devheal");
+    let dev = Dev::start(dir.path(), &["--port", "0", "--dead-after", "2"]);
+    assert_eq!(dev.nodes.len(), 3, "{:?}", dev.nodes);
+    for (_, _, pid) in &dev.nodes {
+        assert_ne!(*pid, dev.child.id(), "each datanode is a process of its own");
+    }
+    let data = dir.path().join("in.bin");
+    std::fs::write(&data, pattern(5, 100_000)).unwrap();
+    let put = dev.aether(&["put", data.to_str().unwrap()]);
+    assert!(put.status.success(), "{}", String::from_utf8_lossy(&put.stderr));
+    let id = String::from_utf8(put.stdout).unwrap().trim().to_string();
+    let holders = |info: &Value| -> Vec<String> {
+        info["replica_nodes"].as_array().unwrap().iter().map(|r| r["node"].as_str().unwrap().to_string()).collect()
+    };
+    let (_, info) = api_get(&format!("{}/api/objects/{id}", dev.master)).unwrap();
+    let victim = holders(&info)[0].clone();
+    let (_, _, pid) = dev.nodes.iter().find(|(node, ..)| *node == victim).unwrap();
+
+    // What the README tells a newcomer to do.
+    assert!(Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap().success());
+    let url = format!("{}/api/objects/{id}", dev.master);
+    wait_until("the object to be back at 2 copies without the killed node", Duration::from_secs(60), || {
+        let (_, info) = api_get(&url).unwrap();
+        let nodes = holders(&info);
+        let states: Vec<&str> =
+            info["replica_nodes"].as_array().unwrap().iter().map(|r| r["state"].as_str().unwrap()).collect();
+        nodes.len() == 2 && !nodes.contains(&victim) && states.iter().all(|s| *s == "alive")
+    });
+    let (_, cluster) = api_get(&format!("{}/api/cluster", dev.master)).unwrap();
+    assert_eq!((cluster["nodes_dead"].as_u64(), cluster["under_replicated"].as_u64()), (Some(1), Some(0)));
+    let get = dev.aether(&["get", &id]);
+    assert!(get.status.success() && get.stdout == pattern(5, 100_000));
+    let log = dev.log_text();
+    assert!(log.contains(&format!("{victim} (pid {pid}) stopped")) && log.contains("To start it again"), "{log}");
+}
