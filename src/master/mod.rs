@@ -76,6 +76,8 @@ impl MasterConfig {
 
 /// The most replicas one object may ask for.
 pub const MAX_REPLICATION: usize = 16;
+/// The most nodes an upload was not placed on that `complete` asks for a copy.
+const MAX_NODES_ASKED: usize = 64;
 
 pub struct Master {
     http: HttpServer,
@@ -482,12 +484,31 @@ impl MasterState {
             }
         }
         let object = self.db.object_with_status(id, true)?;
-        let known = |node: &str, found: &[Confirmation]| found.iter().any(|f| f.node_id == node);
+        let known_node = |node: &str, found: &[Confirmation]| found.iter().any(|f| f.node_id == node);
         let unconfirmed: Vec<&db::ReplicaRow> =
-            object.replicas.iter().filter(|r| r.state != "confirmed" && !known(&r.node_id, &found)).collect();
+            object.replicas.iter().filter(|r| r.state != "confirmed" && !known_node(&r.node_id, &found)).collect();
         let asked: Vec<Confirmation> =
             unconfirmed.into_iter().filter_map(|r| self.ask_node(&r.node_id, &r.address, &id)).collect();
         found.extend(asked);
+        match self.db.complete_object(id, quorum, found.clone()) {
+            Err(MetaError::Unavailable(_)) => {}
+            done => {
+                done?;
+                return Ok(http::json_reply(200, &StatusOk::ok()));
+            }
+        }
+        // Still short: a copy confirmed by a datanode counts wherever it landed, so live
+        // nodes the upload was not placed on are asked too (the original walk-through
+        // PUTs to nodes of its own choosing, and their reports may still be on the way).
+        let known = Arc::clone(&self.nodes.read().expect("nodes lock"));
+        let others: Vec<Confirmation> = known
+            .iter()
+            .filter(|(node, _)| self.membership.get(node).is_some_and(|m| m.state == NodeState::Alive))
+            .filter(|(node, _)| !object.replicas.iter().any(|r| r.node_id == *node) && !known_node(node, &found))
+            .take(MAX_NODES_ASKED)
+            .filter_map(|(node, address)| self.ask_node(node, address, &id))
+            .collect();
+        found.extend(others);
         self.db.complete_object(id, quorum, found)?;
         Ok(http::json_reply(200, &StatusOk::ok()))
     }

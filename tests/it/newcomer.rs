@@ -2,7 +2,7 @@
 //! directory, a datanode killed to watch it heal), the seed's walk-through verbatim,
 //! `aether put` from a pipe or `-`, and inputs refused before the cluster is asked.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::cluster::{api_get, pattern, request, wait_until, TempDir, TestCluster, BIN};
+use crate::cluster::{api_get, pattern, request, wait_until, TempDir, BIN};
 
 /// A running `aether dev`, with what its banner said.
 struct Dev {
@@ -185,4 +185,83 @@ fn a_dev_datanode_killed_with_sigkill_is_healed_around() {
     assert!(get.status.success() && get.stdout == pattern(5, 100_000));
     let log = dev.log_text();
     assert!(log.contains(&format!("{victim} (pid {pid}) stopped")) && log.contains("To start it again"), "{log}");
+}
+
+/// A port P such that P..P+n are free now, for `aether dev --port P`.
+fn free_port_run(n: u16) -> u16 {
+    loop {
+        let base = 20_000 + rand::random::<u16>() % 40_000;
+        let held: Vec<_> = (0..n).map_while(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).ok()).collect();
+        if held.len() == n as usize {
+            return base;
+        }
+    }
+}
+
+fn post(url: &str, body: &Value) -> (u16, Value) {
+    request("POST", url, Some(body.to_string().as_bytes())).unwrap()
+}
+
+/// `curl -X PUT --data-binary "@test.txt" URL`, exactly: curl sends a form content type.
+fn curl_put(url: &str, bytes: &[u8]) -> u16 {
+    match crate::cluster::agent().put(url).set("Content-Type", "application/x-www-form-urlencoded").send_bytes(bytes) {
+        Ok(r) => r.status(),
+        Err(ureq::Error::Status(code, _)) => code,
+        Err(e) => panic!("PUT {url}: {e}"),
+    }
+}
+
+/// The README's "original walk-through", command for command, with the uploads going
+/// to `put_to` whatever `init` placed. Returns the object id.
+fn verbatim_walk_through(port: u16, put_to: &[u16]) -> String {
+    let master = format!("http://localhost:{port}");
+    for i in 1..=2 {
+        let node = json!({"id": format!("datanode-{i}"), "address": format!("http://localhost:{}", port + i)});
+        assert_eq!(post(&format!("{master}/api/node/register"), &node), (200, json!({"status": "OK"})));
+    }
+    let (status, placement) = post(&format!("{master}/api/upload/init"), &json!({"size": 1024}));
+    assert_eq!(status, 200, "{placement}");
+    let id = placement["objectid"].as_str().unwrap().to_string();
+    for node in put_to {
+        assert_eq!(curl_put(&format!("http://localhost:{node}/objects/{id}"), b"test data\n"), 201);
+    }
+    let (status, answer) = post(&format!("{master}/api/upload/complete"), &json!({"objectid": id}));
+    assert_eq!((status, &answer), (200, &json!({"status": "OK"})), "placed {placement}, uploaded to {put_to:?}");
+    id
+}
+
+fn replica_addresses(master: &str, id: &str) -> Vec<String> {
+    let (status, object) = api_get(&format!("{master}/api/objects/{id}")).unwrap();
+    assert_eq!(status, 200, "{object}");
+    let mut replicas: Vec<String> = serde_json::from_value(object["replicas"].clone()).unwrap();
+    replicas.sort();
+    replicas
+}
+
+#[test]
+fn the_seed_walkthrough_runs_verbatim_against_dev_every_time() {
+    let dir = TempDir::new("verbatim");
+    let port = free_port_run(4);
+    let _dev = Dev::start(dir.path(), &["--port", &port.to_string(), "--dead-after", "4"]);
+    let master = format!("http://localhost:{port}");
+    let seed_nodes = vec![format!("http://localhost:{}", port + 1), format!("http://localhost:{}", port + 2)];
+    for _ in 0..20 {
+        let id = verbatim_walk_through(port, &[port + 1, port + 2]);
+        assert_eq!(replica_addresses(&master, &id), seed_nodes, "the copies are where the bytes went, R of them");
+        for node in &seed_nodes {
+            assert_eq!(crate::cluster::get_bytes(&format!("{node}/objects/{id}")).unwrap(), b"test data\n");
+        }
+    }
+    // A copy beyond the replication factor (uploaded to all three) is removed again.
+    let id = verbatim_walk_through(port, &[port + 1, port + 2, port + 3]);
+    let kept = replica_addresses(&master, &id);
+    assert_eq!(kept.len(), 2, "{kept:?}");
+    let surplus: Vec<String> =
+        (1..=3).map(|i| format!("http://localhost:{}", port + i)).filter(|a| !kept.contains(a)).collect();
+    let url = format!("{}/objects/{id}", surplus[0]);
+    wait_until("the surplus copy to be deleted", Duration::from_secs(30), || {
+        crate::cluster::get_bytes(&url) == Err(404)
+    });
+    let (_, cluster) = api_get(&format!("{master}/api/cluster")).unwrap();
+    assert_eq!(cluster["under_replicated"], 0, "{cluster}");
 }
