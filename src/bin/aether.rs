@@ -142,6 +142,7 @@ struct DatanodeArgs {
 #[argh(subcommand, name = "put")]
 /// Upload a file; prints the new object id.
 struct PutArgs {
+    /// the file to upload; - (or a pipe or FIFO) uploads standard input, read to its end first
     #[argh(positional)]
     file: PathBuf,
     /// replicas for this object (default: the master's replication factor)
@@ -390,8 +391,48 @@ fn run(command: Command) -> Result<(), String> {
     }
 }
 
+/// The command line with a lone `-` (standard input, as in every Unix tool) moved after a
+/// `--`, where argh takes it for the positional argument it is rather than an option.
+fn stdin_dash_as_positional(mut args: Vec<String>) -> Vec<String> {
+    if args.iter().any(|a| a == "--") {
+        return args;
+    }
+    // Not when it is an option's value (`get -o -`).
+    let dash = (1..args.len()).find(|&i| args[i] == cli::STDIN && !args[i - 1].starts_with('-'));
+    if let Some(i) = dash {
+        args.remove(i);
+        args.push("--".into());
+        args.push(cli::STDIN.into());
+    }
+    args
+}
+
+/// `argh::from_env`, but with `stdin_dash_as_positional`.
+fn parse_args() -> Args {
+    let strings: Vec<String> =
+        std::env::args_os().map(|s| s.into_string()).collect::<Result<Vec<_>, _>>().unwrap_or_else(|arg| {
+            eprintln!("Invalid utf8: {}", arg.to_string_lossy());
+            std::process::exit(1)
+        });
+    let strings = stdin_dash_as_positional(strings);
+    let cmd = "aether";
+    let strs: Vec<&str> = strings.iter().skip(1).map(String::as_str).collect();
+    Args::from_args(&[cmd], &strs).unwrap_or_else(|early_exit| {
+        std::process::exit(match early_exit.status {
+            Ok(()) => {
+                println!("{}", early_exit.output);
+                0
+            }
+            Err(()) => {
+                eprintln!("{}\nRun {cmd} --help for more information.", early_exit.output);
+                1
+            }
+        })
+    })
+}
+
 fn main() -> ExitCode {
-    let args: Args = argh::from_env();
+    let args: Args = parse_args();
     match run(args.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::cluster::{api_get, pattern, request, wait_until, TempDir, BIN};
+use crate::cluster::{api_get, pattern, request, wait_until, TempDir, TestCluster, BIN};
 
 /// A running `aether dev`, with what its banner said.
 struct Dev {
@@ -264,4 +264,81 @@ fn the_seed_walkthrough_runs_verbatim_against_dev_every_time() {
     });
     let (_, cluster) = api_get(&format!("{master}/api/cluster")).unwrap();
     assert_eq!(cluster["under_replicated"], 0, "{cluster}");
+}
+
+/// `aether put ARGS` with `stdin` fed on standard input; returns (success, stdout, stderr).
+fn put_with_stdin(master: &str, args: &[&str], stdin: Vec<u8>) -> (bool, String, String) {
+    let mut child = Command::new(BIN)
+        .arg("put")
+        .args(args)
+        .env("AETHER_MASTER", master)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        let _ = std::io::Write::write_all(&mut input, &stdin);
+    });
+    let output = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).trim().to_string();
+    (output.status.success(), text(&output.stdout), text(&output.stderr))
+}
+
+#[track_caller]
+fn check_stored(cluster: &TestCluster, id: &str, expected: &[u8]) {
+    let (status, info) = api_get(&format!("{}/api/objects/{id}", cluster.master.url)).unwrap();
+    assert_eq!((status, info["size"].as_u64()), (200, Some(expected.len() as u64)), "{info}");
+    let get = cluster.aether(&["get", id]);
+    assert!(get.status.success() && get.stdout == expected, "{} bytes back", get.stdout.len());
+}
+
+#[test]
+fn put_uploads_exactly_what_a_pipe_a_fifo_or_dash_gives() {
+    let cluster = TestCluster::start("stdin", 3, 2);
+    let master = cluster.master.url.clone();
+    // The issue's own command: a pipe behind /dev/stdin, whose metadata says 0 bytes.
+    let (ok, id, err) = put_with_stdin(&master, &["/dev/stdin"], b"hi\n".to_vec());
+    assert!(ok, "{err}");
+    check_stored(&cluster, &id, b"hi\n");
+    // `-` is standard input, before or after the options; past 8 MiB it is spooled to a file.
+    let big = pattern(21, (9 << 20) + 123);
+    let (ok, id, err) = put_with_stdin(&master, &["-", "--replication", "3"], big.clone());
+    assert!(ok, "{err}");
+    check_stored(&cluster, &id, &big);
+    let (_, info) = api_get(&format!("{master}/api/objects/{id}")).unwrap();
+    assert_eq!(info["replicas"].as_array().unwrap().len(), 3);
+    let (ok, id, err) = put_with_stdin(&master, &["--replication", "2", "-"], Vec::new());
+    assert!(ok, "{err}");
+    check_stored(&cluster, &id, b"");
+    // A FIFO, written by another process as it is read.
+    let fifo = cluster.dir.path().join("fifo");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let data = pattern(22, 300_000);
+    let (path, bytes) = (fifo.clone(), data.clone());
+    let writer = std::thread::spawn(move || std::fs::write(path, bytes).unwrap());
+    let put = cluster.aether(&["put", fifo.to_str().unwrap()]);
+    writer.join().unwrap();
+    assert!(put.status.success(), "{}", String::from_utf8_lossy(&put.stderr));
+    check_stored(&cluster, String::from_utf8(put.stdout).unwrap().trim(), &data);
+}
+
+#[test]
+fn put_refuses_a_directory_or_a_missing_file_before_asking_the_cluster() {
+    let dir = TempDir::new("putdir");
+    // Nothing listens here: an error about the input proves the cluster was never asked.
+    let nowhere = "http://127.0.0.1:1";
+    let missing = dir.path().join("missing.txt");
+    for (path, said) in [(dir.path(), "is a directory"), (missing.as_path(), "No such file")] {
+        let output = Command::new(BIN)
+            .args(["put", path.to_str().unwrap(), "--master", nowhere])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success() && output.stdout.is_empty(), "{err}");
+        assert!(err.contains(said) && !err.contains("127.0.0.1:1"), "{err}");
+    }
 }
