@@ -78,6 +78,8 @@ impl MasterConfig {
 pub const MAX_REPLICATION: usize = 16;
 /// The most nodes an upload was not placed on that `complete` asks for a copy.
 const MAX_NODES_ASKED: usize = 64;
+/// How long placement avoids a node a client reported failed.
+const FAILED_NODE_PENALTY: Duration = Duration::from_secs(10);
 
 pub struct Master {
     http: HttpServer,
@@ -120,6 +122,7 @@ impl Master {
             scans: Mutex::new(HashMap::new()),
             nodes,
             repairs_in_flight: AtomicU64::new(0),
+            penalties: Mutex::new(HashMap::new()),
         });
         let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
         let maintenance_state = Arc::clone(&state);
@@ -239,6 +242,8 @@ struct MasterState {
     /// database. Addresses change only by registration, which refreshes it.
     nodes: RwLock<Arc<Vec<Candidate>>>,
     repairs_in_flight: AtomicU64,
+    /// Nodes clients reported failed for an upload, until when placement avoids them.
+    penalties: Mutex<HashMap<String, Instant>>,
 }
 
 impl From<MetaError> for ApiError {
@@ -417,16 +422,39 @@ impl MasterState {
         ))
     }
 
-    /// Chooses `n` of `live` (id, address) pairs that may take `size` more bytes.
+    /// Chooses `n` of the `known` (id, address) pairs that may take `size` more bytes:
+    /// alive nodes first, then (only as far as those do not go) nodes a client recently
+    /// reported failed and suspect ones.
     fn chooser(&self, size: u64) -> impl FnOnce(&[Candidate], usize) -> Result<Vec<Candidate>, MetaError> {
         let (alive, suspect) = (self.membership.placeable(size), self.membership.fallback(size));
+        let penalized = self.penalized(Instant::now());
+        let (avoided, preferred): (Vec<String>, Vec<String>) = alive.into_iter().partition(|id| penalized.contains(id));
+        let fallback: Vec<String> = avoided.into_iter().chain(suspect).collect();
+        let registered = self.nodes.read().expect("nodes lock").len();
         move |known, n| {
             let pick = |ids: &[String]| -> Vec<Candidate> {
                 known.iter().filter(|(id, _)| ids.contains(id)).cloned().collect()
             };
-            placement::choose_preferring(&pick(&alive), &pick(&suspect), n, &mut rand::thread_rng())
-                .map_err(MetaError::Unavailable)
+            let (first, then) = (pick(&preferred), pick(&fallback));
+            let eligible = first.len() + then.len();
+            placement::choose_preferring(&first, &then, n, &mut rand::thread_rng()).map_err(|e| {
+                if eligible >= n {
+                    return MetaError::Unavailable(e);
+                }
+                MetaError::Unavailable(format!(
+                    "need {n} datanodes for {n} replicas but only {eligible} of the {registered} registered are \
+                     eligible (alive or suspect, with room for {size} bytes, and neither used by this upload \
+                     already nor reported failed by it); start more datanodes or ask for fewer replicas"
+                ))
+            })
         }
+    }
+
+    /// Nodes clients reported failed within the last `FAILED_NODE_PENALTY`.
+    fn penalized(&self, now: Instant) -> Vec<String> {
+        let mut penalties = self.penalties.lock().expect("penalties lock");
+        penalties.retain(|_, until| *until > now);
+        penalties.keys().cloned().collect()
     }
 
     fn init_upload(&self, body: InitUpload) -> Result<Reply, ApiError> {
@@ -456,6 +484,19 @@ impl MasterState {
             return Err(ApiError::bad_request(format!("count must be between 1 and {MAX_REPLICATION}")));
         }
         let size = self.db.object_with_status(id, true)?.size;
+        // A node that fails chains is avoided by placement for a while: most likely it
+        // is dead and not yet declared so, or cut off from its peers.
+        let until = Instant::now() + FAILED_NODE_PENALTY;
+        let known = Arc::clone(&self.nodes.read().expect("nodes lock"));
+        for (node, _) in known.iter().filter(|(_, address)| body.failed.contains(address)) {
+            let before = self.penalties.lock().expect("penalties lock").insert(node.clone(), until);
+            if before.is_none() {
+                log::info(
+                    "master",
+                    &format!("a client reports node {node} failed upload {id}; placement avoids it for {FAILED_NODE_PENALTY:?}"),
+                );
+            }
+        }
         let nodes = self.db.replace_nodes(id, body.failed, body.count, self.chooser(size))?;
         Ok(http::json_reply(200, &Placement { objectid: id.to_string(), nodes }))
     }

@@ -8,6 +8,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use aetherstore::client::Client;
 use serde_json::{json, Value};
 
 use crate::cluster::{api_get, pattern, request, wait_until, TempDir, TestCluster, BIN};
@@ -341,4 +342,132 @@ fn put_refuses_a_directory_or_a_missing_file_before_asking_the_cluster() {
         assert!(!output.status.success() && output.stdout.is_empty(), "{err}");
         assert!(err.contains(said) && !err.contains("127.0.0.1:1"), "{err}");
     }
+}
+
+#[test]
+fn uploads_right_after_a_datanode_sigkill_use_the_nodes_that_remain() {
+    let mut cluster = TestCluster::start("afterkill", 4, 3);
+    let client = Client::new(aetherstore::client::agent(), &cluster.master.url);
+    let victim = cluster.datanodes[1].url.clone();
+    cluster.datanodes[1].kill();
+    let (mut failures, mut through_victim) = (Vec::new(), 0);
+    for i in 0..20 {
+        let data = pattern(100 + i, 5000);
+        let body = data.clone();
+        let mut open = || Ok(Box::new(std::io::Cursor::new(body.clone())) as Box<dyn Read + Send>);
+        match client.upload(data.len() as u64, None, &mut open) {
+            Ok(uploaded) => {
+                through_victim += uploaded.replicas.iter().any(|r| r.node == victim) as usize;
+                let mut back = Vec::new();
+                client.download(&uploaded.id, &mut back).unwrap();
+                assert!(back == data);
+            }
+            Err(e) => failures.push(e.to_string()),
+        }
+    }
+    assert!(failures.is_empty(), "three healthy nodes remain for R=3, yet: {failures:#?}");
+    // The first upload that met the dead node reported it; placement avoided it after that.
+    assert!(through_victim <= 2, "{through_victim} of 20 uploads were placed on the dead node");
+    // A 503 says what it counted.
+    let (status, answer) =
+        request("POST", &format!("{}/api/upload/init", cluster.master.url), Some(br#"{"size": 10, "replication": 5}"#))
+            .unwrap();
+    let error = answer["error"].as_str().unwrap_or_default();
+    assert!(status == 503 && error.contains("of the 4 registered"), "{status} {answer}");
+}
+
+/// A proxy in front of the master that passes requests on, one connection each, except
+/// for the first `complete`: that one reaches the master, which commits it, and then
+/// `on_complete` runs (it kills the master) before the client's connection is closed
+/// without an answer. With `every` set, every `complete` is answered that way.
+fn lossy_proxy(master: String, every: bool, on_complete: crossbeam_channel::Sender<()>) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let lost = Arc::new(Mutex::new(false));
+    std::thread::spawn(move || {
+        for client in listener.incoming().map_while(Result::ok) {
+            let (master, lost, on_complete) = (master.clone(), Arc::clone(&lost), on_complete.clone());
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(client.try_clone().unwrap());
+                while let Some(request) = read_message(&mut reader) {
+                    let is_complete = String::from_utf8_lossy(&request).starts_with("POST /api/upload/complete ");
+                    let Some(answer) = forward(&master, &request) else { return };
+                    if is_complete && (every || !std::mem::replace(&mut *lost.lock().unwrap(), true)) {
+                        let _ = on_complete.send(());
+                        return; // closes the client's connection: no answer
+                    }
+                    if std::io::Write::write_all(&mut &client, &answer).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    url
+}
+
+/// One HTTP/1.1 message (head and Content-Length body) from `reader`.
+fn read_message(reader: &mut impl BufRead) -> Option<Vec<u8>> {
+    let mut message = Vec::new();
+    let mut length = 0;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.trim().parse().ok()?;
+            }
+        }
+        message.extend_from_slice(line.as_bytes());
+        if line == "\r\n" {
+            break;
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).ok()?;
+    message.extend(body);
+    Some(message)
+}
+
+fn forward(master: &str, request: &[u8]) -> Option<Vec<u8>> {
+    let mut upstream = std::net::TcpStream::connect(master.trim_start_matches("http://")).ok()?;
+    std::io::Write::write_all(&mut upstream, request).ok()?;
+    read_message(&mut BufReader::new(upstream))
+}
+
+#[test]
+fn a_lost_complete_answer_is_asked_again_and_the_id_is_printed() {
+    let mut cluster = TestCluster::start("lostcomplete", 3, 2);
+    let input = cluster.dir.path().join("in.bin");
+    let data = pattern(31, 70_000);
+    std::fs::write(&input, &data).unwrap();
+
+    // The master commits `complete`, is SIGKILLed before it answers, and comes back.
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let proxy = lossy_proxy(cluster.master.url.clone(), false, tx);
+    let put = {
+        let (proxy, input) = (proxy.clone(), input.clone());
+        std::thread::spawn(move || {
+            Command::new(BIN).args(["put", input.to_str().unwrap(), "--master", &proxy]).output().unwrap()
+        })
+    };
+    rx.recv_timeout(Duration::from_secs(60)).expect("the client to complete its upload");
+    cluster.restart_master();
+    let put = put.join().unwrap();
+    assert!(put.status.success(), "{}", String::from_utf8_lossy(&put.stderr));
+    let id = String::from_utf8(put.stdout).unwrap().trim().to_string();
+    check_stored(&cluster, &id, &data);
+
+    // When the answer never comes, the id is printed all the same, with how to check it.
+    let (tx, rx) = crossbeam_channel::bounded(16);
+    let proxy = lossy_proxy(cluster.master.url.clone(), true, tx);
+    let put = Command::new(BIN).args(["put", input.to_str().unwrap(), "--master", &proxy]).output().unwrap();
+    let err = String::from_utf8_lossy(&put.stderr);
+    assert!(!put.status.success() && err.contains("aether stat"), "{err}");
+    assert!(rx.len() >= 3, "complete was asked {} time(s)", rx.len());
+    let id = String::from_utf8(put.stdout).unwrap().trim().to_string();
+    let (status, info) = api_get(&format!("{}/api/objects/{id}", cluster.master.url)).unwrap();
+    assert_eq!((status, info["status"].as_str()), (200, Some("complete")), "{info}");
 }
