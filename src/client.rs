@@ -296,20 +296,10 @@ impl Client {
             chain = untried.into_iter().take(wanted - have).collect();
             let more = wanted - have - chain.len();
             if more > 0 {
-                match self.replace_nodes(&id, &failed, more) {
-                    Ok(placement) => chain.extend(placement.nodes),
-                    Err(e) => {
-                        if chain.is_empty() {
-                            break;
-                        }
-                        stored.push(ReplicaResult {
-                            node: self.master.clone(),
-                            status: e.status().unwrap_or(502),
-                            checksum: None,
-                            receipt: None,
-                            error: Some(format!("no replacement nodes: {e}")),
-                        });
-                    }
+                // Without replacements the untried nodes are still worth a try; `complete`
+                // then says what is missing.
+                if let Ok(placement) = self.replace_nodes(&id, &failed, more) {
+                    chain.extend(placement.nodes);
                 }
             }
             if chain.is_empty() {
@@ -337,7 +327,10 @@ impl Client {
                     .collect();
                 ClientError::Api { url, status, message: format!("{message}; replicas: {}", outcome.join(", ")) }
             }
-            other => ClientError::CompleteUnknown { id, source: Box::new(other) },
+            other if stored.iter().any(|r| r.status == 201 || r.status == 409) => {
+                ClientError::CompleteUnknown { id, source: Box::new(other) }
+            }
+            other => other,
         })?;
         Ok(Uploaded { id, size: len, checksum: source.unwrap_or_default(), replicas: stored })
     }
@@ -527,5 +520,40 @@ impl<R: Read> Read for Tally<R> {
         let n = self.inner.read(buf)?;
         self.sum.lock().expect("tally lock").update(&buf[..n]);
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(node: &str, status: u16, checksum: Option<u32>) -> ReplicaResult {
+        ReplicaResult {
+            node: node.to_string(),
+            status,
+            checksum: checksum.map(|c| Checksum::parse(&format!("crc32c:{c:08x}")).unwrap()),
+            receipt: None,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn only_the_node_where_a_chain_broke_counts_as_failed() {
+        let read = Checksum::parse("crc32c:0000002a").unwrap();
+        let chain: Vec<String> = ["a", "b", "c", "d"].iter().map(|s| s.to_string()).collect();
+        let nodes = |results: &[ReplicaResult]| results.iter().map(|r| r.node.as_str()).collect::<Vec<_>>().join(" ");
+
+        let answered = vec![result("a", 201, Some(42)), result("b", 502, None), result("c", 502, None)];
+        let (good, failed, untried) = classify(&chain, answered, read);
+        assert_eq!((nodes(&good), nodes(&failed), untried.join(" ")), ("a".into(), "b".into(), "c d".into()));
+
+        // The first node did not answer: it failed, the others never saw a byte.
+        let (good, failed, untried) = classify(&chain, vec![result("a", 502, None)], read);
+        assert_eq!((good.len(), nodes(&failed), untried.join(" ")), (0, "a".into(), "b c d".into()));
+
+        // A copy of other bytes is no copy; a node that has the object already is one.
+        let answered = vec![result("a", 201, Some(7)), result("b", 409, None), result("c", 502, None)];
+        let (good, failed, untried) = classify(&chain, answered, read);
+        assert_eq!((nodes(&good), nodes(&failed), untried.join(" ")), ("b".into(), "a".into(), "c d".into()));
     }
 }
