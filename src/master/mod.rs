@@ -78,6 +78,8 @@ impl MasterConfig {
 pub const MAX_REPLICATION: usize = 16;
 /// The most nodes an upload was not placed on that `complete` asks for a copy.
 const MAX_NODES_ASKED: usize = 64;
+/// How long `complete` spends asking them.
+const ASKING_OTHERS_FOR: Duration = Duration::from_secs(5);
 /// How long placement avoids a node a client reported failed.
 const FAILED_NODE_PENALTY: Duration = Duration::from_secs(10);
 
@@ -542,14 +544,25 @@ impl MasterState {
         // nodes the upload was not placed on are asked too (the original walk-through
         // PUTs to nodes of its own choosing, and their reports may still be on the way).
         let known = Arc::clone(&self.nodes.read().expect("nodes lock"));
-        let others: Vec<Confirmation> = known
+        let confirmed: Vec<&str> =
+            object.replicas.iter().filter(|r| r.state == "confirmed").map(|r| r.node_id.as_str()).collect();
+        let copies = |found: &[Confirmation]| {
+            confirmed.len() + found.iter().filter(|f| !confirmed.contains(&f.node_id.as_str())).count()
+        };
+        let deadline = Instant::now() + ASKING_OTHERS_FOR;
+        let others = known
             .iter()
             .filter(|(node, _)| self.membership.get(node).is_some_and(|m| m.state == NodeState::Alive))
             .filter(|(node, _)| !object.replicas.iter().any(|r| r.node_id == *node) && !known_node(node, &found))
             .take(MAX_NODES_ASKED)
-            .filter_map(|(node, address)| self.ask_node(node, address, &id))
-            .collect();
-        found.extend(others);
+            .cloned()
+            .collect::<Vec<Candidate>>();
+        for (node, address) in &others {
+            if copies(&found) >= object.replication || Instant::now() > deadline {
+                break;
+            }
+            found.extend(self.ask_node(node, address, &id));
+        }
         self.db.complete_object(id, quorum, found)?;
         Ok(http::json_reply(200, &StatusOk::ok()))
     }
