@@ -153,7 +153,7 @@ fn a_data_directory_serves_one_server_at_a_time() {
 #[test]
 fn a_dev_datanode_killed_with_sigkill_is_healed_around() {
     let dir = TempDir::new("devheal");
-    let dev = Dev::start(dir.path(), &["--port", "0", "--dead-after", "2"]);
+    let dev = Dev::start(dir.path(), &["--port", "0", "--dead-after", "3"]);
     assert_eq!(dev.nodes.len(), 3, "{:?}", dev.nodes);
     for (_, _, pid) in &dev.nodes {
         assert_ne!(*pid, dev.child.id(), "each datanode is a process of its own");
