@@ -11,6 +11,11 @@
 #   deploy/walkthrough.sh MASTER_URL [NODE_ID=NODE_URL ...]
 #   deploy/walkthrough.sh http://localhost:42100 datanode-1=http://localhost:42101 datanode-2=http://localhost:42102
 #
+# With AETHER_WALKTHROUGH_VERBATIM=1, step 3 uploads to the nodes given on the command line,
+# as the original does (it PUTs to 42101 and 42102 whatever step 2 placed), and step 5
+# expects exactly those as the replicas: a copy a datanode confirms counts wherever it
+# landed, and the placed nodes that got none are dropped.
+#
 # Registering a node again under the id and address it registered itself with is a
 # no-op, as in the original; a different id for an address already held is refused.
 # Registration is an internal endpoint: in a cluster with a token, set
@@ -63,6 +68,12 @@ object_id=$(json 'd["objectid"]' <"$work/body")
 mapfile -t nodes < <(json '"\n".join(d["nodes"])' <"$work/body")
 ((${#nodes[@]} >= 1)) || fail "the placement names no datanode"
 
+if [[ ${AETHER_WALKTHROUGH_VERBATIM:-} == 1 ]]; then
+    nodes=()
+    for node in "$@"; do nodes+=("${node#*=}"); done
+    ((${#nodes[@]} >= 1)) || fail "AETHER_WALKTHROUGH_VERBATIM=1 needs the datanodes on the command line"
+fi
+
 step "3. Upload to assigned nodes"
 echo "test data" >"$work/test.txt"
 for node in "${nodes[@]}"; do
@@ -80,7 +91,7 @@ request GET "$master/api/objects/$object_id"
 expect_status 200
 replicas=$(json '" ".join(sorted(d["replicas"]))' <"$work/body")
 [[ $replicas == "$(printf '%s\n' "${nodes[@]}" | sort | paste -sd' ')" ]] ||
-    fail "replicas ($replicas) are not the placed nodes (${nodes[*]})"
+    fail "replicas ($replicas) are not the nodes uploaded to (${nodes[*]})"
 
 step "Read the object back from every replica"
 for node in "${nodes[@]}"; do

@@ -3,8 +3,9 @@
 //! one-line summary of each transfer on a terminal's standard error.
 
 use std::fs::{self, File};
-use std::io::{self, IsTerminal, Read, Write};
+use std::io::{self, IsTerminal, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
@@ -56,18 +57,112 @@ fn progress(total: u64, what: &str) -> ProgressBar {
     bar
 }
 
-/// Uploads `path` through a replicated chain and completes it; returns the new id.
+/// Standard input, as an argument to `put`.
+pub const STDIN: &str = "-";
+/// A stream is spooled in memory up to this size, and into an unlinked temporary file
+/// beyond it.
+const SPOOL_IN_MEMORY: usize = 8 << 20;
+
+/// What `aether put` uploads. A regular file is read again for each attempt. A stream
+/// (standard input, a pipe, a FIFO, a terminal) can be read only once and tells its size
+/// only at its end, while `init` asks for the size and a broken chain needs the bytes
+/// again: it is read to its end first, into memory or a temporary file.
+enum Input {
+    File { path: PathBuf, size: u64 },
+    Memory(Arc<[u8]>),
+    Spooled { file: File, size: u64 },
+}
+
+impl Input {
+    /// Opens what `put` was given, or says clearly why it cannot be uploaded, before
+    /// anything is asked of the cluster.
+    fn open(path: &Path) -> CliResult<Input> {
+        if path == Path::new(STDIN) {
+            return Input::spool(&mut io::stdin().lock(), "standard input");
+        }
+        let name = path.display();
+        let file = File::open(path).map_err(|e| format!("cannot read {name}: {e}"))?;
+        let meta = file.metadata().map_err(|e| format!("cannot read {name}: {e}"))?;
+        if meta.is_dir() {
+            return Err(format!("{name} is a directory; aether put uploads one file (or - for standard input)"));
+        }
+        if meta.is_file() {
+            return Ok(Input::File { path: path.to_path_buf(), size: meta.len() });
+        }
+        // A pipe, FIFO, terminal or socket: its metadata says nothing of its length.
+        let mut file = file;
+        Input::spool(&mut file, &name.to_string())
+    }
+
+    fn spool(stream: &mut dyn Read, what: &str) -> CliResult<Input> {
+        let failed = |e: io::Error| format!("cannot read {what}: {e}");
+        let mut head = Vec::new();
+        stream.take(SPOOL_IN_MEMORY as u64 + 1).read_to_end(&mut head).map_err(failed)?;
+        if head.len() <= SPOOL_IN_MEMORY {
+            return Ok(Input::Memory(head.into()));
+        }
+        let mut file = spool_file().map_err(|e| {
+            format!(
+                "cannot keep {what} in a temporary file in {}: {e}; set TMPDIR to a writable directory",
+                std::env::temp_dir().display()
+            )
+        })?;
+        file.write_all(&head).map_err(|e| format!("cannot spool {what}: {e}"))?;
+        let rest = io::copy(stream, &mut file).map_err(failed)?;
+        Ok(Input::Spooled { file, size: head.len() as u64 + rest })
+    }
+
+    fn len(&self) -> u64 {
+        match self {
+            Input::File { size, .. } | Input::Spooled { size, .. } => *size,
+            Input::Memory(bytes) => bytes.len() as u64,
+        }
+    }
+
+    /// The bytes from the start, for one attempt.
+    fn reader(&self) -> io::Result<Box<dyn Read + Send>> {
+        Ok(match self {
+            Input::File { path, .. } => Box::new(File::open(path)?),
+            Input::Memory(bytes) => Box::new(io::Cursor::new(Arc::clone(bytes))),
+            Input::Spooled { file, .. } => {
+                let mut file = file.try_clone()?;
+                file.seek(SeekFrom::Start(0))?;
+                Box::new(file)
+            }
+        })
+    }
+}
+
+/// A temporary file no one else can open: it is removed from its directory at once and
+/// lives until closed.
+fn spool_file() -> io::Result<File> {
+    let path = std::env::temp_dir().join(format!(".aether-put-{}-{:016x}", std::process::id(), rand::random::<u64>()));
+    let file = fs::OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
+    fs::remove_file(&path)?;
+    Ok(file)
+}
+
+/// Uploads `path` (a file, a pipe or FIFO, or `-` for standard input) through a
+/// replicated chain and completes it; returns the new id.
 pub fn put(client: &Client, path: &Path, replication: Option<usize>) -> CliResult<ObjectId> {
-    let size = fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?.len();
+    let input = Input::open(path)?;
+    let size = input.len();
     let started = Instant::now();
     let bar = progress(size, "uploading");
     let mut open = || -> io::Result<Box<dyn Read + Send>> {
         bar.set_position(0);
-        Ok(Box::new(bar.wrap_read(File::open(path)?)))
+        Ok(Box::new(bar.wrap_read(input.reader()?)))
     };
     let uploaded = client.upload(size, replication, &mut open);
     bar.finish_and_clear();
-    let uploaded = uploaded.map_err(|e| explain(client, e))?;
+    let uploaded = uploaded.map_err(|e| {
+        // The id is printed whatever happens once the copies are stored: the object may
+        // well be complete, and `aether stat ID` tells.
+        if let ClientError::CompleteUnknown { id, .. } = &e {
+            println!("{id}");
+        }
+        explain(client, e)
+    })?;
     for replica in uploaded.replicas.iter().filter(|r| r.status != 201) {
         eprintln!(
             "aether: note: {} did not take a copy ({}); another node did",

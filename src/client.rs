@@ -3,7 +3,8 @@
 
 use std::fmt;
 use std::io::{self, Read, Write};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -43,6 +44,12 @@ pub enum ClientError {
         message: String,
     },
     Io(io::Error),
+    /// An upload's bytes are stored, but whether `complete` took effect is not known:
+    /// its answer was lost however often it was asked.
+    CompleteUnknown {
+        id: ObjectId,
+        source: Box<ClientError>,
+    },
 }
 
 impl ClientError {
@@ -54,6 +61,7 @@ impl ClientError {
             ClientError::Protocol { message, .. } => format!("unexpected answer: {message}"),
             ClientError::NoReplica { message } => message.clone(),
             ClientError::Io(e) => e.to_string(),
+            ClientError::CompleteUnknown { .. } => self.to_string(),
         }
     }
 
@@ -76,6 +84,11 @@ impl fmt::Display for ClientError {
             }
             ClientError::NoReplica { message } => write!(f, "{message}"),
             ClientError::Io(e) => write!(f, "{e}"),
+            ClientError::CompleteUnknown { id, source } => write!(
+                f,
+                "upload {id}: its copies are stored, but whether it was completed is unknown ({source}); \
+                 check with `aether stat {id}`"
+            ),
         }
     }
 }
@@ -271,6 +284,11 @@ impl Client {
     /// down a chain of datanodes; nodes the chain lost are replaced by new ones from the
     /// master (reading the bytes again through `open`), then the upload is completed,
     /// which the master grants only once enough replicas are confirmed by their nodes.
+    ///
+    /// Only nodes known to have failed are reported to the master as failed: the nodes
+    /// after a break in the chain never saw the bytes, so they are tried again. What the
+    /// datanodes stored must be the bytes read from `open` (size and CRC-32C), or nothing
+    /// is completed.
     pub fn upload(
         &self,
         len: u64,
@@ -283,33 +301,62 @@ impl Client {
         let wanted = placement.nodes.len();
         let mut chain = placement.nodes;
         let mut stored: Vec<ReplicaResult> = Vec::new();
-        let mut checksum = None;
-        for _attempt in 0..3 {
-            let results = match self.put_chain(&chain, &id, open()?, len) {
+        let mut source: Option<Checksum> = None;
+        for _attempt in 0..MAX_CHAIN_ATTEMPTS {
+            let tally = Arc::new(Mutex::new(Checksum::default()));
+            let body = Tally { inner: open()?.take(len), sum: Arc::clone(&tally) };
+            let outcome = self.put_chain(&chain, &id, body, len);
+            let read = *tally.lock().expect("tally lock");
+            let results = match outcome {
                 Ok(answer) => {
-                    checksum = Some(answer.checksum);
+                    if let Some(first) = source.filter(|first| *first != read) {
+                        return Err(ClientError::Protocol {
+                            url: self.master.clone(),
+                            message: format!(
+                                "the input changed while it was uploaded (checksum {read}, before {first})"
+                            ),
+                        });
+                    }
+                    if answer.size != len || answer.checksum != read {
+                        return Err(ClientError::Protocol {
+                            url: chain[0].clone(),
+                            message: format!(
+                                "the datanodes stored {} bytes with checksum {}, but {len} bytes with checksum {read} \
+                                 were read; upload {id} was not completed",
+                                answer.size, answer.checksum
+                            ),
+                        });
+                    }
+                    source = Some(read);
                     answer.replicas
                 }
-                Err(e) => chain
-                    .iter()
-                    .map(|node| ReplicaResult {
-                        node: node.clone(),
-                        status: e.status().unwrap_or(502),
-                        checksum: None,
-                        receipt: None,
-                        error: Some(e.reason()),
-                    })
-                    .collect(),
+                Err(e) => vec![ReplicaResult {
+                    node: chain[0].clone(),
+                    status: e.status().unwrap_or(502),
+                    checksum: None,
+                    receipt: None,
+                    error: Some(e.reason()),
+                }],
             };
-            let failed: Vec<String> = results.iter().filter(|r| r.status != 201).map(|r| r.node.clone()).collect();
-            stored.extend(results);
-            let good = stored.iter().filter(|r| r.status == 201).count();
-            if good >= wanted {
+            let (good, failed, untried) = classify(&chain, results, read);
+            stored.extend(good);
+            let have = stored.iter().filter(|r| r.status == 201 || r.status == 409).count();
+            stored.extend(failed.iter().cloned());
+            if have >= wanted {
                 break;
             }
-            match self.replace_nodes(&id, &failed, wanted - good) {
-                Ok(more) if !more.nodes.is_empty() => chain = more.nodes,
-                _ => break,
+            let failed: Vec<String> = failed.into_iter().map(|r| r.node).collect();
+            chain = untried.into_iter().take(wanted - have).collect();
+            let more = wanted - have - chain.len();
+            if more > 0 {
+                // Without replacements the untried nodes are still worth a try; `complete`
+                // then says what is missing.
+                if let Ok(placement) = self.replace_nodes(&id, &failed, more) {
+                    chain.extend(placement.nodes);
+                }
+            }
+            if chain.is_empty() {
+                break;
             }
         }
         if !stored.iter().any(|r| r.status == 201) {
@@ -323,8 +370,13 @@ impl Client {
             each.reverse();
             return Err(ClientError::NoReplica { message: format!("no datanode stored {id} ({})", each.join("; ")) });
         }
-        let receipts = stored.iter().filter(|r| r.status == 201).filter_map(|r| r.receipt.clone()).collect();
-        self.complete_with_receipts(&id, receipts).map_err(|e| match e {
+        let receipts = stored
+            .iter()
+            .filter(|r| r.status == 201)
+            .filter_map(|r| r.receipt.clone())
+            .filter(|r| r.size == len && source == Some(r.checksum))
+            .collect();
+        self.complete_retrying(&id, receipts).map_err(|e| match e {
             ClientError::Api { url, status, message } => {
                 let outcome: Vec<String> = stored
                     .iter()
@@ -339,9 +391,40 @@ impl Client {
                     .collect();
                 ClientError::Api { url, status, message: format!("{message}; replicas: {}", outcome.join(", ")) }
             }
+            other if stored.iter().any(|r| r.status == 201 || r.status == 409) => {
+                ClientError::CompleteUnknown { id, source: Box::new(other) }
+            }
             other => other,
         })?;
-        Ok(Uploaded { id, size: len, checksum: checksum.unwrap_or_default(), replicas: stored })
+        Ok(Uploaded { id, size: len, checksum: source.unwrap_or_default(), replicas: stored })
+    }
+
+    /// `complete` is idempotent, so an answer lost on the way (a master restarted, a
+    /// connection cut) is asked again, with backoff, for a bounded time. A definite
+    /// answer from the master (404, 503 "not confirmed") is not retried.
+    fn complete_retrying(&self, id: &ObjectId, receipts: Vec<Receipt>) -> Result<(), ClientError> {
+        let mut delay = Duration::from_millis(250);
+        let deadline = Instant::now() + COMPLETE_RETRY_FOR;
+        loop {
+            let error = match self.complete_with_receipts(id, receipts.clone()) {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            };
+            let lost = match &error {
+                ClientError::Api { status, .. } => matches!(status, 500 | 502 | 504),
+                // A master restarting refuses connections for a moment.
+                ClientError::Unreachable { .. }
+                | ClientError::Transport { .. }
+                | ClientError::Protocol { .. }
+                | ClientError::Io(_) => true,
+                ClientError::NoReplica { .. } | ClientError::CompleteUnknown { .. } => false,
+            };
+            if !lost || Instant::now() + delay > deadline {
+                return Err(error);
+            }
+            std::thread::sleep(delay);
+            delay = (delay * 2).min(Duration::from_secs(4));
+        }
     }
 
     /// Downloads an object into `out`, verifying its checksum. Replicas are tried in the
@@ -455,5 +538,98 @@ impl Client {
             }
             _ => Ok(copied),
         }
+    }
+}
+
+/// Chain attempts of one upload: the first, and replacements for nodes it lost.
+const MAX_CHAIN_ATTEMPTS: usize = 4;
+/// How long `complete` is asked again when its answer is lost.
+const COMPLETE_RETRY_FOR: Duration = Duration::from_secs(16);
+
+/// Sorts a chain's results, in chain order, into copies stored (201, or 409: the node has
+/// the object already) whose checksum is `read`, the node where the chain broke (known to
+/// have failed), and the nodes after the break, which never saw the bytes and may be
+/// tried again. A node that stored other bytes than were read counts as failed.
+fn classify(
+    chain: &[String],
+    results: Vec<ReplicaResult>,
+    read: Checksum,
+) -> (Vec<ReplicaResult>, Vec<ReplicaResult>, Vec<String>) {
+    let (mut good, mut failed, mut untried) = (Vec::new(), Vec::new(), Vec::new());
+    let mut broke = false;
+    for mut result in results {
+        if broke {
+            untried.push(result.node);
+            continue;
+        }
+        match result.status {
+            201 if result.checksum.is_none_or(|sum| sum == read) => good.push(result),
+            201 => {
+                result.status = 502;
+                result.error = Some(format!("stored other bytes (checksum {:?}) than were read", result.checksum));
+                failed.push(result);
+            }
+            409 => {
+                broke = true;
+                good.push(result);
+            }
+            _ => {
+                broke = true;
+                failed.push(result);
+            }
+        }
+    }
+    // A chain that broke at its first node answered for no other.
+    let answered = good.len() + failed.len() + untried.len();
+    untried.extend(chain.iter().skip(answered).cloned());
+    (good, failed, untried)
+}
+
+/// A body reader that checksums what it hands out, for comparing with what was stored.
+struct Tally<R> {
+    inner: R,
+    sum: Arc<Mutex<Checksum>>,
+}
+
+impl<R: Read> Read for Tally<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.sum.lock().expect("tally lock").update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(node: &str, status: u16, checksum: Option<u32>) -> ReplicaResult {
+        ReplicaResult {
+            node: node.to_string(),
+            status,
+            checksum: checksum.map(|c| Checksum::parse(&format!("crc32c:{c:08x}")).unwrap()),
+            receipt: None,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn only_the_node_where_a_chain_broke_counts_as_failed() {
+        let read = Checksum::parse("crc32c:0000002a").unwrap();
+        let chain: Vec<String> = ["a", "b", "c", "d"].iter().map(|s| s.to_string()).collect();
+        let nodes = |results: &[ReplicaResult]| results.iter().map(|r| r.node.as_str()).collect::<Vec<_>>().join(" ");
+
+        let answered = vec![result("a", 201, Some(42)), result("b", 502, None), result("c", 502, None)];
+        let (good, failed, untried) = classify(&chain, answered, read);
+        assert_eq!((nodes(&good), nodes(&failed), untried.join(" ")), ("a".into(), "b".into(), "c d".into()));
+
+        // The first node did not answer: it failed, the others never saw a byte.
+        let (good, failed, untried) = classify(&chain, vec![result("a", 502, None)], read);
+        assert_eq!((good.len(), nodes(&failed), untried.join(" ")), (0, "a".into(), "b c d".into()));
+
+        // A copy of other bytes is no copy; a node that has the object already is one.
+        let answered = vec![result("a", 201, Some(7)), result("b", 409, None), result("c", 502, None)];
+        let (good, failed, untried) = classify(&chain, answered, read);
+        assert_eq!((nodes(&good), nodes(&failed), untried.join(" ")), ("b".into(), "a".into(), "c d".into()));
     }
 }

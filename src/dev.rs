@@ -1,14 +1,22 @@
-//! `aether dev`: a whole local cluster in one process, a master and N datanodes on
-//! loopback ports with their data under one directory, for trying AetherStore out and
-//! running the original curl walk-through. Ctrl-C stops it cleanly.
+//! `aether dev`: a whole local cluster for trying AetherStore out and running the
+//! original curl walk-through: the master in this process, each datanode a child process
+//! of its own (`aether datanode`) on loopback ports, their data under one directory.
+//! A datanode is its own process so that it can be killed (`kill -9 PID`, the PIDs are
+//! printed) to watch the master notice and repair, as in a real cluster. Ctrl-C stops
+//! everything cleanly; the children also die with this process.
 
-use std::io;
+use std::io::{self, Write};
 use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::client::Client;
-use crate::datanode::{Datanode, DatanodeConfig};
+use crate::lock::DataDirLock;
+use crate::log;
 use crate::master::{Master, MasterConfig};
+
+/// Set in a dev datanode's environment to the PID of the `aether dev` that started it.
+pub const DEV_PARENT_VAR: &str = "AETHER_DEV_PARENT";
 
 #[derive(Debug, Clone)]
 pub struct DevConfig {
@@ -17,6 +25,18 @@ pub struct DevConfig {
     pub replication: usize,
     /// The master's port; datanode i listens on `port + i`. Port 0 picks free ports.
     pub port: u16,
+    /// Silence after which the master declares a datanode dead (and repairs its copies).
+    pub dead_after: Duration,
+}
+
+/// One datanode child process and how to start it again.
+struct DevNode {
+    id: String,
+    address: String,
+    args: Vec<String>,
+    child: Child,
+    /// Set once its exit was noticed and told.
+    exited: Option<ExitStatus>,
 }
 
 /// The replication factor of a dev cluster of `datanodes` nodes: the one asked for, if
@@ -42,17 +62,23 @@ fn plural(n: usize, one: &str, many: &str) -> String {
 
 pub struct DevCluster {
     master: Master,
-    datanodes: Vec<Datanode>,
+    datanodes: Vec<DevNode>,
     pub master_url: String,
+    _lock: DataDirLock,
 }
 
 impl DevCluster {
     /// Starts the master, then the datanodes, and waits until every datanode has
-    /// registered, so the cluster takes uploads as soon as this returns.
+    /// registered at its address, so the cluster takes uploads as soon as this returns.
     pub fn start(config: &DevConfig, agent: ureq::Agent) -> io::Result<DevCluster> {
+        // The whole tree is this cluster's; the master and each datanode lock their own
+        // directories inside it as well, so none of them can be started twice either.
+        let lock = DataDirLock::acquire(&config.data_dir)?;
+        let exe = std::env::current_exe()?;
         let mut master_config =
             MasterConfig::new(&format!("127.0.0.1:{}", config.port), config.data_dir.join("master"));
         master_config.replication = config.replication;
+        master_config.dead_after = config.dead_after;
         let master = Master::start(master_config, agent.clone())?;
         let master_port = master.local_addr().port();
         let master_url = if config.port == 0 {
@@ -60,39 +86,74 @@ impl DevCluster {
         } else {
             format!("http://localhost:{master_port}")
         };
+        // Heartbeats often enough that a live node is never taken for a suspect one.
+        let heartbeat = (config.dead_after / 4).min(Duration::from_secs(3)).max(Duration::from_millis(100));
 
-        let mut datanodes = Vec::new();
+        let mut cluster = DevCluster { master, datanodes: Vec::new(), master_url, _lock: lock };
         for i in 1..=config.datanodes {
             let id = format!("datanode-{i}");
-            let port = if config.port == 0 { 0 } else { config.port + i as u16 };
-            let mut node_config = DatanodeConfig::new(&format!("127.0.0.1:{port}"), config.data_dir.join(&id));
+            let port = if config.port == 0 { free_port()? } else { config.port + i as u16 };
             // The original walk-through registers its datanodes under these names and
             // addresses; advertising the same ones makes its calls change nothing.
-            if port != 0 {
-                node_config.advertise = Some(format!("http://localhost:{port}"));
-            }
-            node_config.master = Some(format!("http://127.0.0.1:{master_port}"));
-            node_config.node_id = Some(id);
-            node_config.threads = 16;
-            datanodes.push(Datanode::start(node_config, agent.clone())?);
+            let address =
+                if config.port == 0 { format!("http://127.0.0.1:{port}") } else { format!("http://localhost:{port}") };
+            let data = config.data_dir.join(&id);
+            let mut args: Vec<String> = vec![
+                "datanode".into(),
+                "--listen".into(),
+                format!("127.0.0.1:{port}"),
+                "--data".into(),
+                data.display().to_string(),
+                "--master".into(),
+                format!("http://127.0.0.1:{master_port}"),
+                "--advertise".into(),
+                address.clone(),
+                "--node-id".into(),
+                id.clone(),
+                "--threads".into(),
+                "16".into(),
+                "--heartbeat-interval".into(),
+                format!("{}", heartbeat.as_secs_f64()),
+            ];
+            args.extend(log::as_args());
+            let child = Command::new(&exe)
+                .args(&args)
+                .env(DEV_PARENT_VAR, std::process::id().to_string())
+                .env_remove("AETHER_CLUSTER_TOKEN")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .spawn()
+                .map_err(|e| io::Error::new(e.kind(), format!("cannot start {id} ({}): {e}", exe.display())))?;
+            cluster.datanodes.push(DevNode { id, address, args, child, exited: None });
         }
 
-        let client = Client::new(agent, &master_url);
-        let deadline = Instant::now() + Duration::from_secs(15);
+        let client = Client::new(agent, &cluster.master_url);
+        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let registered = client.nodes().map(|nodes| nodes.len()).unwrap_or(0);
-            if registered >= datanodes.len() {
+            let registered = client.nodes().unwrap_or_default();
+            let ready = cluster.datanodes.iter().all(|node| {
+                registered.iter().any(|n| n.id == node.id && n.address == node.address && n.state == "alive")
+            });
+            if ready {
                 break;
             }
-            if Instant::now() > deadline {
-                return Err(io::Error::other(format!(
-                    "only {registered} of {} registered within 15 s",
-                    plural(datanodes.len(), "datanode", "datanodes")
-                )));
+            let mut stopped = None;
+            for node in &mut cluster.datanodes {
+                if let Some(status) = node.child.try_wait()? {
+                    stopped = Some(format!("{} stopped at start-up ({status}); its log is above", node.id));
+                }
             }
-            std::thread::sleep(Duration::from_millis(20));
+            if let Some(message) = stopped {
+                cluster.shutdown();
+                return Err(io::Error::other(message));
+            }
+            if Instant::now() > deadline {
+                cluster.shutdown();
+                return Err(io::Error::other("the datanodes did not all register within 30 s; their logs are above"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
-        Ok(DevCluster { master, datanodes, master_url })
+        Ok(cluster)
     }
 
     /// What runs where, for the person who started the cluster.
@@ -103,23 +164,91 @@ impl DevCluster {
             plural(self.datanodes.len(), "datanode", "datanodes"),
             config.replication
         );
-        text.push_str(&format!("  master      {:<28} metadata {data}/master/meta.db\n", self.master_url));
+        let pid = std::process::id();
+        text.push_str(&format!("  master      {:<26} pid {pid:<8} metadata {data}/master/meta.db\n", self.master_url));
         for node in &self.datanodes {
-            text.push_str(&format!("  {:<11} {:<28} objects  {data}/{}\n", node.id(), node.address(), node.id()));
+            text.push_str(&format!(
+                "  {:<11} {:<26} pid {:<8} objects  {data}/{}\n",
+                node.id,
+                node.address,
+                node.child.id(),
+                node.id
+            ));
         }
         text.push_str(&format!(
             "Try it:  echo hello > hello.txt && cargo run --release -- put hello.txt --master {}\n",
             self.master_url
         ));
+        text.push_str(&format!(
+            "Heal it: kill -9 a datanode's pid; the master declares it dead after {} s and copies its objects again (watch `aether nodes`)\n",
+            config.dead_after.as_secs_f64()
+        ));
         text.push_str("Stop it: press Ctrl-C\n");
         text
     }
 
-    pub fn shutdown(self) {
-        for node in self.datanodes {
-            node.shutdown();
+    /// Notices datanodes that stopped (killed, crashed) and says so once, with the
+    /// command that starts each again.
+    fn watch(&mut self) {
+        for node in &mut self.datanodes {
+            if node.exited.is_some() {
+                continue;
+            }
+            if let Ok(Some(status)) = node.child.try_wait() {
+                node.exited = Some(status);
+                log::warn(
+                    "dev",
+                    &format!(
+                        "{} (pid {}) stopped ({status}); the master will declare it dead and re-create its copies \
+                         on the other datanodes. To start it again: {} {}",
+                        node.id,
+                        node.child.id(),
+                        std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "aether".into()),
+                        node.args.join(" ")
+                    ),
+                );
+            }
+        }
+    }
+
+    /// Stops every datanode (SIGTERM, then SIGKILL after 20 s), then the master.
+    pub fn shutdown(mut self) {
+        for node in &mut self.datanodes {
+            if node.exited.is_none() && node.child.try_wait().ok().flatten().is_none() {
+                if let Some(pid) = rustix::process::Pid::from_raw(node.child.id() as i32) {
+                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::Term);
+                }
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for node in &mut self.datanodes {
+            while node.child.try_wait().ok().flatten().is_none() {
+                if Instant::now() > deadline {
+                    log::warn("dev", &format!("{} did not stop within 20 s; killing it", node.id));
+                    let _ = node.child.kill();
+                    let _ = node.child.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
         self.master.shutdown();
+    }
+}
+
+/// A port nobody listens on right now, for a datanode started with `--port 0`.
+fn free_port() -> io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// In a datanode started by `aether dev`: dies with its dev cluster, so that no datanode
+/// outlives the cluster it belongs to (even when `aether dev` itself is killed).
+pub fn follow_dev_parent() {
+    let Some(parent) = std::env::var(DEV_PARENT_VAR).ok().and_then(|v| v.parse::<i32>().ok()) else { return };
+    let _ = rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::Term));
+    // The parent may have died before the line above took effect.
+    if rustix::process::getppid().map(|p| p.as_raw_nonzero().get()) != Some(parent) {
+        std::process::exit(1);
     }
 }
 
@@ -130,12 +259,13 @@ pub fn run(config: &DevConfig) -> io::Result<()> {
         let _ = stop.try_send(());
     })
     .map_err(io::Error::other)?;
-    let cluster = DevCluster::start(config, crate::client::agent())?;
+    let mut cluster = DevCluster::start(config, crate::client::agent())?;
     print!("{}", cluster.summary(config));
-    use std::io::Write;
     io::stdout().flush()?;
-    let _ = stopped.recv();
-    crate::log::info("dev", "stopping the cluster");
+    while stopped.recv_timeout(Duration::from_millis(250)) == Err(crossbeam_channel::RecvTimeoutError::Timeout) {
+        cluster.watch();
+    }
+    log::info("dev", "stopping the cluster");
     cluster.shutdown();
     Ok(())
 }

@@ -10,6 +10,7 @@ pub mod client;
 pub mod datanode;
 pub mod dev;
 pub mod http;
+pub mod lock;
 pub mod log;
 pub mod master;
 pub mod proto;

@@ -77,6 +77,18 @@ pub fn init(level: Level, format: Format) {
     let _ = SETTINGS.set(Settings { level, format });
 }
 
+/// The settings in force, as the `--log-level` and `--log-format` values that give them:
+/// what `aether dev` passes on to the datanodes it starts.
+pub fn as_args() -> [String; 4] {
+    let settings = settings();
+    let format = match settings.format {
+        Format::Text => "text",
+        Format::Json => "json",
+    };
+    let level = settings.level.label().to_ascii_lowercase();
+    ["--log-level".into(), level, "--log-format".into(), format.into()]
+}
+
 /// Whether a line at `level` would be written.
 pub fn enabled(level: Level) -> bool {
     level <= settings().level

@@ -43,7 +43,7 @@ enum Command {
 
 #[derive(FromArgs)]
 #[argh(subcommand, name = "dev")]
-/// Run a local cluster (a master and datanodes) in this process until Ctrl-C.
+/// Run a local cluster until Ctrl-C: the master in this process, each datanode a child process.
 struct DevArgs {
     /// directory for all data (default: ./aether-data)
     #[argh(option, default = "PathBuf::from(\"aether-data\")")]
@@ -63,6 +63,9 @@ struct DevArgs {
     /// log format: text, or json for one object per line (env AETHER_LOG_FORMAT; default text)
     #[argh(option)]
     log_format: Option<String>,
+    /// seconds of silence after which a datanode is dead and its copies are made again (default 12)
+    #[argh(option)]
+    dead_after: Option<String>,
 }
 
 #[derive(FromArgs)]
@@ -162,7 +165,7 @@ struct DatanodeArgs {
 #[argh(subcommand, name = "put")]
 /// Upload a file; prints the new object id.
 struct PutArgs {
-    /// the file to upload
+    /// the file to upload; - (or a pipe or FIFO) uploads standard input, read to its end first
     #[argh(positional)]
     file: PathBuf,
     /// replicas for this object (default: the master's replication factor)
@@ -339,6 +342,7 @@ fn run(command: Command) -> Result<(), String> {
                 datanodes: args.datanodes,
                 replication: dev::replication_for(args.datanodes, args.replication)?,
                 port: args.port,
+                dead_after: seconds_setting(args.dead_after, "AETHER_DEAD_AFTER", Duration::from_secs(12))?,
             };
             dev::run(&config).map_err(|e| e.to_string())
         }
@@ -369,6 +373,7 @@ fn run(command: Command) -> Result<(), String> {
             Ok(())
         }
         Command::Datanode(args) => {
+            dev::follow_dev_parent();
             init_log(args.log_level, args.log_format)?;
             let listen = setting(args.listen, "AETHER_LISTEN").unwrap_or_else(|| "0.0.0.0:42101".into());
             let data = setting(args.data.map(|p| p.display().to_string()), "AETHER_DATA")
@@ -437,8 +442,48 @@ fn run(command: Command) -> Result<(), String> {
     }
 }
 
+/// The command line with a lone `-` (standard input, as in every Unix tool) moved after a
+/// `--`, where argh takes it for the positional argument it is rather than an option.
+fn stdin_dash_as_positional(mut args: Vec<String>) -> Vec<String> {
+    if args.iter().any(|a| a == "--") {
+        return args;
+    }
+    // Not when it is an option's value (`get -o -`).
+    let dash = (1..args.len()).find(|&i| args[i] == cli::STDIN && !args[i - 1].starts_with('-'));
+    if let Some(i) = dash {
+        args.remove(i);
+        args.push("--".into());
+        args.push(cli::STDIN.into());
+    }
+    args
+}
+
+/// `argh::from_env`, but with `stdin_dash_as_positional`.
+fn parse_args() -> Args {
+    let strings: Vec<String> =
+        std::env::args_os().map(|s| s.into_string()).collect::<Result<Vec<_>, _>>().unwrap_or_else(|arg| {
+            eprintln!("Invalid utf8: {}", arg.to_string_lossy());
+            std::process::exit(1)
+        });
+    let strings = stdin_dash_as_positional(strings);
+    let cmd = "aether";
+    let strs: Vec<&str> = strings.iter().skip(1).map(String::as_str).collect();
+    Args::from_args(&[cmd], &strs).unwrap_or_else(|early_exit| {
+        std::process::exit(match early_exit.status {
+            Ok(()) => {
+                println!("{}", early_exit.output);
+                0
+            }
+            Err(()) => {
+                eprintln!("{}\nRun {cmd} --help for more information.", early_exit.output);
+                1
+            }
+        })
+    })
+}
+
 fn main() -> ExitCode {
-    let args: Args = argh::from_env();
+    let args: Args = parse_args();
     if args.version {
         println!("aether {}", aetherstore::VERSION);
         return ExitCode::SUCCESS;

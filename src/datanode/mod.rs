@@ -22,6 +22,7 @@ use tiny_http::{Method, Request, Response, StatusCode};
 
 use crate::client::Client;
 use crate::http::{self, ApiError, Handled, HttpServer, Reply};
+use crate::lock::DataDirLock;
 use crate::log;
 use crate::proto::{
     normalize_address, Checksum, DeleteRequest, Health, ObjectId, Receipt, ReplicaResult, ReplicaState,
@@ -87,10 +88,13 @@ pub struct Datanode {
     address: String,
     stop: Sender<()>,
     threads: Vec<JoinHandle<()>>,
+    /// Held until the node is dropped: no other server uses its data directory.
+    _lock: DataDirLock,
 }
 
 impl Datanode {
     pub fn start(config: DatanodeConfig, agent: ureq::Agent) -> io::Result<Datanode> {
+        let lock = DataDirLock::acquire(&config.data_dir)?;
         let id = store::load_or_create_node_id(&config.data_dir, config.node_id.as_deref())?;
         crate::proto::validate_node_id(&id).map_err(io::Error::other)?;
         log::info(&id, &format!("aether {} starting", crate::VERSION));
@@ -145,7 +149,7 @@ impl Datanode {
                 config.data_dir.display()
             ),
         );
-        Ok(Datanode { http, id, address, stop, threads })
+        Ok(Datanode { http, id, address, stop, threads, _lock: lock })
     }
 
     pub fn id(&self) -> &str {

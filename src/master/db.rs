@@ -533,9 +533,20 @@ impl MetaDb {
                     if missing.is_empty() { "none placed".to_string() } else { missing.join(", ") }
                 )));
             };
-            let short = (agreeing.len() as i64) < replication as i64;
+            // A copy confirmed by its datanode counts wherever it landed (the original
+            // walk-through PUTs to nodes of its own choosing, not to the placed ones); copies
+            // beyond the replication factor are removed, placed nodes' kept first.
+            let placed = placed_nodes(conn, &id)?;
+            let mut keep: Vec<&str> = agreeing.clone();
+            keep.sort_by_key(|node| !placed.iter().any(|p| p == node));
+            let surplus = keep.split_off(keep.len().min(replication));
+            for node in &surplus {
+                forget_replica(conn, &id, node)?;
+                schedule_deletion(conn, node, &id, now)?;
+            }
+            let short = keep.len() < replication;
             for (node, _, state, ..) in &rows {
-                if agreeing.contains(&node.as_str()) {
+                if keep.contains(&node.as_str()) || surplus.contains(&node.as_str()) {
                     continue;
                 }
                 if state == "confirmed" {
@@ -548,7 +559,9 @@ impl MetaDb {
                         forget_replica(conn, &id, node)?;
                     }
                     schedule_deletion(conn, node, &id, now)?;
-                } else if state == "placed" {
+                } else if state == "placed" && short {
+                    // Placed but never confirmed: a copy for repair to make, unless the
+                    // object has its full count elsewhere.
                     conn.prepare_cached(
                         "INSERT INTO replicas (object_id, node_id, state, updated_at) VALUES (?1, ?2, 'missing', ?3)",
                     )?

@@ -25,6 +25,7 @@ use crossbeam_channel::Sender;
 use tiny_http::{Method, Request};
 
 use crate::http::{self, ApiError, Handled, HttpServer, Reply};
+use crate::lock::DataDirLock;
 use crate::log;
 use crate::proto::{
     normalize_address, validate_node_id, Checksum, ClusterStatus, CompleteUpload, Health, Heartbeat, InitUpload,
@@ -75,12 +76,20 @@ impl MasterConfig {
 
 /// The most replicas one object may ask for.
 pub const MAX_REPLICATION: usize = 16;
+/// The most nodes an upload was not placed on that `complete` asks for a copy.
+const MAX_NODES_ASKED: usize = 64;
+/// How long `complete` spends asking them.
+const ASKING_OTHERS_FOR: Duration = Duration::from_secs(5);
+/// How long placement avoids a node a client reported failed.
+const FAILED_NODE_PENALTY: Duration = Duration::from_secs(10);
 
 pub struct Master {
     http: HttpServer,
     stop: Sender<()>,
     maintenance: JoinHandle<()>,
     state: Arc<MasterState>,
+    /// Held until the master is dropped: no other server uses its data directory.
+    _lock: DataDirLock,
 }
 
 impl Master {
@@ -98,8 +107,7 @@ impl Master {
                 config.replication
             )));
         }
-        std::fs::create_dir_all(&config.data_dir)
-            .map_err(|e| io::Error::new(e.kind(), format!("cannot create {}: {e}", config.data_dir.display())))?;
+        let lock = DataDirLock::acquire(&config.data_dir)?;
         let db_path = config.data_dir.join("meta.db");
         let db = MetaDb::open(&db_path, config.threads + 2).map_err(io::Error::other)?;
         let known = db.nodes().map_err(io::Error::other)?;
@@ -118,6 +126,7 @@ impl Master {
             nodes,
             repairs_in_flight: AtomicU64::new(0),
             versions: Mutex::new(HashMap::new()),
+            penalties: Mutex::new(HashMap::new()),
         });
         let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
         let maintenance_state = Arc::clone(&state);
@@ -145,7 +154,7 @@ impl Master {
                  set --cluster-token (or AETHER_CLUSTER_TOKEN) on the master and every datanode",
             );
         }
-        Ok(Master { http, stop, maintenance, state })
+        Ok(Master { http, stop, maintenance, state, _lock: lock })
     }
 
     pub fn local_addr(&self) -> std::net::SocketAddr {
@@ -239,6 +248,8 @@ struct MasterState {
     repairs_in_flight: AtomicU64,
     /// What each node said it runs, by id: memory only, told again by every heartbeat.
     versions: Mutex<HashMap<String, String>>,
+    /// Nodes clients reported failed for an upload, until when placement avoids them.
+    penalties: Mutex<HashMap<String, Instant>>,
 }
 
 impl From<MetaError> for ApiError {
@@ -318,10 +329,13 @@ impl MasterState {
         let address = normalize_address(&body.address).map_err(ApiError::bad_request)?;
         let outcome = self.db.register_node(&body.id, &address)?;
         if outcome != Registered::Unchanged {
+            // Read under the lock: two registrations at once must not leave the list of
+            // whichever read the database first (without the other node in it).
+            let mut known = self.nodes.write().expect("nodes lock");
             // `addresses`, not `nodes`: that one also counts every node's replicas.
             let mut nodes: Vec<Candidate> = self.db.addresses()?.into_iter().collect();
             nodes.sort();
-            *self.nodes.write().expect("nodes lock") = Arc::new(nodes);
+            *known = Arc::new(nodes);
         }
         let before = self.membership.registered(&body.id, Instant::now());
         self.note_version(&body.id, body.version);
@@ -436,16 +450,39 @@ impl MasterState {
         ))
     }
 
-    /// Chooses `n` of `live` (id, address) pairs that may take `size` more bytes.
+    /// Chooses `n` of the `known` (id, address) pairs that may take `size` more bytes:
+    /// alive nodes first, then (only as far as those do not go) nodes a client recently
+    /// reported failed and suspect ones.
     fn chooser(&self, size: u64) -> impl FnOnce(&[Candidate], usize) -> Result<Vec<Candidate>, MetaError> {
         let (alive, suspect) = (self.membership.placeable(size), self.membership.fallback(size));
+        let penalized = self.penalized(Instant::now());
+        let (avoided, preferred): (Vec<String>, Vec<String>) = alive.into_iter().partition(|id| penalized.contains(id));
+        let fallback: Vec<String> = avoided.into_iter().chain(suspect).collect();
+        let registered = self.nodes.read().expect("nodes lock").len();
         move |known, n| {
             let pick = |ids: &[String]| -> Vec<Candidate> {
                 known.iter().filter(|(id, _)| ids.contains(id)).cloned().collect()
             };
-            placement::choose_preferring(&pick(&alive), &pick(&suspect), n, &mut rand::thread_rng())
-                .map_err(MetaError::Unavailable)
+            let (first, then) = (pick(&preferred), pick(&fallback));
+            let eligible = first.len() + then.len();
+            placement::choose_preferring(&first, &then, n, &mut rand::thread_rng()).map_err(|e| {
+                if eligible >= n {
+                    return MetaError::Unavailable(e);
+                }
+                MetaError::Unavailable(format!(
+                    "need {n} datanodes for {n} replicas but only {eligible} of the {registered} registered are \
+                     eligible (alive or suspect, with room for {size} bytes, and neither used by this upload \
+                     already nor reported failed by it); start more datanodes or ask for fewer replicas"
+                ))
+            })
         }
+    }
+
+    /// Nodes clients reported failed within the last `FAILED_NODE_PENALTY`.
+    fn penalized(&self, now: Instant) -> Vec<String> {
+        let mut penalties = self.penalties.lock().expect("penalties lock");
+        penalties.retain(|_, until| *until > now);
+        penalties.keys().cloned().collect()
     }
 
     fn init_upload(&self, body: InitUpload) -> Result<Reply, ApiError> {
@@ -475,6 +512,19 @@ impl MasterState {
             return Err(ApiError::bad_request(format!("count must be between 1 and {MAX_REPLICATION}")));
         }
         let size = self.db.object_with_status(id, true)?.size;
+        // A node that fails chains is avoided by placement for a while: most likely it
+        // is dead and not yet declared so, or cut off from its peers.
+        let until = Instant::now() + FAILED_NODE_PENALTY;
+        let known = Arc::clone(&self.nodes.read().expect("nodes lock"));
+        for (node, _) in known.iter().filter(|(_, address)| body.failed.contains(address)) {
+            let before = self.penalties.lock().expect("penalties lock").insert(node.clone(), until);
+            if before.is_none() {
+                log::info(
+                    "master",
+                    &format!("a client reports node {node} failed upload {id}; placement avoids it for {FAILED_NODE_PENALTY:?}"),
+                );
+            }
+        }
         let nodes = self.db.replace_nodes(id, body.failed, body.count, self.chooser(size))?;
         Ok(http::json_reply(200, &Placement { objectid: id.to_string(), nodes }))
     }
@@ -503,12 +553,44 @@ impl MasterState {
             }
         }
         let object = self.db.object_with_status(id, true)?;
-        let known = |node: &str, found: &[Confirmation]| found.iter().any(|f| f.node_id == node);
+        let known_node = |node: &str, found: &[Confirmation]| found.iter().any(|f| f.node_id == node);
         let unconfirmed: Vec<&db::ReplicaRow> =
-            object.replicas.iter().filter(|r| r.state != "confirmed" && !known(&r.node_id, &found)).collect();
+            object.replicas.iter().filter(|r| r.state != "confirmed" && !known_node(&r.node_id, &found)).collect();
         let asked: Vec<Confirmation> =
             unconfirmed.into_iter().filter_map(|r| self.ask_node(&r.node_id, &r.address, &id)).collect();
         found.extend(asked);
+        match self.db.complete_object(id, quorum, found.clone()) {
+            Err(MetaError::Unavailable(_)) => {}
+            done => {
+                done?;
+                return Ok(http::json_reply(200, &StatusOk::ok()));
+            }
+        }
+        // Still short: a copy confirmed by a datanode counts wherever it landed, so live
+        // nodes the upload was not placed on are asked too (the original walk-through
+        // PUTs to nodes of its own choosing, and their reports may still be on the way).
+        let known = Arc::clone(&self.nodes.read().expect("nodes lock"));
+        let confirmed: Vec<&str> =
+            object.replicas.iter().filter(|r| r.state == "confirmed").map(|r| r.node_id.as_str()).collect();
+        let copies = |found: &[Confirmation]| {
+            confirmed.len() + found.iter().filter(|f| !confirmed.contains(&f.node_id.as_str())).count()
+        };
+        let deadline = Instant::now() + ASKING_OTHERS_FOR;
+        let others = known
+            .iter()
+            .filter(|(node, _)| {
+                self.membership.get(node).is_some_and(|m| matches!(m.state, NodeState::Alive | NodeState::Suspect))
+            })
+            .filter(|(node, _)| !object.replicas.iter().any(|r| r.node_id == *node) && !known_node(node, &found))
+            .take(MAX_NODES_ASKED)
+            .cloned()
+            .collect::<Vec<Candidate>>();
+        for (node, address) in &others {
+            if copies(&found) >= object.replication || Instant::now() > deadline {
+                break;
+            }
+            found.extend(self.ask_node(node, address, &id));
+        }
         self.db.complete_object(id, quorum, found)?;
         Ok(http::json_reply(200, &StatusOk::ok()))
     }

@@ -13,7 +13,7 @@ pub fn choose_random<T: Clone>(candidates: &[T], n: usize, rng: &mut impl Rng) -
     }
     if candidates.len() < n {
         return Err(format!(
-            "need {n} live datanodes for {n} replicas but only {} registered; start more datanodes or ask for fewer replicas",
+            "need {n} datanodes for {n} replicas but only {} are eligible; start more datanodes or ask for fewer replicas",
             candidates.len()
         ));
     }
