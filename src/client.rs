@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::proto::{
     Checksum, ClusterStatus, CompleteUpload, ErrorBody, Heartbeat, InitUpload, Inventory, NodeCommands, NodeInfo,
     NodeList, ObjectId, ObjectInfo, Placement, Receipt, RegisterNode, ReplaceNodes, ReplicaReport, ReplicaResult,
-    StatusOk, Stored, CHAIN_HEADER, CHECKSUM_HEADER, TOKEN_HEADER,
+    StatusOk, Stored, CHAIN_HEADER, CHAIN_SIGNATURE_HEADER, CHECKSUM_HEADER, TOKEN_HEADER,
 };
 
 #[derive(Debug)]
@@ -31,6 +31,10 @@ pub enum ClientError {
     Protocol {
         url: String,
         message: String,
+    },
+    /// A server refused to contact an address that is not a registered datanode.
+    NotRegistered {
+        address: String,
     },
     Io(io::Error),
 }
@@ -52,6 +56,9 @@ impl fmt::Display for ClientError {
             ClientError::Protocol { url, message } => {
                 write!(f, "{url}: unexpected answer: {message}")
             }
+            ClientError::NotRegistered { address } => {
+                write!(f, "{address} is not a datanode registered with the master; not contacting it")
+            }
             ClientError::Io(e) => write!(f, "{e}"),
         }
     }
@@ -65,7 +72,7 @@ impl From<io::Error> for ClientError {
     }
 }
 
-fn from_ureq(url: &str, err: ureq::Error) -> ClientError {
+pub(crate) fn from_ureq(url: &str, err: ureq::Error) -> ClientError {
     match err {
         ureq::Error::Status(status, response) => {
             let text = response.into_string().unwrap_or_default();
@@ -196,8 +203,16 @@ impl Client {
     }
 
     /// Sends `len` bytes to the first node of `chain`, which stores them and forwards
-    /// them along the rest; returns every node's result.
-    pub fn put_chain(&self, chain: &[String], id: &ObjectId, body: impl Read, len: u64) -> Result<Stored, ClientError> {
+    /// them along the rest (with the master's `signature` of the placement, which a
+    /// cluster with a token requires); returns every node's result.
+    pub fn put_chain(
+        &self,
+        chain: &[String],
+        signature: Option<&str>,
+        id: &ObjectId,
+        body: impl Read,
+        len: u64,
+    ) -> Result<Stored, ClientError> {
         let first = chain.first().ok_or_else(|| ClientError::Protocol {
             url: self.master.clone(),
             message: "the placement names no node".into(),
@@ -210,6 +225,9 @@ impl Client {
             .set("Content-Length", &len.to_string());
         if chain.len() > 1 {
             request = request.set(CHAIN_HEADER, &chain[1..].join(","));
+        }
+        if let Some(signature) = signature {
+            request = request.set(CHAIN_SIGNATURE_HEADER, signature);
         }
         let response = request.send(body).map_err(|e| from_ureq(&url, e))?;
         response.into_json().map_err(|e| ClientError::Protocol { url, message: e.to_string() })
@@ -230,10 +248,11 @@ impl Client {
             .map_err(|message| ClientError::Protocol { url: self.master.clone(), message })?;
         let wanted = placement.nodes.len();
         let mut chain = placement.nodes;
+        let mut signature = placement.signature;
         let mut stored: Vec<ReplicaResult> = Vec::new();
         let mut checksum = None;
         for _attempt in 0..3 {
-            let results = match self.put_chain(&chain, &id, open()?, len) {
+            let results = match self.put_chain(&chain, signature.as_deref(), &id, open()?, len) {
                 Ok(answer) => {
                     checksum = Some(answer.checksum);
                     answer.replicas
@@ -256,7 +275,7 @@ impl Client {
                 break;
             }
             match self.replace_nodes(&id, &failed, wanted - good) {
-                Ok(more) if !more.nodes.is_empty() => chain = more.nodes,
+                Ok(more) if !more.nodes.is_empty() => (chain, signature) = (more.nodes, more.signature),
                 _ => break,
             }
         }

@@ -12,4 +12,5 @@ pub mod dev;
 pub mod http;
 pub mod log;
 pub mod master;
+pub mod node_client;
 pub mod proto;

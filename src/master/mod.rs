@@ -26,10 +26,11 @@ use tiny_http::{Method, Request};
 
 use crate::http::{self, ApiError, Handled, HttpServer, Reply};
 use crate::log;
+use crate::node_client::{NodeClient, Registry};
 use crate::proto::{
-    normalize_address, validate_node_id, Checksum, ClusterStatus, CompleteUpload, Health, Heartbeat, InitUpload,
+    normalize_address, validate_node_id, ChainSignature, ClusterStatus, CompleteUpload, Health, Heartbeat, InitUpload,
     Inventory, NodeCommands, NodeInfo, NodeList, ObjectId, ObjectInfo, Placement, RegisterNode, ReplaceNodes,
-    ReplicaInfo, ReplicaReport, StatusOk, CHECKSUM_HEADER,
+    ReplicaInfo, ReplicaReport, StatusOk,
 };
 use db::{Candidate, Confirmation, MetaDb, MetaError, Registered};
 use liveness::{Membership, NodeState};
@@ -102,7 +103,8 @@ impl Master {
         let db_path = config.data_dir.join("meta.db");
         let db = MetaDb::open(&db_path, config.threads + 2).map_err(io::Error::other)?;
         let known = db.nodes().map_err(io::Error::other)?;
-        let nodes = RwLock::new(Arc::new(known.iter().map(|n| (n.id.clone(), n.address.clone())).collect()));
+        let nodes = Arc::new(RwLock::new(Arc::new(known.iter().map(|n| (n.id.clone(), n.address.clone())).collect())));
+        let node_client = NodeClient::new(agent, config.cluster_token.clone(), Arc::clone(&nodes) as Arc<dyn Registry>);
         let membership = Membership::new(
             known.into_iter().map(|n| (n.id, NodeState::parse(&n.state))),
             config.dead_after,
@@ -112,7 +114,7 @@ impl Master {
             db,
             config: config.clone(),
             membership,
-            agent,
+            node_client,
             scans: Mutex::new(HashMap::new()),
             nodes,
             repairs_in_flight: AtomicU64::new(0),
@@ -218,9 +220,17 @@ impl Endpoint {
         }
     }
 
-    /// Operations only datanodes may ask for: they change what the master believes.
-    fn is_internal(&self) -> bool {
-        matches!(self, Endpoint::RegisterNode | Endpoint::Heartbeat | Endpoint::ReportReplicas | Endpoint::Inventory)
+    /// Operations that need the cluster token, when there is one: those only datanodes
+    /// may ask for (they change what the master believes), and deleting an object.
+    fn needs_token(&self) -> bool {
+        matches!(
+            self,
+            Endpoint::RegisterNode
+                | Endpoint::Heartbeat
+                | Endpoint::ReportReplicas
+                | Endpoint::Inventory
+                | Endpoint::DeleteObject(_)
+        )
     }
 }
 
@@ -228,13 +238,21 @@ struct MasterState {
     db: MetaDb,
     config: MasterConfig,
     membership: Membership,
-    agent: ureq::Agent,
+    /// Calls to datanodes (replicate, `HEAD`): only registered ones, with the token.
+    node_client: NodeClient,
     /// Inventory scans under way: node → (scan id, when its first batch arrived).
     scans: Mutex<HashMap<String, (String, i64)>>,
     /// Every registered node's (id, address), by id: placement reads it instead of the
-    /// database. Addresses change only by registration, which refreshes it.
-    nodes: RwLock<Arc<Vec<Candidate>>>,
+    /// database. Addresses change only by registration, which refreshes it. It is also
+    /// the `Registry` of the master's `NodeClient`.
+    nodes: Arc<RwLock<Arc<Vec<Candidate>>>>,
     repairs_in_flight: AtomicU64,
+}
+
+impl Registry for RwLock<Arc<Vec<Candidate>>> {
+    fn is_registered(&self, address: &str) -> bool {
+        self.read().expect("nodes lock").iter().any(|(_, known)| known == address)
+    }
 }
 
 impl From<MetaError> for ApiError {
@@ -247,7 +265,7 @@ impl MasterState {
     fn handle(&self, request: &mut Request) -> Handled {
         let bytes_in = request.body_length().unwrap_or(0) as u64;
         let result = Endpoint::parse(request.method(), http::path_of(request)).and_then(|endpoint| {
-            if endpoint.is_internal() {
+            if endpoint.needs_token() {
                 http::check_token(request, self.config.cluster_token.as_deref())?;
             }
             self.dispatch(endpoint, request)
@@ -443,7 +461,7 @@ impl MasterState {
         let known = Arc::clone(&self.nodes.read().expect("nodes lock"));
         let placed = self.chooser(body.size)(&known, replication)?;
         let nodes = self.db.create_object(id, body.size, replication, placed)?;
-        Ok(http::json_reply(200, &Placement { objectid: id.to_string(), nodes }))
+        Ok(http::json_reply(200, &self.placement(id, nodes)))
     }
 
     fn replace_nodes(&self, body: ReplaceNodes) -> Result<Reply, ApiError> {
@@ -453,7 +471,17 @@ impl MasterState {
         }
         let size = self.db.object_with_status(id, true)?.size;
         let nodes = self.db.replace_nodes(id, body.failed, body.count, self.chooser(size))?;
-        Ok(http::json_reply(200, &Placement { objectid: id.to_string(), nodes }))
+        Ok(http::json_reply(200, &self.placement(id, nodes)))
+    }
+
+    /// A placement, signed when the cluster has a token: the signature lets datanodes
+    /// forward the upload to these nodes, for as long as the upload may be completed.
+    fn placement(&self, id: ObjectId, nodes: Vec<String>) -> Placement {
+        let signature = self.config.cluster_token.as_deref().map(|token| {
+            let expires = (db::now_ms() / 1000) as u64 + self.config.upload_grace.as_secs();
+            ChainSignature::sign(token, &id.to_string(), &nodes, expires).to_string()
+        });
+        Placement { objectid: id.to_string(), nodes, signature }
     }
 
     /// Completes an upload once enough replicas are confirmed. Receipts signed by the
@@ -492,23 +520,10 @@ impl MasterState {
 
     /// `HEAD`s an object on a node: its size and checksum if the node has it.
     fn ask_node(&self, node_id: &str, address: &str, id: &ObjectId) -> Option<Confirmation> {
-        let url = format!("{address}/objects/{id}");
-        let answer = self.agent.head(&url).timeout(Duration::from_secs(5)).call().map_err(|e| e.to_string()).and_then(
-            |response| {
-                let size = response.header("Content-Length").and_then(|v| v.parse().ok());
-                let checksum = response.header(CHECKSUM_HEADER).map(Checksum::parse);
-                match (size, checksum) {
-                    (Some(size), Some(Ok(checksum))) => {
-                        Ok(Confirmation { node_id: node_id.to_string(), size, checksum })
-                    }
-                    _ => Err("no size or checksum in the answer".to_string()),
-                }
-            },
-        );
-        match answer {
-            Ok(confirmation) => Some(confirmation),
+        match self.node_client.head_object(address, id) {
+            Ok((size, checksum)) => Some(Confirmation { node_id: node_id.to_string(), size, checksum }),
             Err(e) => {
-                log::info("master", &format!("node {node_id} does not confirm {id}: HEAD {url}: {e}"));
+                log::info("master", &format!("node {node_id} does not confirm {id}: HEAD {e}"));
                 None
             }
         }
