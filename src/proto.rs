@@ -298,7 +298,9 @@ impl ChainSignature {
     pub fn parse(text: &str) -> Result<ChainSignature, String> {
         let bad = || {
             let shown: String = text.chars().take(80).collect();
-            format!("invalid {CHAIN_SIGNATURE_HEADER} {shown:?}: expected EXPIRES MAC NODE,NODE,.. as the master gave it")
+            format!(
+                "invalid {CHAIN_SIGNATURE_HEADER} {shown:?}: expected EXPIRES MAC NODE,NODE,.. as the master gave it"
+            )
         };
         let mut parts = text.split_whitespace();
         let (Some(expires), Some(mac), Some(nodes), None) = (parts.next(), parts.next(), parts.next(), parts.next())

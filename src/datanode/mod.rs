@@ -26,9 +26,8 @@ use crate::http::{self, ApiError, Handled, HttpServer, Reply};
 use crate::log;
 use crate::node_client::{NodeClient, ObjectPut, DEFAULT_HOP_TIMEOUT};
 use crate::proto::{
-    normalize_address, ChainSignature, Checksum, DeleteRequest, Health, ObjectId, Receipt, ReplicaResult,
-    ReplicaState, ReplicateRequest, ReplicateResult, ReplicateResults, Stored, CHAIN_HEADER, CHAIN_SIGNATURE_HEADER,
-    CHECKSUM_HEADER,
+    normalize_address, ChainSignature, Checksum, DeleteRequest, Health, ObjectId, Receipt, ReplicaResult, ReplicaState,
+    ReplicateRequest, ReplicateResult, ReplicateResults, Stored, CHAIN_HEADER, CHAIN_SIGNATURE_HEADER, CHECKSUM_HEADER,
 };
 use membership::Reporter;
 use store::{BlobStore, StoreError, StoredObject};
@@ -115,7 +114,8 @@ impl Datanode {
         let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
         let (reporter, reporter_thread) = Reporter::start(&id, master.clone(), stopped.clone());
         let peers = Arc::new(peers::Peers::new(&id, master.clone()));
-        let nodes = NodeClient::new(agent.clone(), config.cluster_token.clone(), peers).with_hop_timeout(config.hop_timeout);
+        let nodes =
+            NodeClient::new(agent.clone(), config.cluster_token.clone(), peers).with_hop_timeout(config.hop_timeout);
         let node = Arc::new(Node {
             id: id.clone(),
             address: address.clone(),
@@ -479,8 +479,13 @@ impl Node {
     /// the target stores nothing.
     fn copy_to(self: &Arc<Self>, id: &ObjectId, target: &str) -> Result<Option<Receipt>, ApiError> {
         let read = self.blobs.read_verified(id, None, self.on_corrupt(id)).map_err(|e| self.on_store_error(id, e))?;
-        let put =
-            ObjectPut { id: *id, len: Some(read.len), checksum: Some(read.object.checksum), chain: &[], signature: None };
+        let put = ObjectPut {
+            id: *id,
+            len: Some(read.len),
+            checksum: Some(read.object.checksum),
+            chain: &[],
+            signature: None,
+        };
         match self.nodes.put_object(target, &put, read.body, None) {
             Ok(stored) => Ok(stored.replicas.into_iter().next().and_then(|r| r.receipt)),
             // The target has it already: as good as copied (it reported the copy then).

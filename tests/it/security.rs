@@ -129,7 +129,8 @@ fn a_chain_naming_a_stranger_is_refused_without_contacting_it_with_a_token() {
     assert_eq!(status, 403, "{body}");
 
     // Signed with another key, naming the attacker.
-    let forged = ChainSignature::sign("guessed-token", &id, &[attacker_url.clone()], now() + 600).to_string();
+    let forged =
+        ChainSignature::sign("guessed-token", &id, std::slice::from_ref(&attacker_url), now() + 600).to_string();
     let (status, body) =
         put(first, &id, &[("X-Aether-Chain", &attacker_url), ("X-Aether-Chain-Signature", &forged)], b"hello");
     assert_eq!(status, 403, "{body}");
@@ -161,10 +162,8 @@ fn a_chain_naming_a_stranger_is_refused_without_contacting_it_with_a_token() {
 
     // The master's own repair orders are held to the same rule.
     let order = json!({"target": attacker_url, "objects": [id]}).to_string();
-    let response = agent()
-        .post(&format!("{first}/internal/replicate"))
-        .set("X-Aether-Token", TOKEN)
-        .send_bytes(order.as_bytes());
+    let response =
+        agent().post(&format!("{first}/internal/replicate")).set("X-Aether-Token", TOKEN).send_bytes(order.as_bytes());
     assert!(matches!(response, Err(ureq::Error::Status(403, _))), "{response:?}");
     attacker.assert_heard_nothing();
 }
