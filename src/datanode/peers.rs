@@ -20,7 +20,8 @@ pub struct Peers {
     /// None for a datanode without a master: it knows no peer.
     master: Option<Client>,
     addresses: RwLock<HashSet<String>>,
-    /// When the list was last fetched; held while fetching, so one fetch runs at a time.
+    /// When the last fetch of the list started; held while fetching, so one fetch runs
+    /// at a time.
     fetched: Mutex<Option<Instant>>,
 }
 
@@ -40,19 +41,23 @@ impl Registry for Peers {
             return true;
         }
         let Some(master) = &self.master else { return false };
+        let missed = Instant::now();
         let mut fetched = self.fetched.lock().expect("peers fetch lock");
-        // Another caller may have fetched the list while this one waited for the lock.
-        if self.knows(address) {
-            return true;
+        // Another caller may have fetched the list while this one waited for the lock;
+        // a list asked for after this miss is as fresh as any this one could fetch, so
+        // callers that pile up behind one fetch do not each fetch again.
+        if self.knows(address) || fetched.is_some_and(|started| started >= missed) {
+            return self.knows(address);
         }
         if let Some(last) = *fetched {
             std::thread::sleep(MIN_REFRESH.saturating_sub(last.elapsed()));
         }
+        let started = Instant::now();
         match master.nodes() {
             Ok(nodes) => *self.addresses.write().expect("peers lock") = nodes.into_iter().map(|n| n.address).collect(),
             Err(e) => log::warn(&self.node, &format!("cannot fetch the registered datanodes from the master: {e}")),
         }
-        *fetched = Some(Instant::now());
+        *fetched = Some(started);
         self.knows(address)
     }
 }
