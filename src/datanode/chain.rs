@@ -11,7 +11,7 @@
 use std::io::{self, Cursor, Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
@@ -339,19 +339,28 @@ fn broken_chain(chain: &[String], status: u16, error: String) -> Vec<ReplicaResu
 fn forward(nodes: &NodeClient, upload: &Upload, rx: Receiver<Message>) -> Vec<ReplicaResult> {
     let put = upload.put();
     let mut reader = ChannelReader { rx, chunk: Vec::new(), pos: 0 };
+    let next = &upload.chain[0];
+    let mut bound = None;
     let answer = if let Some(len) = upload.declared {
         let mut body = Vec::with_capacity(len as usize);
         if let Err(e) = reader.read_to_end(&mut body) {
             return broken_chain(upload.chain, 502, e.to_string());
         }
         let hops = u32::try_from(upload.chain.len()).unwrap_or(u32::MAX).saturating_add(1);
-        nodes.put_object(&upload.chain[0], &put, Cursor::new(body), Some(nodes.hop_timeout().saturating_mul(hops)))
+        bound = Some((Instant::now(), nodes.hop_timeout().saturating_mul(hops)));
+        nodes.put_object(next, &put, Cursor::new(body), bound.map(|(_, limit)| limit))
     } else {
-        nodes.put_object(&upload.chain[0], &put, reader, None)
+        nodes.put_object(next, &put, reader, None)
     };
     match answer {
         Ok(stored) => stored.replicas,
         Err(ClientError::Api { status, message, .. }) => broken_chain(upload.chain, status, message),
+        Err(ClientError::Transport { .. }) if bound.is_some_and(|(started, limit)| started.elapsed() >= limit) => {
+            let limit = bound.map(|(_, limit)| limit).unwrap_or_default();
+            broken_chain(upload.chain, 504, format!("{next} did not answer the upload within {limit:?}"))
+        }
+        // ureq's own message names the URL already.
+        Err(ClientError::Transport { message, .. }) => broken_chain(upload.chain, 502, message),
         Err(e) => broken_chain(upload.chain, 502, e.to_string()),
     }
 }
@@ -392,7 +401,6 @@ mod tests {
     use std::io::{BufRead, BufReader};
     use std::net::TcpListener;
     use std::sync::Arc;
-    use std::time::Instant;
 
     struct Everyone;
 
