@@ -114,14 +114,15 @@ impl Datanode {
         let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
         let (reporter, reporter_thread) = Reporter::start(&id, master.clone(), stopped.clone());
         let peers = Arc::new(peers::Peers::new(&id, master.clone()));
-        let nodes =
-            NodeClient::new(agent.clone(), config.cluster_token.clone(), peers).with_hop_timeout(config.hop_timeout);
+        let nodes = NodeClient::new(agent.clone(), config.cluster_token.clone(), Arc::clone(&peers) as _)
+            .with_hop_timeout(config.hop_timeout);
         let node = Arc::new(Node {
             id: id.clone(),
             address: address.clone(),
             blobs,
             max_object_size: config.max_object_size,
             nodes,
+            peers,
             token: config.cluster_token.clone(),
             reporter,
         });
@@ -243,6 +244,8 @@ pub(crate) struct Node {
     max_object_size: u64,
     /// Every call to another datanode: only registered ones, with the token.
     nodes: NodeClient,
+    /// The registered datanodes as this node knows them: `nodes`' registry.
+    peers: Arc<peers::Peers>,
     token: Option<String>,
     reporter: Reporter,
 }
@@ -338,8 +341,9 @@ impl Node {
     }
 
     /// A chain is forwarded only when the master placed it: in a cluster with a token,
-    /// the master's signature for this object must name every node of it; in any
-    /// cluster, every node must be registered with the master. Anything else is refused
+    /// the master's signature for this object must name every node of it (which makes
+    /// them known as registered); in any cluster, every node must be registered with the
+    /// master. Anything else is refused
     /// before this node connects anywhere.
     fn check_chain(&self, id: &ObjectId, chain: &[String], signature: Option<&str>) -> Result<(), ApiError> {
         if chain.is_empty() {
@@ -361,6 +365,7 @@ impl Node {
             if let Some(stranger) = chain.iter().find(|node| !signature.names(node)) {
                 return Err(ApiError::new(403, format!("{stranger} is not a node the master placed this object on")));
             }
+            self.peers.learn(&signature.nodes);
         }
         if let Some(stranger) = chain.iter().find(|node| !self.nodes.is_registered(node)) {
             return Err(ApiError::new(

@@ -2,7 +2,8 @@
 //! knows them: the `Registry` of its `NodeClient`, so it forwards uploads and copies
 //! objects only to those. The list is fetched from the master (`GET /api/nodes`) when an
 //! address is not in it, at most once a second, so that no client can make a datanode
-//! connect to an address of its choosing, nor flood the master with look-ups.
+//! connect to an address of its choosing, nor flood the master with look-ups. The nodes a
+//! valid placement signature names count as registered too (the master signed them).
 
 use std::collections::HashSet;
 use std::sync::{Mutex, RwLock};
@@ -28,6 +29,17 @@ pub struct Peers {
 impl Peers {
     pub fn new(node: &str, master: Option<Client>) -> Peers {
         Peers { node: node.to_string(), master, addresses: RwLock::default(), fetched: Mutex::new(None) }
+    }
+
+    /// Adds addresses the master vouched for in a placement signature it made: it places
+    /// only registered nodes, so a chain it signed needs no look-up.
+    pub fn learn(&self, addresses: &[String]) {
+        let mut known = self.addresses.write().expect("peers lock");
+        for address in addresses {
+            if !known.contains(address) {
+                known.insert(address.clone());
+            }
+        }
     }
 
     fn knows(&self, address: &str) -> bool {
