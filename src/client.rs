@@ -8,10 +8,11 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::node_client::{NodeClient, ObjectPut};
 use crate::proto::{
     Checksum, ClusterStatus, CompleteUpload, ErrorBody, Heartbeat, InitUpload, Inventory, NodeCommands, NodeInfo,
     NodeList, ObjectId, ObjectInfo, Placement, Receipt, RegisterNode, ReplaceNodes, ReplicaReport, ReplicaResult,
-    StatusOk, Stored, CHAIN_HEADER, CHAIN_SIGNATURE_HEADER, CHECKSUM_HEADER, TOKEN_HEADER,
+    StatusOk, Stored, CHECKSUM_HEADER, TOKEN_HEADER,
 };
 
 #[derive(Debug)]
@@ -98,6 +99,8 @@ pub fn agent() -> ureq::Agent {
 #[derive(Clone)]
 pub struct Client {
     agent: ureq::Agent,
+    /// Uploads to and reads from datanodes (without the token).
+    nodes: NodeClient,
     master: String,
     token: Option<String>,
 }
@@ -113,7 +116,8 @@ pub struct Uploaded {
 
 impl Client {
     pub fn new(agent: ureq::Agent, master: &str) -> Client {
-        Client { agent, master: master.trim_end_matches('/').to_string(), token: None }
+        let nodes = NodeClient::anonymous(agent.clone());
+        Client { agent, nodes, master: master.trim_end_matches('/').to_string(), token: None }
     }
 
     /// Sends the cluster token with every request to the master.
@@ -217,20 +221,8 @@ impl Client {
             url: self.master.clone(),
             message: "the placement names no node".into(),
         })?;
-        let url = format!("{}/objects/{id}", first.trim_end_matches('/'));
-        let mut request = self
-            .agent
-            .put(&url)
-            .set("Content-Type", "application/octet-stream")
-            .set("Content-Length", &len.to_string());
-        if chain.len() > 1 {
-            request = request.set(CHAIN_HEADER, &chain[1..].join(","));
-        }
-        if let Some(signature) = signature {
-            request = request.set(CHAIN_SIGNATURE_HEADER, signature);
-        }
-        let response = request.send(body).map_err(|e| from_ureq(&url, e))?;
-        response.into_json().map_err(|e| ClientError::Protocol { url, message: e.to_string() })
+        let put = ObjectPut { id: *id, len: Some(len), checksum: None, chain: &chain[1..], signature };
+        self.nodes.put_object(first.trim_end_matches('/'), &put, body, None)
     }
 
     /// Uploads an object to as many replicas as the master places: the bytes go once,
@@ -344,12 +336,7 @@ impl Client {
         written: &mut u64,
         out: &mut dyn Write,
     ) -> Result<(), ClientError> {
-        let url = format!("{}/objects/{id}", node.trim_end_matches('/'));
-        let mut request = self.agent.get(&url);
-        if offset > 0 {
-            request = request.set("Range", &format!("bytes={offset}-"));
-        }
-        let response = request.call().map_err(|e| from_ureq(&url, e))?;
+        let (response, url) = self.nodes.get_object(node.trim_end_matches('/'), id, offset)?;
         let protocol = |message: String| ClientError::Protocol { url: url.clone(), message };
         let replica_sum = response.header(CHECKSUM_HEADER).map(Checksum::parse).transpose().map_err(protocol)?;
         if let (Some(expected), Some(replica)) = (expected, replica_sum) {
@@ -380,20 +367,14 @@ impl Client {
 
     /// Uploads `len` bytes from `body` to one datanode.
     pub fn put_to_node(&self, node: &str, id: &ObjectId, body: impl Read, len: u64) -> Result<(), ClientError> {
-        let url = format!("{}/objects/{id}", node.trim_end_matches('/'));
-        self.agent
-            .put(&url)
-            .set("Content-Type", "application/octet-stream")
-            .set("Content-Length", &len.to_string())
-            .send(body)
-            .map_err(|e| from_ureq(&url, e))?;
+        let put = ObjectPut { id: *id, len: Some(len), checksum: None, chain: &[], signature: None };
+        self.nodes.put_object(node.trim_end_matches('/'), &put, body, None)?;
         Ok(())
     }
 
     /// Streams one replica into `out` and checks that every announced byte arrived.
     pub fn get_from_node(&self, node: &str, id: &ObjectId, out: &mut dyn Write) -> Result<u64, ClientError> {
-        let url = format!("{}/objects/{id}", node.trim_end_matches('/'));
-        let response = self.agent.get(&url).call().map_err(|e| from_ureq(&url, e))?;
+        let (response, url) = self.nodes.get_object(node.trim_end_matches('/'), id, 0)?;
         let announced: Option<u64> = response.header("Content-Length").and_then(|v| v.parse().ok());
         let copied = io::copy(&mut response.into_reader(), out)
             .map_err(|e| ClientError::Transport { url: url.clone(), message: e.to_string() })?;

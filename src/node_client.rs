@@ -1,8 +1,9 @@
-//! `NodeClient`: every call a server makes to a datanode (chained uploads, repair copies,
-//! the master's replicate and `HEAD` requests) is built here, so its one rule is written
-//! once: a request goes only to an address the caller's `Registry` knows as a registered
-//! datanode, and only such a request carries the cluster token. A client naming an
-//! address can therefore never make a server connect to it, nor learn the token.
+//! `NodeClient`: every call to a datanode (chained uploads, repair copies, the master's
+//! replicate and `HEAD` requests, and `Client`'s uploads and reads) is built here, so its
+//! one rule is written once: a server's node client goes only to addresses its `Registry`
+//! knows as registered datanodes, and only those requests carry the cluster token. A
+//! client naming an address can therefore never make a server connect to it, nor learn
+//! the token. `Client`'s node client has no token, and goes where the master sends it.
 
 use std::io::Read;
 use std::sync::Arc;
@@ -38,6 +39,15 @@ pub struct ObjectPut<'a> {
     pub signature: Option<&'a str>,
 }
 
+/// The registry of `NodeClient::anonymous`: with no token to keep, any address will do.
+struct AnyAddress;
+
+impl Registry for AnyAddress {
+    fn is_registered(&self, _: &str) -> bool {
+        true
+    }
+}
+
 #[derive(Clone)]
 pub struct NodeClient {
     agent: ureq::Agent,
@@ -49,6 +59,12 @@ pub struct NodeClient {
 impl NodeClient {
     pub fn new(agent: ureq::Agent, token: Option<String>, registry: Arc<dyn Registry>) -> NodeClient {
         NodeClient { agent, token, registry, hop_timeout: DEFAULT_HOP_TIMEOUT }
+    }
+
+    /// A node client without the token, for `Client`: it goes to the nodes the master's
+    /// answers name, and has nothing secret to leak there.
+    pub fn anonymous(agent: ureq::Agent) -> NodeClient {
+        NodeClient::new(agent, None, Arc::new(AnyAddress))
     }
 
     /// How long a node may take to accept a connection and answer the head of a
@@ -148,6 +164,22 @@ impl NodeClient {
         }
         let response = request.send(body).map_err(|e| from_ureq(&url, e))?;
         response.into_json().map_err(|e| ClientError::Protocol { url, message: e.to_string() })
+    }
+
+    /// `GET /objects/{id}` on `address`, from byte `offset` on (a range past 0); the
+    /// answer and its URL.
+    pub fn get_object(
+        &self,
+        address: &str,
+        id: &ObjectId,
+        offset: u64,
+    ) -> Result<(ureq::Response, String), ClientError> {
+        let (mut request, url) = self.request("GET", address, &format!("/objects/{id}"))?;
+        if offset > 0 {
+            request = request.set("Range", &format!("bytes={offset}-"));
+        }
+        let response = request.call().map_err(|e| from_ureq(&url, e))?;
+        Ok((response, url))
     }
 
     /// Asks `source` to copy objects to another node; one result per object.
