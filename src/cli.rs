@@ -218,7 +218,10 @@ pub fn get(client: &Client, id: &str, output: Option<&Path>) -> CliResult<u64> {
 /// Deletes an object.
 pub fn rm(client: &Client, id: &str) -> CliResult<()> {
     let id = ObjectId::parse(id)?;
-    client.delete_object(&id).map_err(|e| explain(client, e))
+    client.delete_object(&id).map_err(|e| match e.status() {
+        Some(401) => format!("{e}: deleting needs the cluster token; set AETHER_CLUSTER_TOKEN (or --cluster-token)"),
+        _ => explain(client, e),
+    })
 }
 
 fn partial_path(path: &Path) -> PathBuf {

@@ -9,10 +9,11 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::node_client::{NodeClient, ObjectPut};
 use crate::proto::{
     Checksum, ClusterStatus, CompleteUpload, ErrorBody, Heartbeat, InitUpload, Inventory, NodeCommands, NodeInfo,
     NodeList, ObjectId, ObjectInfo, Placement, Receipt, RegisterNode, ReplaceNodes, ReplicaReport, ReplicaResult,
-    StatusOk, Stored, CHAIN_HEADER, CHECKSUM_HEADER, TOKEN_HEADER,
+    StatusOk, Stored, CHECKSUM_HEADER, TOKEN_HEADER,
 };
 
 #[derive(Debug)]
@@ -43,6 +44,10 @@ pub enum ClientError {
     NoReplica {
         message: String,
     },
+    /// A server refused to contact an address that is not a registered datanode.
+    NotRegistered {
+        address: String,
+    },
     Io(io::Error),
     /// An upload's bytes are stored, but whether `complete` took effect is not known:
     /// its answer was lost however often it was asked.
@@ -61,7 +66,7 @@ impl ClientError {
             ClientError::Protocol { message, .. } => format!("unexpected answer: {message}"),
             ClientError::NoReplica { message } => message.clone(),
             ClientError::Io(e) => e.to_string(),
-            ClientError::CompleteUnknown { .. } => self.to_string(),
+            ClientError::NotRegistered { .. } | ClientError::CompleteUnknown { .. } => self.to_string(),
         }
     }
 
@@ -83,6 +88,9 @@ impl fmt::Display for ClientError {
                 write!(f, "{url}: unexpected answer: {message}")
             }
             ClientError::NoReplica { message } => write!(f, "{message}"),
+            ClientError::NotRegistered { address } => {
+                write!(f, "{address} is not a datanode registered with the master; not contacting it")
+            }
             ClientError::Io(e) => write!(f, "{e}"),
             ClientError::CompleteUnknown { id, source } => write!(
                 f,
@@ -101,7 +109,7 @@ impl From<io::Error> for ClientError {
     }
 }
 
-fn from_ureq(url: &str, err: ureq::Error) -> ClientError {
+pub(crate) fn from_ureq(url: &str, err: ureq::Error) -> ClientError {
     match err {
         ureq::Error::Status(status, response) => {
             let text = response.into_string().unwrap_or_default();
@@ -155,6 +163,8 @@ pub fn agent() -> ureq::Agent {
 #[derive(Clone)]
 pub struct Client {
     agent: ureq::Agent,
+    /// Uploads to and reads from datanodes (without the token).
+    nodes: NodeClient,
     master: String,
     token: Option<String>,
 }
@@ -170,7 +180,8 @@ pub struct Uploaded {
 
 impl Client {
     pub fn new(agent: ureq::Agent, master: &str) -> Client {
-        Client { agent, master: master_url(master), token: None }
+        let nodes = NodeClient::anonymous(agent.clone());
+        Client { agent, nodes, master: master_url(master), token: None }
     }
 
     /// Sends the cluster token with every request to the master.
@@ -245,8 +256,16 @@ impl Client {
         self.post("/api/node/inventory", inventory)
     }
 
-    pub fn replace_nodes(&self, id: &ObjectId, failed: &[String], count: usize) -> Result<Placement, ClientError> {
-        let body = ReplaceNodes { objectid: id.to_string(), failed: failed.to_vec(), count };
+    /// `count` more nodes for an upload in progress, in place of `failed`; the signature
+    /// of the answer also names `keep`, nodes of the placement still to be tried.
+    pub fn replace_nodes(
+        &self,
+        id: &ObjectId,
+        failed: &[String],
+        keep: &[String],
+        count: usize,
+    ) -> Result<Placement, ClientError> {
+        let body = ReplaceNodes { objectid: id.to_string(), failed: failed.to_vec(), keep: keep.to_vec(), count };
         self.post("/api/upload/replace", &body)
     }
 
@@ -261,23 +280,22 @@ impl Client {
     }
 
     /// Sends `len` bytes to the first node of `chain`, which stores them and forwards
-    /// them along the rest; returns every node's result.
-    pub fn put_chain(&self, chain: &[String], id: &ObjectId, body: impl Read, len: u64) -> Result<Stored, ClientError> {
+    /// them along the rest (with the master's `signature` of the placement, which a
+    /// cluster with a token requires); returns every node's result.
+    pub fn put_chain(
+        &self,
+        chain: &[String],
+        signature: Option<&str>,
+        id: &ObjectId,
+        body: impl Read,
+        len: u64,
+    ) -> Result<Stored, ClientError> {
         let first = chain.first().ok_or_else(|| ClientError::Protocol {
             url: self.master.clone(),
             message: "the placement names no node".into(),
         })?;
-        let url = format!("{}/objects/{id}", first.trim_end_matches('/'));
-        let mut request = self
-            .agent
-            .put(&url)
-            .set("Content-Type", "application/octet-stream")
-            .set("Content-Length", &len.to_string());
-        if chain.len() > 1 {
-            request = request.set(CHAIN_HEADER, &chain[1..].join(","));
-        }
-        let response = request.send(body).map_err(|e| from_ureq(&url, e))?;
-        response.into_json().map_err(|e| ClientError::Protocol { url, message: e.to_string() })
+        let put = ObjectPut { id: *id, len: Some(len), checksum: None, chain: &chain[1..], signature };
+        self.nodes.put_object(first.trim_end_matches('/'), &put, body, None)
     }
 
     /// Uploads an object to as many replicas as the master places: the bytes go once,
@@ -300,12 +318,13 @@ impl Client {
             .map_err(|message| ClientError::Protocol { url: self.master.clone(), message })?;
         let wanted = placement.nodes.len();
         let mut chain = placement.nodes;
+        let mut signature = placement.signature;
         let mut stored: Vec<ReplicaResult> = Vec::new();
         let mut source: Option<Checksum> = None;
         for _attempt in 0..MAX_CHAIN_ATTEMPTS {
             let tally = Arc::new(Mutex::new(Checksum::default()));
             let body = Tally { inner: open()?.take(len), sum: Arc::clone(&tally) };
-            let outcome = self.put_chain(&chain, &id, body, len);
+            let outcome = self.put_chain(&chain, signature.as_deref(), &id, body, len);
             let read = *tally.lock().expect("tally lock");
             let results = match outcome {
                 Ok(answer) => {
@@ -349,10 +368,11 @@ impl Client {
             chain = untried.into_iter().take(wanted - have).collect();
             let more = wanted - have - chain.len();
             if more > 0 {
-                // Without replacements the untried nodes are still worth a try; `complete`
-                // then says what is missing.
-                if let Ok(placement) = self.replace_nodes(&id, &failed, more) {
+                // Without replacements the untried nodes are still worth a try, under the
+                // signature that named them; `complete` then says what is missing.
+                if let Ok(placement) = self.replace_nodes(&id, &failed, &chain, more) {
                     chain.extend(placement.nodes);
+                    signature = placement.signature;
                 }
             }
             if chain.is_empty() {
@@ -417,7 +437,9 @@ impl Client {
                 | ClientError::Transport { .. }
                 | ClientError::Protocol { .. }
                 | ClientError::Io(_) => true,
-                ClientError::NoReplica { .. } | ClientError::CompleteUnknown { .. } => false,
+                ClientError::NoReplica { .. }
+                | ClientError::NotRegistered { .. }
+                | ClientError::CompleteUnknown { .. } => false,
             };
             if !lost || Instant::now() + delay > deadline {
                 return Err(error);
@@ -479,12 +501,7 @@ impl Client {
         written: &mut u64,
         out: &mut dyn Write,
     ) -> Result<(), ClientError> {
-        let url = format!("{}/objects/{id}", node.trim_end_matches('/'));
-        let mut request = self.agent.get(&url);
-        if offset > 0 {
-            request = request.set("Range", &format!("bytes={offset}-"));
-        }
-        let response = request.call().map_err(|e| from_ureq(&url, e))?;
+        let (response, url) = self.nodes.get_object(node.trim_end_matches('/'), id, offset)?;
         let protocol = |message: String| ClientError::Protocol { url: url.clone(), message };
         let replica_sum = response.header(CHECKSUM_HEADER).map(Checksum::parse).transpose().map_err(protocol)?;
         if let (Some(expected), Some(replica)) = (expected, replica_sum) {
@@ -515,20 +532,14 @@ impl Client {
 
     /// Uploads `len` bytes from `body` to one datanode.
     pub fn put_to_node(&self, node: &str, id: &ObjectId, body: impl Read, len: u64) -> Result<(), ClientError> {
-        let url = format!("{}/objects/{id}", node.trim_end_matches('/'));
-        self.agent
-            .put(&url)
-            .set("Content-Type", "application/octet-stream")
-            .set("Content-Length", &len.to_string())
-            .send(body)
-            .map_err(|e| from_ureq(&url, e))?;
+        let put = ObjectPut { id: *id, len: Some(len), checksum: None, chain: &[], signature: None };
+        self.nodes.put_object(node.trim_end_matches('/'), &put, body, None)?;
         Ok(())
     }
 
     /// Streams one replica into `out` and checks that every announced byte arrived.
     pub fn get_from_node(&self, node: &str, id: &ObjectId, out: &mut dyn Write) -> Result<u64, ClientError> {
-        let url = format!("{}/objects/{id}", node.trim_end_matches('/'));
-        let response = self.agent.get(&url).call().map_err(|e| from_ureq(&url, e))?;
+        let (response, url) = self.nodes.get_object(node.trim_end_matches('/'), id, 0)?;
         let announced: Option<u64> = response.header("Content-Length").and_then(|v| v.parse().ok());
         let copied = io::copy(&mut response.into_reader(), out)
             .map_err(|e| ClientError::Transport { url: url.clone(), message: e.to_string() })?;

@@ -13,6 +13,7 @@ pub mod http;
 pub mod lock;
 pub mod log;
 pub mod master;
+pub mod node_client;
 pub mod proto;
 
 /// What this binary is: the package version and the git commit it was built from, e.g.

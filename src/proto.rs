@@ -40,6 +40,10 @@ pub struct InitUpload {
 pub struct Placement {
     pub objectid: String,
     pub nodes: Vec<String>,
+    /// In a cluster with a token, the master's `ChainSignature` of these nodes, in its
+    /// header form: the upload's first datanode forwards only along a signed chain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
 }
 
 /// `POST /api/upload/complete`.
@@ -143,6 +147,8 @@ pub const CHECKSUM_HEADER: &str = "X-Aether-Checksum";
 pub const CHAIN_HEADER: &str = "X-Aether-Chain";
 /// Header carrying the cluster token on internal requests.
 pub const TOKEN_HEADER: &str = "X-Aether-Token";
+/// Header of a chained upload carrying the master's `ChainSignature` of its placement.
+pub const CHAIN_SIGNATURE_HEADER: &str = "X-Aether-Chain-Signature";
 
 /// A CRC-32C of an object's bytes, computed while streaming.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -251,6 +257,94 @@ impl Receipt {
     }
 }
 
+/// The master's signature on a placement, in a cluster with a token: an HMAC-SHA256, keyed
+/// with a key derived from the token, over the object id, an expiry time and the placed
+/// nodes' addresses. A datanode forwards a chained upload only to addresses that a valid,
+/// unexpired signature for that object names, so no client can make it connect to (and
+/// send the token to) an address of its choosing. Every hop passes the header on as it
+/// came, so any order or part of the placed nodes may form the chain.
+///
+/// In the header it reads `EXPIRES MAC NODE,NODE,..`: unix seconds, 64 hex digits, and
+/// the addresses as the placement lists them (addresses hold no spaces).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainSignature {
+    pub expires: u64,
+    pub nodes: Vec<String>,
+    mac: Vec<u8>,
+}
+
+impl ChainSignature {
+    fn mac(token: &str, objectid: &str, expires: u64, nodes: &[String]) -> HmacSha256 {
+        use hmac::Mac;
+        // A key of its own, so that no chain signature can pass for a receipt or the
+        // token itself, whatever the bytes signed.
+        let mut derive = HmacSha256::new_from_slice(token.as_bytes()).expect("HMAC takes keys of any length");
+        derive.update(b"aetherstore chain signature key v1");
+        let key = derive.finalize().into_bytes();
+        let mut mac = HmacSha256::new_from_slice(&key).expect("HMAC takes keys of any length");
+        mac.update(format!("{objectid}\n{expires}\n{}", nodes.join(",")).as_bytes());
+        mac
+    }
+
+    pub fn sign(token: &str, objectid: &str, nodes: &[String], expires: u64) -> ChainSignature {
+        use hmac::Mac;
+        let mac = ChainSignature::mac(token, objectid, expires, nodes).finalize().into_bytes().to_vec();
+        ChainSignature { expires, nodes: nodes.to_vec(), mac }
+    }
+
+    /// Checks that the master signed this for `objectid` with `token` and that it has not
+    /// expired at `now` (unix seconds); the error says which.
+    pub fn verify(&self, token: &str, objectid: &str, now: u64) -> Result<(), String> {
+        use hmac::Mac;
+        if ChainSignature::mac(token, objectid, self.expires, &self.nodes).verify_slice(&self.mac).is_err() {
+            return Err(format!(
+                "the {CHAIN_SIGNATURE_HEADER} header is not the master's signature of this object's placement"
+            ));
+        }
+        if now > self.expires {
+            return Err(format!(
+                "the placement signature expired {} s ago; ask the master for a new placement",
+                now - self.expires
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn parse(text: &str) -> Result<ChainSignature, String> {
+        let bad = || {
+            let shown: String = text.chars().take(80).collect();
+            format!(
+                "invalid {CHAIN_SIGNATURE_HEADER} {shown:?}: expected EXPIRES MAC NODE,NODE,.. as the master gave it"
+            )
+        };
+        let mut parts = text.split_whitespace();
+        let (Some(expires), Some(mac), Some(nodes), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(bad());
+        };
+        let expires = expires.parse().map_err(|_| bad())?;
+        let mac = (mac.len() == 64).then(|| from_hex(mac)).flatten().ok_or_else(bad)?;
+        let nodes = nodes.split(',').map(normalize_address).collect::<Result<_, _>>().map_err(|_| bad())?;
+        Ok(ChainSignature { expires, nodes, mac })
+    }
+
+    /// Whether `address` is one of the signed nodes.
+    pub fn names(&self, address: &str) -> bool {
+        self.nodes.iter().any(|node| node == address)
+    }
+}
+
+impl std::fmt::Display for ChainSignature {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mac: String = self.mac.iter().map(|b| format!("{b:02x}")).collect();
+        write!(f, "{} {mac} {}", self.expires, self.nodes.join(","))
+    }
+}
+
+fn from_hex(text: &str) -> Option<Vec<u8>> {
+    (0..text.len()).step_by(2).map(|i| text.get(i..i + 2).and_then(|hex| u8::from_str_radix(hex, 16).ok())).collect()
+}
+
 /// `POST /api/node/heartbeat`: a datanode says it is alive and how full it is.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Heartbeat {
@@ -319,6 +413,12 @@ pub struct ReplicateResult {
     pub receipt: Option<Receipt>,
 }
 
+/// The answer of `POST /internal/replicate`: one result per object, in the order asked.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReplicateResults {
+    pub results: Vec<ReplicateResult>,
+}
+
 /// `POST /internal/delete` on a datanode: remove these objects.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct DeleteRequest {
@@ -332,6 +432,10 @@ pub struct ReplaceNodes {
     /// Addresses that failed; they are dropped from the placement.
     #[serde(default)]
     pub failed: Vec<String>,
+    /// Nodes of the placement the client still tries: the answer's signature names them
+    /// too, so that one chain can take them and the new nodes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keep: Vec<String>,
     pub count: usize,
 }
 
@@ -433,6 +537,27 @@ mod tests {
         let garbled = Receipt { mac: "zz".into(), ..receipt };
         assert!(!garbled.verify(Some("token"), "obj"));
         assert!(Receipt::sign(None, "obj", "n", 1, Checksum(1)).verify(None, "obj"));
+    }
+
+    #[test]
+    fn chain_signatures_verify_only_unchanged_and_in_time() {
+        let nodes = vec!["http://a:1".to_string(), "http://b:2".to_string()];
+        let signed = ChainSignature::sign("token", "obj", &nodes, 1000);
+        let header = signed.to_string();
+        let parsed = ChainSignature::parse(&header).unwrap();
+        assert_eq!(parsed, signed);
+        assert!(parsed.verify("token", "obj", 1000).is_ok());
+        assert!(parsed.names("http://b:2") && !parsed.names("http://c:3"));
+        assert!(parsed.verify("token", "obj", 1001).unwrap_err().contains("expired"));
+        assert!(parsed.verify("other", "obj", 10).is_err());
+        assert!(parsed.verify("token", "another-obj", 10).is_err());
+        let tampered = header.replace("http://b:2", "http://evil:2");
+        assert!(ChainSignature::parse(&tampered).unwrap().verify("token", "obj", 10).is_err());
+        let later = header.replacen("1000", "9999", 1);
+        assert!(ChainSignature::parse(&later).unwrap().verify("token", "obj", 10).is_err());
+        for bad in ["", "1000", "x abc http://a:1", "1000 zz http://a:1", &format!("{header} extra")] {
+            assert!(ChainSignature::parse(bad).is_err(), "{bad:?} was accepted");
+        }
     }
 
     #[test]

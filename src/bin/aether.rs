@@ -93,7 +93,7 @@ struct MasterArgs {
     /// seconds of silence after which a datanode is dead, half of it suspect (env AETHER_DEAD_AFTER; default 12)
     #[argh(option)]
     dead_after: Option<String>,
-    /// shared secret datanodes must present (env AETHER_CLUSTER_TOKEN; default none: an open cluster)
+    /// shared secret datanodes (and deletes) must present (env AETHER_CLUSTER_TOKEN, which keeps it out of ps; default none: an open cluster)
     #[argh(option)]
     cluster_token: Option<String>,
     /// seconds after which uploads never completed, and files no one knows, are removed (env AETHER_UPLOAD_GRACE; default 3600)
@@ -138,7 +138,7 @@ struct DatanodeArgs {
     /// disk space uploads must leave free, e.g. 64M (env AETHER_RESERVE; default 64M)
     #[argh(option)]
     reserve: Option<String>,
-    /// shared secret of the cluster (env AETHER_CLUSTER_TOKEN; default none)
+    /// shared secret of the cluster (env AETHER_CLUSTER_TOKEN, which keeps it out of ps; default none)
     #[argh(option)]
     cluster_token: Option<String>,
     /// seconds between heartbeats, fractions allowed (env AETHER_HEARTBEAT_INTERVAL; default 3)
@@ -159,6 +159,9 @@ struct DatanodeArgs {
     /// log format: text, or json for one object per line (env AETHER_LOG_FORMAT; default text)
     #[argh(option)]
     log_format: Option<String>,
+    /// seconds the next node of a chain may take to accept an upload before the hop fails, fractions allowed (env AETHER_HOP_TIMEOUT; default 5)
+    #[argh(option)]
+    hop_timeout: Option<String>,
 }
 
 #[derive(FromArgs)]
@@ -213,6 +216,9 @@ struct RmArgs {
     /// master URL (env AETHER_MASTER; default http://127.0.0.1:42100)
     #[argh(option)]
     master: Option<String>,
+    /// the cluster's token, which deleting needs when the master has one (env AETHER_CLUSTER_TOKEN, which keeps it out of ps)
+    #[argh(option)]
+    cluster_token: Option<String>,
 }
 
 #[derive(FromArgs)]
@@ -393,6 +399,7 @@ fn run(command: Command) -> Result<(), String> {
                 seconds_setting(args.inventory_interval, "AETHER_INVENTORY_INTERVAL", config.inventory_interval)?;
             config.scrub_rate = size_setting(args.scrub_rate, "AETHER_SCRUB_RATE", config.scrub_rate)?;
             config.scrub_pause = seconds_setting(args.scrub_pause, "AETHER_SCRUB_PAUSE", config.scrub_pause)?;
+            config.hop_timeout = seconds_setting(args.hop_timeout, "AETHER_HOP_TIMEOUT", config.hop_timeout)?;
             let node = Datanode::start(config, client::agent()).map_err(|e| e.to_string())?;
             wait_for_stop_signal()?;
             node.shutdown();
@@ -411,7 +418,10 @@ fn run(command: Command) -> Result<(), String> {
             println!("{}", cli::stat(&client_for(args.master), &args.id)?);
             Ok(())
         }
-        Command::Rm(args) => cli::rm(&client_for(args.master), &args.id),
+        Command::Rm(args) => {
+            let client = client_for(args.master).with_token(setting(args.cluster_token, "AETHER_CLUSTER_TOKEN"));
+            cli::rm(&client, &args.id)
+        }
         Command::Nodes(args) => {
             print!("{}", cli::nodes(&client_for(args.master))?);
             Ok(())

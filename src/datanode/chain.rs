@@ -8,14 +8,16 @@
 //! would copy the body through an 8 KiB buffer into 8 KiB sends, which with the hand-off
 //! to the thread cost more CPU than the forwarding itself at replication 3.
 
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, Cursor, Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::proto::{Checksum, ObjectId, ReplicaResult, Stored, CHAIN_HEADER, CHECKSUM_HEADER, TOKEN_HEADER};
+use crate::client::ClientError;
+use crate::node_client::{NodeClient, ObjectPut};
+use crate::proto::{Checksum, ErrorBody, ObjectId, ReplicaResult, Stored};
 
 /// Chunks in flight between the local write and the forwarding connection: enough to
 /// keep both busy, few enough that a slow next node slows the upload instead of filling
@@ -24,11 +26,11 @@ const CHUNKS_IN_FLIGHT: usize = 8;
 /// Declared body sizes from which an upload is forwarded over a connection of its own.
 /// Below it a new connection per upload would cost more than the copies it saves.
 const OWN_CONNECTION_FROM: u64 = 1 << 20;
-/// The same limits as `client::agent`'s.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The same limit as `client::agent`'s, for the body and the final answer.
 const IO_TIMEOUT: Duration = Duration::from_secs(60);
 /// An answer's head and body are a few hundred bytes; more is not a datanode talking.
 const MAX_ANSWER: u64 = 1 << 20;
+const MAX_ANSWER_HEAD: usize = 16 << 10;
 
 enum Message {
     Chunk(Vec<u8>),
@@ -50,28 +52,48 @@ enum Via {
     Connection(Connection),
 }
 
+/// What to forward: the object, the rest of the chain, and how its body must arrive.
+pub struct Upload<'a> {
+    pub id: ObjectId,
+    pub chain: &'a [String],
+    /// The master's signature of the placement, passed on as it came.
+    pub signature: Option<&'a str>,
+    pub declared: Option<u64>,
+    pub expected: Option<Checksum>,
+}
+
+impl Upload<'_> {
+    /// The request to `chain[0]`, which forwards to the rest.
+    fn put(&self) -> ObjectPut<'_> {
+        ObjectPut {
+            id: self.id,
+            len: self.declared,
+            checksum: self.expected,
+            chain: &self.chain[1..],
+            signature: self.signature,
+        }
+    }
+}
+
 impl Forward {
     /// Starts forwarding to `chain[0]`, which forwards to the rest; an empty chain
-    /// forwards nothing.
-    pub fn start(
-        agent: &ureq::Agent,
-        id: ObjectId,
-        chain: &[String],
-        declared: Option<u64>,
-        expected: Option<Checksum>,
-        token: Option<String>,
-    ) -> Forward {
-        if chain.is_empty() {
+    /// forwards nothing. The caller has checked that the chain is the master's.
+    pub fn start(nodes: &NodeClient, upload: &Upload) -> Forward {
+        if upload.chain.is_empty() {
             return Forward { via: Via::Nothing };
         }
-        if let Some(len) = declared.filter(|len| *len >= OWN_CONNECTION_FROM) {
-            return Forward { via: Via::Connection(Connection::open(id, chain, len, expected, token.as_deref())) };
+        if let Some(len) = upload.declared.filter(|len| *len >= OWN_CONNECTION_FROM) {
+            return Forward { via: Via::Connection(Connection::open(nodes, upload, len)) };
         }
         let (tx, rx) = crossbeam_channel::bounded(CHUNKS_IN_FLIGHT);
-        let (agent, chain) = (agent.clone(), chain.to_vec());
+        let (nodes, chain, signature) = (nodes.clone(), upload.chain.to_vec(), upload.signature.map(str::to_string));
+        let (id, declared, expected) = (upload.id, upload.declared, upload.expected);
         let thread = std::thread::Builder::new()
             .name("chain-forward".into())
-            .spawn(move || forward(&agent, id, &chain, declared, expected, token.as_deref(), rx))
+            .spawn(move || {
+                let upload = Upload { id, chain: &chain, signature: signature.as_deref(), declared, expected };
+                forward(&nodes, &upload, rx)
+            })
             .expect("spawning a forwarding thread");
         Forward { via: Via::Agent { tx: Some(tx), thread } }
     }
@@ -106,43 +128,55 @@ impl Forward {
 }
 
 /// A large upload's own connection to the next node: the request head is written when it
-/// opens, each piece of the body as it arrives (the Content-Length delimits it), and the
-/// answer is read at the end. An upload abandoned before its end is cut off by closing
-/// the connection, so the next node sees a short body and stores nothing.
+/// opens, and the next node must answer `100 Continue` within the hop timeout (a node
+/// that accepted the connection but is stalled or cut off fails the hop at once, instead
+/// of after the transfer timeout); then each piece of the body is written as it arrives
+/// (the Content-Length delimits it), and the answer is read at the end. An upload
+/// abandoned before its end is cut off by closing the connection, so the next node sees a
+/// short body and stores nothing.
 struct Connection {
     chain: Vec<String>,
     stream: Option<TcpStream>,
-    /// Why the request could not be sent whole, if it could not.
+    /// Why the next node did not take the upload: its status and error.
+    refused: Option<(u16, String)>,
+    /// Why the body could not be sent whole, if it could not.
     error: Option<String>,
     ended: bool,
 }
 
 impl Connection {
-    fn open(id: ObjectId, chain: &[String], len: u64, expected: Option<Checksum>, token: Option<&str>) -> Connection {
-        let mut connection = Connection { chain: chain.to_vec(), stream: None, error: None, ended: false };
-        let mut head = format!("PUT /objects/{id} HTTP/1.1\r\n");
-        let host = match chain[0].strip_prefix("http://") {
-            Some(host) => host,
-            None => {
-                connection.error = Some(format!("cannot forward to {}: only http:// is supported", chain[0]));
+    fn open(nodes: &NodeClient, upload: &Upload, len: u64) -> Connection {
+        let chain = upload.chain.to_vec();
+        let mut connection = Connection { chain, stream: None, refused: None, error: None, ended: false };
+        let next = &upload.chain[0];
+        let put = ObjectPut { len: Some(len), ..upload.put() };
+        let head = match nodes.put_head(next, &put) {
+            Ok(head) => head,
+            Err(e) => {
+                connection.refused = Some((502, e.to_string()));
                 return connection;
             }
         };
-        head += &format!("Host: {host}\r\nUser-Agent: aether/{}\r\n", env!("CARGO_PKG_VERSION"));
-        head += &format!("Content-Length: {len}\r\nConnection: close\r\n");
-        if chain.len() > 1 {
-            head += &format!("{CHAIN_HEADER}: {}\r\n", chain[1..].join(","));
-        }
-        if let Some(sum) = expected {
-            head += &format!("{CHECKSUM_HEADER}: {sum}\r\n");
-        }
-        if let Some(token) = token {
-            head += &format!("{TOKEN_HEADER}: {token}\r\n");
-        }
-        head += "\r\n";
-        match connect(host).and_then(|mut stream| stream.write_all(head.as_bytes()).map(|()| stream)) {
-            Ok(stream) => connection.stream = Some(stream),
-            Err(e) => connection.error = Some(format!("cannot reach {}: {e}", chain[0])),
+        let hop = nodes.hop_timeout();
+        let host = next.trim_start_matches("http://");
+        let opened = connect(host, hop).and_then(|mut stream| {
+            stream.write_all(head.as_bytes())?;
+            Ok(stream)
+        });
+        let stream = match opened {
+            Ok(stream) => stream,
+            Err(e) => {
+                connection.refused = Some((502, format!("cannot reach {next}: {e}")));
+                return connection;
+            }
+        };
+        match await_continue(&stream, hop) {
+            Ok(None) => connection.stream = Some(stream),
+            Ok(Some(refusal)) => connection.refused = Some(refusal),
+            Err(e) if is_timeout(&e) => {
+                connection.refused = Some((504, format!("{next} did not answer the upload's head within {hop:?}")))
+            }
+            Err(e) => connection.refused = Some((502, format!("no answer from {next}: {e}"))),
         }
         connection
     }
@@ -163,7 +197,8 @@ impl Connection {
     fn finish(self) -> Vec<ReplicaResult> {
         let next = &self.chain[0];
         let Some(stream) = self.stream else {
-            return broken_chain(&self.chain, 502, self.error.unwrap_or_default());
+            let (status, error) = self.refused.unwrap_or((502, String::new()));
+            return broken_chain(&self.chain, status, error);
         };
         if !self.ended {
             let _ = stream.shutdown(Shutdown::Both);
@@ -174,11 +209,7 @@ impl Connection {
                 Ok(stored) => stored.replicas,
                 Err(e) => broken_chain(&self.chain, 502, format!("unreadable answer from {next}: {e}")),
             },
-            Ok((status, body)) => {
-                let text = String::from_utf8_lossy(&body).into_owned();
-                let message = serde_json::from_str::<crate::proto::ErrorBody>(&text).map(|b| b.error).unwrap_or(text);
-                broken_chain(&self.chain, status, message)
-            }
+            Ok((status, body)) => broken_chain(&self.chain, status, error_message(&body)),
             Err(e) => {
                 broken_chain(&self.chain, 502, self.error.unwrap_or_else(|| format!("no answer from {next}: {e}")))
             }
@@ -186,14 +217,13 @@ impl Connection {
     }
 }
 
-fn connect(host: &str) -> io::Result<TcpStream> {
+fn connect(host: &str, hop: Duration) -> io::Result<TcpStream> {
     let host = if host.contains(':') { host.to_string() } else { format!("{host}:80") };
     let mut last = io::Error::new(io::ErrorKind::NotFound, format!("{host} has no address"));
     for address in host.to_socket_addrs()? {
-        match TcpStream::connect_timeout(&address, CONNECT_TIMEOUT) {
+        match TcpStream::connect_timeout(&address, hop) {
             Ok(stream) => {
                 stream.set_nodelay(true)?;
-                stream.set_read_timeout(Some(IO_TIMEOUT))?;
                 stream.set_write_timeout(Some(IO_TIMEOUT))?;
                 return Ok(stream);
             }
@@ -203,27 +233,56 @@ fn connect(host: &str) -> io::Result<TcpStream> {
     Err(last)
 }
 
-/// Reads an HTTP/1.1 answer: its status and body (delimited by Content-Length, or by the
-/// end of the connection, which the request asked the server to close).
-fn read_answer(stream: &TcpStream) -> io::Result<(u16, Vec<u8>)> {
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
+}
+
+/// Waits up to `hop` for the next node's first answer: `100 Continue` (None: send the
+/// body), or a final answer refusing the upload (its status and error).
+fn await_continue(stream: &TcpStream, hop: Duration) -> io::Result<Option<(u16, String)>> {
+    stream.set_read_timeout(Some(hop))?;
+    let (status, content_length) = read_head(stream)?;
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    if status == 100 {
+        return Ok(None);
+    }
+    let body = read_body(stream, content_length)?;
+    Ok(Some((status, error_message(&body))))
+}
+
+/// The error sentence of an error answer's body.
+fn error_message(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body).into_owned();
+    serde_json::from_str::<ErrorBody>(&text).map(|b| b.error).unwrap_or(text)
+}
+
+/// Reads an HTTP/1.1 answer's head, byte by byte so that nothing after it is consumed:
+/// its status and Content-Length.
+fn read_head(mut stream: &TcpStream) -> io::Result<(u16, Option<u64>)> {
     let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_string());
-    let mut reader = BufReader::new(stream.take(MAX_ANSWER));
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
-    let status = line
-        .strip_prefix("HTTP/1.")
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if head.len() >= MAX_ANSWER_HEAD {
+            return Err(bad("the answer's head is too long"));
+        }
+        match stream.read(&mut byte) {
+            Ok(0) => return Err(bad("the answer ended inside its head")),
+            Ok(_) => head.push(byte[0]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let head = String::from_utf8_lossy(&head);
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|line| line.strip_prefix("HTTP/1."))
         .and_then(|rest| rest.split_whitespace().nth(1))
         .and_then(|code| code.parse::<u16>().ok())
         .ok_or_else(|| bad("not an HTTP answer"))?;
     let mut content_length = None;
-    loop {
-        line.clear();
-        if reader.read_line(&mut line)? == 0 {
-            return Err(bad("the answer ended inside its head"));
-        }
-        if line == "\r\n" || line == "\n" {
-            break;
-        }
+    for line in lines.filter(|line| !line.is_empty()) {
         let (name, value) = line.split_once(':').ok_or_else(|| bad("malformed header"))?;
         if name.eq_ignore_ascii_case("content-length") {
             content_length = Some(value.trim().parse::<u64>().map_err(|_| bad("bad Content-Length"))?);
@@ -231,19 +290,29 @@ fn read_answer(stream: &TcpStream) -> io::Result<(u16, Vec<u8>)> {
             return Err(bad("chunked answers are not expected from a datanode"));
         }
     }
+    Ok((status, content_length))
+}
+
+/// Reads an answer's body, delimited by its Content-Length or by the end of the
+/// connection (which the request asked the server to close).
+fn read_body(stream: &TcpStream, content_length: Option<u64>) -> io::Result<Vec<u8>> {
     let mut body = Vec::new();
-    match content_length {
-        Some(len) => {
-            reader.take(len).read_to_end(&mut body)?;
-            if body.len() as u64 != len {
-                return Err(bad("the answer ended inside its body"));
-            }
-        }
-        None => {
-            reader.read_to_end(&mut body)?;
+    let limit = content_length.unwrap_or(MAX_ANSWER).min(MAX_ANSWER);
+    stream.take(limit).read_to_end(&mut body)?;
+    if content_length.is_some_and(|len| body.len() as u64 != len) {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "the answer ended inside its body"));
+    }
+    Ok(body)
+}
+
+/// Reads the final answer: its status and body (an interim `100 Continue` is skipped).
+fn read_answer(stream: &TcpStream) -> io::Result<(u16, Vec<u8>)> {
+    loop {
+        let (status, content_length) = read_head(stream)?;
+        if status != 100 {
+            return Ok((status, read_body(stream, content_length)?));
         }
     }
-    Ok((status, body))
 }
 
 /// Results for a chain that broke at its first node: that node's status and error, and
@@ -262,41 +331,37 @@ fn broken_chain(chain: &[String], status: u16, error: String) -> Vec<ReplicaResu
     results
 }
 
-fn forward(
-    agent: &ureq::Agent,
-    id: ObjectId,
-    chain: &[String],
-    declared: Option<u64>,
-    expected: Option<Checksum>,
-    token: Option<&str>,
-    rx: Receiver<Message>,
-) -> Vec<ReplicaResult> {
-    let next = &chain[0];
-    let mut request = agent.put(&format!("{next}/objects/{id}"));
-    if chain.len() > 1 {
-        request = request.set(CHAIN_HEADER, &chain[1..].join(","));
-    }
-    if let Some(len) = declared {
-        request = request.set("Content-Length", &len.to_string());
-    }
-    if let Some(sum) = expected {
-        request = request.set(CHECKSUM_HEADER, &sum.to_string());
-    }
-    if let Some(token) = token {
-        request = request.set(TOKEN_HEADER, token);
-    }
-    let failed = |status: u16, error: String| broken_chain(chain, status, error);
-    match request.send(ChannelReader { rx, chunk: Vec::new(), pos: 0 }) {
-        Ok(response) => match response.into_json::<Stored>() {
-            Ok(stored) => stored.replicas,
-            Err(e) => failed(502, format!("unreadable answer: {e}")),
-        },
-        Err(ureq::Error::Status(status, response)) => {
-            let text = response.into_string().unwrap_or_default();
-            let message = serde_json::from_str::<crate::proto::ErrorBody>(&text).map(|b| b.error).unwrap_or(text);
-            failed(status, message)
+/// Forwards a small upload through the agent. With a declared length (under
+/// `OWN_CONNECTION_FROM`) the body is gathered first and the whole exchange is bounded by
+/// the hop timeout for each node left in the chain and one more, so a stalled next node
+/// (a pooled connection into a partition, say) fails the hop in seconds and every node
+/// upstream still answers within its own, longer bound. An undeclared length streams.
+fn forward(nodes: &NodeClient, upload: &Upload, rx: Receiver<Message>) -> Vec<ReplicaResult> {
+    let put = upload.put();
+    let mut reader = ChannelReader { rx, chunk: Vec::new(), pos: 0 };
+    let next = &upload.chain[0];
+    let mut bound = None;
+    let answer = if let Some(len) = upload.declared {
+        let mut body = Vec::with_capacity(len as usize);
+        if let Err(e) = reader.read_to_end(&mut body) {
+            return broken_chain(upload.chain, 502, e.to_string());
         }
-        Err(e) => failed(502, e.to_string()),
+        let hops = u32::try_from(upload.chain.len()).unwrap_or(u32::MAX).saturating_add(1);
+        bound = Some((Instant::now(), nodes.hop_timeout().saturating_mul(hops)));
+        nodes.put_object(next, &put, Cursor::new(body), bound.map(|(_, limit)| limit))
+    } else {
+        nodes.put_object(next, &put, reader, None)
+    };
+    match answer {
+        Ok(stored) => stored.replicas,
+        Err(ClientError::Api { status, message, .. }) => broken_chain(upload.chain, status, message),
+        Err(ClientError::Transport { .. }) if bound.is_some_and(|(started, limit)| started.elapsed() >= limit) => {
+            let limit = bound.map(|(_, limit)| limit).unwrap_or_default();
+            broken_chain(upload.chain, 504, format!("{next} did not answer the upload within {limit:?}"))
+        }
+        // ureq's own message names the URL already.
+        Err(ClientError::Transport { message, .. }) => broken_chain(upload.chain, 502, message),
+        Err(e) => broken_chain(upload.chain, 502, e.to_string()),
     }
 }
 
@@ -331,10 +396,33 @@ impl Read for ChannelReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::node_client::Registry;
+    use crate::proto::{CHAIN_HEADER, CHECKSUM_HEADER, TOKEN_HEADER};
+    use std::io::{BufRead, BufReader};
     use std::net::TcpListener;
+    use std::sync::Arc;
 
-    /// A one-request server: reads the request, hands its head and body to the test, and
-    /// answers `status` with `answer`.
+    struct Everyone;
+
+    impl Registry for Everyone {
+        fn is_registered(&self, _: &str) -> bool {
+            true
+        }
+    }
+
+    fn nodes(token: Option<&str>) -> NodeClient {
+        NodeClient::new(crate::client::agent(), token.map(str::to_string), Arc::new(Everyone))
+            .with_hop_timeout(Duration::from_millis(500))
+    }
+
+    fn open(token: Option<&str>, id: ObjectId, chain: &[String], len: u64, expected: Option<Checksum>) -> Connection {
+        let upload = Upload { id, chain, signature: Some("sig"), declared: Some(len), expected };
+        Connection::open(&nodes(token), &upload, len)
+    }
+
+    /// A one-request server: reads the request head, answers `100 Continue` as a
+    /// datanode does, reads the body, hands head and body to the test, and answers
+    /// `status` with `answer`.
     fn serve_once(status: u16, answer: String) -> (String, std::thread::JoinHandle<(String, Vec<u8>)>) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let address = format!("http://{}", listener.local_addr().unwrap());
@@ -347,6 +435,7 @@ mod tests {
                 reader.read_line(&mut line).unwrap();
                 head += &line;
             }
+            (&stream).write_all(b"HTTP/1.1 100 Continue\r\n\r\n").unwrap();
             let len: u64 =
                 head.lines().find_map(|l| l.strip_prefix("Content-Length: ")).map_or(0, |v| v.trim().parse().unwrap());
             let mut body = Vec::new();
@@ -378,7 +467,7 @@ mod tests {
         };
         let (next, server) = serve_once(201, serde_json::to_string(&stored).unwrap());
         let chain = [next, "http://after:1".to_string()];
-        let mut connection = Connection::open(id, &chain, data.len() as u64, Some(Checksum(7)), Some("secret"));
+        let mut connection = open(Some("secret"), id, &chain, data.len() as u64, Some(Checksum(7)));
         for piece in data.chunks(100_003) {
             connection.send(piece);
         }
@@ -393,6 +482,8 @@ mod tests {
             format!("{CHAIN_HEADER}: http://after:1"),
             format!("{CHECKSUM_HEADER}: {}", Checksum(7)),
             format!("{TOKEN_HEADER}: secret"),
+            "X-Aether-Chain-Signature: sig".to_string(),
+            "Expect: 100-continue".to_string(),
         ] {
             assert!(head.contains(&header), "{header:?} missing from {head}");
         }
@@ -403,7 +494,7 @@ mod tests {
         let id = ObjectId::new_random();
         let (next, server) = serve_once(507, r#"{"error":"disk full"}"#.to_string());
         let chain = [next.clone(), "http://after:1".to_string()];
-        let mut connection = Connection::open(id, &chain, 5, None, None);
+        let mut connection = open(None, id, &chain, 5, None);
         connection.send(b"hello");
         connection.send(&[]);
         let results = connection.finish();
@@ -415,18 +506,32 @@ mod tests {
 
         // Without the end of the body the connection is cut: the next node sees a short body.
         let (next, server) = serve_once(201, String::new());
-        let mut connection = Connection::open(id, &[next], 10, None, None);
+        let mut connection = open(None, id, &[next], 10, None);
         connection.send(b"hello");
         assert_eq!(connection.finish()[0].status, 502);
         assert_eq!(server.join().unwrap().1, b"hello");
 
         // Nobody listening.
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut connection = Connection::open(id, &[format!("http://127.0.0.1:{port}")], 1, None, None);
+        let mut connection = open(None, id, &[format!("http://127.0.0.1:{port}")], 1, None);
         connection.send(b"x");
         connection.send(&[]);
         let results = connection.finish();
         assert_eq!(results[0].status, 502);
         assert!(results[0].error.as_deref().unwrap().contains("cannot reach"), "{results:?}");
+    }
+
+    #[test]
+    fn a_next_node_that_never_answers_fails_the_hop_within_the_hop_timeout() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let next = format!("http://{}", listener.local_addr().unwrap());
+        let started = Instant::now();
+        let mut connection = open(None, ObjectId::new_random(), &[next], 4 << 20, None);
+        connection.send(&vec![0u8; 4 << 20]);
+        connection.send(&[]);
+        let results = connection.finish();
+        assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+        assert_eq!(results[0].status, 504, "{results:?}");
+        drop(listener);
     }
 }

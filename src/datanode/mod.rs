@@ -7,6 +7,7 @@
 
 mod chain;
 mod membership;
+mod peers;
 mod scrub;
 pub mod store;
 
@@ -14,7 +15,7 @@ use std::io::{self, Read};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::Sender;
 use serde::Serialize;
@@ -24,9 +25,10 @@ use crate::client::Client;
 use crate::http::{self, ApiError, Handled, HttpServer, Reply};
 use crate::lock::DataDirLock;
 use crate::log;
+use crate::node_client::{NodeClient, ObjectPut, DEFAULT_HOP_TIMEOUT};
 use crate::proto::{
-    normalize_address, Checksum, DeleteRequest, Health, ObjectId, Receipt, ReplicaResult, ReplicaState,
-    ReplicateRequest, ReplicateResult, Stored, CHAIN_HEADER, CHECKSUM_HEADER,
+    normalize_address, ChainSignature, Checksum, DeleteRequest, Health, ObjectId, Receipt, ReplicaResult, ReplicaState,
+    ReplicateRequest, ReplicateResult, ReplicateResults, Stored, CHAIN_HEADER, CHAIN_SIGNATURE_HEADER, CHECKSUM_HEADER,
 };
 use membership::Reporter;
 use store::{BlobStore, StoreError, StoredObject};
@@ -59,6 +61,9 @@ pub struct DatanodeConfig {
     pub scrub_rate: u64,
     /// Pause between two scrub passes over all objects.
     pub scrub_pause: Duration,
+    /// How long the next node of a chain may take to accept the connection and answer
+    /// the upload's head before the hop counts as failed.
+    pub hop_timeout: Duration,
 }
 
 impl DatanodeConfig {
@@ -77,6 +82,7 @@ impl DatanodeConfig {
             inventory_interval: Duration::from_secs(600),
             scrub_rate: 32 << 20,
             scrub_pause: Duration::from_secs(3600),
+            hop_timeout: DEFAULT_HOP_TIMEOUT,
         }
     }
 }
@@ -112,12 +118,16 @@ impl Datanode {
             config.master.as_ref().map(|m| Client::new(agent.clone(), m).with_token(config.cluster_token.clone()));
         let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
         let (reporter, reporter_thread) = Reporter::start(&id, master.clone(), stopped.clone());
+        let peers = Arc::new(peers::Peers::new(&id, master.clone()));
+        let nodes = NodeClient::new(agent.clone(), config.cluster_token.clone(), Arc::clone(&peers) as _)
+            .with_hop_timeout(config.hop_timeout);
         let node = Arc::new(Node {
             id: id.clone(),
             address: address.clone(),
             blobs,
             max_object_size: config.max_object_size,
-            agent: agent.clone(),
+            nodes,
+            peers,
             token: config.cluster_token.clone(),
             reporter,
         });
@@ -237,7 +247,10 @@ pub(crate) struct Node {
     address: String,
     blobs: BlobStore,
     max_object_size: u64,
-    agent: ureq::Agent,
+    /// Every call to another datanode: only registered ones, with the token.
+    nodes: NodeClient,
+    /// The registered datanodes as this node knows them: `nodes`' registry.
+    peers: Arc<peers::Peers>,
     token: Option<String>,
     reporter: Reporter,
 }
@@ -292,7 +305,9 @@ impl Node {
             .transpose()
             .map_err(ApiError::bad_request)?;
         let chain = parse_chain(http::header_value(request, CHAIN_HEADER))?;
+        let signature = http::header_value(request, CHAIN_SIGNATURE_HEADER).map(str::to_string);
         // Refuse before reading a byte, so a client waiting on `100-continue` sends nothing.
+        self.check_chain(id, &chain, signature.as_deref())?;
         if self.blobs.contains(id) {
             return Err(StoreError::Exists(*id).into());
         }
@@ -300,9 +315,14 @@ impl Node {
             return Err(StoreError::TooLarge { limit: self.max_object_size }.into());
         }
 
-        let mut forward = chain::Forward::start(&self.agent, *id, &chain, declared, expected, self.token.clone());
+        // The body's reader answers a waiting `100 Continue` now, before this node
+        // contacts the next: each hop answers within its own hop timeout, whatever
+        // happens further down the chain.
+        let body = request.as_reader();
+        let upload = chain::Upload { id: *id, chain: &chain, signature: signature.as_deref(), declared, expected };
+        let mut forward = chain::Forward::start(&self.nodes, &upload);
         let mut sink = forward.sink();
-        let stored = self.blobs.put(id, request.as_reader(), declared, self.max_object_size, expected, &mut sink);
+        let stored = self.blobs.put(id, body, declared, self.max_object_size, expected, &mut sink);
         drop(sink);
         let downstream = forward.finish();
         let stored = stored?;
@@ -326,6 +346,42 @@ impl Node {
             stored.checksum,
         );
         Ok(Handled { reply, bytes_in: stored.size, error: None, routine: false })
+    }
+
+    /// A chain is forwarded only when the master placed it: in a cluster with a token,
+    /// the master's signature for this object must name every node of it (which makes
+    /// them known as registered); in any cluster, every node must be registered with the
+    /// master. Anything else is refused
+    /// before this node connects anywhere.
+    fn check_chain(&self, id: &ObjectId, chain: &[String], signature: Option<&str>) -> Result<(), ApiError> {
+        if chain.is_empty() {
+            return Ok(());
+        }
+        if let Some(token) = self.token.as_deref() {
+            let signature = signature.ok_or_else(|| {
+                ApiError::new(
+                    403,
+                    format!(
+                        "a chained upload needs the master's {CHAIN_SIGNATURE_HEADER} header from its placement \
+                         (POST /api/upload/init answers it as \"signature\")"
+                    ),
+                )
+            })?;
+            let signature = ChainSignature::parse(signature).map_err(ApiError::bad_request)?;
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            signature.verify(token, &id.to_string(), now).map_err(|e| ApiError::new(403, e))?;
+            if let Some(stranger) = chain.iter().find(|node| !signature.names(node)) {
+                return Err(ApiError::new(403, format!("{stranger} is not a node the master placed this object on")));
+            }
+            self.peers.learn(&signature.nodes);
+        }
+        if let Some(stranger) = chain.iter().find(|node| !self.nodes.is_registered(node)) {
+            return Err(ApiError::new(
+                403,
+                format!("{stranger} is not a datanode registered with this node's master; not forwarding to it"),
+            ));
+        }
+        Ok(())
     }
 
     fn get(self: &Arc<Self>, request: &Request, id: &ObjectId) -> Result<Reply, ApiError> {
@@ -409,6 +465,12 @@ impl Node {
     fn replicate(self: &Arc<Self>, request: &mut Request) -> Result<Reply, ApiError> {
         let body: ReplicateRequest = http::read_json(request, r#"{"target": "http://..", "objects": ["<uuid>", ..]}"#)?;
         let target = normalize_address(&body.target).map_err(ApiError::bad_request)?;
+        if !self.nodes.is_registered(&target) {
+            return Err(ApiError::new(
+                403,
+                format!("{target} is not a datanode registered with this node's master; not copying to it"),
+            ));
+        }
         let mut results = Vec::with_capacity(body.objects.len());
         for raw in &body.objects {
             let id = ObjectId::parse(raw).map_err(ApiError::bad_request)?;
@@ -422,11 +484,7 @@ impl Node {
             };
             results.push(ReplicateResult { objectid: id.to_string(), status, error, receipt });
         }
-        #[derive(Serialize)]
-        struct Results {
-            results: Vec<ReplicateResult>,
-        }
-        Ok(http::json_reply(200, &Results { results }))
+        Ok(http::json_reply(200, &ReplicateResults { results }))
     }
 
     /// Copies an object to `target`; returns the target's receipt, or none when the target
@@ -434,27 +492,18 @@ impl Node {
     /// the target stores nothing.
     fn copy_to(self: &Arc<Self>, id: &ObjectId, target: &str) -> Result<Option<Receipt>, ApiError> {
         let read = self.blobs.read_verified(id, None, self.on_corrupt(id)).map_err(|e| self.on_store_error(id, e))?;
-        let url = format!("{target}/objects/{id}");
-        let mut put = self
-            .agent
-            .put(&url)
-            .set("Content-Length", &read.len.to_string())
-            .set(CHECKSUM_HEADER, &read.object.checksum.to_string());
-        if let Some(token) = &self.token {
-            put = put.set(crate::proto::TOKEN_HEADER, token);
-        }
-        match put.send(read.body) {
-            Ok(response) => {
-                let stored: Stored =
-                    response.into_json().map_err(|e| ApiError::new(502, format!("{url}: unreadable answer: {e}")))?;
-                Ok(stored.replicas.into_iter().next().and_then(|r| r.receipt))
-            }
+        let put = ObjectPut {
+            id: *id,
+            len: Some(read.len),
+            checksum: Some(read.object.checksum),
+            chain: &[],
+            signature: None,
+        };
+        match self.nodes.put_object(target, &put, read.body, None) {
+            Ok(stored) => Ok(stored.replicas.into_iter().next().and_then(|r| r.receipt)),
             // The target has it already: as good as copied (it reported the copy then).
-            Err(ureq::Error::Status(409, _)) => Ok(None),
-            Err(ureq::Error::Status(status, response)) => {
-                Err(ApiError::new(status, format!("{url}: {}", response.into_string().unwrap_or_default())))
-            }
-            Err(e) => Err(ApiError::new(502, format!("{url}: {e}"))),
+            Err(e) if e.status() == Some(409) => Ok(None),
+            Err(e) => Err(ApiError::new(e.status().unwrap_or(502), e.to_string())),
         }
     }
 }

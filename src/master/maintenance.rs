@@ -8,11 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
-use serde::Deserialize;
 
 use super::{repair, MasterState};
 use crate::log;
-use crate::proto::{ReplicaState, ReplicateRequest, ReplicateResult, TOKEN_HEADER};
+use crate::proto::{ReplicaState, ReplicateRequest, ReplicateResult};
 
 const TICK: Duration = Duration::from_millis(500);
 /// Objects per replicate request.
@@ -129,20 +128,11 @@ fn schedule_repairs(
 /// Asks the source node to copy a batch; the target reports each copy it stores, which
 /// is what makes the master count it.
 fn run_job(state: &MasterState, job: &RepairJob) {
-    #[derive(Deserialize)]
-    struct Results {
-        results: Vec<ReplicateResult>,
-    }
-    let url = format!("{}/internal/replicate", job.source);
-    let mut request = state.agent.post(&url).timeout(Duration::from_secs(600));
-    if let Some(token) = &state.config.cluster_token {
-        request = request.set(TOKEN_HEADER, token);
-    }
     let body = ReplicateRequest { target: job.target.clone(), objects: job.objects.clone() };
-    match request.send_json(&body).map(|r| r.into_json::<Results>()) {
-        Ok(Ok(answer)) => {
-            record_copies(state, &answer.results);
-            let failed: Vec<&ReplicateResult> = answer.results.iter().filter(|r| r.status != 201).collect();
+    match state.node_client.replicate(&job.source, &body) {
+        Ok(results) => {
+            record_copies(state, &results);
+            let failed: Vec<&ReplicateResult> = results.iter().filter(|r| r.status != 201).collect();
             if failed.is_empty() {
                 log::info(
                     "master",
@@ -162,8 +152,7 @@ fn run_job(state: &MasterState, job: &RepairJob) {
                 );
             }
         }
-        Ok(Err(e)) => log::warn("master", &format!("{url}: unreadable answer: {e}")),
-        Err(e) => log::warn("master", &format!("re-replication request to {url} failed: {e}")),
+        Err(e) => log::warn("master", &format!("re-replication request to {} failed: {e}", job.source)),
     }
 }
 

@@ -27,10 +27,11 @@ use tiny_http::{Method, Request};
 use crate::http::{self, ApiError, Handled, HttpServer, Reply};
 use crate::lock::DataDirLock;
 use crate::log;
+use crate::node_client::{NodeClient, Registry};
 use crate::proto::{
-    normalize_address, validate_node_id, Checksum, ClusterStatus, CompleteUpload, Health, Heartbeat, InitUpload,
+    normalize_address, validate_node_id, ChainSignature, ClusterStatus, CompleteUpload, Health, Heartbeat, InitUpload,
     Inventory, NodeCommands, NodeInfo, NodeList, ObjectId, ObjectInfo, Placement, RegisterNode, ReplaceNodes,
-    ReplicaInfo, ReplicaReport, StatusOk, CHECKSUM_HEADER,
+    ReplicaInfo, ReplicaReport, StatusOk,
 };
 use db::{Candidate, Confirmation, MetaDb, MetaError, Registered};
 use liveness::{Membership, NodeState};
@@ -111,7 +112,8 @@ impl Master {
         let db_path = config.data_dir.join("meta.db");
         let db = MetaDb::open(&db_path, config.threads + 2).map_err(io::Error::other)?;
         let known = db.nodes().map_err(io::Error::other)?;
-        let nodes = RwLock::new(Arc::new(known.iter().map(|n| (n.id.clone(), n.address.clone())).collect()));
+        let nodes = Arc::new(RwLock::new(Arc::new(known.iter().map(|n| (n.id.clone(), n.address.clone())).collect())));
+        let node_client = NodeClient::new(agent, config.cluster_token.clone(), Arc::clone(&nodes) as Arc<dyn Registry>);
         let membership = Membership::new(
             known.into_iter().map(|n| (n.id, NodeState::parse(&n.state))),
             config.dead_after,
@@ -121,7 +123,7 @@ impl Master {
             db,
             config: config.clone(),
             membership,
-            agent,
+            node_client,
             scans: Mutex::new(HashMap::new()),
             nodes,
             repairs_in_flight: AtomicU64::new(0),
@@ -233,23 +235,37 @@ impl Endpoint {
     fn is_internal(&self) -> bool {
         matches!(self, Endpoint::RegisterNode | Endpoint::Heartbeat | Endpoint::ReportReplicas | Endpoint::Inventory)
     }
+
+    /// Operations that need the cluster token, when there is one: the internal ones, and
+    /// deleting an object.
+    fn needs_token(&self) -> bool {
+        self.is_internal() || matches!(self, Endpoint::DeleteObject(_))
+    }
 }
 
 struct MasterState {
     db: MetaDb,
     config: MasterConfig,
     membership: Membership,
-    agent: ureq::Agent,
+    /// Calls to datanodes (replicate, `HEAD`): only registered ones, with the token.
+    node_client: NodeClient,
     /// Inventory scans under way: node → (scan id, when its first batch arrived).
     scans: Mutex<HashMap<String, (String, i64)>>,
     /// Every registered node's (id, address), by id: placement reads it instead of the
-    /// database. Addresses change only by registration, which refreshes it.
-    nodes: RwLock<Arc<Vec<Candidate>>>,
+    /// database. Addresses change only by registration, which refreshes it. It is also
+    /// the `Registry` of the master's `NodeClient`.
+    nodes: Arc<RwLock<Arc<Vec<Candidate>>>>,
     repairs_in_flight: AtomicU64,
     /// What each node said it runs, by id: memory only, told again by every heartbeat.
     versions: Mutex<HashMap<String, String>>,
     /// Nodes clients reported failed for an upload, until when placement avoids them.
     penalties: Mutex<HashMap<String, Instant>>,
+}
+
+impl Registry for RwLock<Arc<Vec<Candidate>>> {
+    fn is_registered(&self, address: &str) -> bool {
+        self.read().expect("nodes lock").iter().any(|(_, known)| known == address)
+    }
 }
 
 impl From<MetaError> for ApiError {
@@ -264,7 +280,7 @@ impl MasterState {
         let mut routine = false;
         let result = Endpoint::parse(request.method(), http::path_of(request)).and_then(|endpoint| {
             routine = endpoint.is_internal() || endpoint == Endpoint::Health;
-            if endpoint.is_internal() {
+            if endpoint.needs_token() {
                 http::check_token(request, self.config.cluster_token.as_deref())?;
             }
             self.dispatch(endpoint, request)
@@ -503,7 +519,7 @@ impl MasterState {
         let known = Arc::clone(&self.nodes.read().expect("nodes lock"));
         let placed = self.chooser(body.size)(&known, replication)?;
         let nodes = self.db.create_object(id, body.size, replication, placed)?;
-        Ok(http::json_reply(200, &Placement { objectid: id.to_string(), nodes }))
+        Ok(http::json_reply(200, &self.placement(id, nodes)))
     }
 
     fn replace_nodes(&self, body: ReplaceNodes) -> Result<Reply, ApiError> {
@@ -525,8 +541,33 @@ impl MasterState {
                 );
             }
         }
+        // Only registered nodes are ever signed: the signature is what lets a datanode
+        // hand the upload (and with it the cluster token) to a node.
+        if let Some(stranger) = body.keep.iter().find(|address| !known.iter().any(|(_, a)| a == *address)) {
+            return Err(ApiError::bad_request(format!(
+                "{stranger} in \"keep\" is not a registered datanode; name only nodes of this upload's placement"
+            )));
+        }
         let nodes = self.db.replace_nodes(id, body.failed, body.count, self.chooser(size))?;
-        Ok(http::json_reply(200, &Placement { objectid: id.to_string(), nodes }))
+        let mut signed = body.keep;
+        signed.extend(nodes.iter().cloned());
+        let signature = self.sign_chain(id, &signed);
+        Ok(http::json_reply(200, &Placement { objectid: id.to_string(), nodes, signature }))
+    }
+
+    /// A placement, signed when the cluster has a token.
+    fn placement(&self, id: ObjectId, nodes: Vec<String>) -> Placement {
+        let signature = self.sign_chain(id, &nodes);
+        Placement { objectid: id.to_string(), nodes, signature }
+    }
+
+    /// The signature that lets datanodes forward an upload to `nodes` (registered ones
+    /// only), for as long as the upload may be completed; none in an open cluster.
+    fn sign_chain(&self, id: ObjectId, nodes: &[String]) -> Option<String> {
+        self.config.cluster_token.as_deref().map(|token| {
+            let expires = (db::now_ms() / 1000) as u64 + self.config.upload_grace.as_secs();
+            ChainSignature::sign(token, &id.to_string(), nodes, expires).to_string()
+        })
     }
 
     /// Completes an upload once enough replicas are confirmed. Receipts signed by the
@@ -597,23 +638,10 @@ impl MasterState {
 
     /// `HEAD`s an object on a node: its size and checksum if the node has it.
     fn ask_node(&self, node_id: &str, address: &str, id: &ObjectId) -> Option<Confirmation> {
-        let url = format!("{address}/objects/{id}");
-        let answer = self.agent.head(&url).timeout(Duration::from_secs(5)).call().map_err(|e| e.to_string()).and_then(
-            |response| {
-                let size = response.header("Content-Length").and_then(|v| v.parse().ok());
-                let checksum = response.header(CHECKSUM_HEADER).map(Checksum::parse);
-                match (size, checksum) {
-                    (Some(size), Some(Ok(checksum))) => {
-                        Ok(Confirmation { node_id: node_id.to_string(), size, checksum })
-                    }
-                    _ => Err("no size or checksum in the answer".to_string()),
-                }
-            },
-        );
-        match answer {
-            Ok(confirmation) => Some(confirmation),
+        match self.node_client.head_object(address, id) {
+            Ok((size, checksum)) => Some(Confirmation { node_id: node_id.to_string(), size, checksum }),
             Err(e) => {
-                log::info("master", &format!("node {node_id} does not confirm {id}: HEAD {url}: {e}"));
+                log::info("master", &format!("node {node_id} does not confirm {id}: HEAD {e}"));
                 None
             }
         }

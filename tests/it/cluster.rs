@@ -332,10 +332,11 @@ pub fn upload(master: &str, bytes: &[u8]) -> String {
     assert_eq!(status, 200, "{placement}");
     let id = placement["objectid"].as_str().unwrap().to_string();
     let nodes: Vec<String> = serde_json::from_value(placement["nodes"].clone()).unwrap();
-    let response = agent()
-        .put(&format!("{}/objects/{id}", nodes[0]))
-        .set("X-Aether-Chain", &nodes[1..].join(","))
-        .send_bytes(bytes);
+    let mut put = agent().put(&format!("{}/objects/{id}", nodes[0])).set("X-Aether-Chain", &nodes[1..].join(","));
+    if let Some(signature) = placement["signature"].as_str() {
+        put = put.set("X-Aether-Chain-Signature", signature);
+    }
+    let response = put.send_bytes(bytes);
     let stored: serde_json::Value = response.unwrap().into_json().unwrap();
     assert!(stored["replicas"].as_array().unwrap().iter().all(|r| r["status"] == 201), "{stored}");
     let body = serde_json::json!({"objectid": id}).to_string();

@@ -8,4 +8,5 @@ mod cluster;
 mod durability;
 mod healing;
 mod newcomer;
+mod security;
 mod tidy;

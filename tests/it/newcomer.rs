@@ -346,7 +346,19 @@ fn put_refuses_a_directory_or_a_missing_file_before_asking_the_cluster() {
 
 #[test]
 fn uploads_right_after_a_datanode_sigkill_use_the_nodes_that_remain() {
-    let mut cluster = TestCluster::start("afterkill", 4, 3);
+    uploads_after_a_sigkill(TestCluster::start("afterkill", 4, 3));
+}
+
+/// The same with a cluster token: the retried chain (nodes the broken one never reached,
+/// and their replacements) travels under one signature from `replace`.
+#[test]
+fn uploads_right_after_a_datanode_sigkill_use_the_nodes_that_remain_with_a_token() {
+    let token = "newcomer-token";
+    let master = ["--replication", "3", "--cluster-token", token];
+    uploads_after_a_sigkill(TestCluster::start_with("afterkill-token", 4, &master, &["--cluster-token", token]));
+}
+
+fn uploads_after_a_sigkill(mut cluster: TestCluster) {
     let client = Client::new(aetherstore::client::agent(), &cluster.master.url);
     let victim = cluster.datanodes[1].url.clone();
     cluster.datanodes[1].kill();
@@ -358,6 +370,9 @@ fn uploads_right_after_a_datanode_sigkill_use_the_nodes_that_remain() {
         match client.upload(data.len() as u64, None, &mut open) {
             Ok(uploaded) => {
                 through_victim += uploaded.replicas.iter().any(|r| r.node == victim) as usize;
+                // No node refused the retried chain (with a token: as not signed for it).
+                let refused: Vec<_> = uploaded.replicas.iter().filter(|r| r.status == 403).collect();
+                assert!(refused.is_empty(), "{refused:?}");
                 let mut back = Vec::new();
                 client.download(&uploaded.id, &mut back).unwrap();
                 assert!(back == data);

@@ -1,5 +1,6 @@
 //! Tidy checks on the source tree itself: every Rust file says what it owns in a `//!`
-//! first line, and only the modules that own SQL and object files contain them.
+//! first line, only the modules that own SQL and object files contain them, and only the
+//! two clients put the cluster token on requests.
 
 use std::path::{Path, PathBuf};
 
@@ -46,5 +47,23 @@ fn sql_and_object_files_stay_in_their_modules() {
                 "{name} writes durable files; only datanode/store.rs may"
             );
         }
+    }
+}
+
+#[test]
+fn only_the_two_clients_put_the_token_on_requests() {
+    // `Client` sends it to the master, `NodeClient` to registered datanodes; `proto`
+    // names the header and `http` checks it on the way in.
+    let allowed = ["src/client.rs", "src/node_client.rs", "src/proto.rs", "src/http.rs"];
+    for (path, text) in sources() {
+        let name = path.to_string_lossy().replace('\\', "/");
+        if name.contains("/tests/") || allowed.iter().any(|a| name.ends_with(a)) {
+            continue;
+        }
+        let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+        assert!(
+            !code.contains("TOKEN_HEADER") && !code.contains("X-Aether-Token"),
+            "{name} handles the token header; calls to nodes go through NodeClient"
+        );
     }
 }
