@@ -58,6 +58,8 @@ pub struct DatanodeConfig {
     pub scrub_rate: u64,
     /// Pause between two scrub passes over all objects.
     pub scrub_pause: Duration,
+    /// Deadlines and caps for every connection.
+    pub http: http::HttpLimits,
 }
 
 impl DatanodeConfig {
@@ -76,6 +78,7 @@ impl DatanodeConfig {
             inventory_interval: Duration::from_secs(600),
             scrub_rate: 32 << 20,
             scrub_pause: Duration::from_secs(3600),
+            http: http::HttpLimits::default(),
         }
     }
 }
@@ -135,7 +138,15 @@ impl Datanode {
         }
 
         let handler_node = Arc::clone(&node);
-        let http = HttpServer::serve(listener, config.threads, &id, move |request| handler_node.handle(request))?;
+        let token = config.cluster_token.clone();
+        let priority = move |request: &Request| {
+            let endpoint = Endpoint::parse(request.method(), http::path_of(request));
+            endpoint == Ok(Endpoint::Health)
+                || http::is_cluster_traffic(request, token.as_deref(), endpoint.is_ok_and(|e| e.is_internal()))
+        };
+        let http = HttpServer::serve(listener, config.threads, &config.http, &id, priority, move |request| {
+            handler_node.handle(request)
+        })?;
         log::info(
             &id,
             &format!(

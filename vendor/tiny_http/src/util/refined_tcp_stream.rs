@@ -2,6 +2,9 @@ use std::io::Result as IoResult;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::util::ReadClock;
 
 use crate::connection::Connection;
 #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
@@ -13,12 +16,22 @@ pub(crate) enum Stream {
     Https(SslStream),
 }
 
-impl Clone for Stream {
-    fn clone(&self) -> Self {
+impl Stream {
+    /// AetherStore patch: fallible, since duplicating a socket takes a file descriptor
+    /// (upstream unwrapped it, and an `EMFILE` killed the accept thread).
+    fn try_clone(&self) -> IoResult<Self> {
         match self {
-            Stream::Http(tcp_stream) => Stream::Http(tcp_stream.try_clone().unwrap()),
+            Stream::Http(tcp_stream) => tcp_stream.try_clone().map(Stream::Http),
             #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
-            Stream::Https(ssl_stream) => Stream::Https(ssl_stream.clone()),
+            Stream::Https(ssl_stream) => Ok(Stream::Https(ssl_stream.clone())),
+        }
+    }
+
+    fn set_read_timeout(&self, timeout: Duration) -> IoResult<()> {
+        match self {
+            Stream::Http(tcp_stream) => tcp_stream.set_read_timeout(Some(timeout)),
+            #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
+            Stream::Https(_) => Ok(()),
         }
     }
 }
@@ -87,30 +100,44 @@ pub struct RefinedTcpStream {
     stream: Stream,
     close_read: bool,
     close_write: bool,
+    /// AetherStore patch: the deadlines of this connection's reads (read half only).
+    clock: Option<Arc<ReadClock>>,
+    /// The read timeout last set on the socket, to set it only when it changes.
+    read_timeout: Option<Duration>,
 }
 
 impl RefinedTcpStream {
-    pub(crate) fn new<S>(stream: S) -> (RefinedTcpStream, RefinedTcpStream)
+    pub(crate) fn new<S>(stream: S) -> IoResult<(RefinedTcpStream, RefinedTcpStream)>
     where
         S: Into<Stream>,
     {
         let stream: Stream = stream.into();
 
-        let (read, write) = (stream.clone(), stream);
+        let (read, write) = (stream.try_clone()?, stream);
 
         let read = RefinedTcpStream {
             stream: read,
             close_read: true,
             close_write: false,
+            clock: None,
+            read_timeout: None,
         };
 
         let write = RefinedTcpStream {
             stream: write,
             close_read: false,
             close_write: true,
+            clock: None,
+            read_timeout: None,
         };
 
-        (read, write)
+        Ok((read, write))
+    }
+
+    /// AetherStore patch: every read of this stream waits at most what `clock` allows.
+    pub(crate) fn with_clock(mut self, clock: Arc<ReadClock>) -> Self {
+        self.clock = Some(clock);
+        self
     }
 
     /// Returns true if this struct wraps around a secure connection.
@@ -133,12 +160,36 @@ impl RefinedTcpStream {
 pub(crate) struct ConnectionCloser(Arc<Mutex<Stream>>);
 
 impl ConnectionCloser {
-    pub(crate) fn new(socket: &RefinedTcpStream) -> ConnectionCloser {
-        ConnectionCloser(Arc::new(Mutex::new(socket.stream.clone())))
+    pub(crate) fn new(socket: &RefinedTcpStream) -> IoResult<ConnectionCloser> {
+        Ok(ConnectionCloser(Arc::new(Mutex::new(socket.stream.try_clone()?))))
     }
 
     pub(crate) fn close(&self) {
         if let Ok(mut stream) = self.0.lock() {
+            stream.shutdown(Shutdown::Both).ok();
+        }
+    }
+
+    /// Ends a connection after an error response was flushed: stops writing, reads
+    /// (and drops) what the client still sends for up to a second and 256 KiB so that
+    /// closing does not reset the connection before the client read the response, then
+    /// closes it.
+    pub(crate) fn linger_close(&self) {
+        if let Ok(mut stream) = self.0.lock() {
+            stream.shutdown(Shutdown::Write).ok();
+            let deadline = Instant::now() + Duration::from_secs(1);
+            let mut buffer = [0u8; 8192];
+            let mut drained = 0;
+            while drained < 256 << 10 {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() || stream.set_read_timeout(left).is_err() {
+                    break;
+                }
+                match stream.read(&mut buffer) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => drained += n,
+                }
+            }
             stream.shutdown(Shutdown::Both).ok();
         }
     }
@@ -158,7 +209,17 @@ impl Drop for RefinedTcpStream {
 
 impl Read for RefinedTcpStream {
     fn read(&mut self, buf: &mut [u8]) -> IoResult<usize> {
-        self.stream.read(buf)
+        let Some(clock) = &self.clock else {
+            return self.stream.read(buf);
+        };
+        let timeout = clock.before_read()?;
+        // Setting a timeout is a system call: skip it while it stays the same (idle and
+        // body reads); a request head's shrinking deadline sets it on each read.
+        if self.read_timeout != Some(timeout) {
+            self.stream.set_read_timeout(timeout)?;
+            self.read_timeout = Some(timeout);
+        }
+        clock.after_read(self.stream.read(buf))
     }
 }
 
