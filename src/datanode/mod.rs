@@ -268,7 +268,9 @@ impl Node {
         let result = match endpoint {
             Endpoint::Health => Ok(http::json_reply(200, &Health { status: "ok".to_string() }).into()),
             Endpoint::PutObject(id) => self.put(request, &id),
-            Endpoint::GetObject(id) => self.get(request, &id).map(Handled::from),
+            Endpoint::GetObject(id) => {
+                Ok(self.get(request, &id).map_or_else(|e| self.get_error(&id, e), Handled::from))
+            }
             Endpoint::HeadObject(id) => self.head(&id).map(Handled::from),
             Endpoint::DeleteObject(id) => self.delete(&[id]).map(Handled::from),
             Endpoint::Replicate => self.replicate(request).map(Handled::from),
@@ -347,6 +349,19 @@ impl Node {
             reply.add_header(http::header("Content-Range", &format!("bytes {start}-{end}/{}", read.object.size)));
         }
         Ok(reply)
+    }
+
+    /// A 416 says how large the object is (`Content-Range: bytes */SIZE`), so the client
+    /// can ask for a range that exists.
+    fn get_error(&self, id: &ObjectId, error: ApiError) -> Handled {
+        let status = error.status;
+        let mut handled = Handled::from(error);
+        if status == 416 {
+            if let Ok(stored) = self.blobs.stat(id) {
+                handled.reply.add_header(http::header("Content-Range", &format!("bytes */{}", stored.size)));
+            }
+        }
+        handled
     }
 
     fn head(&self, id: &ObjectId) -> Result<Reply, ApiError> {

@@ -6,4 +6,5 @@ mod bench;
 mod cluster;
 mod durability;
 mod healing;
+mod hostile;
 mod tidy;

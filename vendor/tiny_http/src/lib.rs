@@ -336,7 +336,6 @@ impl Server {
                         continue;
                     }
                 };
-                failures.succeeded();
 
                 // AetherStore patch: a cap on open connections. Beyond it, a few more are
                 // kept for priority requests; beyond those, a 503 and the end.
@@ -415,13 +414,17 @@ impl Server {
                         }
                     }
                 }));
-                if let Err(e) = spawned {
-                    limits.report(Trouble::Warning(format!(
-                        "cannot start a thread for a new connection ({} open): {}; closed it",
-                        open.load(Relaxed),
-                        e
-                    )));
-                    thread::sleep(Duration::from_millis(100));
+                // Only a connection that got its thread is a success: an accept that
+                // succeeds while duplicating its socket or starting its thread fails (out of
+                // descriptors or threads) serves no one.
+                match spawned {
+                    Ok(()) => failures.succeeded(),
+                    Err(e) => {
+                        let e = IoError::new(e.kind(), format!("cannot start a connection thread: {}", e));
+                        if !failures.failed(&e, &limits) {
+                            break;
+                        }
+                    }
                 }
             }
             log::debug!("Terminating accept thread");
