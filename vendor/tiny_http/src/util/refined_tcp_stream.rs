@@ -1,6 +1,7 @@
 use std::io::Result as IoResult;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -151,32 +152,40 @@ impl RefinedTcpStream {
     }
 }
 
-/// AetherStore patch: shuts a connection down in both directions from the thread writing
-/// a response, whoever owns its reader and writer. A response that failed part-way (its
-/// body reader returned an error, or ended before its `Content-Length`) leaves the client
-/// waiting for bytes that will never come; closing tells it at once, and nothing else is
-/// ever sent on that connection.
+/// AetherStore patch: ends a connection from the thread handling a request, whoever owns
+/// its reader and writer. A response that failed part-way (its body reader returned an
+/// error, or ended before its `Content-Length`) leaves the client waiting for bytes that
+/// will never come, and a request body left unread leaves the next request's start
+/// unknown: closing tells the client at once, and nothing more is read or sent on that
+/// connection. Only the writing direction is shut down here (the client sees the end);
+/// the socket closes when its connection ends, which resets it if the client is still
+/// sending, instead of leaving it stalled on a shut reading direction.
 #[derive(Clone)]
-pub(crate) struct ConnectionCloser(Arc<Mutex<Stream>>);
+pub(crate) struct ConnectionCloser(Arc<(Mutex<Stream>, AtomicBool)>);
 
 impl ConnectionCloser {
     pub(crate) fn new(socket: &RefinedTcpStream) -> IoResult<ConnectionCloser> {
-        Ok(ConnectionCloser(Arc::new(Mutex::new(socket.stream.try_clone()?))))
+        Ok(ConnectionCloser(Arc::new((Mutex::new(socket.stream.try_clone()?), AtomicBool::new(false)))))
     }
 
     pub(crate) fn close(&self) {
-        if let Ok(mut stream) = self.0.lock() {
-            stream.shutdown(Shutdown::Both).ok();
+        self.0 .1.store(true, Ordering::Relaxed);
+        if let Ok(mut stream) = self.0 .0.lock() {
+            stream.shutdown(Shutdown::Write).ok();
         }
+    }
+
+    /// Whether the connection was closed: it serves no further request.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.0 .1.load(Ordering::Relaxed)
     }
 
     /// Ends a connection after an error response was flushed: stops writing, reads
     /// (and drops) what the client still sends for up to a second and 256 KiB so that
-    /// closing does not reset the connection before the client read the response, then
-    /// closes it.
+    /// closing does not reset the connection before the client read the response.
     pub(crate) fn linger_close(&self) {
-        if let Ok(mut stream) = self.0.lock() {
-            stream.shutdown(Shutdown::Write).ok();
+        self.close();
+        if let Ok(mut stream) = self.0 .0.lock() {
             let deadline = Instant::now() + Duration::from_secs(1);
             let mut buffer = [0u8; 8192];
             let mut drained = 0;
@@ -190,7 +199,6 @@ impl ConnectionCloser {
                     Ok(n) => drained += n,
                 }
             }
-            stream.shutdown(Shutdown::Both).ok();
         }
     }
 }
