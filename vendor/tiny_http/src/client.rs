@@ -76,9 +76,9 @@ impl ClientConnection {
     ) -> IoResult<ClientConnection> {
         let remote_addr = read_socket.peer_addr();
         let secure = read_socket.secure();
-        let closer = ConnectionCloser::new(&read_socket)?;
         let clock = ReadClock::new(&limits);
         let read_socket = read_socket.with_clock(Arc::clone(&clock));
+        let closer = ConnectionCloser::new(&read_socket)?;
 
         let mut source = SequentialReaderBuilder::new(BufReader::with_capacity(1024, read_socket));
         let first_header = source.next().unwrap();
@@ -276,7 +276,9 @@ impl ClientConnection {
             .and_then(|()| writer.flush())
             .ok();
         drop(writer);
-        self.closer.linger_close();
+        // A client sending a malformed head gets a moment to read the answer; one
+        // sending an endless one is not read much further.
+        self.closer.linger_close(std::time::Duration::from_secs(1), 256 << 10);
     }
 }
 

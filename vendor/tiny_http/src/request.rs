@@ -406,7 +406,7 @@ impl Request {
         let reader = self.data_reader.as_mut().unwrap();
         reader.take(length as u64).read_to_end(&mut body)?;
         if body.len() < length {
-            let info = "Connection has been closed before we received enough data";
+            let info = format!("body ended after {} of {} bytes (Content-Length)", body.len(), length);
             return Err(IoError::new(ErrorKind::UnexpectedEof, info));
         }
         self.data_reader = Some(Box::new(Cursor::new(body)));

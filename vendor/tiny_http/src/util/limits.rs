@@ -99,7 +99,14 @@ enum Phase {
     Head { deadline: Instant },
     /// Reading a body (or writing its response): each window must bring its quota.
     Body { window_end: Instant, window_bytes: u64 },
+    /// Skipping the unread rest of a body, which must arrive by `deadline`.
+    Drain { deadline: Instant },
 }
+
+/// How long the unread rest of a body may take to arrive before the connection is
+/// closed instead: skipping it only saves the client a new connection, so it must not
+/// hold a request slot for long.
+const DRAIN_TIME: Duration = Duration::from_secs(1);
 
 /// The deadlines of one connection's reads, shared by its reader and its `ClientConnection`.
 pub(crate) struct ReadClock {
@@ -145,6 +152,11 @@ impl ReadClock {
         *self.phase() = Phase::Body { window_end: Instant::now() + self.body_timeout, window_bytes: 0 };
     }
 
+    /// The handler is done and the rest of the body is being skipped.
+    pub(crate) fn draining(&self) {
+        *self.phase() = Phase::Drain { deadline: Instant::now() + DRAIN_TIME };
+    }
+
     pub(crate) fn is_idle(&self) -> bool {
         matches!(*self.phase(), Phase::Idle)
     }
@@ -157,6 +169,10 @@ impl ReadClock {
             Phase::Head { deadline } => match deadline.checked_duration_since(now) {
                 Some(left) if !left.is_zero() => Ok(left),
                 _ => Err(self.head_too_slow()),
+            },
+            Phase::Drain { deadline } => match deadline.checked_duration_since(now) {
+                Some(left) if !left.is_zero() => Ok(left),
+                _ => Err(drain_too_slow()),
             },
             Phase::Body { window_end, window_bytes } => {
                 if window_bytes >= self.quota {
@@ -193,6 +209,7 @@ impl ReadClock {
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => Err(match *phase {
                 Phase::Idle => IoError::new(ErrorKind::TimedOut, "the connection was idle too long"),
                 Phase::Head { .. } => self.head_too_slow(),
+                Phase::Drain { .. } => drain_too_slow(),
                 Phase::Body { window_bytes, .. } if window_bytes >= self.quota => IoError::new(
                     ErrorKind::TimedOut,
                     format!("no byte of the request body came for {:?}", self.body_timeout),
@@ -215,9 +232,13 @@ impl ReadClock {
     }
 }
 
-/// Reads a body to its end when dropped unread, through a fixed buffer and at most
-/// `max_drain` bytes; a body with more left (or one that fails) closes the connection
-/// instead, since the next request would start inside it.
+fn drain_too_slow() -> IoError {
+    IoError::new(ErrorKind::TimedOut, format!("the unread rest of a request body took longer than {:?}", DRAIN_TIME))
+}
+
+/// Reads a body to its end when dropped unread, through a fixed buffer, at most
+/// `max_drain` bytes and within `DRAIN_TIME`; a body with more left (or one that fails
+/// or lags) closes the connection instead, since the next request would start inside it.
 pub(crate) struct DrainOnDrop<R: Read> {
     inner: R,
     /// Bytes left if known (Content-Length), for refusing a long drain before reading.
@@ -236,6 +257,9 @@ impl<R: Read> DrainOnDrop<R> {
     fn drain(&mut self) -> bool {
         if self.remaining.is_some_and(|left| left > self.max_drain) {
             return false;
+        }
+        if let Some(closer) = &self.closer {
+            closer.draining();
         }
         let mut buffer = [0u8; 8192];
         let mut drained = 0u64;
@@ -272,10 +296,14 @@ impl<R: Read> Read for DrainOnDrop<R> {
 
 impl<R: Read> Drop for DrainOnDrop<R> {
     fn drop(&mut self) {
-        if self.failed || (!self.ended && !self.drain()) {
-            if let Some(closer) = &self.closer {
-                closer.close();
-            }
+        let Some(closer) = self.closer.clone() else { return };
+        if self.failed {
+            closer.close();
+        } else if !self.ended && !self.drain() {
+            // A client still sending a body it was answered before (a 413, a 507) reads
+            // that answer only once its sending is done: closing at once would reset the
+            // connection under it.
+            closer.linger_close(Duration::from_secs(2), 64 << 20);
         }
     }
 }

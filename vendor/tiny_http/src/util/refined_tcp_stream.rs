@@ -161,11 +161,19 @@ impl RefinedTcpStream {
 /// the socket closes when its connection ends, which resets it if the client is still
 /// sending, instead of leaving it stalled on a shut reading direction.
 #[derive(Clone)]
-pub(crate) struct ConnectionCloser(Arc<(Mutex<Stream>, AtomicBool)>);
+pub(crate) struct ConnectionCloser(Arc<(Mutex<Stream>, AtomicBool, Option<Arc<ReadClock>>)>);
 
 impl ConnectionCloser {
     pub(crate) fn new(socket: &RefinedTcpStream) -> IoResult<ConnectionCloser> {
-        Ok(ConnectionCloser(Arc::new((Mutex::new(socket.stream.try_clone()?), AtomicBool::new(false)))))
+        let stream = socket.stream.try_clone()?;
+        Ok(ConnectionCloser(Arc::new((Mutex::new(stream), AtomicBool::new(false), socket.clock.clone()))))
+    }
+
+    /// The rest of a request body is being skipped: its reads get a short deadline.
+    pub(crate) fn draining(&self) {
+        if let Some(clock) = &self.0 .2 {
+            clock.draining();
+        }
     }
 
     pub(crate) fn close(&self) {
@@ -180,16 +188,16 @@ impl ConnectionCloser {
         self.0 .1.load(Ordering::Relaxed)
     }
 
-    /// Ends a connection after an error response was flushed: stops writing, reads
-    /// (and drops) what the client still sends for up to a second and 256 KiB so that
-    /// closing does not reset the connection before the client read the response.
-    pub(crate) fn linger_close(&self) {
+    /// Ends a connection after a response was flushed: stops writing, reads (and drops)
+    /// what the client still sends, for up to `time` and `bytes`, so that closing does
+    /// not reset the connection before the client read the response.
+    pub(crate) fn linger_close(&self, time: Duration, bytes: usize) {
         self.close();
         if let Ok(mut stream) = self.0 .0.lock() {
-            let deadline = Instant::now() + Duration::from_secs(1);
+            let deadline = Instant::now() + time;
             let mut buffer = [0u8; 8192];
             let mut drained = 0;
-            while drained < 256 << 10 {
+            while drained < bytes {
                 let left = deadline.saturating_duration_since(Instant::now());
                 if left.is_zero() || stream.set_read_timeout(left).is_err() {
                     break;
