@@ -97,8 +97,11 @@ enum Phase {
     Idle,
     /// Reading a request head that must be complete by `deadline`.
     Head { deadline: Instant },
-    /// Reading a body (or writing its response): each window must bring its quota.
-    Body { window_end: Instant, window_bytes: u64 },
+    /// Reading a body (or writing its response): each window must bring its quota. The
+    /// first window starts at the body's first read, not at the end of the head, so a
+    /// request that waited for a slot (or a client that waited for `100 Continue`) is
+    /// not held to time it did not have.
+    Body { window_end: Option<Instant>, window_bytes: u64 },
     /// Skipping the unread rest of a body, which must arrive by `deadline`.
     Drain { deadline: Instant },
 }
@@ -149,7 +152,7 @@ impl ReadClock {
 
     /// The head is read: what follows is a body, bound by silence and rate.
     pub(crate) fn body_started(&self) {
-        *self.phase() = Phase::Body { window_end: Instant::now() + self.body_timeout, window_bytes: 0 };
+        *self.phase() = Phase::Body { window_end: None, window_bytes: 0 };
     }
 
     /// The handler is done and the rest of the body is being skipped.
@@ -164,7 +167,11 @@ impl ReadClock {
     /// How long the next read may wait, or the error that ends the connection now.
     pub(crate) fn before_read(&self) -> IoResult<Duration> {
         let now = Instant::now();
-        match *self.phase() {
+        let mut phase = self.phase();
+        if let Phase::Body { window_end: window_end @ None, .. } = &mut *phase {
+            *window_end = Some(now + self.body_timeout);
+        }
+        match *phase {
             Phase::Idle => Ok(self.idle_timeout),
             Phase::Head { deadline } => match deadline.checked_duration_since(now) {
                 Some(left) if !left.is_zero() => Ok(left),
@@ -178,7 +185,7 @@ impl ReadClock {
                 if window_bytes >= self.quota {
                     Ok(self.body_timeout)
                 } else {
-                    match window_end.checked_duration_since(now) {
+                    match window_end.and_then(|end| end.checked_duration_since(now)) {
                         Some(left) if !left.is_zero() => Ok(left),
                         _ => Err(self.body_too_slow()),
                     }
@@ -196,11 +203,11 @@ impl ReadClock {
                 if let Phase::Body { window_end, window_bytes } = &mut *phase {
                     *window_bytes += n as u64;
                     let now = Instant::now();
-                    if now >= *window_end {
+                    if window_end.is_some_and(|end| now >= end) {
                         if *window_bytes < self.quota && n > 0 {
                             return Err(self.body_too_slow());
                         }
-                        *window_end = now + self.body_timeout;
+                        *window_end = Some(now + self.body_timeout);
                         *window_bytes = 0;
                     }
                 }
@@ -296,14 +303,17 @@ impl<R: Read> Read for DrainOnDrop<R> {
 
 impl<R: Read> Drop for DrainOnDrop<R> {
     fn drop(&mut self) {
-        let Some(closer) = self.closer.clone() else { return };
         if self.failed {
-            closer.close();
+            if let Some(closer) = &self.closer {
+                closer.close();
+            }
         } else if !self.ended && !self.drain() {
             // A client still sending a body it was answered before (a 413, a 507) reads
             // that answer only once its sending is done: closing at once would reset the
             // connection under it.
-            closer.linger_close(Duration::from_secs(2), 64 << 20);
+            if let Some(closer) = &self.closer {
+                closer.linger_close(Duration::from_secs(2), 64 << 20);
+            }
         }
     }
 }
@@ -361,6 +371,28 @@ mod tests {
         let mut source = Cursor::new(vec![7u8; 10]);
         drop(DrainOnDrop::new(source.by_ref(), Some(99_999_999_999_999_999), 1 << 20, None));
         assert_eq!(source.position(), 0);
+    }
+
+    #[test]
+    fn a_body_window_starts_at_its_first_read_and_must_bring_its_quota() {
+        let limits = Limits {
+            body_timeout: Duration::from_millis(50),
+            min_body_rate: 1000, // 50 bytes a window
+            ..Limits::default()
+        };
+        let clock = ReadClock::new(&limits);
+        clock.body_started();
+        // Time spent before the first read (waiting for a slot) does not count.
+        std::thread::sleep(Duration::from_millis(80));
+        assert!(clock.before_read().is_ok());
+        assert!(clock.after_read(Ok(60)).is_ok());
+        std::thread::sleep(Duration::from_millis(60));
+        // The quota was met: the next window starts with this read.
+        assert!(clock.before_read().is_ok());
+        assert!(clock.after_read(Ok(10)).is_ok());
+        std::thread::sleep(Duration::from_millis(60));
+        let slow = clock.before_read().unwrap_err();
+        assert_eq!(slow.kind(), ErrorKind::TimedOut);
     }
 
     #[test]
