@@ -376,6 +376,7 @@ fn connections_beyond_the_cap_leave_room_for_the_cluster() {
         let mut stream = connect(master);
         read_answer(&mut stream, Duration::from_secs(2)).is_some_and(|a| a.status == 503)
     });
+    cluster.master.wait_for_log("the most allowed: refused");
     let until = Instant::now() + Duration::from_secs(7);
     while Instant::now() < until {
         let nodes = exchange(master, internal.as_bytes());

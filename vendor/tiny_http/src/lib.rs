@@ -319,6 +319,7 @@ impl Server {
             };
             let open = Arc::new(AtomicUsize::new(0));
             let mut failures = AcceptFailures::default();
+            let mut refused = RefusedConnections::default();
 
             log::debug!("Running accept thread");
             while !inside_close_trigger.load(Relaxed) {
@@ -342,6 +343,7 @@ impl Server {
                 let already_open = open.load(Relaxed);
                 if already_open >= limits.max_connections + limits.reserved_connections {
                     refuse_connection(sock, already_open);
+                    refused.count(already_open, &limits);
                     continue;
                 }
                 let probation = already_open >= limits.max_connections;
@@ -561,6 +563,28 @@ impl AcceptFailures {
             self.pause = Duration::ZERO;
             self.reported = None;
             self.count = 0;
+        }
+    }
+}
+
+/// AetherStore patch: connections refused for the cap, reported at most every 10 s.
+#[derive(Default)]
+struct RefusedConnections {
+    reported: Option<Instant>,
+    since_report: u64,
+}
+
+impl RefusedConnections {
+    fn count(&mut self, open: usize, limits: &Limits) {
+        self.since_report += 1;
+        let now = Instant::now();
+        if self.reported.map_or(true, |at| now.duration_since(at) >= Duration::from_secs(10)) {
+            limits.report(Trouble::Warning(format!(
+                "{} connections open, the most allowed: refused {} new one(s) with 503",
+                open, self.since_report
+            )));
+            self.reported = Some(now);
+            self.since_report = 0;
         }
     }
 }
