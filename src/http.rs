@@ -1,6 +1,7 @@
 //! The HTTP server setup shared by the master and the datanode: a TCP_NODELAY listener,
-//! requests handled on their connection's thread with a cap on how many at once,
-//! per-request logging, and the JSON error type every endpoint answers with.
+//! requests handled on their connection's thread with a cap on how many at once (and
+//! room kept for the cluster's own traffic), the limits every connection is held to
+//! (`HttpLimits`), per-request logging, and the JSON error type every endpoint answers with.
 //!
 //! Nagle's algorithm on kept-alive connections costs ~40 ms per small response (the
 //! delayed-ACK interplay), so the listening socket is configured before tiny_http sees it;
@@ -10,7 +11,7 @@ use std::fmt;
 use std::io::{self, Read};
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -21,6 +22,42 @@ use crate::proto::ErrorBody;
 
 /// The largest JSON request body any control-plane endpoint accepts.
 pub const MAX_JSON_BODY: u64 = 64 * 1024;
+
+/// What one client may cost a server: the deadlines and caps every connection is held
+/// to (head sizes are fixed: 8 KiB a header line, 64 KiB a head, 8 KiB a URL).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// Connections served at once; 64 more are kept for the cluster's own requests,
+    /// and any beyond are answered 503 and closed.
+    pub max_connections: usize,
+    /// Time a kept-alive connection may wait for its next request.
+    pub idle_timeout: Duration,
+    /// Time from the first byte of a request to the end of its head (408 beyond).
+    pub header_timeout: Duration,
+    /// Longest silence while a body is read or a reply written, and the window over
+    /// which a body must average `min_body_rate`.
+    pub body_timeout: Duration,
+    /// Bytes per second a request body must bring, averaged over each `body_timeout`.
+    pub min_body_rate: u64,
+    /// How long `accept()` may keep failing before the process exits non-zero.
+    pub accept_failure_limit: Duration,
+}
+
+impl Default for HttpLimits {
+    fn default() -> HttpLimits {
+        HttpLimits {
+            max_connections: 512,
+            idle_timeout: Duration::from_secs(60),
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(20),
+            min_body_rate: 1024,
+            accept_failure_limit: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Connections beyond `max_connections` kept for priority requests.
+const RESERVED_CONNECTIONS: usize = 64;
 
 /// An error as a client sees it: an HTTP status and a sentence, sent as `{"error": "..."}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -178,9 +215,20 @@ impl From<ApiError> for Handled {
     }
 }
 
+/// Whether a request is the cluster's own traffic, which has room kept for it in the
+/// request gate and among connections: with a cluster token, any request that carries
+/// it; in an open cluster, the internal endpoints (`internal_endpoint`).
+pub fn is_cluster_traffic(request: &Request, token: Option<&str>, internal_endpoint: bool) -> bool {
+    match token {
+        Some(_) => check_token(request, token).is_ok(),
+        None => internal_endpoint,
+    }
+}
+
 /// A running HTTP server. Each connection's requests are handled on the thread that
 /// reads that connection (tiny_http's pool grows a thread per open connection), so a
-/// request costs no hand-off between threads; at most `threads` are handled at once.
+/// request costs no hand-off between threads; at most `threads` are handled at once,
+/// plus a quarter more for priority requests (health checks, the cluster's own traffic).
 pub struct HttpServer {
     server: tiny_http::Server,
     gate: Arc<Gate>,
@@ -189,24 +237,64 @@ pub struct HttpServer {
 
 impl HttpServer {
     /// Binds `listen` with TCP_NODELAY and serves it, handling at most `threads` requests
-    /// at once, each by one call of `handler`. `name` prefixes the request log lines.
-    pub fn start<H>(listen: &str, threads: usize, name: &str, handler: H) -> io::Result<HttpServer>
+    /// at once, each by one call of `handler`. `name` prefixes the request log lines;
+    /// `priority` says which requests get the room kept for priority traffic.
+    pub fn start<P, H>(
+        listen: &str,
+        threads: usize,
+        limits: &HttpLimits,
+        name: &str,
+        priority: P,
+        handler: H,
+    ) -> io::Result<HttpServer>
     where
+        P: Fn(&Request) -> bool + Send + Sync + 'static,
         H: Fn(&mut Request) -> Handled + Send + Sync + 'static,
     {
-        HttpServer::serve(bind(listen)?, threads, name, handler)
+        HttpServer::serve(bind(listen)?, threads, limits, name, priority, handler)
     }
 
     /// Serves a listener made by `bind`, for callers that need its address first.
-    pub fn serve<H>(listener: TcpListener, threads: usize, name: &str, handler: H) -> io::Result<HttpServer>
+    pub fn serve<P, H>(
+        listener: TcpListener,
+        threads: usize,
+        limits: &HttpLimits,
+        name: &str,
+        priority: P,
+        handler: H,
+    ) -> io::Result<HttpServer>
     where
+        P: Fn(&Request) -> bool + Send + Sync + 'static,
         H: Fn(&mut Request) -> Handled + Send + Sync + 'static,
     {
         let addr = listener.local_addr()?;
-        let gate = Arc::new(Gate::new(threads.max(1)));
-        let (inner_gate, name) = (Arc::clone(&gate), name.to_string());
-        let serve_one = move |request: Request| serve_one(request, &name, &inner_gate, &handler);
-        let server = tiny_http::Server::from_listener_with_handler(listener, Arc::new(serve_one))
+        let threads = threads.max(1);
+        let gate = Arc::new(Gate::new(threads, (threads / 4).max(4)));
+        let priority: Arc<dyn Fn(&Request) -> bool + Send + Sync> = Arc::new(priority);
+        let (inner_gate, inner_priority, log_name) = (Arc::clone(&gate), Arc::clone(&priority), name.to_string());
+        let serve_one = move |request: Request| serve_one(request, &log_name, &inner_gate, &*inner_priority, &handler);
+        let report_name = name.to_string();
+        let tiny_limits = tiny_http::Limits {
+            head_timeout: limits.header_timeout,
+            idle_timeout: limits.idle_timeout,
+            body_timeout: limits.body_timeout,
+            min_body_rate: limits.min_body_rate,
+            max_connections: limits.max_connections.max(1),
+            reserved_connections: RESERVED_CONNECTIONS,
+            is_priority: Some(priority),
+            accept_failure_limit: limits.accept_failure_limit,
+            report: Some(Arc::new(move |trouble| match trouble {
+                tiny_http::Trouble::Warning(message) => log::warn(&report_name, &message),
+                tiny_http::Trouble::Fatal(message) => {
+                    // A server that cannot take connections must not live on looking
+                    // healthy (heartbeating as alive): exit, and let the supervisor restart it.
+                    log::error(&report_name, &format!("{message}; exiting"));
+                    std::process::exit(1);
+                }
+            })),
+            ..tiny_http::Limits::default()
+        };
+        let server = tiny_http::Server::from_listener_with_handler(listener, Arc::new(serve_one), tiny_limits)
             .map_err(|e| io::Error::other(format!("cannot serve {addr}: {e}")))?;
         Ok(HttpServer { server, gate, addr })
     }
@@ -222,9 +310,11 @@ impl HttpServer {
     }
 }
 
-/// Admits at most `limit` requests at once and, at shutdown, none.
+/// Admits at most `limit` requests at once, and `reserved` more priority ones; at
+/// shutdown, none.
 struct Gate {
     limit: usize,
+    reserved: usize,
     state: Mutex<GateState>,
     changed: Condvar,
 }
@@ -237,14 +327,15 @@ struct GateState {
 }
 
 impl Gate {
-    fn new(limit: usize) -> Gate {
-        Gate { limit, state: Mutex::new(GateState::default()), changed: Condvar::new() }
+    fn new(limit: usize, reserved: usize) -> Gate {
+        Gate { limit, reserved, state: Mutex::new(GateState::default()), changed: Condvar::new() }
     }
 
     /// Waits for room; `false` once the gate is closed.
-    fn enter(&self) -> bool {
+    fn enter(&self, priority: bool) -> bool {
+        let room = if priority { self.limit + self.reserved } else { self.limit };
         let mut state = self.state.lock().expect("gate lock");
-        while state.busy >= self.limit && !state.closed {
+        while state.busy >= room && !state.closed {
             state.waiting += 1;
             state = self.changed.wait(state).expect("gate lock");
             state.waiting -= 1;
@@ -287,11 +378,20 @@ impl Drop for Admitted<'_> {
     }
 }
 
-fn serve_one<H>(mut request: Request, name: &str, gate: &Gate, handler: &H)
+fn serve_one<H>(mut request: Request, name: &str, gate: &Gate, priority: &dyn Fn(&Request) -> bool, handler: &H)
 where
     H: Fn(&mut Request) -> Handled,
 {
-    if !gate.enter() {
+    // A small body is read before the gate, so a client sending it slowly holds its own
+    // connection only, never a slot of the gate (the connection's deadlines bound it).
+    if let Err(e) = request.buffer_body(MAX_JSON_BODY as usize) {
+        let status = if e.kind() == io::ErrorKind::TimedOut { 408 } else { 400 };
+        let err = ApiError::new(status, format!("could not read request body: {e}"));
+        log::info(name, &format!("{} {} {status}: {}", request.method(), request.url(), err.message));
+        let _ = request.respond(error_reply(&err));
+        return;
+    }
+    if !gate.enter(priority(&request)) {
         let _ = request.respond(error_reply(&ApiError::unavailable("the server is shutting down")));
         return;
     }

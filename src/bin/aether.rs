@@ -13,6 +13,7 @@ use aetherstore::cli::{self, parse_size, DEFAULT_MASTER};
 use aetherstore::client::{self, Client};
 use aetherstore::datanode::{Datanode, DatanodeConfig};
 use aetherstore::dev::{self, DevConfig};
+use aetherstore::http::HttpLimits;
 use aetherstore::log;
 use aetherstore::master::{Master, MasterConfig};
 
@@ -108,6 +109,24 @@ struct MasterArgs {
     /// log format: text, or json for one object per line (env AETHER_LOG_FORMAT; default text)
     #[argh(option)]
     log_format: Option<String>,
+    /// connections served at once; 64 more are kept for cluster traffic, others get 503 (env AETHER_MAX_CONNECTIONS; default 512)
+    #[argh(option)]
+    max_connections: Option<usize>,
+    /// seconds a kept-alive connection may wait for its next request (env AETHER_IDLE_TIMEOUT; default 60)
+    #[argh(option)]
+    idle_timeout: Option<String>,
+    /// seconds from a request's first byte to the end of its headers (env AETHER_HEADER_TIMEOUT; default 10)
+    #[argh(option)]
+    header_timeout: Option<String>,
+    /// seconds of silence allowed in a request body or reply, and the window for --min-body-rate (env AETHER_BODY_TIMEOUT; default 20)
+    #[argh(option)]
+    body_timeout: Option<String>,
+    /// bytes per second a request body must average, e.g. 1K (env AETHER_MIN_BODY_RATE; default 1K)
+    #[argh(option)]
+    min_body_rate: Option<String>,
+    /// seconds accept() may keep failing before the server exits non-zero (env AETHER_ACCEPT_FAILURE_LIMIT; default 60)
+    #[argh(option)]
+    accept_failure_limit: Option<String>,
 }
 
 #[derive(FromArgs)]
@@ -162,6 +181,24 @@ struct DatanodeArgs {
     /// seconds the next node of a chain may take to accept an upload before the hop fails, fractions allowed (env AETHER_HOP_TIMEOUT; default 5)
     #[argh(option)]
     hop_timeout: Option<String>,
+    /// connections served at once; 64 more are kept for cluster traffic, others get 503 (env AETHER_MAX_CONNECTIONS; default 512)
+    #[argh(option)]
+    max_connections: Option<usize>,
+    /// seconds a kept-alive connection may wait for its next request (env AETHER_IDLE_TIMEOUT; default 60)
+    #[argh(option)]
+    idle_timeout: Option<String>,
+    /// seconds from a request's first byte to the end of its headers (env AETHER_HEADER_TIMEOUT; default 10)
+    #[argh(option)]
+    header_timeout: Option<String>,
+    /// seconds of silence allowed in a request body or reply, and the window for --min-body-rate (env AETHER_BODY_TIMEOUT; default 20)
+    #[argh(option)]
+    body_timeout: Option<String>,
+    /// bytes per second a request body must average, e.g. 1K (env AETHER_MIN_BODY_RATE; default 1K)
+    #[argh(option)]
+    min_body_rate: Option<String>,
+    /// seconds accept() may keep failing before the server exits non-zero (env AETHER_ACCEPT_FAILURE_LIMIT; default 60)
+    #[argh(option)]
+    accept_failure_limit: Option<String>,
 }
 
 #[derive(FromArgs)]
@@ -315,6 +352,32 @@ fn seconds_setting(flag: Option<String>, var: &str, default: Duration) -> Result
     }
 }
 
+/// The connection limits of a server, from its flags, then `AETHER_*` variables.
+struct HttpFlags {
+    max_connections: Option<usize>,
+    idle_timeout: Option<String>,
+    header_timeout: Option<String>,
+    body_timeout: Option<String>,
+    min_body_rate: Option<String>,
+    accept_failure_limit: Option<String>,
+}
+
+fn http_limits(flags: HttpFlags) -> Result<HttpLimits, String> {
+    let default = HttpLimits::default();
+    Ok(HttpLimits {
+        max_connections: parsed(flags.max_connections, "AETHER_MAX_CONNECTIONS", default.max_connections)?,
+        idle_timeout: seconds_setting(flags.idle_timeout, "AETHER_IDLE_TIMEOUT", default.idle_timeout)?,
+        header_timeout: seconds_setting(flags.header_timeout, "AETHER_HEADER_TIMEOUT", default.header_timeout)?,
+        body_timeout: seconds_setting(flags.body_timeout, "AETHER_BODY_TIMEOUT", default.body_timeout)?,
+        min_body_rate: size_setting(flags.min_body_rate, "AETHER_MIN_BODY_RATE", default.min_body_rate)?,
+        accept_failure_limit: seconds_setting(
+            flags.accept_failure_limit,
+            "AETHER_ACCEPT_FAILURE_LIMIT",
+            default.accept_failure_limit,
+        )?,
+    })
+}
+
 fn client_for(master: Option<String>) -> Client {
     let master = setting(master, "AETHER_MASTER").unwrap_or_else(|| DEFAULT_MASTER.to_string());
     Client::new(client::agent(), &master)
@@ -373,6 +436,14 @@ fn run(command: Command) -> Result<(), String> {
             config.upload_grace = seconds_setting(args.upload_grace, "AETHER_UPLOAD_GRACE", config.upload_grace)?;
             config.repair_concurrency =
                 parsed(args.repair_concurrency, "AETHER_REPAIR_CONCURRENCY", config.repair_concurrency)?;
+            config.http = http_limits(HttpFlags {
+                max_connections: args.max_connections,
+                idle_timeout: args.idle_timeout,
+                header_timeout: args.header_timeout,
+                body_timeout: args.body_timeout,
+                min_body_rate: args.min_body_rate,
+                accept_failure_limit: args.accept_failure_limit,
+            })?;
             let master = Master::start(config, client::agent()).map_err(|e| e.to_string())?;
             wait_for_stop_signal()?;
             master.shutdown();
@@ -400,6 +471,14 @@ fn run(command: Command) -> Result<(), String> {
             config.scrub_rate = size_setting(args.scrub_rate, "AETHER_SCRUB_RATE", config.scrub_rate)?;
             config.scrub_pause = seconds_setting(args.scrub_pause, "AETHER_SCRUB_PAUSE", config.scrub_pause)?;
             config.hop_timeout = seconds_setting(args.hop_timeout, "AETHER_HOP_TIMEOUT", config.hop_timeout)?;
+            config.http = http_limits(HttpFlags {
+                max_connections: args.max_connections,
+                idle_timeout: args.idle_timeout,
+                header_timeout: args.header_timeout,
+                body_timeout: args.body_timeout,
+                min_body_rate: args.min_body_rate,
+                accept_failure_limit: args.accept_failure_limit,
+            })?;
             let node = Datanode::start(config, client::agent()).map_err(|e| e.to_string())?;
             wait_for_stop_signal()?;
             node.shutdown();

@@ -64,6 +64,8 @@ pub struct DatanodeConfig {
     /// How long the next node of a chain may take to accept the connection and answer
     /// the upload's head before the hop counts as failed.
     pub hop_timeout: Duration,
+    /// Deadlines and caps for every connection.
+    pub http: http::HttpLimits,
 }
 
 impl DatanodeConfig {
@@ -83,6 +85,7 @@ impl DatanodeConfig {
             scrub_rate: 32 << 20,
             scrub_pause: Duration::from_secs(3600),
             hop_timeout: DEFAULT_HOP_TIMEOUT,
+            http: http::HttpLimits::default(),
         }
     }
 }
@@ -150,7 +153,15 @@ impl Datanode {
         }
 
         let handler_node = Arc::clone(&node);
-        let http = HttpServer::serve(listener, config.threads, &id, move |request| handler_node.handle(request))?;
+        let token = config.cluster_token.clone();
+        let priority = move |request: &Request| {
+            let endpoint = Endpoint::parse(request.method(), http::path_of(request));
+            endpoint == Ok(Endpoint::Health)
+                || http::is_cluster_traffic(request, token.as_deref(), endpoint.is_ok_and(|e| e.is_internal()))
+        };
+        let http = HttpServer::serve(listener, config.threads, &config.http, &id, priority, move |request| {
+            handler_node.handle(request)
+        })?;
         log::info(
             &id,
             &format!(
@@ -276,7 +287,9 @@ impl Node {
         let result = match endpoint {
             Endpoint::Health => Ok(http::json_reply(200, &Health::ok()).into()),
             Endpoint::PutObject(id) => self.put(request, &id),
-            Endpoint::GetObject(id) => self.get(request, &id).map(Handled::from),
+            Endpoint::GetObject(id) => {
+                Ok(self.get(request, &id).map_or_else(|e| self.get_error(&id, e), Handled::from))
+            }
             Endpoint::HeadObject(id) => self.head(&id).map(Handled::from),
             Endpoint::DeleteObject(id) => self.delete(&[id]).map(Handled::from),
             Endpoint::Replicate => self.replicate(request).map(Handled::from),
@@ -400,6 +413,19 @@ impl Node {
             reply.add_header(http::header("Content-Range", &format!("bytes {start}-{end}/{}", read.object.size)));
         }
         Ok(reply)
+    }
+
+    /// A 416 says how large the object is (`Content-Range: bytes */SIZE`), so the client
+    /// can ask for a range that exists.
+    fn get_error(&self, id: &ObjectId, error: ApiError) -> Handled {
+        let status = error.status;
+        let mut handled = Handled::from(error);
+        if status == 416 {
+            if let Ok(stored) = self.blobs.stat(id) {
+                handled.reply.add_header(http::header("Content-Range", &format!("bytes */{}", stored.size)));
+            }
+        }
+        handled
     }
 
     fn head(&self, id: &ObjectId) -> Result<Reply, ApiError> {

@@ -84,6 +84,8 @@ impl StoreError {
             StoreError::Exists(_) => 409,
             StoreError::TooLarge { .. } => 413,
             StoreError::BadRange(_) => 416,
+            // The server's body deadlines (silence, minimum rate) end a read this way.
+            StoreError::Body(e) if e.kind() == io::ErrorKind::TimedOut => 408,
             StoreError::ShortBody { .. } | StoreError::Body(_) | StoreError::ChecksumMismatch { .. } => 400,
             StoreError::NoSpace { .. } => 507,
             StoreError::Corrupt { .. } => 500,
@@ -668,8 +670,10 @@ fn copy_limited(
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
                 return Err(match declared_len {
-                    Some(expected) => StoreError::ShortBody { expected, received },
-                    None => StoreError::Body(e),
+                    Some(expected) if e.kind() != io::ErrorKind::TimedOut => {
+                        StoreError::ShortBody { expected, received }
+                    }
+                    _ => StoreError::Body(e),
                 })
             }
         };

@@ -56,6 +56,8 @@ pub struct MasterConfig {
     pub upload_grace: Duration,
     /// Re-replication batches in flight at once.
     pub repair_concurrency: usize,
+    /// Deadlines and caps for every connection.
+    pub http: http::HttpLimits,
 }
 
 impl MasterConfig {
@@ -71,6 +73,7 @@ impl MasterConfig {
             cluster_token: None,
             upload_grace: Duration::from_secs(3600),
             repair_concurrency: 16,
+            http: http::HttpLimits::default(),
         }
     }
 }
@@ -136,8 +139,16 @@ impl Master {
             .name("master-maintenance".into())
             .spawn(move || maintenance::run(&maintenance_state, &stopped))?;
         let handler_state = Arc::clone(&state);
+        let token = config.cluster_token.clone();
+        let priority = move |request: &Request| {
+            let endpoint = Endpoint::parse(request.method(), http::path_of(request));
+            endpoint == Ok(Endpoint::Health)
+                || http::is_cluster_traffic(request, token.as_deref(), endpoint.is_ok_and(|e| e.is_internal()))
+        };
         let http =
-            HttpServer::start(&config.listen, config.threads, "master", move |request| handler_state.handle(request))?;
+            HttpServer::start(&config.listen, config.threads, &config.http, "master", priority, move |request| {
+                handler_state.handle(request)
+            })?;
         log::info(
             "master",
             &format!(

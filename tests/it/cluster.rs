@@ -106,6 +106,11 @@ impl Proc {
         self.child.id()
     }
 
+    /// The exit status, once the process has ended on its own.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     /// SIGKILL, as a power cut would end it.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

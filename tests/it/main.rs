@@ -7,6 +7,7 @@ mod cli;
 mod cluster;
 mod durability;
 mod healing;
+mod hostile;
 mod newcomer;
 mod security;
 mod tidy;

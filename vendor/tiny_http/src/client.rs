@@ -4,11 +4,13 @@ use std::io::Error as IoError;
 use std::io::Result as IoResult;
 use std::io::{BufReader, BufWriter, ErrorKind, Read};
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::str::FromStr;
+use std::sync::Arc;
 
-use crate::common::{HTTPVersion, Method};
-use crate::util::{ConnectionCloser, RefinedTcpStream};
+use crate::common::{HTTPVersion, Header, Method};
+use crate::util::{ConnectionCloser, Limits, ReadClock, RefinedTcpStream};
 use crate::util::{SequentialReader, SequentialReaderBuilder, SequentialWriterBuilder};
 use crate::Request;
 
@@ -37,6 +39,10 @@ pub struct ClientConnection {
 
     // AetherStore patch: lets a request whose response failed part-way close the connection
     closer: ConnectionCloser,
+
+    // AetherStore patch: head sizes, timeouts, and the clock that enforces the timeouts
+    limits: Arc<Limits>,
+    clock: Arc<ReadClock>,
 }
 
 /// Error that can happen when reading a request.
@@ -47,22 +53,37 @@ enum ReadError {
     /// the client sent an unrecognized `Expect` header
     ExpectationFailed(HTTPVersion),
     ReadIoError(IoError),
+    /// AetherStore patch: no request began (the client closed, or stayed idle too long).
+    NoRequest,
+    /// AetherStore patch: an answer and the sentence that says why, then the connection closes.
+    Refused(u16, HTTPVersion, String),
+}
+
+/// AetherStore patch: why a line of a request head could not be read.
+enum LineError {
+    Io(IoError),
+    TooLong,
+    NotAscii,
 }
 
 impl ClientConnection {
     /// Creates a new `ClientConnection` that takes ownership of the `TcpStream`.
+    /// AetherStore patch: fallible (the closer duplicates the socket), and bound by `limits`.
     pub fn new(
         write_socket: RefinedTcpStream,
         mut read_socket: RefinedTcpStream,
-    ) -> ClientConnection {
+        limits: Arc<Limits>,
+    ) -> IoResult<ClientConnection> {
         let remote_addr = read_socket.peer_addr();
         let secure = read_socket.secure();
-        let closer = ConnectionCloser::new(&read_socket);
+        let clock = ReadClock::new(&limits);
+        let read_socket = read_socket.with_clock(Arc::clone(&clock));
+        let closer = ConnectionCloser::new(&read_socket)?;
 
         let mut source = SequentialReaderBuilder::new(BufReader::with_capacity(1024, read_socket));
         let first_header = source.next().unwrap();
 
-        ClientConnection {
+        Ok(ClientConnection {
             source,
             sink: SequentialWriterBuilder::new(BufWriter::with_capacity(1024, write_socket)),
             remote_addr,
@@ -70,7 +91,9 @@ impl ClientConnection {
             no_more_requests: false,
             secure,
             closer,
-        }
+            limits,
+            clock,
+        })
     }
 
     /// true if the connection is HTTPS
@@ -82,7 +105,10 @@ impl ClientConnection {
     ///
     /// Reads until `CRLF` is reached. The next read will start
     ///  at the first byte of the new line.
-    fn read_next_line(&mut self) -> IoResult<AsciiString> {
+    ///
+    /// AetherStore patch: at most `max` bytes (upstream had no limit: a 200 MiB header
+    /// line took 200 MB), and the first byte of a request starts its head's deadline.
+    fn read_next_line(&mut self, max: usize, starts_request: bool) -> Result<String, LineError> {
         let mut buf = Vec::new();
         let mut prev_byte_was_cr = false;
 
@@ -90,45 +116,102 @@ impl ClientConnection {
             let byte = self.next_header_source.by_ref().bytes().next();
 
             let byte = match byte {
-                Some(b) => b?,
-                None => return Err(IoError::new(ErrorKind::ConnectionAborted, "Unexpected EOF")),
+                Some(b) => b.map_err(LineError::Io)?,
+                None => {
+                    return Err(LineError::Io(IoError::new(
+                        ErrorKind::ConnectionAborted,
+                        "Unexpected EOF",
+                    )))
+                }
             };
+            if starts_request && buf.is_empty() {
+                self.clock.head_started();
+            }
 
             if byte == b'\n' && prev_byte_was_cr {
                 buf.pop(); // removing the '\r'
-                return AsciiString::from_ascii(buf)
-                    .map_err(|_| IoError::new(ErrorKind::InvalidInput, "Header is not in ASCII"));
+                return match AsciiString::from_ascii(buf) {
+                    Ok(line) => Ok(line.to_string()),
+                    Err(_) => Err(LineError::NotAscii),
+                };
             }
 
             prev_byte_was_cr = byte == b'\r';
 
             buf.push(byte);
+            if buf.len() > max + 1 {
+                return Err(LineError::TooLong);
+            }
         }
     }
 
     /// Reads a request from the stream.
     /// Blocks until the header has been read.
     fn read(&mut self) -> Result<Request, ReadError> {
+        let limits = Arc::clone(&self.limits);
+        self.clock.idle();
         let (method, path, version, headers) = {
             // reading the request line
-            let (method, path, version) = {
-                let line = self.read_next_line().map_err(ReadError::ReadIoError)?;
-
-                parse_request_line(
-                    line.as_str().trim(), // TODO: remove this conversion
-                )?
+            let line_limit = limits.max_url + limits.max_header_line;
+            let line = match self.read_next_line(line_limit, true) {
+                Ok(line) => line,
+                Err(LineError::Io(_)) if self.clock.is_idle() => return Err(ReadError::NoRequest),
+                Err(LineError::Io(e)) => return Err(ReadError::ReadIoError(e)),
+                Err(LineError::TooLong) => return Err(url_too_long(&limits)),
+                Err(LineError::NotAscii) => {
+                    return Err(ReadError::Refused(
+                        400,
+                        HTTPVersion(1, 1),
+                        "the request line holds a byte that is not ASCII".into(),
+                    ))
+                }
             };
+            let mut head_size = line.len() + 2;
+            let (method, path, version) = parse_request_line(
+                line.trim(), // TODO: remove this conversion
+            )?;
+            if path.len() > limits.max_url {
+                return Err(url_too_long(&limits));
+            }
 
             // getting all headers
             let headers = {
                 let mut headers = Vec::new();
                 loop {
-                    let line = self.read_next_line().map_err(ReadError::ReadIoError)?;
+                    let line = match self.read_next_line(limits.max_header_line, false) {
+                        Ok(line) => line,
+                        Err(LineError::Io(e)) => return Err(ReadError::ReadIoError(e)),
+                        Err(LineError::TooLong) => {
+                            return Err(ReadError::Refused(
+                                431,
+                                version,
+                                format!(
+                                    "a header line is longer than {} bytes",
+                                    limits.max_header_line
+                                ),
+                            ))
+                        }
+                        Err(LineError::NotAscii) => {
+                            return Err(ReadError::Refused(
+                                400,
+                                version,
+                                "a header holds a byte that is not ASCII".into(),
+                            ))
+                        }
+                    };
+                    head_size += line.len() + 2;
+                    if head_size > limits.max_head {
+                        return Err(ReadError::Refused(
+                            431,
+                            version,
+                            format!("the request head is larger than {} bytes", limits.max_head),
+                        ));
+                    }
 
                     if line.is_empty() {
                         break;
                     };
-                    headers.push(match FromStr::from_str(line.as_str().trim()) {
+                    headers.push(match FromStr::from_str(line.trim()) {
                         // TODO: remove this conversion
                         Ok(h) => h,
                         _ => return Err(ReadError::WrongHeader(version)),
@@ -140,6 +223,7 @@ impl ClientConnection {
 
             (method, path, version, headers)
         };
+        self.clock.body_started();
 
         // building the writer for the request
         let writer = self.sink.next().unwrap();
@@ -159,6 +243,7 @@ impl ClientConnection {
             data_source,
             writer,
             Some(self.closer.clone()),
+            limits.max_drain,
         )
         .map_err(|e| {
             use crate::request;
@@ -173,6 +258,36 @@ impl ClientConnection {
         // return the request
         Ok(request)
     }
+
+    /// AetherStore patch: answers a request that cannot be served with a JSON error and
+    /// closes the connection (we do not know where the next request would start).
+    fn refuse(&mut self, status: u16, version: HTTPVersion, message: &str) {
+        use crate::{Response, StatusCode};
+
+        let mut writer = self.sink.next().unwrap();
+        let body = format!("{{\"error\": \"{}\"}}", message.replace(['"', '\\'], "'"));
+        let response = Response::from_string(body)
+            .with_status_code(StatusCode(status))
+            .with_header(
+                Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..]).unwrap(),
+            );
+        response
+            .raw_print(&mut writer, version, &[], false, None)
+            .and_then(|()| writer.flush())
+            .ok();
+        drop(writer);
+        // A client sending a malformed head gets a moment to read the answer; one
+        // sending an endless one is not read much further.
+        self.closer.linger_close(std::time::Duration::from_secs(1), 256 << 10);
+    }
+}
+
+fn url_too_long(limits: &Limits) -> ReadError {
+    ReadError::Refused(
+        414,
+        HTTPVersion(1, 1),
+        format!("the URL is longer than {} bytes", limits.max_url),
+    )
 }
 
 impl Iterator for ClientConnection {
@@ -185,46 +300,42 @@ impl Iterator for ClientConnection {
 
         // the client sent a "connection: close" header in this previous request
         //  or is using HTTP 1.0, meaning that no new request will come
-        if self.no_more_requests {
+        if self.no_more_requests || self.closer.is_closed() {
             return None;
         }
 
         loop {
             let rq = match self.read() {
                 Err(ReadError::WrongRequestLine) => {
-                    let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(400));
-                    response
-                        .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
-                        .ok();
+                    self.refuse(400, HTTPVersion(1, 1), "the request line is malformed");
                     return None; // we don't know where the next request would start,
                                  // se we have to close
                 }
 
                 Err(ReadError::WrongHeader(ver)) => {
-                    let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(400));
-                    response.raw_print(writer, ver, &[], false, None).ok();
+                    self.refuse(400, ver, "a header line is malformed");
                     return None; // we don't know where the next request would start,
                                  // se we have to close
                 }
 
                 Err(ReadError::ReadIoError(ref err)) if err.kind() == ErrorKind::TimedOut => {
                     // request timeout
-                    let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(408));
-                    response
-                        .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
-                        .ok();
+                    let message = err.to_string();
+                    self.refuse(408, HTTPVersion(1, 1), &message);
                     return None; // closing the connection
                 }
 
                 Err(ReadError::ExpectationFailed(ver)) => {
-                    let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(417));
-                    response.raw_print(writer, ver, &[], true, None).ok();
+                    self.refuse(417, ver, "the only expectation understood is 100-continue");
                     return None; // TODO: should be recoverable, but needs handling in case of body
                 }
+
+                Err(ReadError::Refused(status, ver, message)) => {
+                    self.refuse(status, ver, &message);
+                    return None;
+                }
+
+                Err(ReadError::NoRequest) => return None,
 
                 Err(ReadError::ReadIoError(_)) => return None,
 

@@ -99,12 +99,12 @@ use std::io::Error as IoError;
 use std::io::ErrorKind as IoErrorKind;
 use std::io::Result as IoResult;
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
-use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use client::ClientConnection;
 use connection::Connection;
@@ -115,6 +115,7 @@ pub use connection::{ConfigListenAddr, ListenAddr, Listener};
 pub use request::{ReadWrite, Request};
 pub use response::{Response, ResponseBox};
 pub use test::TestRequest;
+pub use util::{Limits, Trouble};
 
 mod client;
 mod common;
@@ -243,7 +244,7 @@ impl Server {
         listener: L,
         ssl_config: Option<SslConfig>,
     ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
-        Server::start(listener.into(), ssl_config, None)
+        Server::start(listener.into(), ssl_config, None, Limits::default())
     }
 
     /// AetherStore patch: builds a server that calls `handler` for every request on the
@@ -251,18 +252,22 @@ impl Server {
     /// That saves a thread hand-off (two context switches) per request. `handler` must
     /// respond to the request; `recv()` on such a server never returns a request. After
     /// the server is dropped, a connection ends after the request it is handling.
+    /// Every connection is held to `limits` (head sizes, timeouts, connection cap).
     pub fn from_listener_with_handler<L: Into<Listener>>(
         listener: L,
         handler: Arc<dyn Fn(Request) + Send + Sync + 'static>,
+        limits: Limits,
     ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
-        Server::start(listener.into(), None, Some(handler))
+        Server::start(listener.into(), None, Some(handler), limits)
     }
 
     fn start(
         listener: Listener,
         ssl_config: Option<SslConfig>,
         handler: Option<Arc<dyn Fn(Request) + Send + Sync + 'static>>,
+        limits: Limits,
     ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
+        let limits = Arc::new(limits);
         // building the "close" variable
         let close_trigger = Arc::new(AtomicBool::new(false));
 
@@ -307,69 +312,120 @@ impl Server {
         thread::spawn(move || {
             // a tasks pool is used to dispatch the connections into threads
             let tasks_pool = util::TaskPool::new();
+            // AetherStore patch: a listener that stops accepting must not go unnoticed.
+            let _watch = AcceptWatch {
+                close: inside_close_trigger.clone(),
+                limits: Arc::clone(&limits),
+            };
+            let open = Arc::new(AtomicUsize::new(0));
+            let mut failures = AcceptFailures::default();
+            let mut refused = RefusedConnections::default();
 
             log::debug!("Running accept thread");
             while !inside_close_trigger.load(Relaxed) {
-                let new_client = match server.accept() {
-                    Ok((sock, _)) => {
-                        use util::RefinedTcpStream;
-                        let (read_closable, write_closable) = match ssl {
-                            None => RefinedTcpStream::new(sock),
-                            #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
-                            Some(ref ssl) => {
-                                // trying to apply SSL over the connection
-                                // if an error occurs, we just close the socket and resume listening
-                                let sock = match ssl.accept(sock) {
-                                    Ok(s) => s,
-                                    Err(_) => continue,
-                                };
-
-                                RefinedTcpStream::new(sock)
-                            }
-                            #[cfg(not(any(feature = "ssl-openssl", feature = "ssl-rustls")))]
-                            Some(ref _ssl) => unreachable!(),
-                        };
-
-                        Ok(ClientConnection::new(write_closable, read_closable))
+                // AetherStore patch: an accept error (EMFILE, ENFILE, ENOBUFS..) is
+                // retried after a growing pause; upstream broke out of this loop for good.
+                let (sock, _) = match server.accept() {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        if inside_close_trigger.load(Relaxed) {
+                            break;
+                        }
+                        if !failures.failed(&e, &limits) {
+                            break;
+                        }
+                        continue;
                     }
-                    Err(e) => Err(e),
                 };
 
-                match new_client {
-                    Ok(client) => {
-                        let messages = inside_messages.clone();
-                        let handler = handler.clone();
-                        let close = inside_close_trigger.clone();
-                        let mut client = Some(client);
-                        tasks_pool.spawn(Box::new(move || {
-                            if let Some(client) = client.take() {
-                                if let Some(handler) = &handler {
-                                    for rq in client {
-                                        handler(rq);
-                                        if close.load(Relaxed) {
-                                            break;
-                                        }
-                                    }
-                                // Synchronization is needed for HTTPS requests to avoid a deadlock
-                                } else if client.secure() {
-                                    let (sender, receiver) = mpsc::channel();
-                                    for rq in client {
-                                        messages.push(rq.with_notify_sender(sender.clone()).into());
-                                        receiver.recv().unwrap();
-                                    }
-                                } else {
-                                    for rq in client {
-                                        messages.push(rq.into());
-                                    }
+                // AetherStore patch: a cap on open connections. Beyond it, a few more are
+                // kept for priority requests; beyond those, a 503 and the end.
+                let already_open = open.load(Relaxed);
+                if already_open >= limits.max_connections + limits.reserved_connections {
+                    refuse_connection(sock, already_open);
+                    refused.count(already_open, &limits);
+                    continue;
+                }
+                let probation = already_open >= limits.max_connections;
+                sock.set_write_timeout(Some(limits.body_timeout)).ok();
+
+                let client = {
+                    use util::RefinedTcpStream;
+                    let streams = match ssl {
+                        None => RefinedTcpStream::new(sock),
+                        #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
+                        Some(ref ssl) => {
+                            // trying to apply SSL over the connection
+                            // if an error occurs, we just close the socket and resume listening
+                            let sock = match ssl.accept(sock) {
+                                Ok(s) => s,
+                                Err(_) => continue,
+                            };
+
+                            RefinedTcpStream::new(sock)
+                        }
+                        #[cfg(not(any(feature = "ssl-openssl", feature = "ssl-rustls")))]
+                        Some(ref _ssl) => unreachable!(),
+                    };
+                    let client = streams.and_then(|(read_closable, write_closable)| {
+                        ClientConnection::new(write_closable, read_closable, Arc::clone(&limits))
+                    });
+                    match client {
+                        Ok(client) => client,
+                        Err(e) => {
+                            if !failures.failed(&e, &limits) {
+                                break;
+                            }
+                            continue;
+                        }
+                    }
+                };
+
+                let messages = inside_messages.clone();
+                let handler = handler.clone();
+                let close = inside_close_trigger.clone();
+                let task_limits = Arc::clone(&limits);
+                let mut client = Some(client);
+                open.fetch_add(1, Relaxed);
+                let mut counted = Some(OpenConnection(Arc::clone(&open)));
+                let spawned = tasks_pool.spawn(Box::new(move || {
+                    let _counted = counted.take();
+                    if let Some(client) = client.take() {
+                        if let Some(handler) = &handler {
+                            for rq in client {
+                                if probation && !task_limits.is_priority(&rq) {
+                                    refuse_request(rq);
+                                    break;
+                                }
+                                handler(rq);
+                                if close.load(Relaxed) {
+                                    break;
                                 }
                             }
-                        }));
+                        // Synchronization is needed for HTTPS requests to avoid a deadlock
+                        } else if client.secure() {
+                            let (sender, receiver) = mpsc::channel();
+                            for rq in client {
+                                messages.push(rq.with_notify_sender(sender.clone()).into());
+                                receiver.recv().unwrap();
+                            }
+                        } else {
+                            for rq in client {
+                                messages.push(rq.into());
+                            }
+                        }
                     }
-
+                }));
+                // Only a connection that got its thread is a success: an accept that
+                // succeeds while duplicating its socket or starting its thread fails (out of
+                // descriptors or threads) serves no one.
+                match spawned {
+                    Ok(()) => failures.succeeded(),
                     Err(e) => {
-                        log::error!("Error accepting new client: {}", e);
-                        inside_messages.push(e.into());
-                        break;
+                        let e = IoError::new(e.kind(), format!("cannot start a connection thread: {}", e));
+                        if !failures.failed(&e, &limits) {
+                            break;
+                        }
                     }
                 }
             }
@@ -437,6 +493,131 @@ impl Server {
     pub fn unblock(&self) {
         self.messages.unblock();
     }
+}
+
+/// AetherStore patch: counts an open connection until its task ends (or is dropped
+/// without running).
+struct OpenConnection(Arc<AtomicUsize>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+}
+
+/// AetherStore patch: reports a fatal trouble if the accept thread ends (returns or
+/// panics) while the server is meant to be running.
+struct AcceptWatch {
+    close: Arc<AtomicBool>,
+    limits: Arc<Limits>,
+}
+
+impl Drop for AcceptWatch {
+    fn drop(&mut self) {
+        if !self.close.load(Relaxed) {
+            let why = if thread::panicking() { "panicked" } else { "stopped" };
+            self.limits.report(Trouble::Fatal(format!(
+                "the thread accepting connections {}; this server can no longer serve",
+                why
+            )));
+        }
+    }
+}
+
+/// AetherStore patch: accept errors in a row, with the pause before the next try.
+#[derive(Default)]
+struct AcceptFailures {
+    since: Option<Instant>,
+    pause: Duration,
+    reported: Option<Instant>,
+    count: u64,
+}
+
+impl AcceptFailures {
+    /// Counts a failure and waits; `false` when the server has failed for too long.
+    fn failed(&mut self, error: &IoError, limits: &Limits) -> bool {
+        let now = Instant::now();
+        let since = *self.since.get_or_insert(now);
+        self.count += 1;
+        if now.duration_since(since) >= limits.accept_failure_limit {
+            limits.report(Trouble::Fatal(format!(
+                "cannot accept connections for {:?} ({} failures, the last: {})",
+                limits.accept_failure_limit, self.count, error
+            )));
+            return false;
+        }
+        if self.reported.map_or(true, |at| now.duration_since(at) >= Duration::from_secs(10)) {
+            limits.report(Trouble::Warning(format!(
+                "cannot accept a connection ({}); retrying, and giving up after {:?} of failures",
+                error, limits.accept_failure_limit
+            )));
+            self.reported = Some(now);
+        }
+        self.pause = (self.pause * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        thread::sleep(self.pause);
+        true
+    }
+
+    fn succeeded(&mut self) {
+        if self.since.take().is_some() {
+            self.pause = Duration::ZERO;
+            self.reported = None;
+            self.count = 0;
+        }
+    }
+}
+
+/// AetherStore patch: connections refused for the cap, reported at most every 10 s.
+#[derive(Default)]
+struct RefusedConnections {
+    reported: Option<Instant>,
+    since_report: u64,
+}
+
+impl RefusedConnections {
+    fn count(&mut self, open: usize, limits: &Limits) {
+        self.since_report += 1;
+        let now = Instant::now();
+        if self.reported.map_or(true, |at| now.duration_since(at) >= Duration::from_secs(10)) {
+            limits.report(Trouble::Warning(format!(
+                "{} connections open, the most allowed: refused {} new one(s) with 503",
+                open, self.since_report
+            )));
+            self.reported = Some(now);
+            self.since_report = 0;
+        }
+    }
+}
+
+/// AetherStore patch: the answer to a connection beyond every cap, written from the
+/// accept thread without ever waiting on the client.
+fn refuse_connection(sock: Connection, open: usize) {
+    let body = format!(
+        "{{\"error\": \"the server has {} connections open and takes no more; retry later\"}}",
+        open
+    );
+    let reply = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\nRetry-After: 1\r\n\r\n{}",
+        body.len(),
+        body
+    );
+    if sock.set_nonblocking(true).is_ok() {
+        use std::io::Write;
+        let mut sock = sock;
+        let _ = sock.write(reply.as_bytes());
+        let _ = sock.shutdown(Shutdown::Write);
+    }
+}
+
+/// AetherStore patch: the answer to a request that is not priority traffic on a
+/// connection taken beyond `max_connections`.
+fn refuse_request(rq: Request) {
+    let body = "{\"error\": \"the server has all its connections busy; retry later\"}";
+    let response = Response::from_string(body)
+        .with_status_code(503)
+        .with_header(Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..]).unwrap())
+        .with_header(Header::from_bytes(&b"Retry-After"[..], &b"1"[..]).unwrap());
+    let _ = rq.respond(response);
 }
 
 impl Iterator for IncomingRequests<'_> {

@@ -7,7 +7,7 @@ use std::str::FromStr;
 
 use std::sync::mpsc::Sender;
 
-use crate::util::{ConnectionCloser, EqualReader, FusedReader};
+use crate::util::{ChunkLineLimit, ConnectionCloser, DrainOnDrop, EqualReader, FusedReader};
 use crate::{HTTPVersion, Header, Method, Response, StatusCode};
 use chunked_transfer::Decoder;
 
@@ -139,6 +139,7 @@ pub fn new_request<R, W>(
     mut source_data: R,
     writer: W,
     closer: Option<ConnectionCloser>,
+    max_drain: u64,
 ) -> Result<Request, RequestCreationError>
 where
     R: Read + Send + 'static,
@@ -217,12 +218,23 @@ where
             Box::new(Cursor::new(buffer)) as Box<dyn Read + Send + 'static>
         } else {
             let (data_reader, _) = EqualReader::new(source_data, content_length); // TODO:
+            // AetherStore patch: an unread rest is skipped through a fixed buffer, or the
+            // connection closed; never read into a buffer of the declared size.
+            let data_reader = DrainOnDrop::new(
+                data_reader,
+                Some(content_length as u64),
+                max_drain,
+                closer.clone(),
+            );
             Box::new(FusedReader::new(data_reader)) as Box<dyn Read + Send + 'static>
         }
     } else if transfer_encoding.is_some() {
         // if a transfer-encoding was specified, then "chunked" is ALWAYS applied
         // over the message (RFC2616 #3.6)
-        Box::new(FusedReader::new(Decoder::new(source_data))) as Box<dyn Read + Send + 'static>
+        // AetherStore patch: bounded chunk-size lines, and an unread rest drained or closed.
+        let decoder = Decoder::new(ChunkLineLimit::new(source_data, 4096));
+        let data_reader = DrainOnDrop::new(decoder, None, max_drain, closer.clone());
+        Box::new(FusedReader::new(data_reader)) as Box<dyn Read + Send + 'static>
     } else {
         // if we have neither a Content-Length nor a Transfer-Encoding,
         // assuming that we have no data
@@ -379,6 +391,26 @@ impl Request {
         }
 
         self.data_reader.as_mut().unwrap()
+    }
+
+    /// AetherStore patch: reads a body of at most `max` bytes declared by its
+    /// `Content-Length` into memory now (within the connection's body deadlines), so that
+    /// the handler later reads it without waiting on the client. Returns whether it did;
+    /// a body that is larger, chunked, or awaits `100-continue` is left to the handler.
+    pub fn buffer_body(&mut self, max: usize) -> Result<bool, IoError> {
+        let length = match self.body_length {
+            Some(length) if length > 1024 && length <= max && !self.must_send_continue => length,
+            _ => return Ok(false),
+        };
+        let mut body = Vec::with_capacity(length);
+        let reader = self.data_reader.as_mut().unwrap();
+        reader.take(length as u64).read_to_end(&mut body)?;
+        if body.len() < length {
+            let info = format!("body ended after {} of {} bytes (Content-Length)", body.len(), length);
+            return Err(IoError::new(ErrorKind::UnexpectedEof, info));
+        }
+        self.data_reader = Some(Box::new(Cursor::new(body)));
+        Ok(true)
     }
 
     /// Turns the `Request` into a writer.

@@ -1,6 +1,8 @@
 pub use self::custom_stream::CustomStream;
 pub use self::equal_reader::EqualReader;
 pub use self::fused_reader::FusedReader;
+pub use self::limits::{Limits, Trouble};
+pub(crate) use self::limits::{ChunkLineLimit, DrainOnDrop, ReadClock};
 pub use self::messages_queue::MessagesQueue;
 pub(crate) use self::refined_tcp_stream::ConnectionCloser;
 pub use self::refined_tcp_stream::RefinedTcpStream;
@@ -13,6 +15,7 @@ use std::str::FromStr;
 mod custom_stream;
 mod equal_reader;
 mod fused_reader;
+pub(crate) mod limits;
 mod messages_queue;
 pub(crate) mod refined_tcp_stream;
 mod sequential;

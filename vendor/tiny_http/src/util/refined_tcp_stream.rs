@@ -1,7 +1,11 @@
 use std::io::Result as IoResult;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::util::ReadClock;
 
 use crate::connection::Connection;
 #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
@@ -13,12 +17,22 @@ pub(crate) enum Stream {
     Https(SslStream),
 }
 
-impl Clone for Stream {
-    fn clone(&self) -> Self {
+impl Stream {
+    /// AetherStore patch: fallible, since duplicating a socket takes a file descriptor
+    /// (upstream unwrapped it, and an `EMFILE` killed the accept thread).
+    fn try_clone(&self) -> IoResult<Self> {
         match self {
-            Stream::Http(tcp_stream) => Stream::Http(tcp_stream.try_clone().unwrap()),
+            Stream::Http(tcp_stream) => tcp_stream.try_clone().map(Stream::Http),
             #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
-            Stream::Https(ssl_stream) => Stream::Https(ssl_stream.clone()),
+            Stream::Https(ssl_stream) => Ok(Stream::Https(ssl_stream.clone())),
+        }
+    }
+
+    fn set_read_timeout(&self, timeout: Duration) -> IoResult<()> {
+        match self {
+            Stream::Http(tcp_stream) => tcp_stream.set_read_timeout(Some(timeout)),
+            #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
+            Stream::Https(_) => Ok(()),
         }
     }
 }
@@ -87,30 +101,44 @@ pub struct RefinedTcpStream {
     stream: Stream,
     close_read: bool,
     close_write: bool,
+    /// AetherStore patch: the deadlines of this connection's reads (read half only).
+    clock: Option<Arc<ReadClock>>,
+    /// The read timeout last set on the socket, to set it only when it changes.
+    read_timeout: Option<Duration>,
 }
 
 impl RefinedTcpStream {
-    pub(crate) fn new<S>(stream: S) -> (RefinedTcpStream, RefinedTcpStream)
+    pub(crate) fn new<S>(stream: S) -> IoResult<(RefinedTcpStream, RefinedTcpStream)>
     where
         S: Into<Stream>,
     {
         let stream: Stream = stream.into();
 
-        let (read, write) = (stream.clone(), stream);
+        let (read, write) = (stream.try_clone()?, stream);
 
         let read = RefinedTcpStream {
             stream: read,
             close_read: true,
             close_write: false,
+            clock: None,
+            read_timeout: None,
         };
 
         let write = RefinedTcpStream {
             stream: write,
             close_read: false,
             close_write: true,
+            clock: None,
+            read_timeout: None,
         };
 
-        (read, write)
+        Ok((read, write))
+    }
+
+    /// AetherStore patch: every read of this stream waits at most what `clock` allows.
+    pub(crate) fn with_clock(mut self, clock: Arc<ReadClock>) -> Self {
+        self.clock = Some(clock);
+        self
     }
 
     /// Returns true if this struct wraps around a secure connection.
@@ -124,22 +152,61 @@ impl RefinedTcpStream {
     }
 }
 
-/// AetherStore patch: shuts a connection down in both directions from the thread writing
-/// a response, whoever owns its reader and writer. A response that failed part-way (its
-/// body reader returned an error, or ended before its `Content-Length`) leaves the client
-/// waiting for bytes that will never come; closing tells it at once, and nothing else is
-/// ever sent on that connection.
+/// AetherStore patch: ends a connection from the thread handling a request, whoever owns
+/// its reader and writer. A response that failed part-way (its body reader returned an
+/// error, or ended before its `Content-Length`) leaves the client waiting for bytes that
+/// will never come, and a request body left unread leaves the next request's start
+/// unknown: closing tells the client at once, and nothing more is read or sent on that
+/// connection. Only the writing direction is shut down here (the client sees the end);
+/// the socket closes when its connection ends, which resets it if the client is still
+/// sending, instead of leaving it stalled on a shut reading direction.
 #[derive(Clone)]
-pub(crate) struct ConnectionCloser(Arc<Mutex<Stream>>);
+pub(crate) struct ConnectionCloser(Arc<(Mutex<Stream>, AtomicBool, Option<Arc<ReadClock>>)>);
 
 impl ConnectionCloser {
-    pub(crate) fn new(socket: &RefinedTcpStream) -> ConnectionCloser {
-        ConnectionCloser(Arc::new(Mutex::new(socket.stream.clone())))
+    pub(crate) fn new(socket: &RefinedTcpStream) -> IoResult<ConnectionCloser> {
+        let stream = socket.stream.try_clone()?;
+        Ok(ConnectionCloser(Arc::new((Mutex::new(stream), AtomicBool::new(false), socket.clock.clone()))))
+    }
+
+    /// The rest of a request body is being skipped: its reads get a short deadline.
+    pub(crate) fn draining(&self) {
+        if let Some(clock) = &self.0 .2 {
+            clock.draining();
+        }
     }
 
     pub(crate) fn close(&self) {
-        if let Ok(mut stream) = self.0.lock() {
-            stream.shutdown(Shutdown::Both).ok();
+        self.0 .1.store(true, Ordering::Relaxed);
+        if let Ok(mut stream) = self.0 .0.lock() {
+            stream.shutdown(Shutdown::Write).ok();
+        }
+    }
+
+    /// Whether the connection was closed: it serves no further request.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.0 .1.load(Ordering::Relaxed)
+    }
+
+    /// Ends a connection after a response was flushed: stops writing, reads (and drops)
+    /// what the client still sends, for up to `time` and `bytes`, so that closing does
+    /// not reset the connection before the client read the response.
+    pub(crate) fn linger_close(&self, time: Duration, bytes: usize) {
+        self.close();
+        if let Ok(mut stream) = self.0 .0.lock() {
+            let deadline = Instant::now() + time;
+            let mut buffer = [0u8; 8192];
+            let mut drained = 0;
+            while drained < bytes {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() || stream.set_read_timeout(left).is_err() {
+                    break;
+                }
+                match stream.read(&mut buffer) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => drained += n,
+                }
+            }
         }
     }
 }
@@ -158,7 +225,17 @@ impl Drop for RefinedTcpStream {
 
 impl Read for RefinedTcpStream {
     fn read(&mut self, buf: &mut [u8]) -> IoResult<usize> {
-        self.stream.read(buf)
+        let Some(clock) = &self.clock else {
+            return self.stream.read(buf);
+        };
+        let timeout = clock.before_read()?;
+        // Setting a timeout is a system call: skip it while it stays the same (idle and
+        // body reads); a request head's shrinking deadline sets it on each read.
+        if self.read_timeout != Some(timeout) {
+            self.stream.set_read_timeout(timeout)?;
+            self.read_timeout = Some(timeout);
+        }
+        clock.after_read(self.stream.read(buf))
     }
 }
 
