@@ -19,6 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crossbeam_channel::{Receiver, Sender};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
+use super::liveness::NodeState;
 use super::repair::UnderReplicated;
 use crate::log;
 use crate::proto::{Checksum, ObjectId, ReplicaState};
@@ -190,17 +191,23 @@ pub struct Counts {
     pub nodes_alive: u64,
     pub nodes_suspect: u64,
     pub nodes_dead: u64,
+    /// Nodes whose disk failed or turned read-only.
+    pub nodes_failed: u64,
     pub objects: u64,
     pub under_replicated: u64,
     pub pending_deletes: u64,
 }
 
 /// What a registration changed, for the log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Registered {
     New,
     AddressChanged,
     Unchanged,
+    /// The address was a dead or failed node's, now removed.
+    TookOver {
+        previous: String,
+    },
 }
 
 /// A node that may take a replica: (node id, address).
@@ -404,15 +411,28 @@ impl MetaDb {
         let (id, address) = (id.to_string(), address.to_string());
         self.write(move |conn| {
             let now = now_ms();
-            let holder: Option<String> = conn
-                .prepare_cached("SELECT id FROM nodes WHERE address = ?1")?
-                .query_row([&address], |row| row.get(0))
+            let holder: Option<(String, String)> = conn
+                .prepare_cached("SELECT id, state FROM nodes WHERE address = ?1")?
+                .query_row([&address], |row| Ok((row.get(0)?, row.get(1)?)))
                 .optional()?;
-            if let Some(holder) = holder.filter(|holder| *holder != id) {
-                return Err(MetaError::Conflict(format!(
-                    "address {address} is already registered by node {holder:?}; a node keeps one id, \
-                     so register it as {holder:?} or give the new node its own address"
-                )));
+            let mut replaced = None;
+            if let Some((holder, state)) = holder.filter(|(holder, _)| *holder != id) {
+                if !NodeState::parse(&state).may_be_replaced() {
+                    return Err(MetaError::Conflict(format!(
+                        "address {address} is already registered by node {holder:?}, which is {state}; a node \
+                         keeps one id, so register it as {holder:?}, or give the new node its own address, or \
+                         wait: once {holder:?} is declared dead its address may be taken over"
+                    )));
+                }
+                // A new node where a dead or failed one was (e.g. restarted on an empty
+                // disk): the old one is removed for good and its copies are lost, so
+                // repair re-creates them. Its row stays, under a placeholder address (an
+                // address is unique), so its history and replica rows keep their node.
+                conn.prepare_cached(
+                    "UPDATE nodes SET state = 'removed', address = 'removed:' || id || ':' || address WHERE id = ?1",
+                )?
+                .execute([&holder])?;
+                replaced = Some(holder);
             }
             let current: Option<String> = conn
                 .prepare_cached("SELECT address FROM nodes WHERE id = ?1")?
@@ -424,15 +444,18 @@ impl MetaDb {
                         "INSERT INTO nodes (id, address, state, registered_at, last_seen) VALUES (?1, ?2, 'alive', ?3, ?3)",
                     )?
                     .execute(params![id, address, now])?;
-                    Registered::New
+                    match replaced {
+                        Some(previous) => Registered::TookOver { previous },
+                        None => Registered::New,
+                    }
                 }
                 Some(current) => {
                     conn.prepare_cached("UPDATE nodes SET address = ?2, last_seen = ?3, state = 'alive' WHERE id = ?1")?
                         .execute(params![id, address, now])?;
-                    if current == address {
-                        Registered::Unchanged
-                    } else {
-                        Registered::AddressChanged
+                    match replaced {
+                        Some(previous) => Registered::TookOver { previous },
+                        None if current == address => Registered::Unchanged,
+                        None => Registered::AddressChanged,
                     }
                 }
             };
@@ -605,6 +628,8 @@ impl MetaDb {
                     })
                 })?
                 .collect::<Result<Vec<ReplicaRow>, _>>()?;
+            // A removed node's address is no longer its own: nobody should try it.
+            replicas.retain(|r| r.node_state != "removed");
             // Readers try them in this order: confirmed copies on live nodes first. (Sorted
             // here: an ORDER BY costs SQLite a temporary b-tree on every lookup.)
             replicas.sort_by_cached_key(|r| {
@@ -869,7 +894,7 @@ impl MetaDb {
                 .collect::<Result<_, _>>()?;
             holders.extend(placed.iter().cloned());
             let candidates: Vec<(String, String)> = conn
-                .prepare_cached("SELECT id, address FROM nodes WHERE state != 'dead' ORDER BY id")?
+                .prepare_cached("SELECT id, address FROM nodes WHERE state IN ('alive', 'suspect') ORDER BY id")?
                 .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
                 .collect::<Result<Vec<(String, String)>, _>>()?
                 .into_iter()
@@ -894,12 +919,12 @@ impl MetaDb {
                     "WITH suspects AS (
                          SELECT object_id FROM replicas WHERE state != 'confirmed'
                          UNION
-                         SELECT r.object_id FROM replicas r JOIN nodes n ON n.id = r.node_id WHERE n.state = 'dead'
+                         SELECT r.object_id FROM replicas r JOIN nodes n ON n.id = r.node_id WHERE n.state NOT IN ('alive', 'suspect')
                      ),
                      counted AS (
                          SELECT o.id, o.replication, o.size,
                                 (SELECT count(*) FROM replicas r JOIN nodes n ON n.id = r.node_id
-                                 WHERE r.object_id = o.id AND r.state = 'confirmed' AND n.state != 'dead') AS healthy
+                                 WHERE r.object_id = o.id AND r.state = 'confirmed' AND n.state IN ('alive', 'suspect')) AS healthy
                          -- CROSS JOIN keeps this order: SQLite would otherwise count
                          -- every object's replicas before joining the few suspects.
                          FROM suspects s CROSS JOIN objects o ON o.id = s.object_id
@@ -914,8 +939,8 @@ impl MetaDb {
             // to lack the copy (lost or quarantined) with no deletion of it pending, which
             // may take a new one.
             let mut holders = conn.prepare_cached(
-                "SELECT r.node_id, r.state = 'confirmed' AND n.state != 'dead',
-                        r.state IN ('missing', 'quarantined') AND n.state != 'dead' AND NOT EXISTS
+                "SELECT r.node_id, r.state = 'confirmed' AND n.state IN ('alive', 'suspect'),
+                        r.state IN ('missing', 'quarantined') AND n.state IN ('alive', 'suspect') AND NOT EXISTS
                             (SELECT 1 FROM deletions d WHERE d.node_id = r.node_id AND d.object_id = r.object_id)
                  FROM replicas r JOIN nodes n ON n.id = r.node_id WHERE r.object_id = ?1",
             )?;
@@ -957,7 +982,7 @@ impl MetaDb {
             let under: i64 = conn.query_row(
                 "SELECT count(*) FROM objects o WHERE o.status = 'complete' AND o.replication >
                  (SELECT count(*) FROM replicas r JOIN nodes n ON n.id = r.node_id
-                  WHERE r.object_id = o.id AND r.state = 'confirmed' AND n.state != 'dead')",
+                  WHERE r.object_id = o.id AND r.state = 'confirmed' AND n.state IN ('alive', 'suspect'))",
                 [],
                 |r| r.get(0),
             )?;
@@ -970,6 +995,7 @@ impl MetaDb {
                 nodes_alive: nodes("alive")?,
                 nodes_suspect: nodes("suspect")?,
                 nodes_dead: nodes("dead")?,
+                nodes_failed: nodes("failed")? + nodes("read-only")?,
                 objects: objects as u64,
                 under_replicated: under as u64,
                 pending_deletes: deletes as u64,
@@ -1098,7 +1124,7 @@ fn record_replica(conn: &Connection, node: &str, replica: &ReplicaState, now: i6
         if healthy_copies(conn, id)? >= replication {
             conn.prepare_cached(
                 "DELETE FROM replicas WHERE object_id = ?1 AND (state != 'confirmed'
-                 OR node_id IN (SELECT id FROM nodes WHERE state = 'dead'))",
+                 OR node_id IN (SELECT id FROM nodes WHERE state NOT IN ('alive', 'suspect')))",
             )?
             .execute([id])?;
         }
@@ -1126,7 +1152,7 @@ fn healthy_copies(conn: &Connection, id: &str) -> MetaResult<i64> {
     let healthy = conn
         .prepare_cached(
             "SELECT count(*) FROM replicas r JOIN nodes n ON n.id = r.node_id
-             WHERE r.object_id = ?1 AND r.state = 'confirmed' AND n.state != 'dead'",
+             WHERE r.object_id = ?1 AND r.state = 'confirmed' AND n.state IN ('alive', 'suspect')",
         )?
         .query_row([id], |row| row.get(0))?;
     Ok(healthy)
