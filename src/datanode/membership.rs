@@ -259,16 +259,20 @@ fn heartbeat(node: &Node, master: &Client) -> Result<NodeCommands, crate::client
 
 /// Checks the disk every `DISK_CHECK_INTERVAL`; says when its state changes.
 fn disk_loop(node: &Node, want_inventory: &Sender<()>, wake: &Sender<()>, stopped: &Receiver<()>) {
-    let mut reported = node.blobs.disk_health().state;
+    let mut seen = node.blobs.disk_health().changes;
     loop {
         if stopped.recv_timeout(DISK_CHECK_INTERVAL) != Err(RecvTimeoutError::Timeout) {
             return;
         }
-        let (_, state) = node.blobs.check_disk();
-        if state == reported {
+        node.blobs.check_disk();
+        // Compared by count of changes, not by state: a write or the scrubber may have
+        // found the disk failed, and it may be back already.
+        let health = node.blobs.disk_health();
+        if health.changes == seen {
             continue;
         }
-        match state {
+        seen = health.changes;
+        match health.state {
             DiskState::Ok => {
                 log::info(&node.id, "the data disk passes its checks again; rejoining and sending an inventory");
                 let _ = want_inventory.try_send(());
@@ -279,11 +283,10 @@ fn disk_loop(node: &Node, want_inventory: &Sender<()>, wake: &Sender<()>, stoppe
                     "the data disk is {} ({}); telling the master, which places nothing here and re-creates \
                      this node's copies elsewhere",
                     state.as_str(),
-                    node.blobs.disk_health().reason.unwrap_or_default()
+                    health.reason.unwrap_or_default()
                 ),
             ),
         }
-        reported = state;
         let _ = wake.try_send(());
     }
 }

@@ -190,6 +190,9 @@ pub struct DiskHealth {
     pub checked: Instant,
     pub free_bytes: u64,
     pub capacity_bytes: u64,
+    /// How many times the state has changed: a watcher compares it to notice a failure
+    /// and recovery that happened between two of its looks.
+    pub changes: u64,
 }
 
 pub struct BlobStore {
@@ -236,6 +239,7 @@ impl BlobStore {
             checked: Instant::now(),
             free_bytes: 0,
             capacity_bytes: 0,
+            changes: 0,
         };
         let store = BlobStore {
             root: root.to_path_buf(),
@@ -272,6 +276,13 @@ impl BlobStore {
         let mut health = self.health.lock().expect("disk health lock");
         let before = health.state;
         health.checked = Instant::now();
+        let after = match &found {
+            Ok(_) => DiskState::Ok,
+            Err((state, _)) => *state,
+        };
+        if after != before {
+            health.changes += 1;
+        }
         match found {
             Ok((free, capacity)) => {
                 health.state = DiskState::Ok;
@@ -964,6 +975,34 @@ fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+// Benchmark support: fills a data directory of a stopped node quickly, for tests and
+// scaling runs that need hundreds of thousands of objects on one node.
+
+/// Writes `count` objects of `size` pattern bytes under `root` (a node's data directory)
+/// with random ids and valid footers, without fsyncs (it is not for real data: one
+/// `sync` at the end would make them durable). Returns the ids' count written.
+pub fn populate_unsynced(root: &Path, count: u64, size: usize) -> io::Result<u64> {
+    let objects = root.join("objects");
+    let body: Vec<u8> = (0..size).map(|i| (i * 7 + 3) as u8).collect();
+    let mut sum = Checksum::default();
+    sum.update(&body);
+    let stored = StoredObject { size: size as u64, checksum: sum };
+    let footer = encode_footer(stored, unix_secs());
+    let mut made = std::collections::HashSet::new();
+    for _ in 0..count {
+        let id = ObjectId::parse(&uuid::Uuid::new_v4().to_string()).expect("a new UUID is an object id");
+        let name = id.to_string();
+        let dir = objects.join(&name[0..2]).join(&name[2..4]);
+        if made.insert(dir.clone()) {
+            fs::create_dir_all(&dir)?;
+        }
+        let mut file = File::create(dir.join(&name))?;
+        file.write_all(&body)?;
+        file.write_all(&footer)?;
+    }
+    Ok(count)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1235,6 +1274,45 @@ mod tests {
         fs::write(root.join("tmp").join("half-written"), b"partial").unwrap();
         let (_store, removed) = BlobStore::open(&root, 0).unwrap();
         assert_eq!(removed, 1);
+        fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn a_removed_or_replaced_data_directory_fails_the_disk_check_until_it_is_back() {
+        let root = temp_root("disk");
+        let (store, _) = BlobStore::open(&root, 0).unwrap();
+        let id = ObjectId::parse("0b7a3c1e-5d2f-4c8e-9a61-2f4d8e9b1c03").unwrap();
+        put(&store, &id, b"kept", None, 1 << 20).unwrap();
+        assert_eq!(store.check_disk(), (DiskState::Ok, DiskState::Ok));
+        assert!(store.disk_health().capacity_bytes > 0);
+
+        // Moved away (as `rm -rf` or an unmount leaves it): failed, and writes are refused.
+        let away = root.with_extension("away");
+        fs::rename(&root, &away).unwrap();
+        assert_eq!(store.check_disk(), (DiskState::Ok, DiskState::Failed));
+        let other = ObjectId::parse("1b7a3c1e-5d2f-4c8e-9a61-2f4d8e9b1c03").unwrap();
+        let refused = put(&store, &other, b"x", None, 1 << 20).unwrap_err();
+        assert_eq!(refused.status(), 503, "{refused}");
+        assert!(refused.to_string().contains("is gone"), "{refused}");
+
+        // Another directory at the same path is not the disk this node holds copies on.
+        fs::create_dir_all(root.join("tmp")).unwrap();
+        fs::create_dir_all(root.join("objects")).unwrap();
+        assert_eq!(store.check_disk().1, DiskState::Failed);
+        assert!(store.disk_health().reason.unwrap().contains("replaced"));
+        fs::remove_dir_all(&root).unwrap();
+
+        // The same directory back: fine again, with its objects.
+        fs::rename(&away, &root).unwrap();
+        assert_eq!(store.check_disk(), (DiskState::Failed, DiskState::Ok));
+        assert_eq!(read_all(&store, &id, None).unwrap(), b"kept");
+
+        // A write that fails checks the disk at once.
+        fs::remove_dir_all(root.join("tmp")).unwrap();
+        fs::write(root.join("tmp"), b"not a directory").unwrap();
+        let failed = put(&store, &other, b"x", None, 1 << 20).unwrap_err();
+        assert_eq!(failed.status(), 503, "{failed}");
+        assert_eq!(store.disk_health().state, DiskState::Failed);
         fs::remove_dir_all(root).unwrap();
     }
 }

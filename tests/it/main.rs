@@ -4,6 +4,7 @@
 mod api;
 mod bench;
 mod cluster;
+mod disk;
 mod durability;
 mod healing;
 mod tidy;
