@@ -35,6 +35,15 @@ fn cluster_status(cluster: &TestCluster) -> Value {
     api_get(&format!("{}/api/cluster", cluster.master.url)).unwrap().1
 }
 
+/// Waits until `/api/cluster` counts `n` failed nodes (it counts from the database,
+/// written just after the state `/api/nodes` shows).
+#[track_caller]
+fn wait_until_failed(cluster: &TestCluster, n: u64) {
+    wait_until(&format!("nodes_failed to be {n}"), Duration::from_secs(10), || {
+        cluster_status(cluster)["nodes_failed"] == n
+    });
+}
+
 /// Confirmed copies of an object on alive nodes other than `except` (the master lists
 /// only confirmed copies, each with its node's state).
 fn copies_elsewhere(cluster: &TestCluster, id: &str, except: &str) -> usize {
@@ -96,7 +105,7 @@ fn a_datanode_whose_data_directory_vanishes_is_failed_healed_around_and_rejoins(
     let away = dir.with_extension("away");
     std::fs::rename(&dir, &away).unwrap();
     wait_until("datanode-1 to be failed", Duration::from_secs(20), || node_state(&cluster, "datanode-1") == "failed");
-    assert_eq!(cluster_status(&cluster)["nodes_failed"], 1, "{}", cluster_status(&cluster));
+    wait_until_failed(&cluster, 1);
     let listing = cluster.aether(&["nodes"]);
     let table = String::from_utf8_lossy(&listing.stdout);
     assert!(table.lines().any(|l| l.contains("datanode-1") && l.contains("failed")), "{table}");
@@ -117,7 +126,7 @@ fn a_datanode_whose_data_directory_vanishes_is_failed_healed_around_and_rejoins(
         node_state(&cluster, "datanode-1") == "alive"
     });
     cluster.datanodes[0].wait_for_log("rejoining and sending an inventory");
-    assert_eq!(cluster_status(&cluster)["nodes_failed"], 0);
+    wait_until_failed(&cluster, 0);
     let (failed, first) = try_uploads(&cluster.master.url, 10);
     assert_eq!(failed, 0, "first: {first:?}");
     assert!(ids.iter().all(|id| copies_elsewhere(&cluster, id, "") >= 3));
@@ -163,7 +172,7 @@ fn a_datanode_whose_disk_turns_read_only_gets_no_placements_until_it_is_writable
     wait_until("datanode-ro to be read-only", Duration::from_secs(20), || {
         node_state(&cluster, "datanode-ro") == "read-only"
     });
-    assert_eq!(cluster_status(&cluster)["nodes_failed"], 1);
+    wait_until_failed(&cluster, 1);
     // R=3 with three writable nodes of four: every upload lands on the three.
     let (failed, first) = try_uploads(&cluster.master.url, 20);
     assert_eq!(failed, 0, "uploads failed with a read-only node in the cluster; first: {first:?}");
@@ -172,7 +181,7 @@ fn a_datanode_whose_disk_turns_read_only_gets_no_placements_until_it_is_writable
     wait_until("datanode-ro to be alive again", Duration::from_secs(20), || {
         node_state(&cluster, "datanode-ro") == "alive"
     });
-    assert_eq!(cluster_status(&cluster)["nodes_failed"], 0);
+    wait_until_failed(&cluster, 0);
 }
 
 #[test]
