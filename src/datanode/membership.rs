@@ -395,7 +395,11 @@ fn send_inventory(node: &Node, master: &Client, stopped: &Receiver<()>) -> Resul
                 Err(reason) => node.quarantine(&item.id, &reason),
             }
         })
-        .map_err(|e| format!("cannot list objects: {e}"))?;
+        .map_err(|e| {
+            // Perhaps the disk's fault: the check tells the master if so.
+            node.blobs.check_disk();
+            format!("cannot list objects: {e}")
+        })?;
     if let Some(failure) = failure {
         return Err(failure);
     }

@@ -203,10 +203,22 @@ impl Membership {
                 silent_n += 1;
             }
         }
+        let would_die = members.values().any(|m| {
+            m.state != NodeState::Dead
+                && m.state != NodeState::Removed
+                && state_after(now.saturating_duration_since(m.last_seen), self.dead_after) == NodeState::Dead
+        });
         let mut held_since = self.held_since.lock().expect("membership hold lock");
+        // The hold starts with the first death it holds back and lasts one `dead_after`.
         let hold = if silent_n >= 2 && silent_n * 2 > counted_n {
-            let since = *held_since.get_or_insert(now);
-            now.saturating_duration_since(since) < self.dead_after
+            match *held_since {
+                Some(since) => now.saturating_duration_since(since) < self.dead_after,
+                None if would_die => {
+                    *held_since = Some(now);
+                    true
+                }
+                None => false,
+            }
         } else {
             *held_since = None;
             false

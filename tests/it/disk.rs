@@ -1,8 +1,9 @@
 //! A datanode's disk and its membership seen from outside: a data directory that
 //! vanishes or turns read-only under a running node (the node says so, the master places
 //! nothing there and heals its copies elsewhere, and the node rejoins when the disk is
-//! back), a node restarted on an empty disk taking over its old address, and heartbeats
-//! that keep coming while a node with 200,000 objects sends its inventory.
+//! back), a node restarted on an empty disk taking over its old address, heartbeats
+//! that keep coming while a node with 200,000 objects sends its inventory, and a master
+//! that does not declare a whole silent cluster dead at once.
 
 use std::path::Path;
 use std::process::Command;
@@ -274,4 +275,41 @@ fn heartbeats_keep_coming_while_a_node_with_200k_objects_sends_its_inventory() {
     );
     assert!(worst < 1.0, "the node was silent for {worst:.1}s");
     assert!(!master.log_text().contains("is suspect"), "{}", master.log_text());
+}
+
+#[test]
+fn a_master_holds_back_when_most_of_the_cluster_falls_silent_at_once() {
+    let cluster =
+        TestCluster::start_with("mass-silence", 3, &["--replication", "2", "--dead-after", "3"], FAST_DATANODE);
+    upload(&cluster.master.url, &pattern(7, 10_000));
+    let signal = |signal: &str| {
+        for node in &cluster.datanodes {
+            let status = Command::new("kill").args([signal, &node.pid().to_string()]).status().unwrap();
+            assert!(status.success());
+        }
+    };
+    // Every datanode stalls at once (as a network cut between them and the master would
+    // look): they turn suspect, but none is declared dead within twice --dead-after.
+    signal("-STOP");
+    let stopped = Instant::now();
+    let mut longest = 0.0f64;
+    while longest < 4.5 {
+        assert!(stopped.elapsed() < Duration::from_secs(30), "the nodes' silence was never measured");
+        for n in nodes(&cluster) {
+            let silent = n["last_seen_secs_ago"].as_f64().unwrap();
+            assert!(
+                n["state"] != "dead" || silent >= 5.5,
+                "{} declared dead after {silent:.1}s of silence shared by the whole cluster",
+                n["id"]
+            );
+            longest = longest.max(silent);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    cluster.master.wait_for_log("HOLDING BACK");
+    signal("-CONT");
+    wait_until("every node to be alive again", Duration::from_secs(20), || {
+        nodes(&cluster).iter().all(|n| n["state"] == "alive")
+    });
+    assert!(!cluster.master.log_text().contains("re-replicated"), "{}", cluster.master.log_text());
 }
