@@ -685,8 +685,8 @@ impl MetaDb {
     }
 
     /// Records a node's change of liveness.
-    pub fn set_node_state(&self, node: &str, state: &str) -> MetaResult<()> {
-        let (node, state) = (node.to_string(), state.to_string());
+    pub fn set_node_state(&self, node: &str, state: NodeState) -> MetaResult<()> {
+        let (node, state) = (node.to_string(), state.as_str());
         self.write(move |conn| {
             conn.prepare_cached("UPDATE nodes SET state = ?2, last_seen = ?3 WHERE id = ?1")?.execute(params![
                 node,
@@ -1466,6 +1466,33 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_or_dead_nodes_address_may_be_taken_over_and_its_copies_are_lost() {
+        let (db, dir) = temp_db_with_three_nodes("takeover");
+        let id = ObjectId::new_random();
+        db.create_object(id, 3, 2, first(&db, 2)).unwrap();
+        let found = |node: &str| Confirmation { node_id: node.into(), size: 3, checksum: Checksum(5) };
+        db.complete_object(id, 2, vec![found("n1"), found("n2")]).unwrap();
+        assert!(db.under_replicated(10).unwrap().is_empty());
+        // A failed disk: its copies no longer count.
+        db.set_node_state("n1", NodeState::Failed).unwrap();
+        assert_eq!(db.under_replicated(10).unwrap()[0].healthy, vec!["n2".to_string()]);
+        assert_eq!(db.counts().unwrap().nodes_failed, 1);
+        // An alive node's address stays its own ...
+        let refused = db.register_node("n9", "http://n2:1").unwrap_err();
+        assert_eq!(refused.status(), 409, "{refused}");
+        // ... a failed one's is taken over; the old node is removed and out of lookups.
+        let outcome = db.register_node("n9", "http://n1:1").unwrap();
+        assert_eq!(outcome, Registered::TookOver { previous: "n1".into() });
+        let states: Vec<(String, String)> = db.nodes().unwrap().into_iter().map(|n| (n.id, n.state)).collect();
+        assert!(states.contains(&("n1".into(), "removed".into())) && states.contains(&("n9".into(), "alive".into())));
+        let holders: Vec<String> = db.object(id).unwrap().replicas.into_iter().map(|r| r.node_id).collect();
+        assert_eq!(holders, vec!["n2".to_string()]);
+        assert_eq!(db.under_replicated(10).unwrap().len(), 1);
+        drop(db);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
     fn a_copy_beyond_the_replication_factor_that_returns_is_removed() {
         let (db, dir) = temp_db_with_three_nodes("surplus");
         let id = ObjectId::new_random();
@@ -1477,12 +1504,12 @@ mod tests {
         assert_eq!(db.take_deletions("n3", 10).unwrap(), vec![id.to_string()]);
         assert_eq!(db.object(id).unwrap().replicas.len(), 2);
         // With n1 dead, the same copy is what brings the object back to strength: kept.
-        db.set_node_state("n1", "dead").unwrap();
+        db.set_node_state("n1", NodeState::Dead).unwrap();
         assert!(db.report_replicas("n3", vec![replica(id, 5)], vec![]).unwrap().is_empty());
         let holders: Vec<String> = db.object(id).unwrap().replicas.into_iter().map(|r| r.node_id).collect();
         assert_eq!(holders, vec!["n2".to_string(), "n3".to_string()]);
         // A node with a record of its copy is never told to drop it for being one too many.
-        db.set_node_state("n1", "alive").unwrap();
+        db.set_node_state("n1", NodeState::Alive).unwrap();
         assert!(db.report_replicas("n2", vec![replica(id, 5)], vec![]).unwrap().is_empty());
         drop(db);
         std::fs::remove_dir_all(dir).unwrap();
@@ -1503,7 +1530,7 @@ mod tests {
         assert!(db.under_replicated(10).unwrap().is_empty());
 
         // n1 dies: the object is under-replicated, with n2 as its only source.
-        db.set_node_state("n1", "dead").unwrap();
+        db.set_node_state("n1", NodeState::Dead).unwrap();
         let under = db.under_replicated(10).unwrap();
         assert_eq!((under[0].healthy.clone(), under[0].holders.len()), (vec!["n2".to_string()], 2));
         // The repair lands on n3; the record of n1's copy goes.

@@ -114,7 +114,7 @@ fn update_liveness(state: &MasterState, overslept: Duration) {
             super::NodeState::Dead => log::warn("master", &format!("{message}; its replicas will be re-created")),
             _ => log::warn("master", &message),
         }
-        if let Err(e) = state.db.set_node_state(&node, new_state.as_str()) {
+        if let Err(e) = state.db.set_node_state(&node, new_state) {
             log::error("master", &format!("cannot record that node {node} is {}: {e}", new_state.as_str()));
         }
     }

@@ -353,7 +353,7 @@ impl MasterState {
             .ok_or_else(|| ApiError::not_found(format!("node {:?} is not registered; register it first", body.id)))?;
         let state = NodeState::heard_from(body.disk);
         if before != state {
-            self.db.set_node_state(&body.id, state.as_str())?;
+            self.db.set_node_state(&body.id, state)?;
             match state {
                 NodeState::Alive => {
                     log::info("master", &format!("node {} is alive again (was {})", body.id, before.as_str()))
