@@ -924,37 +924,42 @@ impl MetaDb {
                      counted AS (
                          SELECT o.id, o.replication, o.size,
                                 (SELECT count(*) FROM replicas r JOIN nodes n ON n.id = r.node_id
-                                 WHERE r.object_id = o.id AND r.state = 'confirmed' AND n.state IN ('alive', 'suspect')) AS healthy
+                                 WHERE r.object_id = o.id AND r.state = 'confirmed' AND n.state IN ('alive', 'suspect')) AS healthy,
+                                EXISTS (SELECT 1 FROM replicas r JOIN nodes n ON n.id = r.node_id
+                                        WHERE r.object_id = o.id AND r.state = 'confirmed'
+                                          AND n.state = 'read-only') AS readable
                          -- CROSS JOIN keeps this order: SQLite would otherwise count
                          -- every object's replicas before joining the few suspects.
                          FROM suspects s CROSS JOIN objects o ON o.id = s.object_id
                          WHERE o.status = 'complete'
                      )
                      SELECT id, replication, size FROM counted
-                     WHERE healthy > 0 AND healthy < replication ORDER BY healthy LIMIT ?1",
+                     WHERE (healthy > 0 OR readable) AND healthy < replication ORDER BY healthy LIMIT ?1",
                 )?
                 .query_map([limit as i64], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
                 .collect::<Result<_, _>>()?;
-            // Per holder: whether its copy is healthy, and whether it is a live node known
-            // to lack the copy (lost or quarantined) with no deletion of it pending, which
+            // Per holder: whether its copy is healthy, whether it is on a read-only disk
+            // (readable, not counted), and whether it is a live node known to lack the copy (lost or quarantined) with no deletion of it pending, which
             // may take a new one.
             let mut holders = conn.prepare_cached(
                 "SELECT r.node_id, r.state = 'confirmed' AND n.state IN ('alive', 'suspect'),
+                        r.state = 'confirmed' AND n.state = 'read-only',
                         r.state IN ('missing', 'quarantined') AND n.state IN ('alive', 'suspect') AND NOT EXISTS
                             (SELECT 1 FROM deletions d WHERE d.node_id = r.node_id AND d.object_id = r.object_id)
                  FROM replicas r JOIN nodes n ON n.id = r.node_id WHERE r.object_id = ?1",
             )?;
             let mut objects = Vec::with_capacity(rows.len());
             for (id, replication, size) in rows {
-                let nodes: Vec<(String, bool, bool)> = holders
-                    .query_map([&id], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
+                let nodes: Vec<(String, bool, bool, bool)> = holders
+                    .query_map([&id], |row| Ok((row.get(0)?, row.get(1)?, row.get(3)?, row.get(2)?)))?
                     .collect::<Result<_, _>>()?;
                 objects.push(UnderReplicated {
                     object: id,
                     replication: replication as usize,
                     size: size as u64,
-                    healthy: nodes.iter().filter(|(_, ok, _)| *ok).map(|(n, ..)| n.clone()).collect(),
-                    lacking: nodes.iter().filter(|(.., lacks)| *lacks).map(|(n, ..)| n.clone()).collect(),
+                    healthy: nodes.iter().filter(|(_, ok, ..)| *ok).map(|(n, ..)| n.clone()).collect(),
+                    lacking: nodes.iter().filter(|(_, _, lacks, _)| *lacks).map(|(n, ..)| n.clone()).collect(),
+                    read_only: nodes.iter().filter(|(.., read_only)| *read_only).map(|(n, ..)| n.clone()).collect(),
                     holders: nodes.into_iter().map(|(n, ..)| n).collect(),
                 })
             }
@@ -1488,6 +1493,10 @@ mod tests {
         let holders: Vec<String> = db.object(id).unwrap().replicas.into_iter().map(|r| r.node_id).collect();
         assert_eq!(holders, vec!["n2".to_string()]);
         assert_eq!(db.under_replicated(10).unwrap().len(), 1);
+        // Its last copy on a read-only disk: not counted, but still a source for repair.
+        db.set_node_state("n2", NodeState::ReadOnly).unwrap();
+        let short = db.under_replicated(10).unwrap();
+        assert_eq!((short[0].healthy.len(), short[0].read_only.clone()), (0, vec!["n2".to_string()]));
         drop(db);
         std::fs::remove_dir_all(dir).unwrap();
     }
