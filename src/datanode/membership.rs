@@ -347,7 +347,11 @@ fn delete_objects(node: &Node, delete: &[String]) {
         match node.blobs.delete(&id) {
             Ok(true) => deleted += 1,
             Ok(false) => {}
-            Err(e) => log::error(&node.id, &format!("cannot delete {id}: {e}")),
+            Err(e) => {
+                log::error(&node.id, &format!("cannot delete {id}: {e}"));
+                // Perhaps the disk's fault: the check tells the master if so.
+                node.blobs.check_disk();
+            }
         }
     }
     log::info(&node.id, &format!("deleted {deleted} of {} object(s) the master no longer wants", delete.len()));
