@@ -5,6 +5,8 @@ use std::fmt;
 use std::io::{self, Read, Write};
 use std::time::Duration;
 
+mod s3;
+
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 

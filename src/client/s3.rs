@@ -1,0 +1,76 @@
+//! `Client` calls of the master's S3 namespace API, for the gateway and `aether key`.
+
+use super::{Client, ClientError};
+use crate::proto::s3::{
+    Access, AccessKey, AccessKeys, Bucket, BucketRef, Buckets, CreateKey, Entry, EntryRef, Grant, KeyRef, ListPage,
+    ListRequest, Replaced,
+};
+use crate::proto::StatusOk;
+
+impl Client {
+    pub fn create_access_key(&self, name: &str) -> Result<AccessKey, ClientError> {
+        self.post("/api/s3/keys/create", &CreateKey { name: name.to_string() })
+    }
+
+    pub fn access_keys(&self) -> Result<Vec<AccessKey>, ClientError> {
+        let keys: AccessKeys = self.get_json("/api/s3/keys")?;
+        Ok(keys.keys)
+    }
+
+    /// An access key with its secret.
+    pub fn access_key(&self, id: &str) -> Result<AccessKey, ClientError> {
+        self.post("/api/s3/keys/get", &KeyRef { id: id.to_string() })
+    }
+
+    pub fn delete_access_key(&self, id: &str) -> Result<(), ClientError> {
+        let _: StatusOk = self.post("/api/s3/keys/delete", &KeyRef { id: id.to_string() })?;
+        Ok(())
+    }
+
+    pub fn grant(&self, key: &str, bucket: &str, access: Access) -> Result<(), ClientError> {
+        let body = Grant { key: key.to_string(), bucket: bucket.to_string(), access };
+        let _: StatusOk = self.post("/api/s3/grants", &body)?;
+        Ok(())
+    }
+
+    /// The buckets `key` owns or has a grant on.
+    pub fn buckets_of(&self, key: &str) -> Result<Vec<Bucket>, ClientError> {
+        let buckets: Buckets = self.post("/api/s3/buckets/list", &KeyRef { id: key.to_string() })?;
+        Ok(buckets.buckets)
+    }
+
+    pub fn create_bucket(&self, bucket: &str, owner: &str) -> Result<Bucket, ClientError> {
+        self.post("/api/s3/buckets/create", &BucketRef { bucket: bucket.to_string(), key: owner.to_string() })
+    }
+
+    /// A bucket, with what `key` may do in it.
+    pub fn bucket(&self, bucket: &str, key: &str) -> Result<Bucket, ClientError> {
+        self.post("/api/s3/buckets/get", &BucketRef { bucket: bucket.to_string(), key: key.to_string() })
+    }
+
+    pub fn delete_bucket(&self, bucket: &str) -> Result<(), ClientError> {
+        let _: StatusOk =
+            self.post("/api/s3/buckets/delete", &BucketRef { bucket: bucket.to_string(), key: String::new() })?;
+        Ok(())
+    }
+
+    pub fn entry(&self, bucket: &str, key: &str) -> Result<Entry, ClientError> {
+        self.post("/api/s3/objects/get", &EntryRef { bucket: bucket.to_string(), key: key.to_string() })
+    }
+
+    /// Points a key at a complete object; returns the object it pointed at before.
+    pub fn put_entry(&self, entry: &Entry) -> Result<Option<String>, ClientError> {
+        let replaced: Replaced = self.post("/api/s3/objects/put", entry)?;
+        Ok(replaced.replaced)
+    }
+
+    pub fn delete_entry(&self, bucket: &str, key: &str) -> Result<Option<String>, ClientError> {
+        let replaced: Replaced =
+            self.post("/api/s3/objects/delete", &EntryRef { bucket: bucket.to_string(), key: key.to_string() })?;
+        Ok(replaced.replaced)
+    }
+
+    pub fn list_entries(&self, request: &ListRequest) -> Result<ListPage, ClientError> {
+        self.post("/api/s3/objects/list", request)
+    }
+}

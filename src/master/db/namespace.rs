@@ -1,0 +1,484 @@
+//! The S3 namespace in SQL: buckets, the keys in them (each pointing at one complete,
+//! immutable object), access keys and per-bucket grants.
+//!
+//! Entries are ordered by key as bytes (SQLite's BINARY collation compares UTF-8 as
+//! memcmp, which is S3's order), and listing walks that index: a page costs O(page), a
+//! run of keys under one common prefix is skipped with one seek past the prefix.
+
+use std::collections::BTreeMap;
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+use super::{forget_object, now_ms, object_status, MetaDb, MetaError, MetaResult};
+use crate::proto::s3::{Access, AccessKey, Bucket, Entry, ListPage, ListRequest};
+use crate::proto::ObjectId;
+
+/// The schema migration of the namespace, one step of `PRAGMA user_version`.
+pub const MIGRATION: &str = "
+    CREATE TABLE s3_keys (
+        id         TEXT PRIMARY KEY,
+        secret     TEXT NOT NULL,
+        name       TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE s3_buckets (
+        name       TEXT PRIMARY KEY,
+        owner      TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE s3_grants (
+        bucket TEXT NOT NULL REFERENCES s3_buckets (name) ON DELETE CASCADE,
+        key_id TEXT NOT NULL REFERENCES s3_keys (id) ON DELETE CASCADE,
+        access TEXT NOT NULL CHECK (access IN ('read', 'write', 'owner')),
+        PRIMARY KEY (bucket, key_id)
+    ) WITHOUT ROWID;
+    CREATE TABLE s3_entries (
+        bucket       TEXT NOT NULL REFERENCES s3_buckets (name),
+        key          TEXT NOT NULL,
+        object_id    TEXT NOT NULL,
+        size         INTEGER NOT NULL,
+        etag         TEXT NOT NULL,
+        content_type TEXT,
+        metadata     TEXT NOT NULL DEFAULT '{}',
+        modified_at  INTEGER NOT NULL,
+        PRIMARY KEY (bucket, key)
+    ) WITHOUT ROWID;";
+
+const ENTRY_COLUMNS: &str = "bucket, key, object_id, size, etag, content_type, metadata, modified_at";
+
+fn entry_from_row(row: &Row<'_>) -> rusqlite::Result<Entry> {
+    let metadata: String = row.get(6)?;
+    Ok(Entry {
+        bucket: row.get(0)?,
+        key: row.get(1)?,
+        objectid: row.get(2)?,
+        size: row.get::<_, i64>(3)? as u64,
+        etag: row.get(4)?,
+        content_type: row.get(5)?,
+        metadata: serde_json::from_str::<BTreeMap<String, String>>(&metadata).unwrap_or_default(),
+        modified_ms: row.get(7)?,
+    })
+}
+
+fn random_text(alphabet: &[u8], len: usize) -> String {
+    use rand::Rng;
+    let mut rng = rand::thread_rng();
+    (0..len).map(|_| alphabet[rng.gen_range(0..alphabet.len())] as char).collect()
+}
+
+/// The smallest string greater than every string that starts with `prefix` (which ends
+/// with a delimiter): its last character, plus one.
+fn past_prefix(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        let mut next = last as u32 + 1;
+        if (0xD800..0xE000).contains(&next) {
+            next = 0xE000;
+        }
+        if let Some(c) = char::from_u32(next) {
+            chars.push(c);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
+}
+
+fn bucket_row(conn: &Connection, name: &str) -> MetaResult<Option<(String, i64)>> {
+    Ok(conn
+        .prepare_cached("SELECT owner, created_at FROM s3_buckets WHERE name = ?1")?
+        .query_row([name], |row| Ok((row.get(0)?, row.get(1)?)))
+        .optional()?)
+}
+
+fn no_bucket(name: &str) -> MetaError {
+    MetaError::NotFound(format!("bucket {name:?} does not exist"))
+}
+
+impl MetaDb {
+    /// Creates an access key named `name`; returns it with its secret.
+    pub fn create_access_key(&self, name: &str) -> MetaResult<AccessKey> {
+        let key = AccessKey {
+            id: format!("AK{}", random_text(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", 18)),
+            name: name.to_string(),
+            secret: Some(random_text(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789", 40)),
+            created_ms: now_ms(),
+        };
+        let row = key.clone();
+        self.write(move |conn| {
+            conn.prepare_cached("INSERT INTO s3_keys (id, secret, name, created_at) VALUES (?1, ?2, ?3, ?4)")?
+                .execute(params![row.id, row.secret, row.name, row.created_ms])?;
+            Ok(())
+        })?;
+        Ok(key)
+    }
+
+    /// Every access key, without secrets, oldest first.
+    pub fn access_keys(&self) -> MetaResult<Vec<AccessKey>> {
+        self.read(|conn| {
+            let keys = conn
+                .prepare_cached("SELECT id, name, created_at FROM s3_keys ORDER BY created_at, id")?
+                .query_map([], |row| {
+                    Ok(AccessKey { id: row.get(0)?, name: row.get(1)?, secret: None, created_ms: row.get(2)? })
+                })?
+                .collect::<Result<_, _>>()?;
+            Ok(keys)
+        })
+    }
+
+    /// One access key with its secret, for the gateway to check signatures with.
+    pub fn access_key(&self, id: &str) -> MetaResult<AccessKey> {
+        self.read(|conn| {
+            conn.prepare_cached("SELECT id, name, secret, created_at FROM s3_keys WHERE id = ?1")?
+                .query_row([id], |row| {
+                    Ok(AccessKey { id: row.get(0)?, name: row.get(1)?, secret: row.get(2)?, created_ms: row.get(3)? })
+                })
+                .optional()?
+                .ok_or_else(|| MetaError::NotFound(format!("access key {id:?} does not exist")))
+        })
+    }
+
+    pub fn delete_access_key(&self, id: &str) -> MetaResult<()> {
+        let id = id.to_string();
+        self.write(move |conn| {
+            let n = conn.prepare_cached("DELETE FROM s3_keys WHERE id = ?1")?.execute([&id])?;
+            if n == 0 {
+                return Err(MetaError::NotFound(format!("access key {id:?} does not exist")));
+            }
+            Ok(())
+        })
+    }
+
+    /// Gives `key` `access` to `bucket`, replacing what it had.
+    pub fn grant(&self, key: &str, bucket: &str, access: Access) -> MetaResult<()> {
+        let (key, bucket) = (key.to_string(), bucket.to_string());
+        self.write(move |conn| {
+            bucket_row(conn, &bucket)?.ok_or_else(|| no_bucket(&bucket))?;
+            let known: Option<i64> = conn
+                .prepare_cached("SELECT 1 FROM s3_keys WHERE id = ?1")?
+                .query_row([&key], |r| r.get(0))
+                .optional()?;
+            if known.is_none() {
+                return Err(MetaError::NotFound(format!("access key {key:?} does not exist")));
+            }
+            conn.prepare_cached(
+                "INSERT INTO s3_grants (bucket, key_id, access) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (bucket, key_id) DO UPDATE SET access = ?3",
+            )?
+            .execute(params![bucket, key, access.as_str()])?;
+            Ok(())
+        })
+    }
+
+    /// Creates a bucket owned by `owner`; a name taken is a conflict that says by whom.
+    pub fn create_bucket(&self, name: &str, owner: &str) -> MetaResult<Bucket> {
+        let bucket = Bucket { name: name.to_string(), owner: owner.to_string(), created_ms: now_ms(), access: None };
+        let row = bucket.clone();
+        self.write(move |conn| {
+            if let Some((existing, _)) = bucket_row(conn, &row.name)? {
+                return Err(MetaError::Conflict(if existing == row.owner {
+                    format!("bucket {:?} already exists and is yours", row.name)
+                } else {
+                    format!("bucket {:?} already exists and belongs to someone else", row.name)
+                }));
+            }
+            conn.prepare_cached("INSERT INTO s3_buckets (name, owner, created_at) VALUES (?1, ?2, ?3)")?
+                .execute(params![row.name, row.owner, row.created_ms])?;
+            Ok(())
+        })?;
+        Ok(bucket)
+    }
+
+    /// A bucket and what `key` may do in it (its owner owns it; else its grant).
+    pub fn bucket(&self, name: &str, key: &str) -> MetaResult<Bucket> {
+        self.read(|conn| {
+            let (owner, created_ms) = bucket_row(conn, name)?.ok_or_else(|| no_bucket(name))?;
+            let access = if owner == key {
+                Some(Access::Owner)
+            } else {
+                let granted: Option<String> = conn
+                    .prepare_cached("SELECT access FROM s3_grants WHERE bucket = ?1 AND key_id = ?2")?
+                    .query_row([name, key], |row| row.get(0))
+                    .optional()?;
+                granted.and_then(|a| Access::parse(&a).ok())
+            };
+            Ok(Bucket { name: name.to_string(), owner, created_ms, access })
+        })
+    }
+
+    /// The buckets `key` owns or has a grant on, by name.
+    pub fn buckets_of(&self, key: &str) -> MetaResult<Vec<Bucket>> {
+        self.read(|conn| {
+            let buckets = conn
+                .prepare_cached(
+                    "SELECT b.name, b.owner, b.created_at, g.access FROM s3_buckets b
+                     LEFT JOIN s3_grants g ON g.bucket = b.name AND g.key_id = ?1
+                     WHERE b.owner = ?1 OR g.access IS NOT NULL ORDER BY b.name",
+                )?
+                .query_map([key], |row| {
+                    let owner: String = row.get(1)?;
+                    let granted: Option<String> = row.get(3)?;
+                    let access =
+                        if owner == key { Some(Access::Owner) } else { granted.and_then(|a| Access::parse(&a).ok()) };
+                    Ok(Bucket { name: row.get(0)?, owner, created_ms: row.get(2)?, access })
+                })?
+                .collect::<Result<_, _>>()?;
+            Ok(buckets)
+        })
+    }
+
+    /// Deletes an empty bucket and its grants.
+    pub fn delete_bucket(&self, name: &str) -> MetaResult<()> {
+        let name = name.to_string();
+        self.write(move |conn| {
+            bucket_row(conn, &name)?.ok_or_else(|| no_bucket(&name))?;
+            let any: Option<i64> = conn
+                .prepare_cached("SELECT 1 FROM s3_entries WHERE bucket = ?1 LIMIT 1")?
+                .query_row([&name], |row| row.get(0))
+                .optional()?;
+            if any.is_some() {
+                return Err(MetaError::Conflict(format!("bucket {name:?} is not empty; delete its keys first")));
+            }
+            conn.prepare_cached("DELETE FROM s3_buckets WHERE name = ?1")?.execute([&name])?;
+            Ok(())
+        })
+    }
+
+    pub fn entry(&self, bucket: &str, key: &str) -> MetaResult<Entry> {
+        self.read(|conn| {
+            bucket_row(conn, bucket)?.ok_or_else(|| no_bucket(bucket))?;
+            conn.prepare_cached(&format!("SELECT {ENTRY_COLUMNS} FROM s3_entries WHERE bucket = ?1 AND key = ?2"))?
+                .query_row([bucket, key], entry_from_row)
+                .optional()?
+                .ok_or_else(|| MetaError::NotFound(format!("key {key:?} does not exist in bucket {bucket:?}")))
+        })
+    }
+
+    /// Points `entry.key` at `entry.objectid`, a complete object of `entry.size` bytes,
+    /// in one transaction: readers see the old object or the new one, never neither. The
+    /// object the key pointed at before is deleted like any object; its id is returned.
+    pub fn put_entry(&self, mut entry: Entry) -> MetaResult<Option<String>> {
+        let id = ObjectId::parse(&entry.objectid).map_err(MetaError::Invalid)?.to_string();
+        entry.objectid = id;
+        entry.modified_ms = now_ms();
+        self.write(move |conn| {
+            bucket_row(conn, &entry.bucket)?.ok_or_else(|| no_bucket(&entry.bucket))?;
+            let object: Option<(String, i64)> = conn
+                .prepare_cached("SELECT status, size FROM objects WHERE id = ?1")?
+                .query_row([&entry.objectid], |row| Ok((row.get(0)?, row.get(1)?)))
+                .optional()?;
+            match object {
+                Some((status, size)) if status == "complete" && size as u64 == entry.size => {}
+                Some((status, size)) => return Err(MetaError::Invalid(format!(
+                    "object {} is {status} with {size} bytes; a key may only point at a complete object of its size",
+                    entry.objectid
+                ))),
+                None => return Err(MetaError::NotFound(format!("object {} not found", entry.objectid))),
+            }
+            let old: Option<String> = conn
+                .prepare_cached("SELECT object_id FROM s3_entries WHERE bucket = ?1 AND key = ?2")?
+                .query_row([&entry.bucket, &entry.key], |row| row.get(0))
+                .optional()?;
+            let metadata = serde_json::to_string(&entry.metadata).map_err(|e| MetaError::Internal(e.to_string()))?;
+            conn.prepare_cached(&format!(
+                "INSERT OR REPLACE INTO s3_entries ({ENTRY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+            ))?
+            .execute(params![
+                entry.bucket,
+                entry.key,
+                entry.objectid,
+                entry.size as i64,
+                entry.etag,
+                entry.content_type,
+                metadata,
+                entry.modified_ms
+            ])?;
+            let replaced = old.filter(|old| *old != entry.objectid);
+            if let Some(old) = &replaced {
+                forget_if_live(conn, old)?;
+            }
+            Ok(replaced)
+        })
+    }
+
+    /// Removes a key (absent is fine, as in S3) and deletes its object; returns the object id.
+    pub fn delete_entry(&self, bucket: &str, key: &str) -> MetaResult<Option<String>> {
+        let (bucket, key) = (bucket.to_string(), key.to_string());
+        self.write(move |conn| {
+            bucket_row(conn, &bucket)?.ok_or_else(|| no_bucket(&bucket))?;
+            let old: Option<String> = conn
+                .prepare_cached("DELETE FROM s3_entries WHERE bucket = ?1 AND key = ?2 RETURNING object_id")?
+                .query_row([&bucket, &key], |row| row.get(0))
+                .optional()?;
+            if let Some(old) = &old {
+                forget_if_live(conn, old)?;
+            }
+            Ok(old)
+        })
+    }
+
+    /// One page of a bucket's keys after `request.after`, in key order, with keys that
+    /// share a prefix up to the delimiter rolled into one common prefix each.
+    pub fn list_entries(&self, request: &ListRequest) -> MetaResult<ListPage> {
+        self.read(|conn| {
+            bucket_row(conn, &request.bucket)?.ok_or_else(|| no_bucket(&request.bucket))?;
+            let mut page = ListPage::default();
+            if request.max_keys == 0 {
+                return Ok(page);
+            }
+            let mut statement = conn.prepare_cached(&format!(
+                "SELECT {ENTRY_COLUMNS} FROM s3_entries WHERE bucket = ?1 AND key >= ?2 AND key > ?3
+                 ORDER BY key LIMIT ?4"
+            ))?;
+            // Keys strictly after `cursor` remain; `floor` is the first key that may be
+            // in the prefix (the prefix itself, or past a common prefix).
+            let mut floor = request.prefix.clone();
+            let mut cursor = request.after.clone();
+            let mut count = 0;
+            'seek: loop {
+                let want = (request.max_keys - count + 1) as i64;
+                let rows: Vec<Entry> = statement
+                    .query_map(params![request.bucket, floor, cursor, want], entry_from_row)?
+                    .collect::<Result<_, _>>()?;
+                let exhausted = (rows.len() as i64) < want;
+                for entry in rows {
+                    if !entry.key.starts_with(&request.prefix) {
+                        return Ok(page);
+                    }
+                    if count == request.max_keys {
+                        page.truncated = true;
+                        return Ok(page);
+                    }
+                    let rest = &entry.key[request.prefix.len()..];
+                    let split = if request.delimiter.is_empty() { None } else { rest.find(&request.delimiter) };
+                    if let Some(at) = split {
+                        let common = entry.key[..request.prefix.len() + at + request.delimiter.len()].to_string();
+                        // A page that ended on this common prefix (or inside it) has listed it.
+                        if common.as_str() > request.after.as_str() {
+                            count += 1;
+                            page.last = Some(common.clone());
+                            page.common_prefixes.push(common.clone());
+                        }
+                        match past_prefix(&common) {
+                            // One seek skips every other key under the common prefix.
+                            Some(next) => floor = next,
+                            None => return Ok(page),
+                        }
+                        continue 'seek;
+                    }
+                    count += 1;
+                    cursor = entry.key.clone();
+                    page.last = Some(entry.key.clone());
+                    page.entries.push(entry);
+                }
+                if exhausted {
+                    return Ok(page);
+                }
+            }
+        })
+    }
+}
+
+/// Deletes an object a key no longer points at, unless it is already gone.
+fn forget_if_live(conn: &Connection, id: &str) -> MetaResult<()> {
+    match object_status(conn, id)?.as_deref() {
+        None | Some("deleted") => Ok(()),
+        _ => forget_object(conn, id, now_ms()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_db(name: &str) -> MetaDb {
+        let dir = std::env::temp_dir().join(format!("aether-ns-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        MetaDb::open(&dir.join("meta.db"), 2).unwrap()
+    }
+
+    fn complete_object(db: &MetaDb, size: u64) -> String {
+        let id = ObjectId::new_random().to_string();
+        let row = id.clone();
+        db.write(move |conn| {
+            conn.execute(
+                "INSERT INTO objects (id, size, status, replication, created_at) VALUES (?1, ?2, 'complete', 1, 0)",
+                params![row, size as i64],
+            )?;
+            Ok(())
+        })
+        .unwrap();
+        id
+    }
+
+    fn put(db: &MetaDb, key: &str) -> String {
+        let objectid = complete_object(db, 1);
+        let entry = Entry {
+            bucket: "b".into(),
+            key: key.into(),
+            objectid: objectid.clone(),
+            size: 1,
+            etag: "e".into(),
+            content_type: None,
+            metadata: BTreeMap::new(),
+            modified_ms: 0,
+        };
+        db.put_entry(entry).unwrap();
+        objectid
+    }
+
+    fn list(db: &MetaDb, prefix: &str, delimiter: &str, after: &str, max_keys: usize) -> (Vec<String>, bool) {
+        let request = ListRequest {
+            bucket: "b".into(),
+            prefix: prefix.into(),
+            delimiter: delimiter.into(),
+            after: after.into(),
+            max_keys,
+        };
+        let page = db.list_entries(&request).unwrap();
+        let mut names: Vec<String> = page.entries.into_iter().map(|e| e.key).collect();
+        names.extend(page.common_prefixes);
+        names.sort();
+        (names, page.truncated)
+    }
+
+    #[test]
+    fn buckets_keys_replacement_and_listing() {
+        let db = temp_db("list");
+        let key = db.create_access_key("me").unwrap();
+        db.create_bucket("b", &key.id).unwrap();
+        assert!(matches!(db.create_bucket("b", &key.id), Err(MetaError::Conflict(m)) if m.contains("yours")));
+        assert!(matches!(db.create_bucket("b", "other"), Err(MetaError::Conflict(m)) if m.contains("someone else")));
+        assert_eq!(db.bucket("b", &key.id).unwrap().access, Some(Access::Owner));
+        assert_eq!(db.bucket("b", "stranger").unwrap().access, None);
+
+        let first = put(&db, "a/1");
+        let second = put(&db, "a/1");
+        assert_eq!(db.entry("b", "a/1").unwrap().objectid, second);
+        assert_eq!(object_status_of(&db, &first), "deleted");
+        for k in ["a/2", "a/3", "b/1", "c", "d", "e/x/y"] {
+            put(&db, k);
+        }
+        let s = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(list(&db, "", "/", "", 1000), (s(&["a/", "b/", "c", "d", "e/"]), false));
+        assert_eq!(list(&db, "", "/", "", 2), (s(&["a/", "b/"]), true));
+        assert_eq!(list(&db, "", "/", "b/", 2), (s(&["c", "d"]), true));
+        assert_eq!(list(&db, "", "/", "a/2", 2), (s(&["b/", "c"]), true));
+        assert_eq!(list(&db, "a/", "/", "", 2), (s(&["a/1", "a/2"]), true));
+        assert_eq!(list(&db, "a/", "", "a/2", 5), (s(&["a/3"]), false));
+        assert_eq!(list(&db, "e/", "/", "", 5), (s(&["e/x/"]), false));
+        assert_eq!(list(&db, "", "", "", 0), (s(&[]), false));
+
+        assert!(matches!(db.delete_bucket("b"), Err(MetaError::Conflict(_))));
+        for k in ["a/1", "a/2", "a/3", "b/1", "c", "d", "e/x/y"] {
+            assert!(db.delete_entry("b", k).unwrap().is_some());
+        }
+        assert_eq!(db.delete_entry("b", "c").unwrap(), None);
+        db.delete_bucket("b").unwrap();
+        assert!(matches!(db.entry("b", "c"), Err(MetaError::NotFound(_))));
+    }
+
+    fn object_status_of(db: &MetaDb, id: &str) -> String {
+        db.read(|conn| Ok(object_status(conn, id)?.unwrap_or_default())).unwrap()
+    }
+}
