@@ -273,11 +273,11 @@ impl Client {
     /// down a chain of datanodes; nodes the chain lost are replaced by new ones from the
     /// master (reading the bytes again through `open`), then the upload is completed,
     /// which the master grants only once enough replicas are confirmed by their nodes.
-    pub fn upload(
+    pub fn upload<R: Read>(
         &self,
         len: u64,
         replication: Option<usize>,
-        open: &mut dyn FnMut() -> io::Result<Box<dyn Read + Send>>,
+        open: &mut dyn FnMut() -> io::Result<R>,
     ) -> Result<Uploaded, ClientError> {
         let placement = self.init_upload(len, replication)?;
         let id = ObjectId::parse(&placement.objectid)

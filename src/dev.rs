@@ -1,6 +1,7 @@
 //! `aether dev`: a whole local cluster in one process, a master and N datanodes on
 //! loopback ports with their data under one directory, for trying AetherStore out and
-//! running the original curl walk-through. Ctrl-C stops it cleanly.
+//! running the original curl walk-through. Ctrl-C stops it cleanly. An S3 gateway runs
+//! beside them (on the master's port + 100) with an access key named `dev` ready.
 
 use std::io;
 use std::path::PathBuf;
@@ -9,6 +10,8 @@ use std::time::{Duration, Instant};
 use crate::client::Client;
 use crate::datanode::{Datanode, DatanodeConfig};
 use crate::master::{Master, MasterConfig};
+use crate::proto::s3::AccessKey;
+use crate::s3::{Gateway, GatewayConfig};
 
 #[derive(Debug, Clone)]
 pub struct DevConfig {
@@ -44,6 +47,11 @@ pub struct DevCluster {
     master: Master,
     datanodes: Vec<Datanode>,
     pub master_url: String,
+    gateway: Gateway,
+    pub s3_url: String,
+    pub s3_region: String,
+    /// The access key named `dev`, with its secret: created on the first start.
+    pub s3_key: AccessKey,
 }
 
 impl DevCluster {
@@ -77,7 +85,7 @@ impl DevCluster {
             datanodes.push(Datanode::start(node_config, agent.clone())?);
         }
 
-        let client = Client::new(agent, &master_url);
+        let client = Client::new(agent.clone(), &master_url);
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             let registered = client.nodes().map(|nodes| nodes.len()).unwrap_or(0);
@@ -92,7 +100,11 @@ impl DevCluster {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Ok(DevCluster { master, datanodes, master_url })
+        let (gateway, s3_key) = start_gateway(config, &client, agent)?;
+        let s3_port = gateway.local_addr().port();
+        let s3_url = format!("http://{}:{s3_port}", if config.port == 0 { "127.0.0.1" } else { "localhost" });
+        let s3_region = "us-east-1".to_string();
+        Ok(DevCluster { master, datanodes, master_url, gateway, s3_url, s3_region, s3_key })
     }
 
     /// What runs where, for the person who started the cluster.
@@ -111,16 +123,45 @@ impl DevCluster {
             "Try it:  echo hello > hello.txt && cargo run --release -- put hello.txt --master {}\n",
             self.master_url
         ));
+        text.push_str(&format!(
+            "  s3          {:<28} region {}, access key {} secret {}\n",
+            self.s3_url,
+            self.s3_region,
+            self.s3_key.id,
+            self.s3_key.secret.as_deref().unwrap_or_default()
+        ));
+        text.push_str(&format!(
+            "Try S3:  AWS_ACCESS_KEY_ID={} AWS_SECRET_ACCESS_KEY={} aws --endpoint-url {} --region {} s3 mb s3://demo\n",
+            self.s3_key.id,
+            self.s3_key.secret.as_deref().unwrap_or_default(),
+            self.s3_url,
+            self.s3_region
+        ));
         text.push_str("Stop it: press Ctrl-C\n");
         text
     }
 
     pub fn shutdown(self) {
+        self.gateway.shutdown();
         for node in self.datanodes {
             node.shutdown();
         }
         self.master.shutdown();
     }
+}
+
+/// Starts the dev cluster's S3 gateway (master port + 100) and finds or creates the
+/// access key named `dev`.
+fn start_gateway(config: &DevConfig, client: &Client, agent: ureq::Agent) -> io::Result<(Gateway, AccessKey)> {
+    let existing = client.access_keys().map_err(io::Error::other)?.into_iter().find(|k| k.name == "dev");
+    let key = match existing {
+        Some(key) => client.access_key(&key.id),
+        None => client.create_access_key("dev"),
+    }
+    .map_err(io::Error::other)?;
+    let port = if config.port == 0 { 0 } else { config.port.saturating_add(100) };
+    let gateway = Gateway::start(GatewayConfig::new(&format!("127.0.0.1:{port}"), client.master()), agent)?;
+    Ok((gateway, key))
 }
 
 /// Runs a dev cluster until Ctrl-C (or SIGTERM).

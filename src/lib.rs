@@ -13,6 +13,7 @@ pub mod http;
 pub mod log;
 pub mod master;
 pub mod proto;
+pub mod s3;
 
 /// What this binary is: the package version and the git commit it was built from, e.g.
 /// `0.1.0 (27a3cbf1e2)`; `unknown` for a build outside a git checkout.

@@ -15,6 +15,7 @@ use aetherstore::datanode::{Datanode, DatanodeConfig};
 use aetherstore::dev::{self, DevConfig};
 use aetherstore::log;
 use aetherstore::master::{Master, MasterConfig};
+use aetherstore::s3::{Gateway, GatewayConfig};
 
 #[derive(FromArgs)]
 /// AetherStore: a distributed object store. Start a local cluster with `aether dev`.
@@ -39,6 +40,8 @@ enum Command {
     Nodes(NodesArgs),
     Cluster(ClusterArgs),
     Bench(BenchArgs),
+    S3(S3Args),
+    Key(KeyArgs),
 }
 
 #[derive(FromArgs)]
@@ -156,6 +159,94 @@ struct DatanodeArgs {
     /// log format: text, or json for one object per line (env AETHER_LOG_FORMAT; default text)
     #[argh(option)]
     log_format: Option<String>,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand, name = "s3")]
+/// Run an S3-compatible endpoint (stateless; run as many as you like).
+struct S3Args {
+    /// address to listen on (env AETHER_LISTEN; default 0.0.0.0:9000)
+    #[argh(option)]
+    listen: Option<String>,
+    /// master URL (env AETHER_MASTER; default http://127.0.0.1:42100)
+    #[argh(option)]
+    master: Option<String>,
+    /// region reported to clients (env AETHER_REGION; default us-east-1)
+    #[argh(option)]
+    region: Option<String>,
+    /// requests handled at once (env AETHER_THREADS; default 64)
+    #[argh(option)]
+    threads: Option<usize>,
+    /// shared secret of the cluster, sent to the master (env AETHER_CLUSTER_TOKEN; default none)
+    #[argh(option)]
+    cluster_token: Option<String>,
+    /// log level: error, warn, info or debug (env AETHER_LOG; default info)
+    #[argh(option)]
+    log_level: Option<String>,
+    /// log format: text, or json for one object per line (env AETHER_LOG_FORMAT; default text)
+    #[argh(option)]
+    log_format: Option<String>,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand, name = "key")]
+/// Manage S3 access keys: create, list, delete, grant.
+struct KeyArgs {
+    #[argh(subcommand)]
+    command: KeyCommand,
+    /// master URL (env AETHER_MASTER; default http://127.0.0.1:42100)
+    #[argh(option)]
+    master: Option<String>,
+    /// shared secret of the cluster (env AETHER_CLUSTER_TOKEN; default none)
+    #[argh(option)]
+    cluster_token: Option<String>,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand)]
+enum KeyCommand {
+    Create(KeyCreateArgs),
+    List(KeyListArgs),
+    Delete(KeyDeleteArgs),
+    Grant(KeyGrantArgs),
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand, name = "create")]
+/// Create an access key; prints its id and secret.
+struct KeyCreateArgs {
+    /// a name to remember the key by
+    #[argh(positional)]
+    name: String,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand, name = "list")]
+/// List the access keys (without secrets).
+struct KeyListArgs {}
+
+#[derive(FromArgs)]
+#[argh(subcommand, name = "delete")]
+/// Delete an access key.
+struct KeyDeleteArgs {
+    /// the access key id
+    #[argh(positional)]
+    id: String,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand, name = "grant")]
+/// Let an access key read, write or own a bucket.
+struct KeyGrantArgs {
+    /// the access key id
+    #[argh(positional)]
+    key: String,
+    /// the bucket
+    #[argh(positional)]
+    bucket: String,
+    /// read, write or owner
+    #[argh(positional)]
+    access: String,
 }
 
 #[derive(FromArgs)]
@@ -413,6 +504,30 @@ fn run(command: Command) -> Result<(), String> {
         }
         Command::Cluster(args) => {
             print!("{}", cli::cluster(&client_for(args.master))?);
+            Ok(())
+        }
+        Command::S3(args) => {
+            init_log(args.log_level, args.log_format)?;
+            let listen = setting(args.listen, "AETHER_LISTEN").unwrap_or_else(|| "0.0.0.0:9000".into());
+            let master = setting(args.master, "AETHER_MASTER").unwrap_or_else(|| DEFAULT_MASTER.to_string());
+            let mut config = GatewayConfig::new(&listen, &master);
+            config.region = setting(args.region, "AETHER_REGION").unwrap_or(config.region);
+            config.threads = parsed(args.threads, "AETHER_THREADS", config.threads)?;
+            config.cluster_token = setting(args.cluster_token, "AETHER_CLUSTER_TOKEN");
+            let gateway = Gateway::start(config, client::agent()).map_err(|e| e.to_string())?;
+            wait_for_stop_signal()?;
+            gateway.shutdown();
+            Ok(())
+        }
+        Command::Key(args) => {
+            let client = client_for(args.master).with_token(setting(args.cluster_token, "AETHER_CLUSTER_TOKEN"));
+            let out = match args.command {
+                KeyCommand::Create(a) => cli::keys::create(&client, &a.name)?,
+                KeyCommand::List(_) => cli::keys::list(&client)?,
+                KeyCommand::Delete(a) => cli::keys::delete(&client, &a.id)?,
+                KeyCommand::Grant(a) => cli::keys::grant(&client, &a.key, &a.bucket, &a.access)?,
+            };
+            print!("{out}");
             Ok(())
         }
         Command::Bench(args) => {

@@ -1,11 +1,13 @@
 //! `Client` calls of the master's S3 namespace API, for the gateway and `aether key`.
 
-use super::{Client, ClientError};
+use std::io::Read;
+
+use super::{from_ureq, Client, ClientError};
 use crate::proto::s3::{
     Access, AccessKey, AccessKeys, Bucket, BucketRef, Buckets, CreateKey, Entry, EntryRef, Grant, KeyRef, ListPage,
     ListRequest, Replaced,
 };
-use crate::proto::StatusOk;
+use crate::proto::{ObjectId, StatusOk};
 
 impl Client {
     pub fn create_access_key(&self, name: &str) -> Result<AccessKey, ClientError> {
@@ -72,5 +74,34 @@ impl Client {
 
     pub fn list_entries(&self, request: &ListRequest) -> Result<ListPage, ClientError> {
         self.post("/api/s3/objects/list", request)
+    }
+}
+
+impl Client {
+    /// Opens an object's bytes (or the bytes `first..=last` of it) on the first replica
+    /// that answers, for a caller that streams them on. The datanode verifies its copy.
+    pub fn open_object(
+        &self,
+        id: &ObjectId,
+        range: Option<(u64, u64)>,
+    ) -> Result<Box<dyn Read + Send + Sync>, ClientError> {
+        let info = self.object(id)?;
+        let mut failures = Vec::new();
+        for node in &info.replicas {
+            let url = format!("{}/objects/{id}", node.trim_end_matches('/'));
+            let mut request = self.agent.get(&url);
+            if let Some((first, last)) = range {
+                request = request.set("Range", &format!("bytes={first}-{last}"));
+            }
+            match request.call() {
+                Ok(response) if range.is_none() || response.status() == 206 => return Ok(response.into_reader()),
+                Ok(response) => failures.push(format!("{node}: answered {} to a range", response.status())),
+                Err(e) => failures.push(format!("{node}: {}", from_ureq(&url, e).reason())),
+            }
+        }
+        if failures.is_empty() {
+            failures.push("no confirmed replica".to_string());
+        }
+        Err(ClientError::NoReplica { message: format!("no replica of {id} answered ({})", failures.join("; ")) })
     }
 }

@@ -268,10 +268,12 @@ impl MetaDb {
                 .optional()?;
             match object {
                 Some((status, size)) if status == "complete" && size as u64 == entry.size => {}
-                Some((status, size)) => return Err(MetaError::Invalid(format!(
+                Some((status, size)) => {
+                    return Err(MetaError::Invalid(format!(
                     "object {} is {status} with {size} bytes; a key may only point at a complete object of its size",
                     entry.objectid
-                ))),
+                )))
+                }
                 None => return Err(MetaError::NotFound(format!("object {} not found", entry.objectid))),
             }
             let old: Option<String> = conn

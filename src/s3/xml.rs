@@ -1,0 +1,154 @@
+//! The XML bodies the gateway answers with: errors, bucket lists, object listings,
+//! locations. Text is escaped by quick-xml; keys are percent-encoded when the client
+//! asked for `encoding-type=url`.
+
+use quick_xml::escape::escape;
+
+use super::error::S3Error;
+use crate::proto::s3::{Bucket, Entry};
+
+const NAMESPACE: &str = "http://s3.amazonaws.com/doc/2006-03-01/";
+const HEADER: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n";
+
+/// An XML document under construction.
+struct Xml(String);
+
+impl Xml {
+    fn root(name: &str) -> Xml {
+        Xml(format!("{HEADER}<{name} xmlns=\"{NAMESPACE}\">"))
+    }
+    fn open(&mut self, name: &str) {
+        self.0.push_str(&format!("<{name}>"));
+    }
+    fn close(&mut self, name: &str) {
+        self.0.push_str(&format!("</{name}>"));
+    }
+    fn text(&mut self, name: &str, value: &str) {
+        self.0.push_str(&format!("<{name}>{}</{name}>", escape(value)));
+    }
+    fn end(mut self, name: &str) -> Vec<u8> {
+        self.close(name);
+        self.0.into_bytes()
+    }
+}
+
+/// Times as S3 lists them: `2009-10-12T17:50:30.000Z`.
+pub fn iso8601(unix_ms: i64) -> String {
+    let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(unix_ms.max(0) as u64);
+    humantime::format_rfc3339_millis(time).to_string()
+}
+
+pub fn error(e: &S3Error, resource: &str, request_id: &str) -> Vec<u8> {
+    let mut xml = Xml(format!("{HEADER}<Error>"));
+    xml.text("Code", e.code);
+    xml.text("Message", &e.message);
+    xml.text("Resource", resource);
+    xml.text("RequestId", request_id);
+    xml.end("Error")
+}
+
+pub fn list_buckets(owner_id: &str, owner_name: &str, buckets: &[Bucket]) -> Vec<u8> {
+    let mut xml = Xml::root("ListAllMyBucketsResult");
+    xml.open("Owner");
+    xml.text("ID", owner_id);
+    xml.text("DisplayName", owner_name);
+    xml.close("Owner");
+    xml.open("Buckets");
+    for bucket in buckets {
+        xml.open("Bucket");
+        xml.text("Name", &bucket.name);
+        xml.text("CreationDate", &iso8601(bucket.created_ms));
+        xml.close("Bucket");
+    }
+    xml.close("Buckets");
+    xml.end("ListAllMyBucketsResult")
+}
+
+pub fn location(region: &str) -> Vec<u8> {
+    // us-east-1 is the one region S3 answers as an empty constraint.
+    let region = if region == "us-east-1" { "" } else { region };
+    format!("{HEADER}<LocationConstraint xmlns=\"{NAMESPACE}\">{}</LocationConstraint>", escape(region)).into_bytes()
+}
+
+/// What a listing answers, for both versions of ListObjects.
+pub struct Listing<'a> {
+    pub bucket: &'a str,
+    pub prefix: &'a str,
+    pub delimiter: &'a str,
+    pub max_keys: usize,
+    pub entries: &'a [Entry],
+    pub common_prefixes: &'a [String],
+    pub truncated: bool,
+    /// `encoding-type=url`: keys and prefixes percent-encoded.
+    pub url_encoded: bool,
+}
+
+impl Listing<'_> {
+    fn encode(&self, text: &str) -> String {
+        if self.url_encoded {
+            super::sigv4::uri_encode(text, true)
+        } else {
+            text.to_string()
+        }
+    }
+
+    fn head(&self, xml: &mut Xml) {
+        xml.text("Name", self.bucket);
+        xml.text("Prefix", &self.encode(self.prefix));
+        if !self.delimiter.is_empty() {
+            xml.text("Delimiter", &self.encode(self.delimiter));
+        }
+        xml.text("MaxKeys", &self.max_keys.to_string());
+        if self.url_encoded {
+            xml.text("EncodingType", "url");
+        }
+        xml.text("IsTruncated", if self.truncated { "true" } else { "false" });
+    }
+
+    fn body(&self, xml: &mut Xml) {
+        for entry in self.entries {
+            xml.open("Contents");
+            xml.text("Key", &self.encode(&entry.key));
+            xml.text("LastModified", &iso8601(entry.modified_ms));
+            xml.text("ETag", &format!("\"{}\"", entry.etag));
+            xml.text("Size", &entry.size.to_string());
+            xml.text("StorageClass", "STANDARD");
+            xml.close("Contents");
+        }
+        for prefix in self.common_prefixes {
+            xml.open("CommonPrefixes");
+            xml.text("Prefix", &self.encode(prefix));
+            xml.close("CommonPrefixes");
+        }
+    }
+
+    /// ListObjects (v1): `marker` as asked, `next_marker` when truncated.
+    pub fn v1(&self, marker: &str, next_marker: Option<&str>) -> Vec<u8> {
+        let mut xml = Xml::root("ListBucketResult");
+        self.head(&mut xml);
+        xml.text("Marker", &self.encode(marker));
+        if let Some(next) = next_marker.filter(|_| self.truncated) {
+            xml.text("NextMarker", &self.encode(next));
+        }
+        self.body(&mut xml);
+        xml.end("ListBucketResult")
+    }
+
+    /// ListObjectsV2: tokens are opaque to the client.
+    pub fn v2(&self, token: Option<&str>, next_token: Option<&str>, start_after: Option<&str>) -> Vec<u8> {
+        let mut xml = Xml::root("ListBucketResult");
+        self.head(&mut xml);
+        xml.text("KeyCount", &(self.entries.len() + self.common_prefixes.len()).to_string());
+        if let Some(token) = token {
+            xml.text("ContinuationToken", token);
+        }
+        if let Some(next) = next_token.filter(|_| self.truncated) {
+            xml.text("NextContinuationToken", next);
+        }
+        if let Some(start_after) = start_after {
+            xml.text("StartAfter", &self.encode(start_after));
+        }
+        self.body(&mut xml);
+        xml.end("ListBucketResult")
+    }
+}
