@@ -323,7 +323,9 @@ impl GatewayState {
         } else {
             Box::new(io::empty())
         };
-        Ok(Response::new(StatusCode(status), headers, reader, Some(length as usize), None))
+        // Content-Length always (a HEAD must say the size; clients check it), never chunked.
+        Ok(Response::new(StatusCode(status), headers, reader, Some(length as usize), None)
+            .with_chunked_threshold(usize::MAX))
     }
 
     fn delete_object(&self, context: &Context<'_>, bucket: &str, key: &str) -> Result<Reply, S3Error> {

@@ -67,7 +67,12 @@ impl Gateway {
         let http = HttpServer::start(&config.listen, config.threads, "s3", move |request| state.handle(request))?;
         log::info(
             "s3",
-            &format!("S3 endpoint on http://{}, region {}, master {}", http.local_addr(), config.region, config.master),
+            &format!(
+                "listening on http://{} (S3), region {}, master {}",
+                http.local_addr(),
+                config.region,
+                config.master
+            ),
         );
         Ok(Gateway { http })
     }

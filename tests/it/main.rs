@@ -7,4 +7,5 @@ mod cli;
 mod cluster;
 mod durability;
 mod healing;
+mod s3;
 mod tidy;

@@ -1,0 +1,339 @@
+"""The S3 gateway through boto3 at its current version, with its default checksum
+behaviour, plus raw SigV4 requests for what boto3 does not send over plain HTTP
+(signed aws-chunked bodies, clock skew).
+
+Run by tests/it/s3.rs against real processes. Environment: S3_ENDPOINT, S3_KEY,
+S3_SECRET (a key that may create buckets), S3_KEY2, S3_SECRET2 (a key with no grants).
+"""
+
+import datetime
+import hashlib
+import hmac
+import http.client
+import os
+import unittest
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+
+import boto3
+import botocore
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+ENDPOINT = os.environ["S3_ENDPOINT"]
+KEY, SECRET = os.environ["S3_KEY"], os.environ["S3_SECRET"]
+KEY2, SECRET2 = os.environ["S3_KEY2"], os.environ["S3_SECRET2"]
+REGION = "us-east-1"
+
+
+def client(key=KEY, secret=SECRET):
+    return boto3.client(
+        "s3",
+        endpoint_url=ENDPOINT,
+        region_name=REGION,
+        aws_access_key_id=key,
+        aws_secret_access_key=secret,
+        config=Config(retries={"max_attempts": 1}, s3={"addressing_style": "path"}, signature_version="s3v4"),
+    )
+
+
+def error_of(call):
+    """The (code, HTTP status) of the ClientError `call` raises."""
+    try:
+        call()
+    except ClientError as e:
+        return e.response["Error"]["Code"], e.response["ResponseMetadata"]["HTTPStatusCode"]
+    raise AssertionError("the call succeeded")
+
+
+def new_bucket(s3, stem):
+    name = f"{stem}-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(Bucket=name)
+    return name
+
+
+def signed_request(method, path, body=b"", headers=None, payload_hash=None, amz_date=None, chunk=None):
+    """A raw SigV4 request (header auth), written from the AWS specification; `chunk`
+    sends `body` as STREAMING-AWS4-HMAC-SHA256-PAYLOAD in chunks of that size."""
+    url = urllib.parse.urlparse(ENDPOINT)
+    amz_date = amz_date or datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    headers = {k.lower(): v for k, v in (headers or {}).items()}
+    headers["host"] = url.netloc
+    headers["x-amz-date"] = amz_date
+    if chunk:
+        payload_hash = "STREAMING-AWS4-HMAC-SHA256-PAYLOAD"
+        headers["content-encoding"] = "aws-chunked"
+        headers["x-amz-decoded-content-length"] = str(len(body))
+    payload_hash = payload_hash or hashlib.sha256(body).hexdigest()
+    headers["x-amz-content-sha256"] = payload_hash
+    scope = f"{amz_date[:8]}/{REGION}/s3/aws4_request"
+    signed = sorted(headers)
+    canonical = "\n".join(
+        [
+            method,
+            urllib.parse.quote(path, safe="/~"),
+            "",
+            "".join(f"{name}:{headers[name].strip()}\n" for name in signed),
+            ";".join(signed),
+            payload_hash,
+        ]
+    )
+    digest = lambda key, msg: hmac.new(key, msg.encode(), hashlib.sha256).digest()
+    signing_key = digest(digest(digest(digest(("AWS4" + SECRET).encode(), amz_date[:8]), REGION), "s3"), "aws4_request")
+    to_sign = "\n".join(["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()])
+    signature = hmac.new(signing_key, to_sign.encode(), hashlib.sha256).hexdigest()
+    headers["authorization"] = (
+        f"AWS4-HMAC-SHA256 Credential={KEY}/{scope}, SignedHeaders={';'.join(signed)}, Signature={signature}"
+    )
+    if chunk:
+        framed, previous = b"", signature
+        pieces = [body[i : i + chunk] for i in range(0, len(body), chunk)] + [b""]
+        for piece in pieces:
+            to_sign = "\n".join(
+                [
+                    "AWS4-HMAC-SHA256-PAYLOAD",
+                    amz_date,
+                    scope,
+                    previous,
+                    hashlib.sha256(b"").hexdigest(),
+                    hashlib.sha256(piece).hexdigest(),
+                ]
+            )
+            previous = hmac.new(signing_key, to_sign.encode(), hashlib.sha256).hexdigest()
+            framed += b"%x;chunk-signature=%s\r\n%s\r\n" % (len(piece), previous.encode(), piece)
+        body = framed
+    connection = http.client.HTTPConnection(url.hostname, url.port, timeout=60)
+    connection.request(method, path, body=body, headers=headers)
+    try:
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+class Buckets(unittest.TestCase):
+    def test_create_list_head_locate_delete(self):
+        s3 = client()
+        name = new_bucket(s3, "buckets")
+        self.assertEqual(error_of(lambda: s3.create_bucket(Bucket=name)), ("BucketAlreadyOwnedByYou", 409))
+        self.assertEqual(error_of(lambda: client(KEY2, SECRET2).create_bucket(Bucket=name)), ("BucketAlreadyExists", 409))
+        self.assertEqual(error_of(lambda: s3.create_bucket(Bucket="ab")), ("InvalidBucketName", 400))
+        self.assertIn(name, [b["Name"] for b in s3.list_buckets()["Buckets"]])
+        s3.head_bucket(Bucket=name)
+        self.assertIsNone(s3.get_bucket_location(Bucket=name).get("LocationConstraint"))
+        s3.put_object(Bucket=name, Key="k", Body=b"x")
+        self.assertEqual(error_of(lambda: s3.delete_bucket(Bucket=name)), ("BucketNotEmpty", 409))
+        s3.delete_object(Bucket=name, Key="k")
+        s3.delete_bucket(Bucket=name)
+        self.assertEqual(error_of(lambda: s3.head_bucket(Bucket=name)), ("404", 404))
+        self.assertEqual(error_of(lambda: s3.list_objects_v2(Bucket=name)), ("NoSuchBucket", 404))
+
+
+class Objects(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.s3 = client()
+        cls.bucket = new_bucket(cls.s3, "objects")
+
+    def test_small_put_get_head_overwrite_delete(self):
+        s3, b = self.s3, self.bucket
+        body = b"hello, aether"
+        put = s3.put_object(Bucket=b, Key="dir/hello.txt", Body=body, ContentType="text/plain", Metadata={"colour": "blue"})
+        self.assertEqual(put["ETag"], '"%s"' % hashlib.md5(body).hexdigest())
+        got = s3.get_object(Bucket=b, Key="dir/hello.txt")
+        self.assertEqual(got["Body"].read(), body)
+        self.assertEqual(got["ContentType"], "text/plain")
+        self.assertEqual(got["Metadata"], {"colour": "blue"})
+        head = s3.head_object(Bucket=b, Key="dir/hello.txt")
+        self.assertEqual(head["ContentLength"], len(body))
+        self.assertEqual(head["ETag"], put["ETag"])
+        self.assertIsNotNone(head["LastModified"])
+        s3.put_object(Bucket=b, Key="dir/hello.txt", Body=b"replaced")
+        self.assertEqual(s3.get_object(Bucket=b, Key="dir/hello.txt")["Body"].read(), b"replaced")
+        s3.put_object(Bucket=b, Key="empty", Body=b"")
+        self.assertEqual(s3.get_object(Bucket=b, Key="empty")["Body"].read(), b"")
+        self.assertEqual(s3.head_object(Bucket=b, Key="empty")["ContentLength"], 0)
+        s3.delete_object(Bucket=b, Key="dir/hello.txt")
+        s3.delete_object(Bucket=b, Key="dir/hello.txt")  # absent: still 204, as in S3
+        self.assertEqual(error_of(lambda: s3.get_object(Bucket=b, Key="dir/hello.txt")), ("NoSuchKey", 404))
+        self.assertEqual(error_of(lambda: s3.head_object(Bucket=b, Key="dir/hello.txt")), ("404", 404))
+
+    def test_keys_with_odd_characters(self):
+        s3, b = self.s3, self.bucket
+        for key in ["a b/c+d=e&f", "ünïcødé/ключ", "x%2Fy", "tilde~and*star"]:
+            s3.put_object(Bucket=b, Key=key, Body=key.encode())
+            self.assertEqual(s3.get_object(Bucket=b, Key=key)["Body"].read(), key.encode(), key)
+        listed = [o["Key"] for o in s3.list_objects_v2(Bucket=b)["Contents"]]
+        for key in ["a b/c+d=e&f", "ünïcødé/ключ", "x%2Fy", "tilde~and*star"]:
+            self.assertIn(key, listed)
+
+    def test_20_mib_streams_both_ways(self):
+        s3, b = self.s3, self.bucket
+        body = os.urandom(20 << 20)
+        put = s3.put_object(Bucket=b, Key="big", Body=body)
+        self.assertEqual(put["ETag"], '"%s"' % hashlib.md5(body).hexdigest())
+        got = s3.get_object(Bucket=b, Key="big")["Body"].read()
+        self.assertEqual(len(got), len(body))
+        self.assertEqual(hashlib.sha256(got).digest(), hashlib.sha256(body).digest())
+
+    def test_ranges(self):
+        s3, b = self.s3, self.bucket
+        body = bytes(range(50))
+        s3.put_object(Bucket=b, Key="ranged", Body=body)
+        part = s3.get_object(Bucket=b, Key="ranged", Range="bytes=10-19")
+        self.assertEqual(part["Body"].read(), body[10:20])
+        self.assertEqual(part["ContentRange"], "bytes 10-19/50")
+        self.assertEqual(s3.get_object(Bucket=b, Key="ranged", Range="bytes=-5")["Body"].read(), body[-5:])
+        self.assertEqual(s3.get_object(Bucket=b, Key="ranged", Range="bytes=45-")["Body"].read(), body[45:])
+        self.assertEqual(error_of(lambda: s3.get_object(Bucket=b, Key="ranged", Range="bytes=50-")), ("InvalidRange", 416))
+
+    def test_aws_chunked_with_crc32_trailer_as_sdks_send_it_over_https(self):
+        # boto3 sends STREAMING-UNSIGNED-PAYLOAD-TRAILER only over TLS; this switches
+        # its own checksum context to the trailer, so its real code frames the body.
+        s3 = client()
+        sent = {}
+
+        def use_trailer(params, **kwargs):
+            algorithm = params["context"].get("checksum", {}).get("request_algorithm")
+            if isinstance(algorithm, dict):
+                algorithm["in"] = "trailer"
+
+        def record(request, **kwargs):
+            sent.update({k.lower(): v.decode() if isinstance(v, bytes) else v for k, v in request.headers.items()})
+
+        s3.meta.events.register("before-call.s3.PutObject", use_trailer)
+        s3.meta.events.register("before-send.s3.PutObject", record)
+        body = os.urandom(3 << 20) + b"tail"
+        put = s3.put_object(Bucket=self.bucket, Key="trailer", Body=body)
+        self.assertEqual(sent["x-amz-content-sha256"], "STREAMING-UNSIGNED-PAYLOAD-TRAILER")
+        self.assertEqual(sent["x-amz-trailer"], "x-amz-checksum-crc32")
+        self.assertEqual(put["ETag"], '"%s"' % hashlib.md5(body).hexdigest())
+        got = self.s3.get_object(Bucket=self.bucket, Key="trailer")["Body"].read()
+        self.assertEqual(got, body, "the aws-chunked framing reached the stored bytes")
+
+    def test_signed_aws_chunked_and_a_forged_chunk(self):
+        body = os.urandom(200_000)
+        status, _ = signed_request("PUT", f"/{self.bucket}/chunked", body=body, chunk=65536)
+        self.assertEqual(status, 200)
+        self.assertEqual(self.s3.get_object(Bucket=self.bucket, Key="chunked")["Body"].read(), body)
+
+        real_urandom = body
+        forged = bytearray(real_urandom)
+        # Sign one body, send another: the gateway must refuse and store nothing.
+        original = http.client.HTTPConnection.request
+
+        def tamper(conn, method, url, body=None, headers=None, **kw):
+            body = body.replace(real_urandom[70_000:70_010], b"X" * 10, 1)
+            return original(conn, method, url, body=body, headers=headers, **kw)
+
+        http.client.HTTPConnection.request = tamper
+        try:
+            status, text = signed_request("PUT", f"/{self.bucket}/forged", body=bytes(forged), chunk=65536)
+        finally:
+            http.client.HTTPConnection.request = original
+        self.assertEqual(status, 403, text)
+        self.assertIn(b"SignatureDoesNotMatch", text)
+        self.assertEqual(error_of(lambda: self.s3.head_object(Bucket=self.bucket, Key="forged")), ("404", 404))
+
+    def test_a_body_that_does_not_match_its_signed_hash_is_refused(self):
+        status, text = signed_request(
+            "PUT", f"/{self.bucket}/mismatch", body=b"the real body", payload_hash=hashlib.sha256(b"other").hexdigest()
+        )
+        self.assertEqual(status, 400, text)
+        self.assertIn(b"XAmzContentSHA256Mismatch", text)
+        self.assertEqual(error_of(lambda: self.s3.head_object(Bucket=self.bucket, Key="mismatch")), ("404", 404))
+
+    def test_presigned_urls(self):
+        url = self.s3.generate_presigned_url("put_object", Params={"Bucket": self.bucket, "Key": "presigned"}, ExpiresIn=300)
+        request = urllib.request.Request(url, data=b"presigned body", method="PUT")
+        self.assertEqual(urllib.request.urlopen(request).status, 200)
+        url = self.s3.generate_presigned_url("get_object", Params={"Bucket": self.bucket, "Key": "presigned"}, ExpiresIn=300)
+        self.assertEqual(urllib.request.urlopen(url).read(), b"presigned body")
+        with self.assertRaises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(url.replace("X-Amz-Signature=", "X-Amz-Signature=0"))
+        self.assertEqual(refused.exception.code, 403)
+
+
+class Listing(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.s3 = client()
+        cls.bucket = new_bucket(cls.s3, "listing")
+        cls.keys = ["a/1", "a/2", "a/3", "a/b/1", "b/1", "c", "d", "e/x/y"]
+        for key in cls.keys:
+            cls.s3.put_object(Bucket=cls.bucket, Key=key, Body=key.encode())
+
+    def test_v2_everything_in_pages(self):
+        pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, PaginationConfig={"PageSize": 3})
+        keys = [o["Key"] for page in pages for o in page.get("Contents", [])]
+        self.assertEqual(keys, self.keys)
+
+    def test_v2_delimiter_prefix_and_tokens(self):
+        s3, b = self.s3, self.bucket
+        first = s3.list_objects_v2(Bucket=b, Delimiter="/", MaxKeys=2)
+        self.assertEqual([p["Prefix"] for p in first["CommonPrefixes"]], ["a/", "b/"])
+        self.assertEqual(first["KeyCount"], 2)
+        self.assertTrue(first["IsTruncated"])
+        second = s3.list_objects_v2(Bucket=b, Delimiter="/", MaxKeys=2, ContinuationToken=first["NextContinuationToken"])
+        self.assertEqual([o["Key"] for o in second["Contents"]], ["c", "d"])
+        third = s3.list_objects_v2(Bucket=b, Delimiter="/", MaxKeys=2, ContinuationToken=second["NextContinuationToken"])
+        self.assertEqual([p["Prefix"] for p in third["CommonPrefixes"]], ["e/"])
+        self.assertFalse(third["IsTruncated"])
+        under_a = s3.list_objects_v2(Bucket=b, Prefix="a/", Delimiter="/")
+        self.assertEqual([o["Key"] for o in under_a["Contents"]], ["a/1", "a/2", "a/3"])
+        self.assertEqual([p["Prefix"] for p in under_a["CommonPrefixes"]], ["a/b/"])
+        after = s3.list_objects_v2(Bucket=b, StartAfter="a/3")
+        self.assertEqual([o["Key"] for o in after["Contents"]], self.keys[3:])
+        self.assertEqual(s3.list_objects_v2(Bucket=b, Prefix="zzz")["KeyCount"], 0)
+        content = s3.list_objects_v2(Bucket=b, Prefix="c")["Contents"][0]
+        self.assertEqual(content["Size"], 1)
+        self.assertEqual(content["ETag"], '"%s"' % hashlib.md5(b"c").hexdigest())
+
+    def test_v1_markers(self):
+        s3, b = self.s3, self.bucket
+        first = s3.list_objects(Bucket=b, MaxKeys=3)
+        self.assertEqual([o["Key"] for o in first["Contents"]], self.keys[:3])
+        self.assertTrue(first["IsTruncated"])
+        rest = s3.list_objects(Bucket=b, Marker=first["NextMarker"])
+        self.assertEqual([o["Key"] for o in rest["Contents"]], self.keys[3:])
+        folded = s3.list_objects(Bucket=b, Delimiter="/")
+        self.assertEqual([p["Prefix"] for p in folded["CommonPrefixes"]], ["a/", "b/", "e/"])
+
+
+class Auth(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.s3 = client()
+        cls.bucket = new_bucket(cls.s3, "auth")
+
+    def test_a_bad_signature_is_refused_and_stores_nothing(self):
+        forger = client(KEY, SECRET[:-1] + ("A" if SECRET[-1] != "A" else "B"))
+        self.assertEqual(
+            error_of(lambda: forger.put_object(Bucket=self.bucket, Key="forged", Body=b"x" * 1000)),
+            ("SignatureDoesNotMatch", 403),
+        )
+        self.assertEqual(error_of(lambda: self.s3.head_object(Bucket=self.bucket, Key="forged")), ("404", 404))
+
+    def test_an_unknown_key_is_refused(self):
+        stranger = client("AKNOSUCHKEY000000000", "secret")
+        self.assertEqual(error_of(lambda: stranger.list_buckets()), ("InvalidAccessKeyId", 403))
+
+    def test_a_key_without_a_grant_is_denied(self):
+        other = client(KEY2, SECRET2)
+        self.assertEqual(error_of(lambda: other.put_object(Bucket=self.bucket, Key="k", Body=b"x")), ("AccessDenied", 403))
+        self.assertEqual(error_of(lambda: other.list_objects_v2(Bucket=self.bucket)), ("AccessDenied", 403))
+        self.assertNotIn(self.bucket, [b["Name"] for b in other.list_buckets()["Buckets"]])
+
+    def test_a_clock_skewed_request_is_refused(self):
+        status, text = signed_request("GET", f"/{self.bucket}", amz_date="20200101T000000Z")
+        self.assertEqual(status, 403, text)
+        self.assertIn(b"RequestTimeTooSkewed", text)
+        status, text = signed_request("GET", f"/{self.bucket}")
+        self.assertEqual(status, 200, text)
+
+
+if __name__ == "__main__":
+    print(f"boto3 {boto3.__version__}, botocore {botocore.__version__}")
+    unittest.main(verbosity=2)
