@@ -120,15 +120,15 @@ impl DevCluster {
             text.push_str(&format!("  {:<11} {:<28} objects  {data}/{}\n", node.id(), node.address(), node.id()));
         }
         text.push_str(&format!(
-            "Try it:  echo hello > hello.txt && cargo run --release -- put hello.txt --master {}\n",
-            self.master_url
-        ));
-        text.push_str(&format!(
             "  s3          {:<28} region {}, access key {} secret {}\n",
             self.s3_url,
             self.s3_region,
             self.s3_key.id,
             self.s3_key.secret.as_deref().unwrap_or_default()
+        ));
+        text.push_str(&format!(
+            "Try it:  echo hello > hello.txt && cargo run --release -- put hello.txt --master {}\n",
+            self.master_url
         ));
         text.push_str(&format!(
             "Try S3:  AWS_ACCESS_KEY_ID={} AWS_SECRET_ACCESS_KEY={} aws --endpoint-url {} --region {} s3 mb s3://demo\n",

@@ -143,3 +143,62 @@ fn aws_cli_against_the_gateway() {
     aws(&["s3", "rb", "s3://cli-bucket"]);
     assert!(!aws(&["s3", "ls"]).contains("cli-bucket"));
 }
+
+/// `aether dev` as a newcomer meets it: its summary names the S3 URL, region and a key
+/// that work with boto3 as printed, and the same key again after a restart.
+#[test]
+fn dev_prints_a_working_s3_endpoint_and_key() {
+    if !have("python3", &["-c", "import boto3"], "pip install boto3") {
+        return;
+    }
+    let dir = crate::cluster::TempDir::new("s3-dev");
+    let data = dir.path().join("data").display().to_string();
+    let start = || {
+        let mut child = Command::new(BIN)
+            .args(["dev", "--datanodes", "1", "--port", "0", "--data", &data])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting aether dev");
+        let stdout = child.stdout.take().unwrap();
+        let summary: Vec<String> = std::io::BufRead::lines(std::io::BufReader::new(stdout))
+            .map_while(Result::ok)
+            .take_while(|line| !line.starts_with("Stop it"))
+            .collect();
+        (KillOnDrop(child), summary.join("\n"))
+    };
+    let (dev, summary) = start();
+    let line = summary.lines().find(|l| l.trim_start().starts_with("s3 ")).unwrap_or_else(|| panic!("{summary}"));
+    let words: Vec<&str> = line.split_whitespace().collect();
+    // "s3 URL region us-east-1, access key ID secret SECRET"
+    let (url, key, secret) = (words[1], words[6], words[8]);
+    assert_eq!(words[3], "us-east-1,", "{line}");
+    let script = "import boto3, os\n\
+        s3 = boto3.client('s3', endpoint_url=os.environ['URL'], region_name='us-east-1',\n\
+            aws_access_key_id=os.environ['KEY'], aws_secret_access_key=os.environ['SECRET'])\n\
+        s3.create_bucket(Bucket='demo')\n\
+        s3.put_object(Bucket='demo', Key='hello.txt', Body=b'hello')\n\
+        assert s3.get_object(Bucket='demo', Key='hello.txt')['Body'].read() == b'hello'\n\
+        assert [o['Key'] for o in s3.list_objects_v2(Bucket='demo')['Contents']] == ['hello.txt']\n";
+    let run = Command::new("python3")
+        .args(["-c", script])
+        .env("URL", url)
+        .env("KEY", key)
+        .env("SECRET", secret)
+        .output()
+        .expect("running python3");
+    assert!(run.status.success(), "boto3 against aether dev: {}", String::from_utf8_lossy(&run.stderr));
+    drop(dev);
+    let (_dev, again) = start();
+    assert!(again.contains(key) && again.contains(secret), "the dev key changed on restart:\n{again}");
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
