@@ -243,10 +243,17 @@ impl GatewayState {
             };
             self.client.upload(length, None, &mut open)
         };
-        // A body that stopped early or failed a check says why; the upload's own error
-        // (a datanode that failed) comes second.
-        body.finish()?;
-        let uploaded = uploaded.map_err(|e| S3Error::backend(&e))?;
+        let uploaded = match uploaded {
+            // Every byte went out, so every check ran; `finish` only reads the framing
+            // of an empty body.
+            Ok(uploaded) => {
+                body.finish()?;
+                uploaded
+            }
+            // A body that failed a check says why; else the cluster failed, and the rest
+            // of the body is not worth reading.
+            Err(e) => return Err(body.failure.take().unwrap_or_else(|| S3Error::backend(&e))),
+        };
         let etag = body.etag();
         let entry = Entry {
             bucket: bucket.to_string(),
