@@ -338,11 +338,12 @@ impl MetaDb {
             let mut count = 0;
             'seek: loop {
                 let want = (request.max_keys - count + 1) as i64;
-                let rows: Vec<Entry> = statement
-                    .query_map(params![request.bucket, floor, cursor, want], entry_from_row)?
-                    .collect::<Result<_, _>>()?;
-                let exhausted = (rows.len() as i64) < want;
-                for entry in rows {
+                // Rows are read one by one: a common prefix ends the walk at its first key.
+                let mut rows = statement.query(params![request.bucket, floor, cursor, want])?;
+                let mut seen = 0;
+                while let Some(row) = rows.next()? {
+                    seen += 1;
+                    let entry = entry_from_row(row)?;
                     if !entry.key.starts_with(&request.prefix) {
                         return Ok(page);
                     }
@@ -372,7 +373,7 @@ impl MetaDb {
                     page.last = Some(entry.key.clone());
                     page.entries.push(entry);
                 }
-                if exhausted {
+                if seen < want {
                     return Ok(page);
                 }
             }
