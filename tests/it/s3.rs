@@ -36,14 +36,7 @@ struct S3Setup {
 }
 
 fn key_create(master: &str, name: &str) -> (String, String) {
-    let output = Command::new(BIN)
-        .args(["key", "create", name])
-        .env("AETHER_MASTER", master)
-        .env("AETHER_CLUSTER_TOKEN", TOKEN)
-        .output()
-        .expect("running aether key create");
-    let text = String::from_utf8_lossy(&output.stdout).to_string();
-    assert!(output.status.success(), "aether key create failed: {text} {}", String::from_utf8_lossy(&output.stderr));
+    let text = aether_key(master, &["create", name]);
     let field = |label: &str| {
         text.lines()
             .find_map(|line| line.strip_prefix(label))
@@ -51,6 +44,36 @@ fn key_create(master: &str, name: &str) -> (String, String) {
             .unwrap_or_else(|| panic!("no {label} in {text}"))
     };
     (field("access key id:"), field("secret access key:"))
+}
+
+/// `aether key ARGS` against `master` with the cluster token; its standard output.
+fn aether_key(master: &str, args: &[&str]) -> String {
+    let output = Command::new(BIN)
+        .arg("key")
+        .args(args)
+        .env("AETHER_MASTER", master)
+        .env("AETHER_CLUSTER_TOKEN", TOKEN)
+        .output()
+        .expect("running aether key");
+    let text = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(output.status.success(), "aether key {args:?} failed: {text} {}", String::from_utf8_lossy(&output.stderr));
+    text
+}
+
+/// Runs one boto3 call (`s3.…`) as `key`: "ok", the error code, or what it printed.
+fn boto3_call(url: &str, key: &(String, String), call: &str) -> String {
+    let script = format!(
+        "import boto3, botocore.exceptions as e\n\
+         s3 = boto3.client('s3', endpoint_url='{url}', region_name='us-east-1',\n\
+             aws_access_key_id='{}', aws_secret_access_key='{}')\n\
+         try:\n    {call}\n    print('ok')\n\
+         except e.ClientError as error:\n    print(error.response['Error']['Code'])\n",
+        key.0, key.1
+    );
+    let output = Command::new("python3").args(["-c", &script]).output().expect("running python3");
+    let text = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    assert!(output.status.success(), "{call}: {text} {}", String::from_utf8_lossy(&output.stderr));
+    text
 }
 
 fn setup(name: &str) -> S3Setup {
@@ -87,6 +110,28 @@ fn boto3_against_the_gateway() {
     let report = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "boto3 tests failed:\n{}{report}", String::from_utf8_lossy(&output.stdout));
     eprintln!("{report}");
+
+    // Grants and key deletion, given with the CLI, seen through boto3.
+    let (main, other) = (&s3.keys[0], &s3.keys[1]);
+    let as_key = |key: &(String, String), call: &str| boto3_call(&s3.gateway.url, key, call);
+    assert_eq!(as_key(main, "s3.create_bucket(Bucket='granted')"), "ok");
+    assert_eq!(as_key(main, "s3.put_object(Bucket='granted', Key='k', Body=b'v')"), "ok");
+    assert_eq!(as_key(other, "s3.get_object(Bucket='granted', Key='k')"), "AccessDenied");
+    let listed = aether_key(&s3.cluster.master.url, &["list"]);
+    assert!(listed.contains(&main.0) && listed.contains("other") && !listed.contains(&main.1), "{listed}");
+    aether_key(&s3.cluster.master.url, &["grant", &other.0, "granted", "read"]);
+    assert_eq!(as_key(other, "s3.get_object(Bucket='granted', Key='k')['Body'].read()"), "ok");
+    assert_eq!(as_key(other, "s3.put_object(Bucket='granted', Key='k', Body=b'w')"), "AccessDenied");
+    assert!(as_key(other, "print([b['Name'] for b in s3.list_buckets()['Buckets']])").contains("granted"));
+    aether_key(&s3.cluster.master.url, &["grant", &other.0, "granted", "write"]);
+    assert_eq!(as_key(other, "s3.put_object(Bucket='granted', Key='k', Body=b'w')"), "ok");
+    assert_eq!(as_key(other, "s3.delete_bucket(Bucket='granted')"), "AccessDenied");
+    aether_key(&s3.cluster.master.url, &["delete", &other.0]);
+    // The gateway trusts a key it fetched for a few seconds at most.
+    crate::cluster::wait_until("the deleted key to be refused", std::time::Duration::from_secs(30), || {
+        as_key(other, "s3.list_buckets()") == "InvalidAccessKeyId"
+    });
+
     // The namespace lives in the master: without a token, nothing is answered.
     let (status, _) = crate::cluster::request("GET", &format!("{}/api/s3/keys", s3.cluster.master.url), None).unwrap();
     assert_eq!(status, 401);
