@@ -116,6 +116,12 @@ pub struct Entry {
     /// Set by the master when it records the entry.
     #[serde(default)]
     pub modified_ms: i64,
+    /// On `objects/put`: write only if the key holds no object yet (`If-None-Match: *`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub if_none_match: bool,
+    /// On `objects/put`: write only if the key's ETag is this one (`If-Match`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub if_match: Option<String>,
 }
 
 /// The answer to `objects/put` and `objects/delete`: the object the key pointed at before,

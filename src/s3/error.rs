@@ -23,10 +23,12 @@ impl S3Error {
             | "InvalidAccessKeyId"
             | "RequestTimeTooSkewed"
             | "AuthorizationQueryParametersError" => 403,
+            "NotModified" => 304,
             "NoSuchBucket" | "NoSuchKey" => 404,
             "MethodNotAllowed" => 405,
             "BucketAlreadyExists" | "BucketAlreadyOwnedByYou" | "BucketNotEmpty" => 409,
             "MissingContentLength" => 411,
+            "PreconditionFailed" => 412,
             "InvalidRange" => 416,
             "InternalError" => 500,
             "NotImplemented" => 501,

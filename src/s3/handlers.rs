@@ -234,6 +234,14 @@ impl GatewayState {
             }
         }
         let content_type = context.header("content-type").map(str::to_string);
+        let if_none_match = match context.header("if-none-match").map(str::trim) {
+            None => false,
+            Some("*") => true,
+            Some(other) => {
+                return Err(S3Error::not_implemented(&format!("If-None-Match: {other} on PUT (only * is)")));
+            }
+        };
+        let if_match = context.header("if-match").map(|etag| etag.trim().trim_matches('"').to_string());
         let payload = std::mem::replace(&mut context.signer.payload, Payload::Unsigned);
         let mut body = PayloadReader::new(request.as_reader(), payload, expected, length);
         let uploaded = {
@@ -264,11 +272,16 @@ impl GatewayState {
             content_type,
             metadata,
             modified_ms: 0,
+            if_none_match,
+            if_match,
         };
         if let Err(e) = self.client.put_entry(&entry) {
+            // The object no key points at goes the way of any deleted object.
             let _ = self.client.delete_object(&uploaded.id);
             return Err(match e.status() {
+                Some(404) if entry.if_match.is_some() && !e.reason().contains("bucket") => no_such_key(key),
                 Some(404) => no_such_bucket(bucket),
+                Some(409) => precondition_failed(&e.reason()),
                 _ => S3Error::backend(&e),
             });
         }
@@ -301,6 +314,7 @@ impl GatewayState {
             Some(404) => no_such_key(key),
             _ => S3Error::backend(&e),
         })?;
+        check_conditions(context, &entry)?;
         let range = match context.header("range") {
             Some(text) => parse_range(text, entry.size)?,
             None => None,
@@ -343,6 +357,42 @@ impl GatewayState {
         })?;
         Ok(empty_reply(204))
     }
+}
+
+fn precondition_failed(why: &str) -> S3Error {
+    S3Error::new("PreconditionFailed", format!("at least one of the preconditions did not hold: {why}"))
+}
+
+fn etag_matches(header: &str, etag: &str) -> bool {
+    header.split(',').map(|e| e.trim().trim_start_matches("W/").trim_matches('"')).any(|e| e == "*" || e == etag)
+}
+
+/// GET and HEAD conditions, as S3 (RFC 7232) weighs them: If-Match before
+/// If-Unmodified-Since, If-None-Match before If-Modified-Since.
+fn check_conditions(context: &Context<'_>, entry: &Entry) -> Result<(), S3Error> {
+    let modified = entry.modified_ms / 1000;
+    let date = |name: &str| {
+        context
+            .header(name)
+            .and_then(|v| httpdate::parse_http_date(v).ok())
+            .map(|t| t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0))
+    };
+    if let Some(wanted) = context.header("if-match") {
+        if !etag_matches(wanted, &entry.etag) {
+            return Err(precondition_failed("If-Match"));
+        }
+    } else if date("if-unmodified-since").is_some_and(|since| modified > since) {
+        return Err(precondition_failed("If-Unmodified-Since"));
+    }
+    let not_modified = S3Error::new("NotModified", "the object has not changed");
+    if let Some(unwanted) = context.header("if-none-match") {
+        if etag_matches(unwanted, &entry.etag) {
+            return Err(not_modified);
+        }
+    } else if date("if-modified-since").is_some_and(|since| modified <= since) {
+        return Err(not_modified);
+    }
+    Ok(())
 }
 
 fn system_time(unix_ms: i64) -> std::time::SystemTime {

@@ -256,6 +256,55 @@ class Objects(unittest.TestCase):
         self.assertEqual(refused.exception.code, 403)
 
 
+class Conditions(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.s3 = client()
+        cls.bucket = new_bucket(cls.s3, "conditions")
+
+    def test_if_none_match_star_has_exactly_one_winner_among_racing_threads(self):
+        import threading
+
+        outcomes = {}
+
+        def race(i):
+            c = client()
+            try:
+                c.put_object(Bucket=self.bucket, Key="lock", Body=b"writer %d" % i, IfNoneMatch="*")
+                outcomes[i] = "won"
+            except ClientError as e:
+                outcomes[i] = e.response["Error"]["Code"]
+
+        threads = [threading.Thread(target=race, args=(i,)) for i in range(8)]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+        winners = [i for i, o in outcomes.items() if o == "won"]
+        self.assertEqual(len(winners), 1, outcomes)
+        self.assertEqual(sorted(set(outcomes.values())), ["PreconditionFailed", "won"], outcomes)
+        self.assertEqual(self.s3.get_object(Bucket=self.bucket, Key="lock")["Body"].read(), b"writer %d" % winners[0])
+
+    def test_if_match_is_compare_and_swap(self):
+        s3, b = self.s3, self.bucket
+        first = s3.put_object(Bucket=b, Key="cas", Body=b"one")["ETag"]
+        second = s3.put_object(Bucket=b, Key="cas", Body=b"two", IfMatch=first)["ETag"]
+        self.assertEqual(error_of(lambda: s3.put_object(Bucket=b, Key="cas", Body=b"three", IfMatch=first)), ("PreconditionFailed", 412))
+        self.assertEqual(s3.get_object(Bucket=b, Key="cas")["Body"].read(), b"two")
+        self.assertEqual(s3.head_object(Bucket=b, Key="cas")["ETag"], second)
+        self.assertEqual(error_of(lambda: s3.put_object(Bucket=b, Key="absent", Body=b"x", IfMatch=first)), ("NoSuchKey", 404))
+
+    def test_conditional_get(self):
+        s3, b = self.s3, self.bucket
+        etag = s3.put_object(Bucket=b, Key="cond", Body=b"body")["ETag"]
+        self.assertEqual(s3.get_object(Bucket=b, Key="cond", IfMatch=etag)["Body"].read(), b"body")
+        self.assertEqual(error_of(lambda: s3.get_object(Bucket=b, Key="cond", IfMatch='"0000"')), ("PreconditionFailed", 412))
+        self.assertEqual(error_of(lambda: s3.get_object(Bucket=b, Key="cond", IfNoneMatch=etag)), ("304", 304))
+        future = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=1)
+        past = datetime.datetime(2000, 1, 1, tzinfo=datetime.timezone.utc)
+        self.assertEqual(error_of(lambda: s3.get_object(Bucket=b, Key="cond", IfModifiedSince=future)), ("304", 304))
+        self.assertEqual(error_of(lambda: s3.get_object(Bucket=b, Key="cond", IfUnmodifiedSince=past)), ("PreconditionFailed", 412))
+        self.assertEqual(s3.get_object(Bucket=b, Key="cond", IfModifiedSince=past)["Body"].read(), b"body")
+
+
 class Listing(unittest.TestCase):
     @classmethod
     def setUpClass(cls):

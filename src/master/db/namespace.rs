@@ -57,6 +57,8 @@ fn entry_from_row(row: &Row<'_>) -> rusqlite::Result<Entry> {
         content_type: row.get(5)?,
         metadata: serde_json::from_str::<BTreeMap<String, String>>(&metadata).unwrap_or_default(),
         modified_ms: row.get(7)?,
+        if_none_match: false,
+        if_match: None,
     })
 }
 
@@ -276,10 +278,26 @@ impl MetaDb {
                 }
                 None => return Err(MetaError::NotFound(format!("object {} not found", entry.objectid))),
             }
-            let old: Option<String> = conn
-                .prepare_cached("SELECT object_id FROM s3_entries WHERE bucket = ?1 AND key = ?2")?
-                .query_row([&entry.bucket, &entry.key], |row| row.get(0))
+            let current: Option<(String, String)> = conn
+                .prepare_cached("SELECT object_id, etag FROM s3_entries WHERE bucket = ?1 AND key = ?2")?
+                .query_row([&entry.bucket, &entry.key], |row| Ok((row.get(0)?, row.get(1)?)))
                 .optional()?;
+            // Conditions are checked inside the write, so concurrent writers are ordered:
+            // exactly one `If-None-Match: *` wins.
+            match (&current, &entry.if_match) {
+                (Some(_), _) if entry.if_none_match => {
+                    return Err(MetaError::Conflict(format!("precondition failed: key {:?} exists", entry.key)))
+                }
+                (None, Some(_)) => return Err(MetaError::NotFound(format!("key {:?} does not exist", entry.key))),
+                (Some((_, etag)), Some(wanted)) if etag != wanted => {
+                    return Err(MetaError::Conflict(format!(
+                        "precondition failed: key {:?} has ETag {etag}, not {wanted}",
+                        entry.key
+                    )))
+                }
+                _ => {}
+            }
+            let old = current.map(|(object_id, _)| object_id);
             let metadata = serde_json::to_string(&entry.metadata).map_err(|e| MetaError::Internal(e.to_string()))?;
             conn.prepare_cached(&format!(
                 "INSERT OR REPLACE INTO s3_entries ({ENTRY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
@@ -425,6 +443,8 @@ mod tests {
             content_type: None,
             metadata: BTreeMap::new(),
             modified_ms: 0,
+            if_none_match: false,
+            if_match: None,
         };
         db.put_entry(entry).unwrap();
         objectid
