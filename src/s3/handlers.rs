@@ -83,6 +83,7 @@ impl GatewayState {
             Operation::GetObject { bucket, key } => self.get_object(context, &bucket, &key, true),
             Operation::HeadObject { bucket, key } => self.get_object(context, &bucket, &key, false),
             Operation::DeleteObject { bucket, key } => self.delete_object(context, &bucket, &key),
+            Operation::DeleteObjects { bucket } => self.delete_objects(context, &bucket, request),
         }
     }
 
@@ -393,6 +394,48 @@ fn check_conditions(context: &Context<'_>, entry: &Entry) -> Result<(), S3Error>
         return Err(not_modified);
     }
     Ok(())
+}
+
+/// The largest DeleteObjects body accepted: 1,000 keys of 1 KiB and their markup.
+const MAX_DELETE_BODY: u64 = 2 << 20;
+
+impl GatewayState {
+    fn delete_objects(
+        &self,
+        context: &mut Context<'_>,
+        bucket: &str,
+        request: &mut tiny_http::Request,
+    ) -> Result<Reply, S3Error> {
+        self.require(context, bucket, Access::Write)?;
+        let chunked = context.signer.payload.is_chunked();
+        let length_header = if chunked { "x-amz-decoded-content-length" } else { "content-length" };
+        let length: u64 = context
+            .header(length_header)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| S3Error::new("MissingContentLength", format!("DeleteObjects must send {length_header}")))?;
+        if length > MAX_DELETE_BODY {
+            return Err(S3Error::new(
+                "MalformedXML",
+                format!("the Delete body is larger than {MAX_DELETE_BODY} bytes"),
+            ));
+        }
+        let expected = self.expected_checksums(context)?;
+        let payload = std::mem::replace(&mut context.signer.payload, Payload::Unsigned);
+        let mut reader = PayloadReader::new(request.as_reader(), payload, expected, length);
+        let mut body = Vec::new();
+        if reader.read_to_end(&mut body).is_err() {
+            return Err(reader.failure.take().unwrap_or_else(|| S3Error::internal("the body could not be read")));
+        }
+        let (keys, quiet) = xml::parse_delete(&body)?;
+        let outcomes: Vec<xml::DeleteOutcome> = keys
+            .into_iter()
+            .map(|key| match self.client.delete_entry(bucket, &key) {
+                Ok(_) => xml::DeleteOutcome::Deleted(key),
+                Err(e) => xml::DeleteOutcome::Failed(key, S3Error::backend(&e)),
+            })
+            .collect();
+        Ok(xml_reply(200, xml::delete_result(&outcomes, quiet)))
+    }
 }
 
 fn system_time(unix_ms: i64) -> std::time::SystemTime {

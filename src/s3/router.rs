@@ -18,6 +18,7 @@ pub enum Operation {
     GetObject { bucket: String, key: String },
     HeadObject { bucket: String, key: String },
     DeleteObject { bucket: String, key: String },
+    DeleteObjects { bucket: String },
 }
 
 /// Bucket subresources (`?acl`, `?uploads`, ...) the gateway does not implement yet.
@@ -71,6 +72,9 @@ impl Operation {
             };
         }
         if key.is_empty() {
+            if method == "POST" && has("delete") {
+                return Ok(Operation::DeleteObjects { bucket });
+            }
             if let Some(sub) = BUCKET_SUBRESOURCES.iter().find(|s| has(s)) {
                 return Err(S3Error::not_implemented(&format!("{method} ?{sub}")));
             }
@@ -115,6 +119,7 @@ impl Operation {
             Operation::GetObject { .. } => "GetObject",
             Operation::HeadObject { .. } => "HeadObject",
             Operation::DeleteObject { .. } => "DeleteObject",
+            Operation::DeleteObjects { .. } => "DeleteObjects",
         }
     }
 }
@@ -169,7 +174,8 @@ mod tests {
             ("GET", "/b", "list-type=2&prefix=a", Ok(Operation::ListObjectsV2 { bucket: b() })),
             ("GET", "/b", "prefix=a&encoding-type=url", Ok(Operation::ListObjects { bucket: b() })),
             ("GET", "/b", "versioning", Err("NotImplemented")),
-            ("POST", "/b", "delete", Err("NotImplemented")),
+            ("POST", "/b", "delete", Ok(Operation::DeleteObjects { bucket: b() })),
+            ("GET", "/b", "delete", Err("NotImplemented")),
             ("PUT", "/b/a/c%20d", "", Ok(Operation::PutObject { bucket: object("a/c d").0, key: object("a/c d").1 })),
             ("GET", "/b/k", "", Ok(Operation::GetObject { bucket: b(), key: "k".into() })),
             ("HEAD", "/b/k", "", Ok(Operation::HeadObject { bucket: b(), key: "k".into() })),

@@ -152,3 +152,89 @@ impl Listing<'_> {
         xml.end("ListBucketResult")
     }
 }
+
+/// What DeleteObjects did with one key: deleted, or the error it met.
+pub enum DeleteOutcome {
+    Deleted(String),
+    Failed(String, S3Error),
+}
+
+pub fn delete_result(outcomes: &[DeleteOutcome], quiet: bool) -> Vec<u8> {
+    let mut xml = Xml::root("DeleteResult");
+    for outcome in outcomes {
+        match outcome {
+            DeleteOutcome::Deleted(key) if !quiet => {
+                xml.open("Deleted");
+                xml.text("Key", key);
+                xml.close("Deleted");
+            }
+            DeleteOutcome::Deleted(_) => {}
+            DeleteOutcome::Failed(key, e) => {
+                xml.open("Error");
+                xml.text("Key", key);
+                xml.text("Code", e.code);
+                xml.text("Message", &e.message);
+                xml.close("Error");
+            }
+        }
+    }
+    xml.end("DeleteResult")
+}
+
+/// The keys of a DeleteObjects request body, and whether it asked for quiet mode.
+pub fn parse_delete(body: &[u8]) -> Result<(Vec<String>, bool), S3Error> {
+    use quick_xml::events::Event;
+    let malformed = |why: String| S3Error::new("MalformedXML", format!("the Delete request body is not valid: {why}"));
+    let mut reader = quick_xml::Reader::from_reader(body);
+    let mut path: Vec<String> = Vec::new();
+    let (mut keys, mut quiet) = (Vec::new(), false);
+    let mut buf = Vec::new();
+    loop {
+        match reader.read_event_into(&mut buf).map_err(|e| malformed(e.to_string()))? {
+            Event::Start(e) => path.push(String::from_utf8_lossy(e.local_name().as_ref()).into_owned()),
+            Event::End(_) => {
+                path.pop();
+            }
+            Event::Text(text) => {
+                let text = text.unescape().map_err(|e| malformed(e.to_string()))?.into_owned();
+                let at: Vec<&str> = path.iter().map(String::as_str).collect();
+                match at[..] {
+                    ["Delete", "Object", "Key"] => keys.push(text),
+                    ["Delete", "Quiet"] => quiet = text.trim() == "true",
+                    _ => {}
+                }
+            }
+            Event::Eof => break,
+            _ => {}
+        }
+        buf.clear();
+    }
+    if keys.len() > 1000 {
+        return Err(S3Error::new("MalformedXML", "a Delete request may name at most 1000 keys"));
+    }
+    Ok((keys, quiet))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delete_requests_parse_and_answer() {
+        let body = br#"<?xml version="1.0" encoding="UTF-8"?>
+            <Delete xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Quiet>true</Quiet>
+            <Object><Key>a &amp; b</Key></Object><Object><Key>c/d</Key><VersionId>null</VersionId></Object></Delete>"#;
+        assert_eq!(parse_delete(body).unwrap(), (vec!["a & b".to_string(), "c/d".to_string()], true));
+        assert!(parse_delete(b"<Delete><Object><Key>x</Object></Delete>").is_err());
+        let answer = delete_result(
+            &[
+                DeleteOutcome::Deleted("a<b".into()),
+                DeleteOutcome::Failed("c".into(), S3Error::new("AccessDenied", "no")),
+            ],
+            false,
+        );
+        let text = String::from_utf8(answer).unwrap();
+        assert!(text.contains("<Deleted><Key>a&lt;b</Key></Deleted>"), "{text}");
+        assert!(text.contains("<Error><Key>c</Key><Code>AccessDenied</Code>"), "{text}");
+    }
+}

@@ -160,6 +160,20 @@ class Objects(unittest.TestCase):
         self.assertEqual(error_of(lambda: s3.get_object(Bucket=b, Key="dir/hello.txt")), ("NoSuchKey", 404))
         self.assertEqual(error_of(lambda: s3.head_object(Bucket=b, Key="dir/hello.txt")), ("404", 404))
 
+    def test_delete_objects_in_a_batch(self):
+        s3, b = self.s3, self.bucket
+        for key in ["batch/1", "batch/2", "batch/a & b"]:
+            s3.put_object(Bucket=b, Key=key, Body=b"x")
+        objects = [{"Key": k} for k in ["batch/1", "batch/2", "batch/a & b", "batch/never"]]
+        answer = s3.delete_objects(Bucket=b, Delete={"Objects": objects})
+        self.assertEqual(sorted(d["Key"] for d in answer["Deleted"]), sorted(o["Key"] for o in objects))
+        self.assertNotIn("Errors", answer)
+        self.assertEqual(s3.list_objects_v2(Bucket=b, Prefix="batch/")["KeyCount"], 0)
+        s3.put_object(Bucket=b, Key="batch/3", Body=b"x")
+        quiet = s3.delete_objects(Bucket=b, Delete={"Objects": [{"Key": "batch/3"}], "Quiet": True})
+        self.assertNotIn("Deleted", quiet)
+        self.assertEqual(s3.list_objects_v2(Bucket=b, Prefix="batch/")["KeyCount"], 0)
+
     def test_keys_with_odd_characters(self):
         s3, b = self.s3, self.bucket
         for key in ["a b/c+d=e&f", "ünïcødé/ключ", "x%2Fy", "tilde~and*star"]:
