@@ -324,8 +324,17 @@ impl GatewayState {
             http::header("ETag", &format!("\"{}\"", entry.etag)),
             http::header("Last-Modified", &httpdate::fmt_http_date(system_time(entry.modified_ms))),
             http::header("Accept-Ranges", "bytes"),
-            http::header("Content-Type", entry.content_type.as_deref().unwrap_or("binary/octet-stream")),
         ];
+        let content_type = entry.content_type.as_deref().unwrap_or("binary/octet-stream");
+        if context.param("response-content-type").is_none() {
+            headers.push(http::header("Content-Type", content_type));
+        }
+        // `response-*` parameters set the answer's headers, as S3 lets a signed GET do.
+        for (param, header) in RESPONSE_OVERRIDES {
+            if let Some(value) = context.param(param) {
+                headers.push(http::header(header, value));
+            }
+        }
         for (name, value) in &entry.metadata {
             headers.push(http::header(&format!("x-amz-meta-{name}"), value));
         }
@@ -359,6 +368,16 @@ impl GatewayState {
         Ok(empty_reply(204))
     }
 }
+
+/// The query parameters of a GET that set a header of its answer.
+const RESPONSE_OVERRIDES: &[(&str, &str)] = &[
+    ("response-content-type", "Content-Type"),
+    ("response-content-language", "Content-Language"),
+    ("response-expires", "Expires"),
+    ("response-cache-control", "Cache-Control"),
+    ("response-content-disposition", "Content-Disposition"),
+    ("response-content-encoding", "Content-Encoding"),
+];
 
 fn precondition_failed(why: &str) -> S3Error {
     S3Error::new("PreconditionFailed", format!("at least one of the preconditions did not hold: {why}"))

@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import http.client
 import os
+import time
 import unittest
 import urllib.error
 import urllib.parse
@@ -268,6 +269,26 @@ class Objects(unittest.TestCase):
         with self.assertRaises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(url.replace("X-Amz-Signature=", "X-Amz-Signature=0"))
         self.assertEqual(refused.exception.code, 403)
+        expired = self.s3.generate_presigned_url("get_object", Params={"Bucket": self.bucket, "Key": "presigned"}, ExpiresIn=1)
+        time.sleep(2.5)  # the URL's own lifetime, not synchronisation
+        with self.assertRaises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(expired)
+        self.assertEqual(refused.exception.code, 403)
+        self.assertIn(b"expired", refused.exception.read())
+
+    def test_response_header_overrides(self):
+        self.s3.put_object(Bucket=self.bucket, Key="report.csv", Body=b"a,b\n", ContentType="text/csv")
+        got = self.s3.get_object(
+            Bucket=self.bucket,
+            Key="report.csv",
+            ResponseContentType="application/octet-stream",
+            ResponseContentDisposition='attachment; filename="r.csv"',
+            ResponseCacheControl="no-cache",
+        )
+        self.assertEqual(got["ContentType"], "application/octet-stream")
+        self.assertEqual(got["ContentDisposition"], 'attachment; filename="r.csv"')
+        self.assertEqual(got["CacheControl"], "no-cache")
+        self.assertEqual(got["Body"].read(), b"a,b\n")
 
 
 class Conditions(unittest.TestCase):
