@@ -20,6 +20,14 @@ use crate::log;
 use crate::proto::s3::{Access, Entry, ListRequest};
 use crate::proto::ObjectId;
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ListVersion {
+    V1,
+    V2,
+    /// ListObjectVersions: each key once, as version `null`.
+    Versions,
+}
+
 /// The largest object one PUT may carry (S3's own limit).
 const MAX_PUT_SIZE: u64 = 5 << 30;
 
@@ -77,8 +85,13 @@ impl GatewayState {
                 self.require(context, &bucket, Access::Read)?;
                 Ok(xml_reply(200, xml::location(&self.config.region)))
             }
-            Operation::ListObjects { bucket } => self.list_objects(context, &bucket, false),
-            Operation::ListObjectsV2 { bucket } => self.list_objects(context, &bucket, true),
+            Operation::ListObjects { bucket } => self.list_objects(context, &bucket, ListVersion::V1),
+            Operation::ListObjectsV2 { bucket } => self.list_objects(context, &bucket, ListVersion::V2),
+            Operation::ListObjectVersions { bucket } => self.list_objects(context, &bucket, ListVersion::Versions),
+            Operation::GetBucketVersioning { bucket } => {
+                self.require(context, &bucket, Access::Read)?;
+                Ok(xml_reply(200, xml::versioning()))
+            }
             Operation::PutObject { bucket, key } => self.put_object(context, &bucket, &key, request),
             Operation::GetObject { bucket, key } => self.get_object(context, &bucket, &key, true),
             Operation::HeadObject { bucket, key } => self.get_object(context, &bucket, &key, false),
@@ -142,7 +155,8 @@ impl GatewayState {
         }
     }
 
-    fn list_objects(&self, context: &Context<'_>, bucket: &str, v2: bool) -> Result<Reply, S3Error> {
+    fn list_objects(&self, context: &Context<'_>, bucket: &str, version: ListVersion) -> Result<Reply, S3Error> {
+        let v2 = version == ListVersion::V2;
         self.require(context, bucket, Access::Read)?;
         let max_keys = match context.param("max-keys") {
             Some(text) => text
@@ -165,7 +179,10 @@ impl GatewayState {
         let delimiter = context.param("delimiter").unwrap_or_default();
         let token = context.param("continuation-token");
         let start_after = context.param("start-after");
-        let marker = context.param("marker").unwrap_or_default();
+        let marker = match version {
+            ListVersion::Versions => context.param("key-marker").unwrap_or_default(),
+            _ => context.param("marker").unwrap_or_default(),
+        };
         let after = if v2 {
             match token {
                 Some(token) => {
@@ -196,11 +213,13 @@ impl GatewayState {
             truncated: page.truncated,
             url_encoded,
         };
-        let body = if v2 {
-            let next = page.last.as_ref().map(|last| TOKEN.encode(last));
-            listing.v2(token, next.as_deref(), start_after)
-        } else {
-            listing.v1(marker, page.last.as_deref())
+        let body = match version {
+            ListVersion::V2 => {
+                let next = page.last.as_ref().map(|last| TOKEN.encode(last));
+                listing.v2(token, next.as_deref(), start_after)
+            }
+            ListVersion::V1 => listing.v1(marker, page.last.as_deref()),
+            ListVersion::Versions => listing.versions(marker, page.last.as_deref(), context.key_id()),
         };
         Ok(xml_reply(200, body))
     }

@@ -8,17 +8,50 @@ use super::sigv4::decode;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Operation {
     ListBuckets,
-    CreateBucket { bucket: String },
-    HeadBucket { bucket: String },
-    DeleteBucket { bucket: String },
-    GetBucketLocation { bucket: String },
-    ListObjects { bucket: String },
-    ListObjectsV2 { bucket: String },
-    PutObject { bucket: String, key: String },
-    GetObject { bucket: String, key: String },
-    HeadObject { bucket: String, key: String },
-    DeleteObject { bucket: String, key: String },
-    DeleteObjects { bucket: String },
+    CreateBucket {
+        bucket: String,
+    },
+    HeadBucket {
+        bucket: String,
+    },
+    DeleteBucket {
+        bucket: String,
+    },
+    GetBucketLocation {
+        bucket: String,
+    },
+    ListObjects {
+        bucket: String,
+    },
+    ListObjectsV2 {
+        bucket: String,
+    },
+    /// Every key as its one version, `null`: the store keeps no older versions.
+    ListObjectVersions {
+        bucket: String,
+    },
+    GetBucketVersioning {
+        bucket: String,
+    },
+    PutObject {
+        bucket: String,
+        key: String,
+    },
+    GetObject {
+        bucket: String,
+        key: String,
+    },
+    HeadObject {
+        bucket: String,
+        key: String,
+    },
+    DeleteObject {
+        bucket: String,
+        key: String,
+    },
+    DeleteObjects {
+        bucket: String,
+    },
 }
 
 /// Bucket subresources (`?acl`, `?uploads`, ...) the gateway does not implement yet.
@@ -72,8 +105,11 @@ impl Operation {
             };
         }
         if key.is_empty() {
-            if method == "POST" && has("delete") {
-                return Ok(Operation::DeleteObjects { bucket });
+            match method {
+                "POST" if has("delete") => return Ok(Operation::DeleteObjects { bucket }),
+                "GET" if has("versions") => return Ok(Operation::ListObjectVersions { bucket }),
+                "GET" if has("versioning") => return Ok(Operation::GetBucketVersioning { bucket }),
+                _ => {}
             }
             if let Some(sub) = BUCKET_SUBRESOURCES.iter().find(|s| has(s)) {
                 return Err(S3Error::not_implemented(&format!("{method} ?{sub}")));
@@ -115,6 +151,8 @@ impl Operation {
             Operation::GetBucketLocation { .. } => "GetBucketLocation",
             Operation::ListObjects { .. } => "ListObjects",
             Operation::ListObjectsV2 { .. } => "ListObjectsV2",
+            Operation::ListObjectVersions { .. } => "ListObjectVersions",
+            Operation::GetBucketVersioning { .. } => "GetBucketVersioning",
             Operation::PutObject { .. } => "PutObject",
             Operation::GetObject { .. } => "GetObject",
             Operation::HeadObject { .. } => "HeadObject",
@@ -173,7 +211,9 @@ mod tests {
             ("GET", "/b", "location", Ok(Operation::GetBucketLocation { bucket: b() })),
             ("GET", "/b", "list-type=2&prefix=a", Ok(Operation::ListObjectsV2 { bucket: b() })),
             ("GET", "/b", "prefix=a&encoding-type=url", Ok(Operation::ListObjects { bucket: b() })),
-            ("GET", "/b", "versioning", Err("NotImplemented")),
+            ("GET", "/b", "versioning", Ok(Operation::GetBucketVersioning { bucket: b() })),
+            ("GET", "/b", "versions&prefix=a", Ok(Operation::ListObjectVersions { bucket: b() })),
+            ("PUT", "/b", "versioning", Err("NotImplemented")),
             ("POST", "/b", "delete", Ok(Operation::DeleteObjects { bucket: b() })),
             ("GET", "/b", "delete", Err("NotImplemented")),
             ("PUT", "/b/a/c%20d", "", Ok(Operation::PutObject { bucket: object("a/c d").0, key: object("a/c d").1 })),

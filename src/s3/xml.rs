@@ -64,6 +64,11 @@ pub fn list_buckets(owner_id: &str, owner_name: &str, buckets: &[Bucket]) -> Vec
     xml.end("ListAllMyBucketsResult")
 }
 
+/// GetBucketVersioning of a bucket that never had versioning: no `Status`.
+pub fn versioning() -> Vec<u8> {
+    format!("{HEADER}<VersioningConfiguration xmlns=\"{NAMESPACE}\"/>").into_bytes()
+}
+
 pub fn location(region: &str) -> Vec<u8> {
     // us-east-1 is the one region S3 answers as an empty constraint.
     let region = if region == "us-east-1" { "" } else { region };
@@ -132,6 +137,38 @@ impl Listing<'_> {
         }
         self.body(&mut xml);
         xml.end("ListBucketResult")
+    }
+
+    /// ListObjectVersions: every key is its only version, `null`, and the latest.
+    pub fn versions(&self, key_marker: &str, next_marker: Option<&str>, owner: &str) -> Vec<u8> {
+        let mut xml = Xml::root("ListVersionsResult");
+        self.head(&mut xml);
+        xml.text("KeyMarker", &self.encode(key_marker));
+        xml.text("VersionIdMarker", "");
+        if let Some(next) = next_marker.filter(|_| self.truncated) {
+            xml.text("NextKeyMarker", &self.encode(next));
+            xml.text("NextVersionIdMarker", "null");
+        }
+        for entry in self.entries {
+            xml.open("Version");
+            xml.text("Key", &self.encode(&entry.key));
+            xml.text("VersionId", "null");
+            xml.text("IsLatest", "true");
+            xml.text("LastModified", &iso8601(entry.modified_ms));
+            xml.text("ETag", &format!("\"{}\"", entry.etag));
+            xml.text("Size", &entry.size.to_string());
+            xml.text("StorageClass", "STANDARD");
+            xml.open("Owner");
+            xml.text("ID", owner);
+            xml.close("Owner");
+            xml.close("Version");
+        }
+        for prefix in self.common_prefixes {
+            xml.open("CommonPrefixes");
+            xml.text("Prefix", &self.encode(prefix));
+            xml.close("CommonPrefixes");
+        }
+        xml.end("ListVersionsResult")
     }
 
     /// ListObjectsV2: tokens are opaque to the client.

@@ -375,6 +375,17 @@ class Listing(unittest.TestCase):
         self.assertEqual(content["Size"], 1)
         self.assertEqual(content["ETag"], '"%s"' % hashlib.md5(b"c").hexdigest())
 
+    def test_versions_are_each_key_once_as_null(self):
+        s3, b = self.s3, self.bucket
+        self.assertNotIn("Status", s3.get_bucket_versioning(Bucket=b))
+        first = s3.list_object_versions(Bucket=b, MaxKeys=3)
+        self.assertEqual([(v["Key"], v["VersionId"], v["IsLatest"]) for v in first["Versions"]], [(k, "null", True) for k in self.keys[:3]])
+        self.assertTrue(first["IsTruncated"])
+        rest = s3.list_object_versions(Bucket=b, KeyMarker=first["NextKeyMarker"])
+        self.assertEqual([v["Key"] for v in rest["Versions"]], self.keys[3:])
+        folded = s3.list_object_versions(Bucket=b, Delimiter="/")
+        self.assertEqual([p["Prefix"] for p in folded["CommonPrefixes"]], ["a/", "b/", "e/"])
+
     def test_v1_markers(self):
         s3, b = self.s3, self.bucket
         first = s3.list_objects(Bucket=b, MaxKeys=3)
