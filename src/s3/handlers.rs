@@ -97,6 +97,7 @@ impl GatewayState {
             Operation::HeadObject { bucket, key } => self.get_object(context, &bucket, &key, false),
             Operation::DeleteObject { bucket, key } => self.delete_object(context, &bucket, &key),
             Operation::DeleteObjects { bucket } => self.delete_objects(context, &bucket, request),
+            Operation::CopyObject { bucket, key } => self.copy_object(context, &bucket, &key),
         }
     }
 
@@ -246,13 +247,7 @@ impl GatewayState {
             return Err(S3Error::new("EntityTooLarge", format!("one PUT may carry at most {MAX_PUT_SIZE} bytes")));
         }
         let expected = self.expected_checksums(context)?;
-        let mut metadata = BTreeMap::new();
-        for (name, value) in context.headers {
-            let lower = name.to_ascii_lowercase();
-            if let Some(meta) = lower.strip_prefix("x-amz-meta-") {
-                metadata.insert(meta.to_string(), value.clone());
-            }
-        }
+        let metadata = metadata_of(context.headers);
         let content_type = context.header("content-type").map(str::to_string);
         let if_none_match = match context.header("if-none-match").map(str::trim) {
             None => false,
@@ -432,6 +427,110 @@ fn check_conditions(context: &Context<'_>, entry: &Entry) -> Result<(), S3Error>
         return Err(not_modified);
     }
     Ok(())
+}
+
+/// `x-amz-meta-*` headers, names lowercase without the prefix.
+fn metadata_of(headers: &[(String, String)]) -> BTreeMap<String, String> {
+    let mut metadata = BTreeMap::new();
+    for (name, value) in headers {
+        let lower = name.to_ascii_lowercase();
+        if let Some(meta) = lower.strip_prefix("x-amz-meta-") {
+            metadata.insert(meta.to_string(), value.clone());
+        }
+    }
+    metadata
+}
+
+/// Passes bytes through and computes their MD5.
+struct Md5Reader<R> {
+    inner: R,
+    md5: md5::Md5,
+}
+
+impl<R: Read> Read for Md5Reader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use md5::Digest;
+        let n = self.inner.read(buf)?;
+        self.md5.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+impl GatewayState {
+    /// CopyObject: the source's bytes stream from a replica back into a new object (objects
+    /// are never shared between keys, so deleting one key never touches another's bytes).
+    fn copy_object(&self, context: &Context<'_>, bucket: &str, key: &str) -> Result<Reply, S3Error> {
+        let raw = context.header("x-amz-copy-source").unwrap_or_default();
+        let source = super::sigv4::decode(raw.split('?').next().unwrap_or_default());
+        let (source_bucket, source_key) = source
+            .trim_start_matches('/')
+            .split_once('/')
+            .map(|(b, k)| (b.to_string(), k.to_string()))
+            .filter(|(b, k)| !b.is_empty() && !k.is_empty())
+            .ok_or_else(|| S3Error::new("InvalidArgument", format!("x-amz-copy-source {raw:?} is not BUCKET/KEY")))?;
+        self.require(context, &source_bucket, Access::Read)?;
+        self.require(context, bucket, Access::Write)?;
+        let source = self.client.entry(&source_bucket, &source_key).map_err(|e| match e.status() {
+            Some(404) => no_such_key(&source_key),
+            _ => S3Error::backend(&e),
+        })?;
+        let replace = match context.header("x-amz-metadata-directive").unwrap_or("COPY") {
+            "COPY" => false,
+            "REPLACE" => true,
+            other => {
+                return Err(S3Error::new(
+                    "InvalidArgument",
+                    format!("x-amz-metadata-directive {other:?}: use COPY or REPLACE"),
+                ))
+            }
+        };
+        if !replace && source_bucket == bucket && source_key == key {
+            return Err(S3Error::new(
+                "InvalidRequest",
+                "this copy request is illegal because it copies an object to itself without changing its metadata",
+            ));
+        }
+        let (content_type, metadata) = if replace {
+            (context.header("content-type").map(str::to_string), metadata_of(context.headers))
+        } else {
+            (source.content_type.clone(), source.metadata.clone())
+        };
+        let id = ObjectId::parse(&source.objectid).map_err(S3Error::internal)?;
+        let bytes: Box<dyn Read + Send> = if source.size > 0 {
+            self.client.open_object(&id, None).map_err(|e| S3Error::backend(&e))?
+        } else {
+            Box::new(io::empty())
+        };
+        let mut reader = Md5Reader { inner: bytes, md5: md5::Digest::new() };
+        let uploaded = {
+            let mut once = Some(&mut reader);
+            let mut open = || once.take().ok_or_else(|| io::Error::other("the source cannot be read twice"));
+            self.client.upload(source.size, None, &mut open).map_err(|e| S3Error::backend(&e))?
+        };
+        let etag = super::sigv4::hex(&md5::Digest::finalize(reader.md5));
+        if etag != source.etag {
+            let _ = self.client.delete_object(&uploaded.id);
+            return Err(S3Error::internal(format!("the copy's MD5 {etag} is not the source's ETag {}", source.etag)));
+        }
+        let entry = Entry {
+            bucket: bucket.to_string(),
+            key: key.to_string(),
+            objectid: uploaded.id.to_string(),
+            size: source.size,
+            etag: etag.clone(),
+            content_type,
+            metadata,
+            modified_ms: 0,
+            if_none_match: false,
+            if_match: None,
+        };
+        if let Err(e) = self.client.put_entry(&entry) {
+            let _ = self.client.delete_object(&uploaded.id);
+            return Err(S3Error::backend(&e));
+        }
+        let written = self.client.entry(bucket, key).map(|e| e.modified_ms).unwrap_or_default();
+        Ok(xml_reply(200, xml::copy_result(&etag, written)))
+    }
 }
 
 /// The largest DeleteObjects body accepted: 1,000 keys of 1 KiB and their markup.

@@ -52,6 +52,10 @@ pub enum Operation {
     DeleteObjects {
         bucket: String,
     },
+    CopyObject {
+        bucket: String,
+        key: String,
+    },
 }
 
 /// Bucket subresources (`?acl`, `?uploads`, ...) the gateway does not implement yet.
@@ -133,7 +137,7 @@ impl Operation {
             return Err(S3Error::not_implemented(&format!("{method} ?{sub}")));
         }
         match method {
-            "PUT" if is_copy => Err(S3Error::not_implemented("CopyObject")),
+            "PUT" if is_copy => Ok(Operation::CopyObject { bucket, key }),
             "PUT" => Ok(Operation::PutObject { bucket, key }),
             "GET" => Ok(Operation::GetObject { bucket, key }),
             "HEAD" => Ok(Operation::HeadObject { bucket, key }),
@@ -158,6 +162,7 @@ impl Operation {
             Operation::HeadObject { .. } => "HeadObject",
             Operation::DeleteObject { .. } => "DeleteObject",
             Operation::DeleteObjects { .. } => "DeleteObjects",
+            Operation::CopyObject { .. } => "CopyObject",
         }
     }
 }
@@ -228,7 +233,8 @@ mod tests {
             let got = Operation::parse(method, path, &parse_query(query), false).map_err(|e| e.code);
             assert_eq!(&got, want, "{method} {path}?{query}");
         }
-        assert_eq!(Operation::parse("PUT", "/b/k", &[], true).map_err(|e| e.code), Err("NotImplemented"));
+        let copy = Operation::CopyObject { bucket: b(), key: "k".into() };
+        assert_eq!(Operation::parse("PUT", "/b/k", &[], true), Ok(copy));
     }
 
     #[test]

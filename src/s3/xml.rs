@@ -64,6 +64,13 @@ pub fn list_buckets(owner_id: &str, owner_name: &str, buckets: &[Bucket]) -> Vec
     xml.end("ListAllMyBucketsResult")
 }
 
+pub fn copy_result(etag: &str, modified_ms: i64) -> Vec<u8> {
+    let mut xml = Xml::root("CopyObjectResult");
+    xml.text("LastModified", &iso8601(modified_ms));
+    xml.text("ETag", &format!("\"{etag}\""));
+    xml.end("CopyObjectResult")
+}
+
 /// GetBucketVersioning of a bucket that never had versioning: no `Status`.
 pub fn versioning() -> Vec<u8> {
     format!("{HEADER}<VersioningConfiguration xmlns=\"{NAMESPACE}\"/>").into_bytes()

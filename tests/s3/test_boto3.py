@@ -175,6 +175,27 @@ class Objects(unittest.TestCase):
         self.assertNotIn("Deleted", quiet)
         self.assertEqual(s3.list_objects_v2(Bucket=b, Prefix="batch/")["KeyCount"], 0)
 
+    def test_copy_object_copies_or_replaces_metadata(self):
+        s3, b = self.s3, self.bucket
+        body = os.urandom(2 << 20)
+        etag = s3.put_object(Bucket=b, Key="src/a b", Body=body, ContentType="text/x-src", Metadata={"m": "1"})["ETag"]
+        other = new_bucket(s3, "copy-target")
+        copied = s3.copy_object(Bucket=other, Key="copy", CopySource={"Bucket": b, "Key": "src/a b"})
+        self.assertEqual(copied["CopyObjectResult"]["ETag"], etag)
+        got = s3.get_object(Bucket=other, Key="copy")
+        self.assertEqual(got["Body"].read(), body)
+        self.assertEqual((got["ContentType"], got["Metadata"]), ("text/x-src", {"m": "1"}))
+        s3.copy_object(
+            Bucket=b, Key="src/a b", CopySource=f"{b}/src/a b", MetadataDirective="REPLACE", ContentType="text/new", Metadata={"m": "2"}
+        )
+        head = s3.head_object(Bucket=b, Key="src/a b")
+        self.assertEqual((head["ContentType"], head["Metadata"], head["ETag"]), ("text/new", {"m": "2"}, etag))
+        self.assertEqual(error_of(lambda: s3.copy_object(Bucket=b, Key="src/a b", CopySource=f"{b}/src/a b")), ("InvalidRequest", 400))
+        self.assertEqual(error_of(lambda: s3.copy_object(Bucket=b, Key="x", CopySource=f"{b}/absent")), ("NoSuchKey", 404))
+        # Each key has bytes of its own: deleting the source leaves the copy whole.
+        s3.delete_object(Bucket=b, Key="src/a b")
+        self.assertEqual(s3.get_object(Bucket=other, Key="copy")["Body"].read(), body)
+
     def test_keys_with_odd_characters(self):
         s3, b = self.s3, self.bucket
         for key in ["a b/c+d=e&f", "ünïcødé/ключ", "x%2Fy", "tilde~and*star"]:
