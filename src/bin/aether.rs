@@ -174,6 +174,9 @@ struct S3Args {
     /// region reported to clients (env AETHER_REGION; default us-east-1)
     #[argh(option)]
     region: Option<String>,
+    /// serve bucket.ROOT_DOMAIN/key too (virtual-hosted style), e.g. s3.example.com (env AETHER_ROOT_DOMAIN; default none)
+    #[argh(option)]
+    root_domain: Option<String>,
     /// requests handled at once (env AETHER_THREADS; default 64)
     #[argh(option)]
     threads: Option<usize>,
@@ -512,6 +515,7 @@ fn run(command: Command) -> Result<(), String> {
             let master = setting(args.master, "AETHER_MASTER").unwrap_or_else(|| DEFAULT_MASTER.to_string());
             let mut config = GatewayConfig::new(&listen, &master);
             config.region = setting(args.region, "AETHER_REGION").unwrap_or(config.region);
+            config.root_domain = setting(args.root_domain, "AETHER_ROOT_DOMAIN");
             config.threads = parsed(args.threads, "AETHER_THREADS", config.threads)?;
             config.cluster_token = setting(args.cluster_token, "AETHER_CLUSTER_TOKEN");
             let gateway = Gateway::start(config, client::agent()).map_err(|e| e.to_string())?;

@@ -40,6 +40,8 @@ pub struct GatewayConfig {
     pub cluster_token: Option<String>,
     /// How long an access key fetched from the master is trusted before asking again.
     pub key_cache: Duration,
+    /// With a root domain, `bucket.ROOT/key` is served too (virtual-hosted style).
+    pub root_domain: Option<String>,
 }
 
 impl GatewayConfig {
@@ -51,6 +53,7 @@ impl GatewayConfig {
             threads: 64,
             cluster_token: None,
             key_cache: Duration::from_secs(5),
+            root_domain: None,
         }
     }
 }
@@ -135,7 +138,14 @@ impl GatewayState {
             .collect();
         let is_copy = headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("x-amz-copy-source"));
         let method = request.method().as_str().to_string();
-        let operation = Operation::parse(&method, raw_path, &query, is_copy)?;
+        // Virtual-hosted style (`bucket.ROOT-DOMAIN/key`) routes as path style does; the
+        // signature covers the path as sent.
+        let host = headers.iter().find(|(n, _)| n.eq_ignore_ascii_case("host")).map(|(_, v)| v.as_str());
+        let routed = match router::bucket_from_host(host.unwrap_or_default(), self.config.root_domain.as_deref()) {
+            Some(bucket) => format!("/{bucket}{raw_path}"),
+            None => raw_path.to_string(),
+        };
+        let operation = Operation::parse(&method, &routed, &query, is_copy)?;
         let signer = self.authenticate(&method, raw_path, raw_query, &headers, &query)?;
         let context = handlers::Context { query: &query, headers: &headers, signer };
         self.dispatch(operation, context, request)

@@ -167,6 +167,16 @@ impl Operation {
     }
 }
 
+/// The bucket a virtual-hosted-style `Host` names (`photos.s3.example.com:9000` with root
+/// domain `s3.example.com`), if any.
+pub fn bucket_from_host(host: &str, root_domain: Option<&str>) -> Option<String> {
+    let root = root_domain?.trim_matches('.');
+    let name =
+        host.rsplit_once(':').filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit())).map_or(host, |(h, _)| h);
+    let bucket = name.to_ascii_lowercase().strip_suffix(&format!(".{}", root.to_ascii_lowercase()))?.to_string();
+    (!bucket.is_empty()).then_some(bucket)
+}
+
 fn method_not_allowed(method: &str, what: &str) -> S3Error {
     S3Error::new("MethodNotAllowed", format!("{method} is not allowed on {what}"))
 }
@@ -235,6 +245,16 @@ mod tests {
         }
         let copy = Operation::CopyObject { bucket: b(), key: "k".into() };
         assert_eq!(Operation::parse("PUT", "/b/k", &[], true), Ok(copy));
+    }
+
+    #[test]
+    fn virtual_hosts_name_their_bucket() {
+        let root = Some("s3.example.com");
+        assert_eq!(bucket_from_host("photos.s3.example.com:9000", root), Some("photos".into()));
+        assert_eq!(bucket_from_host("my.dotted.bucket.S3.example.com", root), Some("my.dotted.bucket".into()));
+        assert_eq!(bucket_from_host("s3.example.com:9000", root), None);
+        assert_eq!(bucket_from_host("127.0.0.1:9000", root), None);
+        assert_eq!(bucket_from_host("photos.s3.example.com", None), None);
     }
 
     #[test]

@@ -85,7 +85,17 @@ fn setup(name: &str) -> S3Setup {
     );
     let gateway = Proc::start(
         "s3",
-        &["s3", "--listen", "127.0.0.1:0", "--master", &cluster.master.url, "--cluster-token", TOKEN],
+        &[
+            "s3",
+            "--listen",
+            "127.0.0.1:0",
+            "--master",
+            &cluster.master.url,
+            "--cluster-token",
+            TOKEN,
+            "--root-domain",
+            "s3.test",
+        ],
     );
     let keys = vec![key_create(&cluster.master.url, "main"), key_create(&cluster.master.url, "other")];
     S3Setup { cluster, gateway, keys }

@@ -361,6 +361,49 @@ class Conditions(unittest.TestCase):
         self.assertEqual(s3.get_object(Bucket=b, Key="cond", IfModifiedSince=past)["Body"].read(), b"body")
 
 
+class VirtualHosts(unittest.TestCase):
+    """`bucket.s3.test/key` with the gateway's --root-domain s3.test; names under s3.test
+    resolve to the gateway's loopback address inside this test only."""
+
+    def setUp(self):
+        import socket
+
+        self.real_getaddrinfo = socket.getaddrinfo
+        loopback = urllib.parse.urlparse(ENDPOINT).hostname
+
+        def resolve(host, *args, **kwargs):
+            if isinstance(host, str) and (host == "s3.test" or host.endswith(".s3.test")):
+                host = loopback
+            return self.real_getaddrinfo(host, *args, **kwargs)
+
+        socket.getaddrinfo = resolve
+
+    def tearDown(self):
+        import socket
+
+        socket.getaddrinfo = self.real_getaddrinfo
+
+    def test_virtual_hosted_style_requests(self):
+        port = urllib.parse.urlparse(ENDPOINT).port
+        virtual = boto3.client(
+            "s3",
+            endpoint_url=f"http://s3.test:{port}",
+            region_name=REGION,
+            aws_access_key_id=KEY,
+            aws_secret_access_key=SECRET,
+            config=Config(retries={"max_attempts": 1}, s3={"addressing_style": "virtual"}),
+        )
+        sent = []
+        virtual.meta.events.register("before-send.s3", lambda request, **kw: sent.append(request.url))
+        bucket = f"virtual-{uuid.uuid4().hex[:8]}"
+        virtual.create_bucket(Bucket=bucket)
+        virtual.put_object(Bucket=bucket, Key="dir/v.txt", Body=b"virtual")
+        self.assertTrue(all(url.startswith(f"http://{bucket}.s3.test:") for url in sent[1:]), sent)
+        self.assertEqual(virtual.get_object(Bucket=bucket, Key="dir/v.txt")["Body"].read(), b"virtual")
+        self.assertEqual([o["Key"] for o in virtual.list_objects_v2(Bucket=bucket)["Contents"]], ["dir/v.txt"])
+        self.assertEqual(client().get_object(Bucket=bucket, Key="dir/v.txt")["Body"].read(), b"virtual")
+
+
 class Listing(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
