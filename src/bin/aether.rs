@@ -221,12 +221,25 @@ struct KeyCreateArgs {
     /// a name to remember the key by
     #[argh(positional)]
     name: String,
+    /// master URL (env AETHER_MASTER; default http://127.0.0.1:42100)
+    #[argh(option)]
+    master: Option<String>,
+    /// shared secret of the cluster (env AETHER_CLUSTER_TOKEN; default none)
+    #[argh(option)]
+    cluster_token: Option<String>,
 }
 
 #[derive(FromArgs)]
 #[argh(subcommand, name = "list")]
 /// List the access keys (without secrets).
-struct KeyListArgs {}
+struct KeyListArgs {
+    /// master URL (env AETHER_MASTER; default http://127.0.0.1:42100)
+    #[argh(option)]
+    master: Option<String>,
+    /// shared secret of the cluster (env AETHER_CLUSTER_TOKEN; default none)
+    #[argh(option)]
+    cluster_token: Option<String>,
+}
 
 #[derive(FromArgs)]
 #[argh(subcommand, name = "delete")]
@@ -235,6 +248,12 @@ struct KeyDeleteArgs {
     /// the access key id
     #[argh(positional)]
     id: String,
+    /// master URL (env AETHER_MASTER; default http://127.0.0.1:42100)
+    #[argh(option)]
+    master: Option<String>,
+    /// shared secret of the cluster (env AETHER_CLUSTER_TOKEN; default none)
+    #[argh(option)]
+    cluster_token: Option<String>,
 }
 
 #[derive(FromArgs)]
@@ -250,6 +269,12 @@ struct KeyGrantArgs {
     /// read, write or owner
     #[argh(positional)]
     access: String,
+    /// master URL (env AETHER_MASTER; default http://127.0.0.1:42100)
+    #[argh(option)]
+    master: Option<String>,
+    /// shared secret of the cluster (env AETHER_CLUSTER_TOKEN; default none)
+    #[argh(option)]
+    cluster_token: Option<String>,
 }
 
 #[derive(FromArgs)]
@@ -524,12 +549,18 @@ fn run(command: Command) -> Result<(), String> {
             Ok(())
         }
         Command::Key(args) => {
-            let client = client_for(args.master).with_token(setting(args.cluster_token, "AETHER_CLUSTER_TOKEN"));
+            // `--master` and `--cluster-token` may come before or after the key command.
+            let client = |master: Option<String>, token: Option<String>| {
+                client_for(master.or(args.master.clone()))
+                    .with_token(setting(token.or(args.cluster_token.clone()), "AETHER_CLUSTER_TOKEN"))
+            };
             let out = match args.command {
-                KeyCommand::Create(a) => cli::keys::create(&client, &a.name)?,
-                KeyCommand::List(_) => cli::keys::list(&client)?,
-                KeyCommand::Delete(a) => cli::keys::delete(&client, &a.id)?,
-                KeyCommand::Grant(a) => cli::keys::grant(&client, &a.key, &a.bucket, &a.access)?,
+                KeyCommand::Create(a) => cli::keys::create(&client(a.master, a.cluster_token), &a.name)?,
+                KeyCommand::List(a) => cli::keys::list(&client(a.master, a.cluster_token))?,
+                KeyCommand::Delete(a) => cli::keys::delete(&client(a.master, a.cluster_token), &a.id)?,
+                KeyCommand::Grant(a) => {
+                    cli::keys::grant(&client(a.master, a.cluster_token), &a.key, &a.bucket, &a.access)?
+                }
             };
             print!("{out}");
             Ok(())

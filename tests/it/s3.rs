@@ -129,6 +129,11 @@ fn boto3_against_the_gateway() {
     assert_eq!(as_key(other, "s3.get_object(Bucket='granted', Key='k')"), "AccessDenied");
     let listed = aether_key(&s3.cluster.master.url, &["list"]);
     assert!(listed.contains(&main.0) && listed.contains("other") && !listed.contains(&main.1), "{listed}");
+    // Flags after the key command work as they do after `put` and `get`.
+    let url = &s3.cluster.master.url;
+    let flags_after =
+        Command::new(BIN).args(["key", "list", "--master", url, "--cluster-token", TOKEN]).output().unwrap();
+    assert!(String::from_utf8_lossy(&flags_after.stdout).contains(&main.0), "{flags_after:?}");
     aether_key(&s3.cluster.master.url, &["grant", &other.0, "granted", "read"]);
     assert_eq!(as_key(other, "s3.get_object(Bucket='granted', Key='k')['Body'].read()"), "ok");
     assert_eq!(as_key(other, "s3.put_object(Bucket='granted', Key='k', Body=b'w')"), "AccessDenied");
