@@ -4,8 +4,8 @@ use std::io::Read;
 
 use super::{from_ureq, Client, ClientError};
 use crate::proto::s3::{
-    Access, AccessKey, AccessKeys, Bucket, BucketRef, Buckets, CreateKey, Entry, EntryRef, Grant, KeyRef, ListPage,
-    ListRequest, Replaced,
+    Access, AccessKey, AccessKeys, Bucket, BucketRef, Buckets, CompleteParts, CreateKey, CreateUpload, Entry, EntryRef,
+    Grant, KeyRef, ListPage, ListRequest, Replaced, UploadPart, UploadRef,
 };
 use crate::proto::{ObjectId, StatusOk};
 
@@ -74,6 +74,25 @@ impl Client {
 
     pub fn list_entries(&self, request: &ListRequest) -> Result<ListPage, ClientError> {
         self.post("/api/s3/objects/list", request)
+    }
+
+    pub fn create_multipart(&self, upload: &CreateUpload) -> Result<UploadRef, ClientError> {
+        self.post("/api/s3/uploads/create", upload)
+    }
+
+    pub fn put_part(&self, part: &UploadPart) -> Result<(), ClientError> {
+        let _: StatusOk = self.post("/api/s3/uploads/part", part)?;
+        Ok(())
+    }
+
+    /// Completes a multipart upload; returns the key's new entry.
+    pub fn complete_multipart(&self, parts: &CompleteParts) -> Result<Entry, ClientError> {
+        self.post("/api/s3/uploads/complete", parts)
+    }
+
+    pub fn abort_multipart(&self, upload: &UploadRef) -> Result<(), ClientError> {
+        let _: StatusOk = self.post("/api/s3/uploads/abort", upload)?;
+        Ok(())
     }
 }
 

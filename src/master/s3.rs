@@ -8,7 +8,8 @@ use super::MasterState;
 use crate::http::{self, ApiError, Reply};
 use crate::log;
 use crate::proto::s3::{
-    AccessKeys, BucketRef, Buckets, CreateKey, Entry, EntryRef, Grant, KeyRef, ListRequest, Replaced,
+    AccessKeys, BucketRef, Buckets, CompleteParts, CreateKey, CreateUpload, Entry, EntryRef, Grant, KeyRef,
+    ListRequest, Replaced, UploadPart, UploadRef,
 };
 use crate::proto::StatusOk;
 
@@ -30,6 +31,10 @@ pub enum S3Endpoint {
     PutEntry,
     DeleteEntry,
     ListEntries,
+    CreateUpload,
+    PutPart,
+    CompleteUpload,
+    AbortUpload,
 }
 
 impl S3Endpoint {
@@ -49,6 +54,10 @@ impl S3Endpoint {
             "/api/s3/objects/put" => S3Endpoint::PutEntry,
             "/api/s3/objects/delete" => S3Endpoint::DeleteEntry,
             "/api/s3/objects/list" => S3Endpoint::ListEntries,
+            "/api/s3/uploads/create" => S3Endpoint::CreateUpload,
+            "/api/s3/uploads/part" => S3Endpoint::PutPart,
+            "/api/s3/uploads/complete" => S3Endpoint::CompleteUpload,
+            "/api/s3/uploads/abort" => S3Endpoint::AbortUpload,
             _ => return Err(ApiError::no_route(path)),
         };
         if *method == Method::Post {
@@ -129,6 +138,25 @@ impl MasterState {
                     http::read_json(request, r#"{"bucket": "name", "prefix": "", "max_keys": 1000}"#)?;
                 body.max_keys = body.max_keys.min(MAX_LIST_KEYS);
                 Ok(http::json_reply(200, &self.db.list_entries(&body)?))
+            }
+            S3Endpoint::CreateUpload => {
+                let body: CreateUpload = http::read_json(request, r#"{"bucket": "name", "key": "a/b"}"#)?;
+                let upload_id = self.db.create_upload(body.clone())?;
+                Ok(http::json_reply(200, &UploadRef { bucket: body.bucket, key: body.key, upload_id }))
+            }
+            S3Endpoint::PutPart => {
+                let body: UploadPart = http::read_json(request, "a part")?;
+                self.db.put_part(body)?;
+                ok()
+            }
+            S3Endpoint::CompleteUpload => {
+                let body: CompleteParts = http::read_json_limited(request, 4 << 20, "the parts")?;
+                Ok(http::json_reply(200, &self.db.complete_upload(body)?))
+            }
+            S3Endpoint::AbortUpload => {
+                let body: UploadRef = http::read_json(request, r#"{"bucket", "key", "upload_id"}"#)?;
+                self.db.abort_upload(&body.upload_id, &body.bucket, &body.key)?;
+                ok()
             }
         }
     }

@@ -122,6 +122,55 @@ pub struct Entry {
     /// On `objects/put`: write only if the key's ETag is this one (`If-Match`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub if_match: Option<String>,
+    /// A multipart object: its parts in order (`objectid` is the first's). Empty otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<PartObject>,
+}
+
+/// One part of a multipart object: an object of its own.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PartObject {
+    pub objectid: String,
+    pub size: u64,
+}
+
+/// `POST /api/s3/uploads/create`: a multipart upload of `key`, with what its object will say.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CreateUpload {
+    pub bucket: String,
+    pub key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UploadRef {
+    pub bucket: String,
+    pub key: String,
+    pub upload_id: String,
+}
+
+/// `POST /api/s3/uploads/part`: part `number` of an upload is this complete object.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UploadPart {
+    pub upload_id: String,
+    pub bucket: String,
+    pub key: String,
+    pub number: u32,
+    pub objectid: String,
+    pub size: u64,
+    pub etag: String,
+}
+
+/// `POST /api/s3/uploads/complete`: the parts, by number and ETag, in the client's order.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CompleteParts {
+    pub upload_id: String,
+    pub bucket: String,
+    pub key: String,
+    pub parts: Vec<(u32, String)>,
 }
 
 /// The answer to `objects/put` and `objects/delete`: the object the key pointed at before,

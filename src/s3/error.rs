@@ -24,7 +24,7 @@ impl S3Error {
             | "RequestTimeTooSkewed"
             | "AuthorizationQueryParametersError" => 403,
             "NotModified" => 304,
-            "NoSuchBucket" | "NoSuchKey" => 404,
+            "NoSuchBucket" | "NoSuchKey" | "NoSuchUpload" => 404,
             "MethodNotAllowed" => 405,
             "BucketAlreadyExists" | "BucketAlreadyOwnedByYou" | "BucketNotEmpty" => 409,
             "MissingContentLength" => 411,

@@ -38,10 +38,10 @@ pub struct Context<'a> {
 }
 
 impl Context<'_> {
-    fn param(&self, name: &str) -> Option<&str> {
+    pub(super) fn param(&self, name: &str) -> Option<&str> {
         self.query.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
     }
-    fn header(&self, name: &str) -> Option<&str> {
+    pub(super) fn header(&self, name: &str) -> Option<&str> {
         self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
     fn key_id(&self) -> &str {
@@ -49,11 +49,11 @@ impl Context<'_> {
     }
 }
 
-fn xml_reply(status: u16, body: Vec<u8>) -> Reply {
+pub(super) fn xml_reply(status: u16, body: Vec<u8>) -> Reply {
     http::bytes_reply(status, body, "application/xml")
 }
 
-fn empty_reply(status: u16) -> Reply {
+pub(super) fn empty_reply(status: u16) -> Reply {
     http::bytes_reply(status, Vec::new(), "application/xml")
 }
 
@@ -61,7 +61,7 @@ fn no_such_bucket(bucket: &str) -> S3Error {
     S3Error::new("NoSuchBucket", format!("the bucket {bucket:?} does not exist"))
 }
 
-fn no_such_key(key: &str) -> S3Error {
+pub(super) fn no_such_key(key: &str) -> S3Error {
     S3Error::new("NoSuchKey", format!("the key {key:?} does not exist"))
 }
 
@@ -98,11 +98,17 @@ impl GatewayState {
             Operation::DeleteObject { bucket, key } => self.delete_object(context, &bucket, &key),
             Operation::DeleteObjects { bucket } => self.delete_objects(context, &bucket, request),
             Operation::CopyObject { bucket, key } => self.copy_object(context, &bucket, &key),
+            Operation::CreateMultipartUpload { bucket, key } => self.create_multipart(context, &bucket, &key),
+            Operation::UploadPart { bucket, key } => self.upload_part(context, &bucket, &key, request),
+            Operation::CompleteMultipartUpload { bucket, key } => {
+                self.complete_multipart(context, &bucket, &key, request)
+            }
+            Operation::AbortMultipartUpload { bucket, key } => self.abort_multipart(context, &bucket, &key),
         }
     }
 
     /// Checks that the request's key may do `needed` in `bucket`.
-    fn require(&self, context: &Context<'_>, bucket: &str, needed: Access) -> Result<(), S3Error> {
+    pub(super) fn require(&self, context: &Context<'_>, bucket: &str, needed: Access) -> Result<(), S3Error> {
         let found = self.client.bucket(bucket, context.key_id()).map_err(|e| match e.status() {
             Some(404) => no_such_bucket(bucket),
             _ => S3Error::backend(&e),
@@ -236,6 +242,54 @@ impl GatewayState {
             return Err(S3Error::new("KeyTooLongError", "an object key may be at most 1024 bytes long"));
         }
         self.require(context, bucket, Access::Write)?;
+        let metadata = metadata_of(context.headers);
+        let content_type = context.header("content-type").map(str::to_string);
+        let if_none_match = match context.header("if-none-match").map(str::trim) {
+            None => false,
+            Some("*") => true,
+            Some(other) => {
+                return Err(S3Error::not_implemented(&format!("If-None-Match: {other} on PUT (only * is)")));
+            }
+        };
+        let if_match = context.header("if-match").map(|etag| etag.trim().trim_matches('"').to_string());
+        let (uploaded, etag) = self.receive_object(context, request)?;
+        let length = uploaded.size;
+        let entry = Entry {
+            bucket: bucket.to_string(),
+            key: key.to_string(),
+            objectid: uploaded.id.to_string(),
+            size: length,
+            etag: etag.clone(),
+            content_type,
+            metadata,
+            modified_ms: 0,
+            if_none_match,
+            if_match,
+            parts: Vec::new(),
+        };
+        if let Err(e) = self.client.put_entry(&entry) {
+            // The object no key points at goes the way of any deleted object.
+            let _ = self.client.delete_object(&uploaded.id);
+            return Err(match e.status() {
+                Some(404) if entry.if_match.is_some() && !e.reason().contains("bucket") => no_such_key(key),
+                Some(404) => no_such_bucket(bucket),
+                Some(409) => precondition_failed(&e.reason()),
+                _ => S3Error::backend(&e),
+            });
+        }
+        log::debug("s3", &format!("{bucket}/{key} is object {} ({length} bytes)", uploaded.id));
+        let mut reply = empty_reply(200);
+        reply.add_header(http::header("ETag", &format!("\"{etag}\"")));
+        Ok(reply)
+    }
+
+    /// Streams the request body into a new object through the datanode chain, checked
+    /// as it goes (`PayloadReader`); returns the object and the body's MD5.
+    pub(super) fn receive_object(
+        &self,
+        context: &mut Context<'_>,
+        request: &mut tiny_http::Request,
+    ) -> Result<(crate::client::Uploaded, String), S3Error> {
         let chunked = context.signer.payload.is_chunked();
         let length_header = if chunked { "x-amz-decoded-content-length" } else { "content-length" };
         let length: u64 = context
@@ -247,16 +301,6 @@ impl GatewayState {
             return Err(S3Error::new("EntityTooLarge", format!("one PUT may carry at most {MAX_PUT_SIZE} bytes")));
         }
         let expected = self.expected_checksums(context)?;
-        let metadata = metadata_of(context.headers);
-        let content_type = context.header("content-type").map(str::to_string);
-        let if_none_match = match context.header("if-none-match").map(str::trim) {
-            None => false,
-            Some("*") => true,
-            Some(other) => {
-                return Err(S3Error::not_implemented(&format!("If-None-Match: {other} on PUT (only * is)")));
-            }
-        };
-        let if_match = context.header("if-match").map(|etag| etag.trim().trim_matches('"').to_string());
         let payload = std::mem::replace(&mut context.signer.payload, Payload::Unsigned);
         let mut body = PayloadReader::new(request.as_reader(), payload, expected, length);
         let uploaded = {
@@ -277,33 +321,7 @@ impl GatewayState {
             // of the body is not worth reading.
             Err(e) => return Err(body.failure.take().unwrap_or_else(|| S3Error::backend(&e))),
         };
-        let etag = body.etag();
-        let entry = Entry {
-            bucket: bucket.to_string(),
-            key: key.to_string(),
-            objectid: uploaded.id.to_string(),
-            size: length,
-            etag: etag.clone(),
-            content_type,
-            metadata,
-            modified_ms: 0,
-            if_none_match,
-            if_match,
-        };
-        if let Err(e) = self.client.put_entry(&entry) {
-            // The object no key points at goes the way of any deleted object.
-            let _ = self.client.delete_object(&uploaded.id);
-            return Err(match e.status() {
-                Some(404) if entry.if_match.is_some() && !e.reason().contains("bucket") => no_such_key(key),
-                Some(404) => no_such_bucket(bucket),
-                Some(409) => precondition_failed(&e.reason()),
-                _ => S3Error::backend(&e),
-            });
-        }
-        log::debug("s3", &format!("{bucket}/{key} is object {} ({length} bytes)", uploaded.id));
-        let mut reply = empty_reply(200);
-        reply.add_header(http::header("ETag", &format!("\"{etag}\"")));
-        Ok(reply)
+        Ok((uploaded, body.etag()))
     }
 
     fn expected_checksums(&self, context: &Context<'_>) -> Result<Expected, S3Error> {
@@ -359,7 +377,10 @@ impl GatewayState {
             }
             None => (200, entry.size),
         };
-        let reader: Box<dyn Read + Send> = if with_body && length > 0 {
+        let reader: Box<dyn Read + Send> = if with_body && length > 0 && !entry.parts.is_empty() {
+            let (first, last) = range.unwrap_or((0, entry.size - 1));
+            Box::new(super::multipart::PartsReader::new(self.client.clone(), &entry.parts, first, last, key).start()?)
+        } else if with_body && length > 0 {
             let id = ObjectId::parse(&entry.objectid).map_err(S3Error::internal)?;
             self.client.open_object(&id, range).map_err(|e| match e.status() {
                 Some(404) => no_such_key(key),
@@ -430,7 +451,7 @@ fn check_conditions(context: &Context<'_>, entry: &Entry) -> Result<(), S3Error>
 }
 
 /// `x-amz-meta-*` headers, names lowercase without the prefix.
-fn metadata_of(headers: &[(String, String)]) -> BTreeMap<String, String> {
+pub(super) fn metadata_of(headers: &[(String, String)]) -> BTreeMap<String, String> {
     let mut metadata = BTreeMap::new();
     for (name, value) in headers {
         let lower = name.to_ascii_lowercase();
@@ -523,6 +544,7 @@ impl GatewayState {
             modified_ms: 0,
             if_none_match: false,
             if_match: None,
+            parts: Vec::new(),
         };
         if let Err(e) = self.client.put_entry(&entry) {
             let _ = self.client.delete_object(&uploaded.id);
@@ -533,28 +555,25 @@ impl GatewayState {
     }
 }
 
-/// The largest DeleteObjects body accepted: 1,000 keys of 1 KiB and their markup.
-const MAX_DELETE_BODY: u64 = 2 << 20;
+/// The largest XML request body accepted (DeleteObjects: 1,000 keys of 1 KiB and their
+/// markup; CompleteMultipartUpload: 10,000 parts).
+const MAX_XML_BODY: u64 = 4 << 20;
 
 impl GatewayState {
-    fn delete_objects(
+    /// Reads a small XML request body, checked like any payload.
+    pub(super) fn read_xml_body(
         &self,
         context: &mut Context<'_>,
-        bucket: &str,
         request: &mut tiny_http::Request,
-    ) -> Result<Reply, S3Error> {
-        self.require(context, bucket, Access::Write)?;
+    ) -> Result<Vec<u8>, S3Error> {
         let chunked = context.signer.payload.is_chunked();
         let length_header = if chunked { "x-amz-decoded-content-length" } else { "content-length" };
         let length: u64 = context
             .header(length_header)
             .and_then(|v| v.parse().ok())
-            .ok_or_else(|| S3Error::new("MissingContentLength", format!("DeleteObjects must send {length_header}")))?;
-        if length > MAX_DELETE_BODY {
-            return Err(S3Error::new(
-                "MalformedXML",
-                format!("the Delete body is larger than {MAX_DELETE_BODY} bytes"),
-            ));
+            .ok_or_else(|| S3Error::new("MissingContentLength", format!("this request must send {length_header}")))?;
+        if length > MAX_XML_BODY {
+            return Err(S3Error::new("MalformedXML", format!("the XML body is larger than {MAX_XML_BODY} bytes")));
         }
         let expected = self.expected_checksums(context)?;
         let payload = std::mem::replace(&mut context.signer.payload, Payload::Unsigned);
@@ -563,6 +582,17 @@ impl GatewayState {
         if reader.read_to_end(&mut body).is_err() {
             return Err(reader.failure.take().unwrap_or_else(|| S3Error::internal("the body could not be read")));
         }
+        Ok(body)
+    }
+
+    fn delete_objects(
+        &self,
+        context: &mut Context<'_>,
+        bucket: &str,
+        request: &mut tiny_http::Request,
+    ) -> Result<Reply, S3Error> {
+        self.require(context, bucket, Access::Write)?;
+        let body = self.read_xml_body(context, request)?;
         let (keys, quiet) = xml::parse_delete(&body)?;
         let outcomes: Vec<xml::DeleteOutcome> = keys
             .into_iter()

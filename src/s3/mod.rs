@@ -12,6 +12,7 @@ mod auth;
 mod body;
 pub mod error;
 mod handlers;
+mod multipart;
 pub mod router;
 pub mod sigv4;
 mod xml;

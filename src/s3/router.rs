@@ -56,6 +56,22 @@ pub enum Operation {
         bucket: String,
         key: String,
     },
+    CreateMultipartUpload {
+        bucket: String,
+        key: String,
+    },
+    UploadPart {
+        bucket: String,
+        key: String,
+    },
+    CompleteMultipartUpload {
+        bucket: String,
+        key: String,
+    },
+    AbortMultipartUpload {
+        bucket: String,
+        key: String,
+    },
 }
 
 /// Bucket subresources (`?acl`, `?uploads`, ...) the gateway does not implement yet.
@@ -130,8 +146,20 @@ impl Operation {
                 _ => Err(S3Error::not_implemented(&format!("{method} on a bucket"))),
             };
         }
-        if has("uploadId") || has("partNumber") {
-            return Err(S3Error::not_implemented("multipart upload"));
+        match method {
+            "POST" if has("uploads") => return Ok(Operation::CreateMultipartUpload { bucket, key }),
+            "PUT" if has("uploadId") && has("partNumber") && is_copy => {
+                return Err(S3Error::not_implemented("UploadPartCopy"))
+            }
+            "PUT" if has("uploadId") && has("partNumber") => return Ok(Operation::UploadPart { bucket, key }),
+            "POST" if has("uploadId") => return Ok(Operation::CompleteMultipartUpload { bucket, key }),
+            "DELETE" if has("uploadId") => return Ok(Operation::AbortMultipartUpload { bucket, key }),
+            _ if has("uploadId") || has("partNumber") => {
+                return Err(S3Error::not_implemented(&format!(
+                    "{method} with uploadId or partNumber (ListParts, part GETs)"
+                )))
+            }
+            _ => {}
         }
         if let Some(sub) = OBJECT_SUBRESOURCES.iter().find(|s| has(s)) {
             return Err(S3Error::not_implemented(&format!("{method} ?{sub}")));
@@ -163,6 +191,10 @@ impl Operation {
             Operation::DeleteObject { .. } => "DeleteObject",
             Operation::DeleteObjects { .. } => "DeleteObjects",
             Operation::CopyObject { .. } => "CopyObject",
+            Operation::CreateMultipartUpload { .. } => "CreateMultipartUpload",
+            Operation::UploadPart { .. } => "UploadPart",
+            Operation::CompleteMultipartUpload { .. } => "CompleteMultipartUpload",
+            Operation::AbortMultipartUpload { .. } => "AbortMultipartUpload",
         }
     }
 }
@@ -235,8 +267,11 @@ mod tests {
             ("GET", "/b/k", "", Ok(Operation::GetObject { bucket: b(), key: "k".into() })),
             ("HEAD", "/b/k", "", Ok(Operation::HeadObject { bucket: b(), key: "k".into() })),
             ("DELETE", "/b/k", "", Ok(Operation::DeleteObject { bucket: b(), key: "k".into() })),
-            ("PUT", "/b/k", "partNumber=1&uploadId=x", Err("NotImplemented")),
-            ("POST", "/b/k", "uploads", Err("NotImplemented")),
+            ("PUT", "/b/k", "partNumber=1&uploadId=x", Ok(Operation::UploadPart { bucket: b(), key: "k".into() })),
+            ("POST", "/b/k", "uploads", Ok(Operation::CreateMultipartUpload { bucket: b(), key: "k".into() })),
+            ("POST", "/b/k", "uploadId=x", Ok(Operation::CompleteMultipartUpload { bucket: b(), key: "k".into() })),
+            ("DELETE", "/b/k", "uploadId=x", Ok(Operation::AbortMultipartUpload { bucket: b(), key: "k".into() })),
+            ("GET", "/b/k", "uploadId=x", Err("NotImplemented")),
             ("GET", "/b/k", "tagging", Err("NotImplemented")),
         ];
         for (method, path, query, want) in table {

@@ -64,6 +64,69 @@ pub fn list_buckets(owner_id: &str, owner_name: &str, buckets: &[Bucket]) -> Vec
     xml.end("ListAllMyBucketsResult")
 }
 
+pub fn initiate_multipart(bucket: &str, key: &str, upload_id: &str) -> Vec<u8> {
+    let mut xml = Xml::root("InitiateMultipartUploadResult");
+    xml.text("Bucket", bucket);
+    xml.text("Key", key);
+    xml.text("UploadId", upload_id);
+    xml.end("InitiateMultipartUploadResult")
+}
+
+pub fn complete_multipart(bucket: &str, key: &str, etag: &str) -> Vec<u8> {
+    let mut xml = Xml::root("CompleteMultipartUploadResult");
+    xml.text("Location", &format!("/{bucket}/{key}"));
+    xml.text("Bucket", bucket);
+    xml.text("Key", key);
+    xml.text("ETag", &format!("\"{etag}\""));
+    xml.end("CompleteMultipartUploadResult")
+}
+
+/// The (part number, ETag) pairs of a CompleteMultipartUpload body, in its order.
+pub fn parse_complete(body: &[u8]) -> Result<Vec<(u32, String)>, S3Error> {
+    use quick_xml::events::Event;
+    let malformed =
+        |why: String| S3Error::new("MalformedXML", format!("the CompleteMultipartUpload body is not valid: {why}"));
+    let mut reader = quick_xml::Reader::from_reader(body);
+    let mut path: Vec<String> = Vec::new();
+    let mut parts = Vec::new();
+    let (mut number, mut etag): (Option<u32>, Option<String>) = (None, None);
+    let mut buf = Vec::new();
+    loop {
+        match reader.read_event_into(&mut buf).map_err(|e| malformed(e.to_string()))? {
+            Event::Start(e) => path.push(String::from_utf8_lossy(e.local_name().as_ref()).into_owned()),
+            Event::End(_) => {
+                if path.len() == 2 && path[1] == "Part" {
+                    match (number.take(), etag.take()) {
+                        (Some(n), Some(e)) => parts.push((n, e)),
+                        _ => return Err(malformed("a Part needs a PartNumber and an ETag".into())),
+                    }
+                }
+                path.pop();
+            }
+            Event::Text(text) => {
+                let text = text.unescape().map_err(|e| malformed(e.to_string()))?.into_owned();
+                let at: Vec<&str> = path.iter().map(String::as_str).collect();
+                match at[..] {
+                    ["CompleteMultipartUpload", "Part", "PartNumber"] => {
+                        number = Some(text.trim().parse().map_err(|_| malformed(format!("PartNumber {text:?}")))?)
+                    }
+                    ["CompleteMultipartUpload", "Part", "ETag"] => {
+                        etag = Some(text.trim().trim_matches('"').to_string())
+                    }
+                    _ => {}
+                }
+            }
+            Event::Eof => break,
+            _ => {}
+        }
+        buf.clear();
+    }
+    if parts.len() > 10_000 {
+        return Err(malformed("more than 10,000 parts".into()));
+    }
+    Ok(parts)
+}
+
 pub fn copy_result(etag: &str, modified_ms: i64) -> Vec<u8> {
     let mut xml = Xml::root("CopyObjectResult");
     xml.text("LastModified", &iso8601(modified_ms));

@@ -312,6 +312,66 @@ class Objects(unittest.TestCase):
         self.assertEqual(got["Body"].read(), b"a,b\n")
 
 
+class Multipart(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.s3 = client()
+        cls.bucket = new_bucket(cls.s3, "multipart")
+
+    def test_upload_file_in_parts_and_read_it_back_whole_and_in_ranges(self):
+        from boto3.s3.transfer import TransferConfig
+
+        body = os.urandom((12 << 20) + 12345)
+        path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"aether-mp-{uuid.uuid4().hex}")
+        with open(path, "wb") as f:
+            f.write(body)
+        try:
+            config = TransferConfig(multipart_threshold=5 << 20, multipart_chunksize=5 << 20, max_concurrency=3)
+            self.s3.upload_file(path, self.bucket, "parts/big", Config=config, ExtraArgs={"ContentType": "x/mp", "Metadata": {"k": "v"}})
+        finally:
+            os.remove(path)
+        head = self.s3.head_object(Bucket=self.bucket, Key="parts/big")
+        self.assertEqual(head["ContentLength"], len(body))
+        self.assertTrue(head["ETag"].endswith('-3"'), head["ETag"])
+        digests = b"".join(hashlib.md5(body[i : i + (5 << 20)]).digest() for i in range(0, len(body), 5 << 20))
+        self.assertEqual(head["ETag"], '"%s-3"' % hashlib.md5(digests).hexdigest())
+        self.assertEqual((head["ContentType"], head["Metadata"]), ("x/mp", {"k": "v"}))
+        self.assertEqual(self.s3.get_object(Bucket=self.bucket, Key="parts/big")["Body"].read(), body)
+        across = (5 << 20) - 10, (10 << 20) + 10  # the end of part 1, all of part 2, the start of part 3
+        got = self.s3.get_object(Bucket=self.bucket, Key="parts/big", Range="bytes=%d-%d" % across)["Body"].read()
+        self.assertEqual(got, body[across[0] : across[1] + 1])
+        self.assertEqual(self.s3.get_object(Bucket=self.bucket, Key="parts/big", Range="bytes=-100")["Body"].read(), body[-100:])
+        listed = self.s3.list_objects_v2(Bucket=self.bucket, Prefix="parts/")["Contents"]
+        self.assertEqual([(o["Key"], o["Size"]) for o in listed], [("parts/big", len(body))])
+
+    def test_part_rules_abort_and_replacement(self):
+        s3, b = self.s3, self.bucket
+        upload = s3.create_multipart_upload(Bucket=b, Key="rules")["UploadId"]
+        one = s3.upload_part(Bucket=b, Key="rules", UploadId=upload, PartNumber=1, Body=b"small")["ETag"]
+        two = s3.upload_part(Bucket=b, Key="rules", UploadId=upload, PartNumber=2, Body=b"tail")["ETag"]
+        parts = lambda *p: {"Parts": [{"PartNumber": n, "ETag": e} for n, e in p]}
+        complete = lambda p: s3.complete_multipart_upload(Bucket=b, Key="rules", UploadId=upload, MultipartUpload=p)
+        self.assertEqual(error_of(lambda: complete(parts((1, one), (2, two)))), ("EntityTooSmall", 400))
+        self.assertEqual(error_of(lambda: complete(parts((2, two), (1, one)))), ("InvalidPartOrder", 400))
+        self.assertEqual(error_of(lambda: complete(parts((1, two)))), ("InvalidPart", 400))
+        # A part sent again replaces the one before.
+        big = os.urandom(5 << 20)
+        one = s3.upload_part(Bucket=b, Key="rules", UploadId=upload, PartNumber=1, Body=big)["ETag"]
+        complete(parts((1, one), (2, two)))
+        self.assertEqual(s3.get_object(Bucket=b, Key="rules")["Body"].read(), big + b"tail")
+        self.assertEqual(error_of(lambda: complete(parts((1, one)))), ("NoSuchUpload", 404))
+        # Overwritten by a single PUT, the parts go.
+        s3.put_object(Bucket=b, Key="rules", Body=b"single")
+        self.assertEqual(s3.get_object(Bucket=b, Key="rules")["Body"].read(), b"single")
+        aborted = s3.create_multipart_upload(Bucket=b, Key="aborted")["UploadId"]
+        s3.upload_part(Bucket=b, Key="aborted", UploadId=aborted, PartNumber=1, Body=b"x")
+        s3.abort_multipart_upload(Bucket=b, Key="aborted", UploadId=aborted)
+        self.assertEqual(
+            error_of(lambda: s3.upload_part(Bucket=b, Key="aborted", UploadId=aborted, PartNumber=2, Body=b"y")), ("NoSuchUpload", 404)
+        )
+        self.assertEqual(error_of(lambda: s3.head_object(Bucket=b, Key="aborted")), ("404", 404))
+
+
 class Conditions(unittest.TestCase):
     @classmethod
     def setUpClass(cls):

@@ -10,7 +10,9 @@ use std::collections::BTreeMap;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::{forget_object, now_ms, object_status, MetaDb, MetaError, MetaResult};
-use crate::proto::s3::{Access, AccessKey, Bucket, Entry, ListPage, ListRequest};
+use crate::proto::s3::{
+    Access, AccessKey, Bucket, CompleteParts, CreateUpload, Entry, ListPage, ListRequest, PartObject, UploadPart,
+};
 use crate::proto::ObjectId;
 
 /// The schema migration of the namespace, one step of `PRAGMA user_version`.
@@ -41,10 +43,30 @@ pub const MIGRATION: &str = "
         content_type TEXT,
         metadata     TEXT NOT NULL DEFAULT '{}',
         modified_at  INTEGER NOT NULL,
+        parts        TEXT,
         PRIMARY KEY (bucket, key)
+    ) WITHOUT ROWID;
+    CREATE TABLE s3_uploads (
+        id           TEXT PRIMARY KEY,
+        bucket       TEXT NOT NULL REFERENCES s3_buckets (name),
+        key          TEXT NOT NULL,
+        content_type TEXT,
+        metadata     TEXT NOT NULL DEFAULT '{}',
+        created_at   INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE s3_parts (
+        upload_id TEXT NOT NULL REFERENCES s3_uploads (id) ON DELETE CASCADE,
+        number    INTEGER NOT NULL,
+        object_id TEXT NOT NULL,
+        size      INTEGER NOT NULL,
+        etag      TEXT NOT NULL,
+        PRIMARY KEY (upload_id, number)
     ) WITHOUT ROWID;";
 
-const ENTRY_COLUMNS: &str = "bucket, key, object_id, size, etag, content_type, metadata, modified_at";
+const ENTRY_COLUMNS: &str = "bucket, key, object_id, size, etag, content_type, metadata, modified_at, parts";
+
+/// The smallest part of a multipart upload but the last (S3's rule).
+pub const MIN_PART_SIZE: u64 = 5 << 20;
 
 fn entry_from_row(row: &Row<'_>) -> rusqlite::Result<Entry> {
     let metadata: String = row.get(6)?;
@@ -59,6 +81,10 @@ fn entry_from_row(row: &Row<'_>) -> rusqlite::Result<Entry> {
         modified_ms: row.get(7)?,
         if_none_match: false,
         if_match: None,
+        parts: row
+            .get::<_, Option<String>>(8)?
+            .and_then(|text| serde_json::from_str::<Vec<PartObject>>(&text).ok())
+            .unwrap_or_default(),
     })
 }
 
@@ -282,6 +308,7 @@ impl MetaDb {
                 .prepare_cached("SELECT object_id, etag FROM s3_entries WHERE bucket = ?1 AND key = ?2")?
                 .query_row([&entry.bucket, &entry.key], |row| Ok((row.get(0)?, row.get(1)?)))
                 .optional()?;
+            let old_objects = entry_objects(conn, &entry.bucket, &entry.key)?;
             // Conditions are checked inside the write, so concurrent writers are ordered:
             // exactly one `If-None-Match: *` wins.
             match (&current, &entry.if_match) {
@@ -298,25 +325,11 @@ impl MetaDb {
                 _ => {}
             }
             let old = current.map(|(object_id, _)| object_id);
-            let metadata = serde_json::to_string(&entry.metadata).map_err(|e| MetaError::Internal(e.to_string()))?;
-            conn.prepare_cached(&format!(
-                "INSERT OR REPLACE INTO s3_entries ({ENTRY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
-            ))?
-            .execute(params![
-                entry.bucket,
-                entry.key,
-                entry.objectid,
-                entry.size as i64,
-                entry.etag,
-                entry.content_type,
-                metadata,
-                entry.modified_ms
-            ])?;
-            let replaced = old.filter(|old| *old != entry.objectid);
-            if let Some(old) = &replaced {
-                forget_if_live(conn, old)?;
+            write_entry(conn, &entry)?;
+            for object in old_objects.iter().filter(|o| **o != entry.objectid) {
+                forget_if_live(conn, object)?;
             }
-            Ok(replaced)
+            Ok(old.filter(|old| *old != entry.objectid))
         })
     }
 
@@ -325,12 +338,13 @@ impl MetaDb {
         let (bucket, key) = (bucket.to_string(), key.to_string());
         self.write(move |conn| {
             bucket_row(conn, &bucket)?.ok_or_else(|| no_bucket(&bucket))?;
+            let objects = entry_objects(conn, &bucket, &key)?;
             let old: Option<String> = conn
                 .prepare_cached("DELETE FROM s3_entries WHERE bucket = ?1 AND key = ?2 RETURNING object_id")?
                 .query_row([&bucket, &key], |row| row.get(0))
                 .optional()?;
-            if let Some(old) = &old {
-                forget_if_live(conn, old)?;
+            for object in &objects {
+                forget_if_live(conn, object)?;
             }
             Ok(old)
         })
@@ -399,6 +413,203 @@ impl MetaDb {
     }
 }
 
+/// Every object a key's entry points at: its one object, or all its parts.
+fn entry_objects(conn: &Connection, bucket: &str, key: &str) -> MetaResult<Vec<String>> {
+    let row: Option<(String, Option<String>)> = conn
+        .prepare_cached("SELECT object_id, parts FROM s3_entries WHERE bucket = ?1 AND key = ?2")?
+        .query_row([bucket, key], |row| Ok((row.get(0)?, row.get(1)?)))
+        .optional()?;
+    Ok(match row {
+        None => Vec::new(),
+        Some((object, None)) => vec![object],
+        Some((object, Some(parts))) => {
+            let mut all: Vec<String> = serde_json::from_str::<Vec<PartObject>>(&parts)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|p| p.objectid)
+                .collect();
+            if !all.contains(&object) {
+                all.push(object);
+            }
+            all
+        }
+    })
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> MetaResult<String> {
+    serde_json::to_string(value).map_err(|e| MetaError::Internal(e.to_string()))
+}
+
+fn write_entry(conn: &Connection, entry: &Entry) -> MetaResult<()> {
+    let parts = if entry.parts.is_empty() { None } else { Some(to_json(&entry.parts)?) };
+    conn.prepare_cached(&format!(
+        "INSERT OR REPLACE INTO s3_entries ({ENTRY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+    ))?
+    .execute(params![
+        entry.bucket,
+        entry.key,
+        entry.objectid,
+        entry.size as i64,
+        entry.etag,
+        entry.content_type,
+        to_json(&entry.metadata)?,
+        entry.modified_ms,
+        parts
+    ])?;
+    Ok(())
+}
+
+fn no_upload(id: &str) -> MetaError {
+    MetaError::NotFound(format!("NoSuchUpload: the multipart upload {id:?} does not exist (completed or aborted?)"))
+}
+
+/// The upload's row, checked against the bucket and key the request names.
+fn upload_row(
+    conn: &Connection,
+    id: &str,
+    bucket: &str,
+    key: &str,
+) -> MetaResult<(Option<String>, BTreeMap<String, String>)> {
+    let row: Option<(String, String, Option<String>, String)> = conn
+        .prepare_cached("SELECT bucket, key, content_type, metadata FROM s3_uploads WHERE id = ?1")?
+        .query_row([id], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)))
+        .optional()?;
+    match row {
+        Some((b, k, content_type, metadata)) if b == bucket && k == key => {
+            Ok((content_type, serde_json::from_str(&metadata).unwrap_or_default()))
+        }
+        _ => Err(no_upload(id)),
+    }
+}
+
+impl MetaDb {
+    /// Starts a multipart upload; returns its id.
+    pub fn create_upload(&self, upload: CreateUpload) -> MetaResult<String> {
+        let id = random_text(b"0123456789abcdef", 32);
+        let row = id.clone();
+        self.write(move |conn| {
+            bucket_row(conn, &upload.bucket)?.ok_or_else(|| no_bucket(&upload.bucket))?;
+            let metadata = to_json(&upload.metadata)?;
+            conn.prepare_cached(
+                "INSERT INTO s3_uploads (id, bucket, key, content_type, metadata, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![row, upload.bucket, upload.key, upload.content_type, metadata, now_ms()])?;
+            Ok(())
+        })?;
+        Ok(id)
+    }
+
+    /// Records a part (a complete object); a part sent again replaces the one before,
+    /// whose object is deleted.
+    pub fn put_part(&self, part: UploadPart) -> MetaResult<()> {
+        let id = ObjectId::parse(&part.objectid).map_err(MetaError::Invalid)?.to_string();
+        self.write(move |conn| {
+            upload_row(conn, &part.upload_id, &part.bucket, &part.key)?;
+            let status: Option<(String, i64)> = conn
+                .prepare_cached("SELECT status, size FROM objects WHERE id = ?1")?
+                .query_row([&id], |row| Ok((row.get(0)?, row.get(1)?)))
+                .optional()?;
+            if !matches!(&status, Some((s, size)) if s == "complete" && *size as u64 == part.size) {
+                return Err(MetaError::Invalid(format!("object {id} is not a complete object of {} bytes", part.size)));
+            }
+            let old: Option<String> = conn
+                .prepare_cached("SELECT object_id FROM s3_parts WHERE upload_id = ?1 AND number = ?2")?
+                .query_row(params![part.upload_id, part.number], |row| row.get(0))
+                .optional()?;
+            conn.prepare_cached(
+                "INSERT OR REPLACE INTO s3_parts (upload_id, number, object_id, size, etag) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![part.upload_id, part.number, id, part.size as i64, part.etag])?;
+            if let Some(old) = old.filter(|old| *old != id) {
+                forget_if_live(conn, &old)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Completes a multipart upload: the key points at the listed parts in order (no byte
+    /// is copied), its ETag the MD5 of their MD5s and their count; parts not listed, and
+    /// whatever the key pointed at before, are deleted. Errors start with S3's code.
+    pub fn complete_upload(&self, request: CompleteParts) -> MetaResult<Entry> {
+        self.write(move |conn| {
+            let (content_type, metadata) = upload_row(conn, &request.upload_id, &request.bucket, &request.key)?;
+            let stored: Vec<(u32, String, u64, String)> = conn
+                .prepare_cached("SELECT number, object_id, size, etag FROM s3_parts WHERE upload_id = ?1 ORDER BY number")?
+                .query_map([&request.upload_id], |row| {
+                    Ok((row.get(0)?, row.get(1)?, row.get::<_, i64>(2)? as u64, row.get(3)?))
+                })?
+                .collect::<Result<_, _>>()?;
+            if request.parts.is_empty() {
+                return Err(MetaError::Invalid("MalformedXML: a multipart upload needs at least one part".into()));
+            }
+            let mut parts = Vec::new();
+            let mut digests = Vec::new();
+            if request.parts.windows(2).any(|pair| pair[0].0 >= pair[1].0) {
+                return Err(MetaError::Invalid("InvalidPartOrder: parts must be listed in ascending order".into()));
+            }
+            for (i, (number, etag)) in request.parts.iter().enumerate() {
+                let etag = etag.trim().trim_matches('"');
+                let found = stored.iter().find(|(n, _, _, e)| n == number && e == etag).ok_or_else(|| {
+                    MetaError::Invalid(format!("InvalidPart: part {number} with ETag {etag} was not uploaded"))
+                })?;
+                if i + 1 < request.parts.len() && found.2 < MIN_PART_SIZE {
+                    return Err(MetaError::Invalid(format!(
+                        "EntityTooSmall: part {number} has {} bytes; every part but the last needs at least {MIN_PART_SIZE}",
+                        found.2
+                    )));
+                }
+                digests.extend((0..etag.len() / 2).filter_map(|j| u8::from_str_radix(&etag[2 * j..2 * j + 2], 16).ok()));
+                parts.push(PartObject { objectid: found.1.clone(), size: found.2 });
+            }
+            let etag = {
+                use md5::Digest;
+                let digest = md5::Md5::digest(&digests);
+                format!("{}-{}", digest.iter().map(|b| format!("{b:02x}")).collect::<String>(), parts.len())
+            };
+            let entry = Entry {
+                bucket: request.bucket.clone(),
+                key: request.key.clone(),
+                objectid: parts[0].objectid.clone(),
+                size: parts.iter().map(|p| p.size).sum(),
+                etag,
+                content_type,
+                metadata,
+                modified_ms: now_ms(),
+                if_none_match: false,
+                if_match: None,
+                parts,
+            };
+            let old_objects = entry_objects(conn, &entry.bucket, &entry.key)?;
+            write_entry(conn, &entry)?;
+            for object in old_objects {
+                forget_if_live(conn, &object)?;
+            }
+            for (_, object, _, _) in stored.iter().filter(|(_, o, _, _)| !entry.parts.iter().any(|p| p.objectid == *o)) {
+                forget_if_live(conn, object)?;
+            }
+            conn.prepare_cached("DELETE FROM s3_uploads WHERE id = ?1")?.execute([&request.upload_id])?;
+            Ok(entry)
+        })
+    }
+
+    /// Abandons a multipart upload and deletes its parts' objects.
+    pub fn abort_upload(&self, upload_id: &str, bucket: &str, key: &str) -> MetaResult<()> {
+        let (id, bucket, key) = (upload_id.to_string(), bucket.to_string(), key.to_string());
+        self.write(move |conn| {
+            upload_row(conn, &id, &bucket, &key)?;
+            let objects: Vec<String> = conn
+                .prepare_cached("SELECT object_id FROM s3_parts WHERE upload_id = ?1")?
+                .query_map([&id], |row| row.get(0))?
+                .collect::<Result<_, _>>()?;
+            for object in &objects {
+                forget_if_live(conn, object)?;
+            }
+            conn.prepare_cached("DELETE FROM s3_uploads WHERE id = ?1")?.execute([&id])?;
+            Ok(())
+        })
+    }
+}
+
 /// Deletes an object a key no longer points at, unless it is already gone.
 fn forget_if_live(conn: &Connection, id: &str) -> MetaResult<()> {
     match object_status(conn, id)?.as_deref() {
@@ -445,6 +656,7 @@ mod tests {
             modified_ms: 0,
             if_none_match: false,
             if_match: None,
+            parts: Vec::new(),
         };
         db.put_entry(entry).unwrap();
         objectid
