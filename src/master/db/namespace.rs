@@ -592,22 +592,42 @@ impl MetaDb {
         })
     }
 
+    /// Abandons multipart uploads started before `older_than_ms` (a thousand at most per
+    /// call), as an abort would; returns how many.
+    pub fn expire_multipart(&self, older_than_ms: i64) -> MetaResult<usize> {
+        self.write(move |conn| {
+            let ids: Vec<String> = conn
+                .prepare_cached("SELECT id FROM s3_uploads WHERE created_at < ?1 LIMIT 1000")?
+                .query_map([older_than_ms], |row| row.get(0))?
+                .collect::<Result<_, _>>()?;
+            for id in &ids {
+                forget_upload(conn, id)?;
+            }
+            Ok(ids.len())
+        })
+    }
+
     /// Abandons a multipart upload and deletes its parts' objects.
     pub fn abort_upload(&self, upload_id: &str, bucket: &str, key: &str) -> MetaResult<()> {
         let (id, bucket, key) = (upload_id.to_string(), bucket.to_string(), key.to_string());
         self.write(move |conn| {
             upload_row(conn, &id, &bucket, &key)?;
-            let objects: Vec<String> = conn
-                .prepare_cached("SELECT object_id FROM s3_parts WHERE upload_id = ?1")?
-                .query_map([&id], |row| row.get(0))?
-                .collect::<Result<_, _>>()?;
-            for object in &objects {
-                forget_if_live(conn, object)?;
-            }
-            conn.prepare_cached("DELETE FROM s3_uploads WHERE id = ?1")?.execute([&id])?;
-            Ok(())
+            forget_upload(conn, &id)
         })
     }
+}
+
+/// Deletes an upload, its parts and their objects.
+fn forget_upload(conn: &Connection, id: &str) -> MetaResult<()> {
+    let objects: Vec<String> = conn
+        .prepare_cached("SELECT object_id FROM s3_parts WHERE upload_id = ?1")?
+        .query_map([id], |row| row.get(0))?
+        .collect::<Result<_, _>>()?;
+    for object in &objects {
+        forget_if_live(conn, object)?;
+    }
+    conn.prepare_cached("DELETE FROM s3_uploads WHERE id = ?1")?.execute([id])?;
+    Ok(())
 }
 
 /// Deletes an object a key no longer points at, unless it is already gone.
@@ -711,6 +731,55 @@ mod tests {
         assert_eq!(db.delete_entry("b", "c").unwrap(), None);
         db.delete_bucket("b").unwrap();
         assert!(matches!(db.entry("b", "c"), Err(MetaError::NotFound(_))));
+    }
+
+    #[test]
+    fn multipart_parts_are_kept_in_order_and_reclaimed() {
+        let db = temp_db("multipart");
+        db.create_bucket("b", "owner").unwrap();
+        let upload = |key: &str| {
+            let create =
+                CreateUpload { bucket: "b".into(), key: key.into(), content_type: None, metadata: BTreeMap::new() };
+            db.create_upload(create).unwrap()
+        };
+        let part = |id: &str, key: &str, number: u32, size: u64| {
+            let objectid = complete_object(&db, size);
+            let etag = format!("{number:032x}");
+            let part = UploadPart {
+                upload_id: id.into(),
+                bucket: "b".into(),
+                key: key.into(),
+                number,
+                objectid: objectid.clone(),
+                size,
+                etag,
+            };
+            db.put_part(part).unwrap();
+            objectid
+        };
+        let id = upload("k");
+        let first = part(&id, "k", 1, MIN_PART_SIZE);
+        let unused = part(&id, "k", 2, 10);
+        let last = part(&id, "k", 3, 10);
+        let parts = vec![(1, format!("{:032x}", 1)), (3, format!("\"{:032x}\"", 3))];
+        let entry = db
+            .complete_upload(CompleteParts { upload_id: id.clone(), bucket: "b".into(), key: "k".into(), parts })
+            .unwrap();
+        assert_eq!(entry.size, MIN_PART_SIZE + 10);
+        assert!(entry.etag.ends_with("-2"), "{}", entry.etag);
+        assert_eq!(
+            db.entry("b", "k").unwrap().parts.iter().map(|p| p.objectid.clone()).collect::<Vec<_>>(),
+            vec![first.clone(), last.clone()]
+        );
+        assert_eq!(object_status_of(&db, &unused), "deleted");
+        db.delete_entry("b", "k").unwrap();
+        assert_eq!((object_status_of(&db, &first), object_status_of(&db, &last)), ("deleted".into(), "deleted".into()));
+
+        let stale = upload("old");
+        let stale_part = part(&stale, "old", 1, 10);
+        assert_eq!(db.expire_multipart(now_ms() + 1).unwrap(), 1);
+        assert_eq!(object_status_of(&db, &stale_part), "deleted");
+        assert!(matches!(db.abort_upload(&stale, "b", "old"), Err(MetaError::NotFound(_))));
     }
 
     fn object_status_of(db: &MetaDb, id: &str) -> String {
