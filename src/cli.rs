@@ -2,6 +2,8 @@
 //! built on `Client`. They print results on standard output, and progress and a
 //! one-line summary of each transfer on a terminal's standard error.
 
+pub mod keys;
+
 use std::fs::{self, File};
 use std::io::{self, IsTerminal, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};

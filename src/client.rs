@@ -6,6 +6,8 @@ use std::io::{self, Read, Write};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod s3;
+
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -307,11 +309,11 @@ impl Client {
     /// after a break in the chain never saw the bytes, so they are tried again. What the
     /// datanodes stored must be the bytes read from `open` (size and CRC-32C), or nothing
     /// is completed.
-    pub fn upload(
+    pub fn upload<R: Read>(
         &self,
         len: u64,
         replication: Option<usize>,
-        open: &mut dyn FnMut() -> io::Result<Box<dyn Read + Send>>,
+        open: &mut dyn FnMut() -> io::Result<R>,
     ) -> Result<Uploaded, ClientError> {
         let placement = self.init_upload(len, replication)?;
         let id = ObjectId::parse(&placement.objectid)

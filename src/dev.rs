@@ -1,6 +1,7 @@
 //! `aether dev`: a whole local cluster for trying AetherStore out and running the
 //! original curl walk-through: the master in this process, each datanode a child process
-//! of its own (`aether datanode`) on loopback ports, their data under one directory.
+//! of its own (`aether datanode`) on loopback ports, their data under one directory, and
+//! an S3 gateway (on the master's port + 100) with an access key named `dev` ready.
 //! A datanode is its own process so that it can be killed (`kill -9 PID`, the PIDs are
 //! printed) to watch the master notice and repair, as in a real cluster. Ctrl-C stops
 //! everything cleanly; the children also die with this process.
@@ -14,6 +15,8 @@ use crate::client::Client;
 use crate::lock::DataDirLock;
 use crate::log;
 use crate::master::{Master, MasterConfig};
+use crate::proto::s3::AccessKey;
+use crate::s3::{Gateway, GatewayConfig};
 
 /// Set in a dev datanode's environment to the PID of the `aether dev` that started it.
 pub const DEV_PARENT_VAR: &str = "AETHER_DEV_PARENT";
@@ -27,6 +30,15 @@ pub struct DevConfig {
     pub port: u16,
     /// Silence after which the master declares a datanode dead (and repairs its copies).
     pub dead_after: Duration,
+}
+
+/// The dev cluster's S3 gateway, and the key it prints.
+struct DevGateway {
+    gateway: Gateway,
+    url: String,
+    region: String,
+    /// The access key named `dev`, with its secret: created on the first start.
+    key: AccessKey,
 }
 
 /// One datanode child process and how to start it again.
@@ -65,6 +77,8 @@ pub struct DevCluster {
     datanodes: Vec<DevNode>,
     pub master_url: String,
     _lock: DataDirLock,
+    /// The S3 gateway, started once the datanodes are registered.
+    s3: Option<DevGateway>,
 }
 
 impl DevCluster {
@@ -89,7 +103,7 @@ impl DevCluster {
         // Heartbeats often enough that a live node is never taken for a suspect one.
         let heartbeat = (config.dead_after / 4).min(Duration::from_secs(3)).max(Duration::from_millis(100));
 
-        let mut cluster = DevCluster { master, datanodes: Vec::new(), master_url, _lock: lock };
+        let mut cluster = DevCluster { master, datanodes: Vec::new(), master_url, _lock: lock, s3: None };
         for i in 1..=config.datanodes {
             let id = format!("datanode-{i}");
             let port = if config.port == 0 { free_port()? } else { config.port + i as u16 };
@@ -127,7 +141,7 @@ impl DevCluster {
             cluster.datanodes.push(DevNode { id, address, args, child, exited: None });
         }
 
-        let client = Client::new(agent, &cluster.master_url);
+        let client = Client::new(agent.clone(), &cluster.master_url);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let registered = client.nodes().unwrap_or_default();
@@ -153,6 +167,16 @@ impl DevCluster {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+        let (gateway, key) = match start_gateway(config, &client, agent) {
+            Ok(started) => started,
+            Err(e) => {
+                cluster.shutdown();
+                return Err(e);
+            }
+        };
+        let port = gateway.local_addr().port();
+        let url = format!("http://{}:{port}", if config.port == 0 { "127.0.0.1" } else { "localhost" });
+        cluster.s3 = Some(DevGateway { gateway, url, region: "us-east-1".into(), key });
         Ok(cluster)
     }
 
@@ -175,6 +199,15 @@ impl DevCluster {
                 node.id
             ));
         }
+        if let Some(s3) = &self.s3 {
+            text.push_str(&format!(
+                "  s3          {:<26} region {}, access key {} secret {}\n",
+                s3.url,
+                s3.region,
+                s3.key.id,
+                s3.key.secret.as_deref().unwrap_or_default()
+            ));
+        }
         text.push_str(&format!(
             "Try it:  echo hello > hello.txt && cargo run --release -- put hello.txt --master {}\n",
             self.master_url
@@ -183,6 +216,15 @@ impl DevCluster {
             "Heal it: kill -9 a datanode's pid; the master declares it dead after {} s and copies its objects again (watch `aether nodes`)\n",
             config.dead_after.as_secs_f64()
         ));
+        if let Some(s3) = &self.s3 {
+            text.push_str(&format!(
+                "Try S3:  AWS_ACCESS_KEY_ID={} AWS_SECRET_ACCESS_KEY={} aws --endpoint-url {} --region {} s3 mb s3://demo\n",
+                s3.key.id,
+                s3.key.secret.as_deref().unwrap_or_default(),
+                s3.url,
+                s3.region
+            ));
+        }
         text.push_str("Stop it: press Ctrl-C\n");
         text
     }
@@ -213,6 +255,9 @@ impl DevCluster {
 
     /// Stops every datanode (SIGTERM, then SIGKILL after 20 s), then the master.
     pub fn shutdown(mut self) {
+        if let Some(s3) = self.s3.take() {
+            s3.gateway.shutdown();
+        }
         for node in &mut self.datanodes {
             if node.exited.is_none() && node.child.try_wait().ok().flatten().is_none() {
                 if let Some(pid) = rustix::process::Pid::from_raw(node.child.id() as i32) {
@@ -250,6 +295,20 @@ pub fn follow_dev_parent() {
     if rustix::process::getppid().map(|p| p.as_raw_nonzero().get()) != Some(parent) {
         std::process::exit(1);
     }
+}
+
+/// Starts the dev cluster's S3 gateway (master port + 100) and finds or creates the
+/// access key named `dev`.
+fn start_gateway(config: &DevConfig, client: &Client, agent: ureq::Agent) -> io::Result<(Gateway, AccessKey)> {
+    let existing = client.access_keys().map_err(io::Error::other)?.into_iter().find(|k| k.name == "dev");
+    let key = match existing {
+        Some(key) => client.access_key(&key.id),
+        None => client.create_access_key("dev"),
+    }
+    .map_err(io::Error::other)?;
+    let port = if config.port == 0 { 0 } else { config.port.saturating_add(100) };
+    let gateway = Gateway::start(GatewayConfig::new(&format!("127.0.0.1:{port}"), client.master()), agent)?;
+    Ok((gateway, key))
 }
 
 /// Runs a dev cluster until Ctrl-C (or SIGTERM).

@@ -15,6 +15,7 @@ pub mod log;
 pub mod master;
 pub mod node_client;
 pub mod proto;
+pub mod s3;
 
 /// What this binary is: the package version and the git commit it was built from, e.g.
 /// `0.1.0 (27a3cbf1e2)`; `unknown` for a build outside a git checkout.

@@ -4,6 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod s3;
+
 /// `POST /api/node/register`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct RegisterNode {

@@ -16,6 +16,7 @@ use aetherstore::dev::{self, DevConfig};
 use aetherstore::http::HttpLimits;
 use aetherstore::log;
 use aetherstore::master::{Master, MasterConfig};
+use aetherstore::s3::{Gateway, GatewayConfig};
 
 #[derive(FromArgs)]
 /// AetherStore: a distributed object store. Start a local cluster with `aether dev`.
@@ -40,6 +41,8 @@ enum Command {
     Nodes(NodesArgs),
     Cluster(ClusterArgs),
     Bench(BenchArgs),
+    S3(S3Args),
+    Key(KeyArgs),
 }
 
 #[derive(FromArgs)]
@@ -199,6 +202,122 @@ struct DatanodeArgs {
     /// seconds accept() may keep failing before the server exits non-zero (env AETHER_ACCEPT_FAILURE_LIMIT; default 60)
     #[argh(option)]
     accept_failure_limit: Option<String>,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand, name = "s3")]
+/// Run an S3-compatible endpoint (stateless; run as many as you like).
+struct S3Args {
+    /// address to listen on (env AETHER_LISTEN; default 0.0.0.0:9000)
+    #[argh(option)]
+    listen: Option<String>,
+    /// master URL (env AETHER_MASTER; default http://127.0.0.1:42100)
+    #[argh(option)]
+    master: Option<String>,
+    /// region reported to clients (env AETHER_REGION; default us-east-1)
+    #[argh(option)]
+    region: Option<String>,
+    /// serve bucket.ROOT_DOMAIN/key too (virtual-hosted style), e.g. s3.example.com (env AETHER_ROOT_DOMAIN; default none)
+    #[argh(option)]
+    root_domain: Option<String>,
+    /// requests handled at once (env AETHER_THREADS; default 64)
+    #[argh(option)]
+    threads: Option<usize>,
+    /// shared secret of the cluster, sent to the master (env AETHER_CLUSTER_TOKEN; default none)
+    #[argh(option)]
+    cluster_token: Option<String>,
+    /// log level: error, warn, info or debug (env AETHER_LOG; default info)
+    #[argh(option)]
+    log_level: Option<String>,
+    /// log format: text, or json for one object per line (env AETHER_LOG_FORMAT; default text)
+    #[argh(option)]
+    log_format: Option<String>,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand, name = "key")]
+/// Manage S3 access keys: create, list, delete, grant.
+struct KeyArgs {
+    #[argh(subcommand)]
+    command: KeyCommand,
+    /// master URL (env AETHER_MASTER; default http://127.0.0.1:42100)
+    #[argh(option)]
+    master: Option<String>,
+    /// shared secret of the cluster (env AETHER_CLUSTER_TOKEN; default none)
+    #[argh(option)]
+    cluster_token: Option<String>,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand)]
+enum KeyCommand {
+    Create(KeyCreateArgs),
+    List(KeyListArgs),
+    Delete(KeyDeleteArgs),
+    Grant(KeyGrantArgs),
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand, name = "create")]
+/// Create an access key; prints its id and secret.
+struct KeyCreateArgs {
+    /// a name to remember the key by
+    #[argh(positional)]
+    name: String,
+    /// master URL (env AETHER_MASTER; default http://127.0.0.1:42100)
+    #[argh(option)]
+    master: Option<String>,
+    /// shared secret of the cluster (env AETHER_CLUSTER_TOKEN; default none)
+    #[argh(option)]
+    cluster_token: Option<String>,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand, name = "list")]
+/// List the access keys (without secrets).
+struct KeyListArgs {
+    /// master URL (env AETHER_MASTER; default http://127.0.0.1:42100)
+    #[argh(option)]
+    master: Option<String>,
+    /// shared secret of the cluster (env AETHER_CLUSTER_TOKEN; default none)
+    #[argh(option)]
+    cluster_token: Option<String>,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand, name = "delete")]
+/// Delete an access key.
+struct KeyDeleteArgs {
+    /// the access key id
+    #[argh(positional)]
+    id: String,
+    /// master URL (env AETHER_MASTER; default http://127.0.0.1:42100)
+    #[argh(option)]
+    master: Option<String>,
+    /// shared secret of the cluster (env AETHER_CLUSTER_TOKEN; default none)
+    #[argh(option)]
+    cluster_token: Option<String>,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand, name = "grant")]
+/// Let an access key read, write or own a bucket.
+struct KeyGrantArgs {
+    /// the access key id
+    #[argh(positional)]
+    key: String,
+    /// the bucket
+    #[argh(positional)]
+    bucket: String,
+    /// read, write or owner
+    #[argh(positional)]
+    access: String,
+    /// master URL (env AETHER_MASTER; default http://127.0.0.1:42100)
+    #[argh(option)]
+    master: Option<String>,
+    /// shared secret of the cluster (env AETHER_CLUSTER_TOKEN; default none)
+    #[argh(option)]
+    cluster_token: Option<String>,
 }
 
 #[derive(FromArgs)]
@@ -507,6 +626,37 @@ fn run(command: Command) -> Result<(), String> {
         }
         Command::Cluster(args) => {
             print!("{}", cli::cluster(&client_for(args.master))?);
+            Ok(())
+        }
+        Command::S3(args) => {
+            init_log(args.log_level, args.log_format)?;
+            let listen = setting(args.listen, "AETHER_LISTEN").unwrap_or_else(|| "0.0.0.0:9000".into());
+            let master = setting(args.master, "AETHER_MASTER").unwrap_or_else(|| DEFAULT_MASTER.to_string());
+            let mut config = GatewayConfig::new(&listen, &master);
+            config.region = setting(args.region, "AETHER_REGION").unwrap_or(config.region);
+            config.root_domain = setting(args.root_domain, "AETHER_ROOT_DOMAIN");
+            config.threads = parsed(args.threads, "AETHER_THREADS", config.threads)?;
+            config.cluster_token = setting(args.cluster_token, "AETHER_CLUSTER_TOKEN");
+            let gateway = Gateway::start(config, client::agent()).map_err(|e| e.to_string())?;
+            wait_for_stop_signal()?;
+            gateway.shutdown();
+            Ok(())
+        }
+        Command::Key(args) => {
+            // `--master` and `--cluster-token` may come before or after the key command.
+            let client = |master: Option<String>, token: Option<String>| {
+                client_for(master.or(args.master.clone()))
+                    .with_token(setting(token.or(args.cluster_token.clone()), "AETHER_CLUSTER_TOKEN"))
+            };
+            let out = match args.command {
+                KeyCommand::Create(a) => cli::keys::create(&client(a.master, a.cluster_token), &a.name)?,
+                KeyCommand::List(a) => cli::keys::list(&client(a.master, a.cluster_token))?,
+                KeyCommand::Delete(a) => cli::keys::delete(&client(a.master, a.cluster_token), &a.id)?,
+                KeyCommand::Grant(a) => {
+                    cli::keys::grant(&client(a.master, a.cluster_token), &a.key, &a.bucket, &a.access)?
+                }
+            };
+            print!("{out}");
             Ok(())
         }
         Command::Bench(args) => {

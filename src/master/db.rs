@@ -24,6 +24,8 @@ use super::repair::UnderReplicated;
 use crate::log;
 use crate::proto::{Checksum, ObjectId, ReplicaState};
 
+mod namespace;
+
 /// Writes folded into one transaction at most.
 const MAX_BATCH: usize = 512;
 
@@ -100,6 +102,8 @@ const MIGRATIONS: &[&str] = &[
                                  WHERE r.object_id = objects.id AND r.state = 'placed')
         WHERE status = 'pending';
     DELETE FROM replicas WHERE state = 'placed';",
+    // 4: the S3 namespace: buckets, keys, access keys and grants (`db/namespace.rs`).
+    namespace::MIGRATION,
 ];
 
 /// The master layer's error; its status is the HTTP answer.

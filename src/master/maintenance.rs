@@ -226,4 +226,14 @@ fn expire_uploads(state: &MasterState) {
         ),
         Err(e) => log::error("master", &format!("cannot expire stale uploads: {e}")),
     }
+    // S3 multipart uploads may take long; a week untouched is abandoned.
+    let cutoff = super::db::now_ms() - MULTIPART_EXPIRY.as_millis() as i64;
+    match state.db.expire_multipart(cutoff) {
+        Ok(0) => {}
+        Ok(n) => log::info("master", &format!("expired {n} S3 multipart upload(s) older than a week")),
+        Err(e) => log::error("master", &format!("cannot expire S3 multipart uploads: {e}")),
+    }
 }
+
+/// Age after which an S3 multipart upload neither completed nor aborted is removed.
+const MULTIPART_EXPIRY: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);

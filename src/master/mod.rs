@@ -12,6 +12,7 @@ pub mod liveness;
 mod maintenance;
 pub mod placement;
 pub mod repair;
+mod s3;
 
 use std::collections::HashMap;
 use std::io;
@@ -203,6 +204,8 @@ enum Endpoint {
     GetObject(ObjectId),
     DeleteObject(ObjectId),
     RedirectToReplica(ObjectId),
+    /// The S3 namespace (`master/s3.rs`).
+    S3(s3::S3Endpoint),
 }
 
 impl Endpoint {
@@ -220,6 +223,7 @@ impl Endpoint {
             "/api/upload/init" => (Endpoint::InitUpload, is_post, "POST"),
             "/api/upload/replace" => (Endpoint::ReplaceNodes, is_post, "POST"),
             "/api/upload/complete" => (Endpoint::CompleteUpload, is_post, "POST"),
+            _ if path.starts_with("/api/s3/") => (Endpoint::S3(s3::S3Endpoint::parse(method, path)?), true, ""),
             _ => {
                 if let Some(raw_id) = path.strip_prefix("/api/objects/") {
                     let id = ObjectId::parse(raw_id).map_err(ApiError::bad_request)?;
@@ -244,7 +248,14 @@ impl Endpoint {
 
     /// Operations only datanodes may ask for: they change what the master believes.
     fn is_internal(&self) -> bool {
-        matches!(self, Endpoint::RegisterNode | Endpoint::Heartbeat | Endpoint::ReportReplicas | Endpoint::Inventory)
+        matches!(
+            self,
+            Endpoint::RegisterNode
+                | Endpoint::Heartbeat
+                | Endpoint::ReportReplicas
+                | Endpoint::Inventory
+                | Endpoint::S3(_)
+        )
     }
 
     /// Operations that need the cluster token, when there is one: the internal ones, and
@@ -348,6 +359,7 @@ impl MasterState {
                 Ok(http::json_reply(200, &StatusOk::ok()))
             }
             Endpoint::RedirectToReplica(id) => self.redirect(id),
+            Endpoint::S3(endpoint) => self.dispatch_s3(endpoint, request),
         }
     }
 
@@ -763,6 +775,10 @@ mod tests {
             (Method::Get, "/api/objects/not-a-uuid".into(), Err(400)),
             (Method::Get, "/api/objects/../../etc".into(), Err(400)),
             (Method::Get, "/api/unknown".into(), Err(404)),
+            (Method::Post, "/api/s3/objects/put".into(), Ok(Endpoint::S3(s3::S3Endpoint::PutEntry))),
+            (Method::Get, "/api/s3/keys".into(), Ok(Endpoint::S3(s3::S3Endpoint::ListKeys))),
+            (Method::Get, "/api/s3/objects/put".into(), Err(405)),
+            (Method::Post, "/api/s3/nothing".into(), Err(404)),
         ];
         for (method, path, want) in table {
             let got = Endpoint::parse(method, path).map_err(|e| e.status);

@@ -498,7 +498,10 @@ impl Request {
         // AetherStore patch: a response that failed part-way (most often its body reader
         // returned an error after the headers went out) must not look complete, nor leave
         // the client waiting for the rest on a connection kept alive: close it.
-        if result.is_err() {
+        // AetherStore patch 9: a client that sent `Expect: 100-continue` and got a final
+        // answer instead (its body never asked for) may or may not send the body now, so
+        // nothing tells where its next request would start: end the connection here.
+        if result.is_err() || self.must_send_continue {
             if let Some(closer) = &self.closer {
                 closer.close();
             }

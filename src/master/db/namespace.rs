@@ -1,0 +1,788 @@
+//! The S3 namespace in SQL: buckets, the keys in them (each pointing at one complete,
+//! immutable object), access keys and per-bucket grants.
+//!
+//! Entries are ordered by key as bytes (SQLite's BINARY collation compares UTF-8 as
+//! memcmp, which is S3's order), and listing walks that index: a page costs O(page), a
+//! run of keys under one common prefix is skipped with one seek past the prefix.
+
+use std::collections::BTreeMap;
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+use super::{forget_object, now_ms, object_status, MetaDb, MetaError, MetaResult};
+use crate::proto::s3::{
+    Access, AccessKey, Bucket, CompleteParts, CreateUpload, Entry, ListPage, ListRequest, PartObject, UploadPart,
+};
+use crate::proto::ObjectId;
+
+/// The schema migration of the namespace, one step of `PRAGMA user_version`.
+pub const MIGRATION: &str = "
+    CREATE TABLE s3_keys (
+        id         TEXT PRIMARY KEY,
+        secret     TEXT NOT NULL,
+        name       TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE s3_buckets (
+        name       TEXT PRIMARY KEY,
+        owner      TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE s3_grants (
+        bucket TEXT NOT NULL REFERENCES s3_buckets (name) ON DELETE CASCADE,
+        key_id TEXT NOT NULL REFERENCES s3_keys (id) ON DELETE CASCADE,
+        access TEXT NOT NULL CHECK (access IN ('read', 'write', 'owner')),
+        PRIMARY KEY (bucket, key_id)
+    ) WITHOUT ROWID;
+    CREATE TABLE s3_entries (
+        bucket       TEXT NOT NULL REFERENCES s3_buckets (name),
+        key          TEXT NOT NULL,
+        object_id    TEXT NOT NULL,
+        size         INTEGER NOT NULL,
+        etag         TEXT NOT NULL,
+        content_type TEXT,
+        metadata     TEXT NOT NULL DEFAULT '{}',
+        modified_at  INTEGER NOT NULL,
+        parts        TEXT,
+        PRIMARY KEY (bucket, key)
+    ) WITHOUT ROWID;
+    CREATE TABLE s3_uploads (
+        id           TEXT PRIMARY KEY,
+        bucket       TEXT NOT NULL REFERENCES s3_buckets (name),
+        key          TEXT NOT NULL,
+        content_type TEXT,
+        metadata     TEXT NOT NULL DEFAULT '{}',
+        created_at   INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE s3_parts (
+        upload_id TEXT NOT NULL REFERENCES s3_uploads (id) ON DELETE CASCADE,
+        number    INTEGER NOT NULL,
+        object_id TEXT NOT NULL,
+        size      INTEGER NOT NULL,
+        etag      TEXT NOT NULL,
+        PRIMARY KEY (upload_id, number)
+    ) WITHOUT ROWID;";
+
+const ENTRY_COLUMNS: &str = "bucket, key, object_id, size, etag, content_type, metadata, modified_at, parts";
+
+/// The smallest part of a multipart upload but the last (S3's rule).
+pub const MIN_PART_SIZE: u64 = 5 << 20;
+
+fn entry_from_row(row: &Row<'_>) -> rusqlite::Result<Entry> {
+    let metadata: String = row.get(6)?;
+    Ok(Entry {
+        bucket: row.get(0)?,
+        key: row.get(1)?,
+        objectid: row.get(2)?,
+        size: row.get::<_, i64>(3)? as u64,
+        etag: row.get(4)?,
+        content_type: row.get(5)?,
+        metadata: serde_json::from_str::<BTreeMap<String, String>>(&metadata).unwrap_or_default(),
+        modified_ms: row.get(7)?,
+        if_none_match: false,
+        if_match: None,
+        parts: row
+            .get::<_, Option<String>>(8)?
+            .and_then(|text| serde_json::from_str::<Vec<PartObject>>(&text).ok())
+            .unwrap_or_default(),
+    })
+}
+
+fn random_text(alphabet: &[u8], len: usize) -> String {
+    use rand::Rng;
+    let mut rng = rand::thread_rng();
+    (0..len).map(|_| alphabet[rng.gen_range(0..alphabet.len())] as char).collect()
+}
+
+/// The smallest string greater than every string that starts with `prefix` (which ends
+/// with a delimiter): its last character, plus one.
+fn past_prefix(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        let mut next = last as u32 + 1;
+        if (0xD800..0xE000).contains(&next) {
+            next = 0xE000;
+        }
+        if let Some(c) = char::from_u32(next) {
+            chars.push(c);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
+}
+
+fn bucket_row(conn: &Connection, name: &str) -> MetaResult<Option<(String, i64)>> {
+    Ok(conn
+        .prepare_cached("SELECT owner, created_at FROM s3_buckets WHERE name = ?1")?
+        .query_row([name], |row| Ok((row.get(0)?, row.get(1)?)))
+        .optional()?)
+}
+
+fn no_bucket(name: &str) -> MetaError {
+    MetaError::NotFound(format!("bucket {name:?} does not exist"))
+}
+
+impl MetaDb {
+    /// Creates an access key named `name`; returns it with its secret.
+    pub fn create_access_key(&self, name: &str) -> MetaResult<AccessKey> {
+        let key = AccessKey {
+            id: format!("AK{}", random_text(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", 18)),
+            name: name.to_string(),
+            secret: Some(random_text(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789", 40)),
+            created_ms: now_ms(),
+        };
+        let row = key.clone();
+        self.write(move |conn| {
+            conn.prepare_cached("INSERT INTO s3_keys (id, secret, name, created_at) VALUES (?1, ?2, ?3, ?4)")?
+                .execute(params![row.id, row.secret, row.name, row.created_ms])?;
+            Ok(())
+        })?;
+        Ok(key)
+    }
+
+    /// Every access key, without secrets, oldest first.
+    pub fn access_keys(&self) -> MetaResult<Vec<AccessKey>> {
+        self.read(|conn| {
+            let keys = conn
+                .prepare_cached("SELECT id, name, created_at FROM s3_keys ORDER BY created_at, id")?
+                .query_map([], |row| {
+                    Ok(AccessKey { id: row.get(0)?, name: row.get(1)?, secret: None, created_ms: row.get(2)? })
+                })?
+                .collect::<Result<_, _>>()?;
+            Ok(keys)
+        })
+    }
+
+    /// One access key with its secret, for the gateway to check signatures with.
+    pub fn access_key(&self, id: &str) -> MetaResult<AccessKey> {
+        self.read(|conn| {
+            conn.prepare_cached("SELECT id, name, secret, created_at FROM s3_keys WHERE id = ?1")?
+                .query_row([id], |row| {
+                    Ok(AccessKey { id: row.get(0)?, name: row.get(1)?, secret: row.get(2)?, created_ms: row.get(3)? })
+                })
+                .optional()?
+                .ok_or_else(|| MetaError::NotFound(format!("access key {id:?} does not exist")))
+        })
+    }
+
+    pub fn delete_access_key(&self, id: &str) -> MetaResult<()> {
+        let id = id.to_string();
+        self.write(move |conn| {
+            let n = conn.prepare_cached("DELETE FROM s3_keys WHERE id = ?1")?.execute([&id])?;
+            if n == 0 {
+                return Err(MetaError::NotFound(format!("access key {id:?} does not exist")));
+            }
+            Ok(())
+        })
+    }
+
+    /// Gives `key` `access` to `bucket`, replacing what it had.
+    pub fn grant(&self, key: &str, bucket: &str, access: Access) -> MetaResult<()> {
+        let (key, bucket) = (key.to_string(), bucket.to_string());
+        self.write(move |conn| {
+            bucket_row(conn, &bucket)?.ok_or_else(|| no_bucket(&bucket))?;
+            let known: Option<i64> = conn
+                .prepare_cached("SELECT 1 FROM s3_keys WHERE id = ?1")?
+                .query_row([&key], |r| r.get(0))
+                .optional()?;
+            if known.is_none() {
+                return Err(MetaError::NotFound(format!("access key {key:?} does not exist")));
+            }
+            conn.prepare_cached(
+                "INSERT INTO s3_grants (bucket, key_id, access) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (bucket, key_id) DO UPDATE SET access = ?3",
+            )?
+            .execute(params![bucket, key, access.as_str()])?;
+            Ok(())
+        })
+    }
+
+    /// Creates a bucket owned by `owner`; a name taken is a conflict that says by whom.
+    pub fn create_bucket(&self, name: &str, owner: &str) -> MetaResult<Bucket> {
+        let bucket = Bucket { name: name.to_string(), owner: owner.to_string(), created_ms: now_ms(), access: None };
+        let row = bucket.clone();
+        self.write(move |conn| {
+            if let Some((existing, _)) = bucket_row(conn, &row.name)? {
+                return Err(MetaError::Conflict(if existing == row.owner {
+                    format!("bucket {:?} already exists and is yours", row.name)
+                } else {
+                    format!("bucket {:?} already exists and belongs to someone else", row.name)
+                }));
+            }
+            conn.prepare_cached("INSERT INTO s3_buckets (name, owner, created_at) VALUES (?1, ?2, ?3)")?
+                .execute(params![row.name, row.owner, row.created_ms])?;
+            Ok(())
+        })?;
+        Ok(bucket)
+    }
+
+    /// A bucket and what `key` may do in it (its owner owns it; else its grant).
+    pub fn bucket(&self, name: &str, key: &str) -> MetaResult<Bucket> {
+        self.read(|conn| {
+            let (owner, created_ms) = bucket_row(conn, name)?.ok_or_else(|| no_bucket(name))?;
+            let access = if owner == key {
+                Some(Access::Owner)
+            } else {
+                let granted: Option<String> = conn
+                    .prepare_cached("SELECT access FROM s3_grants WHERE bucket = ?1 AND key_id = ?2")?
+                    .query_row([name, key], |row| row.get(0))
+                    .optional()?;
+                granted.and_then(|a| Access::parse(&a).ok())
+            };
+            Ok(Bucket { name: name.to_string(), owner, created_ms, access })
+        })
+    }
+
+    /// The buckets `key` owns or has a grant on, by name.
+    pub fn buckets_of(&self, key: &str) -> MetaResult<Vec<Bucket>> {
+        self.read(|conn| {
+            let buckets = conn
+                .prepare_cached(
+                    "SELECT b.name, b.owner, b.created_at, g.access FROM s3_buckets b
+                     LEFT JOIN s3_grants g ON g.bucket = b.name AND g.key_id = ?1
+                     WHERE b.owner = ?1 OR g.access IS NOT NULL ORDER BY b.name",
+                )?
+                .query_map([key], |row| {
+                    let owner: String = row.get(1)?;
+                    let granted: Option<String> = row.get(3)?;
+                    let access =
+                        if owner == key { Some(Access::Owner) } else { granted.and_then(|a| Access::parse(&a).ok()) };
+                    Ok(Bucket { name: row.get(0)?, owner, created_ms: row.get(2)?, access })
+                })?
+                .collect::<Result<_, _>>()?;
+            Ok(buckets)
+        })
+    }
+
+    /// Deletes an empty bucket and its grants.
+    pub fn delete_bucket(&self, name: &str) -> MetaResult<()> {
+        let name = name.to_string();
+        self.write(move |conn| {
+            bucket_row(conn, &name)?.ok_or_else(|| no_bucket(&name))?;
+            let any: Option<i64> = conn
+                .prepare_cached("SELECT 1 FROM s3_entries WHERE bucket = ?1 LIMIT 1")?
+                .query_row([&name], |row| row.get(0))
+                .optional()?;
+            if any.is_some() {
+                return Err(MetaError::Conflict(format!("bucket {name:?} is not empty; delete its keys first")));
+            }
+            conn.prepare_cached("DELETE FROM s3_buckets WHERE name = ?1")?.execute([&name])?;
+            Ok(())
+        })
+    }
+
+    pub fn entry(&self, bucket: &str, key: &str) -> MetaResult<Entry> {
+        self.read(|conn| {
+            bucket_row(conn, bucket)?.ok_or_else(|| no_bucket(bucket))?;
+            conn.prepare_cached(&format!("SELECT {ENTRY_COLUMNS} FROM s3_entries WHERE bucket = ?1 AND key = ?2"))?
+                .query_row([bucket, key], entry_from_row)
+                .optional()?
+                .ok_or_else(|| MetaError::NotFound(format!("key {key:?} does not exist in bucket {bucket:?}")))
+        })
+    }
+
+    /// Points `entry.key` at `entry.objectid`, a complete object of `entry.size` bytes,
+    /// in one transaction: readers see the old object or the new one, never neither. The
+    /// object the key pointed at before is deleted like any object; its id is returned.
+    pub fn put_entry(&self, mut entry: Entry) -> MetaResult<Option<String>> {
+        let id = ObjectId::parse(&entry.objectid).map_err(MetaError::Invalid)?.to_string();
+        entry.objectid = id;
+        entry.modified_ms = now_ms();
+        self.write(move |conn| {
+            bucket_row(conn, &entry.bucket)?.ok_or_else(|| no_bucket(&entry.bucket))?;
+            let object: Option<(String, i64)> = conn
+                .prepare_cached("SELECT status, size FROM objects WHERE id = ?1")?
+                .query_row([&entry.objectid], |row| Ok((row.get(0)?, row.get(1)?)))
+                .optional()?;
+            match object {
+                Some((status, size)) if status == "complete" && size as u64 == entry.size => {}
+                Some((status, size)) => {
+                    return Err(MetaError::Invalid(format!(
+                    "object {} is {status} with {size} bytes; a key may only point at a complete object of its size",
+                    entry.objectid
+                )))
+                }
+                None => return Err(MetaError::NotFound(format!("object {} not found", entry.objectid))),
+            }
+            let current: Option<(String, String)> = conn
+                .prepare_cached("SELECT object_id, etag FROM s3_entries WHERE bucket = ?1 AND key = ?2")?
+                .query_row([&entry.bucket, &entry.key], |row| Ok((row.get(0)?, row.get(1)?)))
+                .optional()?;
+            let old_objects = entry_objects(conn, &entry.bucket, &entry.key)?;
+            // Conditions are checked inside the write, so concurrent writers are ordered:
+            // exactly one `If-None-Match: *` wins.
+            match (&current, &entry.if_match) {
+                (Some(_), _) if entry.if_none_match => {
+                    return Err(MetaError::Conflict(format!("precondition failed: key {:?} exists", entry.key)))
+                }
+                (None, Some(_)) => return Err(MetaError::NotFound(format!("key {:?} does not exist", entry.key))),
+                (Some((_, etag)), Some(wanted)) if etag != wanted => {
+                    return Err(MetaError::Conflict(format!(
+                        "precondition failed: key {:?} has ETag {etag}, not {wanted}",
+                        entry.key
+                    )))
+                }
+                _ => {}
+            }
+            let old = current.map(|(object_id, _)| object_id);
+            write_entry(conn, &entry)?;
+            for object in old_objects.iter().filter(|o| **o != entry.objectid) {
+                forget_if_live(conn, object)?;
+            }
+            Ok(old.filter(|old| *old != entry.objectid))
+        })
+    }
+
+    /// Removes a key (absent is fine, as in S3) and deletes its object; returns the object id.
+    pub fn delete_entry(&self, bucket: &str, key: &str) -> MetaResult<Option<String>> {
+        let (bucket, key) = (bucket.to_string(), key.to_string());
+        self.write(move |conn| {
+            bucket_row(conn, &bucket)?.ok_or_else(|| no_bucket(&bucket))?;
+            let objects = entry_objects(conn, &bucket, &key)?;
+            let old: Option<String> = conn
+                .prepare_cached("DELETE FROM s3_entries WHERE bucket = ?1 AND key = ?2 RETURNING object_id")?
+                .query_row([&bucket, &key], |row| row.get(0))
+                .optional()?;
+            for object in &objects {
+                forget_if_live(conn, object)?;
+            }
+            Ok(old)
+        })
+    }
+
+    /// One page of a bucket's keys after `request.after`, in key order, with keys that
+    /// share a prefix up to the delimiter rolled into one common prefix each.
+    pub fn list_entries(&self, request: &ListRequest) -> MetaResult<ListPage> {
+        self.read(|conn| {
+            bucket_row(conn, &request.bucket)?.ok_or_else(|| no_bucket(&request.bucket))?;
+            let mut page = ListPage::default();
+            if request.max_keys == 0 {
+                return Ok(page);
+            }
+            let mut statement = conn.prepare_cached(&format!(
+                "SELECT {ENTRY_COLUMNS} FROM s3_entries WHERE bucket = ?1 AND key >= ?2 AND key > ?3
+                 ORDER BY key LIMIT ?4"
+            ))?;
+            // Keys strictly after `cursor` remain; `floor` is the first key that may be
+            // in the prefix (the prefix itself, or past a common prefix).
+            let mut floor = request.prefix.clone();
+            let mut cursor = request.after.clone();
+            let mut count = 0;
+            'seek: loop {
+                let want = (request.max_keys - count + 1) as i64;
+                // Rows are read one by one: a common prefix ends the walk at its first key.
+                let mut rows = statement.query(params![request.bucket, floor, cursor, want])?;
+                let mut seen = 0;
+                while let Some(row) = rows.next()? {
+                    seen += 1;
+                    let entry = entry_from_row(row)?;
+                    if !entry.key.starts_with(&request.prefix) {
+                        return Ok(page);
+                    }
+                    if count == request.max_keys {
+                        page.truncated = true;
+                        return Ok(page);
+                    }
+                    let rest = &entry.key[request.prefix.len()..];
+                    let split = if request.delimiter.is_empty() { None } else { rest.find(&request.delimiter) };
+                    if let Some(at) = split {
+                        let common = entry.key[..request.prefix.len() + at + request.delimiter.len()].to_string();
+                        // A page that ended on this common prefix (or inside it) has listed it.
+                        if common.as_str() > request.after.as_str() {
+                            count += 1;
+                            page.last = Some(common.clone());
+                            page.common_prefixes.push(common.clone());
+                        }
+                        match past_prefix(&common) {
+                            // One seek skips every other key under the common prefix.
+                            Some(next) => floor = next,
+                            None => return Ok(page),
+                        }
+                        continue 'seek;
+                    }
+                    count += 1;
+                    cursor = entry.key.clone();
+                    page.last = Some(entry.key.clone());
+                    page.entries.push(entry);
+                }
+                if seen < want {
+                    return Ok(page);
+                }
+            }
+        })
+    }
+}
+
+/// Every object a key's entry points at: its one object, or all its parts.
+fn entry_objects(conn: &Connection, bucket: &str, key: &str) -> MetaResult<Vec<String>> {
+    let row: Option<(String, Option<String>)> = conn
+        .prepare_cached("SELECT object_id, parts FROM s3_entries WHERE bucket = ?1 AND key = ?2")?
+        .query_row([bucket, key], |row| Ok((row.get(0)?, row.get(1)?)))
+        .optional()?;
+    Ok(match row {
+        None => Vec::new(),
+        Some((object, None)) => vec![object],
+        Some((object, Some(parts))) => {
+            let mut all: Vec<String> = serde_json::from_str::<Vec<PartObject>>(&parts)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|p| p.objectid)
+                .collect();
+            if !all.contains(&object) {
+                all.push(object);
+            }
+            all
+        }
+    })
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> MetaResult<String> {
+    serde_json::to_string(value).map_err(|e| MetaError::Internal(e.to_string()))
+}
+
+fn write_entry(conn: &Connection, entry: &Entry) -> MetaResult<()> {
+    let parts = if entry.parts.is_empty() { None } else { Some(to_json(&entry.parts)?) };
+    conn.prepare_cached(&format!(
+        "INSERT OR REPLACE INTO s3_entries ({ENTRY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+    ))?
+    .execute(params![
+        entry.bucket,
+        entry.key,
+        entry.objectid,
+        entry.size as i64,
+        entry.etag,
+        entry.content_type,
+        to_json(&entry.metadata)?,
+        entry.modified_ms,
+        parts
+    ])?;
+    Ok(())
+}
+
+fn no_upload(id: &str) -> MetaError {
+    MetaError::NotFound(format!("NoSuchUpload: the multipart upload {id:?} does not exist (completed or aborted?)"))
+}
+
+/// The upload's row, checked against the bucket and key the request names.
+fn upload_row(
+    conn: &Connection,
+    id: &str,
+    bucket: &str,
+    key: &str,
+) -> MetaResult<(Option<String>, BTreeMap<String, String>)> {
+    let row: Option<(String, String, Option<String>, String)> = conn
+        .prepare_cached("SELECT bucket, key, content_type, metadata FROM s3_uploads WHERE id = ?1")?
+        .query_row([id], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)))
+        .optional()?;
+    match row {
+        Some((b, k, content_type, metadata)) if b == bucket && k == key => {
+            Ok((content_type, serde_json::from_str(&metadata).unwrap_or_default()))
+        }
+        _ => Err(no_upload(id)),
+    }
+}
+
+impl MetaDb {
+    /// Starts a multipart upload; returns its id.
+    pub fn create_upload(&self, upload: CreateUpload) -> MetaResult<String> {
+        let id = random_text(b"0123456789abcdef", 32);
+        let row = id.clone();
+        self.write(move |conn| {
+            bucket_row(conn, &upload.bucket)?.ok_or_else(|| no_bucket(&upload.bucket))?;
+            let metadata = to_json(&upload.metadata)?;
+            conn.prepare_cached(
+                "INSERT INTO s3_uploads (id, bucket, key, content_type, metadata, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![row, upload.bucket, upload.key, upload.content_type, metadata, now_ms()])?;
+            Ok(())
+        })?;
+        Ok(id)
+    }
+
+    /// Records a part (a complete object); a part sent again replaces the one before,
+    /// whose object is deleted.
+    pub fn put_part(&self, part: UploadPart) -> MetaResult<()> {
+        let id = ObjectId::parse(&part.objectid).map_err(MetaError::Invalid)?.to_string();
+        self.write(move |conn| {
+            upload_row(conn, &part.upload_id, &part.bucket, &part.key)?;
+            let status: Option<(String, i64)> = conn
+                .prepare_cached("SELECT status, size FROM objects WHERE id = ?1")?
+                .query_row([&id], |row| Ok((row.get(0)?, row.get(1)?)))
+                .optional()?;
+            if !matches!(&status, Some((s, size)) if s == "complete" && *size as u64 == part.size) {
+                return Err(MetaError::Invalid(format!("object {id} is not a complete object of {} bytes", part.size)));
+            }
+            let old: Option<String> = conn
+                .prepare_cached("SELECT object_id FROM s3_parts WHERE upload_id = ?1 AND number = ?2")?
+                .query_row(params![part.upload_id, part.number], |row| row.get(0))
+                .optional()?;
+            conn.prepare_cached(
+                "INSERT OR REPLACE INTO s3_parts (upload_id, number, object_id, size, etag) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![part.upload_id, part.number, id, part.size as i64, part.etag])?;
+            if let Some(old) = old.filter(|old| *old != id) {
+                forget_if_live(conn, &old)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Completes a multipart upload: the key points at the listed parts in order (no byte
+    /// is copied), its ETag the MD5 of their MD5s and their count; parts not listed, and
+    /// whatever the key pointed at before, are deleted. Errors start with S3's code.
+    pub fn complete_upload(&self, request: CompleteParts) -> MetaResult<Entry> {
+        self.write(move |conn| {
+            let (content_type, metadata) = upload_row(conn, &request.upload_id, &request.bucket, &request.key)?;
+            let stored: Vec<(u32, String, u64, String)> = conn
+                .prepare_cached("SELECT number, object_id, size, etag FROM s3_parts WHERE upload_id = ?1 ORDER BY number")?
+                .query_map([&request.upload_id], |row| {
+                    Ok((row.get(0)?, row.get(1)?, row.get::<_, i64>(2)? as u64, row.get(3)?))
+                })?
+                .collect::<Result<_, _>>()?;
+            if request.parts.is_empty() {
+                return Err(MetaError::Invalid("MalformedXML: a multipart upload needs at least one part".into()));
+            }
+            let mut parts = Vec::new();
+            let mut digests = Vec::new();
+            if request.parts.windows(2).any(|pair| pair[0].0 >= pair[1].0) {
+                return Err(MetaError::Invalid("InvalidPartOrder: parts must be listed in ascending order".into()));
+            }
+            for (i, (number, etag)) in request.parts.iter().enumerate() {
+                let etag = etag.trim().trim_matches('"');
+                let found = stored.iter().find(|(n, _, _, e)| n == number && e == etag).ok_or_else(|| {
+                    MetaError::Invalid(format!("InvalidPart: part {number} with ETag {etag} was not uploaded"))
+                })?;
+                if i + 1 < request.parts.len() && found.2 < MIN_PART_SIZE {
+                    return Err(MetaError::Invalid(format!(
+                        "EntityTooSmall: part {number} has {} bytes; every part but the last needs at least {MIN_PART_SIZE}",
+                        found.2
+                    )));
+                }
+                digests.extend((0..etag.len() / 2).filter_map(|j| u8::from_str_radix(&etag[2 * j..2 * j + 2], 16).ok()));
+                parts.push(PartObject { objectid: found.1.clone(), size: found.2 });
+            }
+            let etag = {
+                use md5::Digest;
+                let digest = md5::Md5::digest(&digests);
+                format!("{}-{}", digest.iter().map(|b| format!("{b:02x}")).collect::<String>(), parts.len())
+            };
+            let entry = Entry {
+                bucket: request.bucket.clone(),
+                key: request.key.clone(),
+                objectid: parts[0].objectid.clone(),
+                size: parts.iter().map(|p| p.size).sum(),
+                etag,
+                content_type,
+                metadata,
+                modified_ms: now_ms(),
+                if_none_match: false,
+                if_match: None,
+                parts,
+            };
+            let old_objects = entry_objects(conn, &entry.bucket, &entry.key)?;
+            write_entry(conn, &entry)?;
+            for object in old_objects {
+                forget_if_live(conn, &object)?;
+            }
+            for (_, object, _, _) in stored.iter().filter(|(_, o, _, _)| !entry.parts.iter().any(|p| p.objectid == *o)) {
+                forget_if_live(conn, object)?;
+            }
+            conn.prepare_cached("DELETE FROM s3_uploads WHERE id = ?1")?.execute([&request.upload_id])?;
+            Ok(entry)
+        })
+    }
+
+    /// Abandons multipart uploads started before `older_than_ms` (a thousand at most per
+    /// call), as an abort would; returns how many.
+    pub fn expire_multipart(&self, older_than_ms: i64) -> MetaResult<usize> {
+        self.write(move |conn| {
+            let ids: Vec<String> = conn
+                .prepare_cached("SELECT id FROM s3_uploads WHERE created_at < ?1 LIMIT 1000")?
+                .query_map([older_than_ms], |row| row.get(0))?
+                .collect::<Result<_, _>>()?;
+            for id in &ids {
+                forget_upload(conn, id)?;
+            }
+            Ok(ids.len())
+        })
+    }
+
+    /// Abandons a multipart upload and deletes its parts' objects.
+    pub fn abort_upload(&self, upload_id: &str, bucket: &str, key: &str) -> MetaResult<()> {
+        let (id, bucket, key) = (upload_id.to_string(), bucket.to_string(), key.to_string());
+        self.write(move |conn| {
+            upload_row(conn, &id, &bucket, &key)?;
+            forget_upload(conn, &id)
+        })
+    }
+}
+
+/// Deletes an upload, its parts and their objects.
+fn forget_upload(conn: &Connection, id: &str) -> MetaResult<()> {
+    let objects: Vec<String> = conn
+        .prepare_cached("SELECT object_id FROM s3_parts WHERE upload_id = ?1")?
+        .query_map([id], |row| row.get(0))?
+        .collect::<Result<_, _>>()?;
+    for object in &objects {
+        forget_if_live(conn, object)?;
+    }
+    conn.prepare_cached("DELETE FROM s3_uploads WHERE id = ?1")?.execute([id])?;
+    Ok(())
+}
+
+/// Deletes an object a key no longer points at, unless it is already gone.
+fn forget_if_live(conn: &Connection, id: &str) -> MetaResult<()> {
+    match object_status(conn, id)?.as_deref() {
+        None | Some("deleted") => Ok(()),
+        _ => forget_object(conn, id, now_ms()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_db(name: &str) -> MetaDb {
+        let dir = std::env::temp_dir().join(format!("aether-ns-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        MetaDb::open(&dir.join("meta.db"), 2).unwrap()
+    }
+
+    fn complete_object(db: &MetaDb, size: u64) -> String {
+        let id = ObjectId::new_random().to_string();
+        let row = id.clone();
+        db.write(move |conn| {
+            conn.execute(
+                "INSERT INTO objects (id, size, status, replication, created_at) VALUES (?1, ?2, 'complete', 1, 0)",
+                params![row, size as i64],
+            )?;
+            Ok(())
+        })
+        .unwrap();
+        id
+    }
+
+    fn put(db: &MetaDb, key: &str) -> String {
+        let objectid = complete_object(db, 1);
+        let entry = Entry {
+            bucket: "b".into(),
+            key: key.into(),
+            objectid: objectid.clone(),
+            size: 1,
+            etag: "e".into(),
+            content_type: None,
+            metadata: BTreeMap::new(),
+            modified_ms: 0,
+            if_none_match: false,
+            if_match: None,
+            parts: Vec::new(),
+        };
+        db.put_entry(entry).unwrap();
+        objectid
+    }
+
+    fn list(db: &MetaDb, prefix: &str, delimiter: &str, after: &str, max_keys: usize) -> (Vec<String>, bool) {
+        let request = ListRequest {
+            bucket: "b".into(),
+            prefix: prefix.into(),
+            delimiter: delimiter.into(),
+            after: after.into(),
+            max_keys,
+        };
+        let page = db.list_entries(&request).unwrap();
+        let mut names: Vec<String> = page.entries.into_iter().map(|e| e.key).collect();
+        names.extend(page.common_prefixes);
+        names.sort();
+        (names, page.truncated)
+    }
+
+    #[test]
+    fn buckets_keys_replacement_and_listing() {
+        let db = temp_db("list");
+        let key = db.create_access_key("me").unwrap();
+        db.create_bucket("b", &key.id).unwrap();
+        assert!(matches!(db.create_bucket("b", &key.id), Err(MetaError::Conflict(m)) if m.contains("yours")));
+        assert!(matches!(db.create_bucket("b", "other"), Err(MetaError::Conflict(m)) if m.contains("someone else")));
+        assert_eq!(db.bucket("b", &key.id).unwrap().access, Some(Access::Owner));
+        assert_eq!(db.bucket("b", "stranger").unwrap().access, None);
+
+        let first = put(&db, "a/1");
+        let second = put(&db, "a/1");
+        assert_eq!(db.entry("b", "a/1").unwrap().objectid, second);
+        assert_eq!(object_status_of(&db, &first), "deleted");
+        for k in ["a/2", "a/3", "b/1", "c", "d", "e/x/y"] {
+            put(&db, k);
+        }
+        let s = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(list(&db, "", "/", "", 1000), (s(&["a/", "b/", "c", "d", "e/"]), false));
+        assert_eq!(list(&db, "", "/", "", 2), (s(&["a/", "b/"]), true));
+        assert_eq!(list(&db, "", "/", "b/", 2), (s(&["c", "d"]), true));
+        assert_eq!(list(&db, "", "/", "a/2", 2), (s(&["b/", "c"]), true));
+        assert_eq!(list(&db, "a/", "/", "", 2), (s(&["a/1", "a/2"]), true));
+        assert_eq!(list(&db, "a/", "", "a/2", 5), (s(&["a/3"]), false));
+        assert_eq!(list(&db, "e/", "/", "", 5), (s(&["e/x/"]), false));
+        assert_eq!(list(&db, "", "", "", 0), (s(&[]), false));
+
+        assert!(matches!(db.delete_bucket("b"), Err(MetaError::Conflict(_))));
+        for k in ["a/1", "a/2", "a/3", "b/1", "c", "d", "e/x/y"] {
+            assert!(db.delete_entry("b", k).unwrap().is_some());
+        }
+        assert_eq!(db.delete_entry("b", "c").unwrap(), None);
+        db.delete_bucket("b").unwrap();
+        assert!(matches!(db.entry("b", "c"), Err(MetaError::NotFound(_))));
+    }
+
+    #[test]
+    fn multipart_parts_are_kept_in_order_and_reclaimed() {
+        let db = temp_db("multipart");
+        db.create_bucket("b", "owner").unwrap();
+        let upload = |key: &str| {
+            let create =
+                CreateUpload { bucket: "b".into(), key: key.into(), content_type: None, metadata: BTreeMap::new() };
+            db.create_upload(create).unwrap()
+        };
+        let part = |id: &str, key: &str, number: u32, size: u64| {
+            let objectid = complete_object(&db, size);
+            let etag = format!("{number:032x}");
+            let part = UploadPart {
+                upload_id: id.into(),
+                bucket: "b".into(),
+                key: key.into(),
+                number,
+                objectid: objectid.clone(),
+                size,
+                etag,
+            };
+            db.put_part(part).unwrap();
+            objectid
+        };
+        let id = upload("k");
+        let first = part(&id, "k", 1, MIN_PART_SIZE);
+        let unused = part(&id, "k", 2, 10);
+        let last = part(&id, "k", 3, 10);
+        let parts = vec![(1, format!("{:032x}", 1)), (3, format!("\"{:032x}\"", 3))];
+        let entry = db
+            .complete_upload(CompleteParts { upload_id: id.clone(), bucket: "b".into(), key: "k".into(), parts })
+            .unwrap();
+        assert_eq!(entry.size, MIN_PART_SIZE + 10);
+        assert!(entry.etag.ends_with("-2"), "{}", entry.etag);
+        assert_eq!(
+            db.entry("b", "k").unwrap().parts.iter().map(|p| p.objectid.clone()).collect::<Vec<_>>(),
+            vec![first.clone(), last.clone()]
+        );
+        assert_eq!(object_status_of(&db, &unused), "deleted");
+        db.delete_entry("b", "k").unwrap();
+        assert_eq!((object_status_of(&db, &first), object_status_of(&db, &last)), ("deleted".into(), "deleted".into()));
+
+        let stale = upload("old");
+        let stale_part = part(&stale, "old", 1, 10);
+        assert_eq!(db.expire_multipart(now_ms() + 1).unwrap(), 1);
+        assert_eq!(object_status_of(&db, &stale_part), "deleted");
+        assert!(matches!(db.abort_upload(&stale, "b", "old"), Err(MetaError::NotFound(_))));
+    }
+
+    fn object_status_of(db: &MetaDb, id: &str) -> String {
+        db.read(|conn| Ok(object_status(conn, id)?.unwrap_or_default())).unwrap()
+    }
+}

@@ -1,0 +1,347 @@
+//! The XML bodies the gateway answers with: errors, bucket lists, object listings,
+//! locations. Text is escaped by quick-xml; keys are percent-encoded when the client
+//! asked for `encoding-type=url`.
+
+use quick_xml::escape::escape;
+
+use super::error::S3Error;
+use crate::proto::s3::{Bucket, Entry};
+
+const NAMESPACE: &str = "http://s3.amazonaws.com/doc/2006-03-01/";
+const HEADER: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n";
+
+/// An XML document under construction.
+struct Xml(String);
+
+impl Xml {
+    fn root(name: &str) -> Xml {
+        Xml(format!("{HEADER}<{name} xmlns=\"{NAMESPACE}\">"))
+    }
+    fn open(&mut self, name: &str) {
+        self.0.push_str(&format!("<{name}>"));
+    }
+    fn close(&mut self, name: &str) {
+        self.0.push_str(&format!("</{name}>"));
+    }
+    fn text(&mut self, name: &str, value: &str) {
+        self.0.push_str(&format!("<{name}>{}</{name}>", escape(value)));
+    }
+    fn end(mut self, name: &str) -> Vec<u8> {
+        self.close(name);
+        self.0.into_bytes()
+    }
+}
+
+/// Times as S3 lists them: `2009-10-12T17:50:30.000Z`.
+pub fn iso8601(unix_ms: i64) -> String {
+    let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(unix_ms.max(0) as u64);
+    humantime::format_rfc3339_millis(time).to_string()
+}
+
+pub fn error(e: &S3Error, resource: &str, request_id: &str) -> Vec<u8> {
+    let mut xml = Xml(format!("{HEADER}<Error>"));
+    xml.text("Code", e.code);
+    xml.text("Message", &e.message);
+    xml.text("Resource", resource);
+    xml.text("RequestId", request_id);
+    xml.end("Error")
+}
+
+pub fn list_buckets(owner_id: &str, owner_name: &str, buckets: &[Bucket]) -> Vec<u8> {
+    let mut xml = Xml::root("ListAllMyBucketsResult");
+    xml.open("Owner");
+    xml.text("ID", owner_id);
+    xml.text("DisplayName", owner_name);
+    xml.close("Owner");
+    xml.open("Buckets");
+    for bucket in buckets {
+        xml.open("Bucket");
+        xml.text("Name", &bucket.name);
+        xml.text("CreationDate", &iso8601(bucket.created_ms));
+        xml.close("Bucket");
+    }
+    xml.close("Buckets");
+    xml.end("ListAllMyBucketsResult")
+}
+
+pub fn initiate_multipart(bucket: &str, key: &str, upload_id: &str) -> Vec<u8> {
+    let mut xml = Xml::root("InitiateMultipartUploadResult");
+    xml.text("Bucket", bucket);
+    xml.text("Key", key);
+    xml.text("UploadId", upload_id);
+    xml.end("InitiateMultipartUploadResult")
+}
+
+pub fn complete_multipart(bucket: &str, key: &str, etag: &str) -> Vec<u8> {
+    let mut xml = Xml::root("CompleteMultipartUploadResult");
+    xml.text("Location", &format!("/{bucket}/{key}"));
+    xml.text("Bucket", bucket);
+    xml.text("Key", key);
+    xml.text("ETag", &format!("\"{etag}\""));
+    xml.end("CompleteMultipartUploadResult")
+}
+
+/// The (part number, ETag) pairs of a CompleteMultipartUpload body, in its order.
+pub fn parse_complete(body: &[u8]) -> Result<Vec<(u32, String)>, S3Error> {
+    use quick_xml::events::Event;
+    let malformed =
+        |why: String| S3Error::new("MalformedXML", format!("the CompleteMultipartUpload body is not valid: {why}"));
+    let mut reader = quick_xml::Reader::from_reader(body);
+    let mut path: Vec<String> = Vec::new();
+    let mut parts = Vec::new();
+    let (mut number, mut etag): (Option<u32>, Option<String>) = (None, None);
+    let mut buf = Vec::new();
+    loop {
+        match reader.read_event_into(&mut buf).map_err(|e| malformed(e.to_string()))? {
+            Event::Start(e) => path.push(String::from_utf8_lossy(e.local_name().as_ref()).into_owned()),
+            Event::End(_) => {
+                if path.len() == 2 && path[1] == "Part" {
+                    match (number.take(), etag.take()) {
+                        (Some(n), Some(e)) => parts.push((n, e)),
+                        _ => return Err(malformed("a Part needs a PartNumber and an ETag".into())),
+                    }
+                }
+                path.pop();
+            }
+            Event::Text(text) => {
+                let text = text.unescape().map_err(|e| malformed(e.to_string()))?.into_owned();
+                let at: Vec<&str> = path.iter().map(String::as_str).collect();
+                match at[..] {
+                    ["CompleteMultipartUpload", "Part", "PartNumber"] => {
+                        number = Some(text.trim().parse().map_err(|_| malformed(format!("PartNumber {text:?}")))?)
+                    }
+                    ["CompleteMultipartUpload", "Part", "ETag"] => {
+                        etag = Some(text.trim().trim_matches('"').to_string())
+                    }
+                    _ => {}
+                }
+            }
+            Event::Eof => break,
+            _ => {}
+        }
+        buf.clear();
+    }
+    if parts.len() > 10_000 {
+        return Err(malformed("more than 10,000 parts".into()));
+    }
+    Ok(parts)
+}
+
+pub fn copy_result(etag: &str, modified_ms: i64) -> Vec<u8> {
+    let mut xml = Xml::root("CopyObjectResult");
+    xml.text("LastModified", &iso8601(modified_ms));
+    xml.text("ETag", &format!("\"{etag}\""));
+    xml.end("CopyObjectResult")
+}
+
+/// GetBucketVersioning of a bucket that never had versioning: no `Status`.
+pub fn versioning() -> Vec<u8> {
+    format!("{HEADER}<VersioningConfiguration xmlns=\"{NAMESPACE}\"/>").into_bytes()
+}
+
+pub fn location(region: &str) -> Vec<u8> {
+    // us-east-1 is the one region S3 answers as an empty constraint.
+    let region = if region == "us-east-1" { "" } else { region };
+    format!("{HEADER}<LocationConstraint xmlns=\"{NAMESPACE}\">{}</LocationConstraint>", escape(region)).into_bytes()
+}
+
+/// What a listing answers, for both versions of ListObjects.
+pub struct Listing<'a> {
+    pub bucket: &'a str,
+    pub prefix: &'a str,
+    pub delimiter: &'a str,
+    pub max_keys: usize,
+    pub entries: &'a [Entry],
+    pub common_prefixes: &'a [String],
+    pub truncated: bool,
+    /// `encoding-type=url`: keys and prefixes percent-encoded.
+    pub url_encoded: bool,
+}
+
+impl Listing<'_> {
+    fn encode(&self, text: &str) -> String {
+        if self.url_encoded {
+            super::sigv4::uri_encode(text, true)
+        } else {
+            text.to_string()
+        }
+    }
+
+    fn head(&self, xml: &mut Xml) {
+        xml.text("Name", self.bucket);
+        xml.text("Prefix", &self.encode(self.prefix));
+        if !self.delimiter.is_empty() {
+            xml.text("Delimiter", &self.encode(self.delimiter));
+        }
+        xml.text("MaxKeys", &self.max_keys.to_string());
+        if self.url_encoded {
+            xml.text("EncodingType", "url");
+        }
+        xml.text("IsTruncated", if self.truncated { "true" } else { "false" });
+    }
+
+    fn body(&self, xml: &mut Xml) {
+        for entry in self.entries {
+            xml.open("Contents");
+            xml.text("Key", &self.encode(&entry.key));
+            xml.text("LastModified", &iso8601(entry.modified_ms));
+            xml.text("ETag", &format!("\"{}\"", entry.etag));
+            xml.text("Size", &entry.size.to_string());
+            xml.text("StorageClass", "STANDARD");
+            xml.close("Contents");
+        }
+        for prefix in self.common_prefixes {
+            xml.open("CommonPrefixes");
+            xml.text("Prefix", &self.encode(prefix));
+            xml.close("CommonPrefixes");
+        }
+    }
+
+    /// ListObjects (v1): `marker` as asked, `next_marker` when truncated.
+    pub fn v1(&self, marker: &str, next_marker: Option<&str>) -> Vec<u8> {
+        let mut xml = Xml::root("ListBucketResult");
+        self.head(&mut xml);
+        xml.text("Marker", &self.encode(marker));
+        if let Some(next) = next_marker.filter(|_| self.truncated) {
+            xml.text("NextMarker", &self.encode(next));
+        }
+        self.body(&mut xml);
+        xml.end("ListBucketResult")
+    }
+
+    /// ListObjectVersions: every key is its only version, `null`, and the latest.
+    pub fn versions(&self, key_marker: &str, next_marker: Option<&str>, owner: &str) -> Vec<u8> {
+        let mut xml = Xml::root("ListVersionsResult");
+        self.head(&mut xml);
+        xml.text("KeyMarker", &self.encode(key_marker));
+        xml.text("VersionIdMarker", "");
+        if let Some(next) = next_marker.filter(|_| self.truncated) {
+            xml.text("NextKeyMarker", &self.encode(next));
+            xml.text("NextVersionIdMarker", "null");
+        }
+        for entry in self.entries {
+            xml.open("Version");
+            xml.text("Key", &self.encode(&entry.key));
+            xml.text("VersionId", "null");
+            xml.text("IsLatest", "true");
+            xml.text("LastModified", &iso8601(entry.modified_ms));
+            xml.text("ETag", &format!("\"{}\"", entry.etag));
+            xml.text("Size", &entry.size.to_string());
+            xml.text("StorageClass", "STANDARD");
+            xml.open("Owner");
+            xml.text("ID", owner);
+            xml.close("Owner");
+            xml.close("Version");
+        }
+        for prefix in self.common_prefixes {
+            xml.open("CommonPrefixes");
+            xml.text("Prefix", &self.encode(prefix));
+            xml.close("CommonPrefixes");
+        }
+        xml.end("ListVersionsResult")
+    }
+
+    /// ListObjectsV2: tokens are opaque to the client.
+    pub fn v2(&self, token: Option<&str>, next_token: Option<&str>, start_after: Option<&str>) -> Vec<u8> {
+        let mut xml = Xml::root("ListBucketResult");
+        self.head(&mut xml);
+        xml.text("KeyCount", &(self.entries.len() + self.common_prefixes.len()).to_string());
+        if let Some(token) = token {
+            xml.text("ContinuationToken", token);
+        }
+        if let Some(next) = next_token.filter(|_| self.truncated) {
+            xml.text("NextContinuationToken", next);
+        }
+        if let Some(start_after) = start_after {
+            xml.text("StartAfter", &self.encode(start_after));
+        }
+        self.body(&mut xml);
+        xml.end("ListBucketResult")
+    }
+}
+
+/// What DeleteObjects did with one key: deleted, or the error it met.
+pub enum DeleteOutcome {
+    Deleted(String),
+    Failed(String, S3Error),
+}
+
+pub fn delete_result(outcomes: &[DeleteOutcome], quiet: bool) -> Vec<u8> {
+    let mut xml = Xml::root("DeleteResult");
+    for outcome in outcomes {
+        match outcome {
+            DeleteOutcome::Deleted(key) if !quiet => {
+                xml.open("Deleted");
+                xml.text("Key", key);
+                xml.close("Deleted");
+            }
+            DeleteOutcome::Deleted(_) => {}
+            DeleteOutcome::Failed(key, e) => {
+                xml.open("Error");
+                xml.text("Key", key);
+                xml.text("Code", e.code);
+                xml.text("Message", &e.message);
+                xml.close("Error");
+            }
+        }
+    }
+    xml.end("DeleteResult")
+}
+
+/// The keys of a DeleteObjects request body, and whether it asked for quiet mode.
+pub fn parse_delete(body: &[u8]) -> Result<(Vec<String>, bool), S3Error> {
+    use quick_xml::events::Event;
+    let malformed = |why: String| S3Error::new("MalformedXML", format!("the Delete request body is not valid: {why}"));
+    let mut reader = quick_xml::Reader::from_reader(body);
+    let mut path: Vec<String> = Vec::new();
+    let (mut keys, mut quiet) = (Vec::new(), false);
+    let mut buf = Vec::new();
+    loop {
+        match reader.read_event_into(&mut buf).map_err(|e| malformed(e.to_string()))? {
+            Event::Start(e) => path.push(String::from_utf8_lossy(e.local_name().as_ref()).into_owned()),
+            Event::End(_) => {
+                path.pop();
+            }
+            Event::Text(text) => {
+                let text = text.unescape().map_err(|e| malformed(e.to_string()))?.into_owned();
+                let at: Vec<&str> = path.iter().map(String::as_str).collect();
+                match at[..] {
+                    ["Delete", "Object", "Key"] => keys.push(text),
+                    ["Delete", "Quiet"] => quiet = text.trim() == "true",
+                    _ => {}
+                }
+            }
+            Event::Eof => break,
+            _ => {}
+        }
+        buf.clear();
+    }
+    if keys.len() > 1000 {
+        return Err(S3Error::new("MalformedXML", "a Delete request may name at most 1000 keys"));
+    }
+    Ok((keys, quiet))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delete_requests_parse_and_answer() {
+        let body = br#"<?xml version="1.0" encoding="UTF-8"?>
+            <Delete xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Quiet>true</Quiet>
+            <Object><Key>a &amp; b</Key></Object><Object><Key>c/d</Key><VersionId>null</VersionId></Object></Delete>"#;
+        assert_eq!(parse_delete(body).unwrap(), (vec!["a & b".to_string(), "c/d".to_string()], true));
+        assert!(parse_delete(b"<Delete><Object><Key>x</Object></Delete>").is_err());
+        let answer = delete_result(
+            &[
+                DeleteOutcome::Deleted("a<b".into()),
+                DeleteOutcome::Failed("c".into(), S3Error::new("AccessDenied", "no")),
+            ],
+            false,
+        );
+        let text = String::from_utf8(answer).unwrap();
+        assert!(text.contains("<Deleted><Key>a&lt;b</Key></Deleted>"), "{text}");
+        assert!(text.contains("<Error><Key>c</Key><Code>AccessDenied</Code>"), "{text}");
+    }
+}

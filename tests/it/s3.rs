@@ -1,0 +1,262 @@
+//! The S3 gateway with real S3 clients: boto3 (tests/s3/test_boto3.py) and aws-cli,
+//! against a master, datanodes and a gateway started as separate processes with a
+//! cluster token. `.ci/run` installs both clients; under CI=true a missing client fails
+//! the test instead of skipping it.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use crate::cluster::{Proc, TestCluster, BIN};
+
+const TOKEN: &str = "s3-test-token";
+
+/// Whether `program args` runs; when it does not, fails under CI and says so otherwise.
+fn have(program: &str, args: &[&str], install: &str) -> bool {
+    let ok = Command::new(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{program} {args:?} failed: CI must have it ({install}; .ci/run installs it)"
+        );
+        eprintln!("!!! SKIPPED: {program} is not available here ({install}); CI runs this test !!!");
+    }
+    ok
+}
+
+/// A cluster with a token, a gateway in front of it, and two access keys.
+struct S3Setup {
+    cluster: TestCluster,
+    gateway: Proc,
+    keys: Vec<(String, String)>,
+}
+
+fn key_create(master: &str, name: &str) -> (String, String) {
+    let text = aether_key(master, &["create", name]);
+    let field = |label: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(label))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_else(|| panic!("no {label} in {text}"))
+    };
+    (field("access key id:"), field("secret access key:"))
+}
+
+/// `aether key ARGS` against `master` with the cluster token; its standard output.
+fn aether_key(master: &str, args: &[&str]) -> String {
+    let output = Command::new(BIN)
+        .arg("key")
+        .args(args)
+        .env("AETHER_MASTER", master)
+        .env("AETHER_CLUSTER_TOKEN", TOKEN)
+        .output()
+        .expect("running aether key");
+    let text = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(output.status.success(), "aether key {args:?} failed: {text} {}", String::from_utf8_lossy(&output.stderr));
+    text
+}
+
+/// Runs one boto3 call (`s3.…`) as `key`: "ok", the error code, or what it printed.
+fn boto3_call(url: &str, key: &(String, String), call: &str) -> String {
+    let script = format!(
+        "import boto3, botocore.exceptions as e\n\
+         s3 = boto3.client('s3', endpoint_url='{url}', region_name='us-east-1',\n\
+             aws_access_key_id='{}', aws_secret_access_key='{}')\n\
+         try:\n    {call}\n    print('ok')\n\
+         except e.ClientError as error:\n    print(error.response['Error']['Code'])\n",
+        key.0, key.1
+    );
+    let output = Command::new("python3").args(["-c", &script]).output().expect("running python3");
+    let text = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    assert!(output.status.success(), "{call}: {text} {}", String::from_utf8_lossy(&output.stderr));
+    text
+}
+
+fn setup(name: &str) -> S3Setup {
+    let cluster = TestCluster::start_with(
+        name,
+        3,
+        &["--replication", "2", "--cluster-token", TOKEN],
+        &["--cluster-token", TOKEN],
+    );
+    let gateway = Proc::start(
+        "s3",
+        &[
+            "s3",
+            "--listen",
+            "127.0.0.1:0",
+            "--master",
+            &cluster.master.url,
+            "--cluster-token",
+            TOKEN,
+            "--root-domain",
+            "s3.test",
+        ],
+    );
+    let keys = vec![key_create(&cluster.master.url, "main"), key_create(&cluster.master.url, "other")];
+    S3Setup { cluster, gateway, keys }
+}
+
+#[test]
+fn boto3_against_the_gateway() {
+    if !have("python3", &["-c", "import boto3"], "pip install boto3") {
+        return;
+    }
+    let s3 = setup("s3-boto3");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/s3/test_boto3.py");
+    let output = Command::new("python3")
+        .arg(&script)
+        .env("S3_ENDPOINT", &s3.gateway.url)
+        .env("S3_KEY", &s3.keys[0].0)
+        .env("S3_SECRET", &s3.keys[0].1)
+        .env("S3_KEY2", &s3.keys[1].0)
+        .env("S3_SECRET2", &s3.keys[1].1)
+        .output()
+        .expect("running python3");
+    let report = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "boto3 tests failed:\n{}{report}", String::from_utf8_lossy(&output.stdout));
+    eprintln!("{report}");
+
+    // Grants and key deletion, given with the CLI, seen through boto3.
+    let (main, other) = (&s3.keys[0], &s3.keys[1]);
+    let as_key = |key: &(String, String), call: &str| boto3_call(&s3.gateway.url, key, call);
+    assert_eq!(as_key(main, "s3.create_bucket(Bucket='granted')"), "ok");
+    assert_eq!(as_key(main, "s3.put_object(Bucket='granted', Key='k', Body=b'v')"), "ok");
+    assert_eq!(as_key(other, "s3.get_object(Bucket='granted', Key='k')"), "AccessDenied");
+    let listed = aether_key(&s3.cluster.master.url, &["list"]);
+    assert!(listed.contains(&main.0) && listed.contains("other") && !listed.contains(&main.1), "{listed}");
+    // Flags after the key command work as they do after `put` and `get`.
+    let url = &s3.cluster.master.url;
+    let flags_after =
+        Command::new(BIN).args(["key", "list", "--master", url, "--cluster-token", TOKEN]).output().unwrap();
+    assert!(String::from_utf8_lossy(&flags_after.stdout).contains(&main.0), "{flags_after:?}");
+    aether_key(&s3.cluster.master.url, &["grant", &other.0, "granted", "read"]);
+    assert_eq!(as_key(other, "s3.get_object(Bucket='granted', Key='k')['Body'].read()"), "ok");
+    assert_eq!(as_key(other, "s3.put_object(Bucket='granted', Key='k', Body=b'w')"), "AccessDenied");
+    assert!(as_key(other, "print([b['Name'] for b in s3.list_buckets()['Buckets']])").contains("granted"));
+    aether_key(&s3.cluster.master.url, &["grant", &other.0, "granted", "write"]);
+    assert_eq!(as_key(other, "s3.put_object(Bucket='granted', Key='k', Body=b'w')"), "ok");
+    assert_eq!(as_key(other, "s3.delete_bucket(Bucket='granted')"), "AccessDenied");
+    aether_key(&s3.cluster.master.url, &["delete", &other.0]);
+    // The gateway trusts a key it fetched for a few seconds at most.
+    crate::cluster::wait_until("the deleted key to be refused", std::time::Duration::from_secs(30), || {
+        as_key(other, "s3.list_buckets()") == "InvalidAccessKeyId"
+    });
+
+    // The namespace lives in the master: without a token, nothing is answered.
+    let (status, _) = crate::cluster::request("GET", &format!("{}/api/s3/keys", s3.cluster.master.url), None).unwrap();
+    assert_eq!(status, 401);
+}
+
+#[test]
+fn aws_cli_against_the_gateway() {
+    if !have("aws", &["--version"], "pip install awscli") {
+        return;
+    }
+    let s3 = setup("s3-awscli");
+    let dir = s3.cluster.dir.path();
+    // The CLI's defaults, but for SigV4 presigned URLs: 20 MiB goes up in 8 MiB parts.
+    let config = dir.join("aws-config");
+    std::fs::write(&config, "[default]\nregion = us-east-1\ns3 =\n  signature_version = s3v4\n").unwrap();
+    let aws = |args: &[&str]| {
+        let output = Command::new("aws")
+            .args(["--endpoint-url", &s3.gateway.url])
+            .args(args)
+            .env("AWS_ACCESS_KEY_ID", &s3.keys[0].0)
+            .env("AWS_SECRET_ACCESS_KEY", &s3.keys[0].1)
+            .env("AWS_CONFIG_FILE", &config)
+            .env("AWS_SHARED_CREDENTIALS_FILE", dir.join("no-credentials"))
+            .env_remove("AWS_PROFILE")
+            .output()
+            .expect("running aws");
+        let out = String::from_utf8_lossy(&output.stdout).to_string();
+        assert!(output.status.success(), "aws {args:?} failed: {out}{}", String::from_utf8_lossy(&output.stderr));
+        out
+    };
+    let big: Vec<u8> = crate::cluster::pattern(11, 20 << 20);
+    let source = dir.join("big.bin");
+    std::fs::write(&source, &big).unwrap();
+    std::fs::write(dir.join("small.txt"), b"small file\n").unwrap();
+    aws(&["s3", "mb", "s3://cli-bucket"]);
+    assert!(aws(&["s3", "ls"]).contains("cli-bucket"));
+    aws(&["s3", "cp", &source.display().to_string(), "s3://cli-bucket/dir/big.bin"]);
+    aws(&["s3", "cp", &dir.join("small.txt").display().to_string(), "s3://cli-bucket/small.txt"]);
+    let listing = aws(&["s3", "ls", "s3://cli-bucket/"]);
+    assert!(listing.contains("PRE dir/") && listing.contains("small.txt"), "{listing}");
+    let back = dir.join("back.bin");
+    aws(&["s3", "cp", "s3://cli-bucket/dir/big.bin", &back.display().to_string()]);
+    assert!(std::fs::read(&back).unwrap() == big, "the 20 MiB object came back different");
+    let big_head = aws(&["s3api", "head-object", "--bucket", "cli-bucket", "--key", "dir/big.bin"]);
+    assert!(big_head.contains("-3\\\""), "a 20 MiB cp goes up in 3 parts: {big_head}");
+    let head = aws(&["s3api", "head-object", "--bucket", "cli-bucket", "--key", "small.txt"]);
+    assert!(head.contains("\"ContentLength\": 11"), "{head}");
+    let url = aws(&["s3", "presign", "s3://cli-bucket/small.txt"]);
+    let fetched = crate::cluster::get_bytes(url.trim()).expect("fetching the presigned URL");
+    assert_eq!(fetched, b"small file\n");
+    aws(&["s3", "rm", "--recursive", "s3://cli-bucket/"]);
+    aws(&["s3", "rb", "s3://cli-bucket"]);
+    assert!(!aws(&["s3", "ls"]).contains("cli-bucket"));
+}
+
+/// `aether dev` as a newcomer meets it: its summary names the S3 URL, region and a key
+/// that work with boto3 as printed, and the same key again after a restart.
+#[test]
+fn dev_prints_a_working_s3_endpoint_and_key() {
+    if !have("python3", &["-c", "import boto3"], "pip install boto3") {
+        return;
+    }
+    let dir = crate::cluster::TempDir::new("s3-dev");
+    let data = dir.path().join("data").display().to_string();
+    let start = || {
+        let mut child = Command::new(BIN)
+            .args(["dev", "--datanodes", "1", "--port", "0", "--data", &data])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting aether dev");
+        let stdout = child.stdout.take().unwrap();
+        let summary: Vec<String> = std::io::BufRead::lines(std::io::BufReader::new(stdout))
+            .map_while(Result::ok)
+            .take_while(|line| !line.starts_with("Stop it"))
+            .collect();
+        (KillOnDrop(child), summary.join("\n"))
+    };
+    let (dev, summary) = start();
+    let line = summary.lines().find(|l| l.trim_start().starts_with("s3 ")).unwrap_or_else(|| panic!("{summary}"));
+    let words: Vec<&str> = line.split_whitespace().collect();
+    // "s3 URL region us-east-1, access key ID secret SECRET"
+    let (url, key, secret) = (words[1], words[6], words[8]);
+    assert_eq!(words[3], "us-east-1,", "{line}");
+    let script = "import boto3, os\n\
+        s3 = boto3.client('s3', endpoint_url=os.environ['URL'], region_name='us-east-1',\n\
+            aws_access_key_id=os.environ['KEY'], aws_secret_access_key=os.environ['SECRET'])\n\
+        s3.create_bucket(Bucket='demo')\n\
+        s3.put_object(Bucket='demo', Key='hello.txt', Body=b'hello')\n\
+        assert s3.get_object(Bucket='demo', Key='hello.txt')['Body'].read() == b'hello'\n\
+        assert [o['Key'] for o in s3.list_objects_v2(Bucket='demo')['Contents']] == ['hello.txt']\n";
+    let run = Command::new("python3")
+        .args(["-c", script])
+        .env("URL", url)
+        .env("KEY", key)
+        .env("SECRET", secret)
+        .output()
+        .expect("running python3");
+    assert!(run.status.success(), "boto3 against aether dev: {}", String::from_utf8_lossy(&run.stderr));
+    drop(dev);
+    let (_dev, again) = start();
+    assert!(again.contains(key) && again.contains(secret), "the dev key changed on restart:\n{again}");
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
