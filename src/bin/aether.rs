@@ -8,14 +8,24 @@ use std::time::Duration;
 
 use argh::FromArgs;
 
-use aetherstore::bench::{self, BenchConfig, Workload};
-use aetherstore::cli::{self, parse_size, DEFAULT_MASTER};
 use aetherstore::client::{self, Client};
 use aetherstore::datanode::{Datanode, DatanodeConfig};
-use aetherstore::dev::{self, DevConfig};
 use aetherstore::http::HttpLimits;
 use aetherstore::log;
 use aetherstore::master::{Master, MasterConfig};
+
+use bench::{BenchConfig, Workload};
+use cli::{parse_size, DEFAULT_MASTER};
+use dev::DevConfig;
+
+// The command-line glue lives beside this file, in `src/bin/aether/`: it belongs to the
+// binary, not to the library's public face.
+#[path = "aether/bench.rs"]
+mod bench;
+#[path = "aether/cli.rs"]
+mod cli;
+#[path = "aether/dev.rs"]
+mod dev;
 
 #[derive(FromArgs)]
 /// AetherStore: a distributed object store. Start a local cluster with `aether dev`.

@@ -20,9 +20,9 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::client::{self, Client, ClientError};
-use crate::master::db::MetaDb;
-use crate::proto::{Checksum, ObjectId};
+use aetherstore::client::{self, Client, ClientError};
+use aetherstore::master::db::MetaDb;
+use aetherstore::proto::{Checksum, ObjectId};
 
 /// How long a run with an operation count may take at most.
 const COUNT_TIME_LIMIT: Duration = Duration::from_secs(600);

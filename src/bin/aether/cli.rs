@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
 
-use crate::client::{Client, ClientError};
-use crate::proto::ObjectId;
+use aetherstore::client::{Client, ClientError};
+use aetherstore::proto::ObjectId;
 
 /// The master a client talks to when neither `--master` nor `AETHER_MASTER` says.
 pub const DEFAULT_MASTER: &str = "http://127.0.0.1:42100";
