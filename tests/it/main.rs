@@ -9,5 +9,6 @@ mod durability;
 mod healing;
 mod hostile;
 mod newcomer;
+mod ops;
 mod security;
 mod tidy;
