@@ -6,7 +6,8 @@
 #            vagrant validate --ignore-provider, docker compose config, shellcheck
 #   ansible  four Debian 12 containers with systemd as PID 1 on a private Docker network
 #            play the hosts; ansible/site.yml is run against them (Ansible's docker
-#            connection), run again (nothing may change), run with another replication
+#            connection; the master gets the static binary, the datanodes the Debian
+#            package of deploy/build-deb.sh), run again (nothing may change), run with another replication
 #            factor (only the master may restart) and with a new binary (every service
 #            restarts, the datanodes one at a time). Then: the hardening is in force, the
 #            rendered units pass systemd-analyze verify, the seed's curl walk-through and
@@ -20,7 +21,8 @@
 #   deploy/test.sh ansible docker     # some of them
 #
 # Environment: AETHER_BINARY=PATH uses that binary instead of building one with
-# deploy/build-static.sh; AETHER_KEEP=1 leaves the containers running for a look
+# deploy/build-static.sh; AETHER_DEPLOY_PREFIX names the containers and network (default
+# aether-dt), so that two checkouts can run the ansible stage at once; AETHER_KEEP=1 leaves the containers running for a look
 # afterwards (remove them with AETHER_KEEP= deploy/test.sh --cleanup-only).
 #
 # Needs a Docker engine; says so loudly and exits 0 when none answers (set
@@ -34,7 +36,7 @@ AETHER_LOG_TAG=deploy-test
 
 ANSIBLE_VERSION=12.3.0
 ANSIBLE_LINT_VERSION=26.10.1
-PREFIX=aether-dt
+PREFIX=${AETHER_DEPLOY_PREFIX:-aether-dt}
 NETWORK=$PREFIX-net
 MASTER=$PREFIX-master
 DATANODES=("$PREFIX-datanode-1" "$PREFIX-datanode-2" "$PREFIX-datanode-3")
@@ -151,6 +153,24 @@ get_binary() {
     check "the aether binary is statically linked" bash -c "! readelf -dW '$binary' | grep -q NEEDED"
 }
 
+# The Debian package around that binary (deploy/build-deb.sh).
+get_package() {
+    deb=$("$AETHER_REPO_ROOT/deploy/build-deb.sh" --binary "$binary")
+    deb_version=$(dpkg-deb -f "$deb" Version)
+    check "the package holds the binary, both units, the settings as conffiles and completions" package_complete
+}
+
+package_complete() {
+    local contents f
+    contents=$(dpkg-deb --contents "$deb" | awk '{ print $NF }')
+    for f in ./usr/bin/aether ./lib/systemd/system/aether-master.service ./lib/systemd/system/aether-datanode.service \
+        ./etc/aether/master.env ./etc/aether/datanode.env ./usr/share/bash-completion/completions/aether; do
+        grep -qxF "$f" <<<"$contents" || { say "the package lacks $f"; return 1; }
+    done
+    [[ $(dpkg-deb --ctrl-tarfile "$deb" | tar -xO ./conffiles) == $'/etc/aether/master.env\n/etc/aether/datanode.env' ]] &&
+        cmp -s <(dpkg-deb --fsys-tarfile "$deb" | tar -xO ./usr/bin/aether) "$binary"
+}
+
 # Ansible and ansible-lint from PyPI in a virtualenv kept between runs. The full `ansible`
 # package bundles the collections, community.docker's connection plugin among them
 # (Galaxy cannot be reached here).
@@ -265,6 +285,11 @@ aether_master_write_quorum: 2
 aether_master_dead_after: 12
 aether_datanode_heartbeat_interval: 3
 EOF
+    # Both install methods in one run: the master gets the binary, the datanodes the package.
+    cat >"$inventory/group_vars/datanodes.yml" <<EOF
+aether_common_install_method: deb
+aether_common_deb_src: $deb
+EOF
 }
 
 # run_playbook NAME [ansible-playbook args...]: runs site.yml, output in $work/NAME.log.
@@ -325,11 +350,24 @@ changed_only_on() {
     done
 }
 
+# Where each host's aether is: the master has the binary, the datanodes the package.
+binary_path_of() { if [[ $1 == "$MASTER" ]]; then echo /usr/local/bin/aether; else echo /usr/bin/aether; fi; }
+
 same_binary_everywhere() {
     local c
     for c in "${HOSTS[@]}"; do
-        [[ $(docker exec "$c" sha256sum /usr/local/bin/aether | cut -d' ' -f1) == "$1" ]] || return 1
+        [[ $(docker exec "$c" sha256sum "$(binary_path_of "$c")" | cut -d' ' -f1) == "$1" ]] || return 1
     done
+}
+
+# package_on_datanodes VERSION: every datanode has that version of the package
+# installed, and the master has none.
+package_on_datanodes() {
+    local c
+    for c in "${DATANODES[@]}"; do
+        [[ $(in_host "$c" "dpkg-query -W -f '\${Status} \${Version}' aetherstore") == "install ok installed $1" ]] || return 1
+    done
+    ! in_host "$MASTER" 'dpkg-query -W aetherstore' >/dev/null 2>&1
 }
 
 all_changed() {
@@ -383,6 +421,11 @@ stage_ansible() {
 
     timed "playbook: first run" run_playbook first
     check "the first run changed every host" all_changed "$work/first.log"
+    check "the datanodes have the package ($deb_version) installed, the master has none" \
+        package_on_datanodes "$deb_version"
+    check "the data and settings directories belong to the aether user" in_host "${DATANODES[0]}" '
+        [[ $(stat -c %U:%G:%a /var/lib/aether /var/lib/aether/datanode /etc/aether /etc/aether/datanode.env | xargs) == \
+            "aether:aether:750 aether:aether:750 root:aether:750 root:aether:640" ]]'
 
     timed "playbook: second run" run_playbook second
     check "the second run changed nothing" none_changed "$work/second.log"
@@ -406,13 +449,19 @@ stage_ansible() {
     cp "$binary" "$work/aether-v2"
     printf '\naether-deploy-test-upgrade\n' >>"$work/aether-v2"
     "$work/aether-v2" --help >/dev/null
+    # The package of the upgrade: that binary, under a later version.
+    local deb_v2
+    deb_v2=$("$AETHER_REPO_ROOT/deploy/build-deb.sh" --binary "$work/aether-v2" --version "$deb_version+upgrade1" --out "$work/v2")
     before=$(pids_now)
     local since
     since=$(python3 -c 'import time; print(int(time.monotonic() * 1e6))')
-    timed "playbook: rolling upgrade" run_playbook upgrade -e "aether_common_binary_src=$work/aether-v2"
+    timed "playbook: rolling upgrade" run_playbook upgrade -e "aether_common_binary_src=$work/aether-v2" \
+        -e "aether_common_deb_src=$deb_v2"
     after=$(pids_now)
     check "the upgrade installed the new binary everywhere" \
         same_binary_everywhere "$(sha256sum <"$work/aether-v2" | cut -d' ' -f1)"
+    check "the upgrade installed package $deb_version+upgrade1 on the datanodes" \
+        package_on_datanodes "$deb_version+upgrade1"
     check "the upgrade restarted every service" restarted "$before" "$after" "${HOSTS[@]}"
     check "the upgrade restarted the datanodes one at a time" rolled_one_at_a_time "$since"
 
@@ -424,6 +473,17 @@ stage_ansible() {
     check "the rendered units pass systemd-analyze verify" bash -c '
         docker exec '"$MASTER"' systemd-analyze verify /etc/systemd/system/aether-master.service >&2 &&
         docker exec '"${DATANODES[0]}"' systemd-analyze verify /etc/systemd/system/aether-datanode.service >&2'
+    check "the package's own units pass systemd-analyze verify" in_host "${DATANODES[0]}" \
+        'systemd-analyze verify /lib/systemd/system/aether-master.service /lib/systemd/system/aether-datanode.service >&2'
+    check "the package's bash completion completes aether's commands" in_host "${DATANODES[0]}" '
+        source /usr/share/bash-completion/completions/aether && COMP_WORDS=(aether he) COMP_CWORD=1 && _aether &&
+        [[ ${COMPREPLY[*]} == health ]]'
+    local port
+    for c in "${HOSTS[@]}"; do
+        port=42101
+        [[ $c == "$MASTER" ]] && port=42100
+        check "aether health on $c says ok (exit 0)" in_host "$c" "aether health http://127.0.0.1:$port >&2"
+    done
     in_host "$MASTER" 'systemd-analyze security --no-pager aether-master | tail -n 1' >&2 || true
 
     timed "walk-through and put/get on the Ansible cluster" ansible_cluster_checks
@@ -622,6 +682,9 @@ stage_docker() {
 say "stages: ${stages[*]}"
 timed "install tools" setup_tools
 timed "static binary" get_binary
+if wants ansible; then
+    timed "Debian package (deploy/build-deb.sh)" get_package
+fi
 if wants lint || wants ansible; then
     timed "Ansible virtualenv" setup_ansible
 fi
