@@ -227,3 +227,35 @@ fn bench_populate_fills_a_master_through_its_offline_function() {
     let status: Value = serde_json::from_str(&text(&output.stdout)).unwrap();
     assert_eq!(status["objects"], 1500, "{status}");
 }
+
+#[test]
+fn the_image_health_check_asks_aether_health() {
+    let cluster = TestCluster::start("ops-healthcheck", 1, 1);
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/docker/healthcheck.sh");
+    // The image has aether on its PATH; here it is the binary under test.
+    let bin_dir = std::path::Path::new(BIN).parent().unwrap();
+    let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
+    let address = |url: &str| url.trim_start_matches("http://").to_string();
+    let master_port = address(&cluster.master.url).rsplit(':').next().unwrap().to_string();
+    let dead_port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let cases = [
+        (address(&cluster.master.url), true),
+        (address(&cluster.datanodes[0].url), true),
+        // A wildcard address is asked at 127.0.0.1.
+        (format!("0.0.0.0:{master_port}"), true),
+        (format!("127.0.0.1:{dead_port}"), false),
+    ];
+    for (listen, healthy) in cases {
+        let output = Command::new("bash")
+            .arg(&script)
+            .env("AETHER_LISTEN", &listen)
+            .env("PATH", &path)
+            .output()
+            .expect("bash runs");
+        assert_eq!(output.status.success(), healthy, "AETHER_LISTEN={listen}: {}", text(&output.stderr));
+        if !healthy {
+            assert_eq!(output.status.code(), Some(1), "Docker reads 1 as unhealthy");
+            assert!(text(&output.stderr).contains("cannot connect"), "{}", text(&output.stderr));
+        }
+    }
+}
