@@ -215,7 +215,7 @@ stage_lint() {
 
     apt_install shellcheck
     check "the deploy scripts pass shellcheck" bash -c \
-        "cd '$AETHER_REPO_ROOT' && shellcheck -S warning -x -P deploy deploy/*.sh deploy/docker/*.sh >&2"
+        "cd '$AETHER_REPO_ROOT' && shellcheck -S warning -x -P deploy deploy/*.sh deploy/docker/*.sh deploy/deb/post* deploy/deb/prerm >&2"
 }
 
 # ---------------------------------------------------------------------------------------

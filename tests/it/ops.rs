@@ -206,6 +206,23 @@ fn completions_offer_every_command_and_flag() {
             assert!(script.contains(command.as_str()), "{shell} script lacks {command}");
         }
     }
+    // Where those shells are installed (they are not needed to build or test), their own
+    // parsers check the scripts, and fish completes from its script.
+    let dir_path = dir.path().to_path_buf();
+    for (shell, file, check) in [("zsh", "_aether", "-n"), ("fish", "aether.fish", "-n")] {
+        if Command::new(shell).arg("-c").arg("exit 0").output().is_err() {
+            continue;
+        }
+        let path = dir_path.join(file);
+        std::fs::write(&path, aether(&["completions", shell]).stdout).unwrap();
+        let output = Command::new(shell).arg(check).arg(&path).output().unwrap();
+        assert!(output.status.success(), "{shell} -n: {}", text(&output.stderr));
+        if shell == "fish" {
+            let program = format!("source '{}'; complete -C 'aether he'", path.display());
+            let output = Command::new("fish").args(["--no-config", "-c", &program]).output().unwrap();
+            assert!(text(&output.stdout).starts_with("health\t"), "fish: {}", text(&output.stdout));
+        }
+    }
     let output = aether(&["completions", "tcsh"]);
     assert!(!output.status.success());
     assert!(text(&output.stderr).contains("choose bash, zsh or fish"), "{}", text(&output.stderr));
