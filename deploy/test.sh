@@ -12,7 +12,9 @@
 #            restarts, the datanodes one at a time). Then: the hardening is in force, the
 #            rendered units pass systemd-analyze verify, the seed's curl walk-through and
 #            an `aether put`/`get` round trip work through the deployed cluster, and every
-#            object can still be read with one datanode container stopped.
+#            object can still be read with one datanode container stopped. On a fifth
+#            container the package is installed by hand: its own units run a master, an
+#            upgrade restarts it and keeps local settings, remove and purge keep the data.
 #   docker   builds the image, brings docker-compose.yml up, runs the walk-through and a
 #            put/get round trip from this machine, stops a datanode, reads everything
 #            back, and brings it down.
@@ -41,6 +43,8 @@ NETWORK=$PREFIX-net
 MASTER=$PREFIX-master
 DATANODES=("$PREFIX-datanode-1" "$PREFIX-datanode-2" "$PREFIX-datanode-3")
 HOSTS=("$MASTER" "${DATANODES[@]}")
+# A fifth host, where the package is installed by hand rather than by Ansible.
+PACKAGE_HOST=$PREFIX-package
 COMPOSE_PROJECT=$PREFIX-compose
 IMAGE=aetherstore:deploy-test
 HOST_PORTS=(42100 42101 42102 42103)
@@ -88,7 +92,7 @@ teardown() {
         AETHER_IMAGE=$IMAGE "${compose[@]}" -p "$COMPOSE_PROJECT" -f "$AETHER_REPO_ROOT/docker-compose.yml" \
             down -v --remove-orphans >/dev/null 2>&1 || true
     fi
-    for c in "${HOSTS[@]}"; do
+    for c in "${HOSTS[@]}" "$PACKAGE_HOST"; do
         docker rm -f -v "$c" >/dev/null 2>&1 || true
     done
     docker network rm "$NETWORK" >/dev/null 2>&1 || true
@@ -223,20 +227,25 @@ stage_lint() {
 
 in_host() { docker exec "$1" bash -c "$2"; }
 
-start_hosts() {
-    docker network create "$NETWORK" >/dev/null
+# run_host NAME: a container with systemd as PID 1 on $NETWORK.
+run_host() {
     # systemd as PID 1 needs /run on tmpfs and the cgroup tree; CAP_SYS_ADMIN lets it set
     # up the units' sandboxing (ProtectSystem= and friends), which it silently skips
     # without, so that the hardening is really exercised; CAP_SYS_PTRACE lets the test
     # enter a service's mount namespace to look at it.
     local cgroup=(-v /sys/fs/cgroup:/sys/fs/cgroup:ro)
     [[ $(stat -fc %T /sys/fs/cgroup) == cgroup2fs ]] && cgroup=(--cgroupns=host -v /sys/fs/cgroup:/sys/fs/cgroup:rw)
+    docker run -d --name "$1" --hostname "$1" --network "$NETWORK" \
+        --cap-add SYS_ADMIN --cap-add SYS_PTRACE --tmpfs /run --tmpfs /run/lock "${cgroup[@]}" \
+        --stop-signal SIGRTMIN+3 --stop-timeout 30 \
+        "$base_image" /sbin/init >/dev/null
+}
+
+start_hosts() {
+    docker network create "$NETWORK" >/dev/null
     local c
     for c in "${HOSTS[@]}"; do
-        docker run -d --name "$c" --hostname "$c" --network "$NETWORK" \
-            --cap-add SYS_ADMIN --cap-add SYS_PTRACE --tmpfs /run --tmpfs /run/lock "${cgroup[@]}" \
-            --stop-signal SIGRTMIN+3 --stop-timeout 30 \
-            "$base_image" /sbin/init >/dev/null
+        run_host "$c"
     done
     for c in "${HOSTS[@]}"; do
         if ! wait_until 60 "systemd on $c" in_host "$c" \
@@ -450,7 +459,6 @@ stage_ansible() {
     printf '\naether-deploy-test-upgrade\n' >>"$work/aether-v2"
     "$work/aether-v2" --help >/dev/null
     # The package of the upgrade: that binary, under a later version.
-    local deb_v2
     deb_v2=$("$AETHER_REPO_ROOT/deploy/build-deb.sh" --binary "$work/aether-v2" --version "$deb_version+upgrade1" --out "$work/v2")
     before=$(pids_now)
     local since
@@ -487,6 +495,36 @@ stage_ansible() {
     in_host "$MASTER" 'systemd-analyze security --no-pager aether-master | tail -n 1' >&2 || true
 
     timed "walk-through and put/get on the Ansible cluster" ansible_cluster_checks
+    timed "the package installed by hand" package_by_hand
+}
+
+# The package alone, as an operator installs it on a fresh host without Ansible, so that
+# its own units and settings run (Ansible's override them on the other hosts).
+package_by_hand() {
+    local c=$PACKAGE_HOST
+    run_host "$c"
+    wait_until 60 "systemd on $c" in_host "$c" '[[ $(systemctl is-system-running) == @(running|degraded) ]]' ||
+        fail "systemd runs as PID 1 in $c"
+    docker cp "$deb" "$c:/tmp/aetherstore.deb"
+    docker cp "$deb_v2" "$c:/tmp/aetherstore-v2.deb"
+    check "dpkg -i installs the package and starts nothing" in_host "$c" '
+        dpkg -i /tmp/aetherstore.deb >&2 && id aether >&2 &&
+        ! systemctl is-enabled aether-master aether-datanode && ! systemctl is-active aether-master aether-datanode'
+    check "the package's own unit and settings run a master (aether health ok, as aether, no new privileges)" \
+        in_host "$c" '
+        systemctl enable --now aether-master >&2 &&
+        for i in $(seq 60); do aether health --timeout 1 >/dev/null 2>&1 && break; sleep 0.5; done &&
+        aether health >&2 && pid=$(systemctl show -p MainPID --value aether-master) &&
+        [ "$(stat -c %U /proc/$pid)" = aether ] && grep -Eq "^NoNewPrivs:[[:space:]]+1" /proc/$pid/status'
+    check "an upgrade of the package keeps local settings and restarts the running master" in_host "$c" '
+        echo AETHER_LOG=debug >>/etc/aether/master.env && before=$(systemctl show -p MainPID --value aether-master) &&
+        dpkg -i /tmp/aetherstore-v2.deb >&2 && [ "$(tail -n 1 /etc/aether/master.env)" = AETHER_LOG=debug ] &&
+        [ "$(systemctl show -p MainPID --value aether-master)" != "$before" ] &&
+        for i in $(seq 60); do aether health --timeout 1 >/dev/null 2>&1 && break; sleep 0.5; done && aether health >&2'
+    check "removing the package stops the master; purging it keeps the data and the user" in_host "$c" '
+        dpkg -r aetherstore >&2 && ! systemctl is-active aether-master && [ -f /etc/aether/master.env ] &&
+        dpkg -P aetherstore >&2 && [ ! -e /etc/aether ] && [ -f /var/lib/aether/master/meta.db ] && id aether >/dev/null'
+    docker rm -f -v "$c" >/dev/null 2>&1 || true
 }
 
 # Reads every object back with `aether get` and compares it with what was uploaded.
