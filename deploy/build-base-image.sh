@@ -2,7 +2,8 @@
 # Builds the Debian 12 base image the deploy test uses, from a debootstrap root
 # filesystem and `docker import`, because no image can be pulled on the project's
 # machines. It serves twice: as the "host" the Ansible playbook is run against (systemd
-# as PID 1, python3 for Ansible, sudo for `become`, curl for the walk-through), and as
+# as PID 1, python3 for Ansible and python3-apt for its apt module (the package install
+# method), sudo for `become`, curl for the walk-through), and as
 # BASE_IMAGE for the Dockerfile in place of debian:bookworm-slim.
 #
 # The image is tagged with a hash of this recipe, so it is built once and reused until
@@ -18,7 +19,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 AETHER_LOG_TAG=base-image
 
 SUITE=bookworm
-PACKAGES=systemd,systemd-sysv,dbus,python3,sudo,curl,ca-certificates,iproute2,procps
+PACKAGES=systemd,systemd-sysv,dbus,python3,python3-apt,sudo,curl,ca-certificates,iproute2,procps
 # Units that have nothing to do in a container, or fail there and make the host
 # "degraded" for no reason.
 MASK_UNITS=(

@@ -6,12 +6,15 @@
 #            vagrant validate --ignore-provider, docker compose config, shellcheck
 #   ansible  four Debian 12 containers with systemd as PID 1 on a private Docker network
 #            play the hosts; ansible/site.yml is run against them (Ansible's docker
-#            connection), run again (nothing may change), run with another replication
+#            connection; the master gets the static binary, the datanodes the Debian
+#            package of deploy/build-deb.sh), run again (nothing may change), run with another replication
 #            factor (only the master may restart) and with a new binary (every service
 #            restarts, the datanodes one at a time). Then: the hardening is in force, the
 #            rendered units pass systemd-analyze verify, the seed's curl walk-through and
 #            an `aether put`/`get` round trip work through the deployed cluster, and every
-#            object can still be read with one datanode container stopped.
+#            object can still be read with one datanode container stopped. On a fifth
+#            container the package is installed by hand: its own units run a master, an
+#            upgrade restarts it and keeps local settings, remove and purge keep the data.
 #   docker   builds the image, brings docker-compose.yml up, runs the walk-through and a
 #            put/get round trip from this machine, stops a datanode, reads everything
 #            back, and brings it down.
@@ -20,7 +23,8 @@
 #   deploy/test.sh ansible docker     # some of them
 #
 # Environment: AETHER_BINARY=PATH uses that binary instead of building one with
-# deploy/build-static.sh; AETHER_KEEP=1 leaves the containers running for a look
+# deploy/build-static.sh; AETHER_DEPLOY_PREFIX names the containers and network (default
+# aether-dt), so that two checkouts can run the ansible stage at once; AETHER_KEEP=1 leaves the containers running for a look
 # afterwards (remove them with AETHER_KEEP= deploy/test.sh --cleanup-only).
 #
 # Needs a Docker engine; says so loudly and exits 0 when none answers (set
@@ -34,11 +38,13 @@ AETHER_LOG_TAG=deploy-test
 
 ANSIBLE_VERSION=12.3.0
 ANSIBLE_LINT_VERSION=26.10.1
-PREFIX=aether-dt
+PREFIX=${AETHER_DEPLOY_PREFIX:-aether-dt}
 NETWORK=$PREFIX-net
 MASTER=$PREFIX-master
 DATANODES=("$PREFIX-datanode-1" "$PREFIX-datanode-2" "$PREFIX-datanode-3")
 HOSTS=("$MASTER" "${DATANODES[@]}")
+# A fifth host, where the package is installed by hand rather than by Ansible.
+PACKAGE_HOST=$PREFIX-package
 COMPOSE_PROJECT=$PREFIX-compose
 IMAGE=aetherstore:deploy-test
 HOST_PORTS=(42100 42101 42102 42103)
@@ -86,7 +92,7 @@ teardown() {
         AETHER_IMAGE=$IMAGE "${compose[@]}" -p "$COMPOSE_PROJECT" -f "$AETHER_REPO_ROOT/docker-compose.yml" \
             down -v --remove-orphans >/dev/null 2>&1 || true
     fi
-    for c in "${HOSTS[@]}"; do
+    for c in "${HOSTS[@]}" "$PACKAGE_HOST"; do
         docker rm -f -v "$c" >/dev/null 2>&1 || true
     done
     docker network rm "$NETWORK" >/dev/null 2>&1 || true
@@ -151,6 +157,25 @@ get_binary() {
     check "the aether binary is statically linked" bash -c "! readelf -dW '$binary' | grep -q NEEDED"
 }
 
+# The Debian package around that binary (deploy/build-deb.sh).
+get_package() {
+    deb=$("$AETHER_REPO_ROOT/deploy/build-deb.sh" --binary "$binary")
+    deb_version=$(dpkg-deb -f "$deb" Version)
+    check "the package holds the binary, both units, the settings as conffiles and completions" package_complete
+}
+
+package_complete() {
+    local contents f
+    contents=$(dpkg-deb --contents "$deb" | awk '{ print $NF }')
+    for f in ./usr/bin/aether ./lib/systemd/system/aether-master.service ./lib/systemd/system/aether-datanode.service \
+        ./lib/systemd/system/aether-s3.service ./etc/aether/master.env ./etc/aether/datanode.env ./etc/aether/s3.env \
+        ./usr/share/bash-completion/completions/aether; do
+        grep -qxF "$f" <<<"$contents" || { say "the package lacks $f"; return 1; }
+    done
+    [[ $(dpkg-deb --ctrl-tarfile "$deb" | tar -xO ./conffiles) == $'/etc/aether/master.env\n/etc/aether/datanode.env\n/etc/aether/s3.env' ]] &&
+        cmp -s <(dpkg-deb --fsys-tarfile "$deb" | tar -xO ./usr/bin/aether) "$binary"
+}
+
 # Ansible and ansible-lint from PyPI in a virtualenv kept between runs. The full `ansible`
 # package bundles the collections, community.docker's connection plugin among them
 # (Galaxy cannot be reached here).
@@ -195,7 +220,7 @@ stage_lint() {
 
     apt_install shellcheck
     check "the deploy scripts pass shellcheck" bash -c \
-        "cd '$AETHER_REPO_ROOT' && shellcheck -S warning -x -P deploy deploy/*.sh deploy/docker/*.sh >&2"
+        "cd '$AETHER_REPO_ROOT' && shellcheck -S warning -x -P deploy deploy/*.sh deploy/docker/*.sh deploy/deb/post* deploy/deb/prerm >&2"
 }
 
 # ---------------------------------------------------------------------------------------
@@ -203,20 +228,25 @@ stage_lint() {
 
 in_host() { docker exec "$1" bash -c "$2"; }
 
-start_hosts() {
-    docker network create "$NETWORK" >/dev/null
+# run_host NAME: a container with systemd as PID 1 on $NETWORK.
+run_host() {
     # systemd as PID 1 needs /run on tmpfs and the cgroup tree; CAP_SYS_ADMIN lets it set
     # up the units' sandboxing (ProtectSystem= and friends), which it silently skips
     # without, so that the hardening is really exercised; CAP_SYS_PTRACE lets the test
     # enter a service's mount namespace to look at it.
     local cgroup=(-v /sys/fs/cgroup:/sys/fs/cgroup:ro)
     [[ $(stat -fc %T /sys/fs/cgroup) == cgroup2fs ]] && cgroup=(--cgroupns=host -v /sys/fs/cgroup:/sys/fs/cgroup:rw)
+    docker run -d --name "$1" --hostname "$1" --network "$NETWORK" \
+        --cap-add SYS_ADMIN --cap-add SYS_PTRACE --tmpfs /run --tmpfs /run/lock "${cgroup[@]}" \
+        --stop-signal SIGRTMIN+3 --stop-timeout 30 \
+        "$base_image" /sbin/init >/dev/null
+}
+
+start_hosts() {
+    docker network create "$NETWORK" >/dev/null
     local c
     for c in "${HOSTS[@]}"; do
-        docker run -d --name "$c" --hostname "$c" --network "$NETWORK" \
-            --cap-add SYS_ADMIN --cap-add SYS_PTRACE --tmpfs /run --tmpfs /run/lock "${cgroup[@]}" \
-            --stop-signal SIGRTMIN+3 --stop-timeout 30 \
-            "$base_image" /sbin/init >/dev/null
+        run_host "$c"
     done
     for c in "${HOSTS[@]}"; do
         if ! wait_until 60 "systemd on $c" in_host "$c" \
@@ -264,6 +294,11 @@ aether_datanode_serial: 1
 aether_master_write_quorum: 2
 aether_master_dead_after: 12
 aether_datanode_heartbeat_interval: 3
+EOF
+    # Both install methods in one run: the master gets the binary, the datanodes the package.
+    cat >"$inventory/group_vars/datanodes.yml" <<EOF
+aether_common_install_method: deb
+aether_common_deb_src: $deb
 EOF
 }
 
@@ -325,11 +360,24 @@ changed_only_on() {
     done
 }
 
+# Where each host's aether is: the master has the binary, the datanodes the package.
+binary_path_of() { if [[ $1 == "$MASTER" ]]; then echo /usr/local/bin/aether; else echo /usr/bin/aether; fi; }
+
 same_binary_everywhere() {
     local c
     for c in "${HOSTS[@]}"; do
-        [[ $(docker exec "$c" sha256sum /usr/local/bin/aether | cut -d' ' -f1) == "$1" ]] || return 1
+        [[ $(docker exec "$c" sha256sum "$(binary_path_of "$c")" | cut -d' ' -f1) == "$1" ]] || return 1
     done
+}
+
+# package_on_datanodes VERSION: every datanode has that version of the package
+# installed, and the master has none.
+package_on_datanodes() {
+    local c
+    for c in "${DATANODES[@]}"; do
+        [[ $(in_host "$c" "dpkg-query -W -f '\${Status} \${Version}' aetherstore") == "install ok installed $1" ]] || return 1
+    done
+    ! in_host "$MASTER" 'dpkg-query -W aetherstore' >/dev/null 2>&1
 }
 
 all_changed() {
@@ -383,6 +431,11 @@ stage_ansible() {
 
     timed "playbook: first run" run_playbook first
     check "the first run changed every host" all_changed "$work/first.log"
+    check "the datanodes have the package ($deb_version) installed, the master has none" \
+        package_on_datanodes "$deb_version"
+    check "the data and settings directories belong to the aether user" in_host "${DATANODES[0]}" '
+        [[ $(stat -c %U:%G:%a /var/lib/aether /var/lib/aether/datanode /etc/aether /etc/aether/datanode.env | xargs) == \
+            "aether:aether:750 aether:aether:750 root:aether:750 root:aether:640" ]]'
 
     timed "playbook: second run" run_playbook second
     check "the second run changed nothing" none_changed "$work/second.log"
@@ -406,13 +459,18 @@ stage_ansible() {
     cp "$binary" "$work/aether-v2"
     printf '\naether-deploy-test-upgrade\n' >>"$work/aether-v2"
     "$work/aether-v2" --help >/dev/null
+    # The package of the upgrade: that binary, under a later version.
+    deb_v2=$("$AETHER_REPO_ROOT/deploy/build-deb.sh" --binary "$work/aether-v2" --version "$deb_version+upgrade1" --out "$work/v2")
     before=$(pids_now)
     local since
     since=$(python3 -c 'import time; print(int(time.monotonic() * 1e6))')
-    timed "playbook: rolling upgrade" run_playbook upgrade -e "aether_common_binary_src=$work/aether-v2"
+    timed "playbook: rolling upgrade" run_playbook upgrade -e "aether_common_binary_src=$work/aether-v2" \
+        -e "aether_common_deb_src=$deb_v2"
     after=$(pids_now)
     check "the upgrade installed the new binary everywhere" \
         same_binary_everywhere "$(sha256sum <"$work/aether-v2" | cut -d' ' -f1)"
+    check "the upgrade installed package $deb_version+upgrade1 on the datanodes" \
+        package_on_datanodes "$deb_version+upgrade1"
     check "the upgrade restarted every service" restarted "$before" "$after" "${HOSTS[@]}"
     check "the upgrade restarted the datanodes one at a time" rolled_one_at_a_time "$since"
 
@@ -424,9 +482,50 @@ stage_ansible() {
     check "the rendered units pass systemd-analyze verify" bash -c '
         docker exec '"$MASTER"' systemd-analyze verify /etc/systemd/system/aether-master.service >&2 &&
         docker exec '"${DATANODES[0]}"' systemd-analyze verify /etc/systemd/system/aether-datanode.service >&2'
+    check "the package's own units pass systemd-analyze verify" in_host "${DATANODES[0]}" \
+        'systemd-analyze verify /lib/systemd/system/aether-master.service /lib/systemd/system/aether-datanode.service /lib/systemd/system/aether-s3.service >&2'
+    check "the package's bash completion completes aether's commands" in_host "${DATANODES[0]}" '
+        source /usr/share/bash-completion/completions/aether && COMP_WORDS=(aether he) COMP_CWORD=1 && _aether &&
+        [[ ${COMPREPLY[*]} == health ]]'
+    local port
+    for c in "${HOSTS[@]}"; do
+        port=42101
+        [[ $c == "$MASTER" ]] && port=42100
+        check "aether health on $c says ok (exit 0)" in_host "$c" "aether health http://127.0.0.1:$port >&2"
+    done
     in_host "$MASTER" 'systemd-analyze security --no-pager aether-master | tail -n 1' >&2 || true
 
     timed "walk-through and put/get on the Ansible cluster" ansible_cluster_checks
+    timed "the package installed by hand" package_by_hand
+}
+
+# The package alone, as an operator installs it on a fresh host without Ansible, so that
+# its own units and settings run (Ansible's override them on the other hosts).
+package_by_hand() {
+    local c=$PACKAGE_HOST
+    run_host "$c"
+    wait_until 60 "systemd on $c" in_host "$c" '[[ $(systemctl is-system-running) == @(running|degraded) ]]' ||
+        fail "systemd runs as PID 1 in $c"
+    docker cp "$deb" "$c:/tmp/aetherstore.deb"
+    docker cp "$deb_v2" "$c:/tmp/aetherstore-v2.deb"
+    check "dpkg -i installs the package and starts nothing" in_host "$c" '
+        dpkg -i /tmp/aetherstore.deb >&2 && id aether >&2 &&
+        ! systemctl is-enabled aether-master aether-datanode && ! systemctl is-active aether-master aether-datanode'
+    check "the package's own unit and settings run a master (aether health ok, as aether, no new privileges)" \
+        in_host "$c" '
+        systemctl enable --now aether-master >&2 &&
+        for i in $(seq 60); do aether health --timeout 1 >/dev/null 2>&1 && break; sleep 0.5; done &&
+        aether health >&2 && pid=$(systemctl show -p MainPID --value aether-master) &&
+        [ "$(stat -c %U /proc/$pid)" = aether ] && grep -Eq "^NoNewPrivs:[[:space:]]+1" /proc/$pid/status'
+    check "an upgrade of the package keeps local settings and restarts the running master" in_host "$c" '
+        echo AETHER_LOG=debug >>/etc/aether/master.env && before=$(systemctl show -p MainPID --value aether-master) &&
+        dpkg -i /tmp/aetherstore-v2.deb >&2 && [ "$(tail -n 1 /etc/aether/master.env)" = AETHER_LOG=debug ] &&
+        [ "$(systemctl show -p MainPID --value aether-master)" != "$before" ] &&
+        for i in $(seq 60); do aether health --timeout 1 >/dev/null 2>&1 && break; sleep 0.5; done && aether health >&2'
+    check "removing the package stops the master; purging it keeps the data and the user" in_host "$c" '
+        dpkg -r aetherstore >&2 && ! systemctl is-active aether-master && [ -f /etc/aether/master.env ] &&
+        dpkg -P aetherstore >&2 && [ ! -e /etc/aether ] && [ -f /var/lib/aether/master/meta.db ] && id aether >/dev/null'
+    docker rm -f -v "$c" >/dev/null 2>&1 || true
 }
 
 # Reads every object back with `aether get` and compares it with what was uploaded.
@@ -622,6 +721,9 @@ stage_docker() {
 say "stages: ${stages[*]}"
 timed "install tools" setup_tools
 timed "static binary" get_binary
+if wants ansible; then
+    timed "Debian package (deploy/build-deb.sh)" get_package
+fi
 if wants lint || wants ansible; then
     timed "Ansible virtualenv" setup_ansible
 fi

@@ -162,6 +162,21 @@ pub fn agent() -> ureq::Agent {
         .build()
 }
 
+/// Asks a server's `GET /health` (`url` is its base URL, or the health URL itself),
+/// giving up after `timeout` in all: for `aether health` and container health checks.
+/// The URL asked and the server's answer as it came (a `Health` and whatever else the
+/// server adds), whatever its `status`; an error for anything but a 200 with JSON.
+pub fn health(url: &str, timeout: Duration) -> Result<(String, serde_json::Value), ClientError> {
+    let base = master_url(url);
+    let url = if base.ends_with("/health") { base } else { format!("{base}/health") };
+    let agent =
+        ureq::AgentBuilder::new().timeout(timeout).user_agent(concat!("aether/", env!("CARGO_PKG_VERSION"))).build();
+    let response = agent.get(&url).call().map_err(|e| from_ureq(&url, e))?;
+    let health =
+        response.into_json().map_err(|e| ClientError::Protocol { url: url.clone(), message: e.to_string() })?;
+    Ok((url, health))
+}
+
 #[derive(Clone)]
 pub struct Client {
     agent: ureq::Agent,
@@ -279,6 +294,12 @@ impl Client {
 
     pub fn cluster(&self) -> Result<ClusterStatus, ClientError> {
         self.get_json("/api/cluster")
+    }
+
+    /// The master's answer to `GET path` (e.g. `/api/nodes`) as it came, for `--json`
+    /// output that keeps every field the master sends, known to this client or not.
+    pub fn get_value(&self, path: &str) -> Result<serde_json::Value, ClientError> {
+        self.get_json(path)
     }
 
     /// Sends `len` bytes to the first node of `chain`, which stores them and forwards

@@ -4,11 +4,8 @@
 
 #![forbid(unsafe_code)]
 
-pub mod bench;
-pub mod cli;
 pub mod client;
 pub mod datanode;
-pub mod dev;
 pub mod http;
 pub mod lock;
 pub mod log;

@@ -8,15 +8,27 @@ use std::time::Duration;
 
 use argh::FromArgs;
 
-use aetherstore::bench::{self, BenchConfig, Workload};
-use aetherstore::cli::{self, parse_size, DEFAULT_MASTER};
 use aetherstore::client::{self, Client};
 use aetherstore::datanode::{Datanode, DatanodeConfig};
-use aetherstore::dev::{self, DevConfig};
 use aetherstore::http::HttpLimits;
 use aetherstore::log;
 use aetherstore::master::{Master, MasterConfig};
 use aetherstore::s3::{Gateway, GatewayConfig};
+
+use bench::{BenchConfig, Workload};
+use cli::{parse_size, DEFAULT_MASTER};
+use dev::DevConfig;
+
+// The command-line glue lives beside this file, in `src/bin/aether/`: it belongs to the
+// binary, not to the library's public face.
+#[path = "aether/bench.rs"]
+mod bench;
+#[path = "aether/cli.rs"]
+mod cli;
+#[path = "aether/completions.rs"]
+mod completions;
+#[path = "aether/dev.rs"]
+mod dev;
 
 #[derive(FromArgs)]
 /// AetherStore: a distributed object store. Start a local cluster with `aether dev`.
@@ -43,6 +55,8 @@ enum Command {
     Bench(BenchArgs),
     S3(S3Args),
     Key(KeyArgs),
+    Health(HealthArgs),
+    Completions(CompletionsArgs),
 }
 
 #[derive(FromArgs)]
@@ -360,6 +374,9 @@ struct StatArgs {
     /// master URL (env AETHER_MASTER; default http://127.0.0.1:42100)
     #[argh(option)]
     master: Option<String>,
+    /// print the master's JSON answer on one line (the fields of GET /api/objects/ID)
+    #[argh(switch)]
+    json: bool,
 }
 
 #[derive(FromArgs)]
@@ -384,6 +401,9 @@ struct NodesArgs {
     /// master URL (env AETHER_MASTER; default http://127.0.0.1:42100)
     #[argh(option)]
     master: Option<String>,
+    /// print the master's JSON answer on one line (the fields of GET /api/nodes)
+    #[argh(switch)]
+    json: bool,
 }
 
 #[derive(FromArgs)]
@@ -393,6 +413,33 @@ struct ClusterArgs {
     /// master URL (env AETHER_MASTER; default http://127.0.0.1:42100)
     #[argh(option)]
     master: Option<String>,
+    /// print the master's JSON answer on one line (the fields of GET /api/cluster)
+    #[argh(switch)]
+    json: bool,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand, name = "health")]
+/// Check a master or datanode: exit 0 when GET /health answers 200 with status ok, else 1 with the reason.
+struct HealthArgs {
+    /// the server's URL, e.g. http://127.0.0.1:42100 or 10.0.0.5:42101 (default: AETHER_MASTER, else http://127.0.0.1:42100)
+    #[argh(positional)]
+    url: Option<String>,
+    /// seconds to wait for the whole answer, fractions allowed (default 5)
+    #[argh(option)]
+    timeout: Option<String>,
+    /// print the server's JSON answer on one line
+    #[argh(switch)]
+    json: bool,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand, name = "completions")]
+/// Print a shell completion script: aether completions bash > /etc/bash_completion.d/aether
+struct CompletionsArgs {
+    /// bash, zsh or fish
+    #[argh(positional)]
+    shell: String,
 }
 
 #[derive(FromArgs)]
@@ -612,6 +659,10 @@ fn run(command: Command) -> Result<(), String> {
             cli::get(&client_for(args.master), &args.id, args.output.as_deref())?;
             Ok(())
         }
+        Command::Stat(args) if args.json => {
+            println!("{}", cli::stat_json(&client_for(args.master), &args.id)?);
+            Ok(())
+        }
         Command::Stat(args) => {
             println!("{}", cli::stat(&client_for(args.master), &args.id)?);
             Ok(())
@@ -620,8 +671,16 @@ fn run(command: Command) -> Result<(), String> {
             let client = client_for(args.master).with_token(setting(args.cluster_token, "AETHER_CLUSTER_TOKEN"));
             cli::rm(&client, &args.id)
         }
+        Command::Nodes(args) if args.json => {
+            println!("{}", cli::nodes_json(&client_for(args.master))?);
+            Ok(())
+        }
         Command::Nodes(args) => {
             print!("{}", cli::nodes(&client_for(args.master))?);
+            Ok(())
+        }
+        Command::Cluster(args) if args.json => {
+            println!("{}", cli::cluster_json(&client_for(args.master))?);
             Ok(())
         }
         Command::Cluster(args) => {
@@ -659,6 +718,16 @@ fn run(command: Command) -> Result<(), String> {
             print!("{out}");
             Ok(())
         }
+        Command::Health(args) => {
+            let url = setting(args.url, "AETHER_MASTER").unwrap_or_else(|| DEFAULT_MASTER.to_string());
+            let timeout = seconds_setting(args.timeout, "--timeout", Duration::from_secs(5))?;
+            println!("{}", cli::health(&url, timeout, args.json)?);
+            Ok(())
+        }
+        Command::Completions(args) => {
+            print!("{}", completions::script(&args.shell, &command_tree())?);
+            Ok(())
+        }
         Command::Bench(args) => {
             let config = BenchConfig {
                 workload: Workload::parse(&args.workload)?,
@@ -679,6 +748,19 @@ fn run(command: Command) -> Result<(), String> {
             Ok(())
         }
     }
+}
+
+/// Every command and flag of `aether`, read from argh's help for each of them.
+fn command_tree() -> completions::CommandSpec {
+    let help = |words: &[&str]| {
+        let mut args = words.to_vec();
+        args.push("--help");
+        match Args::from_args(&["aether"], &args) {
+            Err(early_exit) => early_exit.output,
+            Ok(_) => String::new(),
+        }
+    };
+    completions::CommandSpec::read(&["aether"], "", &help)
 }
 
 /// The command line with a lone `-` (standard input, as in every Unix tool) moved after a

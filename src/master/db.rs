@@ -1261,7 +1261,7 @@ fn checkpoint_loop(conn: &Connection, stopped: &Receiver<()>) {
 
 // Benchmark support
 //
-// Used only by `aether bench populate` (src/bench.rs) to fill a database with many
+// Used only by `aether bench populate` (through `master::offline`) to fill a database with many
 // objects quickly for the scaling measurements. Offline only: run it with the master
 // stopped (a running master would not know the nodes it registers until restarted).
 

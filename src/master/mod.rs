@@ -7,9 +7,10 @@
 //! in `db::MetaDb` (durable) and `liveness::Membership` (heartbeats, in memory). The
 //! `maintenance` thread moves node states, repairs and expires.
 
-pub mod db;
+mod db;
 pub mod liveness;
 mod maintenance;
+pub mod offline;
 pub mod placement;
 pub mod repair;
 mod s3;

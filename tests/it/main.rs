@@ -10,6 +10,7 @@ mod durability;
 mod healing;
 mod hostile;
 mod newcomer;
+mod ops;
 mod s3;
 mod security;
 mod tidy;

@@ -1,7 +1,7 @@
 //! `aether key`: create, list and delete S3 access keys, and grant them buckets.
 
-use crate::client::Client;
-use crate::proto::s3::Access;
+use aetherstore::client::Client;
+use aetherstore::proto::s3::Access;
 
 fn fail(e: impl std::fmt::Display) -> String {
     e.to_string()

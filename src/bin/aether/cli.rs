@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
 
-use crate::client::{Client, ClientError};
-use crate::proto::ObjectId;
+use aetherstore::client::{self, Client, ClientError};
+use aetherstore::proto::ObjectId;
 
 /// The master a client talks to when neither `--master` nor `AETHER_MASTER` says.
 pub const DEFAULT_MASTER: &str = "http://127.0.0.1:42100";
@@ -270,6 +270,45 @@ pub fn cluster(client: &Client) -> CliResult<String> {
     text.push_str(&format!("repairs     {} in flight\n", c.repairs_in_flight));
     text.push_str(&format!("deletes     {} copies waiting for their node\n", c.pending_deletes));
     Ok(text)
+}
+
+/// `aether nodes --json`: the master's `GET /api/nodes` as it answered, on one line.
+pub fn nodes_json(client: &Client) -> CliResult<String> {
+    api_json(client, "/api/nodes")
+}
+
+/// `aether cluster --json`: the master's `GET /api/cluster` as it answered, on one line.
+pub fn cluster_json(client: &Client) -> CliResult<String> {
+    api_json(client, "/api/cluster")
+}
+
+/// `aether stat ID --json`: the master's `GET /api/objects/ID` as it answered, on one line.
+pub fn stat_json(client: &Client, id: &str) -> CliResult<String> {
+    let id = ObjectId::parse(id)?;
+    api_json(client, &format!("/api/objects/{id}"))
+}
+
+/// JSON output is the API's own answer, passed through: the same field names, and fields
+/// a newer master adds appear without a newer client.
+fn api_json(client: &Client, path: &str) -> CliResult<String> {
+    let value = client.get_value(path).map_err(|e| explain(client, e))?;
+    Ok(serde_json::to_string(&value).expect("JSON values serialize"))
+}
+
+/// `aether health URL`: succeeds when the server at `url` answers `GET /health` with a
+/// 200 and `"status": "ok"` within `timeout`; otherwise fails with the reason in one line.
+/// Prints `ok URL (aether VERSION)`, or with `json` the server's answer.
+pub fn health(url: &str, timeout: Duration, json: bool) -> CliResult<String> {
+    let (url, answer) = client::health(url, timeout).map_err(|e| e.to_string())?;
+    let status = answer.get("status").and_then(|s| s.as_str()).unwrap_or_default();
+    if status != "ok" {
+        return Err(format!("{url}: status is {status:?}, not \"ok\""));
+    }
+    if json {
+        return Ok(serde_json::to_string(&answer).expect("JSON values serialize"));
+    }
+    let version = answer.get("version").and_then(|v| v.as_str()).unwrap_or("unknown");
+    Ok(format!("ok {url} (aether {version})"))
 }
 
 /// Parses a byte size: a plain number, or one with a suffix K, M, G or T (powers of 1024,

@@ -11,12 +11,12 @@ use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::client::Client;
-use crate::lock::DataDirLock;
-use crate::log;
-use crate::master::{Master, MasterConfig};
-use crate::proto::s3::AccessKey;
-use crate::s3::{Gateway, GatewayConfig};
+use aetherstore::client::Client;
+use aetherstore::lock::DataDirLock;
+use aetherstore::log;
+use aetherstore::master::{Master, MasterConfig};
+use aetherstore::proto::s3::AccessKey;
+use aetherstore::s3::{Gateway, GatewayConfig};
 
 /// Set in a dev datanode's environment to the PID of the `aether dev` that started it.
 pub const DEV_PARENT_VAR: &str = "AETHER_DEV_PARENT";
@@ -318,7 +318,7 @@ pub fn run(config: &DevConfig) -> io::Result<()> {
         let _ = stop.try_send(());
     })
     .map_err(io::Error::other)?;
-    let mut cluster = DevCluster::start(config, crate::client::agent())?;
+    let mut cluster = DevCluster::start(config, aetherstore::client::agent())?;
     print!("{}", cluster.summary(config));
     io::stdout().flush()?;
     while stopped.recv_timeout(Duration::from_millis(250)) == Err(crossbeam_channel::RecvTimeoutError::Timeout) {

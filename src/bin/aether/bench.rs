@@ -20,9 +20,9 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::client::{self, Client, ClientError};
-use crate::master::db::MetaDb;
-use crate::proto::{Checksum, ObjectId};
+use aetherstore::client::{self, Client, ClientError};
+use aetherstore::master;
+use aetherstore::proto::{Checksum, ObjectId};
 
 /// How long a run with an operation count may take at most.
 const COUNT_TIME_LIMIT: Duration = Duration::from_secs(600);
@@ -730,30 +730,11 @@ fn populate(config: &BenchConfig) -> Result<PopulateReport, String> {
     let data = config.data_dir.as_ref().ok_or("populate needs --data DIR (the master's data directory)")?;
     let objects = config.objects.ok_or("populate needs --objects N")?;
     let replication = config.replication.unwrap_or(3).max(1);
-    std::fs::create_dir_all(data).map_err(|e| format!("cannot create {}: {e}", data.display()))?;
-    let db = MetaDb::open(&data.join("meta.db"), 1).map_err(|e| e.to_string())?;
     let nodes: Vec<String> = (1..=replication).map(|i| format!("bench-node-{i}")).collect();
-    for (i, node) in nodes.iter().enumerate() {
-        // Never contacted: lookups only read the database. Port 1 + i of loopback
-        // refuses at once should anything try.
-        db.register_node(node, &format!("http://127.0.0.1:{}", 1 + i)).map_err(|e| e.to_string())?;
-    }
     let started = Instant::now();
-    let mut added = 0;
-    let mut next = 0;
-    while next < objects {
-        let end = (next + POPULATE_BATCH).min(objects);
-        let mut batch: Vec<(ObjectId, u64, Checksum)> =
-            (next..end).map(|i| (populated_id(i), 4096, Checksum(splitmix(i) as u32))).collect();
-        // In key order, each page of the trees is visited once per batch.
-        batch.sort_unstable_by_key(|(id, ..)| *id);
-        added += db.bench_insert_complete(batch, nodes.clone()).map_err(|e| e.to_string())? as u64;
-        next = end;
-    }
-    drop(db);
-    // Batches this large leave a write-ahead log as big as the database; a running
-    // master would have checkpointed it long ago.
-    MetaDb::bench_checkpoint(&data.join("meta.db")).map_err(|e| e.to_string())?;
+    let added = master::offline::populate(data, &nodes, objects, POPULATE_BATCH, |i| {
+        (populated_id(i), 4096, Checksum(splitmix(i) as u32))
+    })?;
     let seconds = started.elapsed().as_secs_f64();
     Ok(PopulateReport {
         workload: Workload::Populate,
