@@ -132,8 +132,9 @@ def inject(cluster, fault, victim):
     if fault == "disk-gone":
         # The node may be writing while its files go: a second pass takes what the
         # first raced with. It must end with no object file left.
-        cluster.as_root(victim, "rm -rf /var/lib/aether/* 2>/dev/null; rm -rf /var/lib/aether/*; "
-                                "! find /var/lib/aether -type f -path '*objects*' | grep -q .")
+        cluster.as_root(victim, "for try in 1 2 3 4 5; do rm -rf /var/lib/aether/* 2>/dev/null; "
+                                "find /var/lib/aether -type f -path '*objects*' | grep -q . || exit 0; sleep 0.2; "
+                                "done; exit 1")
         return None
     raise ValueError(fault)
 

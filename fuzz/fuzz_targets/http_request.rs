@@ -66,8 +66,10 @@ fuzz_target!(|input: &[u8]| {
             Err(_) => break,
         }
     }
+    // Not "HTTP/1.": tiny_http answers a 400 or 417 in the version the request named,
+    // HTTP/2.0 included (harmless: the connection closes after it).
     assert!(
-        answer.is_empty() || answer.starts_with(b"HTTP/1."),
+        answer.is_empty() || answer.starts_with(b"HTTP/"),
         "not an HTTP answer: {:?}",
         String::from_utf8_lossy(&answer[..answer.len().min(200)])
     );
