@@ -188,7 +188,9 @@ def report(timeline, results, workload_end):
     errors = {}
     for op in ops:
         if not op["ok"]:
-            key = "%s: %s" % (op["op"], op.get("error", "")[:150])
+            # The client repeats the URL; the end of its sentence says what went wrong.
+            error = op.get("error", "")
+            key = "%s: %s" % (op["op"], error if len(error) <= 160 else "..." + error[-160:])
             errors[key] = errors.get(key, 0) + 1
     if errors:
         log("most frequent errors:")
