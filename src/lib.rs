@@ -35,6 +35,29 @@ pub mod fuzz_api {
         store::parse_footer(footer, file_len).map(|(object, created)| (object.size, object.checksum.0, created))
     }
 
+    /// Starts an `HttpServer` (the one both servers use) on a free loopback port, for the
+    /// life of the process, whose handler runs the servers' parsers on each request: the
+    /// object id in the path, the `Range` and `X-Aether-Chain` headers, a JSON body.
+    /// Gives its address.
+    pub fn start_http_server() -> std::io::Result<std::net::SocketAddr> {
+        use crate::http::{self, HttpServer};
+        use crate::proto::{InitUpload, ObjectId, StatusOk, CHAIN_HEADER};
+        let server = HttpServer::start("127.0.0.1:0", 4, "fuzz", |request| {
+            if let Some(id) = http::path_of(request).strip_prefix("/objects/") {
+                let _ = ObjectId::parse(id);
+            }
+            let _ = parse_range(http::header_value(request, "Range"));
+            let _ = parse_chain(http::header_value(request, CHAIN_HEADER));
+            match http::read_json::<InitUpload>(request, "an upload") {
+                Ok(_) => http::json_reply(200, &StatusOk::ok()).into(),
+                Err(e) => e.into(),
+            }
+        })?;
+        let addr = server.local_addr();
+        std::mem::forget(server);
+        Ok(addr)
+    }
+
     /// The footer the store writes for an object of `size` bytes with `checksum`.
     pub fn encode_footer(size: u64, checksum: u32, created_secs: u64) -> [u8; 32] {
         store::encode_footer(StoredObject { size, checksum: crate::proto::Checksum(checksum) }, created_secs)

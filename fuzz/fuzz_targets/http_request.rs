@@ -1,9 +1,9 @@
 //! Fuzzes request parsing end to end: the input is sent as raw bytes over loopback TCP to
-//! an in-process `HttpServer` (the vendored tiny_http that both servers use, with its
-//! request-line, header, chunked and Content-Length parsing) whose handler runs the
-//! datanode's and master's own parsers on what arrived: the object id in the path, the
-//! `Range` and `X-Aether-Chain` headers and a JSON body. The server must answer or close
-//! the connection, never crash, hang or stop accepting.
+//! an in-process `HttpServer` (`fuzz_api::start_http_server`: the vendored tiny_http that
+//! both servers use, with its request-line, header, chunked and Content-Length parsing)
+//! whose handler runs the datanode's and master's own parsers on what arrived: the object
+//! id in the path, the `Range` and `X-Aether-Chain` headers and a JSON body. The server
+//! must answer or close the connection, never crash, hang or stop accepting.
 #![no_main]
 
 use std::io::{Read, Write};
@@ -11,9 +11,7 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use aetherstore::fuzz_api::{parse_chain, parse_range};
-use aetherstore::http::{self, HttpServer};
-use aetherstore::proto::{InitUpload, ObjectId, StatusOk, CHAIN_HEADER};
+use aetherstore::fuzz_api::start_http_server;
 use libfuzzer_sys::fuzz_target;
 
 /// How long the server may take to answer or close once the whole input was sent.
@@ -21,24 +19,7 @@ const DEADLINE: Duration = Duration::from_secs(10);
 
 fn server() -> SocketAddr {
     static SERVER: OnceLock<SocketAddr> = OnceLock::new();
-    *SERVER.get_or_init(|| {
-        let server = HttpServer::start("127.0.0.1:0", 4, "fuzz", |request| {
-            if let Some(id) = http::path_of(request).strip_prefix("/objects/") {
-                let _ = ObjectId::parse(id);
-            }
-            let _ = parse_range(http::header_value(request, "Range"));
-            let _ = parse_chain(http::header_value(request, CHAIN_HEADER));
-            match http::read_json::<InitUpload>(request, "an upload") {
-                Ok(_) => http::json_reply(200, &StatusOk::ok()).into(),
-                Err(e) => e.into(),
-            }
-        })
-        .expect("the fuzz server starts");
-        let addr = server.local_addr();
-        // Serves for the life of the process.
-        std::mem::forget(server);
-        addr
-    })
+    *SERVER.get_or_init(|| start_http_server().expect("the fuzz server starts"))
 }
 
 fuzz_target!(|input: &[u8]| {
