@@ -168,6 +168,8 @@ def worker(n, args, objects, stop_file):
                     record.update(ok=False, error=err)
             elif roll < 0.85:
                 object_id, sha = objects.pick_for_read(rng)
+                if object_id is None:
+                    continue
                 path = os.path.join(scratch, "read")
                 ok, _, err = run_aether(["get", object_id, "-o", path], args.op_timeout)
                 record.update(op="get", id=object_id, ok=ok)
@@ -199,14 +201,24 @@ def cmd_workload(args):
     os.makedirs(args.results, exist_ok=True)
     stop_file = os.path.join(args.results, "stop")
     objects = Objects()
-    threads = [threading.Thread(target=worker, args=(n, args, objects, stop_file), daemon=True) for n in range(args.workers)]
+    crashed = []
+
+    def run(n):
+        try:
+            worker(n, args, objects, stop_file)
+        except Exception as e:  # noqa: BLE001 -- a broken worker must fail the run, not vanish
+            crashed.append(n)
+            log("worker %d stopped by %s: %s" % (n, type(e).__name__, e))
+            raise
+
+    threads = [threading.Thread(target=run, args=(n,), daemon=True) for n in range(args.workers)]
     log("workload: %d workers, about %.1f operations a second, until %s appears" % (args.workers, args.rate, stop_file))
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    log("workload stopped")
-    return 0
+    log("workload stopped" + (" (workers %s had crashed)" % crashed if crashed else ""))
+    return 1 if crashed else 0
 
 
 def load_ops(results):
