@@ -545,7 +545,7 @@ fn with_checksum(mut reply: Reply, checksum: Checksum) -> Reply {
     reply
 }
 
-fn parse_chain(header: Option<&str>) -> Result<Vec<String>, ApiError> {
+pub(crate) fn parse_chain(header: Option<&str>) -> Result<Vec<String>, ApiError> {
     let Some(header) = header.filter(|h| !h.trim().is_empty()) else { return Ok(Vec::new()) };
     let chain: Vec<String> =
         header.split(',').map(normalize_address).collect::<Result<_, _>>().map_err(ApiError::bad_request)?;
@@ -558,7 +558,7 @@ fn parse_chain(header: Option<&str>) -> Result<Vec<String>, ApiError> {
 /// Parses a single `bytes=START-END` or `bytes=START-` range. Suffix ranges
 /// (`bytes=-N`) and lists of ranges are refused: clients of this store resume from an
 /// offset, and one range keeps the reply a plain stream.
-fn parse_range(header: Option<&str>) -> Result<Option<(u64, Option<u64>)>, ApiError> {
+pub(crate) fn parse_range(header: Option<&str>) -> Result<Option<(u64, Option<u64>)>, ApiError> {
     let Some(header) = header else { return Ok(None) };
     let bad = || ApiError::new(416, format!("range {header:?} is not supported; use bytes=START-END or bytes=START-"));
     let spec = header.trim().strip_prefix("bytes=").ok_or_else(bad)?;

@@ -326,3 +326,22 @@ fn health_answers_on_both_servers() {
         });
     }
 }
+
+/// Found by the `http_request` fuzz target: a request line naming HTTP/2.0 (or later) was
+/// never answered, even after the client closed, and its connection's thread waited
+/// forever. Now it is a 505 and the connection closes.
+#[test]
+fn a_request_for_http_2_is_answered_505_and_closed() {
+    let dir = TempDir::new("http2");
+    let data = dir.path().join("m");
+    let master = Proc::start("m", &["master", "--listen", "127.0.0.1:0", "--data", data.to_str().unwrap()]);
+    for request_line in ["GET /health HTTP/2.0", "PRI * HTTP/2.0", "HEAD /objects/x HTTP/3.0"] {
+        let mut stream = TcpStream::connect(master.url.trim_start_matches("http://")).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        write!(stream, "{request_line}\r\n\r\n").unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap_or_else(|e| panic!("{request_line:?}: no answer and no close: {e}"));
+        assert!(answer.starts_with("HTTP/1.1 505"), "{request_line:?} was answered {answer:?}");
+    }
+    assert_eq!(api_get(&format!("{}/health", master.url)).unwrap().0, 200);
+}

@@ -344,15 +344,20 @@ impl Iterator for ClientConnection {
 
             // checking HTTP version
             if *rq.http_version() > (1, 1) {
-                let writer = self.sink.next().unwrap();
+                // AetherStore patch: answered through the request's own writer, then the
+                // connection closes. A writer taken from the sink waited for the request's
+                // writer to be dropped, which the request outlived: the connection's
+                // thread hung forever on any request line naming HTTP/2.0 or later.
+                let mut writer = rq.into_writer();
                 let response = Response::from_string(
                     "This server only supports HTTP versions 1.0 and 1.1".to_owned(),
                 )
                 .with_status_code(StatusCode(505));
                 response
-                    .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
+                    .raw_print(&mut writer, HTTPVersion(1, 1), &[], false, None)
                     .ok();
-                continue;
+                std::io::Write::flush(&mut writer).ok();
+                return None;
             }
 
             // updating the status of the connection
