@@ -13,6 +13,7 @@ pub mod http;
 pub mod lock;
 pub mod log;
 pub mod master;
+pub mod metrics;
 pub mod node_client;
 pub mod proto;
 

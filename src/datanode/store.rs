@@ -171,6 +171,8 @@ pub struct BlobStore {
     /// tests lower it to exercise the direct path with small bodies).
     direct_from: u64,
     count: AtomicU64,
+    /// How long each object's `sync_all` took, for the node's metrics.
+    fsync_seconds: prometheus::Histogram,
 }
 
 impl BlobStore {
@@ -192,8 +194,19 @@ impl BlobStore {
         if removed > 0 {
             fsync_dir(&tmp)?;
         }
-        let store =
-            BlobStore { objects, tmp, quarantine, reserve_bytes, direct_from: DIRECT_OBJECT, count: AtomicU64::new(0) };
+        let fsync_seconds = crate::metrics::seconds_histogram(
+            "aether_datanode_fsync_duration_seconds",
+            "Time to fsync a new object's file.",
+        );
+        let store = BlobStore {
+            objects,
+            tmp,
+            quarantine,
+            reserve_bytes,
+            direct_from: DIRECT_OBJECT,
+            count: AtomicU64::new(0),
+            fsync_seconds,
+        };
         let mut count = 0;
         store.walk(&mut |_, _| count += 1)?;
         store.count.store(count, Ordering::Relaxed);
@@ -207,6 +220,11 @@ impl BlobStore {
 
     pub fn contains(&self, id: &ObjectId) -> bool {
         self.object_path(id).exists()
+    }
+
+    /// The histogram of object fsync times.
+    pub fn fsync_seconds(&self) -> &prometheus::Histogram {
+        &self.fsync_seconds
     }
 
     /// How many objects the node holds.
@@ -254,7 +272,9 @@ impl BlobStore {
         // An empty chunk tells `forward` the body arrived whole and verified.
         forward(&[]);
         writer.finish(&encode_footer(stored, unix_secs()))?;
+        let syncing = std::time::Instant::now();
         temp.file.sync_all()?;
+        self.fsync_seconds.observe(syncing.elapsed().as_secs_f64());
         if stored.size >= UNCACHED_OBJECT && !direct {
             // The bytes are on disk: a large object's cache pages go back for the next
             // upload to reuse, instead of the cache growing into memory that is slow to

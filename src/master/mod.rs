@@ -8,10 +8,13 @@
 //! `maintenance` thread moves node states, repairs and expires.
 
 pub mod db;
+pub mod events;
 pub mod liveness;
 mod maintenance;
+mod metrics;
 pub mod placement;
 pub mod repair;
+mod ui;
 
 use std::collections::HashMap;
 use std::io;
@@ -33,8 +36,10 @@ use crate::proto::{
     Inventory, NodeCommands, NodeInfo, NodeList, ObjectId, ObjectInfo, Placement, RegisterNode, ReplaceNodes,
     ReplicaInfo, ReplicaReport, StatusOk,
 };
-use db::{Candidate, Confirmation, MetaDb, MetaError, Registered};
+use db::{Candidate, Confirmation, Counts, MetaDb, MetaError, Registered};
+use events::{EventKind, Events};
 use liveness::{Membership, NodeState};
+use metrics::MasterMetrics;
 
 #[derive(Debug, Clone)]
 pub struct MasterConfig {
@@ -86,6 +91,18 @@ const MAX_NODES_ASKED: usize = 64;
 const ASKING_OTHERS_FOR: Duration = Duration::from_secs(5);
 /// How long placement avoids a node a client reported failed.
 const FAILED_NODE_PENALTY: Duration = Duration::from_secs(10);
+/// How long one `Snapshot` serves the status page and `/metrics`: however many browsers
+/// and scrapers there are, the nodes and counts are read at most once a second.
+const SNAPSHOT_TTL: Duration = Duration::from_secs(1);
+
+/// What the status page and the state metrics show, read at one time.
+pub struct Snapshot {
+    /// Milliseconds since the Unix epoch.
+    pub taken_ms: i64,
+    pub counts: Counts,
+    /// Every registered node, its state as the master sees it now.
+    pub nodes: Vec<NodeInfo>,
+}
 
 pub struct Master {
     http: HttpServer,
@@ -114,6 +131,7 @@ impl Master {
         let lock = DataDirLock::acquire(&config.data_dir)?;
         let db_path = config.data_dir.join("meta.db");
         let db = MetaDb::open(&db_path, config.threads + 2).map_err(io::Error::other)?;
+        let metrics = MasterMetrics::new(db.commit_batches());
         let known = db.nodes().map_err(io::Error::other)?;
         let nodes = Arc::new(RwLock::new(Arc::new(known.iter().map(|n| (n.id.clone(), n.address.clone())).collect())));
         let node_client = NodeClient::new(agent, config.cluster_token.clone(), Arc::clone(&nodes) as Arc<dyn Registry>);
@@ -132,6 +150,9 @@ impl Master {
             repairs_in_flight: AtomicU64::new(0),
             versions: Mutex::new(HashMap::new()),
             penalties: Mutex::new(HashMap::new()),
+            events: Events::default(),
+            metrics,
+            snapshot: Mutex::new(None),
         });
         let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
         let maintenance_state = Arc::clone(&state);
@@ -142,13 +163,18 @@ impl Master {
         let token = config.cluster_token.clone();
         let priority = move |request: &Request| {
             let endpoint = Endpoint::parse(request.method(), http::path_of(request));
-            endpoint == Ok(Endpoint::Health)
+            matches!(endpoint, Ok(Endpoint::Health | Endpoint::Metrics))
                 || http::is_cluster_traffic(request, token.as_deref(), endpoint.is_ok_and(|e| e.is_internal()))
         };
-        let http =
-            HttpServer::start(&config.listen, config.threads, &config.http, "master", priority, move |request| {
-                handler_state.handle(request)
-            })?;
+        let http = HttpServer::start(
+            &config.listen,
+            config.threads,
+            &config.http,
+            "master",
+            &state.metrics.registry,
+            priority,
+            move |request| handler_state.handle(request),
+        )?;
         log::info(
             "master",
             &format!(
@@ -191,6 +217,9 @@ impl Master {
 #[derive(Debug, PartialEq, Eq)]
 enum Endpoint {
     Health,
+    Metrics,
+    StatusPage,
+    StatusFragment,
     RegisterNode,
     Heartbeat,
     ReportReplicas,
@@ -211,6 +240,9 @@ impl Endpoint {
         let is_post = *method == Method::Post;
         let (endpoint, allowed, allow) = match path {
             "/health" => (Endpoint::Health, is_get, "GET"),
+            "/metrics" => (Endpoint::Metrics, is_get, "GET"),
+            "/" | "/ui" => (Endpoint::StatusPage, is_get, "GET"),
+            "/ui/fragment" => (Endpoint::StatusFragment, is_get, "GET"),
             "/api/node/register" => (Endpoint::RegisterNode, is_post, "POST"),
             "/api/node/heartbeat" => (Endpoint::Heartbeat, is_post, "POST"),
             "/api/node/inventory" => (Endpoint::Inventory, is_post, "POST"),
@@ -242,6 +274,34 @@ impl Endpoint {
         }
     }
 
+    /// The metrics label: the variant's name, whatever the object.
+    fn name(&self) -> &'static str {
+        match self {
+            Endpoint::Health => "Health",
+            Endpoint::Metrics => "Metrics",
+            Endpoint::StatusPage => "StatusPage",
+            Endpoint::StatusFragment => "StatusFragment",
+            Endpoint::RegisterNode => "RegisterNode",
+            Endpoint::Heartbeat => "Heartbeat",
+            Endpoint::ReportReplicas => "ReportReplicas",
+            Endpoint::Inventory => "Inventory",
+            Endpoint::ListNodes => "ListNodes",
+            Endpoint::ClusterStatus => "ClusterStatus",
+            Endpoint::InitUpload => "InitUpload",
+            Endpoint::ReplaceNodes => "ReplaceNodes",
+            Endpoint::CompleteUpload => "CompleteUpload",
+            Endpoint::GetObject(_) => "GetObject",
+            Endpoint::DeleteObject(_) => "DeleteObject",
+            Endpoint::RedirectToReplica(_) => "RedirectToReplica",
+        }
+    }
+
+    /// Requests that come every few seconds from machines (health checks, scrapes, the
+    /// status page's refresh, the datanodes' own traffic): logged at debug.
+    fn is_routine(&self) -> bool {
+        self.is_internal() || matches!(self, Endpoint::Health | Endpoint::Metrics | Endpoint::StatusFragment)
+    }
+
     /// Operations only datanodes may ask for: they change what the master believes.
     fn is_internal(&self) -> bool {
         matches!(self, Endpoint::RegisterNode | Endpoint::Heartbeat | Endpoint::ReportReplicas | Endpoint::Inventory)
@@ -271,6 +331,11 @@ struct MasterState {
     versions: Mutex<HashMap<String, String>>,
     /// Nodes clients reported failed for an upload, until when placement avoids them.
     penalties: Mutex<HashMap<String, Instant>>,
+    /// What happened lately, for the status page.
+    events: Events,
+    metrics: MasterMetrics,
+    /// The last `Snapshot` and when it was taken (`SNAPSHOT_TTL`).
+    snapshot: Mutex<Option<(Instant, Arc<Snapshot>)>>,
 }
 
 impl Registry for RwLock<Arc<Vec<Candidate>>> {
@@ -289,8 +354,10 @@ impl MasterState {
     fn handle(&self, request: &mut Request) -> Handled {
         let bytes_in = request.body_length().unwrap_or(0) as u64;
         let mut routine = false;
+        let mut name = crate::metrics::UNMATCHED;
         let result = Endpoint::parse(request.method(), http::path_of(request)).and_then(|endpoint| {
-            routine = endpoint.is_internal() || endpoint == Endpoint::Health;
+            routine = endpoint.is_routine();
+            name = endpoint.name();
             if endpoint.needs_token() {
                 http::check_token(request, self.config.cluster_token.as_deref())?;
             }
@@ -302,12 +369,19 @@ impl MasterState {
         };
         handled.bytes_in = bytes_in;
         handled.routine = routine;
+        handled.endpoint = name;
         handled
     }
 
     fn dispatch(&self, endpoint: Endpoint, request: &mut Request) -> Result<Reply, ApiError> {
         match endpoint {
             Endpoint::Health => Ok(http::json_reply(200, &Health::ok())),
+            Endpoint::Metrics => {
+                self.metrics.fill(&*self.snapshot()?);
+                Ok(self.metrics.registry.reply())
+            }
+            Endpoint::StatusPage => self.status_page(false),
+            Endpoint::StatusFragment => self.status_page(true),
             Endpoint::RegisterNode => {
                 let body: RegisterNode =
                     http::read_json(request, r#"{"id": "datanode-1", "address": "http://host:42101"}"#)?;
@@ -319,7 +393,13 @@ impl MasterState {
             }
             Endpoint::ReportReplicas => {
                 let body: ReplicaReport = http::read_json(request, "a replica report")?;
+                let corrupt = body.corrupt.len();
                 let delete = self.db.report_replicas(&body.node, body.stored, body.corrupt)?;
+                if corrupt > 0 {
+                    let message =
+                        format!("node {} found {corrupt} corrupt copy(ies); they will be re-created", body.node);
+                    self.events.record(EventKind::CopyCorrupt, message);
+                }
                 Ok(http::json_reply(200, &NodeCommands { delete }))
             }
             Endpoint::Inventory => {
@@ -367,10 +447,14 @@ impl MasterState {
         let before = self.membership.registered(&body.id, Instant::now());
         self.note_version(&body.id, body.version);
         match outcome {
-            Registered::New => log::info("master", &format!("node {} registered at {address}", body.id)),
-            Registered::AddressChanged => log::info("master", &format!("node {} moved to {address}", body.id)),
+            Registered::New => {
+                self.events.record(EventKind::NodeRegistered, format!("node {} registered at {address}", body.id))
+            }
+            Registered::AddressChanged => {
+                self.events.record(EventKind::NodeMoved, format!("node {} moved to {address}", body.id))
+            }
             Registered::Unchanged if before.is_some_and(|s| s != NodeState::Alive) => {
-                log::info("master", &format!("node {} registered again and is alive", body.id))
+                self.events.record(EventKind::NodeBack, format!("node {} registered again and is alive", body.id))
             }
             Registered::Unchanged => {}
         }
@@ -386,7 +470,8 @@ impl MasterState {
         self.note_version(&body.id, body.version);
         if before != NodeState::Alive {
             self.db.set_node_state(&body.id, NodeState::Alive.as_str())?;
-            log::info("master", &format!("node {} is alive again (was {})", body.id, before.as_str()));
+            self.events
+                .record(EventKind::NodeBack, format!("node {} is alive again (was {})", body.id, before.as_str()));
         }
         let delete = self.db.take_deletions(&body.id, 1000)?;
         Ok(http::json_reply(200, &NodeCommands { delete }))
@@ -417,9 +502,9 @@ impl MasterState {
             self.scans.lock().expect("scans lock").remove(&body.node);
             let missing = self.db.finish_inventory(&body.node, &body.scan, started)?;
             if missing > 0 {
-                log::warn(
-                    "master",
-                    &format!("node {} no longer has {missing} replica(s); they will be re-created", body.node),
+                self.events.record(
+                    EventKind::CopiesLost,
+                    format!("node {} no longer has {missing} replica(s); they will be re-created", body.node),
                 );
             }
         }
@@ -430,6 +515,11 @@ impl MasterState {
     }
 
     fn list_nodes(&self) -> Result<Reply, ApiError> {
+        Ok(http::json_reply(200, &NodeList { nodes: self.node_infos()? }))
+    }
+
+    /// Every registered node as `/api/nodes` and the status page show it.
+    fn node_infos(&self) -> Result<Vec<NodeInfo>, ApiError> {
         let now = Instant::now();
         let versions = self.versions.lock().expect("versions lock").clone();
         let nodes = self
@@ -455,7 +545,45 @@ impl MasterState {
                 }
             })
             .collect();
-        Ok(http::json_reply(200, &NodeList { nodes }))
+        Ok(nodes)
+    }
+
+    /// The nodes and counts, read at most once per `SNAPSHOT_TTL`.
+    fn snapshot(&self) -> Result<Arc<Snapshot>, ApiError> {
+        let mut cached = self.snapshot.lock().expect("snapshot lock");
+        if let Some((taken, snapshot)) = cached.as_ref() {
+            if taken.elapsed() < SNAPSHOT_TTL {
+                return Ok(Arc::clone(snapshot));
+            }
+        }
+        let snapshot =
+            Arc::new(Snapshot { taken_ms: db::now_ms(), counts: self.db.counts()?, nodes: self.node_infos()? });
+        *cached = Some((Instant::now(), Arc::clone(&snapshot)));
+        Ok(snapshot)
+    }
+
+    /// The status page, or (`fragment`) the part of it the page's refresh replaces.
+    fn status_page(&self, fragment: bool) -> Result<Reply, ApiError> {
+        let snapshot = self.snapshot()?;
+        let events = self.events.recent();
+        let repairs = ui::Repairs {
+            queued: self.metrics.repairs_queued.get().max(0) as u64,
+            running: self.metrics.repairs_running.get().max(0) as u64,
+            done: self.metrics.repairs_done.get(),
+            failed: self.metrics.repairs_failed.get(),
+        };
+        // Buckets and their usage come with the S3 namespace: fill `buckets` from it.
+        let view = ui::View {
+            snapshot: &snapshot,
+            events: &events,
+            repairs,
+            replication: self.config.replication,
+            buckets: None,
+        };
+        let html = if fragment { ui::fragment(&view) } else { ui::page(&view) };
+        let mut reply = http::bytes_reply(200, html.into_bytes(), "text/html; charset=utf-8");
+        reply.add_header(http::header("Cache-Control", "no-store"));
+        Ok(reply)
     }
 
     fn cluster_status(&self) -> Result<Reply, ApiError> {
@@ -545,6 +673,7 @@ impl MasterState {
         let known = Arc::clone(&self.nodes.read().expect("nodes lock"));
         for (node, _) in known.iter().filter(|(_, address)| body.failed.contains(address)) {
             let before = self.penalties.lock().expect("penalties lock").insert(node.clone(), until);
+            self.metrics.chain_failures.inc();
             if before.is_none() {
                 log::info(
                     "master",
