@@ -80,8 +80,12 @@ pub fn fragment(view: &View) -> String {
         if counts.under_replicated > 0 {
             why.push(format!("{} object(s) under-replicated", counts.under_replicated));
         }
-        if suspect + dead > 0 {
-            why.push(format!("{} node(s) not alive", suspect + dead));
+        let unwell: Vec<String> =
+            snapshot.nodes.iter().filter(|n| n.state != "alive").map(|n| format!("{} {}", n.id, n.state)).collect();
+        match unwell.len() {
+            0 => {}
+            1..=3 => why.push(unwell.join(", ")),
+            n => why.push(format!("{}, and {} more not alive", unwell[..2].join(", "), n - 2)),
         }
         ("warn", "Degraded", why.join(", "))
     } else {
@@ -150,6 +154,9 @@ pub fn fragment(view: &View) -> String {
             _ => r#"<div class="bar"></div><small>capacity not yet reported</small>"#.to_string(),
         };
         let objects = node.object_count.map_or("?".to_string(), |n| n.to_string());
+        // What a silent node last said may no longer be true.
+        let capacity =
+            if node.state == "alive" { capacity } else { capacity.replace("<small>", "<small>last reported: ") };
         let _ = write!(
             html,
             r#"<article class="node {state}" data-node="{id}" data-state="{state}"><div class="head"><span class="id">{id}</span><span class="state {state}">{state}</span></div><div class="addr">{}</div>{capacity}<dl><dt>objects</dt><dd>{objects}</dd><dt>replicas</dt><dd>{}</dd><dt>heartbeat</dt><dd>{}</dd><dt>version</dt><dd>{}</dd></dl></article>"#,
@@ -254,6 +261,7 @@ main{padding:.75rem 1rem 2rem;max-width:1200px;margin:0 auto}
 .bar{height:.6rem;background:#e5e7eb;border-radius:999px;overflow:hidden}
 .bar i{display:block;height:100%;background:#2563eb}
 .bar.warn i{background:#d97706}.bar.bad i{background:#b91c1c}
+.node.dead .bar i,.node.suspect .bar i{background:#9ca3af}
 .node small{color:#4b5563}
 dl{display:grid;grid-template-columns:auto 1fr;gap:.1rem .75rem;margin:.5rem 0 0;font-size:.9rem}
 dt{color:#6b7280}dd{margin:0;overflow-wrap:anywhere}
@@ -337,6 +345,14 @@ mod tests {
         check(vec![node("a", "alive", "v"), node("b", "alive", "v")], 0, "Healthy");
         check(vec![node("a", "alive", "v"), node("b", "alive", "v")], 3, "Degraded");
         check(vec![node("a", "alive", "v"), node("b", "alive", "v"), node("c", "dead", "v")], 0, "Degraded");
+        let many: Vec<NodeInfo> = ["a", "b", "c", "d", "e", "f"]
+            .iter()
+            .map(|id| node(id, if *id < "c" { "alive" } else { "dead" }, "v"))
+            .collect();
+        let snapshot = Snapshot { taken_ms: 0, counts: Counts::default(), nodes: many };
+        let view =
+            View { snapshot: &snapshot, events: &[], repairs: Repairs::default(), replication: 2, buckets: None };
+        assert!(fragment(&view).contains("c dead, d dead, and 2 more not alive"), "{}", fragment(&view));
         check(vec![node("a", "alive", "v"), node("b", "dead", "v")], 0, "Unavailable");
         assert_eq!(
             (bytes(512), bytes(3 << 30), clock(3_723_000)),

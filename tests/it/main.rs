@@ -8,6 +8,8 @@ mod cluster;
 mod durability;
 mod healing;
 mod hostile;
+mod metrics;
 mod newcomer;
 mod security;
 mod tidy;
+mod ui;
