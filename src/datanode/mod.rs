@@ -623,6 +623,8 @@ mod tests {
         let parsed = ObjectId::parse(id).unwrap();
         let table: &[(Method, String, Result<Endpoint, u16>)] = &[
             (Method::Get, "/health".into(), Ok(Endpoint::Health)),
+            (Method::Get, "/metrics".into(), Ok(Endpoint::Metrics)),
+            (Method::Put, "/metrics".into(), Err(405)),
             (Method::Put, format!("/objects/{id}"), Ok(Endpoint::PutObject(parsed))),
             (Method::Get, format!("/objects/{id}"), Ok(Endpoint::GetObject(parsed))),
             (Method::Head, format!("/objects/{id}"), Ok(Endpoint::HeadObject(parsed))),

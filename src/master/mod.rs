@@ -840,6 +840,13 @@ mod tests {
         let parsed = ObjectId::parse(id).unwrap();
         let table: &[(Method, String, Result<Endpoint, u16>)] = &[
             (Method::Get, "/health".into(), Ok(Endpoint::Health)),
+            (Method::Get, "/metrics".into(), Ok(Endpoint::Metrics)),
+            (Method::Get, "/".into(), Ok(Endpoint::StatusPage)),
+            (Method::Get, "/ui".into(), Ok(Endpoint::StatusPage)),
+            (Method::Get, "/ui/fragment".into(), Ok(Endpoint::StatusFragment)),
+            (Method::Post, "/metrics".into(), Err(405)),
+            (Method::Post, "/ui".into(), Err(405)),
+            (Method::Get, "/ui/other".into(), Err(404)),
             (Method::Post, "/api/node/register".into(), Ok(Endpoint::RegisterNode)),
             (Method::Post, "/api/node/heartbeat".into(), Ok(Endpoint::Heartbeat)),
             (Method::Post, "/api/node/inventory".into(), Ok(Endpoint::Inventory)),
