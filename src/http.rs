@@ -409,6 +409,7 @@ fn serve_one<H>(
     if let Err(e) = request.buffer_body(MAX_JSON_BODY as usize) {
         let status = if e.kind() == io::ErrorKind::TimedOut { 408 } else { 400 };
         let err = ApiError::new(status, format!("could not read request body: {e}"));
+        metrics.observe_request(metrics::UNMATCHED, status, 0.0, 0, 0);
         log::info(name, &format!("{} {} {status}: {}", request.method(), request.url(), err.message));
         let _ = request.respond(error_reply(&err));
         return;

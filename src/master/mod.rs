@@ -186,6 +186,7 @@ impl Master {
                 config.dead_after
             ),
         );
+        log::info("master", &format!("status page at http://{}/ui, metrics at /metrics", http.local_addr()));
         if config.cluster_token.is_none() {
             log::warn(
                 "master",

@@ -152,6 +152,8 @@ fn every_server_exports_metrics_a_prometheus_parser_reads_and_they_move() {
     check(&after, "aether_master_db_commit_batch_size_count", &[], |v| v >= 3.0, "group commits recorded");
     check(&after, "aether_master_repairs_done_total", &[], |v| v == 0.0, "nothing to repair");
     check(&after, "aether_build_info", &[("server", "master")], |v| v == 1.0, "the build info");
+    // Scrapes are routine traffic: not logged at the default level.
+    assert!(!cluster.master.log_text().contains("GET /metrics"), "{}", cluster.master.log_text());
     let endpoints: BTreeSet<&str> =
         after.iter().filter_map(|s| s.labels.get("endpoint").and_then(Value::as_str)).collect();
     assert!(endpoints.iter().all(|e| !e.contains('/')), "raw paths as labels: {endpoints:?}");
