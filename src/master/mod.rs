@@ -92,8 +92,10 @@ const ASKING_OTHERS_FOR: Duration = Duration::from_secs(5);
 /// How long placement avoids a node a client reported failed.
 const FAILED_NODE_PENALTY: Duration = Duration::from_secs(10);
 /// How long one `Snapshot` serves the status page and `/metrics`: however many browsers
-/// and scrapers there are, the nodes and counts are read at most once a second.
+/// and scrapers there are, the nodes and counts are read at most once a second, and on
+/// a database so large that reading them is slow, at most a tenth of the time.
 const SNAPSHOT_TTL: Duration = Duration::from_secs(1);
+const SNAPSHOT_COST_FACTOR: u32 = 10;
 
 /// What the status page and the state metrics show, read at one time.
 pub struct Snapshot {
@@ -335,7 +337,7 @@ struct MasterState {
     /// What happened lately, for the status page.
     events: Events,
     metrics: MasterMetrics,
-    /// The last `Snapshot` and when it was taken (`SNAPSHOT_TTL`).
+    /// The last `Snapshot`, until when it serves (`SNAPSHOT_TTL`).
     snapshot: Mutex<Option<(Instant, Arc<Snapshot>)>>,
 }
 
@@ -549,17 +551,21 @@ impl MasterState {
         Ok(nodes)
     }
 
-    /// The nodes and counts, read at most once per `SNAPSHOT_TTL`.
+    /// The nodes and counts, read at most once per `SNAPSHOT_TTL` (or ten times what
+    /// reading them took); callers meanwhile share the last reading, and wait for one
+    /// under way instead of starting another.
     fn snapshot(&self) -> Result<Arc<Snapshot>, ApiError> {
         let mut cached = self.snapshot.lock().expect("snapshot lock");
-        if let Some((taken, snapshot)) = cached.as_ref() {
-            if taken.elapsed() < SNAPSHOT_TTL {
+        if let Some((until, snapshot)) = cached.as_ref() {
+            if Instant::now() < *until {
                 return Ok(Arc::clone(snapshot));
             }
         }
+        let started = Instant::now();
         let snapshot =
             Arc::new(Snapshot { taken_ms: db::now_ms(), counts: self.db.counts()?, nodes: self.node_infos()? });
-        *cached = Some((Instant::now(), Arc::clone(&snapshot)));
+        let fresh_for = SNAPSHOT_TTL.max(started.elapsed() * SNAPSHOT_COST_FACTOR);
+        *cached = Some((Instant::now() + fresh_for, Arc::clone(&snapshot)));
         Ok(snapshot)
     }
 
