@@ -251,17 +251,18 @@ main{padding:.75rem 1rem 2rem;max-width:1200px;margin:0 auto}
 .tile.warn{border-left-color:#d97706}
 .repair{background:#fff7ed;border-radius:.5rem;padding:.5rem .75rem}
 .nodes{display:grid;grid-template-columns:repeat(auto-fill,minmax(280px,1fr));gap:.75rem}
-.node{background:#fff;border-radius:.5rem;padding:.75rem;border-top:4px solid #15803d}
-.node.suspect{border-top-color:#d97706}.node.dead{border-top-color:#b91c1c;background:#fef2f2}
+.node{background:#fff;border-radius:.5rem;padding:.75rem;border-top:4px solid #6b7280}
+.node.alive{border-top-color:#15803d}.node.suspect{border-top-color:#d97706}
+.node.dead{border-top-color:#b91c1c;background:#fef2f2}
 .head{display:flex;justify-content:space-between;gap:.5rem;align-items:center}
 .id{font-weight:600;overflow-wrap:anywhere}
-.state{font-size:.8rem;font-weight:700;text-transform:uppercase;padding:.1rem .5rem;border-radius:999px;color:#fff;background:#15803d}
-.state.suspect{background:#d97706}.state.dead{background:#b91c1c}
+.state{font-size:.8rem;font-weight:700;text-transform:uppercase;padding:.1rem .5rem;border-radius:999px;color:#fff;background:#6b7280}
+.state.alive{background:#15803d}.state.suspect{background:#d97706}.state.dead{background:#b91c1c}
 .addr{color:#4b5563;font-size:.85rem;overflow-wrap:anywhere;margin:.25rem 0 .5rem}
 .bar{height:.6rem;background:#e5e7eb;border-radius:999px;overflow:hidden}
 .bar i{display:block;height:100%;background:#2563eb}
 .bar.warn i{background:#d97706}.bar.bad i{background:#b91c1c}
-.node.dead .bar i,.node.suspect .bar i{background:#9ca3af}
+.node:not(.alive) .bar i{background:#9ca3af}
 .node small{color:#4b5563}
 dl{display:grid;grid-template-columns:auto 1fr;gap:.1rem .75rem;margin:.5rem 0 0;font-size:.9rem}
 dt{color:#6b7280}dd{margin:0;overflow-wrap:anywhere}
