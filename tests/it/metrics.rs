@@ -8,11 +8,11 @@ use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::cluster::{agent, pattern, upload, wait_until, TestCluster};
+use crate::cluster::{agent, api_get, pattern, upload, wait_until, TestCluster};
 
 /// Parses the text with the real parser and prints every sample as JSON.
 const PARSER: &str = r#"
@@ -177,6 +177,46 @@ fn every_server_exports_metrics_a_prometheus_parser_reads_and_they_move() {
         check(&samples, "aether_datanode_chain_failures_total", &[], |v| v == 0.0, "no broken chain");
         check(&samples, "aether_build_info", &[("server", "datanode")], |v| v == 1.0, "the build info");
     }
+}
+
+/// Scrapes `base` until the sample `name` satisfies `want`, a few times a second, for
+/// up to a minute; returns that scrape.
+#[track_caller]
+fn wait_for(base: &str, name: &str, labels: &[(&str, &str)], want: impl Fn(f64) -> bool, what: &str) -> Vec<Sample> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let samples = parse(&scrape(base));
+        if want(value(&samples, name, labels)) {
+            return samples;
+        }
+        assert!(Instant::now() < deadline, "{base}: {name}{labels:?} never became {what}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn scrub_corruption_and_repair_show_in_the_metrics() {
+    if !parser_available() {
+        return;
+    }
+    let datanode = ["--heartbeat-interval", "0.2", "--scrub-pause", "0.5"];
+    let cluster = TestCluster::start_with("metrics-scrub", 3, &["--replication", "2"], &datanode);
+    let master = &cluster.master.url;
+    let id = upload(master, &pattern(5, 200_000));
+    let (_, info) = api_get(&format!("{master}/api/objects/{id}")).unwrap();
+    let victim = info["replica_nodes"][0]["node"].as_str().unwrap().to_string();
+    let address = info["replica_nodes"][0]["address"].as_str().unwrap().to_string();
+    let path = cluster.datanode_dir(&victim).join("objects").join(&id[0..2]).join(&id[2..4]).join(&id);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[1234] ^= 0x01;
+    std::fs::write(&path, bytes).unwrap();
+
+    let samples = wait_for(&address, "aether_datanode_scrub_corruptions_total", &[], |v| v == 1.0, "1");
+    check(&samples, "aether_datanode_scrub_pass_objects", &[], |v| v <= 1.0, "at most the one object");
+    wait_for(&address, "aether_datanode_scrub_passes_total", &[], |v| v >= 1.0, "a finished pass");
+    let samples = wait_for(master, "aether_master_repairs_done_total", &[], |v| v >= 1.0, "a repair");
+    check(&samples, "aether_master_repairs_failed_total", &[], |v| v == 0.0, "no failed repair");
+    wait_for(master, "aether_master_under_replicated_objects", &[], |v| v == 0.0, "0 again");
 }
 
 /// Every `aether_*` name a PromQL expression uses.
