@@ -1,7 +1,8 @@
 //! The master's status page in a real browser: headless Chromium loads it against a live
 //! cluster, the test reads the DOM as a person would see it (every node listed alive, a
 //! killed one turning `dead`, the event saying so, the refresh script running) and keeps
-//! a phone-sized screenshot at `target/ui-screenshot.png`. Without Chromium the test
+//! a phone-sized screenshot at `target/ui-screenshot.png`; and, over plain HTTP, that what
+//! a node says (its version) reaches the page escaped. Without Chromium the browser test
 //! says so and passes, except under CI (`CI=true`), where a missing browser fails it.
 
 use std::path::{Path, PathBuf};
@@ -121,4 +122,25 @@ fn the_status_page_shows_every_node_and_a_killed_one_turns_dead() {
     let png = std::fs::read(&shot).unwrap_or_default();
     assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "no screenshot at {}", shot.display());
     eprintln!("screenshot of the status page: {}", PathBuf::from(&shot).display());
+}
+
+#[test]
+fn what_a_node_says_reaches_the_page_escaped() {
+    // An open cluster: anyone may register a node and say what it runs.
+    let cluster = TestCluster::start("ui-escape", 0, 1);
+    let hostile = r#"<script>alert("x")</script><img src=x onerror=alert(1)>"#;
+    let body = serde_json::json!({"id": "dn-x", "address": "http://127.0.0.1:9", "version": hostile}).to_string();
+    let (status, answer) =
+        crate::cluster::request("POST", &format!("{}/api/node/register", cluster.master.url), Some(body.as_bytes()))
+            .unwrap();
+    assert_eq!(status, 200, "{answer}");
+    for path in ["/", "/ui", "/ui/fragment"] {
+        let response = crate::cluster::agent().get(&format!("{}{path}", cluster.master.url)).call().unwrap();
+        assert_eq!(response.content_type(), "text/html", "{path}");
+        let html = response.into_string().unwrap();
+        assert!(html.contains("data-node=\"dn-x\" data-state=\"alive\""), "{path}: {html}");
+        assert!(html.contains("&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;&lt;img src=x"), "{path}: {html}");
+        assert!(!html.contains("<img") && !html.contains("alert(\"x\")"), "{path}: {html}");
+        assert!(html.matches("<script>").count() <= 1, "only the page's own script: {html}");
+    }
 }
