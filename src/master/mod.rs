@@ -590,6 +590,13 @@ impl MasterState {
         let html = if fragment { ui::fragment(&view) } else { ui::page(&view) };
         let mut reply = http::bytes_reply(200, html.into_bytes(), "text/html; charset=utf-8");
         reply.add_header(http::header("Cache-Control", "no-store"));
+        // Nothing from elsewhere: no external loads, no framing, fetches to this master only.
+        reply.add_header(http::header(
+            "Content-Security-Policy",
+            "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; connect-src 'self'; \
+             frame-ancestors 'none'",
+        ));
+        reply.add_header(http::header("X-Content-Type-Options", "nosniff"));
         Ok(reply)
     }
 
