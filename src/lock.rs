@@ -4,7 +4,7 @@
 //! refuses to start and names the first instead of corrupting its state.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Write};
 use std::path::Path;
 
 use rustix::fs::{flock, FlockOperation};
@@ -25,13 +25,12 @@ impl DataDirLock {
         std::fs::create_dir_all(dir)
             .map_err(|e| io::Error::new(e.kind(), format!("cannot create {}: {e}", dir.display())))?;
         let path = dir.join(LOCK_FILE);
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|e| io::Error::new(e.kind(), format!("cannot open {}: {e}", path.display())))?;
+        let cannot_open = |e: io::Error| io::Error::new(e.kind(), format!("cannot open {}: {e}", path.display()));
+        // The lock is held on a read-only descriptor, and the PID written through another
+        // one closed at once: a file left open for writing would keep the filesystem from
+        // being remounted read-only, which the datanode's disk check must be able to see.
+        OpenOptions::new().write(true).create(true).truncate(false).open(&path).map_err(cannot_open)?;
+        let mut file = File::open(&path).map_err(cannot_open)?;
         if let Err(e) = flock(&file, FlockOperation::NonBlockingLockExclusive) {
             if e != rustix::io::Errno::WOULDBLOCK {
                 return Err(io::Error::other(format!("cannot lock {}: {e}", path.display())));
@@ -52,9 +51,9 @@ impl DataDirLock {
             ));
         }
         // Ours now: say who holds it, for the next one who tries.
-        file.set_len(0)?;
-        file.seek(SeekFrom::Start(0))?;
-        writeln!(file, "{}", std::process::id())?;
+        let mut pid = OpenOptions::new().write(true).truncate(true).open(&path)?;
+        writeln!(pid, "{}", std::process::id())?;
+        drop(pid);
         Ok(DataDirLock { _file: file })
     }
 }

@@ -355,6 +355,39 @@ pub struct Heartbeat {
     pub object_count: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
+    /// The state of the node's data disk; absent (from an older datanode) means `ok`.
+    #[serde(default, skip_serializing_if = "DiskState::is_ok")]
+    pub disk: DiskState,
+    /// Why the disk is not `ok`, in a sentence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_error: Option<String>,
+}
+
+/// What a datanode's own checks found its data disk to be.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum DiskState {
+    /// Writes, fsyncs and listings work, and the data directory is the one it started with.
+    #[default]
+    Ok,
+    /// Writes fail with "read-only file system"; reads may still work.
+    ReadOnly,
+    /// The data directory is gone, replaced, or failing.
+    Failed,
+}
+
+impl DiskState {
+    pub fn is_ok(&self) -> bool {
+        *self == DiskState::Ok
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DiskState::Ok => "ok",
+            DiskState::ReadOnly => "read-only",
+            DiskState::Failed => "failed",
+        }
+    }
 }
 
 /// `POST /api/replicas/report`: replicas a datanode has just stored, or found corrupt.
@@ -445,6 +478,10 @@ pub struct ClusterStatus {
     pub nodes_alive: u64,
     pub nodes_suspect: u64,
     pub nodes_dead: u64,
+    /// Nodes that heartbeat but whose disk failed or turned read-only: nothing is placed
+    /// there and their copies are re-created elsewhere.
+    #[serde(default)]
+    pub nodes_failed: u64,
     pub objects: u64,
     pub under_replicated: u64,
     pub repairs_in_flight: u64,

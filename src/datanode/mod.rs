@@ -1,9 +1,9 @@
 //! The datanode: stores immutable objects on local disk and serves them over HTTP.
 //!
 //! Requests are parsed into an `Endpoint` and dispatched by one `match`; every byte on
-//! disk goes through `store::BlobStore`. Background threads: `membership` (registration,
-//! heartbeats, inventories, and the replica reports to the master) and `scrub` (re-reads
-//! stored objects at a bounded rate). A chained upload forwards its bytes through `chain`.
+//! disk goes through `store::BlobStore`. Background threads: `membership` (heartbeats,
+//! inventories, disk checks, each on its own thread, and the replica reports to the
+//! master) and `scrub` (re-reads stored objects at a bounded rate). A chained upload forwards its bytes through `chain`.
 
 mod chain;
 mod membership;
@@ -141,12 +141,9 @@ impl Datanode {
 
         let mut threads: Vec<JoinHandle<()>> = reporter_thread.into_iter().collect();
         if let Some(master) = master {
-            let loop_node = Arc::clone(&node);
-            let (stopped, interval, inventory) =
-                (stopped.clone(), config.heartbeat_interval, config.inventory_interval);
-            threads.push(spawn(&id, "membership", move || {
-                membership::run(&loop_node, &master, interval, inventory, &stopped)
-            }));
+            let timing =
+                membership::Timing { heartbeat: config.heartbeat_interval, inventory: config.inventory_interval };
+            threads.extend(membership::start(&node, &master, timing, &stopped));
         } else if config.cluster_token.is_none() {
             log::warn(&id, "no --master: this node stands alone until something registers it");
         }
@@ -354,6 +351,7 @@ impl Node {
         let chain = parse_chain(http::header_value(request, CHAIN_HEADER))?;
         let signature = http::header_value(request, CHAIN_SIGNATURE_HEADER).map(str::to_string);
         // Refuse before reading a byte, so a client waiting on `100-continue` sends nothing.
+        self.blobs.check_writable()?;
         self.check_chain(id, &chain, signature.as_deref())?;
         if self.blobs.contains(id) {
             return Err(StoreError::Exists(*id).into());

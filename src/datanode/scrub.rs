@@ -34,8 +34,13 @@ fn wait(stopped: &Receiver<()>, how_long: Duration) -> bool {
 /// One pass over all objects; `None` when interrupted by shutdown.
 fn pass(node: &Node, bytes_per_sec: u64, stopped: &Receiver<()>) -> Option<String> {
     let started = Instant::now();
+    if let Some(reason) = node.blobs.disk_health().reason {
+        return Some(format!("scrub pass skipped: the data disk is not usable ({reason})"));
+    }
     let mut ids: Vec<ObjectId> = Vec::new();
     if let Err(e) = node.blobs.scan(&mut |item| ids.push(item.id)) {
+        // Perhaps the disk's fault: the check tells the master if so.
+        node.blobs.check_disk();
         return Some(format!("scrub pass failed to list objects: {e}"));
     }
     let (mut bytes, mut corrupt) = (0u64, 0u64);

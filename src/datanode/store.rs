@@ -5,6 +5,7 @@
 //!   of its id (65,536 directories, created on demand), so a node can hold millions.
 //! - `tmp/`: uploads in progress; emptied at start-up.
 //! - `quarantine/<id>.<unix ms>`: copies that failed verification, kept for inspection.
+//! - `tmp/disk-probe`: written, fsynced and removed by every disk check.
 //!
 //! An object file is the object's bytes followed by a 32-byte footer (magic, size,
 //! CRC-32C, write time, and a CRC of the footer itself), so bytes and checksum are
@@ -18,16 +19,24 @@
 //! nothing under `objects/`. Reads verify the checksum before a complete object is
 //! served: a small one before its first byte, a large one while it streams, holding its
 //! last chunk back until the whole checksum has matched.
+//!
+//! The store also watches its disk (`check_disk`): the data directory must still be the
+//! one it opened (same device and inode: `rm -rf` or an unmount leaves another or none),
+//! a probe file must write, fsync and go, the object tree must list and `statvfs` must
+//! answer. A failed write checks at once. While the disk is not `ok`, uploads are refused
+//! with a 503 and the node tells the master, which places nothing there.
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::Mutex;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use crate::proto::{Checksum, ObjectId};
+use crate::proto::{Checksum, DiskState, ObjectId};
 
 /// Bytes moved per read/write while streaming an object.
 const CHUNK: usize = 256 * 1024;
@@ -72,6 +81,11 @@ pub enum StoreError {
         reason: String,
     },
     BadRange(String),
+    /// The node's disk failed its last check; nothing is written until it passes again.
+    DiskUnusable {
+        state: DiskState,
+        reason: String,
+    },
     /// The body could not be read from the client.
     Body(io::Error),
     Io(io::Error),
@@ -88,6 +102,7 @@ impl StoreError {
             StoreError::Body(e) if e.kind() == io::ErrorKind::TimedOut => 408,
             StoreError::ShortBody { .. } | StoreError::Body(_) | StoreError::ChecksumMismatch { .. } => 400,
             StoreError::NoSpace { .. } => 507,
+            StoreError::DiskUnusable { .. } => 503,
             StoreError::Corrupt { .. } => 500,
             StoreError::Io(_) => 500,
         }
@@ -115,6 +130,12 @@ impl fmt::Display for StoreError {
                 write!(f, "this node's copy of {id} is corrupt ({reason}); it was quarantined, read another replica")
             }
             StoreError::BadRange(range) => write!(f, "range {range:?} is not satisfiable; use bytes=START-END"),
+            StoreError::DiskUnusable { state, reason } => write!(
+                f,
+                "this node's disk is {} ({reason}); nothing was stored, and the master places new copies \
+                 elsewhere: retry the upload",
+                state.as_str()
+            ),
             StoreError::Body(e) => write!(f, "could not read the request body: {e}; nothing was stored"),
             StoreError::Io(e) => write!(f, "storage error: {e}"),
         }
@@ -161,7 +182,28 @@ pub struct ObjectRead {
 /// reading the body, before the body's read returns the error.
 pub type OnCorrupt = Box<dyn FnOnce(StoreError) + Send>;
 
+/// What the last disk check found, and the space it measured.
+#[derive(Debug, Clone)]
+pub struct DiskHealth {
+    pub state: DiskState,
+    /// Why the disk is not `ok`.
+    pub reason: Option<String>,
+    /// When the last check finished.
+    pub checked: Instant,
+    pub free_bytes: u64,
+    pub capacity_bytes: u64,
+    /// How many times the state has changed: a watcher compares it to notice a failure
+    /// and recovery that happened between two of its looks.
+    pub changes: u64,
+}
+
 pub struct BlobStore {
+    root: PathBuf,
+    /// Device and inode of the data directory when the store opened it.
+    identity: (u64, u64),
+    health: Mutex<DiskHealth>,
+    /// Held by the one disk check running at a time.
+    checking: Mutex<()>,
     objects: PathBuf,
     tmp: PathBuf,
     quarantine: PathBuf,
@@ -198,7 +240,20 @@ impl BlobStore {
             "aether_datanode_fsync_duration_seconds",
             "Time to fsync a new object's file.",
         );
+        let meta = fs::metadata(root)?;
+        let health = DiskHealth {
+            state: DiskState::Ok,
+            reason: None,
+            checked: Instant::now(),
+            free_bytes: 0,
+            capacity_bytes: 0,
+            changes: 0,
+        };
         let store = BlobStore {
+            root: root.to_path_buf(),
+            identity: (meta.dev(), meta.ino()),
+            health: Mutex::new(health),
+            checking: Mutex::new(()),
             objects,
             tmp,
             quarantine,
@@ -210,7 +265,88 @@ impl BlobStore {
         let mut count = 0;
         store.walk(&mut |_, _| count += 1)?;
         store.count.store(count, Ordering::Relaxed);
+        store.check_disk();
         Ok((store, removed))
+    }
+
+    /// What the last disk check found.
+    pub fn disk_health(&self) -> DiskHealth {
+        self.health.lock().expect("disk health lock").clone()
+    }
+
+    /// Checks the disk now (unless another check is running, whose result stands) and
+    /// returns the state before and after.
+    pub fn check_disk(&self) -> (DiskState, DiskState) {
+        let Ok(_running) = self.checking.try_lock() else {
+            let state = self.disk_health().state;
+            return (state, state);
+        };
+        let found = self.probe_disk();
+        let mut health = self.health.lock().expect("disk health lock");
+        let before = health.state;
+        health.checked = Instant::now();
+        let after = match &found {
+            Ok(_) => DiskState::Ok,
+            Err((state, _)) => *state,
+        };
+        if after != before {
+            health.changes += 1;
+        }
+        match found {
+            Ok((free, capacity)) => {
+                health.state = DiskState::Ok;
+                health.reason = None;
+                health.free_bytes = free;
+                health.capacity_bytes = capacity;
+            }
+            Err((state, reason)) => {
+                health.state = state;
+                health.reason = Some(reason);
+                health.free_bytes = 0;
+            }
+        }
+        (before, health.state)
+    }
+
+    /// The checks themselves: free and total bytes when the disk is fine.
+    fn probe_disk(&self) -> Result<(u64, u64), (DiskState, String)> {
+        let failed = |what: &str, e: io::Error| {
+            let state =
+                if e.kind() == io::ErrorKind::ReadOnlyFilesystem { DiskState::ReadOnly } else { DiskState::Failed };
+            (state, format!("{what}: {e}"))
+        };
+        let root = self.root.display();
+        match fs::metadata(&self.root) {
+            Ok(meta) if (meta.dev(), meta.ino()) == self.identity => {}
+            Ok(_) => {
+                return Err((
+                    DiskState::Failed,
+                    format!("data directory {root} was replaced since start-up (restart the node to use the new one)"),
+                ))
+            }
+            Err(e) => return Err(failed(&format!("data directory {root} is gone"), e)),
+        }
+        fs::read_dir(&self.objects).map_err(|e| failed(&format!("cannot list {}", self.objects.display()), e))?;
+        let space = self.disk_space().map_err(|e| failed("statvfs failed", e))?;
+        let probe = self.tmp.join("disk-probe");
+        let write = || -> io::Result<()> {
+            let mut file = File::create(&probe)?;
+            file.write_all(&[0x5a; 512])?;
+            file.sync_all()?;
+            fs::remove_file(&probe)?;
+            fsync_dir(&self.tmp)
+        };
+        write().map_err(|e| failed(&format!("cannot write {}", probe.display()), e))?;
+        Ok(space)
+    }
+
+    /// Refuses work that writes while the disk is not `ok`.
+    pub fn check_writable(&self) -> Result<(), StoreError> {
+        let health = self.disk_health();
+        match health.state {
+            DiskState::Ok => Ok(()),
+            state => Err(StoreError::DiskUnusable { state, reason: health.reason.unwrap_or_default() }),
+        }
     }
 
     fn object_path(&self, id: &ObjectId) -> PathBuf {
@@ -239,6 +375,29 @@ impl BlobStore {
     /// writes it), and an empty piece once the whole body has arrived intact, before it is
     /// made durable. Returns once the bytes and their directory entry are on disk.
     pub fn put(
+        &self,
+        id: &ObjectId,
+        body: &mut dyn Read,
+        declared_len: Option<u64>,
+        max_size: u64,
+        expected: Option<Checksum>,
+        forward: &mut dyn FnMut(&[u8]),
+    ) -> Result<StoredObject, StoreError> {
+        self.check_writable()?;
+        let stored = self.put_checked(id, body, declared_len, max_size, expected, forward);
+        if let Err(StoreError::Io(e)) = &stored {
+            // A failed write may be the disk's fault: the check says whether it is, and
+            // the next heartbeat tells the master.
+            let (_, now) = self.check_disk();
+            if now != DiskState::Ok {
+                let reason = self.disk_health().reason.unwrap_or_default();
+                return Err(StoreError::DiskUnusable { state: now, reason: format!("{reason}; the write said: {e}") });
+            }
+        }
+        stored
+    }
+
+    fn put_checked(
         &self,
         id: &ObjectId,
         body: &mut dyn Read,
@@ -834,6 +993,38 @@ fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+// Benchmark support: fills a data directory of a stopped node quickly, for tests and
+// scaling runs that need hundreds of thousands of objects on one node.
+
+/// Writes `count` objects of `size` pattern bytes under `root` (a node's data directory)
+/// with random ids and valid footers, without fsyncs (it is not for real data: one
+/// `sync` at the end would make them durable). Returns how many it wrote.
+pub fn populate_unsynced(root: &Path, count: u64, size: usize) -> io::Result<u64> {
+    let objects = root.join("objects");
+    let body: Vec<u8> = (0..size).map(|i| (i * 7 + 3) as u8).collect();
+    let mut sum = Checksum::default();
+    sum.update(&body);
+    let stored = StoredObject { size: size as u64, checksum: sum };
+    let footer = encode_footer(stored, unix_secs());
+    let mut made = std::collections::HashSet::new();
+    for _ in 0..count {
+        // Ids share their second fan-out level, so 256 directories hold them all: making
+        // 65,536 directories would take longer than writing the objects.
+        let mut bytes = *uuid::Uuid::new_v4().as_bytes();
+        bytes[1] = 0;
+        let id = ObjectId::parse(&uuid::Uuid::from_bytes(bytes).to_string()).expect("a UUID is an object id");
+        let name = id.to_string();
+        let dir = objects.join(&name[0..2]).join(&name[2..4]);
+        if made.insert(dir.clone()) {
+            fs::create_dir_all(&dir)?;
+        }
+        let mut file = File::create(dir.join(&name))?;
+        file.write_all(&body)?;
+        file.write_all(&footer)?;
+    }
+    Ok(count)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1105,6 +1296,45 @@ mod tests {
         fs::write(root.join("tmp").join("half-written"), b"partial").unwrap();
         let (_store, removed) = BlobStore::open(&root, 0).unwrap();
         assert_eq!(removed, 1);
+        fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn a_removed_or_replaced_data_directory_fails_the_disk_check_until_it_is_back() {
+        let root = temp_root("disk");
+        let (store, _) = BlobStore::open(&root, 0).unwrap();
+        let id = ObjectId::parse("0b7a3c1e-5d2f-4c8e-9a61-2f4d8e9b1c03").unwrap();
+        put(&store, &id, b"kept", None, 1 << 20).unwrap();
+        assert_eq!(store.check_disk(), (DiskState::Ok, DiskState::Ok));
+        assert!(store.disk_health().capacity_bytes > 0);
+
+        // Moved away (as `rm -rf` or an unmount leaves it): failed, and writes are refused.
+        let away = root.with_extension("away");
+        fs::rename(&root, &away).unwrap();
+        assert_eq!(store.check_disk(), (DiskState::Ok, DiskState::Failed));
+        let other = ObjectId::parse("1b7a3c1e-5d2f-4c8e-9a61-2f4d8e9b1c03").unwrap();
+        let refused = put(&store, &other, b"x", None, 1 << 20).unwrap_err();
+        assert_eq!(refused.status(), 503, "{refused}");
+        assert!(refused.to_string().contains("is gone"), "{refused}");
+
+        // Another directory at the same path is not the disk this node holds copies on.
+        fs::create_dir_all(root.join("tmp")).unwrap();
+        fs::create_dir_all(root.join("objects")).unwrap();
+        assert_eq!(store.check_disk().1, DiskState::Failed);
+        assert!(store.disk_health().reason.unwrap().contains("replaced"));
+        fs::remove_dir_all(&root).unwrap();
+
+        // The same directory back: fine again, with its objects.
+        fs::rename(&away, &root).unwrap();
+        assert_eq!(store.check_disk(), (DiskState::Failed, DiskState::Ok));
+        assert_eq!(read_all(&store, &id, None).unwrap(), b"kept");
+
+        // A write that fails checks the disk at once.
+        fs::remove_dir_all(root.join("tmp")).unwrap();
+        fs::write(root.join("tmp"), b"not a directory").unwrap();
+        let failed = put(&store, &other, b"x", None, 1 << 20).unwrap_err();
+        assert_eq!(failed.status(), 503, "{failed}");
+        assert_eq!(store.disk_health().state, DiskState::Failed);
         fs::remove_dir_all(root).unwrap();
     }
 }

@@ -19,6 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crossbeam_channel::{Receiver, Sender};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
+use super::liveness::NodeState;
 use super::repair::UnderReplicated;
 use crate::log;
 use crate::proto::{Checksum, ObjectId, ReplicaState};
@@ -190,6 +191,8 @@ pub struct Counts {
     pub nodes_alive: u64,
     pub nodes_suspect: u64,
     pub nodes_dead: u64,
+    /// Nodes whose disk failed or turned read-only.
+    pub nodes_failed: u64,
     pub objects: u64,
     /// Bytes of the complete objects, one copy each.
     pub object_bytes: u64,
@@ -198,11 +201,15 @@ pub struct Counts {
 }
 
 /// What a registration changed, for the log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Registered {
     New,
     AddressChanged,
     Unchanged,
+    /// The address was a dead or failed node's, now removed.
+    TookOver {
+        previous: String,
+    },
 }
 
 /// A node that may take a replica: (node id, address).
@@ -412,15 +419,28 @@ impl MetaDb {
         let (id, address) = (id.to_string(), address.to_string());
         self.write(move |conn| {
             let now = now_ms();
-            let holder: Option<String> = conn
-                .prepare_cached("SELECT id FROM nodes WHERE address = ?1")?
-                .query_row([&address], |row| row.get(0))
+            let holder: Option<(String, String)> = conn
+                .prepare_cached("SELECT id, state FROM nodes WHERE address = ?1")?
+                .query_row([&address], |row| Ok((row.get(0)?, row.get(1)?)))
                 .optional()?;
-            if let Some(holder) = holder.filter(|holder| *holder != id) {
-                return Err(MetaError::Conflict(format!(
-                    "address {address} is already registered by node {holder:?}; a node keeps one id, \
-                     so register it as {holder:?} or give the new node its own address"
-                )));
+            let mut replaced = None;
+            if let Some((holder, state)) = holder.filter(|(holder, _)| *holder != id) {
+                if !NodeState::parse(&state).may_be_replaced() {
+                    return Err(MetaError::Conflict(format!(
+                        "address {address} is already registered by node {holder:?}, which is {state}; a node \
+                         keeps one id, so register it as {holder:?}, or give the new node its own address, or \
+                         wait: once {holder:?} is declared dead its address may be taken over"
+                    )));
+                }
+                // A new node where a dead or failed one was (e.g. restarted on an empty
+                // disk): the old one is removed for good and its copies are lost, so
+                // repair re-creates them. Its row stays, under a placeholder address (an
+                // address is unique), so its history and replica rows keep their node.
+                conn.prepare_cached(
+                    "UPDATE nodes SET state = 'removed', address = 'removed:' || id || ':' || address WHERE id = ?1",
+                )?
+                .execute([&holder])?;
+                replaced = Some(holder);
             }
             let current: Option<String> = conn
                 .prepare_cached("SELECT address FROM nodes WHERE id = ?1")?
@@ -432,15 +452,18 @@ impl MetaDb {
                         "INSERT INTO nodes (id, address, state, registered_at, last_seen) VALUES (?1, ?2, 'alive', ?3, ?3)",
                     )?
                     .execute(params![id, address, now])?;
-                    Registered::New
+                    match replaced {
+                        Some(previous) => Registered::TookOver { previous },
+                        None => Registered::New,
+                    }
                 }
                 Some(current) => {
                     conn.prepare_cached("UPDATE nodes SET address = ?2, last_seen = ?3, state = 'alive' WHERE id = ?1")?
                         .execute(params![id, address, now])?;
-                    if current == address {
-                        Registered::Unchanged
-                    } else {
-                        Registered::AddressChanged
+                    match replaced {
+                        Some(previous) => Registered::TookOver { previous },
+                        None if current == address => Registered::Unchanged,
+                        None => Registered::AddressChanged,
                     }
                 }
             };
@@ -626,6 +649,8 @@ impl MetaDb {
                     })
                 })?
                 .collect::<Result<Vec<ReplicaRow>, _>>()?;
+            // A removed node's address is no longer its own: nobody should try it.
+            replicas.retain(|r| r.node_state != "removed");
             // Readers try them in this order: confirmed copies on live nodes first. (Sorted
             // here: an ORDER BY costs SQLite a temporary b-tree on every lookup.)
             replicas.sort_by_cached_key(|r| {
@@ -681,8 +706,8 @@ impl MetaDb {
     }
 
     /// Records a node's change of liveness.
-    pub fn set_node_state(&self, node: &str, state: &str) -> MetaResult<()> {
-        let (node, state) = (node.to_string(), state.to_string());
+    pub fn set_node_state(&self, node: &str, state: NodeState) -> MetaResult<()> {
+        let (node, state) = (node.to_string(), state.as_str());
         self.write(move |conn| {
             conn.prepare_cached("UPDATE nodes SET state = ?2, last_seen = ?3 WHERE id = ?1")?.execute(params![
                 node,
@@ -890,7 +915,7 @@ impl MetaDb {
                 .collect::<Result<_, _>>()?;
             holders.extend(placed.iter().cloned());
             let candidates: Vec<(String, String)> = conn
-                .prepare_cached("SELECT id, address FROM nodes WHERE state != 'dead' ORDER BY id")?
+                .prepare_cached("SELECT id, address FROM nodes WHERE state IN ('alive', 'suspect') ORDER BY id")?
                 .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
                 .collect::<Result<Vec<(String, String)>, _>>()?
                 .into_iter()
@@ -915,42 +940,47 @@ impl MetaDb {
                     "WITH suspects AS (
                          SELECT object_id FROM replicas WHERE state != 'confirmed'
                          UNION
-                         SELECT r.object_id FROM replicas r JOIN nodes n ON n.id = r.node_id WHERE n.state = 'dead'
+                         SELECT r.object_id FROM replicas r JOIN nodes n ON n.id = r.node_id WHERE n.state NOT IN ('alive', 'suspect')
                      ),
                      counted AS (
                          SELECT o.id, o.replication, o.size,
                                 (SELECT count(*) FROM replicas r JOIN nodes n ON n.id = r.node_id
-                                 WHERE r.object_id = o.id AND r.state = 'confirmed' AND n.state != 'dead') AS healthy
+                                 WHERE r.object_id = o.id AND r.state = 'confirmed' AND n.state IN ('alive', 'suspect')) AS healthy,
+                                EXISTS (SELECT 1 FROM replicas r JOIN nodes n ON n.id = r.node_id
+                                        WHERE r.object_id = o.id AND r.state = 'confirmed'
+                                          AND n.state = 'read-only') AS readable
                          -- CROSS JOIN keeps this order: SQLite would otherwise count
                          -- every object's replicas before joining the few suspects.
                          FROM suspects s CROSS JOIN objects o ON o.id = s.object_id
                          WHERE o.status = 'complete'
                      )
                      SELECT id, replication, size FROM counted
-                     WHERE healthy > 0 AND healthy < replication ORDER BY healthy LIMIT ?1",
+                     WHERE (healthy > 0 OR readable) AND healthy < replication ORDER BY healthy LIMIT ?1",
                 )?
                 .query_map([limit as i64], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
                 .collect::<Result<_, _>>()?;
-            // Per holder: whether its copy is healthy, and whether it is a live node known
-            // to lack the copy (lost or quarantined) with no deletion of it pending, which
+            // Per holder: whether its copy is healthy, whether it is on a read-only disk
+            // (readable, not counted), and whether it is a live node known to lack the copy (lost or quarantined) with no deletion of it pending, which
             // may take a new one.
             let mut holders = conn.prepare_cached(
-                "SELECT r.node_id, r.state = 'confirmed' AND n.state != 'dead',
-                        r.state IN ('missing', 'quarantined') AND n.state != 'dead' AND NOT EXISTS
+                "SELECT r.node_id, r.state = 'confirmed' AND n.state IN ('alive', 'suspect'),
+                        r.state = 'confirmed' AND n.state = 'read-only',
+                        r.state IN ('missing', 'quarantined') AND n.state IN ('alive', 'suspect') AND NOT EXISTS
                             (SELECT 1 FROM deletions d WHERE d.node_id = r.node_id AND d.object_id = r.object_id)
                  FROM replicas r JOIN nodes n ON n.id = r.node_id WHERE r.object_id = ?1",
             )?;
             let mut objects = Vec::with_capacity(rows.len());
             for (id, replication, size) in rows {
-                let nodes: Vec<(String, bool, bool)> = holders
-                    .query_map([&id], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
+                let nodes: Vec<(String, bool, bool, bool)> = holders
+                    .query_map([&id], |row| Ok((row.get(0)?, row.get(1)?, row.get(3)?, row.get(2)?)))?
                     .collect::<Result<_, _>>()?;
                 objects.push(UnderReplicated {
                     object: id,
                     replication: replication as usize,
                     size: size as u64,
-                    healthy: nodes.iter().filter(|(_, ok, _)| *ok).map(|(n, ..)| n.clone()).collect(),
-                    lacking: nodes.iter().filter(|(.., lacks)| *lacks).map(|(n, ..)| n.clone()).collect(),
+                    healthy: nodes.iter().filter(|(_, ok, ..)| *ok).map(|(n, ..)| n.clone()).collect(),
+                    lacking: nodes.iter().filter(|(_, _, lacks, _)| *lacks).map(|(n, ..)| n.clone()).collect(),
+                    read_only: nodes.iter().filter(|(.., read_only)| *read_only).map(|(n, ..)| n.clone()).collect(),
                     holders: nodes.into_iter().map(|(n, ..)| n).collect(),
                 })
             }
@@ -986,7 +1016,7 @@ impl MetaDb {
             let under: i64 = conn.query_row(
                 "SELECT count(*) FROM objects o WHERE o.status = 'complete' AND o.replication >
                  (SELECT count(*) FROM replicas r JOIN nodes n ON n.id = r.node_id
-                  WHERE r.object_id = o.id AND r.state = 'confirmed' AND n.state != 'dead')",
+                  WHERE r.object_id = o.id AND r.state = 'confirmed' AND n.state IN ('alive', 'suspect'))",
                 [],
                 |r| r.get(0),
             )?;
@@ -999,6 +1029,7 @@ impl MetaDb {
                 nodes_alive: nodes("alive")?,
                 nodes_suspect: nodes("suspect")?,
                 nodes_dead: nodes("dead")?,
+                nodes_failed: nodes("failed")? + nodes("read-only")?,
                 objects: objects as u64,
                 object_bytes: object_bytes as u64,
                 under_replicated: under as u64,
@@ -1137,7 +1168,7 @@ fn record_replica(conn: &Connection, node: &str, replica: &ReplicaState, now: i6
         if healthy_copies(conn, id)? >= replication {
             conn.prepare_cached(
                 "DELETE FROM replicas WHERE object_id = ?1 AND (state != 'confirmed'
-                 OR node_id IN (SELECT id FROM nodes WHERE state = 'dead'))",
+                 OR node_id IN (SELECT id FROM nodes WHERE state NOT IN ('alive', 'suspect')))",
             )?
             .execute([id])?;
         }
@@ -1165,7 +1196,7 @@ fn healthy_copies(conn: &Connection, id: &str) -> MetaResult<i64> {
     let healthy = conn
         .prepare_cached(
             "SELECT count(*) FROM replicas r JOIN nodes n ON n.id = r.node_id
-             WHERE r.object_id = ?1 AND r.state = 'confirmed' AND n.state != 'dead'",
+             WHERE r.object_id = ?1 AND r.state = 'confirmed' AND n.state IN ('alive', 'suspect')",
         )?
         .query_row([id], |row| row.get(0))?;
     Ok(healthy)
@@ -1479,6 +1510,37 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_or_dead_nodes_address_may_be_taken_over_and_its_copies_are_lost() {
+        let (db, dir) = temp_db_with_three_nodes("takeover");
+        let id = ObjectId::new_random();
+        db.create_object(id, 3, 2, first(&db, 2)).unwrap();
+        let found = |node: &str| Confirmation { node_id: node.into(), size: 3, checksum: Checksum(5) };
+        db.complete_object(id, 2, vec![found("n1"), found("n2")]).unwrap();
+        assert!(db.under_replicated(10).unwrap().is_empty());
+        // A failed disk: its copies no longer count.
+        db.set_node_state("n1", NodeState::Failed).unwrap();
+        assert_eq!(db.under_replicated(10).unwrap()[0].healthy, vec!["n2".to_string()]);
+        assert_eq!(db.counts().unwrap().nodes_failed, 1);
+        // An alive node's address stays its own ...
+        let refused = db.register_node("n9", "http://n2:1").unwrap_err();
+        assert_eq!(refused.status(), 409, "{refused}");
+        // ... a failed one's is taken over; the old node is removed and out of lookups.
+        let outcome = db.register_node("n9", "http://n1:1").unwrap();
+        assert_eq!(outcome, Registered::TookOver { previous: "n1".into() });
+        let states: Vec<(String, String)> = db.nodes().unwrap().into_iter().map(|n| (n.id, n.state)).collect();
+        assert!(states.contains(&("n1".into(), "removed".into())) && states.contains(&("n9".into(), "alive".into())));
+        let holders: Vec<String> = db.object(id).unwrap().replicas.into_iter().map(|r| r.node_id).collect();
+        assert_eq!(holders, vec!["n2".to_string()]);
+        assert_eq!(db.under_replicated(10).unwrap().len(), 1);
+        // Its last copy on a read-only disk: not counted, but still a source for repair.
+        db.set_node_state("n2", NodeState::ReadOnly).unwrap();
+        let short = db.under_replicated(10).unwrap();
+        assert_eq!((short[0].healthy.len(), short[0].read_only.clone()), (0, vec!["n2".to_string()]));
+        drop(db);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
     fn a_copy_beyond_the_replication_factor_that_returns_is_removed() {
         let (db, dir) = temp_db_with_three_nodes("surplus");
         let id = ObjectId::new_random();
@@ -1490,12 +1552,12 @@ mod tests {
         assert_eq!(db.take_deletions("n3", 10).unwrap(), vec![id.to_string()]);
         assert_eq!(db.object(id).unwrap().replicas.len(), 2);
         // With n1 dead, the same copy is what brings the object back to strength: kept.
-        db.set_node_state("n1", "dead").unwrap();
+        db.set_node_state("n1", NodeState::Dead).unwrap();
         assert!(db.report_replicas("n3", vec![replica(id, 5)], vec![]).unwrap().is_empty());
         let holders: Vec<String> = db.object(id).unwrap().replicas.into_iter().map(|r| r.node_id).collect();
         assert_eq!(holders, vec!["n2".to_string(), "n3".to_string()]);
         // A node with a record of its copy is never told to drop it for being one too many.
-        db.set_node_state("n1", "alive").unwrap();
+        db.set_node_state("n1", NodeState::Alive).unwrap();
         assert!(db.report_replicas("n2", vec![replica(id, 5)], vec![]).unwrap().is_empty());
         drop(db);
         std::fs::remove_dir_all(dir).unwrap();
@@ -1516,7 +1578,7 @@ mod tests {
         assert!(db.under_replicated(10).unwrap().is_empty());
 
         // n1 dies: the object is under-replicated, with n2 as its only source.
-        db.set_node_state("n1", "dead").unwrap();
+        db.set_node_state("n1", NodeState::Dead).unwrap();
         let under = db.under_replicated(10).unwrap();
         assert_eq!((under[0].healthy.clone(), under[0].holders.len()), (vec!["n2".to_string()], 2));
         // The repair lands on n3; the record of n1's copy goes.

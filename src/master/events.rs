@@ -18,6 +18,9 @@ pub enum EventKind {
     NodeSuspect,
     NodeDead,
     NodeBack,
+    NodeTookOver,
+    DiskFailed,
+    SilenceHeld,
     RepairFinished,
     RepairFailed,
     CopiesLost,
@@ -32,6 +35,9 @@ impl EventKind {
             EventKind::NodeSuspect => "node suspect",
             EventKind::NodeDead => "node died",
             EventKind::NodeBack => "node back",
+            EventKind::NodeTookOver => "address taken over",
+            EventKind::DiskFailed => "disk failed",
+            EventKind::SilenceHeld => "mass silence held",
             EventKind::RepairFinished => "repair finished",
             EventKind::RepairFailed => "repair failed",
             EventKind::CopiesLost => "copies lost",
@@ -45,8 +51,10 @@ impl EventKind {
             EventKind::NodeRegistered | EventKind::NodeMoved | EventKind::NodeBack | EventKind::RepairFinished => {
                 "good"
             }
-            EventKind::NodeSuspect | EventKind::RepairFailed => "warn",
-            EventKind::NodeDead | EventKind::CopiesLost | EventKind::CopyCorrupt => "bad",
+            EventKind::NodeSuspect | EventKind::RepairFailed | EventKind::NodeTookOver | EventKind::SilenceHeld => {
+                "warn"
+            }
+            EventKind::NodeDead | EventKind::DiskFailed | EventKind::CopiesLost | EventKind::CopyCorrupt => "bad",
         }
     }
 

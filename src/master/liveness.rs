@@ -4,33 +4,83 @@
 //!
 //! A node is `alive` while it is heard from, `suspect` after half of `dead_after` in
 //! silence (no new replicas are placed on it, its copies still count), and `dead` after
-//! `dead_after` (its copies are re-created elsewhere).
+//! `dead_after` (its copies are re-created elsewhere). A node that is heard from but
+//! reports its disk `failed` or `read-only` gets nothing placed and its copies do not
+//! count, like a dead one; a heartbeat with a good disk makes it `alive` again. A node
+//! whose address a new node took over is `removed`, for good.
+//!
+//! Silence of more than half of the nodes at once is more likely the master's own
+//! trouble (or its network's) than a mass death: such nodes are held `suspect` for one
+//! more `dead_after` before they are declared dead, and a maintenance loop that itself
+//! did not run for a while gives every node fresh grace (`Membership::grace`).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::proto::DiskState;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NodeState {
     Alive,
     Suspect,
+    /// Heard from, but its disk refuses writes.
+    ReadOnly,
+    /// Heard from, but its disk is gone or failing.
+    Failed,
     Dead,
+    /// Its address was taken over by another node.
+    Removed,
 }
 
 impl NodeState {
+    pub const ALL: [NodeState; 6] = [
+        NodeState::Alive,
+        NodeState::Suspect,
+        NodeState::ReadOnly,
+        NodeState::Failed,
+        NodeState::Dead,
+        NodeState::Removed,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             NodeState::Alive => "alive",
             NodeState::Suspect => "suspect",
+            NodeState::ReadOnly => "read-only",
+            NodeState::Failed => "failed",
             NodeState::Dead => "dead",
+            NodeState::Removed => "removed",
         }
     }
 
     pub fn parse(text: &str) -> NodeState {
-        match text {
-            "alive" => NodeState::Alive,
-            "suspect" => NodeState::Suspect,
-            _ => NodeState::Dead,
+        NodeState::ALL.into_iter().find(|s| s.as_str() == text).unwrap_or(NodeState::Dead)
+    }
+
+    /// The state a heartbeat with this disk state puts a node in.
+    pub fn heard_from(disk: DiskState) -> NodeState {
+        match disk {
+            DiskState::Ok => NodeState::Alive,
+            DiskState::ReadOnly => NodeState::ReadOnly,
+            DiskState::Failed => NodeState::Failed,
+        }
+    }
+
+    /// Whether copies on a node in this state count toward their object's replicas
+    /// (the SQL in `db.rs` says the same: `n.state IN ('alive', 'suspect')`).
+    pub fn holds_copies(self) -> bool {
+        match self {
+            NodeState::Alive | NodeState::Suspect => true,
+            NodeState::ReadOnly | NodeState::Failed | NodeState::Dead | NodeState::Removed => false,
+        }
+    }
+
+    /// Whether its address may be taken over by a node with another id.
+    pub fn may_be_replaced(self) -> bool {
+        match self {
+            NodeState::Failed | NodeState::ReadOnly | NodeState::Dead | NodeState::Removed => true,
+            NodeState::Alive | NodeState::Suspect => false,
         }
     }
 }
@@ -58,9 +108,20 @@ pub struct Member {
 /// Space a node keeps free beyond an object's size before it counts as full for it.
 const FULL_MARGIN: u64 = 64 << 20;
 
+/// What one maintenance tick changed, and which nodes it held back from death.
+#[derive(Debug, Default)]
+pub struct Tick {
+    pub changes: Vec<(String, NodeState, Duration)>,
+    /// Nodes silent past `dead_after` but held `suspect`, because so many are silent at
+    /// once; empty when nothing is held.
+    pub held: Vec<String>,
+}
+
 pub struct Membership {
     dead_after: Duration,
     members: Mutex<HashMap<String, Member>>,
+    /// Since when a mass silence holds deaths back.
+    held_since: Mutex<Option<Instant>>,
 }
 
 impl Membership {
@@ -76,7 +137,7 @@ impl Membership {
                 (id, member)
             })
             .collect();
-        Membership { dead_after, members: Mutex::new(members) }
+        Membership { dead_after, members: Mutex::new(members), held_since: Mutex::new(None) }
     }
 
     pub fn dead_after(&self) -> Duration {
@@ -99,35 +160,86 @@ impl Membership {
         before
     }
 
-    /// A heartbeat arrived. Returns the state before it, or `None` for a node that never
-    /// registered (it must register first).
-    pub fn heartbeat(&self, id: &str, capacity: u64, free: u64, objects: u64, now: Instant) -> Option<NodeState> {
+    /// A heartbeat arrived, saying what state the node's disk is in. Returns the state
+    /// before it, or `None` for a node that never registered or was removed (it must
+    /// register first).
+    pub fn heartbeat(&self, id: &str, report: &Reported, now: Instant) -> Option<NodeState> {
         let mut members = self.members.lock().expect("membership lock");
-        let member = members.get_mut(id)?;
+        let member = members.get_mut(id).filter(|m| m.state != NodeState::Removed)?;
         let before = member.state;
-        member.state = NodeState::Alive;
+        member.state = NodeState::heard_from(report.disk);
         member.last_seen = now;
-        member.capacity_bytes = Some(capacity);
-        member.free_bytes = Some(free);
-        member.object_count = Some(objects);
+        member.capacity_bytes = Some(report.capacity_bytes);
+        member.free_bytes = Some(report.free_bytes);
+        member.object_count = Some(report.object_count);
         Some(before)
     }
 
-    /// Moves silent nodes along the state machine; returns the changes.
-    pub fn tick(&self, now: Instant) -> Vec<(String, NodeState, Duration)> {
+    /// A node's address was taken over by another: it is gone for good.
+    pub fn removed(&self, id: &str) {
+        if let Some(member) = self.members.lock().expect("membership lock").get_mut(id) {
+            member.state = NodeState::Removed;
+        }
+    }
+
+    /// Gives every node a fresh `dead_after` of grace: for when the master itself was
+    /// not running (stalled, paused), which is not the nodes' fault.
+    pub fn grace(&self, now: Instant) {
+        for member in self.members.lock().expect("membership lock").values_mut() {
+            member.last_seen = member.last_seen.max(now);
+        }
+    }
+
+    /// Moves silent nodes along the state machine; returns the changes. When more than
+    /// half of the nodes still counted are silent at once (two at least), none is
+    /// declared dead for one more `dead_after`.
+    pub fn tick(&self, now: Instant) -> Tick {
         let mut members = self.members.lock().expect("membership lock");
-        let mut changes = Vec::new();
+        let counted = members.values().filter(|m| !matches!(m.state, NodeState::Dead | NodeState::Removed));
+        let (mut counted_n, mut silent_n) = (0, 0);
+        for member in counted {
+            counted_n += 1;
+            if state_after(now.saturating_duration_since(member.last_seen), self.dead_after) != NodeState::Alive {
+                silent_n += 1;
+            }
+        }
+        let would_die = members.values().any(|m| {
+            m.state != NodeState::Dead
+                && m.state != NodeState::Removed
+                && state_after(now.saturating_duration_since(m.last_seen), self.dead_after) == NodeState::Dead
+        });
+        let mut held_since = self.held_since.lock().expect("membership hold lock");
+        // The hold starts with the first death it holds back and lasts one `dead_after`.
+        let hold = if silent_n >= 2 && silent_n * 2 > counted_n {
+            match *held_since {
+                Some(since) => now.saturating_duration_since(since) < self.dead_after,
+                None if would_die => {
+                    *held_since = Some(now);
+                    true
+                }
+                None => false,
+            }
+        } else {
+            *held_since = None;
+            false
+        };
+        let mut tick = Tick::default();
         for (id, member) in members.iter_mut() {
             let silent = now.saturating_duration_since(member.last_seen);
-            let state = state_after(silent, self.dead_after);
+            let mut state = state_after(silent, self.dead_after);
+            if state == NodeState::Dead && hold && member.state != NodeState::Dead {
+                tick.held.push(id.clone());
+                state = NodeState::Suspect;
+            }
             // Silence only ever makes a node worse; hearing from it makes it alive.
             if state_rank(state) > state_rank(member.state) {
                 member.state = state;
-                changes.push((id.clone(), state, silent));
+                tick.changes.push((id.clone(), state, silent));
             }
         }
-        changes.sort_by(|a, b| a.0.cmp(&b.0));
-        changes
+        tick.changes.sort_by(|a, b| a.0.cmp(&b.0));
+        tick.held.sort();
+        tick
     }
 
     pub fn get(&self, id: &str) -> Option<Member> {
@@ -160,11 +272,24 @@ impl Membership {
     }
 }
 
+/// What a heartbeat says about a node.
+#[derive(Debug, Clone, Copy)]
+pub struct Reported {
+    pub capacity_bytes: u64,
+    pub free_bytes: u64,
+    pub object_count: u64,
+    pub disk: DiskState,
+}
+
+/// How bad a state is; silence only moves a node to a worse one (a failed disk is worse
+/// than a missed heartbeat, better than death).
 fn state_rank(state: NodeState) -> u8 {
     match state {
         NodeState::Alive => 0,
         NodeState::Suspect => 1,
-        NodeState::Dead => 2,
+        NodeState::ReadOnly | NodeState::Failed => 2,
+        NodeState::Dead => 3,
+        NodeState::Removed => 4,
     }
 }
 
@@ -173,6 +298,14 @@ mod tests {
     use super::*;
 
     const DEAD: Duration = Duration::from_secs(10);
+
+    fn report(disk: DiskState, free: u64) -> Reported {
+        Reported { capacity_bytes: 100 << 30, free_bytes: free, object_count: 3, disk }
+    }
+
+    fn states(tick: &Tick) -> Vec<(&str, NodeState)> {
+        tick.changes.iter().map(|c| (c.0.as_str(), c.1)).collect()
+    }
 
     #[test]
     fn silence_makes_a_node_suspect_then_dead() {
@@ -190,20 +323,78 @@ mod tests {
     }
 
     #[test]
+    fn states_round_trip_and_only_alive_and_suspect_nodes_hold_copies() {
+        for state in NodeState::ALL {
+            assert_eq!(NodeState::parse(state.as_str()), state);
+            assert_eq!(state.holds_copies(), matches!(state, NodeState::Alive | NodeState::Suspect), "{state:?}");
+            assert_eq!(state.may_be_replaced(), !state.holds_copies(), "{state:?}");
+        }
+    }
+
+    #[test]
     fn tick_reports_each_change_once_and_a_heartbeat_revives() {
         let start = Instant::now();
         let members = Membership::new([("a".to_string(), NodeState::Alive)], DEAD, start);
-        assert!(members.tick(start + Duration::from_secs(1)).is_empty());
-        let changes = members.tick(start + Duration::from_secs(6));
-        assert_eq!(changes.iter().map(|c| (c.0.as_str(), c.1)).collect::<Vec<_>>(), vec![("a", NodeState::Suspect)]);
+        assert!(members.tick(start + Duration::from_secs(1)).changes.is_empty());
+        let tick = members.tick(start + Duration::from_secs(6));
+        assert_eq!(states(&tick), vec![("a", NodeState::Suspect)]);
         assert_eq!((members.placeable(0), members.fallback(0)), (vec![], vec!["a".to_string()]));
-        assert!(members.tick(start + Duration::from_secs(7)).is_empty());
-        assert_eq!(members.tick(start + Duration::from_secs(11))[0].1, NodeState::Dead);
+        assert!(members.tick(start + Duration::from_secs(7)).changes.is_empty());
+        assert_eq!(members.tick(start + Duration::from_secs(11)).changes[0].1, NodeState::Dead);
         assert_eq!(members.placeable(0), Vec::<String>::new());
-        let back = members.heartbeat("a", 100 << 30, 50 << 30, 3, start + Duration::from_secs(12));
+        let back = members.heartbeat("a", &report(DiskState::Ok, 50 << 30), start + Duration::from_secs(12));
         assert_eq!(back, Some(NodeState::Dead));
         assert_eq!(members.placeable(0), vec!["a".to_string()]);
-        assert_eq!(members.heartbeat("stranger", 0, 0, 0, start), None);
+        assert_eq!(members.heartbeat("stranger", &report(DiskState::Ok, 0), start), None);
+    }
+
+    #[test]
+    fn a_failed_disk_gets_nothing_until_it_is_back_and_a_removed_node_stays_removed() {
+        let start = Instant::now();
+        let members = Membership::new([("a".to_string(), NodeState::Alive)], DEAD, start);
+        for (disk, want) in [(DiskState::Failed, NodeState::Failed), (DiskState::ReadOnly, NodeState::ReadOnly)] {
+            members.heartbeat("a", &report(disk, 50 << 30), start);
+            assert_eq!(members.get("a").unwrap().state, want);
+            assert!(members.placeable(0).is_empty() && members.fallback(0).is_empty());
+            // Missing a heartbeat or two does not make a failed node look better.
+            assert!(members.tick(start + Duration::from_secs(6)).changes.is_empty());
+        }
+        assert_eq!(members.tick(start + Duration::from_secs(10)).changes[0].1, NodeState::Dead);
+        members.heartbeat("a", &report(DiskState::Ok, 50 << 30), start + Duration::from_secs(11));
+        assert_eq!(members.placeable(0), vec!["a".to_string()]);
+        members.removed("a");
+        assert_eq!(members.heartbeat("a", &report(DiskState::Ok, 50 << 30), start), None);
+        assert!(members.tick(start + Duration::from_secs(60)).changes.is_empty());
+    }
+
+    #[test]
+    fn a_mass_silence_is_held_back_one_more_dead_after_and_a_stalled_master_gives_grace() {
+        let start = Instant::now();
+        let ids = ["a", "b", "c", "d"];
+        let members = Membership::new(ids.iter().map(|id| (id.to_string(), NodeState::Alive)), DEAD, start);
+        let hear = |ids: &[&str], at: u64| {
+            for id in ids {
+                members.heartbeat(id, &report(DiskState::Ok, 50 << 30), start + Duration::from_secs(at));
+            }
+        };
+        // One node of four dies: declared dead on time.
+        hear(&["b", "c", "d"], 8);
+        assert_eq!(states(&members.tick(start + Duration::from_secs(10))), vec![("a", NodeState::Dead)]);
+        // All three others fall silent at once: held suspect for another `dead_after` ...
+        let tick = members.tick(start + Duration::from_secs(18));
+        assert_eq!(tick.held, vec!["b", "c", "d"]);
+        assert!(tick.changes.iter().all(|c| c.1 == NodeState::Suspect), "{tick:?}");
+        assert!(members.tick(start + Duration::from_secs(27)).changes.is_empty());
+        // ... then declared dead if they stay silent.
+        let tick = members.tick(start + Duration::from_secs(28));
+        assert!(tick.held.is_empty());
+        assert_eq!(tick.changes.len(), 3);
+        assert!(tick.changes.iter().all(|c| c.1 == NodeState::Dead), "{tick:?}");
+
+        // A master that was not running gives every node fresh grace.
+        let members = Membership::new(ids.iter().map(|id| (id.to_string(), NodeState::Alive)), DEAD, start);
+        members.grace(start + Duration::from_secs(30));
+        assert!(members.tick(start + Duration::from_secs(31)).changes.is_empty());
     }
 
     #[test]
@@ -211,9 +402,9 @@ mod tests {
         let start = Instant::now();
         let members =
             Membership::new([("a".to_string(), NodeState::Alive), ("b".to_string(), NodeState::Dead)], DEAD, start);
-        assert!(members.tick(start + Duration::from_secs(4)).is_empty());
+        assert!(members.tick(start + Duration::from_secs(4)).changes.is_empty());
         assert_eq!(members.placeable(0), vec!["a".to_string()]);
-        members.heartbeat("a", 1 << 30, 100 << 20, 0, start);
+        members.heartbeat("a", &Reported { capacity_bytes: 1 << 30, ..report(DiskState::Ok, 100 << 20) }, start);
         assert_eq!(members.placeable(1 << 20), vec!["a".to_string()]);
         assert!(members.placeable(50 << 20).is_empty(), "a node with too little space is full");
     }

@@ -1,5 +1,5 @@
 //! The master's maintenance loop, twice a second: it moves silent nodes to suspect and
-//! dead, plans re-replication for objects below their replication factor and hands the
+//! dead (holding back a mass death, and giving grace after its own stall), plans re-replication for objects below their replication factor and hands the
 //! batches to a bounded pool of repair workers, and expires uploads never completed.
 
 use std::collections::{HashMap, HashSet};
@@ -15,6 +15,8 @@ use crate::log;
 use crate::proto::{ReplicaState, ReplicateRequest, ReplicateResult};
 
 const TICK: Duration = Duration::from_millis(500);
+/// A sleep this much longer than a tick means the loop itself was not running.
+const STALLED: Duration = Duration::from_secs(3);
 /// Objects per replicate request.
 const BATCH: usize = 64;
 
@@ -53,8 +55,12 @@ pub fn run(state: &Arc<MasterState>, stopped: &Receiver<()>) {
         .collect();
 
     let mut last_expiry = Instant::now();
+    // How much longer than a tick the last sleep took: a sleep far too long means this
+    // process was not running (slow repair planning, which runs between sleeps, is not
+    // counted, or a slow database would keep every node alive).
+    let mut overslept = Duration::ZERO;
     loop {
-        update_liveness(state);
+        update_liveness(state, overslept);
         if let Err(e) = schedule_repairs(state, &jobs, &in_flight) {
             log::error("master", &format!("repair planning failed: {e}"));
         }
@@ -62,9 +68,11 @@ pub fn run(state: &Arc<MasterState>, stopped: &Receiver<()>) {
             last_expiry = Instant::now();
             expire_uploads(state);
         }
+        let sleep = Instant::now();
         if stopped.recv_timeout(TICK) != Err(RecvTimeoutError::Timeout) {
             break;
         }
+        overslept = sleep.elapsed().saturating_sub(TICK);
     }
     drop(jobs);
     for handle in handles {
@@ -72,8 +80,39 @@ pub fn run(state: &Arc<MasterState>, stopped: &Receiver<()>) {
     }
 }
 
-fn update_liveness(state: &MasterState) {
-    for (node, new_state, silent) in state.membership.tick(Instant::now()) {
+/// Moves silent nodes along the state machine. `overslept` is how much longer than a tick
+/// this loop's last sleep took: a loop that did not run for a while (the master stalled, was paused or starved) has
+/// not heard heartbeats that may well have been sent, so every node gets fresh grace
+/// instead of the whole cluster being declared dead at once.
+fn update_liveness(state: &MasterState, overslept: Duration) {
+    let now = Instant::now();
+    if overslept >= STALLED {
+        log::warn(
+            "master",
+            &format!(
+                "the maintenance loop did not run for {:.1}s (this master was stalled or paused); every node \
+                 gets a fresh {:?} before its silence counts",
+                (overslept + TICK).as_secs_f64(),
+                state.membership.dead_after()
+            ),
+        );
+        state.membership.grace(now);
+    }
+    let tick = state.membership.tick(now);
+    if !tick.held.is_empty() {
+        state.events.record(
+            EventKind::SilenceHeld,
+            format!(
+                "HOLDING BACK: {} node(s) went silent at once ({}), more than half of the cluster; that is more \
+                 likely this master's or its network's trouble than a mass death, so they stay suspect for \
+                 another {:?} before their replicas are re-created",
+                tick.held.len(),
+                tick.held.join(", "),
+                state.membership.dead_after()
+            ),
+        );
+    }
+    for (node, new_state, silent) in tick.changes {
         let message = format!("node {node} is {} (silent for {:.1}s)", new_state.as_str(), silent.as_secs_f64());
         match new_state {
             super::NodeState::Dead => {
@@ -81,7 +120,7 @@ fn update_liveness(state: &MasterState) {
             }
             _ => state.events.record(EventKind::NodeSuspect, message),
         }
-        if let Err(e) = state.db.set_node_state(&node, new_state.as_str()) {
+        if let Err(e) = state.db.set_node_state(&node, new_state) {
             log::error("master", &format!("cannot record that node {node} is {}: {e}", new_state.as_str()));
         }
     }

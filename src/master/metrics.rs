@@ -4,8 +4,6 @@
 //! server has (`crate::metrics`). State gauges are filled from a `Snapshot` just before
 //! each scrape; counters move where the work happens.
 
-use std::collections::BTreeMap;
-
 use prometheus::{IntCounter, IntGauge, IntGaugeVec, Opts};
 
 use super::liveness::NodeState;
@@ -81,19 +79,12 @@ impl MasterMetrics {
         metrics
     }
 
-    /// Fills the state gauges from what the master knows now. Every state a node is
-    /// in gets a series (the names come from `NodeState`, so they are few), and the
-    /// usual three always do, at 0 when no node is in them.
+    /// Fills the state gauges from what the master knows now: a series for every
+    /// `NodeState`, at 0 when no node is in it.
     pub fn fill(&self, snapshot: &Snapshot) {
-        let mut by_state: BTreeMap<&str, i64> =
-            [NodeState::Alive, NodeState::Suspect, NodeState::Dead].iter().map(|s| (s.as_str(), 0)).collect();
-        for node in &snapshot.nodes {
-            *by_state.entry(node.state.as_str()).or_default() += 1;
-        }
-        // A state no node is in any more (other than the usual three) loses its series.
-        self.nodes.reset();
-        for (state, n) in by_state {
-            self.nodes.with_label_values(&[state]).set(n);
+        for state in NodeState::ALL {
+            let n = snapshot.nodes.iter().filter(|n| n.state == state.as_str()).count();
+            self.nodes.with_label_values(&[state.as_str()]).set(n as i64);
         }
         self.objects.set(snapshot.counts.objects as i64);
         self.object_bytes.set(snapshot.counts.object_bytes as i64);

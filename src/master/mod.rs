@@ -38,7 +38,7 @@ use crate::proto::{
 };
 use db::{Candidate, Confirmation, Counts, MetaDb, MetaError, Registered};
 use events::{EventKind, Events};
-use liveness::{Membership, NodeState};
+use liveness::{Membership, NodeState, Reported};
 use metrics::MasterMetrics;
 
 #[derive(Debug, Clone)]
@@ -450,6 +450,17 @@ impl MasterState {
         let before = self.membership.registered(&body.id, Instant::now());
         self.note_version(&body.id, body.version);
         match outcome {
+            Registered::TookOver { previous } => {
+                self.membership.removed(&previous);
+                self.events.record(
+                    EventKind::NodeTookOver,
+                    format!(
+                        "node {} registered at {address}, taking it over from node {previous}, which was dead or \
+                         failed: {previous} is removed and its copies will be re-created",
+                        body.id
+                    ),
+                );
+            }
             Registered::New => {
                 self.events.record(EventKind::NodeRegistered, format!("node {} registered at {address}", body.id))
             }
@@ -466,15 +477,35 @@ impl MasterState {
 
     fn heartbeat(&self, body: Heartbeat) -> Result<Reply, ApiError> {
         let now = Instant::now();
+        let reported = Reported {
+            capacity_bytes: body.capacity_bytes,
+            free_bytes: body.free_bytes,
+            object_count: body.object_count,
+            disk: body.disk,
+        };
         let before = self
             .membership
-            .heartbeat(&body.id, body.capacity_bytes, body.free_bytes, body.object_count, now)
+            .heartbeat(&body.id, &reported, now)
             .ok_or_else(|| ApiError::not_found(format!("node {:?} is not registered; register it first", body.id)))?;
         self.note_version(&body.id, body.version);
-        if before != NodeState::Alive {
-            self.db.set_node_state(&body.id, NodeState::Alive.as_str())?;
-            self.events
-                .record(EventKind::NodeBack, format!("node {} is alive again (was {})", body.id, before.as_str()));
+        let state = NodeState::heard_from(body.disk);
+        if before != state {
+            self.db.set_node_state(&body.id, state)?;
+            match state {
+                NodeState::Alive => self
+                    .events
+                    .record(EventKind::NodeBack, format!("node {} is alive again (was {})", body.id, before.as_str())),
+                _ => self.events.record(
+                    EventKind::DiskFailed,
+                    format!(
+                        "node {} reports its disk {} ({}): nothing is placed there and its copies are re-created \
+                         elsewhere",
+                        body.id,
+                        body.disk.as_str(),
+                        body.disk_error.as_deref().unwrap_or("no reason given")
+                    ),
+                ),
+            }
         }
         let delete = self.db.take_deletions(&body.id, 1000)?;
         Ok(http::json_reply(200, &NodeCommands { delete }))
@@ -610,6 +641,7 @@ impl MasterState {
                 nodes_alive: counts.nodes_alive,
                 nodes_suspect: counts.nodes_suspect,
                 nodes_dead: counts.nodes_dead,
+                nodes_failed: counts.nodes_failed,
                 objects: counts.objects,
                 under_replicated: counts.under_replicated,
                 repairs_in_flight: self.repairs_in_flight.load(Ordering::Relaxed),

@@ -13,8 +13,12 @@ pub struct UnderReplicated {
     pub object: String,
     pub replication: usize,
     pub size: u64,
-    /// Nodes whose copy is confirmed and not dead: the possible sources.
+    /// Nodes whose copy is confirmed, alive or suspect: the copies that count, and the
+    /// sources.
     pub healthy: Vec<String>,
+    /// Nodes whose confirmed copy is on a read-only disk: not counted, but still
+    /// readable, so a source when there is no healthy copy.
+    pub read_only: Vec<String>,
     /// Every node with any record of the object, healthy or not: not a target, unless
     /// it is one of `lacking`.
     pub holders: Vec<String>,
@@ -35,9 +39,11 @@ pub struct Transfer {
 /// random among `targets` (nodes that may take new replicas) that have no record of the
 /// object, then among those known to have lost their copy (so a small cluster can make a
 /// lost copy again where it was); sources are the healthy holders with the least work
-/// planned so far. Objects with no healthy replica cannot be repaired and are left out.
+/// planned so far (holders on read-only disks when no healthy one is left). Objects with
+/// no copy to read from cannot be repaired and are left out.
 pub fn plan(objects: &[UnderReplicated], targets: &[String], rng: &mut impl Rng) -> Vec<Transfer> {
-    let mut order: Vec<&UnderReplicated> = objects.iter().filter(|o| !o.healthy.is_empty()).collect();
+    let mut order: Vec<&UnderReplicated> =
+        objects.iter().filter(|o| !o.healthy.is_empty() || !o.read_only.is_empty()).collect();
     order.sort_by_key(|o| o.healthy.len());
     let mut load: HashMap<&str, usize> = HashMap::new();
     let mut transfers = Vec::new();
@@ -52,12 +58,12 @@ pub fn plan(objects: &[UnderReplicated], targets: &[String], rng: &mut impl Rng)
             .collect();
         let again: Vec<&String> = targets.iter().filter(|t| object.lacking.contains(t)).collect();
         chosen.extend(again.choose_multiple(rng, missing - chosen.len()).copied());
+        let sources = if object.healthy.is_empty() { &object.read_only } else { &object.healthy };
         for target in chosen {
-            let source = object
-                .healthy
+            let source = sources
                 .iter()
                 .min_by_key(|s| load.get(s.as_str()).copied().unwrap_or(0))
-                .expect("objects without a healthy copy were filtered out");
+                .expect("objects without a copy to read were filtered out");
             *load.entry(source).or_default() += 1;
             *load.entry(target.as_str()).or_default() += 1;
             transfers.push(Transfer {
@@ -100,6 +106,7 @@ mod tests {
             replication,
             size: 1,
             healthy: healthy.iter().map(|s| s.to_string()).collect(),
+            read_only: Vec::new(),
             holders: holders.iter().map(|s| s.to_string()).collect(),
             lacking: Vec::new(),
         }
@@ -118,6 +125,21 @@ mod tests {
         // pending) is never a target.
         let held = object("held", 3, &["a", "b"], &["a", "b", "c"]);
         assert!(plan(&[held], &nodes(&["a", "b", "c"]), &mut rng).is_empty());
+    }
+
+    #[test]
+    fn copies_on_read_only_disks_are_sources_only_when_no_healthy_copy_is_left() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(4);
+        let mut stuck = object("only-on-ro", 2, &[], &["ro1", "ro2"]);
+        stuck.read_only = nodes(&["ro1", "ro2"]);
+        let mut mixed = object("mixed", 2, &["a"], &["a", "ro1"]);
+        mixed.read_only = nodes(&["ro1"]);
+        let plan = plan(&[stuck, mixed], &nodes(&["a", "b", "c"]), &mut rng);
+        let stuck: Vec<&Transfer> = plan.iter().filter(|t| t.object == "only-on-ro").collect();
+        assert_eq!(stuck.len(), 2, "{plan:?}");
+        assert!(stuck.iter().all(|t| t.source.starts_with("ro") && !t.target.starts_with("ro")), "{plan:?}");
+        let mixed: Vec<&Transfer> = plan.iter().filter(|t| t.object == "mixed").collect();
+        assert_eq!(mixed.iter().map(|t| t.source.as_str()).collect::<Vec<_>>(), vec!["a"], "{plan:?}");
     }
 
     fn nodes(names: &[&str]) -> Vec<String> {

@@ -9,6 +9,7 @@ use std::fmt::Write;
 
 use super::events::Event;
 use super::Snapshot;
+use crate::proto::NodeInfo;
 
 /// Everything the page shows.
 pub struct View<'a> {
@@ -71,17 +72,18 @@ pub fn page(view: &View) -> String {
 pub fn fragment(view: &View) -> String {
     let snapshot = view.snapshot;
     let counts = &snapshot.counts;
-    let count = |state: &str| snapshot.nodes.iter().filter(|n| n.state == state).count();
-    let (alive, suspect, dead) = (count("alive"), count("suspect"), count("dead"));
+    // A removed node is one whose address another took over: gone, not unwell.
+    let members: Vec<&NodeInfo> = snapshot.nodes.iter().filter(|n| n.state != "removed").collect();
+    let alive = members.iter().filter(|n| n.state == "alive").count();
     let (tone, verdict, why) = if alive < view.replication {
         ("bad", "Unavailable", format!("{alive} datanode(s) alive, {} needed for new uploads", view.replication))
-    } else if counts.under_replicated > 0 || suspect > 0 || dead > 0 {
+    } else if counts.under_replicated > 0 || alive < members.len() {
         let mut why = Vec::new();
         if counts.under_replicated > 0 {
             why.push(format!("{} object(s) under-replicated", counts.under_replicated));
         }
         let unwell: Vec<String> =
-            snapshot.nodes.iter().filter(|n| n.state != "alive").map(|n| format!("{} {}", n.id, n.state)).collect();
+            members.iter().filter(|n| n.state != "alive").map(|n| format!("{} {}", n.id, n.state)).collect();
         match unwell.len() {
             0 => {}
             1..=3 => why.push(unwell.join(", ")),
@@ -100,11 +102,7 @@ pub fn fragment(view: &View) -> String {
     );
     html.push_str(r#"<section class="tiles">"#);
     for (label, value, tone) in [
-        (
-            "nodes alive",
-            format!("{alive} / {}", snapshot.nodes.len()),
-            if alive == snapshot.nodes.len() { "" } else { "warn" },
-        ),
+        ("nodes alive", format!("{alive} / {}", members.len()), if alive == members.len() { "" } else { "warn" }),
         ("objects", counts.objects.to_string(), ""),
         ("stored", bytes(counts.object_bytes), ""),
         (
@@ -252,12 +250,13 @@ main{padding:.75rem 1rem 2rem;max-width:1200px;margin:0 auto}
 .repair{background:#fff7ed;border-radius:.5rem;padding:.5rem .75rem}
 .nodes{display:grid;grid-template-columns:repeat(auto-fill,minmax(280px,1fr));gap:.75rem}
 .node{background:#fff;border-radius:.5rem;padding:.75rem;border-top:4px solid #6b7280}
-.node.alive{border-top-color:#15803d}.node.suspect{border-top-color:#d97706}
-.node.dead{border-top-color:#b91c1c;background:#fef2f2}
+.node.alive{border-top-color:#15803d}.node.suspect,.node.read-only{border-top-color:#d97706}
+.node.dead,.node.failed{border-top-color:#b91c1c;background:#fef2f2}.node.removed{opacity:.6}
 .head{display:flex;justify-content:space-between;gap:.5rem;align-items:center}
 .id{font-weight:600;overflow-wrap:anywhere}
 .state{font-size:.8rem;font-weight:700;text-transform:uppercase;padding:.1rem .5rem;border-radius:999px;color:#fff;background:#6b7280}
-.state.alive{background:#15803d}.state.suspect{background:#d97706}.state.dead{background:#b91c1c}
+.state.alive{background:#15803d}.state.suspect,.state.read-only{background:#d97706}
+.state.dead,.state.failed{background:#b91c1c}
 .addr{color:#4b5563;font-size:.85rem;overflow-wrap:anywhere;margin:.25rem 0 .5rem}
 .bar{height:.6rem;background:#e5e7eb;border-radius:999px;overflow:hidden}
 .bar i{display:block;height:100%;background:#2563eb}

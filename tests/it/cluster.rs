@@ -72,7 +72,19 @@ impl Proc {
 
     pub fn start_with_env(name: &str, args: &[&str], env: &[(&str, &str)]) -> Proc {
         let mut command = Command::new(BIN);
-        command.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        command.args(args);
+        Proc::spawn(name, command, env)
+    }
+
+    /// Starts `program ARGS`, a wrapper that ends by running `aether` (e.g. `unshare`).
+    pub fn start_wrapped(name: &str, program: &str, args: &[&str]) -> Proc {
+        let mut command = Command::new(program);
+        command.args(args);
+        Proc::spawn(name, command, &[])
+    }
+
+    fn spawn(name: &str, mut command: Command, env: &[(&str, &str)]) -> Proc {
+        command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
         for var in ["AETHER_MASTER", "AETHER_CLUSTER_TOKEN", "AETHER_LISTEN", "AETHER_DATA"] {
             command.env_remove(var);
         }

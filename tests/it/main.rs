@@ -5,6 +5,7 @@ mod api;
 mod bench;
 mod cli;
 mod cluster;
+mod disk;
 mod durability;
 mod healing;
 mod hostile;
