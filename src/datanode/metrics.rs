@@ -1,18 +1,21 @@
-//! The datanode's metrics: objects held, disk capacity and free space (read at each
-//! scrape), fsync latency (timed by the store), chains this node could not forward, and
+//! The datanode's metrics: objects held, the data disk's state, capacity and free space
+//! (as the last disk check found them: a scrape does no disk I/O), fsync latency (timed by the store), chains this node could not forward, and
 //! the scrubber's progress and findings, beside the request metrics every server has
 //! (`crate::metrics`).
 
-use prometheus::{IntCounter, IntGauge};
+use prometheus::{IntCounter, IntGauge, IntGaugeVec, Opts};
 
 use super::store::BlobStore;
 use crate::metrics::Metrics;
+use crate::proto::DiskState;
 
 pub struct DatanodeMetrics {
     pub registry: Metrics,
     objects: IntGauge,
     capacity: IntGauge,
     free: IntGauge,
+    /// 1 for the disk's state, 0 for the others.
+    disk_state: IntGaugeVec,
     /// Uploads whose next node of the chain failed or refused them.
     pub chain_failures: IntCounter,
     pub scrub_objects: IntCounter,
@@ -39,6 +42,11 @@ impl DatanodeMetrics {
             objects: gauge("aether_datanode_objects", "Objects stored on this node."),
             capacity: gauge("aether_datanode_disk_capacity_bytes", "Size of the data directory's disk."),
             free: gauge("aether_datanode_disk_free_bytes", "Bytes an unprivileged writer may still use on that disk."),
+            disk_state: IntGaugeVec::new(
+                Opts::new("aether_datanode_disk_state", "1 for the data disk's state (ok, read-only, failed)."),
+                &["state"],
+            )
+            .expect("valid metric"),
             chain_failures: counter(
                 "aether_datanode_chain_failures_total",
                 "Uploads whose next node of the chain failed or refused them.",
@@ -75,16 +83,20 @@ impl DatanodeMetrics {
         ] {
             registry.register(counter);
         }
+        registry.register(&metrics.disk_state);
         registry.register(store.fsync_seconds());
         metrics
     }
 
-    /// Fills the gauges that mirror the store, just before a scrape.
+    /// Fills the gauges that mirror the store, just before a scrape, from memory: a
+    /// failing disk must not hang the scrape that would show it failing.
     pub fn fill(&self, store: &BlobStore) {
         self.objects.set(store.object_count() as i64);
-        if let Ok((free, capacity)) = store.disk_space() {
-            self.free.set(free as i64);
-            self.capacity.set(capacity as i64);
+        let health = store.disk_health();
+        self.free.set(health.free_bytes as i64);
+        self.capacity.set(health.capacity_bytes as i64);
+        for state in [DiskState::Ok, DiskState::ReadOnly, DiskState::Failed] {
+            self.disk_state.with_label_values(&[state.as_str()]).set(i64::from(health.state == state));
         }
     }
 }

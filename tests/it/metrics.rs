@@ -174,6 +174,8 @@ fn every_server_exports_metrics_a_prometheus_parser_reads_and_they_move() {
         check(&samples, "aether_datanode_fsync_duration_seconds_count", &[], |v| v == 3.0, "3 fsyncs");
         check(&samples, "aether_datanode_disk_capacity_bytes", &[], |v| v > 0.0, "a disk size");
         check(&samples, "aether_datanode_disk_free_bytes", &[], |v| v > 0.0, "free space");
+        check(&samples, "aether_datanode_disk_state", &[("state", "ok")], |v| v == 1.0, "a healthy disk");
+        check(&samples, "aether_datanode_disk_state", &[("state", "failed")], |v| v == 0.0, "a healthy disk");
         check(&samples, "aether_datanode_chain_failures_total", &[], |v| v == 0.0, "no broken chain");
         check(&samples, "aether_build_info", &[("server", "datanode")], |v| v == 1.0, "the build info");
     }
