@@ -18,6 +18,7 @@ use serde::Serialize;
 use tiny_http::{Header, Method, Request, Response, StatusCode};
 
 use crate::log;
+use crate::metrics::{self, Metrics};
 use crate::proto::ErrorBody;
 
 /// The largest JSON request body any control-plane endpoint accepts.
@@ -201,17 +202,27 @@ pub struct Handled {
     /// Routine traffic (health checks, the cluster's own internal requests): logged at
     /// debug when it succeeds, so heartbeats do not drown what an operator needs to see.
     pub routine: bool,
+    /// The metrics label of the request: the name of its `Endpoint` variant, never a
+    /// raw path, so the number of label values stays bounded (`metrics::UNMATCHED` for
+    /// a request no endpoint matched).
+    pub endpoint: &'static str,
 }
 
 impl From<Reply> for Handled {
     fn from(reply: Reply) -> Handled {
-        Handled { reply, bytes_in: 0, error: None, routine: false }
+        Handled { reply, bytes_in: 0, error: None, routine: false, endpoint: metrics::UNMATCHED }
     }
 }
 
 impl From<ApiError> for Handled {
     fn from(err: ApiError) -> Handled {
-        Handled { reply: error_reply(&err), bytes_in: 0, error: Some(err.message), routine: false }
+        Handled {
+            reply: error_reply(&err),
+            bytes_in: 0,
+            error: Some(err.message),
+            routine: false,
+            endpoint: metrics::UNMATCHED,
+        }
     }
 }
 
@@ -238,12 +249,14 @@ pub struct HttpServer {
 impl HttpServer {
     /// Binds `listen` with TCP_NODELAY and serves it, handling at most `threads` requests
     /// at once, each by one call of `handler`. `name` prefixes the request log lines;
-    /// `priority` says which requests get the room kept for priority traffic.
+    /// every request is counted and timed in `metrics`; `priority` says which requests
+    /// get the room kept for priority traffic.
     pub fn start<P, H>(
         listen: &str,
         threads: usize,
         limits: &HttpLimits,
         name: &str,
+        metrics: &Metrics,
         priority: P,
         handler: H,
     ) -> io::Result<HttpServer>
@@ -251,7 +264,7 @@ impl HttpServer {
         P: Fn(&Request) -> bool + Send + Sync + 'static,
         H: Fn(&mut Request) -> Handled + Send + Sync + 'static,
     {
-        HttpServer::serve(bind(listen)?, threads, limits, name, priority, handler)
+        HttpServer::serve(bind(listen)?, threads, limits, name, metrics, priority, handler)
     }
 
     /// Serves a listener made by `bind`, for callers that need its address first.
@@ -260,6 +273,7 @@ impl HttpServer {
         threads: usize,
         limits: &HttpLimits,
         name: &str,
+        metrics: &Metrics,
         priority: P,
         handler: H,
     ) -> io::Result<HttpServer>
@@ -272,7 +286,9 @@ impl HttpServer {
         let gate = Arc::new(Gate::new(threads, (threads / 4).max(4)));
         let priority: Arc<dyn Fn(&Request) -> bool + Send + Sync> = Arc::new(priority);
         let (inner_gate, inner_priority, log_name) = (Arc::clone(&gate), Arc::clone(&priority), name.to_string());
-        let serve_one = move |request: Request| serve_one(request, &log_name, &inner_gate, &*inner_priority, &handler);
+        let metrics = metrics.clone();
+        let serve_one =
+            move |request: Request| serve_one(request, &log_name, &metrics, &inner_gate, &*inner_priority, &handler);
         let report_name = name.to_string();
         let tiny_limits = tiny_http::Limits {
             head_timeout: limits.header_timeout,
@@ -378,8 +394,14 @@ impl Drop for Admitted<'_> {
     }
 }
 
-fn serve_one<H>(mut request: Request, name: &str, gate: &Gate, priority: &dyn Fn(&Request) -> bool, handler: &H)
-where
+fn serve_one<H>(
+    mut request: Request,
+    name: &str,
+    metrics: &Metrics,
+    gate: &Gate,
+    priority: &dyn Fn(&Request) -> bool,
+    handler: &H,
+) where
     H: Fn(&mut Request) -> Handled,
 {
     // A small body is read before the gate, so a client sending it slowly holds its own
@@ -387,6 +409,7 @@ where
     if let Err(e) = request.buffer_body(MAX_JSON_BODY as usize) {
         let status = if e.kind() == io::ErrorKind::TimedOut { 408 } else { 400 };
         let err = ApiError::new(status, format!("could not read request body: {e}"));
+        metrics.observe_request(metrics::UNMATCHED, status, 0.0, 0, 0);
         log::info(name, &format!("{} {} {status}: {}", request.method(), request.url(), err.message));
         let _ = request.respond(error_reply(&err));
         return;
@@ -404,6 +427,7 @@ where
     let bytes_out = handled.reply.data_length().unwrap_or(0);
     let result = request.respond(handled.reply);
     let elapsed = started.elapsed();
+    metrics.observe_request(handled.endpoint, status, elapsed.as_secs_f64(), handled.bytes_in, bytes_out as u64);
     let mut outcome = match &handled.error {
         Some(message) => format!(": {message}"),
         None => String::new(),

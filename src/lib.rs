@@ -10,6 +10,7 @@ pub mod http;
 pub mod lock;
 pub mod log;
 pub mod master;
+pub mod metrics;
 pub mod node_client;
 pub mod proto;
 pub mod s3;
@@ -47,11 +48,13 @@ pub mod fuzz_api {
         use crate::http::{self, HttpServer};
         use crate::proto::{InitUpload, ObjectId, StatusOk, CHAIN_HEADER};
         let limits = http::HttpLimits::default();
+        let metrics = crate::metrics::Metrics::new("fuzz");
         let server = HttpServer::start(
             "127.0.0.1:0",
             4,
             &limits,
             "fuzz",
+            &metrics,
             |_| false,
             |request| {
                 if let Some(id) = http::path_of(request).strip_prefix("/objects/") {

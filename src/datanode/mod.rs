@@ -7,6 +7,7 @@
 
 mod chain;
 mod membership;
+mod metrics;
 mod peers;
 mod scrub;
 pub mod store;
@@ -31,6 +32,7 @@ use crate::proto::{
     ReplicateRequest, ReplicateResult, ReplicateResults, Stored, CHAIN_HEADER, CHAIN_SIGNATURE_HEADER, CHECKSUM_HEADER,
 };
 use membership::Reporter;
+use metrics::DatanodeMetrics;
 use store::{BlobStore, StoreError, StoredObject};
 
 /// The longest chain a single upload may ask a node to forward to.
@@ -124,7 +126,9 @@ impl Datanode {
         let peers = Arc::new(peers::Peers::new(&id, master.clone()));
         let nodes = NodeClient::new(agent.clone(), config.cluster_token.clone(), Arc::clone(&peers) as _)
             .with_hop_timeout(config.hop_timeout);
+        let metrics = DatanodeMetrics::new(&blobs);
         let node = Arc::new(Node {
+            metrics,
             id: id.clone(),
             address: address.clone(),
             blobs,
@@ -153,12 +157,14 @@ impl Datanode {
         let token = config.cluster_token.clone();
         let priority = move |request: &Request| {
             let endpoint = Endpoint::parse(request.method(), http::path_of(request));
-            endpoint == Ok(Endpoint::Health)
+            matches!(endpoint, Ok(Endpoint::Health | Endpoint::Metrics))
                 || http::is_cluster_traffic(request, token.as_deref(), endpoint.is_ok_and(|e| e.is_internal()))
         };
-        let http = HttpServer::serve(listener, config.threads, &config.http, &id, priority, move |request| {
-            handler_node.handle(request)
-        })?;
+        let registry = node.metrics.registry.clone();
+        let http =
+            HttpServer::serve(listener, config.threads, &config.http, &id, &registry, priority, move |request| {
+                handler_node.handle(request)
+            })?;
         log::info(
             &id,
             &format!(
@@ -206,6 +212,7 @@ fn default_address(bound: std::net::SocketAddr) -> String {
 #[derive(Debug, PartialEq, Eq)]
 enum Endpoint {
     Health,
+    Metrics,
     PutObject(ObjectId),
     GetObject(ObjectId),
     HeadObject(ObjectId),
@@ -227,6 +234,12 @@ impl Endpoint {
                     _ => Err(ApiError::method_not_allowed(method, path, "GET")),
                 }
             }
+            "/metrics" => {
+                return match method {
+                    Method::Get | Method::Head => Ok(Endpoint::Metrics),
+                    _ => Err(ApiError::method_not_allowed(method, path, "GET")),
+                }
+            }
             "/internal/replicate" => return post_only(Endpoint::Replicate),
             "/internal/delete" => return post_only(Endpoint::DeleteObjects),
             _ => {}
@@ -241,6 +254,20 @@ impl Endpoint {
             Method::Head => Ok(Endpoint::HeadObject(id)),
             Method::Delete => Ok(Endpoint::DeleteObject(id)),
             _ => Err(ApiError::method_not_allowed(method, path, "GET, HEAD, PUT, DELETE")),
+        }
+    }
+
+    /// The metrics label: the variant's name, whatever the object.
+    fn name(&self) -> &'static str {
+        match self {
+            Endpoint::Health => "Health",
+            Endpoint::Metrics => "Metrics",
+            Endpoint::PutObject(_) => "PutObject",
+            Endpoint::GetObject(_) => "GetObject",
+            Endpoint::HeadObject(_) => "HeadObject",
+            Endpoint::DeleteObject(_) => "DeleteObject",
+            Endpoint::Replicate => "Replicate",
+            Endpoint::DeleteObjects => "DeleteObjects",
         }
     }
 
@@ -261,6 +288,7 @@ pub(crate) struct Node {
     peers: Arc<peers::Peers>,
     token: Option<String>,
     reporter: Reporter,
+    metrics: DatanodeMetrics,
 }
 
 impl From<StoreError> for ApiError {
@@ -280,9 +308,14 @@ impl Node {
                 return e.into();
             }
         }
-        let routine = endpoint.is_internal() || endpoint == Endpoint::Health;
+        let routine = endpoint.is_internal() || matches!(endpoint, Endpoint::Health | Endpoint::Metrics);
+        let name = endpoint.name();
         let result = match endpoint {
             Endpoint::Health => Ok(http::json_reply(200, &Health::ok()).into()),
+            Endpoint::Metrics => {
+                self.metrics.fill(&self.blobs);
+                Ok(self.metrics.registry.reply().into())
+            }
             Endpoint::PutObject(id) => self.put(request, &id),
             Endpoint::GetObject(id) => {
                 Ok(self.get(request, &id).map_or_else(|e| self.get_error(&id, e), Handled::from))
@@ -294,6 +327,7 @@ impl Node {
         };
         let mut handled = result.unwrap_or_else(Handled::from);
         handled.routine = routine;
+        handled.endpoint = name;
         handled
     }
 
@@ -336,6 +370,9 @@ impl Node {
         let stored = self.blobs.put(id, body, declared, self.max_object_size, expected, &mut sink);
         drop(sink);
         let downstream = forward.finish();
+        if downstream.first().is_some_and(|next| next.status != 201) {
+            self.metrics.chain_failures.inc();
+        }
         let stored = stored?;
         self.reporter.stored(&ReplicaState { objectid: id.to_string(), size: stored.size, checksum: stored.checksum });
 
@@ -356,7 +393,7 @@ impl Node {
             ),
             stored.checksum,
         );
-        Ok(Handled { reply, bytes_in: stored.size, error: None, routine: false })
+        Ok(Handled { bytes_in: stored.size, ..Handled::from(reply) })
     }
 
     /// A chain is forwarded only when the master placed it: in a cluster with a token,
@@ -584,6 +621,8 @@ mod tests {
         let parsed = ObjectId::parse(id).unwrap();
         let table: &[(Method, String, Result<Endpoint, u16>)] = &[
             (Method::Get, "/health".into(), Ok(Endpoint::Health)),
+            (Method::Get, "/metrics".into(), Ok(Endpoint::Metrics)),
+            (Method::Put, "/metrics".into(), Err(405)),
             (Method::Put, format!("/objects/{id}"), Ok(Endpoint::PutObject(parsed))),
             (Method::Get, format!("/objects/{id}"), Ok(Endpoint::GetObject(parsed))),
             (Method::Head, format!("/objects/{id}"), Ok(Endpoint::HeadObject(parsed))),

@@ -44,11 +44,20 @@ fn pass(node: &Node, bytes_per_sec: u64, stopped: &Receiver<()>) -> Option<Strin
         return Some(format!("scrub pass failed to list objects: {e}"));
     }
     let (mut bytes, mut corrupt) = (0u64, 0u64);
+    let metrics = &node.metrics;
+    metrics.scrub_pass_objects.set(ids.len() as i64);
+    metrics.scrub_pass_checked.set(0);
     for id in &ids {
+        metrics.scrub_pass_checked.inc();
         match node.blobs.verify(id) {
-            Ok(stored) => bytes += stored.size,
+            Ok(stored) => {
+                bytes += stored.size;
+                metrics.scrub_objects.inc();
+                metrics.scrub_bytes.inc_by(stored.size);
+            }
             Err(StoreError::Corrupt { reason, .. }) => {
                 corrupt += 1;
+                metrics.scrub_corruptions.inc();
                 node.quarantine(id, &reason);
             }
             Err(StoreError::NotFound(_)) => {}
@@ -64,6 +73,7 @@ fn pass(node: &Node, bytes_per_sec: u64, stopped: &Receiver<()>) -> Option<Strin
             return None;
         }
     }
+    metrics.scrub_passes.inc();
     Some(format!(
         "scrub pass verified {} object(s), {bytes} bytes, in {:.1}s: {corrupt} corrupt",
         ids.len(),

@@ -213,6 +213,8 @@ pub struct BlobStore {
     /// tests lower it to exercise the direct path with small bodies).
     direct_from: u64,
     count: AtomicU64,
+    /// How long each object's `sync_all` took, for the node's metrics.
+    fsync_seconds: prometheus::Histogram,
 }
 
 impl BlobStore {
@@ -234,6 +236,10 @@ impl BlobStore {
         if removed > 0 {
             fsync_dir(&tmp)?;
         }
+        let fsync_seconds = crate::metrics::seconds_histogram(
+            "aether_datanode_fsync_duration_seconds",
+            "Time to fsync a new object's file.",
+        );
         let meta = fs::metadata(root)?;
         let health = DiskHealth {
             state: DiskState::Ok,
@@ -254,6 +260,7 @@ impl BlobStore {
             reserve_bytes,
             direct_from: DIRECT_OBJECT,
             count: AtomicU64::new(0),
+            fsync_seconds,
         };
         let mut count = 0;
         store.walk(&mut |_, _| count += 1)?;
@@ -351,6 +358,11 @@ impl BlobStore {
         self.object_path(id).exists()
     }
 
+    /// The histogram of object fsync times.
+    pub fn fsync_seconds(&self) -> &prometheus::Histogram {
+        &self.fsync_seconds
+    }
+
     /// How many objects the node holds.
     pub fn object_count(&self) -> u64 {
         self.count.load(Ordering::Relaxed)
@@ -419,7 +431,9 @@ impl BlobStore {
         // An empty chunk tells `forward` the body arrived whole and verified.
         forward(&[]);
         writer.finish(&encode_footer(stored, unix_secs()))?;
+        let syncing = std::time::Instant::now();
         temp.file.sync_all()?;
+        self.fsync_seconds.observe(syncing.elapsed().as_secs_f64());
         if stored.size >= UNCACHED_OBJECT && !direct {
             // The bytes are on disk: a large object's cache pages go back for the next
             // upload to reuse, instead of the cache growing into memory that is slow to

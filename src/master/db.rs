@@ -198,6 +198,8 @@ pub struct Counts {
     /// Nodes whose disk failed or turned read-only.
     pub nodes_failed: u64,
     pub objects: u64,
+    /// Bytes of the complete objects, one copy each.
+    pub object_bytes: u64,
     pub under_replicated: u64,
     pub pending_deletes: u64,
 }
@@ -233,6 +235,8 @@ pub struct MetaDb {
 struct Writer {
     conn: Mutex<Connection>,
     queue: Mutex<WriteQueue>,
+    /// Writes per commit, for the master's metrics (`MetaDb::commit_batches`).
+    batches: prometheus::Histogram,
 }
 
 struct WriteQueue {
@@ -295,6 +299,7 @@ impl Writer {
             let n = queue.waiting.len().min(MAX_BATCH);
             queue.waiting.drain(..n).collect()
         };
+        self.batches.observe(group.len() as f64);
         let (jobs, turns): (Vec<Job>, Vec<Arc<Turn>>) = group.into_iter().unzip();
         let finishers = {
             let conn = self.conn.lock().expect("write connection lock");
@@ -362,8 +367,11 @@ impl MetaDb {
             .name("master-db-checkpoint".into())
             .spawn(move || checkpoint_loop(&checkpoint_conn, &stopped))
             .map_err(|e| MetaError::Internal(format!("cannot start the checkpoint thread: {e}")))?;
-        let writer =
-            Writer { conn: Mutex::new(conn), queue: Mutex::new(WriteQueue { waiting: Vec::new(), leading: false }) };
+        let writer = Writer {
+            conn: Mutex::new(conn),
+            queue: Mutex::new(WriteQueue { waiting: Vec::new(), leading: false }),
+            batches: commit_batch_histogram(),
+        };
         Ok(MetaDb { readers: pool, checkpointer: Some((stop, checkpointer)), writer })
     }
 
@@ -995,12 +1003,20 @@ impl MetaDb {
         })
     }
 
+    /// The writer's histogram of writes per commit (group-commit batch sizes).
+    pub fn commit_batches(&self) -> &prometheus::Histogram {
+        &self.writer.batches
+    }
+
     pub fn counts(&self) -> MetaResult<Counts> {
         self.read(|conn| {
             // One snapshot for all the counts, so node states and replica counts agree.
             let _snapshot = conn.unchecked_transaction()?;
-            let objects: i64 =
-                conn.query_row("SELECT count(*) FROM objects WHERE status = 'complete'", [], |r| r.get(0))?;
+            let (objects, object_bytes): (i64, i64) = conn.query_row(
+                "SELECT count(*), coalesce(sum(size), 0) FROM objects WHERE status = 'complete'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
             let under: i64 = conn.query_row(
                 "SELECT count(*) FROM objects o WHERE o.status = 'complete' AND o.replication >
                  (SELECT count(*) FROM replicas r JOIN nodes n ON n.id = r.node_id
@@ -1019,11 +1035,21 @@ impl MetaDb {
                 nodes_dead: nodes("dead")?,
                 nodes_failed: nodes("failed")? + nodes("read-only")?,
                 objects: objects as u64,
+                object_bytes: object_bytes as u64,
                 under_replicated: under as u64,
                 pending_deletes: deletes as u64,
             })
         })
     }
+}
+
+fn commit_batch_histogram() -> prometheus::Histogram {
+    let buckets = prometheus::exponential_buckets(1.0, 2.0, 10).expect("valid buckets");
+    let opts = prometheus::HistogramOpts::new(
+        "aether_master_db_commit_batch_size",
+        "Metadata writes committed together by one group commit.",
+    );
+    prometheus::Histogram::with_opts(opts.buckets(buckets)).expect("valid metric")
 }
 
 fn object_status(conn: &Connection, id: &str) -> MetaResult<Option<String>> {

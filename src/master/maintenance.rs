@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
+use super::events::EventKind;
 use super::{repair, MasterState};
 use crate::log;
 use crate::proto::{ReplicaState, ReplicateRequest, ReplicateResult};
@@ -37,7 +38,11 @@ pub fn run(state: &Arc<MasterState>, stopped: &Receiver<()>) {
                 .name(format!("master-repair-{i}"))
                 .spawn(move || {
                     for job in queue {
+                        let n = job.objects.len() as i64;
+                        state.metrics.repairs_queued.sub(n);
+                        state.metrics.repairs_running.add(n);
                         run_job(&state, &job);
+                        state.metrics.repairs_running.sub(n);
                         let mut set = in_flight.lock().expect("in-flight lock");
                         for object in &job.objects {
                             set.remove(object);
@@ -95,9 +100,9 @@ fn update_liveness(state: &MasterState, overslept: Duration) {
     }
     let tick = state.membership.tick(now);
     if !tick.held.is_empty() {
-        log::warn(
-            "master",
-            &format!(
+        state.events.record(
+            EventKind::SilenceHeld,
+            format!(
                 "HOLDING BACK: {} node(s) went silent at once ({}), more than half of the cluster; that is more \
                  likely this master's or its network's trouble than a mass death, so they stay suspect for \
                  another {:?} before their replicas are re-created",
@@ -110,8 +115,10 @@ fn update_liveness(state: &MasterState, overslept: Duration) {
     for (node, new_state, silent) in tick.changes {
         let message = format!("node {node} is {} (silent for {:.1}s)", new_state.as_str(), silent.as_secs_f64());
         match new_state {
-            super::NodeState::Dead => log::warn("master", &format!("{message}; its replicas will be re-created")),
-            _ => log::warn("master", &message),
+            super::NodeState::Dead => {
+                state.events.record(EventKind::NodeDead, format!("{message}; its replicas will be re-created"))
+            }
+            _ => state.events.record(EventKind::NodeSuspect, message),
         }
         if let Err(e) = state.db.set_node_state(&node, new_state) {
             log::error("master", &format!("cannot record that node {node} is {}: {e}", new_state.as_str()));
@@ -151,7 +158,10 @@ fn schedule_repairs(
             state.repairs_in_flight.store(set.len() as u64, Ordering::Relaxed);
         }
         let job = RepairJob { source: source.clone(), target: target.clone(), objects };
+        let n = job.objects.len() as i64;
+        state.metrics.repairs_queued.add(n);
         if let Err(crossbeam_channel::TrySendError::Full(job)) = jobs.try_send(job) {
+            state.metrics.repairs_queued.sub(n);
             // Every worker is busy: these wait for the next tick.
             let mut set = in_flight.lock().expect("in-flight lock");
             for object in &job.objects {
@@ -172,16 +182,18 @@ fn run_job(state: &MasterState, job: &RepairJob) {
         Ok(results) => {
             record_copies(state, &results);
             let failed: Vec<&ReplicateResult> = results.iter().filter(|r| r.status != 201).collect();
+            state.metrics.repairs_done.inc_by((results.len() - failed.len()) as u64);
+            state.metrics.repairs_failed.inc_by(failed.len() as u64);
             if failed.is_empty() {
-                log::info(
-                    "master",
-                    &format!("re-replicated {} object(s) from {} to {}", job.objects.len(), job.source, job.target),
+                state.events.record(
+                    EventKind::RepairFinished,
+                    format!("re-replicated {} object(s) from {} to {}", job.objects.len(), job.source, job.target),
                 );
             } else {
                 let first = failed[0].error.as_deref().unwrap_or("unknown error");
-                log::warn(
-                    "master",
-                    &format!(
+                state.events.record(
+                    EventKind::RepairFailed,
+                    format!(
                         "re-replication from {} to {}: {} of {} failed (first: {first})",
                         job.source,
                         job.target,
@@ -191,7 +203,11 @@ fn run_job(state: &MasterState, job: &RepairJob) {
                 );
             }
         }
-        Err(e) => log::warn("master", &format!("re-replication request to {} failed: {e}", job.source)),
+        Err(e) => {
+            state.metrics.repairs_failed.inc_by(job.objects.len() as u64);
+            let message = format!("re-replication request to {} failed: {e}", job.source);
+            state.events.record(EventKind::RepairFailed, message)
+        }
     }
 }
 

@@ -8,12 +8,15 @@
 //! `maintenance` thread moves node states, repairs and expires.
 
 mod db;
+pub mod events;
 pub mod liveness;
 mod maintenance;
+mod metrics;
 pub mod offline;
 pub mod placement;
 pub mod repair;
 mod s3;
+mod ui;
 
 use std::collections::HashMap;
 use std::io;
@@ -35,8 +38,10 @@ use crate::proto::{
     Inventory, NodeCommands, NodeInfo, NodeList, ObjectId, ObjectInfo, Placement, RegisterNode, ReplaceNodes,
     ReplicaInfo, ReplicaReport, StatusOk,
 };
-use db::{Candidate, Confirmation, MetaDb, MetaError, Registered};
+use db::{Candidate, Confirmation, Counts, MetaDb, MetaError, Registered};
+use events::{EventKind, Events};
 use liveness::{Membership, NodeState, Reported};
+use metrics::MasterMetrics;
 
 #[derive(Debug, Clone)]
 pub struct MasterConfig {
@@ -88,6 +93,20 @@ const MAX_NODES_ASKED: usize = 64;
 const ASKING_OTHERS_FOR: Duration = Duration::from_secs(5);
 /// How long placement avoids a node a client reported failed.
 const FAILED_NODE_PENALTY: Duration = Duration::from_secs(10);
+/// How long one `Snapshot` serves the status page and `/metrics`: however many browsers
+/// and scrapers there are, the nodes and counts are read at most once a second, and on
+/// a database so large that reading them is slow, at most a tenth of the time.
+const SNAPSHOT_TTL: Duration = Duration::from_secs(1);
+const SNAPSHOT_COST_FACTOR: u32 = 10;
+
+/// What the status page and the state metrics show, read at one time.
+pub struct Snapshot {
+    /// Milliseconds since the Unix epoch.
+    pub taken_ms: i64,
+    pub counts: Counts,
+    /// Every registered node, its state as the master sees it now.
+    pub nodes: Vec<NodeInfo>,
+}
 
 pub struct Master {
     http: HttpServer,
@@ -116,6 +135,7 @@ impl Master {
         let lock = DataDirLock::acquire(&config.data_dir)?;
         let db_path = config.data_dir.join("meta.db");
         let db = MetaDb::open(&db_path, config.threads + 2).map_err(io::Error::other)?;
+        let metrics = MasterMetrics::new(db.commit_batches());
         let known = db.nodes().map_err(io::Error::other)?;
         let nodes = Arc::new(RwLock::new(Arc::new(known.iter().map(|n| (n.id.clone(), n.address.clone())).collect())));
         let node_client = NodeClient::new(agent, config.cluster_token.clone(), Arc::clone(&nodes) as Arc<dyn Registry>);
@@ -134,6 +154,9 @@ impl Master {
             repairs_in_flight: AtomicU64::new(0),
             versions: Mutex::new(HashMap::new()),
             penalties: Mutex::new(HashMap::new()),
+            events: Events::default(),
+            metrics,
+            snapshot: Mutex::new(None),
         });
         let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
         let maintenance_state = Arc::clone(&state);
@@ -144,13 +167,18 @@ impl Master {
         let token = config.cluster_token.clone();
         let priority = move |request: &Request| {
             let endpoint = Endpoint::parse(request.method(), http::path_of(request));
-            endpoint == Ok(Endpoint::Health)
+            matches!(endpoint, Ok(Endpoint::Health | Endpoint::Metrics))
                 || http::is_cluster_traffic(request, token.as_deref(), endpoint.is_ok_and(|e| e.is_internal()))
         };
-        let http =
-            HttpServer::start(&config.listen, config.threads, &config.http, "master", priority, move |request| {
-                handler_state.handle(request)
-            })?;
+        let http = HttpServer::start(
+            &config.listen,
+            config.threads,
+            &config.http,
+            "master",
+            &state.metrics.registry,
+            priority,
+            move |request| handler_state.handle(request),
+        )?;
         log::info(
             "master",
             &format!(
@@ -162,6 +190,7 @@ impl Master {
                 config.dead_after
             ),
         );
+        log::info("master", &format!("status page at http://{}/ui, metrics at /metrics", http.local_addr()));
         if config.cluster_token.is_none() {
             log::warn(
                 "master",
@@ -193,6 +222,9 @@ impl Master {
 #[derive(Debug, PartialEq, Eq)]
 enum Endpoint {
     Health,
+    Metrics,
+    StatusPage,
+    StatusFragment,
     RegisterNode,
     Heartbeat,
     ReportReplicas,
@@ -215,6 +247,9 @@ impl Endpoint {
         let is_post = *method == Method::Post;
         let (endpoint, allowed, allow) = match path {
             "/health" => (Endpoint::Health, is_get, "GET"),
+            "/metrics" => (Endpoint::Metrics, is_get, "GET"),
+            "/" | "/ui" => (Endpoint::StatusPage, is_get, "GET"),
+            "/ui/fragment" => (Endpoint::StatusFragment, is_get, "GET"),
             "/api/node/register" => (Endpoint::RegisterNode, is_post, "POST"),
             "/api/node/heartbeat" => (Endpoint::Heartbeat, is_post, "POST"),
             "/api/node/inventory" => (Endpoint::Inventory, is_post, "POST"),
@@ -245,6 +280,35 @@ impl Endpoint {
         } else {
             Err(ApiError::method_not_allowed(method, path, allow))
         }
+    }
+
+    /// The metrics label: the variant's name, whatever the object.
+    fn name(&self) -> &'static str {
+        match self {
+            Endpoint::Health => "Health",
+            Endpoint::Metrics => "Metrics",
+            Endpoint::StatusPage => "StatusPage",
+            Endpoint::StatusFragment => "StatusFragment",
+            Endpoint::RegisterNode => "RegisterNode",
+            Endpoint::Heartbeat => "Heartbeat",
+            Endpoint::ReportReplicas => "ReportReplicas",
+            Endpoint::Inventory => "Inventory",
+            Endpoint::ListNodes => "ListNodes",
+            Endpoint::ClusterStatus => "ClusterStatus",
+            Endpoint::InitUpload => "InitUpload",
+            Endpoint::ReplaceNodes => "ReplaceNodes",
+            Endpoint::CompleteUpload => "CompleteUpload",
+            Endpoint::GetObject(_) => "GetObject",
+            Endpoint::DeleteObject(_) => "DeleteObject",
+            Endpoint::RedirectToReplica(_) => "RedirectToReplica",
+            Endpoint::S3(_) => "S3Namespace",
+        }
+    }
+
+    /// Requests that come every few seconds from machines (health checks, scrapes, the
+    /// status page's refresh, the datanodes' own traffic): logged at debug.
+    fn is_routine(&self) -> bool {
+        self.is_internal() || matches!(self, Endpoint::Health | Endpoint::Metrics | Endpoint::StatusFragment)
     }
 
     /// Operations only datanodes may ask for: they change what the master believes.
@@ -283,6 +347,11 @@ struct MasterState {
     versions: Mutex<HashMap<String, String>>,
     /// Nodes clients reported failed for an upload, until when placement avoids them.
     penalties: Mutex<HashMap<String, Instant>>,
+    /// What happened lately, for the status page.
+    events: Events,
+    metrics: MasterMetrics,
+    /// The last `Snapshot`, until when it serves (`SNAPSHOT_TTL`).
+    snapshot: Mutex<Option<(Instant, Arc<Snapshot>)>>,
 }
 
 impl Registry for RwLock<Arc<Vec<Candidate>>> {
@@ -301,8 +370,10 @@ impl MasterState {
     fn handle(&self, request: &mut Request) -> Handled {
         let bytes_in = request.body_length().unwrap_or(0) as u64;
         let mut routine = false;
+        let mut name = crate::metrics::UNMATCHED;
         let result = Endpoint::parse(request.method(), http::path_of(request)).and_then(|endpoint| {
-            routine = endpoint.is_internal() || endpoint == Endpoint::Health;
+            routine = endpoint.is_routine();
+            name = endpoint.name();
             if endpoint.needs_token() {
                 http::check_token(request, self.config.cluster_token.as_deref())?;
             }
@@ -314,12 +385,19 @@ impl MasterState {
         };
         handled.bytes_in = bytes_in;
         handled.routine = routine;
+        handled.endpoint = name;
         handled
     }
 
     fn dispatch(&self, endpoint: Endpoint, request: &mut Request) -> Result<Reply, ApiError> {
         match endpoint {
             Endpoint::Health => Ok(http::json_reply(200, &Health::ok())),
+            Endpoint::Metrics => {
+                self.metrics.fill(&*self.snapshot()?);
+                Ok(self.metrics.registry.reply())
+            }
+            Endpoint::StatusPage => self.status_page(false),
+            Endpoint::StatusFragment => self.status_page(true),
             Endpoint::RegisterNode => {
                 let body: RegisterNode =
                     http::read_json(request, r#"{"id": "datanode-1", "address": "http://host:42101"}"#)?;
@@ -331,7 +409,13 @@ impl MasterState {
             }
             Endpoint::ReportReplicas => {
                 let body: ReplicaReport = http::read_json(request, "a replica report")?;
+                let corrupt = body.corrupt.len();
                 let delete = self.db.report_replicas(&body.node, body.stored, body.corrupt)?;
+                if corrupt > 0 {
+                    let message =
+                        format!("node {} found {corrupt} corrupt copy(ies); they will be re-created", body.node);
+                    self.events.record(EventKind::CopyCorrupt, message);
+                }
                 Ok(http::json_reply(200, &NodeCommands { delete }))
             }
             Endpoint::Inventory => {
@@ -382,19 +466,23 @@ impl MasterState {
         match outcome {
             Registered::TookOver { previous } => {
                 self.membership.removed(&previous);
-                log::warn(
-                    "master",
-                    &format!(
+                self.events.record(
+                    EventKind::NodeTookOver,
+                    format!(
                         "node {} registered at {address}, taking it over from node {previous}, which was dead or \
                          failed: {previous} is removed and its copies will be re-created",
                         body.id
                     ),
                 );
             }
-            Registered::New => log::info("master", &format!("node {} registered at {address}", body.id)),
-            Registered::AddressChanged => log::info("master", &format!("node {} moved to {address}", body.id)),
+            Registered::New => {
+                self.events.record(EventKind::NodeRegistered, format!("node {} registered at {address}", body.id))
+            }
+            Registered::AddressChanged => {
+                self.events.record(EventKind::NodeMoved, format!("node {} moved to {address}", body.id))
+            }
             Registered::Unchanged if before.is_some_and(|s| s != NodeState::Alive) => {
-                log::info("master", &format!("node {} registered again and is alive", body.id))
+                self.events.record(EventKind::NodeBack, format!("node {} registered again and is alive", body.id))
             }
             Registered::Unchanged => {}
         }
@@ -418,12 +506,12 @@ impl MasterState {
         if before != state {
             self.db.set_node_state(&body.id, state)?;
             match state {
-                NodeState::Alive => {
-                    log::info("master", &format!("node {} is alive again (was {})", body.id, before.as_str()))
-                }
-                _ => log::warn(
-                    "master",
-                    &format!(
+                NodeState::Alive => self
+                    .events
+                    .record(EventKind::NodeBack, format!("node {} is alive again (was {})", body.id, before.as_str())),
+                _ => self.events.record(
+                    EventKind::DiskFailed,
+                    format!(
                         "node {} reports its disk {} ({}): nothing is placed there and its copies are re-created \
                          elsewhere",
                         body.id,
@@ -462,9 +550,9 @@ impl MasterState {
             self.scans.lock().expect("scans lock").remove(&body.node);
             let missing = self.db.finish_inventory(&body.node, &body.scan, started)?;
             if missing > 0 {
-                log::warn(
-                    "master",
-                    &format!("node {} no longer has {missing} replica(s); they will be re-created", body.node),
+                self.events.record(
+                    EventKind::CopiesLost,
+                    format!("node {} no longer has {missing} replica(s); they will be re-created", body.node),
                 );
             }
         }
@@ -475,6 +563,11 @@ impl MasterState {
     }
 
     fn list_nodes(&self) -> Result<Reply, ApiError> {
+        Ok(http::json_reply(200, &NodeList { nodes: self.node_infos()? }))
+    }
+
+    /// Every registered node as `/api/nodes` and the status page show it.
+    fn node_infos(&self) -> Result<Vec<NodeInfo>, ApiError> {
         let now = Instant::now();
         let versions = self.versions.lock().expect("versions lock").clone();
         let nodes = self
@@ -500,7 +593,56 @@ impl MasterState {
                 }
             })
             .collect();
-        Ok(http::json_reply(200, &NodeList { nodes }))
+        Ok(nodes)
+    }
+
+    /// The nodes and counts, read at most once per `SNAPSHOT_TTL` (or ten times what
+    /// reading them took); callers meanwhile share the last reading, and wait for one
+    /// under way instead of starting another.
+    fn snapshot(&self) -> Result<Arc<Snapshot>, ApiError> {
+        let mut cached = self.snapshot.lock().expect("snapshot lock");
+        if let Some((until, snapshot)) = cached.as_ref() {
+            if Instant::now() < *until {
+                return Ok(Arc::clone(snapshot));
+            }
+        }
+        let started = Instant::now();
+        let snapshot =
+            Arc::new(Snapshot { taken_ms: db::now_ms(), counts: self.db.counts()?, nodes: self.node_infos()? });
+        let fresh_for = SNAPSHOT_TTL.max(started.elapsed() * SNAPSHOT_COST_FACTOR);
+        *cached = Some((Instant::now() + fresh_for, Arc::clone(&snapshot)));
+        Ok(snapshot)
+    }
+
+    /// The status page, or (`fragment`) the part of it the page's refresh replaces.
+    fn status_page(&self, fragment: bool) -> Result<Reply, ApiError> {
+        let snapshot = self.snapshot()?;
+        let events = self.events.recent();
+        let repairs = ui::Repairs {
+            queued: self.metrics.repairs_queued.get().max(0) as u64,
+            running: self.metrics.repairs_running.get().max(0) as u64,
+            done: self.metrics.repairs_done.get(),
+            failed: self.metrics.repairs_failed.get(),
+        };
+        // Buckets and their usage come with the S3 namespace: fill `buckets` from it.
+        let view = ui::View {
+            snapshot: &snapshot,
+            events: &events,
+            repairs,
+            replication: self.config.replication,
+            buckets: None,
+        };
+        let html = if fragment { ui::fragment(&view) } else { ui::page(&view) };
+        let mut reply = http::bytes_reply(200, html.into_bytes(), "text/html; charset=utf-8");
+        reply.add_header(http::header("Cache-Control", "no-store"));
+        // Nothing from elsewhere: no external loads, no framing, fetches to this master only.
+        reply.add_header(http::header(
+            "Content-Security-Policy",
+            "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; connect-src 'self'; \
+             frame-ancestors 'none'",
+        ));
+        reply.add_header(http::header("X-Content-Type-Options", "nosniff"));
+        Ok(reply)
     }
 
     fn cluster_status(&self) -> Result<Reply, ApiError> {
@@ -591,6 +733,7 @@ impl MasterState {
         let known = Arc::clone(&self.nodes.read().expect("nodes lock"));
         for (node, _) in known.iter().filter(|(_, address)| body.failed.contains(address)) {
             let before = self.penalties.lock().expect("penalties lock").insert(node.clone(), until);
+            self.metrics.chain_failures.inc();
             if before.is_none() {
                 log::info(
                     "master",
@@ -757,6 +900,13 @@ mod tests {
         let parsed = ObjectId::parse(id).unwrap();
         let table: &[(Method, String, Result<Endpoint, u16>)] = &[
             (Method::Get, "/health".into(), Ok(Endpoint::Health)),
+            (Method::Get, "/metrics".into(), Ok(Endpoint::Metrics)),
+            (Method::Get, "/".into(), Ok(Endpoint::StatusPage)),
+            (Method::Get, "/ui".into(), Ok(Endpoint::StatusPage)),
+            (Method::Get, "/ui/fragment".into(), Ok(Endpoint::StatusFragment)),
+            (Method::Post, "/metrics".into(), Err(405)),
+            (Method::Post, "/ui".into(), Err(405)),
+            (Method::Get, "/ui/other".into(), Err(404)),
             (Method::Post, "/api/node/register".into(), Ok(Endpoint::RegisterNode)),
             (Method::Post, "/api/node/heartbeat".into(), Ok(Endpoint::Heartbeat)),
             (Method::Post, "/api/node/inventory".into(), Ok(Endpoint::Inventory)),

@@ -25,6 +25,7 @@ use tiny_http::Request;
 use crate::client::Client;
 use crate::http::{self, Handled, HttpServer, Reply};
 use crate::log;
+use crate::metrics::Metrics;
 use error::S3Error;
 use router::Operation;
 
@@ -70,12 +71,25 @@ impl Gateway {
     pub fn start(config: GatewayConfig, agent: ureq::Agent) -> io::Result<Gateway> {
         log::info("s3", &format!("aether {} starting", crate::VERSION));
         let client = Client::new(agent, &config.master).with_token(config.cluster_token.clone());
-        let state = GatewayState { keys: auth::KeyCache::new(config.key_cache), client, config: config.clone() };
-        // Only health checks have slots of their own: every other request is a client's.
-        let priority = |request: &tiny_http::Request| crate::http::path_of(request) == "/health";
-        let http = HttpServer::start(&config.listen, config.threads, &config.http, "s3", priority, move |request| {
-            state.handle(request)
-        })?;
+        let metrics = Metrics::new("s3");
+        let state = GatewayState {
+            keys: auth::KeyCache::new(config.key_cache),
+            client,
+            config: config.clone(),
+            metrics: metrics.clone(),
+        };
+        // Only health checks and scrapes have slots of their own: every other request is a
+        // client's.
+        let priority = |request: &tiny_http::Request| matches!(crate::http::path_of(request), "/health" | "/metrics");
+        let http = HttpServer::start(
+            &config.listen,
+            config.threads,
+            &config.http,
+            "s3",
+            &metrics,
+            priority,
+            move |request| state.handle(request),
+        )?;
         log::info(
             "s3",
             &format!(
@@ -102,6 +116,7 @@ struct GatewayState {
     config: GatewayConfig,
     client: Client,
     keys: auth::KeyCache,
+    metrics: Metrics,
 }
 
 /// A request's identity for logs and error bodies.
@@ -112,10 +127,14 @@ fn request_id() -> String {
 
 impl GatewayState {
     fn handle(&self, request: &mut Request) -> Handled {
+        if let Some(handled) = self.own_endpoint(request) {
+            return handled;
+        }
         let id = request_id();
         let bytes_in = request.body_length().unwrap_or(0) as u64;
         let resource = http::path_of(request).to_string();
-        let result = self.serve(request);
+        let mut endpoint = crate::metrics::UNMATCHED;
+        let result = self.serve(request, &mut endpoint);
         let mut handled = match result {
             Ok(reply) => Handled::from(reply),
             Err(e) => {
@@ -132,10 +151,30 @@ impl GatewayState {
         handled.reply.add_header(http::header("x-amz-request-id", &id));
         handled.reply.add_header(http::header("Server", "AetherStore"));
         handled.bytes_in = bytes_in;
+        handled.endpoint = endpoint;
         handled
     }
 
-    fn serve(&self, request: &mut Request) -> Result<Reply, S3Error> {
+    /// `GET /health` and `GET /metrics` without a signature are the gateway's own, for
+    /// load balancers and Prometheus. Buckets named `health` or `metrics` stay reachable:
+    /// every S3 request is signed (this gateway has no anonymous access).
+    fn own_endpoint(&self, request: &Request) -> Option<Handled> {
+        let unsigned = http::header_value(request, "Authorization").is_none()
+            && !request.url().contains("X-Amz-Signature=")
+            && matches!(request.method(), tiny_http::Method::Get | tiny_http::Method::Head);
+        let (reply, endpoint) = match http::path_of(request) {
+            "/health" if unsigned => (http::json_reply(200, &crate::proto::Health::ok()), "Health"),
+            "/metrics" if unsigned => (self.metrics.reply(), "Metrics"),
+            _ => return None,
+        };
+        let mut handled = Handled::from(reply);
+        handled.routine = true;
+        handled.endpoint = endpoint;
+        Some(handled)
+    }
+
+    /// Serves one S3 request; `endpoint` gets the operation's name once it is known.
+    fn serve(&self, request: &mut Request, endpoint: &mut &'static str) -> Result<Reply, S3Error> {
         let url = request.url().to_string();
         let (raw_path, raw_query) = url.split_once('?').unwrap_or((&url, ""));
         let query = sigv4::parse_query(raw_query);
@@ -154,6 +193,7 @@ impl GatewayState {
             None => raw_path.to_string(),
         };
         let operation = Operation::parse(&method, &routed, &query, is_copy)?;
+        *endpoint = operation.name();
         let signer = self.authenticate(&method, raw_path, raw_query, &headers, &query)?;
         let context = handlers::Context { query: &query, headers: &headers, signer };
         self.dispatch(operation, context, request)

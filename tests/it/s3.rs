@@ -147,6 +147,19 @@ fn boto3_against_the_gateway() {
         as_key(other, "s3.list_buckets()") == "InvalidAccessKeyId"
     });
 
+    // Unsigned GETs of /health and /metrics are the gateway's own; signed, they are buckets.
+    let (status, health) = crate::cluster::api_get(&format!("{}/health", s3.gateway.url)).unwrap();
+    assert_eq!((status, health["status"].as_str()), (200, Some("ok")), "{health}");
+    let metrics = crate::cluster::agent().get(&format!("{}/metrics", s3.gateway.url)).call().unwrap();
+    let metrics = metrics.into_string().unwrap();
+    assert!(
+        metrics.lines().any(|l| l.starts_with("aether_http_requests_total{endpoint=\"PutObject\",status=\"200\"}")),
+        "{metrics}"
+    );
+    assert_eq!(as_key(main, "s3.create_bucket(Bucket='metrics')"), "ok");
+    assert_eq!(as_key(main, "s3.put_object(Bucket='metrics', Key='k', Body=b'v')"), "ok");
+    assert_eq!(as_key(main, "print(s3.list_objects_v2(Bucket='metrics')['KeyCount'])"), "1\nok");
+
     // The namespace lives in the master: without a token, nothing is answered.
     let (status, _) = crate::cluster::request("GET", &format!("{}/api/s3/keys", s3.cluster.master.url), None).unwrap();
     assert_eq!(status, 401);
