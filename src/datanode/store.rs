@@ -213,6 +213,8 @@ pub struct BlobStore {
     /// tests lower it to exercise the direct path with small bodies).
     direct_from: u64,
     count: AtomicU64,
+    /// Bytes of the objects held (their sizes, without footers).
+    bytes: AtomicU64,
 }
 
 impl BlobStore {
@@ -254,10 +256,15 @@ impl BlobStore {
             reserve_bytes,
             direct_from: DIRECT_OBJECT,
             count: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
         };
-        let mut count = 0;
-        store.walk(&mut |_, _| count += 1)?;
+        let (mut count, mut bytes) = (0, 0);
+        store.walk(&mut |_, path| {
+            count += 1;
+            bytes += fs::metadata(path).map_or(0, |m| m.len());
+        })?;
         store.count.store(count, Ordering::Relaxed);
+        store.bytes.store(bytes, Ordering::Relaxed);
         store.check_disk();
         Ok((store, removed))
     }
@@ -356,6 +363,17 @@ impl BlobStore {
         self.count.load(Ordering::Relaxed)
     }
 
+    /// About how many bytes the node's objects take (file sizes when the store opened,
+    /// object sizes since).
+    pub fn stored_bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    fn forget_bytes(&self, path: &Path) {
+        let len = fs::metadata(path).map_or(0, |m| m.len());
+        let _ = self.bytes.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| Some(b.saturating_sub(len)));
+    }
+
     /// Streams `body` into a new object. `declared_len` is the request's Content-Length
     /// when it has one; the object is stored only if exactly that many bytes arrive, and
     /// only with `expected` as checksum when that is given. Each piece of the body is
@@ -438,6 +456,7 @@ impl BlobStore {
         fsync_dir(dir)?;
         drop(temp);
         self.count.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(stored.size, Ordering::Relaxed);
         Ok(stored)
     }
 
@@ -525,6 +544,7 @@ impl BlobStore {
     pub fn quarantine(&self, id: &ObjectId) -> io::Result<bool> {
         let source = self.object_path(id);
         let target = self.quarantine.join(format!("{id}.{}", unix_secs() * 1000));
+        self.forget_bytes(&source);
         match fs::rename(&source, &target) {
             Ok(()) => {
                 self.count.fetch_sub(1, Ordering::Relaxed);
@@ -540,6 +560,7 @@ impl BlobStore {
     /// Removes an object; returns whether it was there.
     pub fn delete(&self, id: &ObjectId) -> io::Result<bool> {
         let path = self.object_path(id);
+        self.forget_bytes(&path);
         match fs::remove_file(&path) {
             Ok(()) => {
                 self.count.fetch_sub(1, Ordering::Relaxed);
