@@ -882,7 +882,8 @@ impl MetaDb {
             let gone = matches!(NodeState::parse(&state), NodeState::Dead | NodeState::Removed);
             if drain != Some(Drain::Drained) && !gone {
                 return Err(MetaError::Conflict(format!(
-                    "node {node} is {state}{}: only a drained node, or a dead one whose copies were made again                      elsewhere, may be removed; run `aether node drain {node}` first and wait until it is drained",
+                    "node {node} is {state}{}: only a drained node, or a dead one whose copies were made again \
+                     elsewhere, may be removed; run `aether node drain {node}` first and wait until it is drained",
                     drain.map_or(String::new(), |d| format!(" and {}", d.as_str()))
                 )));
             }
@@ -897,7 +898,8 @@ impl MetaDb {
                 .query_row([&node], |row| row.get(0))?;
             if short > 0 {
                 return Err(MetaError::Conflict(format!(
-                    "node {node} cannot be removed yet: {short} object(s) it holds a copy of are short of their                      replicas without it; wait for repair (see `aether cluster`), or bring the node back"
+                    "node {node} cannot be removed yet: {short} object(s) it holds a copy of are short of their \
+                     replicas without it; wait for repair (see `aether cluster`), or bring the node back"
                 )));
             }
             conn.prepare_cached("DELETE FROM replicas WHERE node_id = ?1")?.execute([&node])?;

@@ -333,7 +333,8 @@ fn schedule_rebalance(
         log::info(
             "master",
             &format!(
-                "rebalance: {from} is {:.1}% used and {to} {:.1}%, more than {:.0} points apart; moving copies at                  most {rate} a second",
+                "rebalance: {from} is {:.1}% used and {to} {:.1}%, more than {:.0} points apart; moving copies at \
+                     most {rate} a second",
                 used(&from),
                 used(&to),
                 band_points(state)

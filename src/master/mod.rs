@@ -406,7 +406,9 @@ impl MasterState {
                 return Err(ApiError::new(
                     409,
                     format!(
-                        "cannot drain node {node}: objects on it need {need} replicas each, but only {} other                          node(s) can take copies (alive, with room, not draining){}; start another datanode first,                          or remove a dead node's replicas by repairing them",
+                        "cannot drain node {node}: objects on it need {need} replicas each, but only {} other \
+                         node(s) can take copies (alive, with room, not draining){}; start another datanode, or \
+                         cancel another drain, first",
                         others.len(),
                         if others.is_empty() { String::new() } else { format!(": {}", others.join(", ")) }
                     ),
@@ -418,7 +420,8 @@ impl MasterState {
             log::info(
                 "master",
                 &format!(
-                    "node {node} is draining: nothing new goes there, and its {} copies are moved to other nodes                      (each dropped only once its new copy is confirmed)",
+                    "node {node} is draining: nothing new goes there, and its {} copies are moved to other nodes \
+                     (each dropped only once its new copy is confirmed)",
                     row.replicas
                 ),
             );

@@ -10,5 +10,6 @@ mod durability;
 mod healing;
 mod hostile;
 mod newcomer;
+mod operations;
 mod security;
 mod tidy;
