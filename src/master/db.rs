@@ -838,6 +838,27 @@ impl MetaDb {
         })
     }
 
+    /// Up to `limit` complete objects with ids after `after`, in id order, each with the
+    /// nodes holding a counted copy: a page of the rebalancer's walk over every object.
+    pub fn objects_after(&self, after: &str, limit: usize) -> MetaResult<Vec<(String, Vec<String>)>> {
+        self.read(|conn| {
+            let ids: Vec<String> = conn
+                .prepare_cached("SELECT id FROM objects WHERE id > ?1 AND status = 'complete' ORDER BY id LIMIT ?2")?
+                .query_map(params![after, limit as i64], |row| row.get(0))?
+                .collect::<Result<_, _>>()?;
+            let mut holders = conn.prepare_cached(
+                "SELECT r.node_id FROM replicas r JOIN nodes n ON n.id = r.node_id
+                 WHERE r.object_id = ?1 AND r.state = 'confirmed' AND n.state IN ('alive', 'suspect')",
+            )?;
+            let mut page = Vec::with_capacity(ids.len());
+            for id in ids {
+                let nodes: Vec<String> = holders.query_map([&id], |row| row.get(0))?.collect::<Result<_, _>>()?;
+                page.push((id, nodes));
+            }
+            Ok(page)
+        })
+    }
+
     /// Drops `node`'s copy of an object once it is not needed: only when the object has
     /// its full count of counted copies without it. The node is told to delete the file.
     /// Returns whether the copy was dropped.

@@ -157,7 +157,18 @@ fn schedule_repairs(
     }
     let targets = state.membership.placeable(0);
     let plan = repair::plan(&fresh, &targets, &state.membership.zones(), &mut rand::thread_rng());
-    send_jobs(state, jobs, in_flight, plan, None)
+    send_jobs(state, jobs, in_flight, plan, Release::Nothing)
+}
+
+/// Whose copies a plan's transfers release once the new ones are confirmed.
+#[derive(Clone, Copy)]
+enum Release<'a> {
+    /// None: a repair.
+    Nothing,
+    /// This node's (a drain, a rebalance off the fullest node).
+    Node(&'a str),
+    /// Each transfer's source's (a copy moved to another zone).
+    Source,
 }
 
 /// Hands a plan's batches to the workers, as far as they take them.
@@ -166,15 +177,20 @@ fn send_jobs(
     jobs: &crossbeam_channel::Sender<RepairJob>,
     in_flight: &Mutex<HashSet<String>>,
     plan: Vec<repair::Transfer>,
-    release: Option<&str>,
+    release: Release,
 ) -> Result<(), String> {
     if plan.is_empty() {
         return Ok(());
     }
     let addresses = state.db.addresses().map_err(|e| e.to_string())?;
-    for (source, target, objects) in repair::batches(plan, BATCH) {
-        let (Some(source), Some(target_address)) = (addresses.get(&source), addresses.get(&target)) else {
+    for (source_id, target, objects) in repair::batches(plan, BATCH) {
+        let (Some(source), Some(target_address)) = (addresses.get(&source_id), addresses.get(&target)) else {
             continue;
+        };
+        let release = match release {
+            Release::Nothing => None,
+            Release::Node(node) => Some(node.to_string()),
+            Release::Source => Some(source_id.clone()),
         };
         if release.is_some() {
             state.db.expect_copies(&target, objects.clone()).map_err(|e| e.to_string())?;
@@ -184,13 +200,8 @@ fn send_jobs(
             set.extend(objects.iter().cloned());
             state.repairs_in_flight.store(set.len() as u64, Ordering::Relaxed);
         }
-        let job = RepairJob {
-            source: source.clone(),
-            target: target_address.clone(),
-            target_id: target,
-            objects,
-            release: release.map(String::from),
-        };
+        let job =
+            RepairJob { source: source.clone(), target: target_address.clone(), target_id: target, objects, release };
         if let Err(crossbeam_channel::TrySendError::Full(job)) = jobs.try_send(job) {
             // Every worker is busy: these wait for the next tick.
             let mut set = in_flight.lock().expect("in-flight lock");
@@ -263,7 +274,7 @@ fn schedule_drains(
         }
         let targets = state.membership.placeable(0);
         let plan = repair::plan(&wanted, &targets, &state.membership.zones(), &mut rand::thread_rng());
-        send_jobs(state, jobs, in_flight, plan, Some(&node))?;
+        send_jobs(state, jobs, in_flight, plan, Release::Node(&node))?;
     }
     Ok(())
 }
@@ -288,6 +299,10 @@ struct Rebalance {
     last: Option<Instant>,
     /// Whether the last tick found usage outside the band (for logging the change).
     active: bool,
+    /// The last object id the zone walk looked at (`""`: start over).
+    zone_cursor: String,
+    /// When the zone walk last reached the end of the objects.
+    zone_pass_ended: Option<Instant>,
 }
 
 /// Moves copies from the fullest node to the emptiest (by used fraction of capacity, as
@@ -308,6 +323,9 @@ fn schedule_rebalance(
     }
     rebalance.budget = (rebalance.budget + rate * elapsed.as_secs_f64()).min(rate.max(1.0));
     if !in_flight.lock().expect("in-flight lock").is_empty() || rebalance.budget < 1.0 {
+        return Ok(());
+    }
+    if schedule_zone_fixes(state, jobs, in_flight, rebalance)? {
         return Ok(());
     }
     let usage: Vec<placement::Usage<String>> = state
@@ -363,7 +381,55 @@ fn schedule_rebalance(
         plan.push(repair::Transfer { object: copy.object, source: from.clone(), target: to.clone() });
     }
     rebalance.budget -= plan.len() as f64;
-    send_jobs(state, jobs, in_flight, plan, Some(&from))
+    send_jobs(state, jobs, in_flight, plan, Release::Node(&from))
+}
+
+/// Objects looked at per tick by the walk that spreads copies over zones.
+const ZONE_WALK_PAGE: usize = 512;
+/// The pause between two walks over every object.
+const ZONE_WALK_PAUSE: Duration = Duration::from_secs(60);
+
+/// Walks every object, a page a tick, and moves one of two copies that share a zone to a
+/// zone the object has no copy in (when there are two zones or more), within the
+/// rebalancer's rate. Returns whether it planned any move.
+fn schedule_zone_fixes(
+    state: &MasterState,
+    jobs: &crossbeam_channel::Sender<RepairJob>,
+    in_flight: &Mutex<HashSet<String>>,
+    rebalance: &mut Rebalance,
+) -> Result<bool, String> {
+    let zones = state.membership.zones();
+    let targets = state.membership.placeable(0);
+    let mut distinct: Vec<&str> = targets.iter().map(|t| zones.get(t).map_or("", String::as_str)).collect();
+    distinct.sort();
+    distinct.dedup();
+    if distinct.len() < 2 {
+        return Ok(false);
+    }
+    if rebalance.zone_pass_ended.is_some_and(|ended| ended.elapsed() < ZONE_WALK_PAUSE) {
+        return Ok(false);
+    }
+    let page = state.db.objects_after(&rebalance.zone_cursor, ZONE_WALK_PAGE).map_err(|e| e.to_string())?;
+    let mut fixes = repair::zone_fixes(&page, &targets, &zones, &mut rand::thread_rng());
+    let allowed = rebalance.budget.floor() as usize;
+    // The walk goes on after the last object looked at, or after the last one moved
+    // when the rate cut the moves short.
+    if fixes.len() > allowed {
+        fixes.truncate(allowed);
+        rebalance.zone_cursor = fixes.last().map_or(rebalance.zone_cursor.clone(), |f| f.object.clone());
+    } else if let Some((last, _)) = page.last() {
+        rebalance.zone_cursor = last.clone();
+    } else {
+        rebalance.zone_cursor.clear();
+        rebalance.zone_pass_ended = Some(Instant::now());
+    }
+    if fixes.is_empty() {
+        return Ok(false);
+    }
+    log::info("master", &format!("moving {} object(s) to spread their copies over zones", fixes.len()));
+    rebalance.budget -= fixes.len() as f64;
+    send_jobs(state, jobs, in_flight, fixes, Release::Source)?;
+    Ok(true)
 }
 
 fn band_points(state: &MasterState) -> f64 {

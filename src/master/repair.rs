@@ -77,6 +77,31 @@ pub fn plan(
     transfers
 }
 
+/// Moves that spread an object over more zones: for each object (id, nodes holding a
+/// counted copy) with two copies in one zone while a node of `targets` (that holds none)
+/// is in a zone the object has no copy in, one copy from the crowded zone goes there.
+/// Returns the transfers; each one's source is also the node whose copy is released.
+pub fn zone_fixes(
+    objects: &[(String, Vec<String>)],
+    targets: &[String],
+    zones: &HashMap<String, String>,
+    rng: &mut impl Rng,
+) -> Vec<Transfer> {
+    let zone = |node: &str| zones.get(node).map_or("", String::as_str);
+    let mut fixes = Vec::new();
+    for (object, holders) in objects {
+        let held: Vec<&str> = holders.iter().map(|h| zone(h)).collect();
+        let Some(crowded) = holders.iter().find(|h| held.iter().filter(|z| **z == zone(h)).count() > 1) else {
+            continue;
+        };
+        let free: Vec<&String> = targets.iter().filter(|t| !holders.contains(t) && !held.contains(&zone(t))).collect();
+        if let Some(target) = free.choose(rng) {
+            fixes.push(Transfer { object: object.clone(), source: crowded.clone(), target: (*target).clone() });
+        }
+    }
+    fixes
+}
+
 /// Up to `n` of `candidates` at random, each preferring a zone that neither `healthy`
 /// nor an earlier pick is in (nodes without a zone share the zone `""`).
 fn spread_over_zones<'a>(
@@ -214,6 +239,30 @@ mod tests {
             targets.sort();
             assert_eq!(targets, vec!["d", "e"]);
         }
+    }
+
+    #[test]
+    fn two_copies_in_one_zone_move_one_when_another_zone_has_room() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(6);
+        let zones: HashMap<String, String> =
+            [("a", "east"), ("b", "east"), ("c", "west"), ("d", "west")].map(|(n, z)| (n.into(), z.into())).into();
+        let objects = vec![
+            ("crowded".to_string(), nodes(&["a", "b"])),
+            ("spread".to_string(), nodes(&["a", "c"])),
+            ("crowded-west".to_string(), nodes(&["c", "d"])),
+        ];
+        let fixes = zone_fixes(&objects, &nodes(&["a", "b", "c", "d"]), &zones, &mut rng);
+        assert_eq!(fixes.len(), 2, "{fixes:?}");
+        assert!(
+            fixes[0].object == "crowded" && fixes[0].source == "a" && ["c", "d"].contains(&fixes[0].target.as_str())
+        );
+        assert!(
+            fixes[1].object == "crowded-west"
+                && fixes[1].source == "c"
+                && ["a", "b"].contains(&fixes[1].target.as_str())
+        );
+        // No other zone with room: nothing moves.
+        assert!(zone_fixes(&objects[..1], &nodes(&["a", "b"]), &zones, &mut rng).is_empty());
     }
 
     #[test]

@@ -246,29 +246,52 @@ fn a_new_empty_node_is_filled_until_usage_is_within_the_band() {
 #[test]
 fn replicas_spread_over_zones_so_a_whole_zone_can_die() {
     let mut cluster = TestCluster::start_with("zones", 0, &["--replication", "2", "--dead-after", "1.5"], &[]);
-    for (i, zone) in ["east", "east", "west", "west"].iter().enumerate() {
+    let add = |cluster: &mut TestCluster, id: &str, zone: &str| {
         let mut args = FAST_DATANODE.to_vec();
         args.extend_from_slice(&["--zone", zone]);
-        cluster.add_datanode(&format!("datanode-{}", i + 1), &args);
-    }
+        cluster.add_datanode(id, &args);
+    };
     let master = cluster.master.url.clone();
-    wait_until("four nodes with their zones", Duration::from_secs(30), || {
-        let listed = nodes(&master);
-        listed.len() == 4 && listed.iter().all(|n| n["zone"].is_string())
-    });
+    let zoned = |n: usize| {
+        let master = master.clone();
+        move || {
+            let listed = nodes(&master);
+            listed.len() == n && listed.iter().all(|n| n["zone"].is_string())
+        }
+    };
+    // At first only the east zone exists: both copies of these objects are there.
+    add(&mut cluster, "datanode-1", "east");
+    add(&mut cluster, "datanode-2", "east");
+    wait_until("two east nodes", Duration::from_secs(30), zoned(2));
+    let mut objects = upload_many(&cluster.master.url, 10, 2048);
+    // The west zone joins: new objects get one copy in each zone, and the old ones get
+    // one of their two east copies moved west.
+    add(&mut cluster, "datanode-3", "west");
+    add(&mut cluster, "datanode-4", "west");
+    wait_until("four nodes with their zones", Duration::from_secs(30), zoned(4));
+    let master = cluster.master.url.clone();
     let listing = aether_ok(&cluster, &["nodes"]);
     assert!(listing.contains("zone east") && listing.contains("zone west"), "{listing}");
     let zone_of: HashMap<String, String> = nodes(&master)
         .iter()
         .map(|n| (n["id"].as_str().unwrap().to_string(), n["zone"].as_str().unwrap().to_string()))
         .collect();
-    let objects = upload_many(&master, 20, 2048);
-    for (id, _) in &objects {
+    let new = upload_many(&master, 20, 2048);
+    let zones_of = |id: &str| {
         let mut zones: Vec<String> = holders(&master, id).iter().map(|h| zone_of[h].clone()).collect();
         zones.sort();
         zones.dedup();
-        assert_eq!(zones.len(), 2, "object {id} has its replicas in one zone");
+        zones
+    };
+    for (id, _) in &new {
+        assert_eq!(zones_of(id).len(), 2, "new object {id} has its replicas in one zone");
     }
+    let started = Instant::now();
+    wait_until("the old objects to spread over both zones", Duration::from_secs(60), || {
+        objects.iter().all(|(id, _)| zones_of(id).len() == 2 && holders(&master, id).len() == 2)
+    });
+    eprintln!("spread 10 old objects over a new zone in {:.1} s", started.elapsed().as_secs_f64());
+    objects.extend(new);
     // The whole east zone dies: every object is still read back.
     cluster.datanodes[0].kill();
     cluster.datanodes[1].kill();
