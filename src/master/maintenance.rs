@@ -228,19 +228,19 @@ fn schedule_drains(
     jobs: &crossbeam_channel::Sender<RepairJob>,
     in_flight: &Mutex<HashSet<String>>,
 ) -> Result<(), String> {
-    let draining: Vec<String> = {
+    // Drained nodes too: an upload placed on one before its drain may complete there.
+    let draining: Vec<(String, Drain)> = {
         let drains = state.drains.lock().expect("drains lock");
-        let mut ids: Vec<String> =
-            drains.iter().filter(|(_, d)| **d == Drain::Draining).map(|(id, _)| id.clone()).collect();
-        ids.sort();
-        ids
+        let mut nodes: Vec<(String, Drain)> = drains.iter().map(|(id, d)| (id.clone(), *d)).collect();
+        nodes.sort_by(|a, b| a.0.cmp(&b.0));
+        nodes
     };
-    for node in draining {
+    for (node, drain) in draining {
         let busy = in_flight.lock().expect("in-flight lock").len();
         let capacity = (state.config.repair_concurrency.max(1) * BATCH * 2).saturating_sub(busy);
         let copies = state.db.copies_on(&node, busy + capacity.max(1)).map_err(|e| e.to_string())?;
         if copies.is_empty() {
-            if busy == 0 {
+            if drain == Drain::Draining {
                 finish_drain(state, &node)?;
             }
             continue;
@@ -280,8 +280,14 @@ fn schedule_drains(
 }
 
 fn finish_drain(state: &MasterState, node: &str) -> Result<(), String> {
+    // Under the lock: a drain cancelled meanwhile stays cancelled.
+    let mut drains = state.drains.lock().expect("drains lock");
+    if drains.get(node) != Some(&Drain::Draining) {
+        return Ok(());
+    }
     state.db.set_drain(node, Some(Drain::Drained)).map_err(|e| e.to_string())?;
-    state.drains.lock().expect("drains lock").insert(node.to_string(), Drain::Drained);
+    drains.insert(node.to_string(), Drain::Drained);
+    drop(drains);
     log::info(
         "master",
         &format!(

@@ -414,9 +414,11 @@ impl MasterState {
                     ),
                 ));
             }
+            let mut drains = self.drains.lock().expect("drains lock");
             self.db.set_drain(node, Some(Drain::Draining))?;
+            drains.insert(node.to_string(), Drain::Draining);
+            drop(drains);
             self.membership.set_draining(node, true);
-            self.drains.lock().expect("drains lock").insert(node.to_string(), Drain::Draining);
             log::info(
                 "master",
                 &format!(
@@ -437,9 +439,12 @@ impl MasterState {
             return Err(ApiError::not_found(format!("node {node:?} is not registered; `aether nodes` lists them")));
         };
         if row.drain.is_some() {
+            // Under the lock, as the maintenance loop finishing the drain writes.
+            let mut drains = self.drains.lock().expect("drains lock");
             self.db.set_drain(node, None)?;
+            drains.remove(node);
+            drop(drains);
             self.membership.set_draining(node, false);
-            self.drains.lock().expect("drains lock").remove(node);
             log::info("master", &format!("node {node}'s drain is cancelled: it takes new copies again"));
         }
         Ok(http::json_reply(200, &DrainStatus { id: node.to_string(), drain: None, copies_left: row.replicas }))
