@@ -187,6 +187,16 @@ fn a_drain_the_others_cannot_take_is_refused_at_once_and_a_drain_can_be_cancelle
     assert!(placed_on_first > 0, "a node whose drain was cancelled got nothing in 20 placements");
     let (_, status) = api_get(&format!("{master}/api/cluster")).unwrap();
     assert_eq!(status["nodes_draining"], 0, "{status}");
+
+    // A dead node may be removed once its copies were made again elsewhere.
+    cluster.datanodes[1].kill();
+    wait_until("datanode-2 dead and its copies repaired", Duration::from_secs(30), || {
+        let (_, status) = api_get(&format!("{master}/api/cluster")).unwrap();
+        // `/api/cluster` counts from the database, which repair and removal read.
+        status["nodes_dead"] == 1 && status["under_replicated"] == 0
+    });
+    aether_ok(&cluster, &["node", "remove", "datanode-2"]);
+    assert!(nodes(&master).iter().all(|n| n["id"] != "datanode-2"));
 }
 
 /// Used fraction of a node's capacity in percent, as its heartbeat said.
