@@ -216,7 +216,7 @@ fn a_new_empty_node_is_filled_until_usage_is_within_the_band() {
     let mut cluster = fast_cluster(
         "rebalance",
         2,
-        &["--replication", "2", "--rebalance-band", "10", "--rebalance-rate", "20"],
+        &["--replication", "2", "--rebalance-band", "10", "--rebalance-rate", "8"],
         capacity,
     );
     let master = cluster.master.url.clone();
@@ -245,8 +245,10 @@ fn a_new_empty_node_is_filled_until_usage_is_within_the_band() {
         "rebalanced from {before:.1?} % to {after:.1?} % used in {:.1} s, moving {moved} copies",
         took.as_secs_f64()
     );
-    // Bounded: the band is reached with about the copies needed (20 of 60) and no churn.
+    // Bounded: the band is reached with about the copies needed (20 of 60) and no churn,
+    // and no faster than 8 a second (after a first second's worth).
     assert!((10..=26).contains(&moved), "{moved} copies moved to the new node");
+    assert!(took.as_secs_f64() >= (moved as f64 - 8.0) / 8.0, "{moved} copies in {took:?}: faster than 8 a second");
     for (id, _) in &objects {
         assert_eq!(holders(&master, id).len(), 2, "object {id}");
     }
