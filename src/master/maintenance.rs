@@ -2,8 +2,9 @@
 //! dead (holding back a mass death, and giving grace after its own stall), plans re-replication for objects below their replication factor and hands the
 //! batches to a bounded pool of repair workers, and expires uploads never completed.
 //!
-//! The same workers move copies: off a draining node, and from the fullest node to the
-//! emptiest (rebalance). A move is a repair copy with a node to release: once the new
+//! The same workers move copies: off a draining node, from the fullest node to the
+//! emptiest (rebalance), and out of a zone holding two copies of an object into a zone
+//! holding none (a bounded walk over every object). A move is a repair copy with a node to release: once the new
 //! copy is confirmed, the released node's copy is dropped (`MetaDb::release_copy`, which
 //! refuses while the object would fall short of its replicas without it) and the node is
 //! told to delete it. So an object never has fewer counted copies than its replication
