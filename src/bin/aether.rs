@@ -295,12 +295,6 @@ struct ClusterArgs {
 struct NodeArgs {
     #[argh(subcommand)]
     action: NodeAction,
-    /// master URL (env AETHER_MASTER; default http://127.0.0.1:42100)
-    #[argh(option)]
-    master: Option<String>,
-    /// the cluster's token, which these commands need when the master has one (env AETHER_CLUSTER_TOKEN, which keeps it out of ps)
-    #[argh(option)]
-    cluster_token: Option<String>,
 }
 
 #[derive(FromArgs)]
@@ -319,6 +313,12 @@ struct NodeDrainArgs {
     /// the node id, as `aether nodes` lists it
     #[argh(positional)]
     id: String,
+    /// master URL (env AETHER_MASTER; default http://127.0.0.1:42100)
+    #[argh(option)]
+    master: Option<String>,
+    /// the cluster's token, which this needs when the master has one (env AETHER_CLUSTER_TOKEN, which keeps it out of ps)
+    #[argh(option)]
+    cluster_token: Option<String>,
 }
 
 #[derive(FromArgs)]
@@ -328,6 +328,12 @@ struct NodeCancelDrainArgs {
     /// the node id
     #[argh(positional)]
     id: String,
+    /// master URL (env AETHER_MASTER; default http://127.0.0.1:42100)
+    #[argh(option)]
+    master: Option<String>,
+    /// the cluster's token, which this needs when the master has one (env AETHER_CLUSTER_TOKEN, which keeps it out of ps)
+    #[argh(option)]
+    cluster_token: Option<String>,
 }
 
 #[derive(FromArgs)]
@@ -337,6 +343,12 @@ struct NodeUndrainArgs {
     /// the node id
     #[argh(positional)]
     id: String,
+    /// master URL (env AETHER_MASTER; default http://127.0.0.1:42100)
+    #[argh(option)]
+    master: Option<String>,
+    /// the cluster's token, which this needs when the master has one (env AETHER_CLUSTER_TOKEN, which keeps it out of ps)
+    #[argh(option)]
+    cluster_token: Option<String>,
 }
 
 #[derive(FromArgs)]
@@ -346,6 +358,12 @@ struct NodeRemoveArgs {
     /// the node id
     #[argh(positional)]
     id: String,
+    /// master URL (env AETHER_MASTER; default http://127.0.0.1:42100)
+    #[argh(option)]
+    master: Option<String>,
+    /// the cluster's token, which this needs when the master has one (env AETHER_CLUSTER_TOKEN, which keeps it out of ps)
+    #[argh(option)]
+    cluster_token: Option<String>,
 }
 
 #[derive(FromArgs)]
@@ -617,14 +635,16 @@ fn run(command: Command) -> Result<(), String> {
 
 /// `aether node drain|cancel-drain|undrain|remove ID`.
 fn node_command(args: NodeArgs) -> Result<(), String> {
-    let client = client_for(args.master).with_token(setting(args.cluster_token, "AETHER_CLUSTER_TOKEN"));
+    let client = |master: Option<String>, token: Option<String>| {
+        client_for(master).with_token(setting(token, "AETHER_CLUSTER_TOKEN"))
+    };
     let explain = |e: client::ClientError| match e.status() {
         Some(401) => format!("{e}: this needs the cluster token; set AETHER_CLUSTER_TOKEN (or --cluster-token)"),
         _ => e.to_string(),
     };
     match args.action {
         NodeAction::Drain(a) => {
-            let status = client.drain_node(&a.id).map_err(explain)?;
+            let status = client(a.master, a.cluster_token).drain_node(&a.id).map_err(explain)?;
             match status.drain.as_deref() {
                 Some("drained") => println!("node {} is drained; `aether node remove {}` forgets it", a.id, a.id),
                 _ => println!(
@@ -633,12 +653,13 @@ fn node_command(args: NodeArgs) -> Result<(), String> {
                 ),
             }
         }
-        NodeAction::CancelDrain(NodeCancelDrainArgs { id }) | NodeAction::Undrain(NodeUndrainArgs { id }) => {
-            let status = client.undrain_node(&id).map_err(explain)?;
+        NodeAction::CancelDrain(NodeCancelDrainArgs { id, master, cluster_token })
+        | NodeAction::Undrain(NodeUndrainArgs { id, master, cluster_token }) => {
+            let status = client(master, cluster_token).undrain_node(&id).map_err(explain)?;
             println!("node {id} is no longer draining; it holds {} copies and takes new ones", status.copies_left);
         }
         NodeAction::Remove(a) => {
-            client.remove_node(&a.id).map_err(explain)?;
+            client(a.master, a.cluster_token).remove_node(&a.id).map_err(explain)?;
             println!("node {} is removed", a.id);
         }
     }
