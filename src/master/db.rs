@@ -825,6 +825,13 @@ impl MetaDb {
         })
     }
 
+    /// Drops every move's expected copy: at start-up, when no move is under way (a copy
+    /// one made after all is then a surplus copy, and deleted). The partial index of
+    /// non-confirmed rows keeps this from reading every replica.
+    pub fn forget_all_expected(&self) -> MetaResult<usize> {
+        self.write(|conn| Ok(conn.execute("DELETE FROM replicas WHERE state != 'confirmed' AND state = 'placed'", [])?))
+    }
+
     /// Drops the expectations of copies a move did not make.
     pub fn forget_expected(&self, node: &str, objects: Vec<String>) -> MetaResult<()> {
         let node = node.to_string();
@@ -1855,6 +1862,8 @@ mod tests {
         assert!(!db.release_copy(&id.to_string(), "n1").unwrap());
         assert!(matches!(db.remove_node("n1"), Err(MetaError::Conflict(_))));
         // Without the expectation, a third copy would be taken for a surplus one.
+        db.expect_copies("n3", vec![id.to_string()]).unwrap();
+        assert_eq!(db.forget_all_expected().unwrap(), 1, "a restart forgets moves under way");
         db.expect_copies("n3", vec![id.to_string()]).unwrap();
         assert!(db.report_replicas("n3", vec![replica(id, 5)], vec![]).unwrap().is_empty());
         assert!(db.release_copy(&id.to_string(), "n1").unwrap());

@@ -121,6 +121,8 @@ impl Master {
         let lock = DataDirLock::acquire(&config.data_dir)?;
         let db_path = config.data_dir.join("meta.db");
         let db = MetaDb::open(&db_path, config.threads + 2).map_err(io::Error::other)?;
+        // Moves do not survive a restart: their expected copies are dropped.
+        db.forget_all_expected().map_err(io::Error::other)?;
         let known = db.nodes().map_err(io::Error::other)?;
         let nodes = Arc::new(RwLock::new(Arc::new(known.iter().map(|n| (n.id.clone(), n.address.clone())).collect())));
         let node_client = NodeClient::new(agent, config.cluster_token.clone(), Arc::clone(&nodes) as Arc<dyn Registry>);
