@@ -13,9 +13,9 @@ use serde::Serialize;
 
 use crate::node_client::{NodeClient, ObjectPut};
 use crate::proto::{
-    Checksum, ClusterStatus, CompleteUpload, ErrorBody, Heartbeat, InitUpload, Inventory, NodeCommands, NodeInfo,
-    NodeList, ObjectId, ObjectInfo, Placement, Receipt, RegisterNode, ReplaceNodes, ReplicaReport, ReplicaResult,
-    StatusOk, Stored, CHECKSUM_HEADER, TOKEN_HEADER,
+    Checksum, ClusterStatus, CompleteUpload, DrainStatus, ErrorBody, Heartbeat, InitUpload, Inventory, NodeCommands,
+    NodeInfo, NodeList, ObjectId, ObjectInfo, Placement, Receipt, RegisterNode, ReplaceNodes, ReplicaReport,
+    ReplicaResult, StatusOk, Stored, CHECKSUM_HEADER, TOKEN_HEADER,
 };
 
 #[derive(Debug)]
@@ -232,8 +232,16 @@ impl Client {
     }
 
     pub fn register(&self, id: &str, address: &str) -> Result<(), ClientError> {
-        let body =
-            RegisterNode { id: id.to_string(), address: address.to_string(), version: Some(crate::VERSION.into()) };
+        self.register_in_zone(id, address, None)
+    }
+
+    pub fn register_in_zone(&self, id: &str, address: &str, zone: Option<&str>) -> Result<(), ClientError> {
+        let body = RegisterNode {
+            id: id.to_string(),
+            address: address.to_string(),
+            version: Some(crate::VERSION.into()),
+            zone: zone.map(String::from),
+        };
         let _: StatusOk = self.post("/api/node/register", &body)?;
         Ok(())
     }
@@ -288,6 +296,23 @@ impl Client {
 
     pub fn delete_object(&self, id: &ObjectId) -> Result<(), ClientError> {
         let url = format!("{}/api/objects/{id}", self.master);
+        self.request("DELETE", &url).call().map_err(|e| from_ureq(&url, e))?;
+        Ok(())
+    }
+
+    /// Starts draining a node (`aether node drain`); needs the token when there is one.
+    pub fn drain_node(&self, node: &str) -> Result<DrainStatus, ClientError> {
+        self.post(&format!("/api/nodes/{node}/drain"), &serde_json::json!({}))
+    }
+
+    /// Cancels a node's drain.
+    pub fn undrain_node(&self, node: &str) -> Result<DrainStatus, ClientError> {
+        self.post(&format!("/api/nodes/{node}/undrain"), &serde_json::json!({}))
+    }
+
+    /// Forgets a drained node, or a dead one whose copies were made again.
+    pub fn remove_node(&self, node: &str) -> Result<(), ClientError> {
+        let url = format!("{}/api/nodes/{node}", self.master);
         self.request("DELETE", &url).call().map_err(|e| from_ureq(&url, e))?;
         Ok(())
     }

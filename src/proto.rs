@@ -14,6 +14,9 @@ pub struct RegisterNode {
     /// The datanode's `aether --version`; absent from older nodes and curl.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
+    /// The zone (rack, room, site) the node is in, from `--zone`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
 }
 
 /// The answer of control-plane writes that have nothing else to say.
@@ -103,6 +106,22 @@ pub struct NodeInfo {
     /// What the node runs, as it last said (in memory: unknown right after a master restart).
     #[serde(default)]
     pub version: Option<String>,
+    /// Its zone (rack, room, site), if it named one.
+    #[serde(default)]
+    pub zone: Option<String>,
+    /// `draining` or `drained` once an operator drained it; absent otherwise.
+    #[serde(default)]
+    pub drain: Option<String>,
+}
+
+/// The answer of `POST /api/nodes/{id}/drain` and `/undrain`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DrainStatus {
+    pub id: String,
+    /// `draining`, `drained`, or absent when the drain was cancelled.
+    pub drain: Option<String>,
+    /// Confirmed copies still on the node.
+    pub copies_left: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -363,6 +382,9 @@ pub struct Heartbeat {
     /// Why the disk is not `ok`, in a sentence.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_error: Option<String>,
+    /// The node's zone (rack, room, site), from `--zone`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
 }
 
 /// What a datanode's own checks found its data disk to be.
@@ -488,6 +510,14 @@ pub struct ClusterStatus {
     pub under_replicated: u64,
     pub repairs_in_flight: u64,
     pub pending_deletes: u64,
+    /// Nodes being drained, and the confirmed copies still on them.
+    #[serde(default)]
+    pub nodes_draining: u64,
+    #[serde(default)]
+    pub copies_to_move: u64,
+    /// Drained nodes, waiting for `aether node remove`.
+    #[serde(default)]
+    pub nodes_drained: u64,
     /// What the master runs.
     #[serde(default)]
     pub version: String,

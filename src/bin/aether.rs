@@ -57,6 +57,7 @@ enum Command {
     Key(KeyArgs),
     Health(HealthArgs),
     Completions(CompletionsArgs),
+    Node(NodeArgs),
 }
 
 #[derive(FromArgs)]
@@ -75,6 +76,9 @@ struct DevArgs {
     /// master port; datanode i listens on port+i; 0 picks free ports (default: 42100)
     #[argh(option, default = "42100")]
     port: u16,
+    /// the S3 gateway's port; 0 picks a free one (default: the master's port + 100)
+    #[argh(option)]
+    s3_port: Option<u16>,
     /// log level: error, warn, info or debug (env AETHER_LOG; default info)
     #[argh(option)]
     log_level: Option<String>,
@@ -144,6 +148,12 @@ struct MasterArgs {
     /// seconds accept() may keep failing before the server exits non-zero (env AETHER_ACCEPT_FAILURE_LIMIT; default 60)
     #[argh(option)]
     accept_failure_limit: Option<String>,
+    /// percentage points of disk usage nodes may differ by before copies move from the fullest to the emptiest (env AETHER_REBALANCE_BAND; default 10)
+    #[argh(option)]
+    rebalance_band: Option<f64>,
+    /// copies the rebalancer moves a second at most, fractions allowed; 0 turns it off (env AETHER_REBALANCE_RATE; default 10)
+    #[argh(option)]
+    rebalance_rate: Option<f64>,
 }
 
 #[derive(FromArgs)]
@@ -216,6 +226,12 @@ struct DatanodeArgs {
     /// seconds accept() may keep failing before the server exits non-zero (env AETHER_ACCEPT_FAILURE_LIMIT; default 60)
     #[argh(option)]
     accept_failure_limit: Option<String>,
+    /// the zone (rack, room or site) of this node: each object's replicas are spread over zones (env AETHER_ZONE; default none)
+    #[argh(option)]
+    zone: Option<String>,
+    /// space this node offers, e.g. 500G, when less than its disk (env AETHER_CAPACITY; default the disk's)
+    #[argh(option)]
+    capacity: Option<String>,
 }
 
 #[derive(FromArgs)]
@@ -443,6 +459,83 @@ struct CompletionsArgs {
 }
 
 #[derive(FromArgs)]
+#[argh(subcommand, name = "node")]
+/// Operate on one datanode: drain it, cancel its drain, remove it.
+struct NodeArgs {
+    #[argh(subcommand)]
+    action: NodeAction,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand)]
+enum NodeAction {
+    Drain(NodeDrainArgs),
+    CancelDrain(NodeCancelDrainArgs),
+    Undrain(NodeUndrainArgs),
+    Remove(NodeRemoveArgs),
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand, name = "drain")]
+/// Move every copy off a node (each copied elsewhere before it is dropped) and place nothing new there.
+struct NodeDrainArgs {
+    /// the node id, as `aether nodes` lists it
+    #[argh(positional)]
+    id: String,
+    /// master URL (env AETHER_MASTER; default http://127.0.0.1:42100)
+    #[argh(option)]
+    master: Option<String>,
+    /// the cluster's token, which this needs when the master has one (env AETHER_CLUSTER_TOKEN, which keeps it out of ps)
+    #[argh(option)]
+    cluster_token: Option<String>,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand, name = "cancel-drain")]
+/// Cancel a drain: the node takes new copies again.
+struct NodeCancelDrainArgs {
+    /// the node id
+    #[argh(positional)]
+    id: String,
+    /// master URL (env AETHER_MASTER; default http://127.0.0.1:42100)
+    #[argh(option)]
+    master: Option<String>,
+    /// the cluster's token, which this needs when the master has one (env AETHER_CLUSTER_TOKEN, which keeps it out of ps)
+    #[argh(option)]
+    cluster_token: Option<String>,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand, name = "undrain")]
+/// The same as cancel-drain.
+struct NodeUndrainArgs {
+    /// the node id
+    #[argh(positional)]
+    id: String,
+    /// master URL (env AETHER_MASTER; default http://127.0.0.1:42100)
+    #[argh(option)]
+    master: Option<String>,
+    /// the cluster's token, which this needs when the master has one (env AETHER_CLUSTER_TOKEN, which keeps it out of ps)
+    #[argh(option)]
+    cluster_token: Option<String>,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand, name = "remove")]
+/// Forget a drained node, or a dead one whose copies were all made again.
+struct NodeRemoveArgs {
+    /// the node id
+    #[argh(positional)]
+    id: String,
+    /// master URL (env AETHER_MASTER; default http://127.0.0.1:42100)
+    #[argh(option)]
+    master: Option<String>,
+    /// the cluster's token, which this needs when the master has one (env AETHER_CLUSTER_TOKEN, which keeps it out of ps)
+    #[argh(option)]
+    cluster_token: Option<String>,
+}
+
+#[derive(FromArgs)]
 #[argh(subcommand, name = "bench")]
 /// Measure: put, get, mixed, init, lookup against a running cluster; loopback (this
 /// machine's TCP bandwidth); populate (fill a stopped master's database for scaling runs).
@@ -578,6 +671,7 @@ fn run(command: Command) -> Result<(), String> {
                 replication: dev::replication_for(args.datanodes, args.replication)?,
                 port: args.port,
                 dead_after: seconds_setting(args.dead_after, "AETHER_DEAD_AFTER", Duration::from_secs(12))?,
+                s3_port: args.s3_port,
             };
             dev::run(&config).map_err(|e| e.to_string())
         }
@@ -602,6 +696,15 @@ fn run(command: Command) -> Result<(), String> {
             config.upload_grace = seconds_setting(args.upload_grace, "AETHER_UPLOAD_GRACE", config.upload_grace)?;
             config.repair_concurrency =
                 parsed(args.repair_concurrency, "AETHER_REPAIR_CONCURRENCY", config.repair_concurrency)?;
+            let band = parsed(args.rebalance_band, "AETHER_REBALANCE_BAND", config.rebalance_band * 100.0)?;
+            if !(0.0..=100.0).contains(&band) {
+                return Err(format!("--rebalance-band {band} is not between 0 and 100 percentage points"));
+            }
+            config.rebalance_band = band / 100.0;
+            config.rebalance_rate = parsed(args.rebalance_rate, "AETHER_REBALANCE_RATE", config.rebalance_rate)?;
+            if !(config.rebalance_rate >= 0.0 && config.rebalance_rate.is_finite()) {
+                return Err(format!("--rebalance-rate {} is not a number of copies a second", config.rebalance_rate));
+            }
             config.http = http_limits(HttpFlags {
                 max_connections: args.max_connections,
                 idle_timeout: args.idle_timeout,
@@ -637,6 +740,8 @@ fn run(command: Command) -> Result<(), String> {
             config.scrub_rate = size_setting(args.scrub_rate, "AETHER_SCRUB_RATE", config.scrub_rate)?;
             config.scrub_pause = seconds_setting(args.scrub_pause, "AETHER_SCRUB_PAUSE", config.scrub_pause)?;
             config.hop_timeout = seconds_setting(args.hop_timeout, "AETHER_HOP_TIMEOUT", config.hop_timeout)?;
+            config.zone = setting(args.zone, "AETHER_ZONE");
+            config.capacity_bytes = setting(args.capacity, "AETHER_CAPACITY").map(|t| parse_size(&t)).transpose()?;
             config.http = http_limits(HttpFlags {
                 max_connections: args.max_connections,
                 idle_timeout: args.idle_timeout,
@@ -728,6 +833,7 @@ fn run(command: Command) -> Result<(), String> {
             print!("{}", completions::script(&args.shell, &command_tree())?);
             Ok(())
         }
+        Command::Node(args) => node_command(args),
         Command::Bench(args) => {
             let config = BenchConfig {
                 workload: Workload::parse(&args.workload)?,
@@ -761,6 +867,39 @@ fn command_tree() -> completions::CommandSpec {
         }
     };
     completions::CommandSpec::read(&["aether"], "", &help)
+}
+
+/// `aether node drain|cancel-drain|undrain|remove ID`.
+fn node_command(args: NodeArgs) -> Result<(), String> {
+    let client = |master: Option<String>, token: Option<String>| {
+        client_for(master).with_token(setting(token, "AETHER_CLUSTER_TOKEN"))
+    };
+    let explain = |e: client::ClientError| match e.status() {
+        Some(401) => format!("{e}: this needs the cluster token; set AETHER_CLUSTER_TOKEN (or --cluster-token)"),
+        _ => e.to_string(),
+    };
+    match args.action {
+        NodeAction::Drain(a) => {
+            let status = client(a.master, a.cluster_token).drain_node(&a.id).map_err(explain)?;
+            match status.drain.as_deref() {
+                Some("drained") => println!("node {} is drained; `aether node remove {}` forgets it", a.id, a.id),
+                _ => println!(
+                    "node {} is draining: {} copies to move; `aether nodes` shows the copies left",
+                    a.id, status.copies_left
+                ),
+            }
+        }
+        NodeAction::CancelDrain(NodeCancelDrainArgs { id, master, cluster_token })
+        | NodeAction::Undrain(NodeUndrainArgs { id, master, cluster_token }) => {
+            let status = client(master, cluster_token).undrain_node(&id).map_err(explain)?;
+            println!("node {id} is no longer draining; it holds {} copies and takes new ones", status.copies_left);
+        }
+        NodeAction::Remove(a) => {
+            client(a.master, a.cluster_token).remove_node(&a.id).map_err(explain)?;
+            println!("node {} is removed", a.id);
+        }
+    }
+    Ok(())
 }
 
 /// The command line with a lone `-` (standard input, as in every Unix tool) moved after a

@@ -193,7 +193,7 @@ fn heartbeat_loop(
         let outcome = if registered {
             heartbeat(node, master)
         } else {
-            master.register(&node.id, &node.address).map(|()| {
+            master.register_in_zone(&node.id, &node.address, node.zone.as_deref()).map(|()| {
                 log::info(&node.id, &format!("registered with master {} as {}", master.master(), node.address));
                 registered = true;
                 // A full send (never blocks): one request pending is as good as two.
@@ -246,15 +246,23 @@ fn heartbeat(node: &Node, master: &Client) -> Result<NodeCommands, crate::client
     } else {
         (health.state, health.reason)
     };
+    let (capacity_bytes, free_bytes) = match node.capacity_bytes {
+        None => (health.capacity_bytes, health.free_bytes),
+        Some(offered) => {
+            let left = offered.saturating_sub(node.blobs.stored_bytes());
+            (offered.min(health.capacity_bytes), left.min(health.free_bytes))
+        }
+    };
     master.heartbeat(&Heartbeat {
         id: node.id.clone(),
         address: node.address.clone(),
-        capacity_bytes: health.capacity_bytes,
-        free_bytes: if disk == DiskState::Ok { health.free_bytes } else { 0 },
+        capacity_bytes,
+        free_bytes: if disk == DiskState::Ok { free_bytes } else { 0 },
         object_count: node.blobs.object_count(),
         version: Some(crate::VERSION.into()),
         disk,
         disk_error,
+        zone: node.zone.clone(),
     })
 }
 

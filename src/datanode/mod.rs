@@ -68,6 +68,13 @@ pub struct DatanodeConfig {
     pub hop_timeout: Duration,
     /// Deadlines and caps for every connection.
     pub http: http::HttpLimits,
+    /// The zone (rack, room, site) this node is in: the master spreads each object's
+    /// replicas over zones.
+    pub zone: Option<String>,
+    /// Space this node offers, when less than its disk's: heartbeats report the smaller
+    /// capacity, and as free what this node's objects leave of it (several nodes on one
+    /// disk, or a disk shared with other data).
+    pub capacity_bytes: Option<u64>,
 }
 
 impl DatanodeConfig {
@@ -88,6 +95,8 @@ impl DatanodeConfig {
             scrub_pause: Duration::from_secs(3600),
             hop_timeout: DEFAULT_HOP_TIMEOUT,
             http: http::HttpLimits::default(),
+            zone: None,
+            capacity_bytes: None,
         }
     }
 }
@@ -137,6 +146,8 @@ impl Datanode {
             peers,
             token: config.cluster_token.clone(),
             reporter,
+            zone: config.zone.clone(),
+            capacity_bytes: config.capacity_bytes,
         });
 
         let mut threads: Vec<JoinHandle<()>> = reporter_thread.into_iter().collect();
@@ -289,6 +300,9 @@ pub(crate) struct Node {
     token: Option<String>,
     reporter: Reporter,
     metrics: DatanodeMetrics,
+    zone: Option<String>,
+    /// `--capacity`, when given.
+    capacity_bytes: Option<u64>,
 }
 
 impl From<StoreError> for ApiError {

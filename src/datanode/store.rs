@@ -215,6 +215,8 @@ pub struct BlobStore {
     count: AtomicU64,
     /// How long each object's `sync_all` took, for the node's metrics.
     fsync_seconds: prometheus::Histogram,
+    /// Bytes of the objects held (their sizes, without footers).
+    bytes: AtomicU64,
 }
 
 impl BlobStore {
@@ -261,10 +263,15 @@ impl BlobStore {
             direct_from: DIRECT_OBJECT,
             count: AtomicU64::new(0),
             fsync_seconds,
+            bytes: AtomicU64::new(0),
         };
-        let mut count = 0;
-        store.walk(&mut |_, _| count += 1)?;
+        let (mut count, mut bytes) = (0, 0);
+        store.walk(&mut |_, path| {
+            count += 1;
+            bytes += fs::metadata(path).map_or(0, |m| m.len());
+        })?;
         store.count.store(count, Ordering::Relaxed);
+        store.bytes.store(bytes, Ordering::Relaxed);
         store.check_disk();
         Ok((store, removed))
     }
@@ -368,6 +375,17 @@ impl BlobStore {
         self.count.load(Ordering::Relaxed)
     }
 
+    /// About how many bytes the node's objects take (file sizes when the store opened,
+    /// object sizes since).
+    pub fn stored_bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    fn forget_bytes(&self, path: &Path) {
+        let len = fs::metadata(path).map_or(0, |m| m.len());
+        let _ = self.bytes.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| Some(b.saturating_sub(len)));
+    }
+
     /// Streams `body` into a new object. `declared_len` is the request's Content-Length
     /// when it has one; the object is stored only if exactly that many bytes arrive, and
     /// only with `expected` as checksum when that is given. Each piece of the body is
@@ -452,6 +470,7 @@ impl BlobStore {
         fsync_dir(dir)?;
         drop(temp);
         self.count.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(stored.size, Ordering::Relaxed);
         Ok(stored)
     }
 
@@ -539,6 +558,7 @@ impl BlobStore {
     pub fn quarantine(&self, id: &ObjectId) -> io::Result<bool> {
         let source = self.object_path(id);
         let target = self.quarantine.join(format!("{id}.{}", unix_secs() * 1000));
+        self.forget_bytes(&source);
         match fs::rename(&source, &target) {
             Ok(()) => {
                 self.count.fetch_sub(1, Ordering::Relaxed);
@@ -554,6 +574,7 @@ impl BlobStore {
     /// Removes an object; returns whether it was there.
     pub fn delete(&self, id: &ObjectId) -> io::Result<bool> {
         let path = self.object_path(id);
+        self.forget_bytes(&path);
         match fs::remove_file(&path) {
             Ok(()) => {
                 self.count.fetch_sub(1, Ordering::Relaxed);

@@ -104,6 +104,11 @@ const MIGRATIONS: &[&str] = &[
     DELETE FROM replicas WHERE state = 'placed';",
     // 4: the S3 namespace: buckets, keys, access keys and grants (`db/namespace.rs`).
     namespace::MIGRATION,
+    // 5: a node's zone (rack, room, site: what its replicas are spread over) and its
+    // drain ('draining': its copies are being moved away; 'drained': none is left), which
+    // an operator sets and a restart of the master must not forget.
+    "ALTER TABLE nodes ADD COLUMN zone TEXT;
+    ALTER TABLE nodes ADD COLUMN drain TEXT CHECK (drain IN ('draining', 'drained'));",
 ];
 
 /// The master layer's error; its status is the HTTP answer.
@@ -158,6 +163,45 @@ pub struct NodeRow {
     pub registered_at: i64,
     pub last_seen: i64,
     pub replicas: u64,
+    pub zone: Option<String>,
+    pub drain: Option<Drain>,
+}
+
+/// Where a node's drain stands: an operator's decision, kept in the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drain {
+    /// Gets no new copies; its copies are being copied elsewhere, each dropped here only
+    /// once its new copy is confirmed.
+    Draining,
+    /// No copy is left on it: it may be removed.
+    Drained,
+}
+
+impl Drain {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Drain::Draining => "draining",
+            Drain::Drained => "drained",
+        }
+    }
+
+    fn parse(text: Option<String>) -> Option<Drain> {
+        match text.as_deref() {
+            Some("draining") => Some(Drain::Draining),
+            Some("drained") => Some(Drain::Drained),
+            _ => None,
+        }
+    }
+}
+
+/// A copy to move off a node (drain, rebalance): the object, its size and replication,
+/// and the nodes holding a counted copy of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyToMove {
+    pub object: String,
+    pub size: u64,
+    pub replication: usize,
+    pub holders: Vec<String>,
 }
 
 /// A completed object and where its replicas are.
@@ -202,6 +246,10 @@ pub struct Counts {
     pub object_bytes: u64,
     pub under_replicated: u64,
     pub pending_deletes: u64,
+    pub nodes_draining: u64,
+    /// Confirmed copies still on draining nodes.
+    pub copies_to_move: u64,
+    pub nodes_drained: u64,
 }
 
 /// What a registration changed, for the log.
@@ -691,7 +739,8 @@ impl MetaDb {
             let rows = conn
                 .prepare_cached(
                     "SELECT n.id, n.address, n.state, n.registered_at, n.last_seen,
-                            (SELECT count(*) FROM replicas r WHERE r.node_id = n.id AND r.state = 'confirmed')
+                            (SELECT count(*) FROM replicas r WHERE r.node_id = n.id AND r.state = 'confirmed'),
+                            n.zone, n.drain
                      FROM nodes n ORDER BY n.id",
                 )?
                 .query_map([], |row| {
@@ -702,10 +751,201 @@ impl MetaDb {
                         registered_at: row.get(3)?,
                         last_seen: row.get(4)?,
                         replicas: row.get::<_, i64>(5)? as u64,
+                        zone: row.get(6)?,
+                        drain: Drain::parse(row.get(7)?),
                     })
                 })?
                 .collect::<Result<_, _>>()?;
             Ok(rows)
+        })
+    }
+
+    /// Records the zone a node said it is in.
+    pub fn set_zone(&self, node: &str, zone: Option<String>) -> MetaResult<()> {
+        let node = node.to_string();
+        self.write(move |conn| {
+            conn.prepare_cached("UPDATE nodes SET zone = ?2 WHERE id = ?1")?.execute(params![node, zone])?;
+            Ok(())
+        })
+    }
+
+    /// Starts, ends or cancels (`None`) a node's drain.
+    pub fn set_drain(&self, node: &str, drain: Option<Drain>) -> MetaResult<()> {
+        let node = node.to_string();
+        self.write(move |conn| {
+            require_node(conn, &node)?;
+            conn.prepare_cached("UPDATE nodes SET drain = ?2 WHERE id = ?1")?
+                .execute(params![node, drain.map(Drain::as_str)])?;
+            Ok(())
+        })
+    }
+
+    /// The most replicas any complete object with a copy on `node` asks for (0: none).
+    pub fn max_replication_on(&self, node: &str) -> MetaResult<usize> {
+        self.read(|conn| {
+            let most: Option<i64> = conn
+                .prepare_cached(
+                    "SELECT max(o.replication) FROM replicas r JOIN objects o ON o.id = r.object_id
+                     WHERE r.node_id = ?1 AND r.state = 'confirmed' AND o.status = 'complete'",
+                )?
+                .query_row([node], |row| row.get(0))?;
+            Ok(most.unwrap_or(0) as usize)
+        })
+    }
+
+    /// Up to `limit` complete objects with a confirmed copy on `node`, each with every
+    /// node holding a counted copy (confirmed, alive or suspect), `node` among them.
+    pub fn copies_on(&self, node: &str, limit: usize) -> MetaResult<Vec<CopyToMove>> {
+        self.read(|conn| {
+            let rows: Vec<(String, i64, i64)> = conn
+                .prepare_cached(
+                    "SELECT o.id, o.replication, o.size FROM replicas r JOIN objects o ON o.id = r.object_id
+                     WHERE r.node_id = ?1 AND r.state = 'confirmed' AND o.status = 'complete' LIMIT ?2",
+                )?
+                .query_map(params![node, limit as i64], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
+                .collect::<Result<_, _>>()?;
+            let mut holders = conn.prepare_cached(
+                "SELECT r.node_id FROM replicas r JOIN nodes n ON n.id = r.node_id
+                 WHERE r.object_id = ?1 AND r.state = 'confirmed' AND n.state IN ('alive', 'suspect')",
+            )?;
+            let mut copies = Vec::with_capacity(rows.len());
+            for (object, replication, size) in rows {
+                let holders: Vec<String> = holders.query_map([&object], |row| row.get(0))?.collect::<Result<_, _>>()?;
+                copies.push(CopyToMove { object, size: size as u64, replication: replication as usize, holders });
+            }
+            Ok(copies)
+        })
+    }
+
+    /// Records that a move will copy `objects` to `node` (as `placed` replica rows), so
+    /// that the new copy, which makes one more than the replication factor until the
+    /// old one is released, is counted when reported rather than taken for a surplus
+    /// copy and deleted.
+    pub fn expect_copies(&self, node: &str, objects: Vec<String>) -> MetaResult<()> {
+        let node = node.to_string();
+        self.write(move |conn| {
+            let now = now_ms();
+            let mut insert = conn.prepare_cached(
+                "INSERT OR IGNORE INTO replicas (object_id, node_id, state, updated_at) VALUES (?1, ?2, 'placed', ?3)",
+            )?;
+            for object in &objects {
+                if object_status(conn, object)?.as_deref() == Some("complete") {
+                    insert.execute(params![object, node, now])?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Drops every move's expected copy: at start-up, when no move is under way (a copy
+    /// one made after all is then a surplus copy, and deleted). The partial index of
+    /// non-confirmed rows keeps this from reading every replica.
+    pub fn forget_all_expected(&self) -> MetaResult<usize> {
+        self.write(|conn| Ok(conn.execute("DELETE FROM replicas WHERE state != 'confirmed' AND state = 'placed'", [])?))
+    }
+
+    /// Drops the expectations of copies a move did not make.
+    pub fn forget_expected(&self, node: &str, objects: Vec<String>) -> MetaResult<()> {
+        let node = node.to_string();
+        self.write(move |conn| {
+            let mut remove =
+                conn.prepare_cached("DELETE FROM replicas WHERE object_id = ?1 AND node_id = ?2 AND state = 'placed'")?;
+            for object in &objects {
+                remove.execute(params![object, node])?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Up to `limit` complete objects with ids after `after`, in id order, each with the
+    /// nodes holding a counted copy: a page of the rebalancer's walk over every object.
+    pub fn objects_after(&self, after: &str, limit: usize) -> MetaResult<Vec<(String, Vec<String>)>> {
+        self.read(|conn| {
+            let ids: Vec<String> = conn
+                .prepare_cached("SELECT id FROM objects WHERE id > ?1 AND status = 'complete' ORDER BY id LIMIT ?2")?
+                .query_map(params![after, limit as i64], |row| row.get(0))?
+                .collect::<Result<_, _>>()?;
+            let mut holders = conn.prepare_cached(
+                "SELECT r.node_id FROM replicas r JOIN nodes n ON n.id = r.node_id
+                 WHERE r.object_id = ?1 AND r.state = 'confirmed' AND n.state IN ('alive', 'suspect')",
+            )?;
+            let mut page = Vec::with_capacity(ids.len());
+            for id in ids {
+                let nodes: Vec<String> = holders.query_map([&id], |row| row.get(0))?.collect::<Result<_, _>>()?;
+                page.push((id, nodes));
+            }
+            Ok(page)
+        })
+    }
+
+    /// Drops `node`'s copy of an object once it is not needed: only when the object has
+    /// its full count of counted copies without it. The node is told to delete the file.
+    /// Returns whether the copy was dropped.
+    pub fn release_copy(&self, object: &str, node: &str) -> MetaResult<bool> {
+        let (object, node) = (object.to_string(), node.to_string());
+        self.write(move |conn| {
+            let replication: Option<i64> = conn
+                .prepare_cached("SELECT replication FROM objects WHERE id = ?1 AND status = 'complete'")?
+                .query_row([&object], |row| row.get(0))
+                .optional()?;
+            let Some(replication) = replication else { return Ok(false) };
+            let others: i64 = conn
+                .prepare_cached(
+                    "SELECT count(*) FROM replicas r JOIN nodes n ON n.id = r.node_id
+                     WHERE r.object_id = ?1 AND r.node_id != ?2 AND r.state = 'confirmed'
+                       AND n.state IN ('alive', 'suspect')",
+                )?
+                .query_row(params![object, node], |row| row.get(0))?;
+            if others < replication || !has_record(conn, &object, &node)? {
+                return Ok(false);
+            }
+            forget_replica(conn, &object, &node)?;
+            schedule_deletion(conn, &node, &object, now_ms())?;
+            Ok(true)
+        })
+    }
+
+    /// Forgets a node: its row, its replica records and the deletions waiting for it.
+    /// Refused unless it is drained, or dead (or removed) with every object it held back
+    /// at full strength without it.
+    pub fn remove_node(&self, node: &str) -> MetaResult<()> {
+        let node = node.to_string();
+        self.write(move |conn| {
+            let row: Option<(String, Option<String>)> = conn
+                .prepare_cached("SELECT state, drain FROM nodes WHERE id = ?1")?
+                .query_row([&node], |row| Ok((row.get(0)?, row.get(1)?)))
+                .optional()?;
+            let Some((state, drain)) = row else {
+                return Err(MetaError::NotFound(format!("node {node:?} is not registered")));
+            };
+            let drain = Drain::parse(drain);
+            let gone = matches!(NodeState::parse(&state), NodeState::Dead | NodeState::Removed);
+            if drain != Some(Drain::Drained) && !gone {
+                return Err(MetaError::Conflict(format!(
+                    "node {node} is {state}{}: only a drained node, or a dead one whose copies were made again \
+                     elsewhere, may be removed; run `aether node drain {node}` first and wait until it is drained",
+                    drain.map_or(String::new(), |d| format!(" and {}", d.as_str()))
+                )));
+            }
+            let short: i64 = conn
+                .prepare_cached(
+                    "SELECT count(*) FROM replicas r JOIN objects o ON o.id = r.object_id
+                     WHERE r.node_id = ?1 AND o.status = 'complete' AND o.replication >
+                       (SELECT count(*) FROM replicas c JOIN nodes n ON n.id = c.node_id
+                        WHERE c.object_id = o.id AND c.node_id != ?1 AND c.state = 'confirmed'
+                          AND n.state IN ('alive', 'suspect'))",
+                )?
+                .query_row([&node], |row| row.get(0))?;
+            if short > 0 {
+                return Err(MetaError::Conflict(format!(
+                    "node {node} cannot be removed yet: {short} object(s) it holds a copy of are short of their \
+                     replicas without it; wait for repair (see `aether cluster`), or bring the node back"
+                )));
+            }
+            conn.prepare_cached("DELETE FROM replicas WHERE node_id = ?1")?.execute([&node])?;
+            conn.prepare_cached("DELETE FROM deletions WHERE node_id = ?1")?.execute([&node])?;
+            conn.prepare_cached("DELETE FROM nodes WHERE id = ?1")?.execute([&node])?;
+            Ok(())
         })
     }
 
@@ -1029,7 +1269,20 @@ impl MetaDb {
                 let n: i64 = conn.query_row("SELECT count(*) FROM nodes WHERE state = ?1", [state], |r| r.get(0))?;
                 Ok(n as u64)
             };
+            let drains = |drain: &str| -> MetaResult<u64> {
+                let n: i64 = conn.query_row("SELECT count(*) FROM nodes WHERE drain = ?1", [drain], |r| r.get(0))?;
+                Ok(n as u64)
+            };
+            let to_move: i64 = conn.query_row(
+                "SELECT count(*) FROM replicas r JOIN nodes n ON n.id = r.node_id
+                 WHERE n.drain = 'draining' AND r.state = 'confirmed'",
+                [],
+                |r| r.get(0),
+            )?;
             Ok(Counts {
+                nodes_draining: drains("draining")?,
+                copies_to_move: to_move as u64,
+                nodes_drained: drains("drained")?,
                 nodes_alive: nodes("alive")?,
                 nodes_suspect: nodes("suspect")?,
                 nodes_dead: nodes("dead")?,
@@ -1170,8 +1423,9 @@ fn record_replica(conn: &Connection, node: &str, replica: &ReplicaState, now: i6
         // Back at full strength: records of copies that are gone or on dead nodes are
         // dropped (a dead node that returns re-reports what it still has).
         if healthy_copies(conn, id)? >= replication {
+            // A move's expected copy (`placed`) stays: it is on its way.
             conn.prepare_cached(
-                "DELETE FROM replicas WHERE object_id = ?1 AND (state != 'confirmed'
+                "DELETE FROM replicas WHERE object_id = ?1 AND (state NOT IN ('confirmed', 'placed')
                  OR node_id IN (SELECT id FROM nodes WHERE state NOT IN ('alive', 'suspect')))",
             )?
             .execute([id])?;
@@ -1622,6 +1876,47 @@ mod tests {
         assert!(matches!(db.report_replicas("ghost", vec![], vec![]), Err(MetaError::NotFound(_))));
         drop(db);
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_drained_copy_is_dropped_only_once_the_object_is_whole_without_it_and_drains_survive_a_reopen() {
+        let (db, dir) = temp_db_with_three_nodes("drain");
+        let id = ObjectId::new_random();
+        db.create_object(id, 3, 2, first(&db, 2)).unwrap();
+        db.complete_object(id, 2, vec![confirmation("n1", 5), confirmation("n2", 5)]).unwrap();
+        db.set_drain("n1", Some(Drain::Draining)).unwrap();
+        assert_eq!(db.max_replication_on("n1").unwrap(), 2);
+        let copies = db.copies_on("n1", 10).unwrap();
+        assert_eq!((copies.len(), copies[0].holders.len()), (1, 2));
+        // Not before the new copy is confirmed: n1's copy is one of the two.
+        assert!(!db.release_copy(&id.to_string(), "n1").unwrap());
+        assert!(matches!(db.remove_node("n1"), Err(MetaError::Conflict(_))));
+        // Without the expectation, a third copy would be taken for a surplus one.
+        db.expect_copies("n3", vec![id.to_string()]).unwrap();
+        assert_eq!(db.forget_all_expected().unwrap(), 1, "a restart forgets moves under way");
+        db.expect_copies("n3", vec![id.to_string()]).unwrap();
+        assert!(db.report_replicas("n3", vec![replica(id, 5)], vec![]).unwrap().is_empty());
+        assert!(db.release_copy(&id.to_string(), "n1").unwrap());
+        assert_eq!(db.take_deletions("n1", 10).unwrap(), vec![id.to_string()]);
+        assert!(db.copies_on("n1", 10).unwrap().is_empty());
+        // A report of the copy before the node deleted it does not bring it back.
+        assert_eq!(db.report_replicas("n1", vec![replica(id, 5)], vec![]).unwrap(), vec![id.to_string()]);
+        assert_eq!(db.counts().unwrap().copies_to_move, 0);
+        db.set_drain("n1", Some(Drain::Drained)).unwrap();
+        drop(db);
+        let db = MetaDb::open(&dir.join("meta.db"), 2).unwrap();
+        let n1 = db.nodes().unwrap().into_iter().find(|n| n.id == "n1").unwrap();
+        assert_eq!(n1.drain, Some(Drain::Drained));
+        db.remove_node("n1").unwrap();
+        assert!(db.nodes().unwrap().iter().all(|n| n.id != "n1"));
+        // A live node that was not drained is not removed.
+        assert!(matches!(db.remove_node("n2"), Err(MetaError::Conflict(_))));
+        drop(db);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    fn confirmation(node: &str, sum: u32) -> Confirmation {
+        Confirmation { node_id: node.into(), size: 3, checksum: Checksum(sum) }
     }
 
     #[test]

@@ -103,6 +103,8 @@ pub struct Member {
     pub capacity_bytes: Option<u64>,
     pub free_bytes: Option<u64>,
     pub object_count: Option<u64>,
+    /// Draining or drained: it gets no new copies, though its copies still count.
+    pub draining: bool,
 }
 
 /// Space a node keeps free beyond an object's size before it counts as full for it.
@@ -122,6 +124,8 @@ pub struct Membership {
     members: Mutex<HashMap<String, Member>>,
     /// Since when a mass silence holds deaths back.
     held_since: Mutex<Option<Instant>>,
+    /// Each node's zone, from the database at start-up, then from its heartbeats.
+    zones: Mutex<HashMap<String, String>>,
 }
 
 impl Membership {
@@ -132,16 +136,53 @@ impl Membership {
         let members = known
             .into_iter()
             .map(|(id, state)| {
-                let member =
-                    Member { state, last_seen: now, capacity_bytes: None, free_bytes: None, object_count: None };
+                let member = Member {
+                    state,
+                    last_seen: now,
+                    capacity_bytes: None,
+                    free_bytes: None,
+                    object_count: None,
+                    draining: false,
+                };
                 (id, member)
             })
             .collect();
-        Membership { dead_after, members: Mutex::new(members), held_since: Mutex::new(None) }
+        Membership {
+            dead_after,
+            members: Mutex::new(members),
+            held_since: Mutex::new(None),
+            zones: Mutex::new(HashMap::new()),
+        }
     }
 
     pub fn dead_after(&self) -> Duration {
         self.dead_after
+    }
+
+    /// A node's drain started (`true`) or was cancelled.
+    pub fn set_draining(&self, id: &str, draining: bool) {
+        if let Some(member) = self.members.lock().expect("membership lock").get_mut(id) {
+            member.draining = draining;
+        }
+    }
+
+    /// A node's zone, as it last said (`""` when it named none).
+    pub fn set_zone(&self, id: &str, zone: &str) -> bool {
+        let mut zones = self.zones.lock().expect("zones lock");
+        let before = zones.insert(id.to_string(), zone.to_string());
+        before.as_deref() != Some(zone)
+    }
+
+    /// Every node's zone, by id; nodes that named none are left out.
+    pub fn zones(&self) -> HashMap<String, String> {
+        let zones = self.zones.lock().expect("zones lock");
+        zones.iter().filter(|(_, z)| !z.is_empty()).map(|(id, z)| (id.clone(), z.clone())).collect()
+    }
+
+    /// A node was removed by an operator: it is forgotten.
+    pub fn forget(&self, id: &str) {
+        self.members.lock().expect("membership lock").remove(id);
+        self.zones.lock().expect("zones lock").remove(id);
     }
 
     /// A node registered: it is alive. Returns its state before, if it had one.
@@ -154,6 +195,7 @@ impl Membership {
             capacity_bytes: None,
             free_bytes: None,
             object_count: None,
+            draining: false,
         });
         member.state = NodeState::Alive;
         member.last_seen = now;
@@ -263,7 +305,9 @@ impl Membership {
         let mut ids: Vec<String> = members
             .iter()
             .filter(|(_, m)| {
-                m.state == state && m.free_bytes.is_none_or(|free| free >= size.saturating_add(FULL_MARGIN))
+                m.state == state
+                    && !m.draining
+                    && m.free_bytes.is_none_or(|free| free >= size.saturating_add(FULL_MARGIN))
             })
             .map(|(id, _)| id.clone())
             .collect();

@@ -1,6 +1,14 @@
 //! The master's maintenance loop, twice a second: it moves silent nodes to suspect and
 //! dead (holding back a mass death, and giving grace after its own stall), plans re-replication for objects below their replication factor and hands the
 //! batches to a bounded pool of repair workers, and expires uploads never completed.
+//!
+//! The same workers move copies: off a draining node, from the fullest node to the
+//! emptiest (rebalance), and out of a zone holding two copies of an object into a zone
+//! holding none (a bounded walk over every object). A move is a repair copy with a node to release: once the new
+//! copy is confirmed, the released node's copy is dropped (`MetaDb::release_copy`, which
+//! refuses while the object would fall short of its replicas without it) and the node is
+//! told to delete it. So an object never has fewer counted copies than its replication
+//! factor because of a move.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
@@ -9,8 +17,9 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
+use super::db::Drain;
 use super::events::EventKind;
-use super::{repair, MasterState};
+use super::{placement, repair, MasterState};
 use crate::log;
 use crate::proto::{ReplicaState, ReplicateRequest, ReplicateResult};
 
@@ -20,11 +29,14 @@ const STALLED: Duration = Duration::from_secs(3);
 /// Objects per replicate request.
 const BATCH: usize = 64;
 
-/// One request to a source node: copy `objects` to `target`.
+/// One request to a source node: copy `objects` to `target`; for a move, then drop the
+/// copies of `release` (a node id).
 struct RepairJob {
     source: String,
     target: String,
+    target_id: String,
     objects: Vec<String>,
+    release: Option<String>,
 }
 
 pub fn run(state: &Arc<MasterState>, stopped: &Receiver<()>) {
@@ -55,6 +67,7 @@ pub fn run(state: &Arc<MasterState>, stopped: &Receiver<()>) {
         .collect();
 
     let mut last_expiry = Instant::now();
+    let mut rebalance = Rebalance::default();
     // How much longer than a tick the last sleep took: a sleep far too long means this
     // process was not running (slow repair planning, which runs between sleeps, is not
     // counted, or a slow database would keep every node alive).
@@ -63,6 +76,12 @@ pub fn run(state: &Arc<MasterState>, stopped: &Receiver<()>) {
         update_liveness(state, overslept);
         if let Err(e) = schedule_repairs(state, &jobs, &in_flight) {
             log::error("master", &format!("repair planning failed: {e}"));
+        }
+        if let Err(e) = schedule_drains(state, &jobs, &in_flight) {
+            log::error("master", &format!("drain planning failed: {e}"));
+        }
+        if let Err(e) = schedule_rebalance(state, &jobs, &in_flight, &mut rebalance) {
+            log::error("master", &format!("rebalance planning failed: {e}"));
         }
         if last_expiry.elapsed() >= Duration::from_secs(10) {
             last_expiry = Instant::now();
@@ -145,19 +164,52 @@ fn schedule_repairs(
         return Ok(());
     }
     let targets = state.membership.placeable(0);
-    let plan = repair::plan(&fresh, &targets, &mut rand::thread_rng());
+    let plan = repair::plan(&fresh, &targets, &state.membership.zones(), &mut rand::thread_rng());
+    send_jobs(state, jobs, in_flight, plan, Release::Nothing)
+}
+
+/// Whose copies a plan's transfers release once the new ones are confirmed.
+#[derive(Clone, Copy)]
+enum Release<'a> {
+    /// None: a repair.
+    Nothing,
+    /// This node's (a drain, a rebalance off the fullest node).
+    Node(&'a str),
+    /// Each transfer's source's (a copy moved to another zone).
+    Source,
+}
+
+/// Hands a plan's batches to the workers, as far as they take them.
+fn send_jobs(
+    state: &MasterState,
+    jobs: &crossbeam_channel::Sender<RepairJob>,
+    in_flight: &Mutex<HashSet<String>>,
+    plan: Vec<repair::Transfer>,
+    release: Release,
+) -> Result<(), String> {
     if plan.is_empty() {
         return Ok(());
     }
     let addresses = state.db.addresses().map_err(|e| e.to_string())?;
-    for (source, target, objects) in repair::batches(plan, BATCH) {
-        let (Some(source), Some(target)) = (addresses.get(&source), addresses.get(&target)) else { continue };
+    for (source_id, target, objects) in repair::batches(plan, BATCH) {
+        let (Some(source), Some(target_address)) = (addresses.get(&source_id), addresses.get(&target)) else {
+            continue;
+        };
+        let release = match release {
+            Release::Nothing => None,
+            Release::Node(node) => Some(node.to_string()),
+            Release::Source => Some(source_id.clone()),
+        };
+        if release.is_some() {
+            state.db.expect_copies(&target, objects.clone()).map_err(|e| e.to_string())?;
+        }
         {
             let mut set = in_flight.lock().expect("in-flight lock");
             set.extend(objects.iter().cloned());
             state.repairs_in_flight.store(set.len() as u64, Ordering::Relaxed);
         }
-        let job = RepairJob { source: source.clone(), target: target.clone(), objects };
+        let job =
+            RepairJob { source: source.clone(), target: target_address.clone(), target_id: target, objects, release };
         let n = job.objects.len() as i64;
         state.metrics.repairs_queued.add(n);
         if let Err(crossbeam_channel::TrySendError::Full(job)) = jobs.try_send(job) {
@@ -168,10 +220,237 @@ fn schedule_repairs(
                 set.remove(object);
             }
             state.repairs_in_flight.store(set.len() as u64, Ordering::Relaxed);
+            drop(set);
+            if job.release.is_some() {
+                state.db.forget_expected(&job.target_id, job.objects).map_err(|e| e.to_string())?;
+            }
             break;
         }
     }
     Ok(())
+}
+
+/// Moves copies off draining nodes: each object on one gets a new copy elsewhere (a
+/// repair transfer, zone-spread like any), and its copy on the draining node is
+/// released once that is confirmed. An object that already has its full count without
+/// the draining node is released at once. A draining node with nothing left is drained.
+fn schedule_drains(
+    state: &MasterState,
+    jobs: &crossbeam_channel::Sender<RepairJob>,
+    in_flight: &Mutex<HashSet<String>>,
+) -> Result<(), String> {
+    // Drained nodes too: an upload placed on one before its drain may complete there.
+    let draining: Vec<(String, Drain)> = {
+        let drains = state.drains.lock().expect("drains lock");
+        let mut nodes: Vec<(String, Drain)> = drains.iter().map(|(id, d)| (id.clone(), *d)).collect();
+        nodes.sort_by(|a, b| a.0.cmp(&b.0));
+        nodes
+    };
+    for (node, drain) in draining {
+        let busy = in_flight.lock().expect("in-flight lock").len();
+        let capacity = (state.config.repair_concurrency.max(1) * BATCH * 2).saturating_sub(busy);
+        let copies = state.db.copies_on(&node, busy + capacity.max(1)).map_err(|e| e.to_string())?;
+        if copies.is_empty() {
+            if drain == Drain::Draining {
+                finish_drain(state, &node)?;
+            }
+            continue;
+        }
+        if capacity == 0 {
+            return Ok(());
+        }
+        let mut wanted = Vec::new();
+        for copy in copies {
+            if in_flight.lock().expect("in-flight lock").contains(&copy.object) {
+                continue;
+            }
+            let others: Vec<String> = copy.holders.iter().filter(|h| **h != node).cloned().collect();
+            if others.len() >= copy.replication {
+                state.db.release_copy(&copy.object, &node).map_err(|e| e.to_string())?;
+                continue;
+            }
+            wanted.push(repair::UnderReplicated {
+                object: copy.object,
+                replication: copy.replication,
+                size: 0,
+                healthy: others,
+                // The draining node's own copy is the source when it is the only one.
+                read_only: vec![node.clone()],
+                holders: copy.holders,
+                lacking: Vec::new(),
+            });
+            if wanted.len() >= capacity {
+                break;
+            }
+        }
+        let targets = state.membership.placeable(0);
+        let plan = repair::plan(&wanted, &targets, &state.membership.zones(), &mut rand::thread_rng());
+        send_jobs(state, jobs, in_flight, plan, Release::Node(&node))?;
+    }
+    Ok(())
+}
+
+fn finish_drain(state: &MasterState, node: &str) -> Result<(), String> {
+    // Under the lock: a drain cancelled meanwhile stays cancelled.
+    let mut drains = state.drains.lock().expect("drains lock");
+    if drains.get(node) != Some(&Drain::Draining) {
+        return Ok(());
+    }
+    state.db.set_drain(node, Some(Drain::Drained)).map_err(|e| e.to_string())?;
+    drains.insert(node.to_string(), Drain::Drained);
+    drop(drains);
+    log::info(
+        "master",
+        &format!(
+            "node {node} is drained: none of its copies is needed any more; `aether node remove {node}` forgets it"
+        ),
+    );
+    Ok(())
+}
+
+/// The rebalancer's memory between ticks.
+#[derive(Default)]
+struct Rebalance {
+    /// Moves it may still start, refilled at `--rebalance-rate` a second.
+    budget: f64,
+    last: Option<Instant>,
+    /// Whether the last tick found usage outside the band (for logging the change).
+    active: bool,
+    /// The last object id the zone walk looked at (`""`: start over).
+    zone_cursor: String,
+    /// When the zone walk last reached the end of the objects.
+    zone_pass_ended: Option<Instant>,
+}
+
+/// Moves copies from the fullest node to the emptiest (by used fraction of capacity, as
+/// their heartbeats say) while they are more than `--rebalance-band` apart, at most
+/// `--rebalance-rate` objects a second, only while no repair or drain is under way.
+fn schedule_rebalance(
+    state: &MasterState,
+    jobs: &crossbeam_channel::Sender<RepairJob>,
+    in_flight: &Mutex<HashSet<String>>,
+    rebalance: &mut Rebalance,
+) -> Result<(), String> {
+    let rate = state.config.rebalance_rate;
+    let now = Instant::now();
+    let elapsed = rebalance.last.map_or(TICK, |last| now.saturating_duration_since(last));
+    rebalance.last = Some(now);
+    if rate <= 0.0 {
+        return Ok(());
+    }
+    rebalance.budget = (rebalance.budget + rate * elapsed.as_secs_f64()).min(rate.max(1.0));
+    if !in_flight.lock().expect("in-flight lock").is_empty() || rebalance.budget < 1.0 {
+        return Ok(());
+    }
+    if schedule_zone_fixes(state, jobs, in_flight, rebalance)? {
+        return Ok(());
+    }
+    let usage: Vec<placement::Usage<String>> = state
+        .membership
+        .placeable(0)
+        .into_iter()
+        .filter_map(|id| {
+            let member = state.membership.get(&id)?;
+            let capacity_bytes = member.capacity_bytes.filter(|c| *c > 0)?;
+            Some(placement::Usage { node: id, capacity_bytes, free_bytes: member.free_bytes? })
+        })
+        .collect();
+    let Some((from, to, bytes)) = placement::rebalance_step(&usage, state.config.rebalance_band) else {
+        if rebalance.active {
+            rebalance.active = false;
+            log::info("master", &format!("rebalance: every node's usage is within {:.0} points", band_points(state)));
+        }
+        return Ok(());
+    };
+    if !rebalance.active {
+        rebalance.active = true;
+        let used = |id: &str| usage.iter().find(|u| u.node == id).map_or(0.0, |u| u.used() * 100.0);
+        log::info(
+            "master",
+            &format!(
+                "rebalance: {from} is {:.1}% used and {to} {:.1}%, more than {:.0} points apart; moving copies at \
+                     most {rate} a second",
+                used(&from),
+                used(&to),
+                band_points(state)
+            ),
+        );
+    }
+    let zones = state.membership.zones();
+    let zone = |node: &str| zones.get(node).map_or("", String::as_str);
+    let limit = rebalance.budget.floor() as usize;
+    let mut moved_bytes = 0u64;
+    let mut plan = Vec::new();
+    for copy in state.db.copies_on(&from, 4 * limit.max(16)).map_err(|e| e.to_string())? {
+        if plan.len() >= limit || moved_bytes >= bytes {
+            break;
+        }
+        if copy.holders.contains(&to) || copy.holders.len() < copy.replication {
+            continue;
+        }
+        // A move keeps the zone spread: the new copy's zone is the old one's, or one
+        // none of the object's other copies is in.
+        let others: Vec<&str> = copy.holders.iter().filter(|h| **h != from).map(|h| zone(h)).collect();
+        if zone(&to) != zone(&from) && others.contains(&zone(&to)) {
+            continue;
+        }
+        moved_bytes += copy.size;
+        plan.push(repair::Transfer { object: copy.object, source: from.clone(), target: to.clone() });
+    }
+    rebalance.budget -= plan.len() as f64;
+    send_jobs(state, jobs, in_flight, plan, Release::Node(&from))
+}
+
+/// Objects looked at per tick by the walk that spreads copies over zones.
+const ZONE_WALK_PAGE: usize = 512;
+/// The pause between two walks over every object.
+const ZONE_WALK_PAUSE: Duration = Duration::from_secs(60);
+
+/// Walks every object, a page a tick, and moves one of two copies that share a zone to a
+/// zone the object has no copy in (when there are two zones or more), within the
+/// rebalancer's rate. Returns whether it planned any move.
+fn schedule_zone_fixes(
+    state: &MasterState,
+    jobs: &crossbeam_channel::Sender<RepairJob>,
+    in_flight: &Mutex<HashSet<String>>,
+    rebalance: &mut Rebalance,
+) -> Result<bool, String> {
+    let zones = state.membership.zones();
+    let targets = state.membership.placeable(0);
+    let mut distinct: Vec<&str> = targets.iter().map(|t| zones.get(t).map_or("", String::as_str)).collect();
+    distinct.sort();
+    distinct.dedup();
+    if distinct.len() < 2 {
+        return Ok(false);
+    }
+    if rebalance.zone_pass_ended.is_some_and(|ended| ended.elapsed() < ZONE_WALK_PAUSE) {
+        return Ok(false);
+    }
+    let page = state.db.objects_after(&rebalance.zone_cursor, ZONE_WALK_PAGE).map_err(|e| e.to_string())?;
+    let mut fixes = repair::zone_fixes(&page, &targets, &zones, &mut rand::thread_rng());
+    let allowed = rebalance.budget.floor() as usize;
+    // The walk goes on after the last object looked at, or after the last one moved
+    // when the rate cut the moves short.
+    if fixes.len() > allowed {
+        fixes.truncate(allowed);
+        rebalance.zone_cursor = fixes.last().map_or(rebalance.zone_cursor.clone(), |f| f.object.clone());
+    } else if let Some((last, _)) = page.last() {
+        rebalance.zone_cursor = last.clone();
+    } else {
+        rebalance.zone_cursor.clear();
+        rebalance.zone_pass_ended = Some(Instant::now());
+    }
+    if fixes.is_empty() {
+        return Ok(false);
+    }
+    log::info("master", &format!("moving {} object(s) to spread their copies over zones", fixes.len()));
+    rebalance.budget -= fixes.len() as f64;
+    send_jobs(state, jobs, in_flight, fixes, Release::Source)?;
+    Ok(true)
+}
+
+fn band_points(state: &MasterState) -> f64 {
+    state.config.rebalance_band * 100.0
 }
 
 /// Asks the source node to copy a batch; the target reports each copy it stores, which
@@ -181,6 +460,12 @@ fn run_job(state: &MasterState, job: &RepairJob) {
     match state.node_client.replicate(&job.source, &body) {
         Ok(results) => {
             record_copies(state, &results);
+            if let Some(release) = &job.release {
+                release_copies(state, release, &results);
+                let failed: Vec<String> =
+                    results.iter().filter(|r| r.status != 201).map(|r| r.objectid.clone()).collect();
+                forget_expected(state, &job.target_id, failed);
+            }
             let failed: Vec<&ReplicateResult> = results.iter().filter(|r| r.status != 201).collect();
             state.metrics.repairs_done.inc_by((results.len() - failed.len()) as u64);
             state.metrics.repairs_failed.inc_by(failed.len() as u64);
@@ -206,7 +491,10 @@ fn run_job(state: &MasterState, job: &RepairJob) {
         Err(e) => {
             state.metrics.repairs_failed.inc_by(job.objects.len() as u64);
             let message = format!("re-replication request to {} failed: {e}", job.source);
-            state.events.record(EventKind::RepairFailed, message)
+            state.events.record(EventKind::RepairFailed, message);
+            if job.release.is_some() {
+                forget_expected(state, &job.target_id, job.objects.clone());
+            }
         }
     }
 }
@@ -229,6 +517,31 @@ fn record_copies(state: &MasterState, results: &[ReplicateResult]) {
         if let Err(e) = state.db.report_replicas(node, copies, Vec::new()) {
             log::warn("master", &format!("cannot record the copies repair made on {node} (its report will): {e}"));
         }
+    }
+}
+
+fn forget_expected(state: &MasterState, target: &str, objects: Vec<String>) {
+    if objects.is_empty() {
+        return;
+    }
+    if let Err(e) = state.db.forget_expected(target, objects) {
+        log::warn("master", &format!("cannot forget the copies a move to {target} did not make: {e}"));
+    }
+}
+
+/// After a move's copies were counted: drops the released node's copies of the objects
+/// whose new copy is confirmed (the database checks the object keeps its full count).
+fn release_copies(state: &MasterState, node: &str, results: &[ReplicateResult]) {
+    let mut released = 0;
+    for result in results.iter().filter(|r| r.status == 201) {
+        match state.db.release_copy(&result.objectid, node) {
+            Ok(true) => released += 1,
+            Ok(false) => {}
+            Err(e) => log::warn("master", &format!("cannot release {}'s copy of {}: {e}", node, result.objectid)),
+        }
+    }
+    if released > 0 {
+        log::info("master", &format!("moved {released} object(s) off {node}; it is told to delete its copies"));
     }
 }
 

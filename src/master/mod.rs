@@ -34,11 +34,11 @@ use crate::lock::DataDirLock;
 use crate::log;
 use crate::node_client::{NodeClient, Registry};
 use crate::proto::{
-    normalize_address, validate_node_id, ChainSignature, ClusterStatus, CompleteUpload, Health, Heartbeat, InitUpload,
-    Inventory, NodeCommands, NodeInfo, NodeList, ObjectId, ObjectInfo, Placement, RegisterNode, ReplaceNodes,
-    ReplicaInfo, ReplicaReport, StatusOk,
+    normalize_address, validate_node_id, ChainSignature, ClusterStatus, CompleteUpload, DrainStatus, Health, Heartbeat,
+    InitUpload, Inventory, NodeCommands, NodeInfo, NodeList, ObjectId, ObjectInfo, Placement, RegisterNode,
+    ReplaceNodes, ReplicaInfo, ReplicaReport, StatusOk,
 };
-use db::{Candidate, Confirmation, Counts, MetaDb, MetaError, Registered};
+use db::{Candidate, Confirmation, Counts, Drain, MetaDb, MetaError, Registered};
 use events::{EventKind, Events};
 use liveness::{Membership, NodeState, Reported};
 use metrics::MasterMetrics;
@@ -65,6 +65,11 @@ pub struct MasterConfig {
     pub repair_concurrency: usize,
     /// Deadlines and caps for every connection.
     pub http: http::HttpLimits,
+    /// Rebalancing stops when every node's used fraction is within this of the others'
+    /// (0.10: ten percentage points).
+    pub rebalance_band: f64,
+    /// Copies the rebalancer moves a second at most; 0 turns it off.
+    pub rebalance_rate: f64,
 }
 
 impl MasterConfig {
@@ -81,6 +86,8 @@ impl MasterConfig {
             upload_grace: Duration::from_secs(3600),
             repair_concurrency: 16,
             http: http::HttpLimits::default(),
+            rebalance_band: 0.10,
+            rebalance_rate: 10.0,
         }
     }
 }
@@ -136,14 +143,25 @@ impl Master {
         let db_path = config.data_dir.join("meta.db");
         let db = MetaDb::open(&db_path, config.threads + 2).map_err(io::Error::other)?;
         let metrics = MasterMetrics::new(db.commit_batches());
+        // Moves do not survive a restart: their expected copies are dropped.
+        db.forget_all_expected().map_err(io::Error::other)?;
         let known = db.nodes().map_err(io::Error::other)?;
         let nodes = Arc::new(RwLock::new(Arc::new(known.iter().map(|n| (n.id.clone(), n.address.clone())).collect())));
         let node_client = NodeClient::new(agent, config.cluster_token.clone(), Arc::clone(&nodes) as Arc<dyn Registry>);
+        let drains: HashMap<String, Drain> = known.iter().filter_map(|n| n.drain.map(|d| (n.id.clone(), d))).collect();
+        let zones: Vec<(String, String)> =
+            known.iter().filter_map(|n| n.zone.clone().map(|z| (n.id.clone(), z))).collect();
         let membership = Membership::new(
             known.into_iter().map(|n| (n.id, NodeState::parse(&n.state))),
             config.dead_after,
             Instant::now(),
         );
+        for node in drains.keys() {
+            membership.set_draining(node, true);
+        }
+        for (node, zone) in &zones {
+            membership.set_zone(node, zone);
+        }
         let state = Arc::new(MasterState {
             db,
             config: config.clone(),
@@ -157,6 +175,7 @@ impl Master {
             events: Events::default(),
             metrics,
             snapshot: Mutex::new(None),
+            drains: Mutex::new(drains),
         });
         let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
         let maintenance_state = Arc::clone(&state);
@@ -239,6 +258,9 @@ enum Endpoint {
     RedirectToReplica(ObjectId),
     /// The S3 namespace (`master/s3.rs`).
     S3(s3::S3Endpoint),
+    DrainNode(String),
+    UndrainNode(String),
+    RemoveNode(String),
 }
 
 impl Endpoint {
@@ -270,6 +292,16 @@ impl Endpoint {
                 } else if let Some(raw_id) = path.strip_prefix("/objects/") {
                     let id = ObjectId::parse(raw_id).map_err(ApiError::bad_request)?;
                     (Endpoint::RedirectToReplica(id), is_get, "GET")
+                } else if let Some(rest) = path.strip_prefix("/api/nodes/") {
+                    let (node, action) = rest.split_once('/').unwrap_or((rest, ""));
+                    validate_node_id(node).map_err(ApiError::bad_request)?;
+                    let node = node.to_string();
+                    match action {
+                        "drain" => (Endpoint::DrainNode(node), is_post, "POST"),
+                        "undrain" => (Endpoint::UndrainNode(node), is_post, "POST"),
+                        "" => (Endpoint::RemoveNode(node), *method == Method::Delete, "DELETE"),
+                        _ => return Err(ApiError::no_route(path)),
+                    }
                 } else {
                     return Err(ApiError::no_route(path));
                 }
@@ -302,6 +334,9 @@ impl Endpoint {
             Endpoint::DeleteObject(_) => "DeleteObject",
             Endpoint::RedirectToReplica(_) => "RedirectToReplica",
             Endpoint::S3(_) => "S3Namespace",
+            Endpoint::DrainNode(_) => "DrainNode",
+            Endpoint::UndrainNode(_) => "UndrainNode",
+            Endpoint::RemoveNode(_) => "RemoveNode",
         }
     }
 
@@ -323,10 +358,14 @@ impl Endpoint {
         )
     }
 
-    /// Operations that need the cluster token, when there is one: the internal ones, and
-    /// deleting an object.
+    /// Operations that need the cluster token, when there is one: the internal ones,
+    /// deleting an object, and an operator's drains and removals.
     fn needs_token(&self) -> bool {
-        self.is_internal() || matches!(self, Endpoint::DeleteObject(_))
+        self.is_internal()
+            || matches!(
+                self,
+                Endpoint::DeleteObject(_) | Endpoint::DrainNode(_) | Endpoint::UndrainNode(_) | Endpoint::RemoveNode(_)
+            )
     }
 }
 
@@ -352,6 +391,9 @@ struct MasterState {
     metrics: MasterMetrics,
     /// The last `Snapshot`, until when it serves (`SNAPSHOT_TTL`).
     snapshot: Mutex<Option<(Instant, Arc<Snapshot>)>>,
+    /// Nodes an operator drains, and how far: the database's record, kept in memory for
+    /// the maintenance loop.
+    drains: Mutex<HashMap<String, Drain>>,
 }
 
 impl Registry for RwLock<Arc<Vec<Candidate>>> {
@@ -445,7 +487,89 @@ impl MasterState {
             }
             Endpoint::RedirectToReplica(id) => self.redirect(id),
             Endpoint::S3(endpoint) => self.dispatch_s3(endpoint, request),
+            Endpoint::DrainNode(node) => self.drain_node(&node),
+            Endpoint::UndrainNode(node) => self.undrain_node(&node),
+            Endpoint::RemoveNode(node) => self.remove_node(&node),
         }
+    }
+
+    /// Starts draining a node: nothing new is placed there, and the maintenance loop
+    /// copies each of its objects elsewhere before dropping its copy. Refused at once
+    /// when the other nodes are too few to hold every object's replicas.
+    fn drain_node(&self, node: &str) -> Result<Reply, ApiError> {
+        let known = self.db.nodes()?.into_iter().find(|n| n.id == node);
+        let Some(row) = known else {
+            return Err(ApiError::not_found(format!("node {node:?} is not registered; `aether nodes` lists them")));
+        };
+        if row.drain.is_none() {
+            let need = self.db.max_replication_on(node)?;
+            let others: Vec<String> = self.membership.placeable(0).into_iter().filter(|n| n != node).collect();
+            if others.len() < need {
+                return Err(ApiError::new(
+                    409,
+                    format!(
+                        "cannot drain node {node}: objects on it need {need} replicas each, but only {} other \
+                         node(s) can take copies (alive, with room, not draining){}; start another datanode, or \
+                         cancel another drain, first",
+                        others.len(),
+                        if others.is_empty() { String::new() } else { format!(": {}", others.join(", ")) }
+                    ),
+                ));
+            }
+            let mut drains = self.drains.lock().expect("drains lock");
+            self.db.set_drain(node, Some(Drain::Draining))?;
+            drains.insert(node.to_string(), Drain::Draining);
+            drop(drains);
+            self.membership.set_draining(node, true);
+            log::info(
+                "master",
+                &format!(
+                    "node {node} is draining: nothing new goes there, and its {} copies are moved to other nodes \
+                     (each dropped only once its new copy is confirmed)",
+                    row.replicas
+                ),
+            );
+        }
+        let drain = self.drains.lock().expect("drains lock").get(node).map(|d| d.as_str().to_string());
+        Ok(http::json_reply(200, &DrainStatus { id: node.to_string(), drain, copies_left: row.replicas }))
+    }
+
+    /// Cancels a drain: the node takes new copies again; copies already moved stay where
+    /// they went.
+    fn undrain_node(&self, node: &str) -> Result<Reply, ApiError> {
+        let Some(row) = self.db.nodes()?.into_iter().find(|n| n.id == node) else {
+            return Err(ApiError::not_found(format!("node {node:?} is not registered; `aether nodes` lists them")));
+        };
+        if row.drain.is_some() {
+            // Under the lock, as the maintenance loop finishing the drain writes.
+            let mut drains = self.drains.lock().expect("drains lock");
+            self.db.set_drain(node, None)?;
+            drains.remove(node);
+            drop(drains);
+            self.membership.set_draining(node, false);
+            log::info("master", &format!("node {node}'s drain is cancelled: it takes new copies again"));
+        }
+        Ok(http::json_reply(200, &DrainStatus { id: node.to_string(), drain: None, copies_left: row.replicas }))
+    }
+
+    /// Forgets a drained node, or a dead one whose copies were all made again.
+    fn remove_node(&self, node: &str) -> Result<Reply, ApiError> {
+        self.db.remove_node(node)?;
+        self.membership.forget(node);
+        self.drains.lock().expect("drains lock").remove(node);
+        {
+            let mut known = self.nodes.write().expect("nodes lock");
+            let mut nodes: Vec<Candidate> = self.db.addresses()?.into_iter().collect();
+            nodes.sort();
+            *known = Arc::new(nodes);
+        }
+        log::info(
+            "master",
+            &format!(
+                "node {node} is removed; if its datanode is still running it registers again as a new, empty node"
+            ),
+        );
+        Ok(http::json_reply(200, &StatusOk::ok()))
     }
 
     fn register_node(&self, body: RegisterNode) -> Result<Reply, ApiError> {
@@ -463,6 +587,7 @@ impl MasterState {
         }
         let before = self.membership.registered(&body.id, Instant::now());
         self.note_version(&body.id, body.version);
+        self.note_zone(&body.id, body.zone)?;
         match outcome {
             Registered::TookOver { previous } => {
                 self.membership.removed(&previous);
@@ -502,6 +627,7 @@ impl MasterState {
             .heartbeat(&body.id, &reported, now)
             .ok_or_else(|| ApiError::not_found(format!("node {:?} is not registered; register it first", body.id)))?;
         self.note_version(&body.id, body.version);
+        self.note_zone(&body.id, body.zone)?;
         let state = NodeState::heard_from(body.disk);
         if before != state {
             self.db.set_node_state(&body.id, state)?;
@@ -523,6 +649,18 @@ impl MasterState {
         }
         let delete = self.db.take_deletions(&body.id, 1000)?;
         Ok(http::json_reply(200, &NodeCommands { delete }))
+    }
+
+    /// Records the zone a node named, in memory and (when it changed) in the database.
+    fn note_zone(&self, id: &str, zone: Option<String>) -> Result<(), ApiError> {
+        let zone = zone.unwrap_or_default();
+        if self.membership.set_zone(id, &zone) {
+            self.db.set_zone(id, Some(zone.clone()).filter(|z| !z.is_empty()))?;
+            if !zone.is_empty() {
+                log::info("master", &format!("node {id} is in zone {zone}"));
+            }
+        }
+        Ok(())
     }
 
     fn note_version(&self, id: &str, version: Option<String>) {
@@ -570,6 +708,7 @@ impl MasterState {
     fn node_infos(&self) -> Result<Vec<NodeInfo>, ApiError> {
         let now = Instant::now();
         let versions = self.versions.lock().expect("versions lock").clone();
+        let zones = self.membership.zones();
         let nodes = self
             .db
             .nodes()?
@@ -578,6 +717,7 @@ impl MasterState {
                 let member = self.membership.get(&n.id);
                 let version = versions.get(&n.id).cloned();
                 let silent = member.map_or(0.0, |m| now.saturating_duration_since(m.last_seen).as_secs_f64());
+                let zone = zones.get(&n.id).cloned().or(n.zone);
                 NodeInfo {
                     state: member.map_or(n.state, |m| m.state.as_str().to_string()),
                     last_seen: rfc3339(db::now_ms() - (silent * 1000.0) as i64),
@@ -590,6 +730,8 @@ impl MasterState {
                     free_bytes: member.and_then(|m| m.free_bytes),
                     object_count: member.and_then(|m| m.object_count),
                     version,
+                    zone,
+                    drain: n.drain.map(|d| d.as_str().to_string()),
                 }
             })
             .collect();
@@ -660,6 +802,9 @@ impl MasterState {
                 under_replicated: counts.under_replicated,
                 repairs_in_flight: self.repairs_in_flight.load(Ordering::Relaxed),
                 pending_deletes: counts.pending_deletes,
+                nodes_draining: counts.nodes_draining,
+                copies_to_move: counts.copies_to_move,
+                nodes_drained: counts.nodes_drained,
                 version: crate::VERSION.to_string(),
             },
         ))
@@ -667,27 +812,42 @@ impl MasterState {
 
     /// Chooses `n` of the `known` (id, address) pairs that may take `size` more bytes:
     /// alive nodes first, then (only as far as those do not go) nodes a client recently
-    /// reported failed and suspect ones.
+    /// reported failed and suspect ones; spread over zones and weighted by free space
+    /// (`placement::choose_spread`).
     fn chooser(&self, size: u64) -> impl FnOnce(&[Candidate], usize) -> Result<Vec<Candidate>, MetaError> {
         let (alive, suspect) = (self.membership.placeable(size), self.membership.fallback(size));
         let penalized = self.penalized(Instant::now());
         let (avoided, preferred): (Vec<String>, Vec<String>) = alive.into_iter().partition(|id| penalized.contains(id));
         let fallback: Vec<String> = avoided.into_iter().chain(suspect).collect();
         let registered = self.nodes.read().expect("nodes lock").len();
+        let zones = self.membership.zones();
+        let free: HashMap<String, Option<u64>> = preferred
+            .iter()
+            .chain(&fallback)
+            .map(|id| (id.clone(), self.membership.get(id).and_then(|m| m.free_bytes)))
+            .collect();
         move |known, n| {
-            let pick = |ids: &[String]| -> Vec<Candidate> {
-                known.iter().filter(|(id, _)| ids.contains(id)).cloned().collect()
+            let pick = |ids: &[String]| -> Vec<placement::Site<Candidate>> {
+                known
+                    .iter()
+                    .filter(|(id, _)| ids.contains(id))
+                    .map(|candidate| placement::Site {
+                        zone: zones.get(&candidate.0).cloned().unwrap_or_default(),
+                        free_bytes: free.get(&candidate.0).copied().flatten(),
+                        node: candidate.clone(),
+                    })
+                    .collect()
             };
             let (first, then) = (pick(&preferred), pick(&fallback));
             let eligible = first.len() + then.len();
-            placement::choose_preferring(&first, &then, n, &mut rand::thread_rng()).map_err(|e| {
+            placement::choose_spread(&first, &then, &[], n, &mut rand::thread_rng()).map_err(|e| {
                 if eligible >= n {
                     return MetaError::Unavailable(e);
                 }
                 MetaError::Unavailable(format!(
                     "need {n} datanodes for {n} replicas but only {eligible} of the {registered} registered are \
-                     eligible (alive or suspect, with room for {size} bytes, and neither used by this upload \
-                     already nor reported failed by it); start more datanodes or ask for fewer replicas"
+                     eligible (alive or suspect, not draining, with room for {size} bytes, and neither used by this \
+                     upload already nor reported failed by it); start more datanodes or ask for fewer replicas"
                 ))
             })
         }
@@ -919,6 +1079,12 @@ mod tests {
             (Method::Get, format!("/api/objects/{id}"), Ok(Endpoint::GetObject(parsed))),
             (Method::Delete, format!("/api/objects/{id}"), Ok(Endpoint::DeleteObject(parsed))),
             (Method::Get, format!("/objects/{id}"), Ok(Endpoint::RedirectToReplica(parsed))),
+            (Method::Post, "/api/nodes/datanode-1/drain".into(), Ok(Endpoint::DrainNode("datanode-1".into()))),
+            (Method::Post, "/api/nodes/datanode-1/undrain".into(), Ok(Endpoint::UndrainNode("datanode-1".into()))),
+            (Method::Delete, "/api/nodes/datanode-1".into(), Ok(Endpoint::RemoveNode("datanode-1".into()))),
+            (Method::Get, "/api/nodes/datanode-1/drain".into(), Err(405)),
+            (Method::Post, "/api/nodes/datanode-1/explode".into(), Err(404)),
+            (Method::Post, "/api/nodes/bad%20id/drain".into(), Err(400)),
             (Method::Get, "/api/upload/init".into(), Err(405)),
             (Method::Put, format!("/api/objects/{id}"), Err(405)),
             (Method::Put, format!("/objects/{id}"), Err(405)),

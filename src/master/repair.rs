@@ -37,11 +37,17 @@ pub struct Transfer {
 
 /// Plans copies, objects with the fewest healthy replicas first. Targets are chosen at
 /// random among `targets` (nodes that may take new replicas) that have no record of the
-/// object, then among those known to have lost their copy (so a small cluster can make a
-/// lost copy again where it was); sources are the healthy holders with the least work
-/// planned so far (holders on read-only disks when no healthy one is left). Objects with
-/// no copy to read from cannot be repaired and are left out.
-pub fn plan(objects: &[UnderReplicated], targets: &[String], rng: &mut impl Rng) -> Vec<Transfer> {
+/// object, preferring zones (`zones`: node → zone) none of its healthy copies is in, then
+/// among those known to have lost their copy (so a small cluster can make a lost copy
+/// again where it was); sources are the healthy holders with the least work planned so
+/// far (holders on read-only disks when no healthy one is left). Objects with no copy to
+/// read from cannot be repaired and are left out.
+pub fn plan(
+    objects: &[UnderReplicated],
+    targets: &[String],
+    zones: &HashMap<String, String>,
+    rng: &mut impl Rng,
+) -> Vec<Transfer> {
     let mut order: Vec<&UnderReplicated> =
         objects.iter().filter(|o| !o.healthy.is_empty() || !o.read_only.is_empty()).collect();
     order.sort_by_key(|o| o.healthy.len());
@@ -49,13 +55,8 @@ pub fn plan(objects: &[UnderReplicated], targets: &[String], rng: &mut impl Rng)
     let mut transfers = Vec::new();
     for object in order {
         let missing = object.replication.saturating_sub(object.healthy.len());
-        let mut chosen: Vec<&String> = targets
-            .iter()
-            .filter(|t| !object.holders.contains(t))
-            .collect::<Vec<_>>()
-            .choose_multiple(rng, missing)
-            .copied()
-            .collect();
+        let fresh: Vec<&String> = targets.iter().filter(|t| !object.holders.contains(t)).collect();
+        let mut chosen = spread_over_zones(fresh, &object.healthy, zones, missing, rng);
         let again: Vec<&String> = targets.iter().filter(|t| object.lacking.contains(t)).collect();
         chosen.extend(again.choose_multiple(rng, missing - chosen.len()).copied());
         let sources = if object.healthy.is_empty() { &object.read_only } else { &object.healthy };
@@ -74,6 +75,53 @@ pub fn plan(objects: &[UnderReplicated], targets: &[String], rng: &mut impl Rng)
         }
     }
     transfers
+}
+
+/// Moves that spread an object over more zones: for each object (id, nodes holding a
+/// counted copy) with two copies in one zone while a node of `targets` (that holds none)
+/// is in a zone the object has no copy in, one copy from the crowded zone goes there.
+/// Returns the transfers; each one's source is also the node whose copy is released.
+pub fn zone_fixes(
+    objects: &[(String, Vec<String>)],
+    targets: &[String],
+    zones: &HashMap<String, String>,
+    rng: &mut impl Rng,
+) -> Vec<Transfer> {
+    let zone = |node: &str| zones.get(node).map_or("", String::as_str);
+    let mut fixes = Vec::new();
+    for (object, holders) in objects {
+        let held: Vec<&str> = holders.iter().map(|h| zone(h)).collect();
+        let Some(crowded) = holders.iter().find(|h| held.iter().filter(|z| **z == zone(h)).count() > 1) else {
+            continue;
+        };
+        let free: Vec<&String> = targets.iter().filter(|t| !holders.contains(t) && !held.contains(&zone(t))).collect();
+        if let Some(target) = free.choose(rng) {
+            fixes.push(Transfer { object: object.clone(), source: crowded.clone(), target: (*target).clone() });
+        }
+    }
+    fixes
+}
+
+/// Up to `n` of `candidates` at random, each preferring a zone that neither `healthy`
+/// nor an earlier pick is in (nodes without a zone share the zone `""`).
+fn spread_over_zones<'a>(
+    mut candidates: Vec<&'a String>,
+    healthy: &[String],
+    zones: &HashMap<String, String>,
+    n: usize,
+    rng: &mut impl Rng,
+) -> Vec<&'a String> {
+    let zone = |node: &str| zones.get(node).map_or("", String::as_str);
+    let mut used: Vec<&str> = healthy.iter().map(|h| zone(h)).collect();
+    candidates.shuffle(rng);
+    let mut chosen = Vec::with_capacity(n);
+    while chosen.len() < n && !candidates.is_empty() {
+        let pick = candidates.iter().position(|c| !used.contains(&zone(c))).unwrap_or(0);
+        let node = candidates.remove(pick);
+        used.push(zone(node));
+        chosen.push(node);
+    }
+    chosen
 }
 
 /// Groups transfers by (source, target) into batches of at most `batch` objects, so one
@@ -117,14 +165,14 @@ mod tests {
         let mut rng = rand::rngs::StdRng::seed_from_u64(3);
         let mut lost = object("lost-on-c", 3, &["a", "b"], &["a", "b", "c"]);
         lost.lacking = vec!["c".to_string()];
-        let three = plan(std::slice::from_ref(&lost), &nodes(&["a", "b", "c"]), &mut rng);
+        let three = plan(std::slice::from_ref(&lost), &nodes(&["a", "b", "c"]), &HashMap::new(), &mut rng);
         assert_eq!(three.iter().map(|t| t.target.as_str()).collect::<Vec<_>>(), vec!["c"]);
-        let four = plan(std::slice::from_ref(&lost), &nodes(&["a", "b", "c", "d"]), &mut rng);
+        let four = plan(std::slice::from_ref(&lost), &nodes(&["a", "b", "c", "d"]), &HashMap::new(), &mut rng);
         assert_eq!(four.iter().map(|t| t.target.as_str()).collect::<Vec<_>>(), vec!["d"]);
         // A holder not known to lack its copy (a dead node's, or one with a deletion
         // pending) is never a target.
         let held = object("held", 3, &["a", "b"], &["a", "b", "c"]);
-        assert!(plan(&[held], &nodes(&["a", "b", "c"]), &mut rng).is_empty());
+        assert!(plan(&[held], &nodes(&["a", "b", "c"]), &HashMap::new(), &mut rng).is_empty());
     }
 
     #[test]
@@ -134,7 +182,7 @@ mod tests {
         stuck.read_only = nodes(&["ro1", "ro2"]);
         let mut mixed = object("mixed", 2, &["a"], &["a", "ro1"]);
         mixed.read_only = nodes(&["ro1"]);
-        let plan = plan(&[stuck, mixed], &nodes(&["a", "b", "c"]), &mut rng);
+        let plan = plan(&[stuck, mixed], &nodes(&["a", "b", "c"]), &HashMap::new(), &mut rng);
         let stuck: Vec<&Transfer> = plan.iter().filter(|t| t.object == "only-on-ro").collect();
         assert_eq!(stuck.len(), 2, "{plan:?}");
         assert!(stuck.iter().all(|t| t.source.starts_with("ro") && !t.target.starts_with("ro")), "{plan:?}");
@@ -154,7 +202,7 @@ mod tests {
             object("one-left", 3, &["c"], &["c", "dead"]),
             object("lost", 2, &[], &["dead"]),
         ];
-        let plan = plan(&objects, &nodes(&["a", "b", "c", "d"]), &mut rng);
+        let plan = plan(&objects, &nodes(&["a", "b", "c", "d"]), &HashMap::new(), &mut rng);
         assert_eq!(plan[0].object, "one-left");
         assert_eq!(plan.iter().filter(|t| t.object == "one-left").count(), 2);
         assert_eq!(plan.iter().filter(|t| t.object == "two-left").count(), 1);
@@ -170,12 +218,51 @@ mod tests {
     fn takes_what_targets_there_are_and_spreads_sources() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(2);
         let objects: Vec<_> = (0..100).map(|i| object(&format!("o{i}"), 3, &["a", "b"], &["a", "b", "x"])).collect();
-        let plan = plan(&objects, &nodes(&["a", "b", "c"]), &mut rng);
+        let plan = plan(&objects, &nodes(&["a", "b", "c"]), &HashMap::new(), &mut rng);
         assert_eq!(plan.len(), 100);
         assert!(plan.iter().all(|t| t.target == "c"));
         let from_a = plan.iter().filter(|t| t.source == "a").count();
         assert!((45..=55).contains(&from_a), "{from_a} of 100 from a");
-        assert!(self::plan(&objects, &nodes(&["a", "b"]), &mut rng).is_empty());
+        assert!(self::plan(&objects, &nodes(&["a", "b"]), &HashMap::new(), &mut rng).is_empty());
+    }
+
+    #[test]
+    fn a_new_copy_goes_to_a_zone_the_object_is_not_in() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        let zones: HashMap<String, String> =
+            [("a", "z1"), ("b", "z1"), ("c", "z1"), ("d", "z2"), ("e", "z3")].map(|(n, z)| (n.into(), z.into())).into();
+        for _ in 0..50 {
+            let one = plan(&[object("o", 2, &["a"], &["a", "dead"])], &nodes(&["b", "c", "d"]), &zones, &mut rng);
+            assert_eq!(one.iter().map(|t| t.target.as_str()).collect::<Vec<_>>(), vec!["d"]);
+            let two = plan(&[object("o", 3, &["a"], &["a"])], &nodes(&["b", "c", "d", "e"]), &zones, &mut rng);
+            let mut targets: Vec<&str> = two.iter().map(|t| t.target.as_str()).collect();
+            targets.sort();
+            assert_eq!(targets, vec!["d", "e"]);
+        }
+    }
+
+    #[test]
+    fn two_copies_in_one_zone_move_one_when_another_zone_has_room() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(6);
+        let zones: HashMap<String, String> =
+            [("a", "east"), ("b", "east"), ("c", "west"), ("d", "west")].map(|(n, z)| (n.into(), z.into())).into();
+        let objects = vec![
+            ("crowded".to_string(), nodes(&["a", "b"])),
+            ("spread".to_string(), nodes(&["a", "c"])),
+            ("crowded-west".to_string(), nodes(&["c", "d"])),
+        ];
+        let fixes = zone_fixes(&objects, &nodes(&["a", "b", "c", "d"]), &zones, &mut rng);
+        assert_eq!(fixes.len(), 2, "{fixes:?}");
+        assert!(
+            fixes[0].object == "crowded" && fixes[0].source == "a" && ["c", "d"].contains(&fixes[0].target.as_str())
+        );
+        assert!(
+            fixes[1].object == "crowded-west"
+                && fixes[1].source == "c"
+                && ["a", "b"].contains(&fixes[1].target.as_str())
+        );
+        // No other zone with room: nothing moves.
+        assert!(zone_fixes(&objects[..1], &nodes(&["a", "b"]), &zones, &mut rng).is_empty());
     }
 
     #[test]

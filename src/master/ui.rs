@@ -157,11 +157,14 @@ pub fn fragment(view: &View) -> String {
             if node.state == "alive" { capacity } else { capacity.replace("<small>", "<small>last reported: ") };
         let _ = write!(
             html,
-            r#"<article class="node {state}" data-node="{id}" data-state="{state}"><div class="head"><span class="id">{id}</span><span class="state {state}">{state}</span></div><div class="addr">{}</div>{capacity}<dl><dt>objects</dt><dd>{objects}</dd><dt>replicas</dt><dd>{}</dd><dt>heartbeat</dt><dd>{}</dd><dt>version</dt><dd>{}</dd></dl></article>"#,
+            r#"<article class="node {state}" data-node="{id}" data-state="{state}"><div class="head"><span class="id">{id}</span><span class="state {state}">{state}</span></div><div class="addr">{}</div>{capacity}<dl><dt>objects</dt><dd>{objects}</dd><dt>replicas</dt><dd>{}</dd><dt>heartbeat</dt><dd>{}</dd><dt>version</dt><dd>{}</dd><dt>zone</dt><dd>{}</dd><dt>drain</dt><dd>{}</dd></dl></article>"#,
             escape(&node.address),
             node.replicas,
             escape(&ago(node.last_seen_secs_ago)),
             escape(node.version.as_deref().unwrap_or("unknown")),
+            escape(node.zone.as_deref().filter(|z| !z.is_empty()).unwrap_or("none")),
+            // A draining node's replica count is the copies it still has to move away.
+            escape(node.drain.as_deref().unwrap_or("no")),
         );
     }
     html.push_str("</section>");
@@ -313,6 +316,8 @@ mod tests {
             free_bytes: Some(40 << 30),
             object_count: Some(3),
             version: Some(version.to_string()),
+            zone: None,
+            drain: None,
         }
     }
 

@@ -11,6 +11,7 @@ mod healing;
 mod hostile;
 mod metrics;
 mod newcomer;
+mod operations;
 mod ops;
 mod s3;
 mod security;

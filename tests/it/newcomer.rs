@@ -243,7 +243,8 @@ fn replica_addresses(master: &str, id: &str) -> Vec<String> {
 fn the_seed_walkthrough_runs_verbatim_against_dev_every_time() {
     let dir = TempDir::new("verbatim");
     let port = free_port_run(4);
-    let _dev = Dev::start(dir.path(), &["--port", &port.to_string(), "--dead-after", "4"]);
+    // The gateway on a free port: the master's port + 100 may be anyone's on a busy machine.
+    let _dev = Dev::start(dir.path(), &["--port", &port.to_string(), "--dead-after", "4", "--s3-port", "0"]);
     let master = format!("http://localhost:{port}");
     let seed_nodes = vec![format!("http://localhost:{}", port + 1), format!("http://localhost:{}", port + 2)];
     for _ in 0..20 {

@@ -268,8 +268,18 @@ fn dev_prints_a_working_s3_endpoint_and_key() {
 struct KillOnDrop(std::process::Child);
 
 impl Drop for KillOnDrop {
+    /// Ctrl-C first, as a person stops `aether dev`: it stops its datanodes and waits for
+    /// them, so that a dev started next on the same directory finds it free.
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = Command::new("kill").args(["-INT", &self.0.id().to_string()]).status();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while self.0.try_wait().ok().flatten().is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
     }
 }

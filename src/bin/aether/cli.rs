@@ -249,7 +249,15 @@ pub fn nodes(client: &Client) -> CliResult<String> {
         )
     };
     let mut table = row(["ID", "ADDRESS", "STATE", "REPLICAS", "FREE", "SEEN", "VERSION"]);
-    for n in nodes {
+    for mut n in nodes {
+        // A drain shows in the state: `draining` (its replicas are the copies left),
+        // `drained`, or e.g. `dead/draining`; the zone after the version.
+        if let Some(drain) = &n.drain {
+            n.state = if n.state == "alive" { drain.clone() } else { format!("{}/{drain}", n.state) };
+        }
+        if let Some(zone) = &n.zone {
+            n.version = Some(format!("{}  zone {zone}", n.version.as_deref().unwrap_or("-")));
+        }
         let free = n.free_bytes.map_or("-".to_string(), |b| format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64));
         let seen = format!("{:.1}s ago", n.last_seen_secs_ago);
         let version = n.version.as_deref().unwrap_or("-");
@@ -269,6 +277,12 @@ pub fn cluster(client: &Client) -> CliResult<String> {
     text.push_str(&format!("objects     {}, {} under-replicated\n", c.objects, c.under_replicated));
     text.push_str(&format!("repairs     {} in flight\n", c.repairs_in_flight));
     text.push_str(&format!("deletes     {} copies waiting for their node\n", c.pending_deletes));
+    if c.nodes_draining + c.nodes_drained > 0 {
+        text.push_str(&format!(
+            "drains      {} draining ({} copies left to move), {} drained\n",
+            c.nodes_draining, c.copies_to_move, c.nodes_drained
+        ));
+    }
     Ok(text)
 }
 

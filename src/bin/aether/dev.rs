@@ -1,7 +1,7 @@
 //! `aether dev`: a whole local cluster for trying AetherStore out and running the
 //! original curl walk-through: the master in this process, each datanode a child process
 //! of its own (`aether datanode`) on loopback ports, their data under one directory, and
-//! an S3 gateway (on the master's port + 100) with an access key named `dev` ready.
+//! an S3 gateway (on the master's port + 100, or `--s3-port`) with an access key named `dev` ready.
 //! A datanode is its own process so that it can be killed (`kill -9 PID`, the PIDs are
 //! printed) to watch the master notice and repair, as in a real cluster. Ctrl-C stops
 //! everything cleanly; the children also die with this process.
@@ -30,6 +30,8 @@ pub struct DevConfig {
     pub port: u16,
     /// Silence after which the master declares a datanode dead (and repairs its copies).
     pub dead_after: Duration,
+    /// The S3 gateway's port: `port + 100` if not given (a free one when `port` is 0).
+    pub s3_port: Option<u16>,
 }
 
 /// The dev cluster's S3 gateway, and the key it prints.
@@ -297,7 +299,7 @@ pub fn follow_dev_parent() {
     }
 }
 
-/// Starts the dev cluster's S3 gateway (master port + 100) and finds or creates the
+/// Starts the dev cluster's S3 gateway (master port + 100, or `--s3-port`) and finds or creates the
 /// access key named `dev`.
 fn start_gateway(config: &DevConfig, client: &Client, agent: ureq::Agent) -> io::Result<(Gateway, AccessKey)> {
     let existing = client.access_keys().map_err(io::Error::other)?.into_iter().find(|k| k.name == "dev");
@@ -306,7 +308,7 @@ fn start_gateway(config: &DevConfig, client: &Client, agent: ureq::Agent) -> io:
         None => client.create_access_key("dev"),
     }
     .map_err(io::Error::other)?;
-    let port = if config.port == 0 { 0 } else { config.port.saturating_add(100) };
+    let port = config.s3_port.unwrap_or(if config.port == 0 { 0 } else { config.port.saturating_add(100) });
     let gateway = Gateway::start(GatewayConfig::new(&format!("127.0.0.1:{port}"), client.master()), agent)?;
     Ok((gateway, key))
 }
