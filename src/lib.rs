@@ -10,6 +10,7 @@ pub mod client;
 pub mod datanode;
 pub mod dev;
 pub mod http;
+pub mod locations;
 pub mod lock;
 pub mod log;
 pub mod master;
