@@ -13,6 +13,7 @@ data lives), for the benchmark suite. Prints one JSON object:
   durable small writes per second when nothing batches them.
 - fsync_4k_per_sec_16: the same with 16 writers on 16 files at once (the disk's
   parallelism for independent durable writes).
+- with --small-only, only the two figures above (bench/seaweedfs.sh's reference).
 - create_4k_per_sec, create_4k_per_sec_16: what one datanode does per small object: a
   new file with 4 KiB, fsync, hard link into a directory, fsync of that directory.
 
@@ -117,6 +118,9 @@ def main():
     parser.add_argument(
         "--keep", action="store_true", help="leave the files written (in the 'work' directory the JSON names)"
     )
+    parser.add_argument(
+        "--small-only", action="store_true", help="only the fsync'd 4 KiB appends (for bench/seaweedfs.sh)"
+    )
     args = parser.parse_args()
 
     work = os.path.join(args.dir, f"disk-bench-{os.getpid()}")
@@ -124,6 +128,13 @@ def main():
     limit = 1_000_000
     try:
         result = {"dir": os.path.abspath(args.dir), "seq_bytes": args.seq_bytes}
+        if args.small_only:
+            result["fsync_4k_per_sec"] = parallel(fsync_4k, 1, args.seconds, limit, lambda i: (os.path.join(work, f"f{i}"),))
+            result["fsync_4k_per_sec_16"] = parallel(
+                fsync_4k, 16, args.seconds, limit, lambda i: (os.path.join(work, f"f{i}"),)
+            )
+            print(json.dumps(result))
+            return 0
         runs = [seq_write(work, args.seq_bytes) for _ in range(3)]
         result["seq_write_runs"] = runs
         result["seq_write_mb_per_sec"] = sorted(runs)[1]

@@ -64,12 +64,39 @@ def fmt(value, unit=""):
     return f"{text} {unit}".strip()
 
 
+def seaweedfs_rows(out, t):
+    """Issue 12's table: 4 KiB objects on SeaweedFS (`weed benchmark -fsync`) and on
+    AetherStore, measured interleaved by bench/seaweedfs.sh, and their ratio."""
+    s = "SeaweedFS side by side (4 KiB)"
+    disk = load(out, "sw-disk") or {}
+    appends16 = disk.get("fsync_4k_per_sec_16")
+    t.add(s, "fsync'd 4 KiB appends, 16 writers (same run)", appends16, "ops/s")
+    for op, r, c, target in (
+        ("put", 1, 1, 1.5), ("put", 1, 16, 2.0), ("put", 3, 1, 1.5), ("put", 3, 16, 2.0),
+        ("get", 1, 1, 1.5), ("get", 1, 16, 2.0), ("get", 3, 1, 1.5), ("get", 3, 16, 2.0),
+    ):
+        weed = (load(out, f"sw-weed-r{r}-c{c}") or {}).get(f"{op}_per_sec")
+        ours = load(out, f"sw-aether-r{r}-{op}-c{c}") or {}
+        v = ours.get("ops_per_sec")
+        ratio = v / weed if v is not None and weed else None
+        clients = "1 client" if c == 1 else f"{c} clients"
+        repl = "000" if r == 1 else "002"
+        t.add(s, f"{op.upper()} 4 KiB, R={r}, {clients}", v, "ops/s", weed, f"SeaweedFS {repl} -fsync",
+              f">= {target}x", None if ratio is None else ratio >= target, ratio)
+        if op == "put" and ours.get("cpu_ms_per_op") is not None:
+            t.add(s, f"  CPU per PUT (client + master + datanodes)", ours["cpu_ms_per_op"], "ms")
+        if op == "put" and c == 16 and v is not None and appends16:
+            t.add(s, f"  same, against fsync'd appends, 16 writers", v, "ops/s", appends16 / r,
+                  "appends" if r == 1 else "appends / 3")
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
     parser.add_argument("--results", required=True)
     parser.add_argument("--elapsed", type=int, default=0)
     parser.add_argument("--quick", default="0")
+    parser.add_argument("--only-seaweedfs", action="store_true", help="bench/seaweedfs.sh run alone")
     args = parser.parse_args()
     out = args.out
 
@@ -84,6 +111,9 @@ def main():
     loopback = max((l["mb_per_sec"] for l in loop if l), default=None)
 
     t = Table()
+    if args.only_seaweedfs:
+        seaweedfs_rows(out, t)
+        return write(t, env, out, args)
     s = "Machine limits"
     t.add(s, "Sequential write, 1 GiB buffered then fsync (median of 3)", buffered, "MB/s")
     t.add(s, "Sequential write, 1 GiB O_DIRECT then fsync (the device)", direct, "MB/s")
@@ -184,13 +214,21 @@ def main():
         secs = sc.get("cluster_status_secs")
         t.add(s, f"{label}: one GET /api/cluster", secs * 1000 if secs is not None else None, "ms")
 
+    if any(name.startswith("sw-") for name in os.listdir(out)):
+        seaweedfs_rows(out, t)
+    return write(t, env, out, args)
+
+
+def write(t, env, out, args):
     lines = []
     lines.append("| Section | Figure | Value | Limit | Ratio | Target | Result |")
     lines.append("| --- | --- | ---: | --- | ---: | --- | --- |")
     for row in t.rows:
         limit = f"{fmt(row['limit'])} ({row['limit_name']})" if row["limit"] is not None and row["limit_name"] else ""
         ratio = f"{row['ratio'] * 100:.0f}%" if row["ratio"] is not None and row["limit_name"] else ""
-        if row["ratio"] is not None and row["limit_name"] and row["limit_name"].startswith("p99"):
+        if row["ratio"] is not None and row["limit_name"] and (
+            row["limit_name"].startswith("p99") or row["limit_name"].startswith("SeaweedFS")
+        ):
             ratio = f"{row['ratio']:.2f}x"
         result = "" if row["met"] is None else ("met" if row["met"] else "**missed**")
         lines.append(

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The benchmark suite: measures this machine's limits, then AetherStore on it, and writes
 # every figure with its ratio to the matching limit into one results file (Markdown table
-# plus the JSON), and prints the table. Bounded: about 5 minutes on 2 cores.
+# plus the JSON), and prints the table. Bounded: about 5 minutes on 2 cores, plus 3 to 5
+# for SeaweedFS side by side (bench/seaweedfs.sh; BENCH_SEAWEEDFS=0 skips it).
 #
 #   bench/run.sh               # everything
 #   BENCH_QUICK=1 bench/run.sh # shorter runs and 100k objects at most (a smoke run; its
@@ -129,6 +130,13 @@ echo "{\"master_rss_mib\": $(($(rss_kib "$CLUSTER_MASTER_PID") / 1024)), \"maste
 
 bench_cleanup
 trash "${DIR:?}/datanode-1" "${DIR:?}/datanode-2" "${DIR:?}/datanode-3"
+
+# ---- 2b. SeaweedFS side by side (issue 12): 4 KiB objects on both, interleaved ---------
+if [[ ${BENCH_SEAWEEDFS:-1} == 1 ]]; then
+  log "SeaweedFS side by side"
+  SW_OUT=$OUT BENCH_DIR=$DIR SW_N=$([[ $QUICK == 1 ]] && echo 2000 || echo 10000) bash bench/seaweedfs.sh ||
+    log "the SeaweedFS comparison failed; see $LOGS"
+fi
 
 # ---- 3. How the master's cost grows with the objects it knows --------------------------
 SCALING=$DIR/scaling

@@ -11,6 +11,7 @@ mod s3;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::locations::{Location, Locations, DEFAULT_CAPACITY};
 use crate::node_client::{NodeClient, ObjectPut};
 use crate::proto::{
     Checksum, ClusterStatus, CompleteUpload, DrainStatus, ErrorBody, Heartbeat, InitUpload, Inventory, NodeCommands,
@@ -184,6 +185,8 @@ pub struct Client {
     nodes: NodeClient,
     master: String,
     token: Option<String>,
+    /// Where objects this client uploaded or read live, shared by its clones.
+    locations: Arc<Locations>,
 }
 
 /// What an upload achieved: the object id and every node's result.
@@ -198,7 +201,8 @@ pub struct Uploaded {
 impl Client {
     pub fn new(agent: ureq::Agent, master: &str) -> Client {
         let nodes = NodeClient::anonymous(agent.clone());
-        Client { agent, nodes, master: master_url(master), token: None }
+        let locations = Arc::new(Locations::new(DEFAULT_CAPACITY));
+        Client { agent, nodes, master: master_url(master), token: None, locations }
     }
 
     /// Sends the cluster token with every request to the master.
@@ -217,6 +221,11 @@ impl Client {
 
     pub fn master(&self) -> &str {
         &self.master
+    }
+
+    /// Where this client believes objects live (see `download`).
+    pub fn locations(&self) -> &Locations {
+        &self.locations
     }
 
     fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ClientError> {
@@ -295,6 +304,7 @@ impl Client {
     }
 
     pub fn delete_object(&self, id: &ObjectId) -> Result<(), ClientError> {
+        self.locations.remove(id);
         let url = format!("{}/api/objects/{id}", self.master);
         self.request("DELETE", &url).call().map_err(|e| from_ureq(&url, e))?;
         Ok(())
@@ -464,6 +474,8 @@ impl Client {
             }
             other => other,
         })?;
+        let replicas = stored.iter().filter(|r| r.status == 201 || r.status == 409).map(|r| r.node.clone()).collect();
+        self.locations.insert(id, Location { replicas, size: len, checksum: source });
         Ok(Uploaded { id, size: len, checksum: source.unwrap_or_default(), replicas: stored })
     }
 
@@ -500,26 +512,37 @@ impl Client {
     /// Downloads an object into `out`, verifying its checksum. Replicas are tried in the
     /// master's order (live nodes first); when one fails part-way, the next one resumes
     /// from the byte where it broke, using an HTTP range.
+    ///
+    /// Where the copies are comes from this client's cache of locations when it has the
+    /// object (ids are immutable: no master round trip); when no cached replica serves
+    /// it, the master is asked once and the read goes on from the byte it reached. So an
+    /// object another client deleted may still be read here until its nodes have removed
+    /// their copies (at their next check-in).
     pub fn download(&self, id: &ObjectId, out: &mut dyn Write) -> Result<u64, ClientError> {
-        let info = self.object(id)?;
+        let cached = self.locations.get(id);
+        let from_cache = cached.is_some();
+        let mut location = match cached {
+            Some(location) => location,
+            None => self.locate(id)?,
+        };
         let mut written = 0u64;
         let mut sum = Checksum::default();
         // The last failure of each replica, in the order they were tried.
-        let mut errors: Vec<(&str, String)> = Vec::new();
-        // Each replica gets two chances: a transfer cut by a passing fault resumes too.
-        let attempts = info.replicas.iter().chain(info.replicas.iter());
-        for node in attempts {
-            let error = match self.fetch(node, id, written, info.checksum, &mut sum, &mut written, out) {
-                Ok(()) if written == info.size => break,
-                Ok(()) => format!("ended at byte {written} of {}", info.size),
-                Err(e) => e.reason(),
-            };
-            match errors.iter_mut().find(|(n, _)| *n == node.as_str()) {
-                Some(entry) => entry.1 = error,
-                None => errors.push((node, error)),
+        let mut errors: Vec<(String, String)> = Vec::new();
+        let mut served = self.read_replicas(id, &location, &mut sum, &mut written, &mut errors, out);
+        if served.is_none() && from_cache {
+            self.locations.remove(id);
+            location = self.locate(id)?;
+            if location.size < written {
+                return Err(ClientError::Protocol {
+                    url: self.master.clone(),
+                    message: format!("object {id} has {} bytes, {written} were read already", location.size),
+                });
             }
+            served = self.read_replicas(id, &location, &mut sum, &mut written, &mut errors, out);
         }
-        if written != info.size {
+        let Some(served) = served else {
+            self.locations.remove(id);
             let each: Vec<String> = errors.iter().map(|(node, error)| format!("{node}: {error}")).collect();
             let message = if each.is_empty() {
                 format!("object {id} has no replica to read from")
@@ -527,14 +550,57 @@ impl Client {
                 format!("every replica of {id} failed ({})", each.join("; "))
             };
             return Err(ClientError::NoReplica { message });
-        }
-        if let Some(expected) = info.checksum.filter(|expected| *expected != sum) {
+        };
+        if let Some(expected) = location.checksum.filter(|expected| *expected != sum) {
+            self.locations.remove(id);
             return Err(ClientError::Protocol {
                 url: self.master.clone(),
                 message: format!("downloaded bytes have checksum {sum}, the object has {expected}"),
             });
         }
+        if served != 0 {
+            // Readers after this one start at the replica that answered.
+            location.replicas.swap(0, served);
+            self.locations.insert(*id, location);
+        }
         Ok(written)
+    }
+
+    /// Where a completed object's copies are, from the master; remembered for later reads.
+    fn locate(&self, id: &ObjectId) -> Result<Location, ClientError> {
+        let info = self.object(id)?;
+        let location = Location { replicas: info.replicas, size: info.size, checksum: info.checksum };
+        if info.status == "complete" {
+            self.locations.insert(*id, location.clone());
+        }
+        Ok(location)
+    }
+
+    /// Reads the object's bytes from `written` on from the replicas of `location`, each
+    /// tried twice (a transfer cut by a passing fault resumes too); the index of the
+    /// replica that delivered the last byte, or `None` when none did.
+    fn read_replicas(
+        &self,
+        id: &ObjectId,
+        location: &Location,
+        sum: &mut Checksum,
+        written: &mut u64,
+        errors: &mut Vec<(String, String)>,
+        out: &mut dyn Write,
+    ) -> Option<usize> {
+        let replicas = location.replicas.iter().enumerate();
+        for (index, node) in replicas.clone().chain(replicas) {
+            let error = match self.fetch(node, id, *written, location.checksum, sum, written, out) {
+                Ok(()) if *written == location.size => return Some(index),
+                Ok(()) => format!("ended at byte {written} of {}", location.size),
+                Err(e) => e.reason(),
+            };
+            match errors.iter_mut().find(|(n, _)| n == node) {
+                Some(entry) => entry.1 = error,
+                None => errors.push((node.clone(), error)),
+            }
+        }
+        None
     }
 
     /// Streams one replica from `offset` on into `out`, counting what arrives.

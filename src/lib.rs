@@ -7,6 +7,7 @@
 pub mod client;
 pub mod datanode;
 pub mod http;
+pub mod locations;
 pub mod lock;
 pub mod log;
 pub mod master;

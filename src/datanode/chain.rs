@@ -3,14 +3,16 @@
 //! sends the bytes once; every node holds at most a few chunks in memory.
 //!
 //! Small uploads go through the process's `ureq::Agent` (pooled connections) from a
-//! forwarding thread. Large ones (`OWN_CONNECTION_FROM`) are written to a connection of
+//! forwarding thread (`Forwarders`: threads kept for the next upload, not one spawned per
+//! hop). Large ones (`OWN_CONNECTION_FROM`) are written to a connection of
 //! their own straight from the upload's buffer, on the thread that receives them: ureq
 //! would copy the body through an 8 KiB buffer into 8 KiB sends, which with the hand-off
 //! to the thread cost more CPU than the forwarding itself at replication 3.
 
 use std::io::{self, Cursor, Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
-use std::thread::JoinHandle;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
@@ -46,8 +48,9 @@ pub struct Forward {
 enum Via {
     /// The chain ends here.
     Nothing,
-    /// Through the agent, from a forwarding thread fed by a bounded channel.
-    Agent { tx: Option<Sender<Message>>, thread: JoinHandle<Vec<ReplicaResult>> },
+    /// Through the agent, from a forwarding thread fed by a bounded channel; its results
+    /// come back on `results`.
+    Agent { tx: Option<Sender<Message>>, results: Receiver<Vec<ReplicaResult>>, chain: Vec<String> },
     /// Written to a connection of its own as the body arrives.
     Connection(Connection),
 }
@@ -88,14 +91,13 @@ impl Forward {
         let (tx, rx) = crossbeam_channel::bounded(CHUNKS_IN_FLIGHT);
         let (nodes, chain, signature) = (nodes.clone(), upload.chain.to_vec(), upload.signature.map(str::to_string));
         let (id, declared, expected) = (upload.id, upload.declared, upload.expected);
-        let thread = std::thread::Builder::new()
-            .name("chain-forward".into())
-            .spawn(move || {
-                let upload = Upload { id, chain: &chain, signature: signature.as_deref(), declared, expected };
-                forward(&nodes, &upload, rx)
-            })
-            .expect("spawning a forwarding thread");
-        Forward { via: Via::Agent { tx: Some(tx), thread } }
+        let (done, results) = crossbeam_channel::bounded(1);
+        let via_chain = chain.clone();
+        forwarders().run(Box::new(move || {
+            let upload = Upload { id, chain: &chain, signature: signature.as_deref(), declared, expected };
+            let _ = done.send(forward(&nodes, &upload, rx));
+        }));
+        Forward { via: Via::Agent { tx: Some(tx), results, chain: via_chain } }
     }
 
     /// The callback `BlobStore::put` hands each piece of the body to, and an empty piece
@@ -118,12 +120,86 @@ impl Forward {
     pub fn finish(self) -> Vec<ReplicaResult> {
         match self.via {
             Via::Nothing => Vec::new(),
-            Via::Agent { mut tx, thread } => {
+            Via::Agent { mut tx, results, chain } => {
                 tx.take();
-                thread.join().expect("the forwarding thread does not panic")
+                results.recv().unwrap_or_else(|_| broken_chain(&chain, 500, "the forwarding thread failed".into()))
             }
             Via::Connection(connection) => connection.finish(),
         }
+    }
+}
+
+/// Idle forwarding threads kept waiting for the next small upload (more exit when done).
+const IDLE_FORWARDERS: usize = 32;
+/// How long an idle forwarding thread waits for work before it exits.
+const FORWARDER_IDLE_FOR: Duration = Duration::from_secs(30);
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The threads that forward small uploads: a thread per upload in flight, as many as
+/// there are uploads (a fixed pool could deadlock two nodes forwarding to each other),
+/// but a thread that finished waits a while for the next upload instead of exiting, so
+/// the steady state spawns none.
+struct Forwarders {
+    jobs: (Sender<Job>, Receiver<Job>),
+    /// Threads waiting in `recv`, not yet promised a job.
+    idle: AtomicUsize,
+}
+
+fn forwarders() -> &'static Forwarders {
+    static FORWARDERS: OnceLock<Forwarders> = OnceLock::new();
+    FORWARDERS.get_or_init(Forwarders::new)
+}
+
+impl Forwarders {
+    fn new() -> Forwarders {
+        Forwarders { jobs: crossbeam_channel::unbounded(), idle: AtomicUsize::new(0) }
+    }
+
+    /// Runs `job` on an idle thread, or on a new one when none is idle.
+    fn run(&'static self, job: Job) {
+        let promised = self.idle.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1)).is_ok();
+        if promised {
+            // An idle thread is promised to take it: it only exits after taking it.
+            let _ = self.jobs.0.send(job);
+            return;
+        }
+        std::thread::Builder::new()
+            .name("chain-forward".into())
+            .spawn(move || {
+                job();
+                self.serve();
+            })
+            .expect("spawning a forwarding thread");
+    }
+
+    fn serve(&'static self) {
+        loop {
+            if self.idle.fetch_add(1, Ordering::AcqRel) >= IDLE_FORWARDERS {
+                if self.unpromise() {
+                    return;
+                }
+            } else {
+                match self.jobs.1.recv_timeout(FORWARDER_IDLE_FOR) {
+                    Ok(job) => {
+                        job();
+                        continue;
+                    }
+                    Err(_) if self.unpromise() => return,
+                    Err(_) => {}
+                }
+            }
+            // A job was promised to this thread meanwhile: take it.
+            match self.jobs.1.recv() {
+                Ok(job) => job(),
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// Leaves the idle count unless a submitter has counted on this thread already.
+    fn unpromise(&self) -> bool {
+        self.idle.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1)).is_ok()
     }
 }
 
@@ -519,6 +595,45 @@ mod tests {
         let results = connection.finish();
         assert_eq!(results[0].status, 502);
         assert!(results[0].error.as_deref().unwrap().contains("cannot reach"), "{results:?}");
+    }
+
+    #[test]
+    fn forwarding_threads_are_reused_and_never_too_few() {
+        let pool: &'static Forwarders = Box::leak(Box::new(Forwarders::new()));
+        let run_and_wait = |job: Box<dyn FnOnce() -> std::thread::ThreadId + Send>| {
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            pool.run(Box::new(move || {
+                let _ = tx.send(job());
+            }));
+            rx.recv().unwrap()
+        };
+        let mut threads = std::collections::HashSet::new();
+        for _ in 0..50 {
+            // Once the last job's thread waits for work, the next job goes to it.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !threads.is_empty() && pool.idle.load(Ordering::Acquire) == 0 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            threads.insert(run_and_wait(Box::new(|| std::thread::current().id())));
+        }
+        assert_eq!(threads.len(), 1, "one thread served every job in turn");
+
+        // More jobs at once than threads kept idle: each gets a thread of its own, or
+        // these would wait for each other forever.
+        let jobs = IDLE_FORWARDERS * 2;
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(jobs + 1));
+        for _ in 0..jobs {
+            let barrier = barrier.clone();
+            pool.run(Box::new(move || {
+                barrier.wait();
+            }));
+        }
+        barrier.wait();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while pool.idle.load(Ordering::Acquire) != IDLE_FORWARDERS && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(pool.idle.load(Ordering::Acquire), IDLE_FORWARDERS, "the others exited");
     }
 
     #[test]

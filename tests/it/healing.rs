@@ -1,7 +1,8 @@
 //! Replication and self-healing on a local multi-process cluster with short intervals:
 //! chained uploads, a datanode killed mid-upload, dead-node detection and repair, a
 //! flipped byte on disk (in a small object, and in a large one found while it streams), deletes that survive a node's absence, a master restart, the
-//! cluster token, ranges and the master's redirect.
+//! cluster token, ranges and the master's redirect, reads from the client's cache of
+//! locations.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -415,4 +416,60 @@ fn a_download_cut_off_mid_way_resumes_on_another_replica() {
     client.download(&ObjectId::parse(&id).unwrap(), &mut sink).unwrap();
     assert!(sink.out == data, "resumed download differs");
     cluster.datanodes[other].wait_for_log(" 206 ");
+}
+
+fn upload_with(client: &Client, data: &[u8]) -> ObjectId {
+    let bytes = data.to_vec();
+    let mut open = || -> std::io::Result<Box<dyn Read + Send>> { Ok(Box::new(std::io::Cursor::new(bytes.clone()))) };
+    client.upload(data.len() as u64, None, &mut open).unwrap().id
+}
+
+#[test]
+fn a_client_reads_objects_it_knows_without_the_master() {
+    let mut cluster = fast_cluster("cached-reads", 2, 2, &[]);
+    let client = client(&cluster);
+    let written = pattern(7, 4096);
+    let id = upload_with(&client, &written);
+    // One written by someone else, read once while the master is up.
+    let other = pattern(8, 10_000);
+    let other_id = ObjectId::parse(&upload(&cluster.master.url, &other)).unwrap();
+    let mut out = Vec::new();
+    client.download(&other_id, &mut out).unwrap();
+    assert!(out == other);
+
+    cluster.master.kill();
+    for (id, data) in [(id, &written), (other_id, &other)] {
+        let mut out = Vec::new();
+        client.download(&id, &mut out).unwrap();
+        assert!(&out == data, "{id} read back differs");
+    }
+    // An object it never saw needs the master, which is down: a clear error.
+    let unknown = ObjectId::new_random();
+    assert!(client.download(&unknown, &mut Vec::new()).is_err());
+}
+
+#[test]
+fn a_stale_cached_location_is_refreshed_from_the_master_once() {
+    use aetherstore::locations::Location;
+    let cluster = fast_cluster("stale-location", 2, 2, &[]);
+    let client = client(&cluster);
+    let data = pattern(9, 70_000);
+    let id = upload_with(&client, &data);
+    let real = client.locations().get(&id).unwrap();
+    assert_eq!(real.replicas.len(), 2);
+    // As if the copies had moved: the cache names a node that has none.
+    let nowhere = Location { replicas: vec!["http://127.0.0.1:1".into()], ..real.clone() };
+    client.locations().insert(id, nowhere);
+    let mut out = Vec::new();
+    client.download(&id, &mut out).unwrap();
+    assert!(out == data);
+    let mut fresh = client.locations().get(&id).unwrap().replicas;
+    fresh.sort();
+    let mut want = real.replicas;
+    want.sort();
+    assert_eq!(fresh, want, "the cache holds the master's locations again");
+    // A deleted object is not read from the cache of the client that deleted it.
+    client.delete_object(&id).unwrap();
+    assert!(client.locations().get(&id).is_none());
+    assert!(client.download(&id, &mut Vec::new()).is_err());
 }
