@@ -541,6 +541,7 @@ fn release_copies(state: &MasterState, node: &str, results: &[ReplicateResult]) 
         }
     }
     if released > 0 {
+        state.metrics.copies_moved.inc_by(released);
         log::info("master", &format!("moved {released} object(s) off {node}; it is told to delete its copies"));
     }
 }

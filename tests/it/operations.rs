@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::cluster::{api_get, pattern, request, upload, wait_until, TestCluster};
+use crate::cluster::{agent, api_get, pattern, request, upload, wait_until, TestCluster};
 
 const FAST_MASTER: &[&str] = &["--dead-after", "1.5"];
 const FAST_DATANODE: &[&str] = &["--heartbeat-interval", "0.2", "--scrub-pause", "0.5"];
@@ -38,6 +38,12 @@ fn holders(master: &str, id: &str) -> Vec<String> {
     let (status, body) = api_get(&format!("{master}/api/objects/{id}")).unwrap();
     assert_eq!(status, 200, "{body}");
     body["replica_nodes"].as_array().unwrap().iter().map(|r| r["node"].as_str().unwrap().to_string()).collect()
+}
+
+/// The value of an unlabelled sample in the master's `/metrics` (None when absent).
+fn metric(master: &str, name: &str) -> Option<f64> {
+    let text = agent().get(&format!("{master}/metrics")).call().ok()?.into_string().ok()?;
+    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 fn upload_many(master: &str, n: usize, size: usize) -> Vec<(String, Vec<u8>)> {
@@ -123,6 +129,14 @@ fn a_drain_copies_every_object_before_dropping_any_and_the_drained_node_is_remov
     assert!(listing.lines().any(|l| l.starts_with("datanode-1") && l.contains("drained")), "{listing}");
     let (_, status) = api_get(&format!("{master}/api/cluster")).unwrap();
     assert_eq!((status["nodes_drained"].as_u64(), status["under_replicated"].as_u64()), (Some(1), Some(0)), "{status}");
+    // The metrics say the same (their snapshot is at most a second old).
+    wait_until("the drain's gauges to show it done", Duration::from_secs(10), || {
+        metric(&master, "aether_master_nodes_drained") == Some(1.0)
+            && metric(&master, "aether_master_nodes_draining") == Some(0.0)
+            && metric(&master, "aether_master_copies_to_move") == Some(0.0)
+    });
+    let moved = metric(&master, "aether_master_copies_moved_total").unwrap_or(0.0);
+    assert!(moved >= 1.0 && moved <= on_first as f64, "{moved} copies moved, {on_first} were on datanode-1");
     // The drained node is told to delete its copies.
     wait_until("datanode-1 to delete its copies", Duration::from_secs(20), || {
         node(&master, "datanode-1")["object_count"] == 0
