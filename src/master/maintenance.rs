@@ -358,12 +358,14 @@ fn schedule_rebalance(
     let Some((from, to, bytes)) = placement::rebalance_step(&usage, state.config.rebalance_band) else {
         if rebalance.active {
             rebalance.active = false;
+            state.metrics.rebalancing.set(0);
             log::info("master", &format!("rebalance: every node's usage is within {:.0} points", band_points(state)));
         }
         return Ok(());
     };
     if !rebalance.active {
         rebalance.active = true;
+        state.metrics.rebalancing.set(1);
         let used = |id: &str| usage.iter().find(|u| u.node == id).map_or(0.0, |u| u.used() * 100.0);
         log::info(
             "master",

@@ -33,6 +33,8 @@ pub struct MasterMetrics {
     /// Copies dropped from a node once their new copy elsewhere was confirmed: drains,
     /// rebalance and zone spreading.
     pub copies_moved: IntCounter,
+    /// 1 while the rebalancer finds nodes' usage outside the band and moves copies.
+    pub rebalancing: IntGauge,
 }
 
 fn gauge(name: &str, help: &str) -> IntGauge {
@@ -72,6 +74,10 @@ impl MasterMetrics {
                 "aether_master_copies_moved_total",
                 "Copies moved to another node by a drain, the rebalancer or zone spreading.",
             ),
+            rebalancing: gauge(
+                "aether_master_rebalancing",
+                "1 while the rebalancer moves copies because nodes' disk usage is outside the band.",
+            ),
             registry,
         };
         metrics.registry.register(&metrics.nodes);
@@ -85,6 +91,7 @@ impl MasterMetrics {
             &metrics.nodes_draining,
             &metrics.nodes_drained,
             &metrics.copies_to_move,
+            &metrics.rebalancing,
         ] {
             metrics.registry.register(gauge);
         }

@@ -113,6 +113,8 @@ pub struct Snapshot {
     pub counts: Counts,
     /// Every registered node, its state as the master sees it now.
     pub nodes: Vec<NodeInfo>,
+    /// The first `ui::BUCKETS_SHOWN` S3 buckets by name: (name, keys, bytes).
+    pub buckets: Vec<(String, u64, u64)>,
 }
 
 pub struct Master {
@@ -749,8 +751,12 @@ impl MasterState {
             }
         }
         let started = Instant::now();
-        let snapshot =
-            Arc::new(Snapshot { taken_ms: db::now_ms(), counts: self.db.counts()?, nodes: self.node_infos()? });
+        let snapshot = Arc::new(Snapshot {
+            taken_ms: db::now_ms(),
+            counts: self.db.counts()?,
+            nodes: self.node_infos()?,
+            buckets: self.db.bucket_usage(ui::BUCKETS_SHOWN)?,
+        });
         let fresh_for = SNAPSHOT_TTL.max(started.elapsed() * SNAPSHOT_COST_FACTOR);
         *cached = Some((Instant::now() + fresh_for, Arc::clone(&snapshot)));
         Ok(snapshot)
@@ -766,13 +772,17 @@ impl MasterState {
             done: self.metrics.repairs_done.get(),
             failed: self.metrics.repairs_failed.get(),
         };
-        // Buckets and their usage come with the S3 namespace: fill `buckets` from it.
+        let moves = ui::Moves {
+            copies_moved: self.metrics.copies_moved.get(),
+            rebalancing: self.metrics.rebalancing.get() > 0,
+        };
         let view = ui::View {
             snapshot: &snapshot,
             events: &events,
             repairs,
+            moves,
             replication: self.config.replication,
-            buckets: None,
+            buckets: Some(snapshot.buckets.clone()),
         };
         let html = if fragment { ui::fragment(&view) } else { ui::page(&view) };
         let mut reply = http::bytes_reply(200, html.into_bytes(), "text/html; charset=utf-8");

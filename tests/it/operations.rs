@@ -137,6 +137,9 @@ fn a_drain_copies_every_object_before_dropping_any_and_the_drained_node_is_remov
     });
     let moved = metric(&master, "aether_master_copies_moved_total").unwrap_or(0.0);
     assert!(moved >= 1.0 && moved <= on_first as f64, "{moved} copies moved, {on_first} were on datanode-1");
+    // And so does the status page.
+    let page = agent().get(&format!("{master}/ui/fragment")).call().unwrap().into_string().unwrap();
+    assert!(page.contains("1 node(s) drained, waiting for `aether node remove`"), "{page}");
     // The drained node is told to delete its copies.
     wait_until("datanode-1 to delete its copies", Duration::from_secs(20), || {
         node(&master, "datanode-1")["object_count"] == 0
