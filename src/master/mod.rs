@@ -523,9 +523,9 @@ impl MasterState {
             drains.insert(node.to_string(), Drain::Draining);
             drop(drains);
             self.membership.set_draining(node, true);
-            log::info(
-                "master",
-                &format!(
+            self.events.record(
+                EventKind::NodeDraining,
+                format!(
                     "node {node} is draining: nothing new goes there, and its {} copies are moved to other nodes \
                      (each dropped only once its new copy is confirmed)",
                     row.replicas
@@ -549,7 +549,10 @@ impl MasterState {
             drains.remove(node);
             drop(drains);
             self.membership.set_draining(node, false);
-            log::info("master", &format!("node {node}'s drain is cancelled: it takes new copies again"));
+            self.events.record(
+                EventKind::DrainCancelled,
+                format!("node {node}'s drain is cancelled: it takes new copies again"),
+            );
         }
         Ok(http::json_reply(200, &DrainStatus { id: node.to_string(), drain: None, copies_left: row.replicas }))
     }
@@ -565,11 +568,9 @@ impl MasterState {
             nodes.sort();
             *known = Arc::new(nodes);
         }
-        log::info(
-            "master",
-            &format!(
-                "node {node} is removed; if its datanode is still running it registers again as a new, empty node"
-            ),
+        self.events.record(
+            EventKind::NodeRemoved,
+            format!("node {node} is removed; if its datanode is still running it registers again as a new, empty node"),
         );
         Ok(http::json_reply(200, &StatusOk::ok()))
     }
