@@ -25,6 +25,12 @@ pub enum EventKind {
     RepairFailed,
     CopiesLost,
     CopyCorrupt,
+    NodeDraining,
+    DrainCancelled,
+    NodeDrained,
+    NodeRemoved,
+    Rebalance,
+    ZoneSpread,
 }
 
 impl EventKind {
@@ -42,12 +48,25 @@ impl EventKind {
             EventKind::RepairFailed => "repair failed",
             EventKind::CopiesLost => "copies lost",
             EventKind::CopyCorrupt => "corrupt copy",
+            EventKind::NodeDraining => "node draining",
+            EventKind::DrainCancelled => "drain cancelled",
+            EventKind::NodeDrained => "node drained",
+            EventKind::NodeRemoved => "node removed",
+            EventKind::Rebalance => "rebalance",
+            EventKind::ZoneSpread => "zone spreading",
         }
     }
 
-    /// `good`, `warn` or `bad`: how the page colours it.
+    /// `info`, `good`, `warn` or `bad`: how the page colours it.
     pub fn tone(self) -> &'static str {
         match self {
+            // What an operator asked for, or the cluster tidying itself.
+            EventKind::NodeDraining
+            | EventKind::DrainCancelled
+            | EventKind::NodeRemoved
+            | EventKind::Rebalance
+            | EventKind::ZoneSpread => "info",
+            EventKind::NodeDrained => "good",
             EventKind::NodeRegistered | EventKind::NodeMoved | EventKind::NodeBack | EventKind::RepairFinished => {
                 "good"
             }
@@ -60,7 +79,7 @@ impl EventKind {
 
     fn level(self) -> log::Level {
         match self.tone() {
-            "good" => log::Level::Info,
+            "info" | "good" => log::Level::Info,
             _ => log::Level::Warn,
         }
     }
@@ -108,6 +127,22 @@ impl Events {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn drains_and_moves_are_logged_at_info_and_not_coloured_as_trouble() {
+        for kind in [
+            EventKind::NodeDraining,
+            EventKind::DrainCancelled,
+            EventKind::NodeDrained,
+            EventKind::NodeRemoved,
+            EventKind::Rebalance,
+            EventKind::ZoneSpread,
+        ] {
+            assert!(matches!(kind.tone(), "info" | "good"), "{kind:?}");
+            assert_eq!(kind.level(), log::Level::Info, "{kind:?}");
+        }
+        assert_eq!(EventKind::NodeDead.level(), log::Level::Warn);
+    }
 
     #[test]
     fn the_ring_keeps_the_newest_and_stays_bounded() {

@@ -299,9 +299,9 @@ fn finish_drain(state: &MasterState, node: &str) -> Result<(), String> {
     state.db.set_drain(node, Some(Drain::Drained)).map_err(|e| e.to_string())?;
     drains.insert(node.to_string(), Drain::Drained);
     drop(drains);
-    log::info(
-        "master",
-        &format!(
+    state.events.record(
+        EventKind::NodeDrained,
+        format!(
             "node {node} is drained: none of its copies is needed any more; `aether node remove {node}` forgets it"
         ),
     );
@@ -320,6 +320,9 @@ struct Rebalance {
     zone_cursor: String,
     /// When the zone walk last reached the end of the objects.
     zone_pass_ended: Option<Instant>,
+    /// Whether this zone pass's first move went to the events (one per pass, so the
+    /// moves of a long pass do not push everything else out of the ring).
+    zone_pass_reported: bool,
 }
 
 /// Moves copies from the fullest node to the emptiest (by used fraction of capacity, as
@@ -358,16 +361,21 @@ fn schedule_rebalance(
     let Some((from, to, bytes)) = placement::rebalance_step(&usage, state.config.rebalance_band) else {
         if rebalance.active {
             rebalance.active = false;
-            log::info("master", &format!("rebalance: every node's usage is within {:.0} points", band_points(state)));
+            state.metrics.rebalancing.set(0);
+            state.events.record(
+                EventKind::Rebalance,
+                format!("rebalance: every node's usage is within {:.0} points", band_points(state)),
+            );
         }
         return Ok(());
     };
     if !rebalance.active {
         rebalance.active = true;
+        state.metrics.rebalancing.set(1);
         let used = |id: &str| usage.iter().find(|u| u.node == id).map_or(0.0, |u| u.used() * 100.0);
-        log::info(
-            "master",
-            &format!(
+        state.events.record(
+            EventKind::Rebalance,
+            format!(
                 "rebalance: {from} is {:.1}% used and {to} {:.1}%, more than {:.0} points apart; moving copies at \
                      most {rate} a second",
                 used(&from),
@@ -439,11 +447,18 @@ fn schedule_zone_fixes(
     } else {
         rebalance.zone_cursor.clear();
         rebalance.zone_pass_ended = Some(Instant::now());
+        rebalance.zone_pass_reported = false;
     }
     if fixes.is_empty() {
         return Ok(false);
     }
-    log::info("master", &format!("moving {} object(s) to spread their copies over zones", fixes.len()));
+    let message = format!("moving {} object(s) to spread their copies over zones", fixes.len());
+    if rebalance.zone_pass_reported {
+        log::info("master", &message);
+    } else {
+        rebalance.zone_pass_reported = true;
+        state.events.record(EventKind::ZoneSpread, format!("{message} (more may follow in this pass)"));
+    }
     rebalance.budget -= fixes.len() as f64;
     send_jobs(state, jobs, in_flight, fixes, Release::Source)?;
     Ok(true)
@@ -541,6 +556,7 @@ fn release_copies(state: &MasterState, node: &str, results: &[ReplicateResult]) 
         }
     }
     if released > 0 {
+        state.metrics.copies_moved.inc_by(released);
         log::info("master", &format!("moved {released} object(s) off {node}; it is told to delete its copies"));
     }
 }

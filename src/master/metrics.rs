@@ -1,8 +1,8 @@
 //! The master's metrics: node states, objects and their bytes, under-replicated
-//! objects, repairs queued/running/done, chain failures clients reported, and the
-//! group-commit batch sizes of the metadata writer, beside the request metrics every
-//! server has (`crate::metrics`). State gauges are filled from a `Snapshot` just before
-//! each scrape; counters move where the work happens.
+//! objects, repairs queued/running/done, chain failures clients reported, drains and
+//! the copies moves made, and the group-commit batch sizes of the metadata writer,
+//! beside the request metrics every server has (`crate::metrics`). State gauges are
+//! filled from a `Snapshot` just before each scrape; counters move where the work happens.
 
 use prometheus::{IntCounter, IntGauge, IntGaugeVec, Opts};
 
@@ -27,6 +27,14 @@ pub struct MasterMetrics {
     pub repairs_failed: IntCounter,
     /// Datanodes clients reported as having broken an upload's chain.
     pub chain_failures: IntCounter,
+    nodes_draining: IntGauge,
+    nodes_drained: IntGauge,
+    copies_to_move: IntGauge,
+    /// Copies dropped from a node once their new copy elsewhere was confirmed: drains,
+    /// rebalance and zone spreading.
+    pub copies_moved: IntCounter,
+    /// 1 while the rebalancer finds nodes' usage outside the band and moves copies.
+    pub rebalancing: IntGauge,
 }
 
 fn gauge(name: &str, help: &str) -> IntGauge {
@@ -59,6 +67,17 @@ impl MasterMetrics {
                 "aether_master_chain_failures_total",
                 "Datanodes clients reported as having broken an upload's chain.",
             ),
+            nodes_draining: gauge("aether_master_nodes_draining", "Datanodes whose copies are being moved away."),
+            nodes_drained: gauge("aether_master_nodes_drained", "Drained datanodes, waiting for `aether node remove`."),
+            copies_to_move: gauge("aether_master_copies_to_move", "Copies draining datanodes still hold."),
+            copies_moved: counter(
+                "aether_master_copies_moved_total",
+                "Copies moved to another node by a drain, the rebalancer or zone spreading.",
+            ),
+            rebalancing: gauge(
+                "aether_master_rebalancing",
+                "1 while the rebalancer moves copies because nodes' disk usage is outside the band.",
+            ),
             registry,
         };
         metrics.registry.register(&metrics.nodes);
@@ -69,10 +88,15 @@ impl MasterMetrics {
             &metrics.pending_deletes,
             &metrics.repairs_queued,
             &metrics.repairs_running,
+            &metrics.nodes_draining,
+            &metrics.nodes_drained,
+            &metrics.copies_to_move,
+            &metrics.rebalancing,
         ] {
             metrics.registry.register(gauge);
         }
-        for counter in [&metrics.repairs_done, &metrics.repairs_failed, &metrics.chain_failures] {
+        for counter in [&metrics.repairs_done, &metrics.repairs_failed, &metrics.chain_failures, &metrics.copies_moved]
+        {
             metrics.registry.register(counter);
         }
         metrics.registry.register(commit_batches);
@@ -90,5 +114,8 @@ impl MasterMetrics {
         self.object_bytes.set(snapshot.counts.object_bytes as i64);
         self.under_replicated.set(snapshot.counts.under_replicated as i64);
         self.pending_deletes.set(snapshot.counts.pending_deletes as i64);
+        self.nodes_draining.set(snapshot.counts.nodes_draining as i64);
+        self.nodes_drained.set(snapshot.counts.nodes_drained as i64);
+        self.copies_to_move.set(snapshot.counts.copies_to_move as i64);
     }
 }

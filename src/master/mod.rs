@@ -113,6 +113,8 @@ pub struct Snapshot {
     pub counts: Counts,
     /// Every registered node, its state as the master sees it now.
     pub nodes: Vec<NodeInfo>,
+    /// The first `ui::BUCKETS_SHOWN` S3 buckets by name: (name, keys, bytes).
+    pub buckets: Vec<(String, u64, u64)>,
 }
 
 pub struct Master {
@@ -521,9 +523,9 @@ impl MasterState {
             drains.insert(node.to_string(), Drain::Draining);
             drop(drains);
             self.membership.set_draining(node, true);
-            log::info(
-                "master",
-                &format!(
+            self.events.record(
+                EventKind::NodeDraining,
+                format!(
                     "node {node} is draining: nothing new goes there, and its {} copies are moved to other nodes \
                      (each dropped only once its new copy is confirmed)",
                     row.replicas
@@ -547,7 +549,10 @@ impl MasterState {
             drains.remove(node);
             drop(drains);
             self.membership.set_draining(node, false);
-            log::info("master", &format!("node {node}'s drain is cancelled: it takes new copies again"));
+            self.events.record(
+                EventKind::DrainCancelled,
+                format!("node {node}'s drain is cancelled: it takes new copies again"),
+            );
         }
         Ok(http::json_reply(200, &DrainStatus { id: node.to_string(), drain: None, copies_left: row.replicas }))
     }
@@ -563,11 +568,9 @@ impl MasterState {
             nodes.sort();
             *known = Arc::new(nodes);
         }
-        log::info(
-            "master",
-            &format!(
-                "node {node} is removed; if its datanode is still running it registers again as a new, empty node"
-            ),
+        self.events.record(
+            EventKind::NodeRemoved,
+            format!("node {node} is removed; if its datanode is still running it registers again as a new, empty node"),
         );
         Ok(http::json_reply(200, &StatusOk::ok()))
     }
@@ -749,8 +752,12 @@ impl MasterState {
             }
         }
         let started = Instant::now();
-        let snapshot =
-            Arc::new(Snapshot { taken_ms: db::now_ms(), counts: self.db.counts()?, nodes: self.node_infos()? });
+        let snapshot = Arc::new(Snapshot {
+            taken_ms: db::now_ms(),
+            counts: self.db.counts()?,
+            nodes: self.node_infos()?,
+            buckets: self.db.bucket_usage(ui::BUCKETS_SHOWN)?,
+        });
         let fresh_for = SNAPSHOT_TTL.max(started.elapsed() * SNAPSHOT_COST_FACTOR);
         *cached = Some((Instant::now() + fresh_for, Arc::clone(&snapshot)));
         Ok(snapshot)
@@ -766,13 +773,17 @@ impl MasterState {
             done: self.metrics.repairs_done.get(),
             failed: self.metrics.repairs_failed.get(),
         };
-        // Buckets and their usage come with the S3 namespace: fill `buckets` from it.
+        let moves = ui::Moves {
+            copies_moved: self.metrics.copies_moved.get(),
+            rebalancing: self.metrics.rebalancing.get() > 0,
+        };
         let view = ui::View {
             snapshot: &snapshot,
             events: &events,
             repairs,
+            moves,
             replication: self.config.replication,
-            buckets: None,
+            buckets: Some(snapshot.buckets.clone()),
         };
         let html = if fragment { ui::fragment(&view) } else { ui::page(&view) };
         let mut reply = http::bytes_reply(200, html.into_bytes(), "text/html; charset=utf-8");

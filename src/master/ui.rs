@@ -16,10 +16,23 @@ pub struct View<'a> {
     pub snapshot: &'a Snapshot,
     pub events: &'a [Event],
     pub repairs: Repairs,
+    pub moves: Moves,
     pub replication: usize,
-    /// Buckets and their usage, once the S3 namespace exists: the S3 branch fills this
-    /// (name, objects, bytes) and the page shows a section for it. `None`: no section.
+    /// The S3 buckets and their usage (name, keys, bytes), the first `BUCKETS_SHOWN` by
+    /// name. `None`: no section.
     pub buckets: Option<Vec<(String, u64, u64)>>,
+}
+
+/// Buckets the page lists at most.
+pub const BUCKETS_SHOWN: usize = 100;
+
+/// Copies moved between nodes, beside the drains the snapshot's counts tell.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Moves {
+    /// Copies drains, the rebalancer and zone spreading moved since the master started.
+    pub copies_moved: u64,
+    /// Whether the rebalancer is moving copies now (usage outside the band).
+    pub rebalancing: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -124,6 +137,31 @@ pub fn fragment(view: &View) -> String {
         );
     }
 
+    if counts.nodes_draining + counts.nodes_drained > 0 || view.moves.rebalancing {
+        let mut said = Vec::new();
+        if counts.nodes_draining > 0 {
+            said.push(format!(
+                "{} node(s) draining, {} cop{} left to move",
+                counts.nodes_draining,
+                counts.copies_to_move,
+                if counts.copies_to_move == 1 { "y" } else { "ies" }
+            ));
+        }
+        if counts.nodes_drained > 0 {
+            said.push(format!("{} node(s) drained, waiting for `aether node remove`", counts.nodes_drained));
+        }
+        if view.moves.rebalancing {
+            said.push("rebalancing: copies move from the fullest node to the emptiest".to_string());
+        }
+        let _ = write!(
+            html,
+            r#"<p class="moves">Moves: {}; {} cop{} moved since the master started.</p>"#,
+            escape(&said.join("; ")),
+            view.moves.copies_moved,
+            if view.moves.copies_moved == 1 { "y" } else { "ies" }
+        );
+    }
+
     html.push_str(r#"<h2>Datanodes</h2><section class="nodes">"#);
     if snapshot.nodes.is_empty() {
         html.push_str(r#"<p class="empty">No datanode has registered yet.</p>"#);
@@ -173,10 +211,16 @@ pub fn fragment(view: &View) -> String {
         html.push_str(
             r#"<h2>Buckets</h2><table class="buckets"><tr><th>bucket</th><th>objects</th><th>size</th></tr>"#,
         );
+        if buckets.is_empty() {
+            html.push_str(r#"<tr><td colspan="3" class="empty">No S3 bucket yet.</td></tr>"#);
+        }
         for (name, objects, size) in buckets {
             let _ = write!(html, "<tr><td>{}</td><td>{objects}</td><td>{}</td></tr>", escape(name), bytes(*size));
         }
         html.push_str("</table>");
+        if buckets.len() >= BUCKETS_SHOWN {
+            let _ = write!(html, r#"<p class="empty">The first {BUCKETS_SHOWN} buckets by name.</p>"#);
+        }
     }
 
     html.push_str(r#"<h2>Recent events</h2><ol class="events">"#);
@@ -251,6 +295,7 @@ main{padding:.75rem 1rem 2rem;max-width:1200px;margin:0 auto}
 .tile b{display:block;font-size:1.25rem}.tile small{color:#4b5563}
 .tile.warn{border-left-color:#d97706}
 .repair{background:#fff7ed;border-radius:.5rem;padding:.5rem .75rem}
+.moves{background:#eff6ff;border-radius:.5rem;padding:.5rem .75rem}
 .nodes{display:grid;grid-template-columns:repeat(auto-fill,minmax(280px,1fr));gap:.75rem}
 .node{background:#fff;border-radius:.5rem;padding:.75rem;border-top:4px solid #6b7280}
 .node.alive{border-top-color:#15803d}.node.suspect,.node.read-only{border-top-color:#d97706}
@@ -327,10 +372,17 @@ mod tests {
             taken_ms: 0,
             counts: Counts::default(),
             nodes: vec![node("dn-<script>", "alive", "<img src=x onerror=alert(1)>\"'")],
+            buckets: Vec::new(),
         };
         let events = [Event { at_ms: 0, kind: EventKind::NodeDead, message: "node <b>x</b> died".into() }];
-        let view =
-            View { snapshot: &snapshot, events: &events, repairs: Repairs::default(), replication: 1, buckets: None };
+        let view = View {
+            snapshot: &snapshot,
+            events: &events,
+            repairs: Repairs::default(),
+            moves: Moves::default(),
+            replication: 1,
+            buckets: None,
+        };
         let html = page(&view);
         assert!(!html.contains("<script>alert") && !html.contains("dn-<script>"), "{html}");
         assert!(!html.contains("<img") && !html.contains("<b>x</b>"), "{html}");
@@ -339,12 +391,63 @@ mod tests {
     }
 
     #[test]
+    fn drains_rebalance_and_buckets_show_and_bucket_names_are_escaped() {
+        let counts = Counts { nodes_draining: 1, copies_to_move: 12, nodes_drained: 2, ..Counts::default() };
+        let buckets = vec![("photos".to_string(), 3, 3 << 20), ("<i>x</i>&".to_string(), 0, 0)];
+        let snapshot = Snapshot { taken_ms: 0, counts, nodes: vec![node("a", "alive", "v")], buckets: buckets.clone() };
+        let moves = Moves { copies_moved: 7, rebalancing: true };
+        let view = View {
+            snapshot: &snapshot,
+            events: &[],
+            repairs: Repairs::default(),
+            moves,
+            replication: 1,
+            buckets: Some(buckets),
+        };
+        let html = fragment(&view);
+        for said in [
+            "1 node(s) draining, 12 copies left to move",
+            "2 node(s) drained, waiting for `aether node remove`",
+            "rebalancing: copies move",
+            "7 copies moved since the master started",
+            "<tr><td>photos</td><td>3</td><td>3.0 MiB</td></tr>",
+            "<td>&lt;i&gt;x&lt;/i&gt;&amp;</td>",
+        ] {
+            assert!(html.contains(said), "{said:?} missing: {html}");
+        }
+        assert!(!html.contains("<i>x</i>"), "{html}");
+
+        // Nothing moving, no bucket: no moves line, and the bucket table says so.
+        let quiet = Snapshot { taken_ms: 0, counts: Counts::default(), nodes: Vec::new(), buckets: Vec::new() };
+        let view = View {
+            snapshot: &quiet,
+            events: &[],
+            repairs: Repairs::default(),
+            moves: Moves::default(),
+            replication: 1,
+            buckets: Some(Vec::new()),
+        };
+        let html = fragment(&view);
+        assert!(!html.contains(r#"class="moves""#) && html.contains("No S3 bucket yet."), "{html}");
+    }
+
+    #[test]
     fn the_verdict_follows_the_nodes_and_the_copies() {
         let check = |nodes: Vec<NodeInfo>, under: u64, want: &str| {
-            let snapshot =
-                Snapshot { taken_ms: 0, counts: Counts { under_replicated: under, ..Counts::default() }, nodes };
-            let view =
-                View { snapshot: &snapshot, events: &[], repairs: Repairs::default(), replication: 2, buckets: None };
+            let snapshot = Snapshot {
+                taken_ms: 0,
+                counts: Counts { under_replicated: under, ..Counts::default() },
+                nodes,
+                buckets: Vec::new(),
+            };
+            let view = View {
+                snapshot: &snapshot,
+                events: &[],
+                repairs: Repairs::default(),
+                moves: Moves::default(),
+                replication: 2,
+                buckets: None,
+            };
             assert!(fragment(&view).contains(&format!("<strong>{want}</strong>")), "{want}");
         };
         check(vec![node("a", "alive", "v"), node("b", "alive", "v")], 0, "Healthy");
@@ -354,9 +457,15 @@ mod tests {
             .iter()
             .map(|id| node(id, if *id < "c" { "alive" } else { "dead" }, "v"))
             .collect();
-        let snapshot = Snapshot { taken_ms: 0, counts: Counts::default(), nodes: many };
-        let view =
-            View { snapshot: &snapshot, events: &[], repairs: Repairs::default(), replication: 2, buckets: None };
+        let snapshot = Snapshot { taken_ms: 0, counts: Counts::default(), nodes: many, buckets: Vec::new() };
+        let view = View {
+            snapshot: &snapshot,
+            events: &[],
+            repairs: Repairs::default(),
+            moves: Moves::default(),
+            replication: 2,
+            buckets: None,
+        };
         assert!(fragment(&view).contains("c dead, d dead, and 2 more not alive"), "{}", fragment(&view));
         check(vec![node("a", "alive", "v"), node("b", "dead", "v")], 0, "Unavailable");
         assert_eq!(

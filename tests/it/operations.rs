@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::cluster::{api_get, pattern, request, upload, wait_until, TestCluster};
+use crate::cluster::{agent, api_get, pattern, request, upload, wait_until, TestCluster};
 
 const FAST_MASTER: &[&str] = &["--dead-after", "1.5"];
 const FAST_DATANODE: &[&str] = &["--heartbeat-interval", "0.2", "--scrub-pause", "0.5"];
@@ -38,6 +38,17 @@ fn holders(master: &str, id: &str) -> Vec<String> {
     let (status, body) = api_get(&format!("{master}/api/objects/{id}")).unwrap();
     assert_eq!(status, 200, "{body}");
     body["replica_nodes"].as_array().unwrap().iter().map(|r| r["node"].as_str().unwrap().to_string()).collect()
+}
+
+/// The value of an unlabelled sample in the master's `/metrics` (None when absent).
+fn metric(master: &str, name: &str) -> Option<f64> {
+    let text = agent().get(&format!("{master}/metrics")).call().ok()?.into_string().ok()?;
+    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// The master's status page, the part its script refreshes.
+fn status_page(master: &str) -> String {
+    agent().get(&format!("{master}/ui/fragment")).call().unwrap().into_string().unwrap()
 }
 
 fn upload_many(master: &str, n: usize, size: usize) -> Vec<(String, Vec<u8>)> {
@@ -123,6 +134,19 @@ fn a_drain_copies_every_object_before_dropping_any_and_the_drained_node_is_remov
     assert!(listing.lines().any(|l| l.starts_with("datanode-1") && l.contains("drained")), "{listing}");
     let (_, status) = api_get(&format!("{master}/api/cluster")).unwrap();
     assert_eq!((status["nodes_drained"].as_u64(), status["under_replicated"].as_u64()), (Some(1), Some(0)), "{status}");
+    // The metrics say the same (their snapshot is at most a second old).
+    wait_until("the drain's gauges to show it done", Duration::from_secs(10), || {
+        metric(&master, "aether_master_nodes_drained") == Some(1.0)
+            && metric(&master, "aether_master_nodes_draining") == Some(0.0)
+            && metric(&master, "aether_master_copies_to_move") == Some(0.0)
+    });
+    let moved = metric(&master, "aether_master_copies_moved_total").unwrap_or(0.0);
+    assert!(moved >= 1.0 && moved <= on_first as f64, "{moved} copies moved, {on_first} were on datanode-1");
+    // And so does the status page, with the drain's events.
+    let page = status_page(&master);
+    assert!(page.contains("1 node(s) drained, waiting for `aether node remove`"), "{page}");
+    assert!(page.contains("<b>node draining</b> node datanode-1 is draining"), "{page}");
+    assert!(page.contains("<b>node drained</b> node datanode-1 is drained"), "{page}");
     // The drained node is told to delete its copies.
     wait_until("datanode-1 to delete its copies", Duration::from_secs(20), || {
         node(&master, "datanode-1")["object_count"] == 0
@@ -141,6 +165,7 @@ fn a_drain_copies_every_object_before_dropping_any_and_the_drained_node_is_remov
     cluster.datanodes[0].kill();
     aether_ok(&cluster, &["node", "remove", "datanode-1"]);
     assert!(nodes(&master).iter().all(|n| n["id"] != "datanode-1"));
+    assert!(status_page(&master).contains("<b>node removed</b> node datanode-1 is removed"));
     read_all_back(&cluster, &objects);
 }
 
@@ -187,6 +212,7 @@ fn a_drain_the_others_cannot_take_is_refused_at_once_and_a_drain_can_be_cancelle
     assert!(placed_on_first > 0, "a node whose drain was cancelled got nothing in 20 placements");
     let (_, status) = api_get(&format!("{master}/api/cluster")).unwrap();
     assert_eq!(status["nodes_draining"], 0, "{status}");
+    assert!(status_page(&master).contains("<b>drain cancelled</b>"));
 
     // A dead node may be removed once its copies were made again elsewhere.
     cluster.datanodes[1].kill();
@@ -249,6 +275,11 @@ fn a_new_empty_node_is_filled_until_usage_is_within_the_band() {
     // and no faster than 8 a second (after a first second's worth).
     assert!((10..=26).contains(&moved), "{moved} copies moved to the new node");
     assert!(took.as_secs_f64() >= (moved as f64 - 8.0) / 8.0, "{moved} copies in {took:?}: faster than 8 a second");
+    // The rebalance's start and end are among the page's events.
+    wait_until("the rebalance's end among the events", Duration::from_secs(20), || {
+        let page = status_page(&master);
+        page.contains("points apart; moving copies") && page.contains("<b>rebalance</b> rebalance: every node")
+    });
     for (id, _) in &objects {
         assert_eq!(holders(&master, id).len(), 2, "object {id}");
     }
@@ -303,6 +334,8 @@ fn replicas_spread_over_zones_so_a_whole_zone_can_die() {
         objects.iter().all(|(id, _)| zones_of(id).len() == 2 && holders(&master, id).len() == 2)
     });
     eprintln!("spread 10 old objects over a new zone in {:.1} s", started.elapsed().as_secs_f64());
+    let page = status_page(&master);
+    assert!(page.contains("<b>zone spreading</b> moving "), "{page}");
     objects.extend(new);
     // The whole east zone dies: every object is still read back.
     cluster.datanodes[0].kill();

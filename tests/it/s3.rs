@@ -5,8 +5,9 @@
 
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
-use crate::cluster::{Proc, TestCluster, BIN};
+use crate::cluster::{agent, wait_until, Proc, TestCluster, BIN};
 
 const TOKEN: &str = "s3-test-token";
 
@@ -127,6 +128,13 @@ fn boto3_against_the_gateway() {
     assert_eq!(as_key(main, "s3.create_bucket(Bucket='granted')"), "ok");
     assert_eq!(as_key(main, "s3.put_object(Bucket='granted', Key='k', Body=b'v')"), "ok");
     assert_eq!(as_key(other, "s3.get_object(Bucket='granted', Key='k')"), "AccessDenied");
+    // The master's status page lists the bucket with its usage (from a snapshot at most
+    // a second old).
+    let fragment = format!("{}/ui/fragment", s3.cluster.master.url);
+    wait_until("the status page to list the bucket", Duration::from_secs(10), || {
+        let page = agent().get(&fragment).call().ok().and_then(|r| r.into_string().ok()).unwrap_or_default();
+        page.contains("<tr><td>granted</td><td>1</td><td>1 B</td></tr>")
+    });
     let listed = aether_key(&s3.cluster.master.url, &["list"]);
     assert!(listed.contains(&main.0) && listed.contains("other") && !listed.contains(&main.1), "{listed}");
     // Flags after the key command work as they do after `put` and `get`.

@@ -254,6 +254,25 @@ impl MetaDb {
         })
     }
 
+    /// The first `limit` buckets by name, each with its key count and their bytes (one
+    /// query: the buckets are taken first, then their keys counted), for the status page.
+    pub fn bucket_usage(&self, limit: usize) -> MetaResult<Vec<(String, u64, u64)>> {
+        self.read(|conn| {
+            let usage = conn
+                .prepare_cached(
+                    "SELECT b.name, COUNT(e.key), COALESCE(SUM(e.size), 0)
+                     FROM (SELECT name FROM s3_buckets ORDER BY name LIMIT ?1) b
+                     LEFT JOIN s3_entries e ON e.bucket = b.name
+                     GROUP BY b.name ORDER BY b.name",
+                )?
+                .query_map([limit as i64], |row| {
+                    Ok((row.get(0)?, row.get::<_, i64>(1)? as u64, row.get::<_, i64>(2)? as u64))
+                })?
+                .collect::<Result<_, _>>()?;
+            Ok(usage)
+        })
+    }
+
     /// Deletes an empty bucket and its grants.
     pub fn delete_bucket(&self, name: &str) -> MetaResult<()> {
         let name = name.to_string();
@@ -664,12 +683,16 @@ mod tests {
     }
 
     fn put(db: &MetaDb, key: &str) -> String {
-        let objectid = complete_object(db, 1);
+        put_in(db, "b", key, 1)
+    }
+
+    fn put_in(db: &MetaDb, bucket: &str, key: &str, size: u64) -> String {
+        let objectid = complete_object(db, size);
         let entry = Entry {
-            bucket: "b".into(),
+            bucket: bucket.into(),
             key: key.into(),
             objectid: objectid.clone(),
-            size: 1,
+            size,
             etag: "e".into(),
             content_type: None,
             metadata: BTreeMap::new(),
@@ -695,6 +718,22 @@ mod tests {
         names.extend(page.common_prefixes);
         names.sort();
         (names, page.truncated)
+    }
+
+    #[test]
+    fn bucket_usage_counts_keys_and_bytes_of_the_first_buckets() {
+        let db = temp_db("usage");
+        let key = db.create_access_key("me").unwrap();
+        for name in ["c", "a", "b"] {
+            db.create_bucket(name, &key.id).unwrap();
+        }
+        put_in(&db, "a", "x", 10);
+        put_in(&db, "a", "y", 5);
+        put_in(&db, "a", "y", 7);
+        put_in(&db, "c", "z", 100);
+        let usage = db.bucket_usage(100).unwrap();
+        assert_eq!(usage, vec![("a".into(), 2, 17), ("b".into(), 0, 0), ("c".into(), 1, 100)]);
+        assert_eq!(db.bucket_usage(2).unwrap().len(), 2);
     }
 
     #[test]
