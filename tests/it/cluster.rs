@@ -361,3 +361,23 @@ pub fn upload(master: &str, bytes: &[u8]) -> String {
     assert_eq!(status, 200, "{answer}");
     id
 }
+
+/// Whether `program args` runs, for tests that drive a tool beside cargo (boto3, aws-cli,
+/// Chromium, the Prometheus parser): when it does not, fails under CI (`.ci/run` installs
+/// them all) and says so otherwise.
+pub fn have_tool(program: &str, args: &[&str], install: &str) -> bool {
+    let ok = Command::new(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{program} {args:?} failed: CI must have it ({install}; .ci/run installs it)"
+        );
+        eprintln!("!!! SKIPPED: {program} is not available here ({install}); CI runs this test !!!");
+    }
+    ok
+}

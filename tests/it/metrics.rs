@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::cluster::{agent, api_get, pattern, upload, wait_until, TestCluster};
+use crate::cluster::{agent, api_get, have_tool, pattern, upload, wait_until, TestCluster};
 
 /// Parses the text with the real parser and prints every sample as JSON.
 const PARSER: &str = r#"
@@ -31,23 +31,6 @@ struct Sample {
     name: String,
     labels: serde_json::Map<String, Value>,
     value: f64,
-}
-
-/// Whether the parser can run here; under CI it must.
-fn parser_available() -> bool {
-    let ok = Command::new("python3")
-        .args(["-c", "import prometheus_client.parser"])
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "the Prometheus parser is missing under CI: .ci/run must pip install prometheus-client"
-        );
-        eprintln!("SKIPPED: python3 with prometheus_client is not installed (pip install prometheus-client)");
-    }
-    ok
 }
 
 fn scrape(base: &str) -> String {
@@ -103,7 +86,7 @@ fn check(samples: &[Sample], name: &str, labels: &[(&str, &str)], want: impl Fn(
 
 #[test]
 fn every_server_exports_metrics_a_prometheus_parser_reads_and_they_move() {
-    if !parser_available() {
+    if !have_tool("python3", &["-c", "import prometheus_client.parser"], "pip install prometheus-client") {
         return;
     }
     let cluster = TestCluster::start("metrics", 2, 2);
@@ -198,7 +181,7 @@ fn wait_for(base: &str, name: &str, labels: &[(&str, &str)], want: impl Fn(f64) 
 
 #[test]
 fn scrub_corruption_and_repair_show_in_the_metrics() {
-    if !parser_available() {
+    if !have_tool("python3", &["-c", "import prometheus_client.parser"], "pip install prometheus-client") {
         return;
     }
     let datanode = ["--heartbeat-interval", "0.2", "--scrub-pause", "0.5"];
@@ -256,7 +239,7 @@ fn the_grafana_dashboard_queries_only_metrics_a_scrape_exports() {
     let mut exprs = Vec::new();
     collect_exprs(&dashboard, &mut exprs);
     assert!(exprs.len() >= 10, "the dashboard has {} queries", exprs.len());
-    if !parser_available() {
+    if !have_tool("python3", &["-c", "import prometheus_client.parser"], "pip install prometheus-client") {
         return;
     }
     let cluster = TestCluster::start("grafana", 1, 1);

@@ -7,27 +7,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::cluster::{agent, wait_until, Proc, TestCluster, BIN};
+use crate::cluster::{agent, have_tool, wait_until, Proc, TestCluster, BIN};
 
 const TOKEN: &str = "s3-test-token";
-
-/// Whether `program args` runs; when it does not, fails under CI and says so otherwise.
-fn have(program: &str, args: &[&str], install: &str) -> bool {
-    let ok = Command::new(program)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "{program} {args:?} failed: CI must have it ({install}; .ci/run installs it)"
-        );
-        eprintln!("!!! SKIPPED: {program} is not available here ({install}); CI runs this test !!!");
-    }
-    ok
-}
 
 /// A cluster with a token, a gateway in front of it, and two access keys.
 struct S3Setup {
@@ -104,7 +86,7 @@ fn setup(name: &str) -> S3Setup {
 
 #[test]
 fn boto3_against_the_gateway() {
-    if !have("python3", &["-c", "import boto3"], "pip install boto3") {
+    if !have_tool("python3", &["-c", "import boto3"], "pip install boto3") {
         return;
     }
     let s3 = setup("s3-boto3");
@@ -175,7 +157,7 @@ fn boto3_against_the_gateway() {
 
 #[test]
 fn aws_cli_against_the_gateway() {
-    if !have("aws", &["--version"], "pip install awscli") {
+    if !have_tool("aws", &["--version"], "pip install awscli") {
         return;
     }
     let s3 = setup("s3-awscli");
@@ -227,7 +209,7 @@ fn aws_cli_against_the_gateway() {
 /// that work with boto3 as printed, and the same key again after a restart.
 #[test]
 fn dev_prints_a_working_s3_endpoint_and_key() {
-    if !have("python3", &["-c", "import boto3"], "pip install boto3") {
+    if !have_tool("python3", &["-c", "import boto3"], "pip install boto3") {
         return;
     }
     let dir = crate::cluster::TempDir::new("s3-dev");

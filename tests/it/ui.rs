@@ -9,26 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::cluster::{pattern, upload, TempDir, TestCluster};
+use crate::cluster::{have_tool, pattern, upload, TempDir, TestCluster};
 
 const CHROMIUM: &str = "chromium";
-
-fn chromium_available() -> bool {
-    let ok = Command::new(CHROMIUM)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "chromium is missing under CI: .ci/run must apt-get install chromium"
-        );
-        eprintln!("SKIPPED: no chromium on this machine (apt-get install chromium)");
-    }
-    ok
-}
 
 /// Runs headless Chromium with `args` and its own profile, killed after a minute.
 fn chromium(profile: &Path, args: &[&str]) -> String {
@@ -68,7 +51,7 @@ fn state_of(dom: &str, node: &str) -> Option<String> {
 
 #[test]
 fn the_status_page_shows_every_node_and_a_killed_one_turns_dead() {
-    if !chromium_available() {
+    if !have_tool(CHROMIUM, &["--version"], "apt-get install chromium") {
         return;
     }
     let mut cluster = TestCluster::start_with(
