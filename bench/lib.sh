@@ -82,3 +82,18 @@ wait_for_nodes() {
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 # hwm_kib PID: peak resident memory of a process so far, in KiB.
 hwm_kib() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status"; }
+
+# write_env FILE DIR: what this run measures on (machine, commit, load) as JSON in FILE;
+# DIR is the work directory on the data disk.
+write_env() {
+  python3 - "$1" "$2" <<'PY'
+import json, os, platform, subprocess, sys, time
+commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout != ""
+json.dump({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host_cpus": os.cpu_count(),
+           "mem_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+           "kernel": platform.release(), "commit": commit + ("+changes" if dirty else ""),
+           "loadavg_start": open("/proc/loadavg").read().split()[:3], "dir": os.path.abspath(sys.argv[2])},
+          open(sys.argv[1], "w"))
+PY
+}

@@ -56,16 +56,7 @@ mkdir -p "$LOGS" "$OUT" "$RESULTS"
 
 log "building the release binary"
 cargo build --release --quiet
-python3 - "$OUT/env.json" "$DIR" <<'PY'
-import json, os, platform, subprocess, sys, time
-commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout != ""
-json.dump({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host_cpus": os.cpu_count(),
-           "mem_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-           "kernel": platform.release(), "commit": commit + ("+changes" if dirty else ""),
-           "loadavg_start": open("/proc/loadavg").read().split()[:3], "dir": os.path.abspath(sys.argv[2])},
-          open(sys.argv[1], "w"))
-PY
+write_env "$OUT/env.json" "$DIR"
 
 # run_bench NAME ARGS..: one `aether bench` run against the cluster, its JSON report in
 # $OUT/NAME.json. A failed run is recorded as such and the suite goes on.
