@@ -57,6 +57,13 @@ pub(super) fn empty_reply(status: u16) -> Reply {
     http::bytes_reply(status, Vec::new(), "application/xml")
 }
 
+/// The answer to a stored object or part: 200 with its ETag, quoted as S3 quotes it.
+pub(super) fn etag_reply(etag: &str) -> Reply {
+    let mut reply = empty_reply(200);
+    reply.add_header(http::header("ETag", &format!("\"{etag}\"")));
+    reply
+}
+
 fn no_such_bucket(bucket: &str) -> S3Error {
     S3Error::new("NoSuchBucket", format!("the bucket {bucket:?} does not exist"))
 }
@@ -278,9 +285,7 @@ impl GatewayState {
             });
         }
         log::debug("s3", &format!("{bucket}/{key} is object {} ({length} bytes)", uploaded.id));
-        let mut reply = empty_reply(200);
-        reply.add_header(http::header("ETag", &format!("\"{etag}\"")));
-        Ok(reply)
+        Ok(etag_reply(&etag))
     }
 
     /// Streams the request body into a new object through the datanode chain, checked

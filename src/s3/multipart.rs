@@ -5,10 +5,10 @@
 use std::io::{self, Read};
 
 use super::error::S3Error;
-use super::handlers::{empty_reply, no_such_key, xml_reply, Context};
+use super::handlers::{empty_reply, etag_reply, no_such_key, xml_reply, Context};
 use super::{xml, GatewayState};
 use crate::client::{Client, ClientError};
-use crate::http::{self, Reply};
+use crate::http::Reply;
 use crate::proto::s3::{Access, CompleteParts, CreateUpload, PartObject, UploadPart, UploadRef};
 use crate::proto::ObjectId;
 
@@ -75,9 +75,7 @@ impl GatewayState {
             let _ = self.client.delete_object(&uploaded.id);
             return Err(upload_error(&e));
         }
-        let mut reply = empty_reply(200);
-        reply.add_header(http::header("ETag", &format!("\"{etag}\"")));
-        Ok(reply)
+        Ok(etag_reply(&etag))
     }
 
     pub(super) fn complete_multipart(
