@@ -68,7 +68,7 @@ impl NodeState {
     }
 
     /// Whether copies on a node in this state count toward their object's replicas
-    /// (the SQL in `db.rs` says the same: `n.state IN ('alive', 'suspect')`).
+    /// (the SQL in `db/` says the same: `n.state IN ('alive', 'suspect')`).
     pub fn holds_copies(self) -> bool {
         match self {
             NodeState::Alive | NodeState::Suspect => true,
