@@ -1,6 +1,7 @@
 //! The cluster's totals for `GET /api/cluster` and the status page, from one snapshot.
 
-use super::{MetaDb, MetaResult};
+use super::{Drain, MetaDb, MetaResult};
+use crate::master::liveness::NodeState;
 
 /// Counts for `GET /api/cluster`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -39,11 +40,11 @@ impl MetaDb {
                 |r| r.get(0),
             )?;
             let deletes: i64 = conn.query_row("SELECT count(*) FROM deletions", [], |r| r.get(0))?;
-            let nodes = |state: &str| -> MetaResult<u64> {
+            let nodes = |state: NodeState| -> MetaResult<u64> {
                 let n: i64 = conn.query_row("SELECT count(*) FROM nodes WHERE state = ?1", [state], |r| r.get(0))?;
                 Ok(n as u64)
             };
-            let drains = |drain: &str| -> MetaResult<u64> {
+            let drains = |drain: Drain| -> MetaResult<u64> {
                 let n: i64 = conn.query_row("SELECT count(*) FROM nodes WHERE drain = ?1", [drain], |r| r.get(0))?;
                 Ok(n as u64)
             };
@@ -54,13 +55,13 @@ impl MetaDb {
                 |r| r.get(0),
             )?;
             Ok(Counts {
-                nodes_draining: drains("draining")?,
+                nodes_draining: drains(Drain::Draining)?,
                 copies_to_move: to_move as u64,
-                nodes_drained: drains("drained")?,
-                nodes_alive: nodes("alive")?,
-                nodes_suspect: nodes("suspect")?,
-                nodes_dead: nodes("dead")?,
-                nodes_failed: nodes("failed")? + nodes("read-only")?,
+                nodes_drained: drains(Drain::Drained)?,
+                nodes_alive: nodes(NodeState::Alive)?,
+                nodes_suspect: nodes(NodeState::Suspect)?,
+                nodes_dead: nodes(NodeState::Dead)?,
+                nodes_failed: nodes(NodeState::Failed)? + nodes(NodeState::ReadOnly)?,
                 objects: objects as u64,
                 object_bytes: object_bytes as u64,
                 under_replicated: under as u64,

@@ -6,7 +6,7 @@ use rusqlite::{params, OptionalExtension};
 use super::nodes::require_node;
 use super::objects::object_status;
 use super::replicas::{forget_replica, has_record, schedule_deletion};
-use super::{now_ms, MetaDb, MetaError, MetaResult};
+use super::{now_ms, MetaDb, MetaError, MetaResult, ObjectStatus};
 use crate::master::liveness::NodeState;
 
 /// Where a node's drain stands: an operator's decision, kept in the database.
@@ -24,14 +24,6 @@ impl Drain {
         match self {
             Drain::Draining => "draining",
             Drain::Drained => "drained",
-        }
-    }
-
-    pub(super) fn parse(text: Option<String>) -> Option<Drain> {
-        match text.as_deref() {
-            Some("draining") => Some(Drain::Draining),
-            Some("drained") => Some(Drain::Drained),
-            _ => None,
         }
     }
 }
@@ -61,8 +53,7 @@ impl MetaDb {
         let node = node.to_string();
         self.write(move |conn| {
             require_node(conn, &node)?;
-            conn.prepare_cached("UPDATE nodes SET drain = ?2 WHERE id = ?1")?
-                .execute(params![node, drain.map(Drain::as_str)])?;
+            conn.prepare_cached("UPDATE nodes SET drain = ?2 WHERE id = ?1")?.execute(params![node, drain])?;
             Ok(())
         })
     }
@@ -116,7 +107,7 @@ impl MetaDb {
                 "INSERT OR IGNORE INTO replicas (object_id, node_id, state, updated_at) VALUES (?1, ?2, 'placed', ?3)",
             )?;
             for object in &objects {
-                if object_status(conn, object)?.as_deref() == Some("complete") {
+                if object_status(conn, object)? == Some(ObjectStatus::Complete) {
                     insert.execute(params![object, node, now])?;
                 }
             }
@@ -198,19 +189,22 @@ impl MetaDb {
     pub fn remove_node(&self, node: &str) -> MetaResult<()> {
         let node = node.to_string();
         self.write(move |conn| {
-            let row: Option<(String, Option<String>)> = conn
+            let row: Option<(NodeState, Option<Drain>)> = conn
                 .prepare_cached("SELECT state, drain FROM nodes WHERE id = ?1")?
                 .query_row([&node], |row| Ok((row.get(0)?, row.get(1)?)))
                 .optional()?;
             let Some((state, drain)) = row else {
                 return Err(MetaError::NotFound(format!("node {node:?} is not registered")));
             };
-            let drain = Drain::parse(drain);
-            let gone = matches!(NodeState::parse(&state), NodeState::Dead | NodeState::Removed);
+            let gone = match state {
+                NodeState::Dead | NodeState::Removed => true,
+                NodeState::Alive | NodeState::Suspect | NodeState::ReadOnly | NodeState::Failed => false,
+            };
             if drain != Some(Drain::Drained) && !gone {
                 return Err(MetaError::Conflict(format!(
-                    "node {node} is {state}{}: only a drained node, or a dead one whose copies were made again \
+                    "node {node} is {}{}: only a drained node, or a dead one whose copies were made again \
                      elsewhere, may be removed; run `aether node drain {node}` first and wait until it is drained",
+                    state.as_str(),
                     drain.map_or(String::new(), |d| format!(" and {}", d.as_str()))
                 )));
             }

@@ -33,6 +33,7 @@ mod nodes;
 mod objects;
 mod replicas;
 mod schema;
+mod states;
 #[cfg(test)]
 mod tests;
 mod writer;
@@ -45,6 +46,7 @@ pub use nodes::Registered;
 use objects::{forget_object, object_status};
 pub use objects::{Candidate, Confirmation, ReplicaRow};
 use schema::{migrate, open_connection};
+pub use states::{ObjectStatus, ReplicaStatus};
 use writer::{checkpoint_loop, Writer};
 
 /// Write-ahead log pages after which a commit checkpoints by itself (SQLite's default is

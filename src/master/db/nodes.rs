@@ -11,7 +11,7 @@ use crate::master::liveness::NodeState;
 pub struct NodeRow {
     pub id: String,
     pub address: String,
-    pub state: String,
+    pub state: NodeState,
     pub registered_at: i64,
     pub last_seen: i64,
     pub replicas: u64,
@@ -36,17 +36,18 @@ impl MetaDb {
         let (id, address) = (id.to_string(), address.to_string());
         self.write(move |conn| {
             let now = now_ms();
-            let holder: Option<(String, String)> = conn
+            let holder: Option<(String, NodeState)> = conn
                 .prepare_cached("SELECT id, state FROM nodes WHERE address = ?1")?
                 .query_row([&address], |row| Ok((row.get(0)?, row.get(1)?)))
                 .optional()?;
             let mut replaced = None;
             if let Some((holder, state)) = holder.filter(|(holder, _)| *holder != id) {
-                if !NodeState::parse(&state).may_be_replaced() {
+                if !state.may_be_replaced() {
                     return Err(MetaError::Conflict(format!(
-                        "address {address} is already registered by node {holder:?}, which is {state}; a node \
+                        "address {address} is already registered by node {holder:?}, which is {}; a node \
                          keeps one id, so register it as {holder:?}, or give the new node its own address, or \
-                         wait: once {holder:?} is declared dead its address may be taken over"
+                         wait: once {holder:?} is declared dead its address may be taken over",
+                        state.as_str()
                     )));
                 }
                 // A new node where a dead or failed one was (e.g. restarted on an empty
@@ -106,7 +107,7 @@ impl MetaDb {
                         last_seen: row.get(4)?,
                         replicas: row.get::<_, i64>(5)? as u64,
                         zone: row.get(6)?,
-                        drain: Drain::parse(row.get(7)?),
+                        drain: row.get(7)?,
                     })
                 })?
                 .collect::<Result<_, _>>()?;
@@ -116,7 +117,7 @@ impl MetaDb {
 
     /// Records a node's change of liveness.
     pub fn set_node_state(&self, node: &str, state: NodeState) -> MetaResult<()> {
-        let (node, state) = (node.to_string(), state.as_str());
+        let node = node.to_string();
         self.write(move |conn| {
             conn.prepare_cached("UPDATE nodes SET state = ?2, last_seen = ?3 WHERE id = ?1")?.execute(params![
                 node,

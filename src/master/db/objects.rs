@@ -4,7 +4,8 @@
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::replicas::{forget_replica, has_record, mark_missing, schedule_deletion, upsert_confirmed};
-use super::{now_ms, MetaDb, MetaError, MetaResult};
+use super::{now_ms, MetaDb, MetaError, MetaResult, ObjectStatus, ReplicaStatus};
+use crate::master::liveness::NodeState;
 use crate::proto::{Checksum, ObjectId};
 
 /// A completed object and where its replicas are.
@@ -12,7 +13,7 @@ use crate::proto::{Checksum, ObjectId};
 pub struct ObjectRow {
     pub id: String,
     pub size: u64,
-    pub status: String,
+    pub status: ObjectStatus,
     pub replication: usize,
     pub checksum: Option<Checksum>,
     pub created_at: i64,
@@ -24,8 +25,19 @@ pub struct ObjectRow {
 pub struct ReplicaRow {
     pub node_id: String,
     pub address: String,
-    pub state: String,
-    pub node_state: String,
+    pub state: ReplicaStatus,
+    pub node_state: NodeState,
+}
+
+impl ReplicaRow {
+    /// Whether the node holds a copy with the object's bytes: one to read from, and one
+    /// that counts toward its replicas if the node holds copies.
+    pub fn confirmed(&self) -> bool {
+        match self.state {
+            ReplicaStatus::Confirmed => true,
+            ReplicaStatus::Placed | ReplicaStatus::Quarantined | ReplicaStatus::Missing => false,
+        }
+    }
 }
 
 /// What the master found when it asked a node for a replica itself.
@@ -75,7 +87,7 @@ impl MetaDb {
     pub fn complete_object(&self, id: ObjectId, quorum: usize, found: Vec<Confirmation>) -> MetaResult<()> {
         self.write(move |conn| {
             let id = id.to_string();
-            let row: Option<(String, i64)> = conn
+            let row: Option<(ObjectStatus, i64)> = conn
                 .prepare_cached("SELECT status, replication FROM objects WHERE id = ?1")?
                 .query_row([&id], |row| Ok((row.get(0)?, row.get(1)?)))
                 .optional()?;
@@ -85,17 +97,17 @@ impl MetaDb {
                         "no upload with objectid {id}; call /api/upload/init first"
                     )))
                 }
-                Some((status, _)) if status == "deleted" => {
+                Some((ObjectStatus::Deleted, _)) => {
                     return Err(MetaError::NotFound(format!("upload {id} was deleted or expired; start a new one")))
                 }
-                Some((status, _)) if status == "complete" => return Ok(()),
-                Some((_, replication)) => replication as usize,
+                Some((ObjectStatus::Complete, _)) => return Ok(()),
+                Some((ObjectStatus::Pending, replication)) => replication as usize,
             };
             let now = now_ms();
             for confirmation in &found {
                 upsert_confirmed(conn, &id, &confirmation.node_id, confirmation.size, confirmation.checksum, now)?;
             }
-            type Row = (String, String, String, Option<i64>, Option<String>);
+            type Row = (String, String, ReplicaStatus, Option<i64>, Option<String>);
             let rows: Vec<Row> = conn
                 .prepare_cached(
                     "SELECT r.node_id, n.address, r.state, r.size, r.checksum FROM replicas r
@@ -105,12 +117,12 @@ impl MetaDb {
                 .collect::<Result<_, _>>()?;
             let mut rows = rows;
             for (node, address) in placed_without_row(conn, &id)? {
-                rows.push((node, address, "placed".to_string(), None, None));
+                rows.push((node, address, ReplicaStatus::Placed, None, None));
             }
             // The largest group of confirmed replicas that agree is the object.
             let mut groups: Vec<((i64, String), Vec<&str>)> = Vec::new();
             for (node, _, state, size, checksum) in &rows {
-                if let (true, Some(size), Some(checksum)) = (state == "confirmed", size, checksum) {
+                if let (ReplicaStatus::Confirmed, Some(size), Some(checksum)) = (state, size, checksum) {
                     let key = (*size, checksum.clone());
                     match groups.iter_mut().find(|(k, _)| *k == key) {
                         Some((_, nodes)) => nodes.push(node),
@@ -125,7 +137,7 @@ impl MetaDb {
                 let missing: Vec<String> = rows
                     .iter()
                     .filter(|(node, ..)| !groups.first().is_some_and(|(_, nodes)| nodes.contains(&node.as_str())))
-                    .map(|(node, address, state, ..)| format!("{node} ({address}, {state})"))
+                    .map(|(node, address, state, ..)| format!("{node} ({address}, {})", state.as_str()))
                     .collect();
                 return Err(MetaError::Unavailable(format!(
                     "only {confirmed} of the {need} required replicas of {id} are confirmed by their datanodes; \
@@ -149,23 +161,27 @@ impl MetaDb {
                 if keep.contains(&node.as_str()) || surplus.contains(&node.as_str()) {
                     continue;
                 }
-                if state == "confirmed" {
-                    // A copy with other bytes than the object: not a replica of it. While
-                    // the object is short of its count, the row stays as a `missing`
-                    // marker, since repair looks only at objects with such a row.
-                    if short {
-                        mark_missing(conn, &id, node, now)?;
-                    } else {
-                        forget_replica(conn, &id, node)?;
+                match state {
+                    ReplicaStatus::Confirmed => {
+                        // A copy with other bytes than the object: not a replica of it.
+                        // While the object is short of its count, the row stays as a
+                        // `missing` marker, since repair looks only at objects with such a row.
+                        if short {
+                            mark_missing(conn, &id, node, now)?;
+                        } else {
+                            forget_replica(conn, &id, node)?;
+                        }
+                        schedule_deletion(conn, node, &id, now)?;
                     }
-                    schedule_deletion(conn, node, &id, now)?;
-                } else if state == "placed" && short {
-                    // Placed but never confirmed: a copy for repair to make, unless the
-                    // object has its full count elsewhere.
-                    conn.prepare_cached(
-                        "INSERT INTO replicas (object_id, node_id, state, updated_at) VALUES (?1, ?2, 'missing', ?3)",
-                    )?
-                    .execute(params![id, node, now])?;
+                    ReplicaStatus::Placed if short => {
+                        // Placed but never confirmed: a copy for repair to make, unless the
+                        // object has its full count elsewhere.
+                        conn.prepare_cached(
+                            "INSERT INTO replicas (object_id, node_id, state, updated_at) VALUES (?1, ?2, 'missing', ?3)",
+                        )?
+                        .execute(params![id, node, now])?;
+                    }
+                    ReplicaStatus::Placed | ReplicaStatus::Quarantined | ReplicaStatus::Missing => {}
                 }
             }
             conn.prepare_cached(
@@ -186,7 +202,7 @@ impl MetaDb {
     pub fn object_with_status(&self, id: ObjectId, any_status: bool) -> MetaResult<ObjectRow> {
         self.read(|conn| {
             let id = id.to_string();
-            type Row = (i64, String, i64, Option<String>, i64, Option<i64>);
+            type Row = (i64, ObjectStatus, i64, Option<String>, i64, Option<i64>);
             let row: Option<Row> = conn
                 .prepare_cached(
                     "SELECT size, status, replication, checksum, created_at, completed_at FROM objects WHERE id = ?1",
@@ -195,14 +211,15 @@ impl MetaDb {
                     Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?, row.get(5)?))
                 })
                 .optional()?;
-            let (size, status, replication, checksum, created_at, completed_at) = match row {
-                Some(row) if row.1 == "complete" || (any_status && row.1 == "pending") => row,
-                Some(row) if row.1 == "pending" => {
+            let Some(row) = row else { return Err(MetaError::NotFound(format!("object {id} not found"))) };
+            let (size, status, replication, checksum, created_at, completed_at) = match (row.1, any_status) {
+                (ObjectStatus::Complete, _) | (ObjectStatus::Pending, true) => row,
+                (ObjectStatus::Pending, false) => {
                     return Err(MetaError::NotFound(format!(
                         "object {id} is still being uploaded; it is served once /api/upload/complete succeeds"
                     )))
                 }
-                _ => return Err(MetaError::NotFound(format!("object {id} not found"))),
+                (ObjectStatus::Deleted, _) => return Err(MetaError::NotFound(format!("object {id} not found"))),
             };
             let mut replicas = conn
                 .prepare_cached(
@@ -219,22 +236,22 @@ impl MetaDb {
                 })?
                 .collect::<Result<Vec<ReplicaRow>, _>>()?;
             // A removed node's address is no longer its own: nobody should try it.
-            replicas.retain(|r| r.node_state != "removed");
+            replicas.retain(|r| r.node_state != NodeState::Removed);
             // Readers try them in this order: confirmed copies on live nodes first. (Sorted
             // here: an ORDER BY costs SQLite a temporary b-tree on every lookup.)
             replicas.sort_by_cached_key(|r| {
-                let node_rank = match r.node_state.as_str() {
-                    "alive" => 0,
-                    "suspect" => 1,
-                    _ => 2,
+                let node_rank = match r.node_state {
+                    NodeState::Alive => 0,
+                    NodeState::Suspect => 1,
+                    NodeState::ReadOnly | NodeState::Failed | NodeState::Dead | NodeState::Removed => 2,
                 };
-                (r.state != "confirmed", node_rank, r.node_id.clone())
+                (!r.confirmed(), node_rank, r.node_id.clone())
             });
-            if status == "pending" {
+            if status == ObjectStatus::Pending {
                 let mut node_state = conn.prepare_cached("SELECT state FROM nodes WHERE id = ?1")?;
                 for (node_id, address) in placed_without_row(conn, &id)? {
                     let node_state = node_state.query_row([&node_id], |row| row.get(0))?;
-                    replicas.push(ReplicaRow { node_id, address, state: "placed".into(), node_state });
+                    replicas.push(ReplicaRow { node_id, address, state: ReplicaStatus::Placed, node_state });
                 }
             }
             let checksum = checksum.and_then(|c| Checksum::parse(&c).ok());
@@ -257,9 +274,9 @@ impl MetaDb {
         self.write(move |conn| {
             let id = id.to_string();
             let status = object_status(conn, &id)?;
-            match status.as_deref() {
-                None | Some("deleted") => Err(MetaError::NotFound(format!("object {id} not found"))),
-                _ => {
+            match status {
+                None | Some(ObjectStatus::Deleted) => Err(MetaError::NotFound(format!("object {id} not found"))),
+                Some(ObjectStatus::Pending | ObjectStatus::Complete) => {
                     forget_object(conn, &id, now_ms())?;
                     Ok(())
                 }
@@ -297,9 +314,11 @@ impl MetaDb {
     {
         self.write(move |conn| {
             let id = id.to_string();
-            let status = object_status(conn, &id)?;
-            if status.as_deref() != Some("pending") {
-                return Err(MetaError::Conflict(format!("object {id} is not an upload in progress")));
+            match object_status(conn, &id)? {
+                Some(ObjectStatus::Pending) => {}
+                None | Some(ObjectStatus::Complete | ObjectStatus::Deleted) => {
+                    return Err(MetaError::Conflict(format!("object {id} is not an upload in progress")))
+                }
             }
             let failed_ids: Vec<String> = failed
                 .iter()
@@ -331,7 +350,7 @@ impl MetaDb {
     }
 }
 
-pub(super) fn object_status(conn: &Connection, id: &str) -> MetaResult<Option<String>> {
+pub(super) fn object_status(conn: &Connection, id: &str) -> MetaResult<Option<ObjectStatus>> {
     let status = conn
         .prepare_cached("SELECT status FROM objects WHERE id = ?1")?
         .query_row([id], |row| row.get(0))

@@ -5,7 +5,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::nodes::require_node;
 use super::objects::object_status;
-use super::{now_ms, MetaDb, MetaResult};
+use super::{now_ms, MetaDb, MetaResult, ObjectStatus};
 use crate::master::repair::UnderReplicated;
 use crate::proto::{Checksum, ReplicaState};
 
@@ -229,43 +229,49 @@ pub(super) fn schedule_deletion(conn: &Connection, node: &str, id: &str, now: i6
 /// Objects the master does not know are left alone here (inventories collect them).
 fn record_replica(conn: &Connection, node: &str, replica: &ReplicaState, now: i64) -> MetaResult<Option<String>> {
     let id = &replica.objectid;
-    let row: Option<(String, Option<String>, i64)> = conn
+    let row: Option<(ObjectStatus, Option<String>, i64)> = conn
         .prepare_cached("SELECT status, checksum, replication FROM objects WHERE id = ?1")?
         .query_row([id], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
         .optional()?;
     let Some((status, checksum, replication)) = row else { return Ok(None) };
     let other_bytes = checksum.as_deref().is_some_and(|sum| sum != replica.checksum.to_string());
-    if status == "deleted" || (status == "complete" && other_bytes) {
-        // Said in the answer, and queued for the node's heartbeats in case the answer
-        // is lost. A record of a complete object's copy stays, as `missing`: it is what
-        // sends repair to the object if it is short of copies.
-        if status == "deleted" {
+    // The node is told to delete its copy in the answer, and the deletion is queued for
+    // its heartbeats too in case the answer is lost.
+    match status {
+        ObjectStatus::Deleted => {
             forget_replica(conn, id, node)?;
-        } else {
+            schedule_deletion(conn, node, id, now)?;
+            return Ok(Some(id.clone()));
+        }
+        ObjectStatus::Complete if other_bytes => {
+            // The record of the copy stays, as `missing`: it is what sends repair to
+            // the object if it is short of copies.
             mark_missing(conn, id, node, now)?;
+            schedule_deletion(conn, node, id, now)?;
+            return Ok(Some(id.clone()));
         }
-        schedule_deletion(conn, node, id, now)?;
-        return Ok(Some(id.clone()));
-    }
-    if status == "complete" && healthy_copies(conn, id)? >= replication && !has_record(conn, id, node)? {
-        // A copy beyond the replication factor that the master has no record of: most
-        // likely a node back from the dead after its copies were made again elsewhere.
-        // Enough healthy copies remain without it, so it is removed, not kept forever.
-        schedule_deletion(conn, node, id, now)?;
-        return Ok(Some(id.clone()));
-    }
-    upsert_confirmed(conn, id, node, replica.size, replica.checksum, now)?;
-    if status == "complete" {
-        // Back at full strength: records of copies that are gone or on dead nodes are
-        // dropped (a dead node that returns re-reports what it still has).
-        if healthy_copies(conn, id)? >= replication {
-            // A move's expected copy (`placed`) stays: it is on its way.
-            conn.prepare_cached(
-                "DELETE FROM replicas WHERE object_id = ?1 AND (state NOT IN ('confirmed', 'placed')
-                 OR node_id IN (SELECT id FROM nodes WHERE state NOT IN ('alive', 'suspect')))",
-            )?
-            .execute([id])?;
+        ObjectStatus::Complete => {
+            if healthy_copies(conn, id)? >= replication && !has_record(conn, id, node)? {
+                // A copy beyond the replication factor that the master has no record of:
+                // most likely a node back from the dead after its copies were made again
+                // elsewhere. Enough healthy copies remain without it, so it is removed,
+                // not kept forever.
+                schedule_deletion(conn, node, id, now)?;
+                return Ok(Some(id.clone()));
+            }
+            upsert_confirmed(conn, id, node, replica.size, replica.checksum, now)?;
+            // Back at full strength: records of copies that are gone or on dead nodes are
+            // dropped (a dead node that returns re-reports what it still has).
+            if healthy_copies(conn, id)? >= replication {
+                // A move's expected copy (`placed`) stays: it is on its way.
+                conn.prepare_cached(
+                    "DELETE FROM replicas WHERE object_id = ?1 AND (state NOT IN ('confirmed', 'placed')
+                     OR node_id IN (SELECT id FROM nodes WHERE state NOT IN ('alive', 'suspect')))",
+                )?
+                .execute([id])?;
+            }
         }
+        ObjectStatus::Pending => upsert_confirmed(conn, id, node, replica.size, replica.checksum, now)?,
     }
     Ok(None)
 }

@@ -28,7 +28,7 @@ fn temp_db(name: &str) -> (MetaDb, std::path::PathBuf) {
 
 /// The first `n` nodes that are not dead, by id: a placement for tests.
 fn first(db: &MetaDb, n: usize) -> Vec<Candidate> {
-    db.nodes().unwrap().into_iter().filter(|n| n.state != "dead").take(n).map(|n| (n.id, n.address)).collect()
+    db.nodes().unwrap().into_iter().filter(|n| n.state != NodeState::Dead).take(n).map(|n| (n.id, n.address)).collect()
 }
 
 #[test]
@@ -90,8 +90,8 @@ fn version_2_placements_move_into_their_object_rows() {
     let db = MetaDb::open(&path, 1).unwrap();
     let id = ObjectId::parse("0b7a3c1e-5d2f-4c8e-9a61-2f4d8e9b1c03").unwrap();
     let object = db.object_with_status(id, true).unwrap();
-    let states: Vec<(&str, &str)> = object.replicas.iter().map(|r| (r.node_id.as_str(), r.state.as_str())).collect();
-    assert_eq!(states, vec![("n2", "confirmed"), ("n1", "placed")]);
+    let states: Vec<(&str, ReplicaStatus)> = object.replicas.iter().map(|r| (r.node_id.as_str(), r.state)).collect();
+    assert_eq!(states, vec![("n2", ReplicaStatus::Confirmed), ("n1", ReplicaStatus::Placed)]);
     let rows: i64 = db.read(|c| Ok(c.query_row("SELECT count(*) FROM replicas", [], |r| r.get(0))?)).unwrap();
     assert_eq!(rows, 1);
     drop(db);
@@ -190,8 +190,8 @@ fn a_failed_or_dead_nodes_address_may_be_taken_over_and_its_copies_are_lost() {
     // ... a failed one's is taken over; the old node is removed and out of lookups.
     let outcome = db.register_node("n9", "http://n1:1").unwrap();
     assert_eq!(outcome, Registered::TookOver { previous: "n1".into() });
-    let states: Vec<(String, String)> = db.nodes().unwrap().into_iter().map(|n| (n.id, n.state)).collect();
-    assert!(states.contains(&("n1".into(), "removed".into())) && states.contains(&("n9".into(), "alive".into())));
+    let states: Vec<(String, NodeState)> = db.nodes().unwrap().into_iter().map(|n| (n.id, n.state)).collect();
+    assert!(states.contains(&("n1".into(), NodeState::Removed)) && states.contains(&("n9".into(), NodeState::Alive)));
     let holders: Vec<String> = db.object(id).unwrap().replicas.into_iter().map(|r| r.node_id).collect();
     assert_eq!(holders, vec!["n2".to_string()]);
     assert_eq!(db.under_replicated(10).unwrap().len(), 1);
