@@ -100,3 +100,44 @@ pub(super) fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::master::db::{MetaDb, ReplicaStatus};
+    use crate::proto::ObjectId;
+
+    #[test]
+    fn version_2_placements_move_into_their_object_rows() {
+        let dir = std::env::temp_dir().join(format!("aether-db-v2-{}", rand::random::<u32>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("meta.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            for migration in &MIGRATIONS[..2] {
+                conn.execute_batch(migration).unwrap();
+            }
+            conn.pragma_update(None, "user_version", 2).unwrap();
+            conn.execute_batch(
+                "INSERT INTO nodes (id, address, registered_at, last_seen) VALUES ('n1', 'http://a:1', 0, 0),
+                                                                              ('n2', 'http://b:1', 0, 0);
+                 INSERT INTO objects (id, size, status, replication, created_at)
+                     VALUES ('0b7a3c1e-5d2f-4c8e-9a61-2f4d8e9b1c03', 3, 'pending', 2, 0);
+                 INSERT INTO replicas (object_id, node_id, state, updated_at)
+                     VALUES ('0b7a3c1e-5d2f-4c8e-9a61-2f4d8e9b1c03', 'n1', 'placed', 0),
+                            ('0b7a3c1e-5d2f-4c8e-9a61-2f4d8e9b1c03', 'n2', 'confirmed', 0);",
+            )
+            .unwrap();
+        }
+        let db = MetaDb::open(&path, 1).unwrap();
+        let id = ObjectId::parse("0b7a3c1e-5d2f-4c8e-9a61-2f4d8e9b1c03").unwrap();
+        let object = db.object_with_status(id, true).unwrap();
+        let states: Vec<(&str, ReplicaStatus)> =
+            object.replicas.iter().map(|r| (r.node_id.as_str(), r.state)).collect();
+        assert_eq!(states, vec![("n2", ReplicaStatus::Confirmed), ("n1", ReplicaStatus::Placed)]);
+        let rows: i64 = db.read(|c| Ok(c.query_row("SELECT count(*) FROM replicas", [], |r| r.get(0))?)).unwrap();
+        assert_eq!(rows, 1);
+        drop(db);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

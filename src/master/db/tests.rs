@@ -1,18 +1,13 @@
-//! Scenario tests of `MetaDb`: uploads, reports, repair, drains and the group commit
-//! driven through its public functions, with a fresh database in a temporary folder.
+//! Scenario tests of `MetaDb`: uploads, reports, repair and drains driven through its
+//! public functions, with a fresh database in a temporary folder (`temp_db`, which the
+//! tests beside the writer use too).
 
-use std::sync::Arc;
-
-use rusqlite::Connection;
-
-use super::schema::MIGRATIONS;
-use super::writer::run;
 use super::*;
 use crate::master::liveness::NodeState;
 use crate::proto::{Checksum, InventoryEntry, ObjectId, ReplicaState};
 
 /// A database with nodes n1, n2, n3 registered at http://nK:1.
-fn temp_db_with_three_nodes(name: &str) -> (MetaDb, std::path::PathBuf) {
+pub(super) fn temp_db_with_three_nodes(name: &str) -> (MetaDb, std::path::PathBuf) {
     let (db, dir) = temp_db(name);
     for n in ["n1", "n2", "n3"] {
         db.register_node(n, &format!("http://{n}:1")).unwrap();
@@ -20,82 +15,16 @@ fn temp_db_with_three_nodes(name: &str) -> (MetaDb, std::path::PathBuf) {
     (db, dir)
 }
 
-fn temp_db(name: &str) -> (MetaDb, std::path::PathBuf) {
+/// A fresh database in its own temporary folder, which the caller removes.
+pub(super) fn temp_db(name: &str) -> (MetaDb, std::path::PathBuf) {
     let dir = std::env::temp_dir().join(format!("aether-db-{name}-{}", rand::random::<u32>()));
     std::fs::create_dir_all(&dir).unwrap();
     (MetaDb::open(&dir.join("meta.db"), 2).unwrap(), dir)
 }
 
 /// The first `n` nodes that are not dead, by id: a placement for tests.
-fn first(db: &MetaDb, n: usize) -> Vec<Candidate> {
+pub(super) fn first(db: &MetaDb, n: usize) -> Vec<Candidate> {
     db.nodes().unwrap().into_iter().filter(|n| n.state != NodeState::Dead).take(n).map(|n| (n.id, n.address)).collect()
-}
-
-#[test]
-fn concurrent_writes_are_each_answered_and_a_panic_spoils_only_its_own() {
-    let (db, dir) = temp_db("group");
-    let db = Arc::new(db);
-    let writers: Vec<_> = (0..8)
-        .map(|t| {
-            let db = Arc::clone(&db);
-            std::thread::spawn(move || {
-                for i in 0..50 {
-                    let (id, address) = (format!("n{t}-{i}"), format!("http://h{t}:{i}"));
-                    assert_eq!(db.register_node(&id, &address).unwrap(), Registered::New);
-                    // A write that fails leaves no trace, whatever shares its commit.
-                    let refused = db.write(move |conn| -> MetaResult<()> {
-                        run(conn, "INSERT INTO nodes (id, address, registered_at, last_seen) VALUES ('x', 'y', 0, 0)")?;
-                        Err(MetaError::Conflict("refused".into()))
-                    });
-                    assert!(matches!(refused, Err(MetaError::Conflict(_))));
-                }
-            })
-        })
-        .collect();
-    for writer in writers {
-        writer.join().unwrap();
-    }
-    let panicked = db.write(|_conn| -> MetaResult<()> { panic!("a bug in a write") });
-    assert!(matches!(panicked, Err(MetaError::Internal(_))), "{panicked:?}");
-    assert_eq!(db.register_node("after", "http://after:1").unwrap(), Registered::New);
-    let nodes = db.nodes().unwrap();
-    assert_eq!(nodes.len(), 8 * 50 + 1);
-    assert!(!nodes.iter().any(|n| n.id == "x"));
-    drop(db);
-    std::fs::remove_dir_all(dir).unwrap();
-}
-
-#[test]
-fn version_2_placements_move_into_their_object_rows() {
-    let dir = std::env::temp_dir().join(format!("aether-db-v2-{}", rand::random::<u32>()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("meta.db");
-    {
-        let conn = Connection::open(&path).unwrap();
-        for migration in &MIGRATIONS[..2] {
-            conn.execute_batch(migration).unwrap();
-        }
-        conn.pragma_update(None, "user_version", 2).unwrap();
-        conn.execute_batch(
-            "INSERT INTO nodes (id, address, registered_at, last_seen) VALUES ('n1', 'http://a:1', 0, 0),
-                                                                          ('n2', 'http://b:1', 0, 0);
-             INSERT INTO objects (id, size, status, replication, created_at)
-                 VALUES ('0b7a3c1e-5d2f-4c8e-9a61-2f4d8e9b1c03', 3, 'pending', 2, 0);
-             INSERT INTO replicas (object_id, node_id, state, updated_at)
-                 VALUES ('0b7a3c1e-5d2f-4c8e-9a61-2f4d8e9b1c03', 'n1', 'placed', 0),
-                        ('0b7a3c1e-5d2f-4c8e-9a61-2f4d8e9b1c03', 'n2', 'confirmed', 0);",
-        )
-        .unwrap();
-    }
-    let db = MetaDb::open(&path, 1).unwrap();
-    let id = ObjectId::parse("0b7a3c1e-5d2f-4c8e-9a61-2f4d8e9b1c03").unwrap();
-    let object = db.object_with_status(id, true).unwrap();
-    let states: Vec<(&str, ReplicaStatus)> = object.replicas.iter().map(|r| (r.node_id.as_str(), r.state)).collect();
-    assert_eq!(states, vec![("n2", ReplicaStatus::Confirmed), ("n1", ReplicaStatus::Placed)]);
-    let rows: i64 = db.read(|c| Ok(c.query_row("SELECT count(*) FROM replicas", [], |r| r.get(0))?)).unwrap();
-    assert_eq!(rows, 1);
-    drop(db);
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
@@ -120,31 +49,6 @@ fn object_lifecycle_and_reopen() {
     let object = db.object(id).unwrap();
     assert_eq!((object.size, object.replicas.len(), object.checksum), (10, 2, Some(sum)));
     assert_eq!(db.nodes().unwrap().iter().map(|n| n.replicas).collect::<Vec<_>>(), vec![1, 1]);
-    drop(db);
-    std::fs::remove_dir_all(dir).unwrap();
-}
-
-#[test]
-fn a_failed_write_does_not_spoil_its_batch() {
-    let (db, dir) = temp_db("batch");
-    let db = std::sync::Arc::new(db);
-    db.register_node("n1", "http://a:1").unwrap();
-    let handles: Vec<_> = (0..32)
-        .map(|i| {
-            let db = std::sync::Arc::clone(&db);
-            std::thread::spawn(move || {
-                if i % 2 == 0 {
-                    db.register_node(&format!("x{i}"), "http://a:1").is_err()
-                } else {
-                    db.create_object(ObjectId::new_random(), 1, 1, first(&db, 1)).is_ok()
-                }
-            })
-        })
-        .collect();
-    assert!(handles.into_iter().all(|h| h.join().unwrap()));
-    let pending: i64 =
-        db.read(|c| Ok(c.query_row("SELECT count(*) FROM objects WHERE placed = 'n1'", [], |r| r.get(0))?)).unwrap();
-    assert_eq!(pending, 16);
     drop(db);
     std::fs::remove_dir_all(dir).unwrap();
 }

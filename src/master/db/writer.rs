@@ -233,3 +233,76 @@ pub(super) fn checkpoint_loop(conn: &Connection, stopped: &Receiver<()>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::super::tests::{first, temp_db};
+    use super::*;
+    use crate::master::db::Registered;
+    use crate::proto::ObjectId;
+
+    #[test]
+    fn concurrent_writes_are_each_answered_and_a_panic_spoils_only_its_own() {
+        let (db, dir) = temp_db("group");
+        let db = Arc::new(db);
+        let writers: Vec<_> = (0..8)
+            .map(|t| {
+                let db = Arc::clone(&db);
+                std::thread::spawn(move || {
+                    for i in 0..50 {
+                        let (id, address) = (format!("n{t}-{i}"), format!("http://h{t}:{i}"));
+                        assert_eq!(db.register_node(&id, &address).unwrap(), Registered::New);
+                        // A write that fails leaves no trace, whatever shares its commit.
+                        let refused = db.write(move |conn| -> MetaResult<()> {
+                            run(
+                                conn,
+                                "INSERT INTO nodes (id, address, registered_at, last_seen) VALUES ('x', 'y', 0, 0)",
+                            )?;
+                            Err(MetaError::Conflict("refused".into()))
+                        });
+                        assert!(matches!(refused, Err(MetaError::Conflict(_))));
+                    }
+                })
+            })
+            .collect();
+        for writer in writers {
+            writer.join().unwrap();
+        }
+        let panicked = db.write(|_conn| -> MetaResult<()> { panic!("a bug in a write") });
+        assert!(matches!(panicked, Err(MetaError::Internal(_))), "{panicked:?}");
+        assert_eq!(db.register_node("after", "http://after:1").unwrap(), Registered::New);
+        let nodes = db.nodes().unwrap();
+        assert_eq!(nodes.len(), 8 * 50 + 1);
+        assert!(!nodes.iter().any(|n| n.id == "x"));
+        drop(db);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_failed_write_does_not_spoil_its_batch() {
+        let (db, dir) = temp_db("batch");
+        let db = std::sync::Arc::new(db);
+        db.register_node("n1", "http://a:1").unwrap();
+        let handles: Vec<_> = (0..32)
+            .map(|i| {
+                let db = std::sync::Arc::clone(&db);
+                std::thread::spawn(move || {
+                    if i % 2 == 0 {
+                        db.register_node(&format!("x{i}"), "http://a:1").is_err()
+                    } else {
+                        db.create_object(ObjectId::new_random(), 1, 1, first(&db, 1)).is_ok()
+                    }
+                })
+            })
+            .collect();
+        assert!(handles.into_iter().all(|h| h.join().unwrap()));
+        let pending: i64 = db
+            .read(|c| Ok(c.query_row("SELECT count(*) FROM objects WHERE placed = 'n1'", [], |r| r.get(0))?))
+            .unwrap();
+        assert_eq!(pending, 16);
+        drop(db);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
