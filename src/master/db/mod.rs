@@ -14,8 +14,9 @@
 //! (migrations and connection settings), `error` (`MetaError`), `nodes`, `objects`
 //! (uploads and objects), `replicas` (reports, inventories, deletions, repair
 //! candidates), `drains` (zones, drains, moves, removal), `counts` (the cluster's
-//! totals), `namespace` (the S3 namespace) and `bench` (offline population). Every SQL
-//! statement of the project lives in this folder.
+//! totals), `states` (the states the tables keep, as enums), `namespace` (the S3
+//! namespace) and `bench` (offline population). Every SQL statement of the project lives
+//! in this folder.
 
 use std::path::Path;
 use std::thread::JoinHandle;
