@@ -109,6 +109,8 @@ const MIGRATIONS: &[&str] = &[
     // an operator sets and a restart of the master must not forget.
     "ALTER TABLE nodes ADD COLUMN zone TEXT;
     ALTER TABLE nodes ADD COLUMN drain TEXT CHECK (drain IN ('draining', 'drained'));",
+    // 6: each bucket's key count and bytes, kept by triggers (`db/namespace.rs`).
+    namespace::USAGE_MIGRATION,
 ];
 
 /// The master layer's error; its status is the HTTP answer.
