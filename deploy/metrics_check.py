@@ -57,7 +57,7 @@ def main():
         value = total(samples, *series(args[1]))
         if value is None:
             sys.exit(f"metrics_check: {what}: no sample of {args[1]}")
-        print(f"{value:g}")
+        print(int(value) if float(value).is_integer() else value)
         return
     failed = 0
     for check in args:
