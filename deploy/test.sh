@@ -162,10 +162,11 @@ setup_tools() {
 
 # The Python that runs deploy/s3_check.py (boto3) and deploy/metrics_check.py (the
 # Prometheus client's parser): this machine's python3 when it has both (CI installs
-# them), else a virtualenv kept between runs.
+# them), else a virtualenv kept between runs. Run before setup_ansible puts the Ansible
+# virtualenv first on the PATH.
 setup_clients() {
-    client_python=python3
-    python3 -c 'import boto3, prometheus_client.parser' 2>/dev/null && return 0
+    client_python=$(command -v python3)
+    "$client_python" -c 'import boto3, prometheus_client.parser' 2>/dev/null && return 0
     local venv=$AETHER_CACHE_DIR/venv-clients-boto3-$BOTO3_VERSION-prometheus-$PROMETHEUS_CLIENT_VERSION
     if [[ ! -f $venv/.complete ]]; then
         rm -rf "$venv"
@@ -951,6 +952,9 @@ timed "static binary" get_binary
 if wants ansible; then
     timed "Debian package (deploy/build-deb.sh)" get_package
 fi
+if wants ansible || wants docker; then
+    timed "S3 client and scrape parser" setup_clients
+fi
 if wants lint || wants ansible; then
     timed "Ansible virtualenv" setup_ansible
 fi
@@ -961,7 +965,6 @@ if wants lint; then
 fi
 if wants ansible || wants docker; then
     timed "base image (debootstrap, cached)" make_base_image
-    timed "S3 client and scrape parser" setup_clients
 fi
 if wants ansible; then
     timed "ansible stage (total)" stage_ansible
