@@ -115,7 +115,7 @@ fn boto3_against_the_gateway() {
     let fragment = format!("{}/ui/fragment", s3.cluster.master.url);
     wait_until("the status page to list the bucket", Duration::from_secs(10), || {
         let page = agent().get(&fragment).call().ok().and_then(|r| r.into_string().ok()).unwrap_or_default();
-        page.contains("<tr><td>granted</td><td>1</td><td>1 B</td></tr>")
+        page.contains(r#"<tr><td>granted</td><td>1</td><td title="1 bytes">1 B</td></tr>"#)
     });
     let listed = aether_key(&s3.cluster.master.url, &["list"]);
     assert!(listed.contains(&main.0) && listed.contains("other") && !listed.contains(&main.1), "{listed}");
@@ -203,6 +203,57 @@ fn aws_cli_against_the_gateway() {
     aws(&["s3", "rm", "--recursive", "s3://cli-bucket/"]);
     aws(&["s3", "rb", "s3://cli-bucket"]);
     assert!(!aws(&["s3", "ls"]).contains("cli-bucket"));
+}
+
+/// The status page's bucket usage follows every kind of write made through the gateway
+/// (puts, an overwrite, a multipart upload, a batch delete), to the byte.
+#[test]
+fn bucket_usage_follows_every_write_through_the_gateway() {
+    if !have_tool("python3", &["-c", "import boto3"], "pip install boto3") {
+        return;
+    }
+    let s3 = setup("s3-usage");
+    let script = r#"
+import boto3, os
+s3 = boto3.client('s3', endpoint_url=os.environ['URL'], region_name='us-east-1',
+                  aws_access_key_id=os.environ['KEY'], aws_secret_access_key=os.environ['SECRET'])
+s3.create_bucket(Bucket='usage')
+s3.create_bucket(Bucket='usage-empty')
+for key, size in [('a', 100), ('b', 200), ('c', 300), ('a', 1000)]:
+    s3.put_object(Bucket='usage', Key=key, Body=b'x' * size)
+upload = s3.create_multipart_upload(Bucket='usage', Key='mp')['UploadId']
+parts = [{'PartNumber': n, 'ETag': s3.upload_part(Bucket='usage', Key='mp', UploadId=upload, PartNumber=n,
+                                                  Body=b'y' * size)['ETag']}
+         for n, size in [(1, 5 << 20), (2, 7)]]
+s3.complete_multipart_upload(Bucket='usage', Key='mp', UploadId=upload, MultipartUpload={'Parts': parts})
+s3.create_multipart_upload(Bucket='usage', Key='open')
+gone = s3.delete_objects(Bucket='usage', Delete={'Objects': [{'Key': 'b'}, {'Key': 'c'}, {'Key': 'absent'}]})
+assert len(gone['Deleted']) == 3, gone
+"#;
+    let run = Command::new("python3")
+        .args(["-c", script])
+        .env("URL", &s3.gateway.url)
+        .env("KEY", &s3.keys[0].0)
+        .env("SECRET", &s3.keys[0].1)
+        .output()
+        .expect("running python3");
+    assert!(run.status.success(), "boto3: {}", String::from_utf8_lossy(&run.stderr));
+    // Left: a (1000 bytes) and mp (5 MiB + 7); the open upload's parts are no key.
+    let expected = [
+        format!(r#"<tr><td>usage</td><td>2</td><td title="{} bytes">5.0 MiB</td></tr>"#, 1000 + (5 << 20) + 7),
+        r#"<tr><td>usage-empty</td><td>0</td><td title="0 bytes">0 B</td></tr>"#.to_string(),
+    ];
+    let fragment = format!("{}/ui/fragment", s3.cluster.master.url);
+    let mut page = String::new();
+    let shown = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < shown {
+        page = agent().get(&fragment).call().ok().and_then(|r| r.into_string().ok()).unwrap_or_default();
+        if expected.iter().all(|row| page.contains(row)) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("the page does not show {expected:?}:\n{page}");
 }
 
 /// `aether dev` as a newcomer meets it: its summary names the S3 URL, region and a key

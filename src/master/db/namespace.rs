@@ -63,6 +63,29 @@ pub const MIGRATION: &str = "
         PRIMARY KEY (upload_id, number)
     ) WITHOUT ROWID;";
 
+/// The schema migration of the buckets' usage: each bucket's count of keys and their
+/// bytes, kept by triggers on `s3_entries`, so that every write of an entry (a put, a
+/// replacement, a delete, a multipart completion, whatever path makes it) changes them in
+/// its own transaction, and the status page reads one row per bucket instead of every
+/// key. Existing buckets are counted once here. Entries are therefore never written with
+/// `INSERT OR REPLACE`: its implicit delete fires no trigger (see `write_entry`).
+pub const USAGE_MIGRATION: &str = "
+    ALTER TABLE s3_buckets ADD COLUMN objects INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE s3_buckets ADD COLUMN bytes INTEGER NOT NULL DEFAULT 0;
+    UPDATE s3_buckets SET
+        objects = (SELECT COUNT(*) FROM s3_entries e WHERE e.bucket = s3_buckets.name),
+        bytes = (SELECT COALESCE(SUM(size), 0) FROM s3_entries e WHERE e.bucket = s3_buckets.name);
+    CREATE TRIGGER s3_entries_usage_insert AFTER INSERT ON s3_entries BEGIN
+        UPDATE s3_buckets SET objects = objects + 1, bytes = bytes + NEW.size WHERE name = NEW.bucket;
+    END;
+    CREATE TRIGGER s3_entries_usage_delete AFTER DELETE ON s3_entries BEGIN
+        UPDATE s3_buckets SET objects = objects - 1, bytes = bytes - OLD.size WHERE name = OLD.bucket;
+    END;
+    CREATE TRIGGER s3_entries_usage_update AFTER UPDATE OF bucket, size ON s3_entries BEGIN
+        UPDATE s3_buckets SET objects = objects - 1, bytes = bytes - OLD.size WHERE name = OLD.bucket;
+        UPDATE s3_buckets SET objects = objects + 1, bytes = bytes + NEW.size WHERE name = NEW.bucket;
+    END;";
+
 const ENTRY_COLUMNS: &str = "bucket, key, object_id, size, etag, content_type, metadata, modified_at, parts";
 
 /// The smallest part of a multipart upload but the last (S3's rule).
@@ -254,17 +277,12 @@ impl MetaDb {
         })
     }
 
-    /// The first `limit` buckets by name, each with its key count and their bytes (one
-    /// query: the buckets are taken first, then their keys counted), for the status page.
+    /// The first `limit` buckets by name, each with its key count and their bytes (the
+    /// counters `USAGE_MIGRATION`'s triggers keep), for the status page.
     pub fn bucket_usage(&self, limit: usize) -> MetaResult<Vec<(String, u64, u64)>> {
         self.read(|conn| {
             let usage = conn
-                .prepare_cached(
-                    "SELECT b.name, COUNT(e.key), COALESCE(SUM(e.size), 0)
-                     FROM (SELECT name FROM s3_buckets ORDER BY name LIMIT ?1) b
-                     LEFT JOIN s3_entries e ON e.bucket = b.name
-                     GROUP BY b.name ORDER BY b.name",
-                )?
+                .prepare_cached("SELECT name, objects, bytes FROM s3_buckets ORDER BY name LIMIT ?1")?
                 .query_map([limit as i64], |row| {
                     Ok((row.get(0)?, row.get::<_, i64>(1)? as u64, row.get::<_, i64>(2)? as u64))
                 })?
@@ -461,8 +479,14 @@ fn to_json<T: serde::Serialize>(value: &T) -> MetaResult<String> {
 
 fn write_entry(conn: &Connection, entry: &Entry) -> MetaResult<()> {
     let parts = if entry.parts.is_empty() { None } else { Some(to_json(&entry.parts)?) };
+    // An upsert rather than INSERT OR REPLACE: a replacement is then an UPDATE, which
+    // fires the usage trigger; REPLACE's implicit delete would fire none and count the
+    // key twice.
     conn.prepare_cached(&format!(
-        "INSERT OR REPLACE INTO s3_entries ({ENTRY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+        "INSERT INTO s3_entries ({ENTRY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+         ON CONFLICT (bucket, key) DO UPDATE SET object_id = excluded.object_id, size = excluded.size,
+             etag = excluded.etag, content_type = excluded.content_type, metadata = excluded.metadata,
+             modified_at = excluded.modified_at, parts = excluded.parts"
     ))?
     .execute(params![
         entry.bucket,
@@ -720,6 +744,21 @@ mod tests {
         (names, page.truncated)
     }
 
+    /// Each bucket's usage counted from its keys, the slow way the counters replace.
+    fn usage_counted(db: &MetaDb) -> Vec<(String, u64, u64)> {
+        db.read(|conn| {
+            let usage = conn
+                .prepare(
+                    "SELECT b.name, COUNT(e.key), COALESCE(SUM(e.size), 0) FROM s3_buckets b
+                     LEFT JOIN s3_entries e ON e.bucket = b.name GROUP BY b.name ORDER BY b.name",
+                )?
+                .query_map([], |row| Ok((row.get(0)?, row.get::<_, i64>(1)? as u64, row.get::<_, i64>(2)? as u64)))?
+                .collect::<Result<_, _>>()?;
+            Ok(usage)
+        })
+        .unwrap()
+    }
+
     #[test]
     fn bucket_usage_counts_keys_and_bytes_of_the_first_buckets() {
         let db = temp_db("usage");
@@ -734,6 +773,141 @@ mod tests {
         let usage = db.bucket_usage(100).unwrap();
         assert_eq!(usage, vec![("a".into(), 2, 17), ("b".into(), 0, 0), ("c".into(), 1, 100)]);
         assert_eq!(db.bucket_usage(2).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn bucket_usage_is_exact_after_every_kind_of_write() {
+        let db = temp_db("usage-writes");
+        db.create_bucket("a", "owner").unwrap();
+        db.create_bucket("b", "owner").unwrap();
+        let usage = |db: &MetaDb| {
+            let counters = db.bucket_usage(100).unwrap();
+            assert_eq!(counters, usage_counted(db), "the counters differ from the keys");
+            counters
+        };
+        let expect = |a: (u64, u64), b: (u64, u64)| vec![("a".to_string(), a.0, a.1), ("b".to_string(), b.0, b.1)];
+
+        // Puts, and overwrites with a larger and a smaller object.
+        for (key, size) in [("k1", 10), ("k2", 20), ("k3", 30)] {
+            put_in(&db, "a", key, size);
+        }
+        put_in(&db, "b", "k1", 1000);
+        assert_eq!(usage(&db), expect((3, 60), (1, 1000)));
+        put_in(&db, "a", "k1", 15);
+        put_in(&db, "a", "k2", 2);
+        assert_eq!(usage(&db), expect((3, 47), (1, 1000)));
+
+        // A failed conditional put changes nothing.
+        let mut conditional = Entry {
+            bucket: "a".into(),
+            key: "k3".into(),
+            objectid: complete_object(&db, 99),
+            size: 99,
+            etag: "e".into(),
+            content_type: None,
+            metadata: BTreeMap::new(),
+            modified_ms: 0,
+            if_none_match: true,
+            if_match: None,
+            parts: Vec::new(),
+        };
+        assert!(matches!(db.put_entry(conditional.clone()), Err(MetaError::Conflict(_))));
+        conditional.if_none_match = false;
+        conditional.key = "absent".into();
+        conditional.if_match = Some("e".into());
+        assert!(matches!(db.put_entry(conditional), Err(MetaError::NotFound(_))));
+        assert_eq!(usage(&db), expect((3, 47), (1, 1000)));
+
+        // Deletes, of a key and of a key already gone.
+        db.delete_entry("a", "k2").unwrap();
+        db.delete_entry("a", "k2").unwrap();
+        assert_eq!(usage(&db), expect((2, 45), (1, 1000)));
+
+        // Multipart: a new key, then over an existing single-part key, then a single-part
+        // put over the multipart key.
+        let multipart = |key: &str, sizes: &[u64]| {
+            let create =
+                CreateUpload { bucket: "a".into(), key: key.into(), content_type: None, metadata: BTreeMap::new() };
+            let upload_id = db.create_upload(create).unwrap();
+            let mut parts = Vec::new();
+            for (i, size) in sizes.iter().enumerate() {
+                let number = i as u32 + 1;
+                let etag = format!("{number:032x}");
+                let part = UploadPart {
+                    upload_id: upload_id.clone(),
+                    bucket: "a".into(),
+                    key: key.into(),
+                    number,
+                    objectid: complete_object(&db, *size),
+                    size: *size,
+                    etag: etag.clone(),
+                };
+                db.put_part(part).unwrap();
+                parts.push((number, etag));
+            }
+            db.complete_upload(CompleteParts { upload_id, bucket: "a".into(), key: key.into(), parts }).unwrap();
+        };
+        multipart("big", &[MIN_PART_SIZE, 7]);
+        assert_eq!(usage(&db), expect((3, 45 + MIN_PART_SIZE + 7), (1, 1000)));
+        multipart("k1", &[MIN_PART_SIZE, MIN_PART_SIZE, 1]);
+        assert_eq!(usage(&db), expect((3, 30 + 2 * MIN_PART_SIZE + 1 + MIN_PART_SIZE + 7), (1, 1000)));
+        put_in(&db, "a", "big", 4);
+        assert_eq!(usage(&db), expect((3, 30 + 2 * MIN_PART_SIZE + 1 + 4), (1, 1000)));
+        // An upload in progress or aborted holds parts, not keys: it is not counted.
+        let create =
+            CreateUpload { bucket: "a".into(), key: "open".into(), content_type: None, metadata: BTreeMap::new() };
+        let open = db.create_upload(create).unwrap();
+        let part = UploadPart {
+            upload_id: open.clone(),
+            bucket: "a".into(),
+            key: "open".into(),
+            number: 1,
+            objectid: complete_object(&db, 50),
+            size: 50,
+            etag: format!("{:032x}", 1),
+        };
+        db.put_part(part).unwrap();
+        assert_eq!(usage(&db), expect((3, 30 + 2 * MIN_PART_SIZE + 1 + 4), (1, 1000)));
+        db.abort_upload(&open, "a", "open").unwrap();
+
+        // A batch delete (the gateway deletes each key of a DeleteObjects in turn).
+        for key in ["k1", "k3", "big", "never"] {
+            db.delete_entry("a", key).unwrap();
+        }
+        assert_eq!(usage(&db), expect((0, 0), (1, 1000)));
+        db.delete_bucket("a").unwrap();
+        assert_eq!(db.bucket_usage(100).unwrap(), vec![("b".to_string(), 1, 1000)]);
+        // A bucket made again under the name of a deleted one starts from nothing.
+        db.create_bucket("a", "owner").unwrap();
+        assert_eq!(usage(&db), expect((0, 0), (1, 1000)));
+    }
+
+    #[test]
+    fn the_usage_migration_counts_existing_buckets() {
+        let dir = std::env::temp_dir().join(format!("aether-ns-usage-migration-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("meta.db");
+        let before = super::super::schema::MIGRATIONS.iter().position(|m| *m == USAGE_MIGRATION).unwrap();
+        {
+            let conn = Connection::open(&path).unwrap();
+            for migration in &super::super::schema::MIGRATIONS[..before] {
+                conn.execute_batch(migration).unwrap();
+            }
+            conn.pragma_update(None, "user_version", before).unwrap();
+            conn.execute_batch(
+                "INSERT INTO s3_buckets (name, owner, created_at) VALUES ('full', 'o', 0), ('empty', 'o', 0);
+                 INSERT INTO s3_entries (bucket, key, object_id, size, etag, modified_at)
+                     VALUES ('full', 'a', 'x', 3, 'e', 0), ('full', 'b', 'y', 4000000000, 'e', 0);",
+            )
+            .unwrap();
+        }
+        let db = MetaDb::open(&path, 1).unwrap();
+        assert_eq!(db.bucket_usage(10).unwrap(), vec![("empty".into(), 0, 0), ("full".into(), 2, 4_000_000_003)]);
+        put_in(&db, "full", "a", 5);
+        assert_eq!(db.bucket_usage(10).unwrap(), usage_counted(&db));
+        drop(db);
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

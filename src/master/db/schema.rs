@@ -8,7 +8,7 @@ use rusqlite::{Connection, OpenFlags};
 use super::namespace;
 
 /// Schema migrations; `PRAGMA user_version` is the number applied.
-pub(super) const MIGRATIONS: &[&str] = &[
+pub(in crate::master::db) const MIGRATIONS: &[&str] = &[
     // 1: nodes, objects and their replicas. Timestamps are Unix milliseconds.
     "CREATE TABLE nodes (
         id             TEXT PRIMARY KEY,
@@ -80,6 +80,8 @@ pub(super) const MIGRATIONS: &[&str] = &[
     // an operator sets and a restart of the master must not forget.
     "ALTER TABLE nodes ADD COLUMN zone TEXT;
     ALTER TABLE nodes ADD COLUMN drain TEXT CHECK (drain IN ('draining', 'drained'));",
+    // 6: each bucket's key count and bytes, kept by triggers (`db/namespace.rs`).
+    namespace::USAGE_MIGRATION,
 ];
 
 pub(super) fn open_connection(path: &Path, flags: OpenFlags) -> rusqlite::Result<Connection> {
