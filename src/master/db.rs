@@ -109,6 +109,8 @@ const MIGRATIONS: &[&str] = &[
     // an operator sets and a restart of the master must not forget.
     "ALTER TABLE nodes ADD COLUMN zone TEXT;
     ALTER TABLE nodes ADD COLUMN drain TEXT CHECK (drain IN ('draining', 'drained'));",
+    // 6: S3 checksums, part times, uploads by key (`db/namespace.rs`).
+    namespace::MIGRATION_CHECKSUMS,
 ];
 
 /// The master layer's error; its status is the HTTP answer.

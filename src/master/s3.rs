@@ -9,7 +9,7 @@ use crate::http::{self, ApiError, Reply};
 use crate::log;
 use crate::proto::s3::{
     AccessKeys, BucketRef, Buckets, CompleteParts, CreateKey, CreateUpload, Entry, EntryRef, Grant, KeyRef,
-    ListRequest, Replaced, UploadPart, UploadRef,
+    ListPartsRequest, ListRequest, ListUploadsRequest, Replaced, UploadPart, UploadRef,
 };
 use crate::proto::StatusOk;
 
@@ -35,6 +35,8 @@ pub enum S3Endpoint {
     PutPart,
     CompleteUpload,
     AbortUpload,
+    ListParts,
+    ListUploads,
 }
 
 impl S3Endpoint {
@@ -58,6 +60,8 @@ impl S3Endpoint {
             "/api/s3/uploads/part" => S3Endpoint::PutPart,
             "/api/s3/uploads/complete" => S3Endpoint::CompleteUpload,
             "/api/s3/uploads/abort" => S3Endpoint::AbortUpload,
+            "/api/s3/uploads/parts" => S3Endpoint::ListParts,
+            "/api/s3/uploads/list" => S3Endpoint::ListUploads,
             _ => return Err(ApiError::no_route(path)),
         };
         if *method == Method::Post {
@@ -157,6 +161,18 @@ impl MasterState {
                 let body: UploadRef = http::read_json(request, r#"{"bucket", "key", "upload_id"}"#)?;
                 self.db.abort_upload(&body.upload_id, &body.bucket, &body.key)?;
                 ok()
+            }
+            S3Endpoint::ListParts => {
+                let mut body: ListPartsRequest =
+                    http::read_json(request, r#"{"bucket", "key", "upload_id", "after": 0, "max_parts": 1000}"#)?;
+                body.max_parts = body.max_parts.min(MAX_LIST_KEYS);
+                Ok(http::json_reply(200, &self.db.list_parts(&body)?))
+            }
+            S3Endpoint::ListUploads => {
+                let mut body: ListUploadsRequest =
+                    http::read_json(request, r#"{"bucket": "name", "prefix": "", "max_uploads": 1000}"#)?;
+                body.max_uploads = body.max_uploads.min(MAX_LIST_KEYS);
+                Ok(http::json_reply(200, &self.db.list_uploads(&body)?))
             }
         }
     }

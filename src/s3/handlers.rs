@@ -64,6 +64,28 @@ pub(super) fn etag_reply(etag: &str) -> Reply {
     reply
 }
 
+/// A whole-number query parameter (`max-keys`, `part-number-marker`, ...), `default` when absent.
+pub(super) fn number_param(context: &Context<'_>, name: &str, default: usize) -> Result<usize, S3Error> {
+    match context.param(name) {
+        Some(text) => text
+            .trim()
+            .parse::<usize>()
+            .map_err(|_| S3Error::new("InvalidArgument", format!("{name} {text:?} is not a whole number"))),
+        None => Ok(default),
+    }
+}
+
+/// `encoding-type=url`: whether keys in the answer are percent-encoded.
+pub(super) fn url_encoding(context: &Context<'_>) -> Result<bool, S3Error> {
+    match context.param("encoding-type") {
+        None => Ok(false),
+        Some("url") => Ok(true),
+        Some(other) => {
+            Err(S3Error::new("InvalidArgument", format!("encoding-type {other:?} is not supported; use url")))
+        }
+    }
+}
+
 fn no_such_bucket(bucket: &str) -> S3Error {
     S3Error::new("NoSuchBucket", format!("the bucket {bucket:?} does not exist"))
 }
@@ -111,6 +133,9 @@ impl GatewayState {
                 self.complete_multipart(context, &bucket, &key, request)
             }
             Operation::AbortMultipartUpload { bucket, key } => self.abort_multipart(context, &bucket, &key),
+            Operation::UploadPartCopy { bucket, key } => self.upload_part_copy(context, &bucket, &key),
+            Operation::ListParts { bucket, key } => self.list_parts(context, &bucket, &key),
+            Operation::ListMultipartUploads { bucket } => self.list_uploads(context, &bucket),
         }
     }
 
@@ -172,23 +197,8 @@ impl GatewayState {
     fn list_objects(&self, context: &Context<'_>, bucket: &str, version: ListVersion) -> Result<Reply, S3Error> {
         let v2 = version == ListVersion::V2;
         self.require(context, bucket, Access::Read)?;
-        let max_keys = match context.param("max-keys") {
-            Some(text) => text
-                .parse::<usize>()
-                .map_err(|_| S3Error::new("InvalidArgument", format!("max-keys {text:?} is not a number")))?
-                .min(1000),
-            None => 1000,
-        };
-        let url_encoded = match context.param("encoding-type") {
-            None => false,
-            Some("url") => true,
-            Some(other) => {
-                return Err(S3Error::new(
-                    "InvalidArgument",
-                    format!("encoding-type {other:?} is not supported; use url"),
-                ))
-            }
-        };
+        let max_keys = number_param(context, "max-keys", 1000)?.min(1000);
+        let url_encoded = url_encoding(context)?;
         let prefix = context.param("prefix").unwrap_or_default();
         let delimiter = context.param("delimiter").unwrap_or_default();
         let token = context.param("continuation-token");
@@ -273,6 +283,7 @@ impl GatewayState {
             if_none_match,
             if_match,
             parts: Vec::new(),
+            checksum: None,
         };
         if let Err(e) = self.client.put_entry(&entry) {
             // The object no key points at goes the way of any deleted object.
@@ -382,18 +393,8 @@ impl GatewayState {
             }
             None => (200, entry.size),
         };
-        let reader: Box<dyn Read + Send> = if with_body && length > 0 && !entry.parts.is_empty() {
-            let (first, last) = range.unwrap_or((0, entry.size - 1));
-            Box::new(super::multipart::PartsReader::new(self.client.clone(), &entry.parts, first, last, key).start()?)
-        } else if with_body && length > 0 {
-            let id = ObjectId::parse(&entry.objectid).map_err(S3Error::internal)?;
-            self.client.open_object(&id, range).map_err(|e| match e.status() {
-                Some(404) => no_such_key(key),
-                _ => S3Error::backend(&e),
-            })?
-        } else {
-            Box::new(io::empty())
-        };
+        let reader: Box<dyn Read + Send> =
+            if with_body { self.open_entry(&entry, range, key)? } else { Box::new(io::empty()) };
         // Content-Length always (a HEAD must say the size; clients check it), never chunked.
         Ok(Response::new(StatusCode(status), headers, reader, Some(length as usize), None)
             .with_chunked_threshold(usize::MAX))
@@ -468,9 +469,9 @@ pub(super) fn metadata_of(headers: &[(String, String)]) -> BTreeMap<String, Stri
 }
 
 /// Passes bytes through and computes their MD5.
-struct Md5Reader<R> {
-    inner: R,
-    md5: md5::Md5,
+pub(super) struct Md5Reader<R> {
+    pub inner: R,
+    pub md5: md5::Md5,
 }
 
 impl<R: Read> Read for Md5Reader<R> {
@@ -486,20 +487,7 @@ impl GatewayState {
     /// CopyObject: the source's bytes stream from a replica back into a new object (objects
     /// are never shared between keys, so deleting one key never touches another's bytes).
     fn copy_object(&self, context: &Context<'_>, bucket: &str, key: &str) -> Result<Reply, S3Error> {
-        let raw = context.header("x-amz-copy-source").unwrap_or_default();
-        let source = super::sigv4::decode(raw.split('?').next().unwrap_or_default());
-        let (source_bucket, source_key) = source
-            .trim_start_matches('/')
-            .split_once('/')
-            .map(|(b, k)| (b.to_string(), k.to_string()))
-            .filter(|(b, k)| !b.is_empty() && !k.is_empty())
-            .ok_or_else(|| S3Error::new("InvalidArgument", format!("x-amz-copy-source {raw:?} is not BUCKET/KEY")))?;
-        self.require(context, &source_bucket, Access::Read)?;
-        self.require(context, bucket, Access::Write)?;
-        let source = self.client.entry(&source_bucket, &source_key).map_err(|e| match e.status() {
-            Some(404) => no_such_key(&source_key),
-            _ => S3Error::backend(&e),
-        })?;
+        let (source_bucket, source_key, source) = self.copy_source(context, bucket)?;
         let replace = match context.header("x-amz-metadata-directive").unwrap_or("COPY") {
             "COPY" => false,
             "REPLACE" => true,
@@ -521,12 +509,7 @@ impl GatewayState {
         } else {
             (source.content_type.clone(), source.metadata.clone())
         };
-        let id = ObjectId::parse(&source.objectid).map_err(S3Error::internal)?;
-        let bytes: Box<dyn Read + Send> = if source.size > 0 {
-            self.client.open_object(&id, None).map_err(|e| S3Error::backend(&e))?
-        } else {
-            Box::new(io::empty())
-        };
+        let bytes = self.open_entry(&source, None, &source_key)?;
         let mut reader = Md5Reader { inner: bytes, md5: md5::Digest::new() };
         let uploaded = {
             let mut once = Some(&mut reader);
@@ -534,7 +517,8 @@ impl GatewayState {
             self.client.upload(source.size, None, &mut open).map_err(|e| S3Error::backend(&e))?
         };
         let etag = super::sigv4::hex(&md5::Digest::finalize(reader.md5));
-        if etag != source.etag {
+        // A multipart source's ETag is not an MD5 of its bytes; a copy's is.
+        if source.parts.is_empty() && etag != source.etag {
             let _ = self.client.delete_object(&uploaded.id);
             return Err(S3Error::internal(format!("the copy's MD5 {etag} is not the source's ETag {}", source.etag)));
         }
@@ -550,6 +534,7 @@ impl GatewayState {
             if_none_match: false,
             if_match: None,
             parts: Vec::new(),
+            checksum: None,
         };
         if let Err(e) = self.client.put_entry(&entry) {
             let _ = self.client.delete_object(&uploaded.id);
@@ -558,6 +543,112 @@ impl GatewayState {
         let written = self.client.entry(bucket, key).map(|e| e.modified_ms).unwrap_or_default();
         Ok(xml_reply(200, xml::copy_result(&etag, written)))
     }
+}
+
+impl GatewayState {
+    /// The source of a copy (`x-amz-copy-source: [/]BUCKET/KEY[?versionId=null]`), which
+    /// the request's key must be able to read and which must meet the
+    /// `x-amz-copy-source-if-*` conditions; `bucket`, the destination, must be writable.
+    pub(super) fn copy_source(&self, context: &Context<'_>, bucket: &str) -> Result<(String, String, Entry), S3Error> {
+        let raw = context.header("x-amz-copy-source").unwrap_or_default();
+        let (path, query) = raw.split_once('?').unwrap_or((raw, ""));
+        for (name, value) in super::sigv4::parse_query(query) {
+            match name.as_str() {
+                // Keys have one version, `null`.
+                "versionId" if value == "null" => {}
+                "versionId" => {
+                    return Err(S3Error::new("InvalidArgument", format!("invalid version id {value:?} specified")))
+                }
+                _ => {}
+            }
+        }
+        let source = super::sigv4::decode(path);
+        let (source_bucket, source_key) = source
+            .trim_start_matches('/')
+            .split_once('/')
+            .map(|(b, k)| (b.to_string(), k.to_string()))
+            .filter(|(b, k)| !b.is_empty() && !k.is_empty())
+            .ok_or_else(|| S3Error::new("InvalidArgument", format!("x-amz-copy-source {raw:?} is not BUCKET/KEY")))?;
+        self.require(context, &source_bucket, Access::Read)?;
+        self.require(context, bucket, Access::Write)?;
+        let entry = self.client.entry(&source_bucket, &source_key).map_err(|e| match e.status() {
+            Some(404) => no_such_key(&source_key),
+            _ => S3Error::backend(&e),
+        })?;
+        check_copy_conditions(context, &entry)?;
+        Ok((source_bucket, source_key, entry))
+    }
+
+    /// The bytes `first..=last` of a key's object (all of them without a range), single
+    /// or multipart, as a stream from its replicas.
+    pub(super) fn open_entry(
+        &self,
+        entry: &Entry,
+        range: Option<(u64, u64)>,
+        key: &str,
+    ) -> Result<Box<dyn Read + Send>, S3Error> {
+        let length = range.map_or(entry.size, |(first, last)| last + 1 - first);
+        if length == 0 {
+            return Ok(Box::new(io::empty()));
+        }
+        if !entry.parts.is_empty() {
+            let (first, last) = range.unwrap_or((0, entry.size - 1));
+            let reader = super::multipart::PartsReader::new(self.client.clone(), &entry.parts, first, last, key);
+            return Ok(Box::new(reader.start()?));
+        }
+        let id = ObjectId::parse(&entry.objectid).map_err(S3Error::internal)?;
+        let reader = self.client.open_object(&id, range).map_err(|e| match e.status() {
+            Some(404) => no_such_key(key),
+            _ => S3Error::backend(&e),
+        })?;
+        Ok(reader)
+    }
+}
+
+/// `x-amz-copy-source-if-*`, weighed as S3 does: a failed condition is 412 (never 304);
+/// If-Match before If-Unmodified-Since, If-None-Match before If-Modified-Since.
+fn check_copy_conditions(context: &Context<'_>, entry: &Entry) -> Result<(), S3Error> {
+    let modified = entry.modified_ms / 1000;
+    let date = |name: &str| {
+        context
+            .header(name)
+            .and_then(|v| httpdate::parse_http_date(v).ok())
+            .map(|t| t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0))
+    };
+    if let Some(wanted) = context.header("x-amz-copy-source-if-match") {
+        if !etag_matches(wanted, &entry.etag) {
+            return Err(precondition_failed("x-amz-copy-source-if-match"));
+        }
+    } else if date("x-amz-copy-source-if-unmodified-since").is_some_and(|since| modified > since) {
+        return Err(precondition_failed("x-amz-copy-source-if-unmodified-since"));
+    }
+    if let Some(unwanted) = context.header("x-amz-copy-source-if-none-match") {
+        if etag_matches(unwanted, &entry.etag) {
+            return Err(precondition_failed("x-amz-copy-source-if-none-match"));
+        }
+    } else if date("x-amz-copy-source-if-modified-since").is_some_and(|since| modified <= since) {
+        return Err(precondition_failed("x-amz-copy-source-if-modified-since"));
+    }
+    Ok(())
+}
+
+/// `x-amz-copy-source-range: bytes=FIRST-LAST` against a source of `size` bytes: both ends
+/// given, within the source, in order (S3 answers anything else 400 InvalidArgument).
+pub(super) fn parse_copy_range(text: &str, size: u64) -> Result<(u64, u64), S3Error> {
+    let invalid = || {
+        S3Error::new(
+            "InvalidArgument",
+            format!("the range {text:?} is not valid for a source object of size {size}; use bytes=FIRST-LAST"),
+        )
+    };
+    let spec = text.trim().strip_prefix("bytes=").ok_or_else(invalid)?;
+    let (first, last) = spec.split_once('-').ok_or_else(invalid)?;
+    let first: u64 = first.trim().parse().map_err(|_| invalid())?;
+    let last: u64 = last.trim().parse().map_err(|_| invalid())?;
+    if first > last || last >= size {
+        return Err(invalid());
+    }
+    Ok((first, last))
 }
 
 /// The largest XML request body accepted (DeleteObjects: 1,000 keys of 1 KiB and their
@@ -659,5 +750,16 @@ mod tests {
         assert_eq!(code(parse_range("bytes=5-2", 100)), Err("InvalidRange"));
         assert_eq!(code(parse_range("bytes=0-0,5-6", 100)), Ok(None));
         assert_eq!(code(parse_range("items=0-1", 100)), Ok(None));
+    }
+
+    #[test]
+    fn copy_ranges_need_both_ends_within_the_source() {
+        let code = |r: Result<(u64, u64), S3Error>| r.map_err(|e| e.code);
+        assert_eq!(code(parse_copy_range("bytes=0-9", 100)), Ok((0, 9)));
+        assert_eq!(code(parse_copy_range("bytes=99-99", 100)), Ok((99, 99)));
+        for bad in ["bytes=0-100", "bytes=5-2", "bytes=-10", "bytes=10-", "items=0-1", "bytes=a-b", "bytes=0-0"] {
+            let size = if bad == "bytes=0-0" { 0 } else { 100 };
+            assert_eq!(code(parse_copy_range(bad, size)), Err("InvalidArgument"), "{bad}");
+        }
     }
 }

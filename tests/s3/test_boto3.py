@@ -372,6 +372,122 @@ class Multipart(unittest.TestCase):
         self.assertEqual(error_of(lambda: s3.head_object(Bucket=b, Key="aborted")), ("404", 404))
 
 
+class MultipartListings(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.s3 = client()
+        cls.bucket = new_bucket(cls.s3, "mp-lists")
+
+    def test_list_parts_in_pages(self):
+        s3, b = self.s3, self.bucket
+        upload = s3.create_multipart_upload(Bucket=b, Key="listed")["UploadId"]
+        etags = {}
+        for number in [3, 1, 5, 2, 4]:
+            etags[number] = s3.upload_part(Bucket=b, Key="listed", UploadId=upload, PartNumber=number, Body=b"p" * number)["ETag"]
+        page = s3.list_parts(Bucket=b, Key="listed", UploadId=upload, MaxParts=2)
+        self.assertEqual([(p["PartNumber"], p["ETag"], p["Size"]) for p in page["Parts"]], [(1, etags[1], 1), (2, etags[2], 2)])
+        self.assertTrue(page["IsTruncated"])
+        self.assertEqual((page["MaxParts"], page["NextPartNumberMarker"], page["UploadId"]), (2, 2, upload))
+        page = s3.list_parts(Bucket=b, Key="listed", UploadId=upload, MaxParts=2, PartNumberMarker=page["NextPartNumberMarker"])
+        self.assertEqual([p["PartNumber"] for p in page["Parts"]], [3, 4])
+        page = s3.list_parts(Bucket=b, Key="listed", UploadId=upload, PartNumberMarker=4)
+        self.assertEqual(([p["PartNumber"] for p in page["Parts"]], page["IsTruncated"]), ([5], False))
+        self.assertIsInstance(page["Parts"][0]["LastModified"], datetime.datetime)
+        # The paginator boto3 users call walks every page.
+        pages = s3.get_paginator("list_parts").paginate(Bucket=b, Key="listed", UploadId=upload, PaginationConfig={"PageSize": 2})
+        self.assertEqual([p["PartNumber"] for page in pages for p in page["Parts"]], [1, 2, 3, 4, 5])
+        self.assertEqual(error_of(lambda: s3.list_parts(Bucket=b, Key="other", UploadId=upload)), ("NoSuchUpload", 404))
+        self.assertEqual(error_of(lambda: s3.list_parts(Bucket=b, Key="listed", UploadId="nope")), ("NoSuchUpload", 404))
+        s3.abort_multipart_upload(Bucket=b, Key="listed", UploadId=upload)
+        self.assertEqual(error_of(lambda: s3.list_parts(Bucket=b, Key="listed", UploadId=upload)), ("NoSuchUpload", 404))
+
+    def test_list_multipart_uploads_with_prefix_delimiter_and_markers(self):
+        s3 = self.s3
+        b = new_bucket(s3, "mp-uploads")
+        started = {}
+        for key in ["a/1", "a/2", "b", "c/d/e", "k", "k"]:
+            started.setdefault(key, []).append(s3.create_multipart_upload(Bucket=b, Key=key)["UploadId"])
+        listed = s3.list_multipart_uploads(Bucket=b)
+        self.assertEqual([u["Key"] for u in listed["Uploads"]], ["a/1", "a/2", "b", "c/d/e", "k", "k"])
+        self.assertFalse(listed["IsTruncated"])
+        self.assertEqual(sorted(u["UploadId"] for u in listed["Uploads"] if u["Key"] == "k"), sorted(started["k"]))
+        self.assertIsInstance(listed["Uploads"][0]["Initiated"], datetime.datetime)
+        grouped = s3.list_multipart_uploads(Bucket=b, Delimiter="/")
+        self.assertEqual([u["Key"] for u in grouped["Uploads"]], ["b", "k", "k"])
+        self.assertEqual([p["Prefix"] for p in grouped["CommonPrefixes"]], ["a/", "c/"])
+        under = s3.list_multipart_uploads(Bucket=b, Prefix="a/")
+        self.assertEqual([u["Key"] for u in under["Uploads"]], ["a/1", "a/2"])
+        page = s3.list_multipart_uploads(Bucket=b, MaxUploads=5)
+        self.assertTrue(page["IsTruncated"])
+        self.assertEqual((page["NextKeyMarker"], page["MaxUploads"]), ("k", 5))
+        rest = s3.list_multipart_uploads(Bucket=b, KeyMarker=page["NextKeyMarker"], UploadIdMarker=page["NextUploadIdMarker"])
+        self.assertEqual([u["Key"] for u in rest["Uploads"]], ["k"])
+        self.assertEqual({page["Uploads"][-1]["UploadId"], rest["Uploads"][0]["UploadId"]}, set(started["k"]))
+        self.assertEqual(s3.list_multipart_uploads(Bucket=b, KeyMarker="b")["Uploads"][0]["Key"], "c/d/e")
+        pages = s3.get_paginator("list_multipart_uploads").paginate(Bucket=b, PaginationConfig={"PageSize": 2})
+        self.assertEqual(len([u for page in pages for u in page.get("Uploads", [])]), 6)
+        s3.abort_multipart_upload(Bucket=b, Key="b", UploadId=started["b"][0])
+        self.assertNotIn("b", [u["Key"] for u in s3.list_multipart_uploads(Bucket=b)["Uploads"]])
+        self.assertEqual(error_of(lambda: s3.list_multipart_uploads(Bucket=b, MaxUploads=-1))[1], 400)
+
+    def test_upload_part_copy_whole_ranged_and_conditional(self):
+        s3, b = self.s3, self.bucket
+        single = os.urandom((5 << 20) + 1000)
+        s3.put_object(Bucket=b, Key="copy/single", Body=single)
+        # A multipart source too: its parts are read in order.
+        mp = s3.create_multipart_upload(Bucket=b, Key="copy/mp")["UploadId"]
+        first, second = os.urandom(5 << 20), os.urandom(3000)
+        e1 = s3.upload_part(Bucket=b, Key="copy/mp", UploadId=mp, PartNumber=1, Body=first)["ETag"]
+        e2 = s3.upload_part(Bucket=b, Key="copy/mp", UploadId=mp, PartNumber=2, Body=second)["ETag"]
+        parts = {"Parts": [{"PartNumber": 1, "ETag": e1}, {"PartNumber": 2, "ETag": e2}]}
+        s3.complete_multipart_upload(Bucket=b, Key="copy/mp", UploadId=mp, MultipartUpload=parts)
+        source_etag = s3.head_object(Bucket=b, Key="copy/single")["ETag"]
+
+        upload = s3.create_multipart_upload(Bucket=b, Key="copy/target")["UploadId"]
+        copy = lambda n, source, **kw: s3.upload_part_copy(Bucket=b, Key="copy/target", UploadId=upload, PartNumber=n, CopySource=source, **kw)
+        whole = copy(1, {"Bucket": b, "Key": "copy/single", "VersionId": "null"}, CopySourceIfMatch=source_etag)
+        self.assertEqual(whole["CopyPartResult"]["ETag"], '"%s"' % hashlib.md5(single).hexdigest())
+        self.assertIsInstance(whole["CopyPartResult"]["LastModified"], datetime.datetime)
+        across = ((5 << 20) - 100, (5 << 20) + 99)  # the end of part 1 and the start of part 2
+        ranged = copy(2, f"{b}/copy/mp", CopySourceRange="bytes=%d-%d" % across)
+        expected = (first + second)[across[0] : across[1] + 1]
+        self.assertEqual(ranged["CopyPartResult"]["ETag"], '"%s"' % hashlib.md5(expected).hexdigest())
+        tail = s3.upload_part(Bucket=b, Key="copy/target", UploadId=upload, PartNumber=3, Body=b"tail")["ETag"]
+        parts = {"Parts": [{"PartNumber": 1, "ETag": whole["CopyPartResult"]["ETag"]}, {"PartNumber": 2, "ETag": ranged["CopyPartResult"]["ETag"]}, {"PartNumber": 3, "ETag": tail}]}
+        # Part 2 (200 bytes) is too small to be anything but the last.
+        self.assertEqual(error_of(lambda: s3.complete_multipart_upload(Bucket=b, Key="copy/target", UploadId=upload, MultipartUpload=parts)), ("EntityTooSmall", 400))
+        parts["Parts"] = parts["Parts"][:2]
+        s3.complete_multipart_upload(Bucket=b, Key="copy/target", UploadId=upload, MultipartUpload=parts)
+        self.assertEqual(s3.get_object(Bucket=b, Key="copy/target")["Body"].read(), single + expected)
+
+        other = s3.create_multipart_upload(Bucket=b, Key="copy/refused")["UploadId"]
+        refuse = lambda **kw: error_of(lambda: s3.upload_part_copy(Bucket=b, Key="copy/refused", UploadId=other, PartNumber=1, CopySource=f"{b}/copy/single", **kw))
+        size = len(single)
+        for bad in ["bytes=0-%d" % size, "bytes=10-5", "bytes=-10", "bytes=5-", "items=0-1"]:
+            self.assertEqual(refuse(CopySourceRange=bad), ("InvalidArgument", 400), bad)
+        self.assertEqual(refuse(CopySourceIfMatch='"0000"'), ("PreconditionFailed", 412))
+        self.assertEqual(refuse(CopySourceIfNoneMatch=source_etag), ("PreconditionFailed", 412))
+        future = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=1)
+        past = datetime.datetime(2000, 1, 1, tzinfo=datetime.timezone.utc)
+        self.assertEqual(refuse(CopySourceIfModifiedSince=future), ("PreconditionFailed", 412))
+        self.assertEqual(refuse(CopySourceIfUnmodifiedSince=past), ("PreconditionFailed", 412))
+        self.assertEqual(error_of(lambda: s3.upload_part_copy(Bucket=b, Key="copy/refused", UploadId=other, PartNumber=1, CopySource=f"{b}/copy/none")), ("NoSuchKey", 404))
+        self.assertEqual(error_of(lambda: s3.upload_part_copy(Bucket=b, Key="copy/refused", UploadId="nope", PartNumber=1, CopySource=f"{b}/copy/single")), ("NoSuchUpload", 404))
+        self.assertEqual(s3.list_parts(Bucket=b, Key="copy/refused", UploadId=other).get("Parts", []), [])
+        # A key without read access to the source may not copy it.
+        self.assertEqual(error_of(lambda: client(KEY2, SECRET2).upload_part_copy(Bucket=b, Key="copy/refused", UploadId=other, PartNumber=1, CopySource=f"{b}/copy/single"))[0], "AccessDenied")
+
+    def test_copy_object_of_a_multipart_source(self):
+        s3, b = self.s3, self.bucket
+        mp = s3.create_multipart_upload(Bucket=b, Key="cmp/src")["UploadId"]
+        first, second = os.urandom(5 << 20), os.urandom(10)
+        e1 = s3.upload_part(Bucket=b, Key="cmp/src", UploadId=mp, PartNumber=1, Body=first)["ETag"]
+        e2 = s3.upload_part(Bucket=b, Key="cmp/src", UploadId=mp, PartNumber=2, Body=second)["ETag"]
+        s3.complete_multipart_upload(Bucket=b, Key="cmp/src", UploadId=mp, MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": e1}, {"PartNumber": 2, "ETag": e2}]})
+        s3.copy_object(Bucket=b, Key="cmp/dst", CopySource=f"{b}/cmp/src")
+        self.assertEqual(s3.get_object(Bucket=b, Key="cmp/dst")["Body"].read(), first + second)
+
+
 class Conditions(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
