@@ -21,6 +21,8 @@ use super::sigv4::{self, Credentials};
 
 /// The longest chunk header or trailer line accepted.
 const MAX_LINE: usize = 4096;
+/// The most trailing headers accepted.
+const MAX_TRAILERS: usize = 16;
 
 /// How the body is sent, from `x-amz-content-sha256`.
 pub enum Payload {
@@ -34,11 +36,27 @@ pub enum Payload {
     },
     /// `aws-chunked` without signatures, checksum in a trailer.
     StreamingUnsignedTrailer,
+    /// `aws-chunked`, each chunk signed, then a trailer signed too (`x-amz-trailer-signature`,
+    /// chained from the final chunk's signature).
+    StreamingSignedTrailer {
+        key: Vec<u8>,
+        credentials: Credentials,
+    },
 }
 
 impl Payload {
     pub fn is_chunked(&self) -> bool {
-        matches!(self, Payload::StreamingSigned { .. } | Payload::StreamingUnsignedTrailer)
+        !matches!(self, Payload::Signed(_) | Payload::Unsigned)
+    }
+
+    /// The signing key and credentials of a body whose chunks are signed.
+    fn chunk_signer(&self) -> Option<(&[u8], &Credentials)> {
+        match self {
+            Payload::StreamingSigned { key, credentials } | Payload::StreamingSignedTrailer { key, credentials } => {
+                Some((key, credentials))
+            }
+            _ => None,
+        }
     }
 }
 
@@ -100,10 +118,7 @@ struct Chunk {
 impl<'a> PayloadReader<'a> {
     /// A reader of `length` body bytes (the decoded length for `aws-chunked`).
     pub fn new(inner: &'a mut dyn Read, payload: Payload, expected: Expected, length: u64) -> PayloadReader<'a> {
-        let previous = match &payload {
-            Payload::StreamingSigned { credentials, .. } => credentials.signature.clone(),
-            _ => String::new(),
-        };
+        let previous = payload.chunk_signer().map(|(_, credentials)| credentials.signature.clone()).unwrap_or_default();
         PayloadReader {
             inner,
             payload,
@@ -199,7 +214,7 @@ impl<'a> PayloadReader<'a> {
     }
 
     fn check_chunk_signature(&mut self) -> Result<(), S3Error> {
-        let Payload::StreamingSigned { key, credentials } = &self.payload else { return Ok(()) };
+        let Some((key, credentials)) = self.payload.chunk_signer() else { return Ok(()) };
         let hash = sigv4::hex(&self.chunk.hash.take().unwrap_or_default().finalize());
         let expected = sigv4::chunk_signature(key, credentials, &self.chunk.previous, &hash);
         if !sigv4::same(&expected, &self.chunk.signature) {
@@ -209,6 +224,22 @@ impl<'a> PayloadReader<'a> {
             ));
         }
         self.chunk.previous = expected;
+        Ok(())
+    }
+
+    /// A signed trailer's `x-amz-trailer-signature`, chained from the final chunk's.
+    fn check_trailer_signature(&self, trailers: &[(String, String)], signature: Option<&str>) -> Result<(), S3Error> {
+        let Payload::StreamingSignedTrailer { key, credentials } = &self.payload else { return Ok(()) };
+        let signature = signature.ok_or_else(|| {
+            S3Error::new("SignatureDoesNotMatch", "a signed aws-chunked trailer has no x-amz-trailer-signature")
+        })?;
+        let expected = sigv4::trailer_signature(key, credentials, &self.chunk.previous, trailers);
+        if !sigv4::same(&expected, &signature.to_ascii_lowercase()) {
+            return Err(S3Error::new(
+                "SignatureDoesNotMatch",
+                "the trailer signature does not match; check the secret key and the signing method",
+            ));
+        }
         Ok(())
     }
 
@@ -224,7 +255,7 @@ impl<'a> PayloadReader<'a> {
             .find_map(|e| e.trim().strip_prefix("chunk-signature="))
             .unwrap_or_default()
             .to_ascii_lowercase();
-        if matches!(self.payload, Payload::StreamingSigned { .. }) && self.chunk.signature.is_empty() {
+        if self.payload.chunk_signer().is_some() && self.chunk.signature.is_empty() {
             return Err(S3Error::new("SignatureDoesNotMatch", "a chunk of a signed aws-chunked body has no signature"));
         }
         self.chunk.hash = Some(Sha256::new());
@@ -270,14 +301,27 @@ impl<'a> PayloadReader<'a> {
                     "the aws-chunked body is longer than x-amz-decoded-content-length",
                 ));
             }
+            let mut signature = None;
+            let mut lines = Vec::new();
             while let Some(line) = self.read_line()? {
                 if line.is_empty() {
                     break;
                 }
-                if let Some((name, value)) = line.split_once(':') {
-                    trailers.insert(name.trim().to_ascii_lowercase(), value.trim().to_string());
+                if lines.len() >= MAX_TRAILERS {
+                    return Err(S3Error::new("InvalidRequest", "the aws-chunked trailer has too many lines"));
+                }
+                let Some((name, value)) = line.split_once(':') else {
+                    return Err(S3Error::new("InvalidRequest", format!("bad aws-chunked trailer line {line:?}")));
+                };
+                let (name, value) = (name.trim().to_ascii_lowercase(), value.trim().to_string());
+                if name == "x-amz-trailer-signature" {
+                    signature = Some(value);
+                } else {
+                    lines.push((name, value));
                 }
             }
+            self.check_trailer_signature(&lines, signature.as_deref())?;
+            trailers.extend(lines);
         }
         if let Payload::Signed(expected) = &self.payload {
             let got = sigv4::hex(&self.sha256.clone().finalize());
@@ -489,5 +533,51 @@ mod tests {
         let payload = Payload::StreamingSigned { key, credentials };
         let mut reader = PayloadReader::new(&mut input, payload, Expected::default(), 66560);
         assert_eq!(read_all(&mut reader).unwrap_err().code, "SignatureDoesNotMatch");
+    }
+
+    #[test]
+    fn a_signed_trailer_verifies_and_a_changed_one_fails() {
+        let credentials = Credentials {
+            access_key: "AK".into(),
+            date: "20130524".into(),
+            region: "us-east-1".into(),
+            service: "s3".into(),
+            signed_headers: vec![],
+            signature: "00".repeat(32),
+            amz_date: "20130524T000000Z".into(),
+            expires: None,
+        };
+        let key = sigv4::signing_key("secret", &credentials);
+        let data = vec![b'z'; 3000];
+        let body = |sent_crc: &str, signed_crc: &str| {
+            let mut out = Vec::new();
+            let mut previous = credentials.signature.clone();
+            for piece in [&data[..2048], &data[2048..], &[][..]] {
+                previous = sigv4::chunk_signature(&key, &credentials, &previous, &sigv4::sha256_hex(piece));
+                out.extend(format!("{:x};chunk-signature={previous}\r\n", piece.len()).as_bytes());
+                out.extend(piece);
+                if !piece.is_empty() {
+                    out.extend(b"\r\n");
+                }
+            }
+            let signed = [("x-amz-checksum-crc32".to_string(), signed_crc.to_string())];
+            let signature = sigv4::trailer_signature(&key, &credentials, &previous, &signed);
+            out.extend(
+                format!("x-amz-checksum-crc32:{sent_crc}\r\nx-amz-trailer-signature:{signature}\r\n\r\n").as_bytes(),
+            );
+            out
+        };
+        let read = |framed: Vec<u8>| {
+            let mut input: &[u8] = &framed;
+            let payload = Payload::StreamingSignedTrailer { key: key.clone(), credentials: credentials.clone() };
+            let expected =
+                Expected { trailer: Some((ChecksumKind::Crc32, "x-amz-checksum-crc32".into())), ..Expected::default() };
+            let mut reader = PayloadReader::new(&mut input, payload, expected, data.len() as u64);
+            read_all(&mut reader).map_err(|e| e.code)
+        };
+        let good = crc32_b64(&data);
+        assert_eq!(read(body(&good, &good)), Ok(data.clone()));
+        assert_eq!(read(body(&crc32_b64(b"x"), &good)), Err("SignatureDoesNotMatch"));
+        assert_eq!(read(body(&crc32_b64(b"x"), &crc32_b64(b"x"))), Err("BadDigest"));
     }
 }

@@ -55,16 +55,20 @@ def new_bucket(s3, stem):
     return name
 
 
-def signed_request(method, path, body=b"", headers=None, payload_hash=None, amz_date=None, chunk=None):
+def signed_request(method, path, body=b"", headers=None, payload_hash=None, amz_date=None, chunk=None, trailer=None, forge_trailer=None):
     """A raw SigV4 request (header auth), written from the AWS specification; `chunk`
-    sends `body` as STREAMING-AWS4-HMAC-SHA256-PAYLOAD in chunks of that size."""
+    sends `body` as STREAMING-AWS4-HMAC-SHA256-PAYLOAD in chunks of that size, and with
+    `trailer` ({name: value}) as STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER, the trailer
+    signed; `forge_trailer` changes the trailer after it was signed."""
     url = urllib.parse.urlparse(ENDPOINT)
     amz_date = amz_date or datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     headers = {k.lower(): v for k, v in (headers or {}).items()}
     headers["host"] = url.netloc
     headers["x-amz-date"] = amz_date
     if chunk:
-        payload_hash = "STREAMING-AWS4-HMAC-SHA256-PAYLOAD"
+        payload_hash = "STREAMING-AWS4-HMAC-SHA256-PAYLOAD" + ("-TRAILER" if trailer is not None else "")
+        if trailer:
+            headers["x-amz-trailer"] = ",".join(sorted(trailer))
         headers["content-encoding"] = "aws-chunked"
         headers["x-amz-decoded-content-length"] = str(len(body))
     payload_hash = payload_hash or hashlib.sha256(body).hexdigest()
@@ -104,6 +108,15 @@ def signed_request(method, path, body=b"", headers=None, payload_hash=None, amz_
             )
             previous = hmac.new(signing_key, to_sign.encode(), hashlib.sha256).hexdigest()
             framed += b"%x;chunk-signature=%s\r\n%s\r\n" % (len(piece), previous.encode(), piece)
+        if trailer is not None:
+            # The final chunk's CRLF is the trailer's start: its lines, then its signature.
+            framed = framed[:-2]
+            canonical = "".join(f"{name}:{value}\n" for name, value in sorted(trailer.items()))
+            to_sign = "\n".join(["AWS4-HMAC-SHA256-TRAILER", amz_date, scope, previous, hashlib.sha256(canonical.encode()).hexdigest()])
+            trailer_signature = hmac.new(signing_key, to_sign.encode(), hashlib.sha256).hexdigest()
+            for name, value in sorted((forge_trailer or trailer).items()):
+                framed += f"{name}:{value}\r\n".encode()
+            framed += f"x-amz-trailer-signature:{trailer_signature}\r\n\r\n".encode()
         body = framed
     connection = http.client.HTTPConnection(url.hostname, url.port, timeout=60)
     connection.request(method, path, body=body, headers=headers)
@@ -272,6 +285,32 @@ class Objects(unittest.TestCase):
         self.assertEqual(status, 403, text)
         self.assertIn(b"SignatureDoesNotMatch", text)
         self.assertEqual(error_of(lambda: self.s3.head_object(Bucket=self.bucket, Key="forged")), ("404", 404))
+
+    def test_signed_aws_chunked_with_a_signed_trailer(self):
+        import base64
+        import zlib
+
+        crc32 = lambda data: base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
+        body = os.urandom(150_000)
+        trailer = {"x-amz-checksum-crc32": crc32(body)}
+        status, text = signed_request("PUT", f"/{self.bucket}/signed-trailer", body=body, chunk=65536, trailer=trailer)
+        self.assertEqual(status, 200, text)
+        got = self.s3.get_object(Bucket=self.bucket, Key="signed-trailer")["Body"].read()
+        self.assertEqual(got, body, "the aws-chunked framing or trailer reached the stored bytes")
+        # A trailer changed after signing, a checksum that does not match (signed): refused,
+        # nothing stored.
+        forged = {"x-amz-checksum-crc32": crc32(b"other")}
+        status, text = signed_request("PUT", f"/{self.bucket}/forged-trailer", body=body, chunk=65536, trailer=trailer, forge_trailer=forged)
+        self.assertEqual(status, 403, text)
+        self.assertIn(b"SignatureDoesNotMatch", text)
+        status, text = signed_request("PUT", f"/{self.bucket}/forged-trailer", body=body, chunk=65536, trailer=forged)
+        self.assertEqual(status, 400, text)
+        self.assertIn(b"BadDigest", text)
+        self.assertEqual(error_of(lambda: self.s3.head_object(Bucket=self.bucket, Key="forged-trailer")), ("404", 404))
+        # An empty body with a trailer.
+        status, text = signed_request("PUT", f"/{self.bucket}/empty-trailer", body=b"", chunk=65536, trailer={"x-amz-checksum-crc32": crc32(b"")})
+        self.assertEqual(status, 200, text)
+        self.assertEqual(self.s3.get_object(Bucket=self.bucket, Key="empty-trailer")["Body"].read(), b"")
 
     def test_a_body_that_does_not_match_its_signed_hash_is_refused(self):
         status, text = signed_request(
