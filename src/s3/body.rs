@@ -1,7 +1,8 @@
 //! `PayloadReader`: an S3 request body as the bytes to store. It removes `aws-chunked`
 //! framing, verifies what the client vouched for (the payload's SHA-256, each chunk's
-//! signature, a CRC32/CRC32C or Content-MD5 in a header or a trailer) and computes the
-//! MD5 ETag, all while streaming through the caller's buffer.
+//! and the trailer's signature, a CRC32/CRC32C/CRC64NVME/SHA1/SHA256 checksum in a header
+//! or a trailer, Content-MD5) and computes the MD5 ETag and the checksum kept with the
+//! object, all while streaming through the caller's buffer.
 //!
 //! Whatever is wrong is often only known at the end, so the last bytes of the body are
 //! handed on only after every check passed: a datanode receives its announced length
@@ -16,8 +17,10 @@ use base64::Engine;
 use md5::Md5;
 use sha2::{Digest, Sha256};
 
+use super::checksum::Hasher;
 use super::error::S3Error;
 use super::sigv4::{self, Credentials};
+use crate::proto::s3::{Checksum, ChecksumAlgorithm};
 
 /// The longest chunk header or trailer line accepted.
 const MAX_LINE: usize = 4096;
@@ -60,32 +63,24 @@ impl Payload {
     }
 }
 
-/// A checksum the client sent, to compare with the body's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ChecksumKind {
-    Crc32,
-    Crc32c,
-}
-
-impl ChecksumKind {
-    pub fn from_header(name: &str) -> Option<ChecksumKind> {
-        match name.to_ascii_lowercase().as_str() {
-            "x-amz-checksum-crc32" => Some(ChecksumKind::Crc32),
-            "x-amz-checksum-crc32c" => Some(ChecksumKind::Crc32c),
-            _ => None,
-        }
-    }
-}
-
 /// What the body must match besides its payload mode.
 #[derive(Default)]
 pub struct Expected {
     /// A checksum header and its base64 value.
-    pub checksum: Option<(ChecksumKind, String)>,
+    pub checksum: Option<(ChecksumAlgorithm, String)>,
     /// The trailer (from `x-amz-trailer`) that will carry a checksum.
-    pub trailer: Option<(ChecksumKind, String)>,
+    pub trailer: Option<(ChecksumAlgorithm, String)>,
     /// `Content-MD5`, base64.
     pub content_md5: Option<String>,
+    /// A checksum to compute (and keep) though the client sent none.
+    pub compute: Option<ChecksumAlgorithm>,
+}
+
+impl Expected {
+    /// The checksum kept with the body: the one the client sent, else the one asked for.
+    fn kept(&self) -> Option<ChecksumAlgorithm> {
+        self.checksum.as_ref().map(|(a, _)| *a).or(self.trailer.as_ref().map(|(a, _)| *a)).or(self.compute)
+    }
 }
 
 pub struct PayloadReader<'a> {
@@ -96,8 +91,8 @@ pub struct PayloadReader<'a> {
     remaining: u64,
     md5: Md5,
     sha256: Sha256,
-    crc32: crc32fast::Hasher,
-    crc32c: u32,
+    /// The checksums the body is checked against or kept with.
+    sums: Vec<Hasher>,
     chunk: Chunk,
     finished: bool,
     pub failure: Option<S3Error>,
@@ -118,6 +113,14 @@ struct Chunk {
 impl<'a> PayloadReader<'a> {
     /// A reader of `length` body bytes (the decoded length for `aws-chunked`).
     pub fn new(inner: &'a mut dyn Read, payload: Payload, expected: Expected, length: u64) -> PayloadReader<'a> {
+        let mut sums: Vec<Hasher> = Vec::new();
+        let wanted =
+            [expected.checksum.as_ref().map(|(a, _)| *a), expected.trailer.as_ref().map(|(a, _)| *a), expected.compute];
+        for algorithm in wanted.into_iter().flatten() {
+            if !sums.iter().any(|h| h.algorithm() == algorithm) {
+                sums.push(Hasher::new(algorithm));
+            }
+        }
         let previous = payload.chunk_signer().map(|(_, credentials)| credentials.signature.clone()).unwrap_or_default();
         PayloadReader {
             inner,
@@ -126,12 +129,18 @@ impl<'a> PayloadReader<'a> {
             remaining: length,
             md5: Md5::new(),
             sha256: Sha256::new(),
-            crc32: crc32fast::Hasher::new(),
-            crc32c: 0,
+            sums,
             chunk: Chunk { previous, ..Chunk::default() },
             finished: false,
             failure: None,
         }
+    }
+
+    /// The checksum kept with the body (the client's, verified, or the one asked for),
+    /// once every byte was read.
+    pub fn checksum(&self) -> Option<Checksum> {
+        let kept = self.expected.kept()?;
+        self.sums.iter().find(|h| h.algorithm() == kept).map(Hasher::checksum)
     }
 
     /// The MD5 of the body, hex: its ETag.
@@ -332,25 +341,34 @@ impl<'a> PayloadReader<'a> {
                 ));
             }
         }
-        let crc32 = BASE64.encode(self.crc32.clone().finalize().to_be_bytes());
-        let crc32c = BASE64.encode(self.crc32c.to_be_bytes());
-        let computed = |kind: ChecksumKind| if kind == ChecksumKind::Crc32 { crc32.clone() } else { crc32c.clone() };
-        if let Some((kind, value)) = &self.expected.checksum {
-            if computed(*kind) != *value {
+        let computed = |algorithm: ChecksumAlgorithm| {
+            self.sums.iter().find(|h| h.algorithm() == algorithm).map(Hasher::value).unwrap_or_default()
+        };
+        if let Some((algorithm, value)) = &self.expected.checksum {
+            if computed(*algorithm) != *value {
                 return Err(S3Error::new(
                     "BadDigest",
-                    format!("the body's {kind:?} is {}, not {value}", computed(*kind)),
+                    format!(
+                        "the {} you specified ({value}) did not match the body's, {}",
+                        algorithm.name(),
+                        computed(*algorithm)
+                    ),
                 ));
             }
         }
-        if let Some((kind, name)) = &self.expected.trailer {
+        if let Some((algorithm, name)) = &self.expected.trailer {
             let value = trailers.get(name).ok_or_else(|| {
                 S3Error::new("InvalidRequest", format!("the trailer {name} announced in x-amz-trailer is missing"))
             })?;
-            if computed(*kind) != *value {
+            super::checksum::check_value(*algorithm, value)?;
+            if computed(*algorithm) != *value {
                 return Err(S3Error::new(
                     "BadDigest",
-                    format!("the body's {kind:?} is {}, not the trailer's {value}", computed(*kind)),
+                    format!(
+                        "the {} in the trailer ({value}) did not match the body's, {}",
+                        algorithm.name(),
+                        computed(*algorithm)
+                    ),
                 ));
             }
         }
@@ -368,8 +386,9 @@ impl<'a> PayloadReader<'a> {
         if matches!(self.payload, Payload::Signed(_)) {
             self.sha256.update(bytes);
         }
-        self.crc32.update(bytes);
-        self.crc32c = crc32c::crc32c_append(self.crc32c, bytes);
+        for sum in &mut self.sums {
+            sum.update(bytes);
+        }
     }
 
     fn step(&mut self, buf: &mut [u8]) -> Result<usize, S3Error> {
@@ -448,8 +467,10 @@ mod tests {
         let data: Vec<u8> = (0..70_000u32).map(|i| (i % 251) as u8).collect();
         let body = framed(&data, 8192, &format!("x-amz-checksum-crc32:{}", crc32_b64(&data)));
         let mut input: &[u8] = &body;
-        let expected =
-            Expected { trailer: Some((ChecksumKind::Crc32, "x-amz-checksum-crc32".into())), ..Expected::default() };
+        let expected = Expected {
+            trailer: Some((ChecksumAlgorithm::Crc32, "x-amz-checksum-crc32".into())),
+            ..Expected::default()
+        };
         let mut reader = PayloadReader::new(&mut input, Payload::StreamingUnsignedTrailer, expected, data.len() as u64);
         assert_eq!(read_all(&mut reader).unwrap(), data);
         assert_eq!(reader.etag(), sigv4::hex(&Md5::digest(&data)));
@@ -460,8 +481,10 @@ mod tests {
         let data = vec![7u8; 5000];
         let body = framed(&data, 1024, &format!("x-amz-checksum-crc32:{}", crc32_b64(b"other")));
         let mut input: &[u8] = &body;
-        let expected =
-            Expected { trailer: Some((ChecksumKind::Crc32, "x-amz-checksum-crc32".into())), ..Expected::default() };
+        let expected = Expected {
+            trailer: Some((ChecksumAlgorithm::Crc32, "x-amz-checksum-crc32".into())),
+            ..Expected::default()
+        };
         let mut reader = PayloadReader::new(&mut input, Payload::StreamingUnsignedTrailer, expected, 5000);
         let mut handed = 0;
         let mut buf = [0u8; 700];
@@ -570,8 +593,10 @@ mod tests {
         let read = |framed: Vec<u8>| {
             let mut input: &[u8] = &framed;
             let payload = Payload::StreamingSignedTrailer { key: key.clone(), credentials: credentials.clone() };
-            let expected =
-                Expected { trailer: Some((ChecksumKind::Crc32, "x-amz-checksum-crc32".into())), ..Expected::default() };
+            let expected = Expected {
+                trailer: Some((ChecksumAlgorithm::Crc32, "x-amz-checksum-crc32".into())),
+                ..Expected::default()
+            };
             let mut reader = PayloadReader::new(&mut input, payload, expected, data.len() as u64);
             read_all(&mut reader).map_err(|e| e.code)
         };

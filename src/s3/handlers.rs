@@ -10,14 +10,14 @@ use base64::Engine;
 use tiny_http::{Response, StatusCode};
 
 use super::auth::Signer;
-use super::body::{ChecksumKind, Expected, Payload, PayloadReader};
+use super::body::{Expected, Payload, PayloadReader};
 use super::error::S3Error;
 use super::router::{validate_bucket_name, Operation};
 use super::{xml, GatewayState};
 use crate::client::ClientError;
 use crate::http::{self, Reply};
 use crate::log;
-use crate::proto::s3::{Access, Entry, ListRequest};
+use crate::proto::s3::{Access, Checksum, ChecksumAlgorithm, Entry, ListRequest};
 use crate::proto::ObjectId;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +49,14 @@ impl Context<'_> {
     }
 }
 
+/// A request body stored as a new object.
+pub(super) struct Received {
+    pub uploaded: crate::client::Uploaded,
+    /// The body's MD5, hex.
+    pub etag: String,
+    pub checksum: Option<Checksum>,
+}
+
 pub(super) fn xml_reply(status: u16, body: Vec<u8>) -> Reply {
     http::bytes_reply(status, body, "application/xml")
 }
@@ -57,11 +65,21 @@ pub(super) fn empty_reply(status: u16) -> Reply {
     http::bytes_reply(status, Vec::new(), "application/xml")
 }
 
-/// The answer to a stored object or part: 200 with its ETag, quoted as S3 quotes it.
-pub(super) fn etag_reply(etag: &str) -> Reply {
+/// The answer to a stored object or part: 200 with its ETag, quoted as S3 quotes it, and
+/// the checksum kept with it.
+pub(super) fn etag_reply(etag: &str, checksum: Option<&Checksum>) -> Reply {
     let mut reply = empty_reply(200);
     reply.add_header(http::header("ETag", &format!("\"{etag}\"")));
+    if let Some(checksum) = checksum {
+        reply.add_header(http::header(&checksum.algorithm.header(), &checksum.value));
+    }
     reply
+}
+
+/// `x-amz-checksum-ALGORITHM` and `x-amz-checksum-type` of a stored checksum.
+pub(super) fn checksum_headers(checksum: &Checksum) -> [tiny_http::Header; 2] {
+    let kind = if checksum.composite { "COMPOSITE" } else { "FULL_OBJECT" };
+    [http::header(&checksum.algorithm.header(), &checksum.value), http::header("x-amz-checksum-type", kind)]
 }
 
 /// A whole-number query parameter (`max-keys`, `part-number-marker`, ...), `default` when absent.
@@ -269,7 +287,9 @@ impl GatewayState {
             }
         };
         let if_match = context.header("if-match").map(|etag| etag.trim().trim_matches('"').to_string());
-        let (uploaded, etag) = self.receive_object(context, request)?;
+        // S3 keeps a CRC64NVME with every object whose client sent no checksum.
+        let Received { uploaded, etag, checksum } =
+            self.receive_object(context, request, Some(ChecksumAlgorithm::Crc64nvme))?;
         let length = uploaded.size;
         let entry = Entry {
             bucket: bucket.to_string(),
@@ -283,7 +303,7 @@ impl GatewayState {
             if_none_match,
             if_match,
             parts: Vec::new(),
-            checksum: None,
+            checksum,
         };
         if let Err(e) = self.client.put_entry(&entry) {
             // The object no key points at goes the way of any deleted object.
@@ -296,16 +316,18 @@ impl GatewayState {
             });
         }
         log::debug("s3", &format!("{bucket}/{key} is object {} ({length} bytes)", uploaded.id));
-        Ok(etag_reply(&etag))
+        Ok(etag_reply(&etag, entry.checksum.as_ref()))
     }
 
     /// Streams the request body into a new object through the datanode chain, checked
-    /// as it goes (`PayloadReader`); returns the object and the body's MD5.
+    /// as it goes (`PayloadReader`); returns the object, the body's MD5 and the checksum
+    /// kept with it (the client's, or `compute` over the body).
     pub(super) fn receive_object(
         &self,
         context: &mut Context<'_>,
         request: &mut tiny_http::Request,
-    ) -> Result<(crate::client::Uploaded, String), S3Error> {
+        compute: Option<ChecksumAlgorithm>,
+    ) -> Result<Received, S3Error> {
         let chunked = context.signer.payload.is_chunked();
         let length_header = if chunked { "x-amz-decoded-content-length" } else { "content-length" };
         let length: u64 = context
@@ -316,7 +338,7 @@ impl GatewayState {
         if length > MAX_PUT_SIZE {
             return Err(S3Error::new("EntityTooLarge", format!("one PUT may carry at most {MAX_PUT_SIZE} bytes")));
         }
-        let expected = self.expected_checksums(context)?;
+        let expected = self.expected_checksums(context, compute)?;
         let payload = std::mem::replace(&mut context.signer.payload, Payload::Unsigned);
         let mut body = PayloadReader::new(request.as_reader(), payload, expected, length);
         let uploaded = {
@@ -330,29 +352,66 @@ impl GatewayState {
             // Every byte went out, so every check ran; `finish` only reads the framing
             // of an empty body.
             Ok(uploaded) => {
-                body.finish()?;
+                if let Err(e) = body.finish() {
+                    let _ = self.client.delete_object(&uploaded.id);
+                    return Err(e);
+                }
                 uploaded
             }
             // A body that failed a check says why; else the cluster failed, and the rest
             // of the body is not worth reading.
             Err(e) => return Err(body.failure.take().unwrap_or_else(|| S3Error::backend(&e))),
         };
-        Ok((uploaded, body.etag()))
+        Ok(Received { etag: body.etag(), checksum: body.checksum(), uploaded })
     }
 
-    fn expected_checksums(&self, context: &Context<'_>) -> Result<Expected, S3Error> {
+    /// What the body must match: a checksum header (one at most, well formed), a
+    /// trailing checksum, Content-MD5; `compute` is the checksum to keep when the client
+    /// sent none (`x-amz-checksum-algorithm` names another).
+    pub(super) fn expected_checksums(
+        &self,
+        context: &Context<'_>,
+        compute: Option<ChecksumAlgorithm>,
+    ) -> Result<Expected, S3Error> {
         let mut expected =
-            Expected { content_md5: context.header("content-md5").map(str::to_string), ..Expected::default() };
+            Expected { content_md5: context.header("content-md5").map(str::to_string), compute, ..Expected::default() };
         for (name, value) in context.headers {
-            if let Some(kind) = ChecksumKind::from_header(name) {
-                expected.checksum = Some((kind, value.trim().to_string()));
+            if let Some(algorithm) = ChecksumAlgorithm::from_header(name) {
+                if expected.checksum.is_some() {
+                    return Err(S3Error::new(
+                        "InvalidRequest",
+                        "expecting a single x-amz-checksum- header; multiple checksum types are not allowed",
+                    ));
+                }
+                super::checksum::check_value(algorithm, value)?;
+                expected.checksum = Some((algorithm, value.trim().to_string()));
             }
         }
         if let Some(trailer) = context.header("x-amz-trailer") {
             let name = trailer.trim().to_ascii_lowercase();
-            let kind = ChecksumKind::from_header(&name)
-                .ok_or_else(|| S3Error::not_implemented(&format!("the trailing checksum {name}")))?;
-            expected.trailer = Some((kind, name));
+            let algorithm = ChecksumAlgorithm::from_header(&name)
+                .ok_or_else(|| S3Error::not_implemented(&format!("the trailing header {name}")))?;
+            expected.trailer = Some((algorithm, name));
+        }
+        let named = context.header("x-amz-sdk-checksum-algorithm").or(context.header("x-amz-checksum-algorithm"));
+        if let Some(name) = named {
+            let algorithm = ChecksumAlgorithm::parse(name).ok_or_else(|| {
+                S3Error::new(
+                    "InvalidRequest",
+                    format!("unknown checksum algorithm {name:?}; use CRC32, CRC32C, CRC64NVME, SHA1 or SHA256"),
+                )
+            })?;
+            let sent = expected.checksum.as_ref().or(expected.trailer.as_ref()).map(|(a, _)| *a);
+            match sent {
+                Some(sent) if sent != algorithm => {
+                    return Err(S3Error::new(
+                        "InvalidRequest",
+                        format!("the checksum sent is {}, not the {} the request names", sent.name(), algorithm.name()),
+                    ))
+                }
+                Some(_) => {}
+                None => expected.compute = Some(algorithm),
+            }
         }
         Ok(expected)
     }
@@ -385,6 +444,11 @@ impl GatewayState {
         }
         for (name, value) in &entry.metadata {
             headers.push(http::header(&format!("x-amz-meta-{name}"), value));
+        }
+        // The checksum is of the whole object: a range is answered without it, as by S3.
+        let checksum_mode = context.header("x-amz-checksum-mode").is_some_and(|m| m.eq_ignore_ascii_case("ENABLED"));
+        if let Some(checksum) = entry.checksum.as_ref().filter(|_| checksum_mode && range.is_none()) {
+            headers.extend(checksum_headers(checksum));
         }
         let (status, length) = match range {
             Some((start, end)) => {
@@ -468,10 +532,11 @@ pub(super) fn metadata_of(headers: &[(String, String)]) -> BTreeMap<String, Stri
     metadata
 }
 
-/// Passes bytes through and computes their MD5.
+/// Passes bytes through and computes their MD5, and a checksum if asked.
 pub(super) struct Md5Reader<R> {
     pub inner: R,
     pub md5: md5::Md5,
+    pub sum: Option<super::checksum::Hasher>,
 }
 
 impl<R: Read> Read for Md5Reader<R> {
@@ -479,6 +544,9 @@ impl<R: Read> Read for Md5Reader<R> {
         use md5::Digest;
         let n = self.inner.read(buf)?;
         self.md5.update(&buf[..n]);
+        if let Some(sum) = &mut self.sum {
+            sum.update(&buf[..n]);
+        }
         Ok(n)
     }
 }
@@ -510,13 +578,17 @@ impl GatewayState {
             (source.content_type.clone(), source.metadata.clone())
         };
         let bytes = self.open_entry(&source, None, &source_key)?;
-        let mut reader = Md5Reader { inner: bytes, md5: md5::Digest::new() };
+        // The copy keeps a checksum of the source's algorithm (S3's CRC64NVME if it had none),
+        // of the whole body.
+        let algorithm = source.checksum.as_ref().map_or(ChecksumAlgorithm::Crc64nvme, |c| c.algorithm);
+        let mut reader =
+            Md5Reader { inner: bytes, md5: md5::Digest::new(), sum: Some(super::checksum::Hasher::new(algorithm)) };
         let uploaded = {
             let mut once = Some(&mut reader);
             let mut open = || once.take().ok_or_else(|| io::Error::other("the source cannot be read twice"));
             self.client.upload(source.size, None, &mut open).map_err(|e| S3Error::backend(&e))?
         };
-        let etag = super::sigv4::hex(&md5::Digest::finalize(reader.md5));
+        let etag = super::sigv4::hex(&md5::Digest::finalize(reader.md5.clone()));
         // A multipart source's ETag is not an MD5 of its bytes; a copy's is.
         if source.parts.is_empty() && etag != source.etag {
             let _ = self.client.delete_object(&uploaded.id);
@@ -534,7 +606,7 @@ impl GatewayState {
             if_none_match: false,
             if_match: None,
             parts: Vec::new(),
-            checksum: None,
+            checksum: reader.sum.as_ref().map(super::checksum::Hasher::checksum),
         };
         if let Err(e) = self.client.put_entry(&entry) {
             let _ = self.client.delete_object(&uploaded.id);
@@ -656,11 +728,13 @@ pub(super) fn parse_copy_range(text: &str, size: u64) -> Result<(u64, u64), S3Er
 const MAX_XML_BODY: u64 = 4 << 20;
 
 impl GatewayState {
-    /// Reads a small XML request body, checked like any payload.
+    /// Reads a small XML request body, checked like any payload. `whole_object`: the
+    /// `x-amz-checksum-*` headers are the object's (CompleteMultipartUpload), not the body's.
     pub(super) fn read_xml_body(
         &self,
         context: &mut Context<'_>,
         request: &mut tiny_http::Request,
+        whole_object: bool,
     ) -> Result<Vec<u8>, S3Error> {
         let chunked = context.signer.payload.is_chunked();
         let length_header = if chunked { "x-amz-decoded-content-length" } else { "content-length" };
@@ -671,7 +745,10 @@ impl GatewayState {
         if length > MAX_XML_BODY {
             return Err(S3Error::new("MalformedXML", format!("the XML body is larger than {MAX_XML_BODY} bytes")));
         }
-        let expected = self.expected_checksums(context)?;
+        let mut expected = self.expected_checksums(context, None)?;
+        if whole_object {
+            expected.checksum = None;
+        }
         let payload = std::mem::replace(&mut context.signer.payload, Payload::Unsigned);
         let mut reader = PayloadReader::new(request.as_reader(), payload, expected, length);
         let mut body = Vec::new();
@@ -688,7 +765,7 @@ impl GatewayState {
         request: &mut tiny_http::Request,
     ) -> Result<Reply, S3Error> {
         self.require(context, bucket, Access::Write)?;
-        let body = self.read_xml_body(context, request)?;
+        let body = self.read_xml_body(context, request, false)?;
         let (keys, quiet) = xml::parse_delete(&body)?;
         let outcomes: Vec<xml::DeleteOutcome> = keys
             .into_iter()

@@ -10,6 +10,7 @@
 
 mod auth;
 mod body;
+mod checksum;
 pub mod error;
 mod handlers;
 mod multipart;

@@ -5,7 +5,7 @@
 use quick_xml::escape::escape;
 
 use super::error::S3Error;
-use crate::proto::s3::{Bucket, Checksum, Entry, PartsPage, UploadsPage};
+use crate::proto::s3::{Bucket, Checksum, ChecksumAlgorithm, Entry, PartsPage, UploadsPage};
 
 const NAMESPACE: &str = "http://s3.amazonaws.com/doc/2006-03-01/";
 const HEADER: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n";
@@ -72,24 +72,31 @@ pub fn initiate_multipart(bucket: &str, key: &str, upload_id: &str) -> Vec<u8> {
     xml.end("InitiateMultipartUploadResult")
 }
 
-pub fn complete_multipart(bucket: &str, key: &str, etag: &str) -> Vec<u8> {
+pub fn complete_multipart(bucket: &str, key: &str, etag: &str, sum: Option<&Checksum>) -> Vec<u8> {
     let mut xml = Xml::root("CompleteMultipartUploadResult");
     xml.text("Location", &format!("/{bucket}/{key}"));
     xml.text("Bucket", bucket);
     xml.text("Key", key);
     xml.text("ETag", &format!("\"{etag}\""));
+    checksum(&mut xml, sum);
+    if let Some(sum) = sum {
+        xml.text("ChecksumType", if sum.composite { "COMPOSITE" } else { "FULL_OBJECT" });
+    }
     xml.end("CompleteMultipartUploadResult")
 }
 
-/// The (part number, ETag) pairs of a CompleteMultipartUpload body, in its order.
-pub fn parse_complete(body: &[u8]) -> Result<Vec<(u32, String)>, S3Error> {
+/// The parts of a CompleteMultipartUpload body, in its order: (part number, ETag) pairs,
+/// and the checksums (`ChecksumCRC32`, ...) given with some of them.
+pub fn parse_complete(body: &[u8]) -> Result<CompleteBody, S3Error> {
     use quick_xml::events::Event;
     let malformed =
         |why: String| S3Error::new("MalformedXML", format!("the CompleteMultipartUpload body is not valid: {why}"));
     let mut reader = quick_xml::Reader::from_reader(body);
     let mut path: Vec<String> = Vec::new();
     let mut parts = Vec::new();
+    let mut checksums = Vec::new();
     let (mut number, mut etag): (Option<u32>, Option<String>) = (None, None);
+    let mut sum: Option<(ChecksumAlgorithm, String)> = None;
     let mut buf = Vec::new();
     loop {
         match reader.read_event_into(&mut buf).map_err(|e| malformed(e.to_string()))? {
@@ -97,7 +104,12 @@ pub fn parse_complete(body: &[u8]) -> Result<Vec<(u32, String)>, S3Error> {
             Event::End(_) => {
                 if path.len() == 2 && path[1] == "Part" {
                     match (number.take(), etag.take()) {
-                        (Some(n), Some(e)) => parts.push((n, e)),
+                        (Some(n), Some(e)) => {
+                            if let Some((algorithm, value)) = sum.take() {
+                                checksums.push((n, Checksum { algorithm, value, composite: false }));
+                            }
+                            parts.push((n, e))
+                        }
                         _ => return Err(malformed("a Part needs a PartNumber and an ETag".into())),
                     }
                 }
@@ -113,6 +125,12 @@ pub fn parse_complete(body: &[u8]) -> Result<Vec<(u32, String)>, S3Error> {
                     ["CompleteMultipartUpload", "Part", "ETag"] => {
                         etag = Some(text.trim().trim_matches('"').to_string())
                     }
+                    ["CompleteMultipartUpload", "Part", name] => {
+                        if let Some(algorithm) = name.strip_prefix("Checksum").and_then(ChecksumAlgorithm::parse) {
+                            super::checksum::check_value(algorithm, &text)?;
+                            sum = Some((algorithm, text.trim().to_string()));
+                        }
+                    }
                     _ => {}
                 }
             }
@@ -124,8 +142,11 @@ pub fn parse_complete(body: &[u8]) -> Result<Vec<(u32, String)>, S3Error> {
     if parts.len() > 10_000 {
         return Err(malformed("more than 10,000 parts".into()));
     }
-    Ok(parts)
+    Ok((parts, checksums))
 }
+
+/// A CompleteMultipartUpload body: (part number, ETag) pairs, and the checksums given.
+pub type CompleteBody = (Vec<(u32, String)>, Vec<(u32, Checksum)>);
 
 /// `ChecksumCRC32` (and the like) of a part or object.
 fn checksum(xml: &mut Xml, checksum: Option<&Checksum>) {

@@ -127,6 +127,51 @@ def signed_request(method, path, body=b"", headers=None, payload_hash=None, amz_
         connection.close()
 
 
+def _crc_table(poly):
+    table = []
+    for i in range(256):
+        crc = i
+        for _ in range(8):
+            crc = (crc >> 1) ^ poly if crc & 1 else crc >> 1
+        table.append(crc)
+    return table
+
+
+_CRC32C, _CRC64NVME = _crc_table(0x82F63B78), _crc_table(0x9A6C9329AC4BC9B5)
+
+
+def _reflected_crc(table, width, data):
+    mask = (1 << width) - 1
+    crc = mask
+    for byte in data:
+        crc = table[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+    return crc ^ mask
+
+
+def checksum_of(algorithm, data):
+    """S3's base64 checksum of `data`, computed here from the algorithms' definitions (CRC32C
+    and CRC64NVME by table, as boto3 computes them only with the CRT installed)."""
+    import base64
+    import zlib
+
+    raw = {
+        "CRC32": lambda: zlib.crc32(data).to_bytes(4, "big"),
+        "CRC32C": lambda: _reflected_crc(_CRC32C, 32, data).to_bytes(4, "big"),
+        "CRC64NVME": lambda: _reflected_crc(_CRC64NVME, 64, data).to_bytes(8, "big"),
+        "SHA1": lambda: hashlib.sha1(data).digest(),
+        "SHA256": lambda: hashlib.sha256(data).digest(),
+    }[algorithm]()
+    return base64.b64encode(raw).decode()
+
+
+def composite_of(algorithm, parts):
+    """A multipart object's COMPOSITE checksum: the checksum of its parts' raw checksums, -N."""
+    import base64
+
+    joined = b"".join(base64.b64decode(checksum_of(algorithm, part)) for part in parts)
+    return f"{checksum_of(algorithm, joined)}-{len(parts)}"
+
+
 class Buckets(unittest.TestCase):
     def test_create_list_head_locate_delete(self):
         s3 = client()
@@ -525,6 +570,116 @@ class MultipartListings(unittest.TestCase):
         s3.complete_multipart_upload(Bucket=b, Key="cmp/src", UploadId=mp, MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": e1}, {"PartNumber": 2, "ETag": e2}]})
         s3.copy_object(Bucket=b, Key="cmp/dst", CopySource=f"{b}/cmp/src")
         self.assertEqual(s3.get_object(Bucket=b, Key="cmp/dst")["Body"].read(), first + second)
+
+
+class Checksums(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.s3 = client()
+        cls.bucket = new_bucket(cls.s3, "checksums")
+
+    def head_checksums(self, key, **kw):
+        head = self.s3.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED", **kw)
+        return {k: v for k, v in head.items() if k.startswith("Checksum")}
+
+    def test_the_check_values_of_the_algorithms(self):
+        self.assertEqual(checksum_of("CRC32C", b"123456789"), "4waSgw==")  # 0xe3069283
+        self.assertEqual(checksum_of("CRC64NVME", b"123456789"), "rosUhgp5mIg=")  # 0xae8b14860a799888
+
+    def test_each_algorithm_is_verified_kept_and_returned(self):
+        body = os.urandom(100_000)
+        for algorithm in ["CRC32", "SHA1", "SHA256"]:
+            key = f"boto3-{algorithm}"
+            put = self.s3.put_object(Bucket=self.bucket, Key=key, Body=body, ChecksumAlgorithm=algorithm)
+            self.assertEqual(put[f"Checksum{algorithm}"], checksum_of(algorithm, body))
+            self.assertEqual(self.head_checksums(key), {f"Checksum{algorithm}": checksum_of(algorithm, body), "ChecksumType": "FULL_OBJECT"})
+            got = self.s3.get_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
+            self.assertEqual((got[f"Checksum{algorithm}"], got["Body"].read()), (checksum_of(algorithm, body), body))
+        # boto3 computes CRC32C and CRC64NVME only with the CRT: these go as raw signed requests.
+        for algorithm in ["CRC32C", "CRC64NVME", "SHA256"]:
+            key = f"raw-{algorithm}"
+            header = {f"x-amz-checksum-{algorithm.lower()}": checksum_of(algorithm, body)}
+            status, text = signed_request("PUT", f"/{self.bucket}/{key}", body=body, headers=header)
+            self.assertEqual(status, 200, text)
+            self.assertEqual(self.head_checksums(key)[f"Checksum{algorithm}"], checksum_of(algorithm, body))
+            # Wrong, malformed, or two at once: refused, nothing stored.
+            wrong = {f"x-amz-checksum-{algorithm.lower()}": checksum_of(algorithm, b"other")}
+            status, text = signed_request("PUT", f"/{self.bucket}/wrong-{algorithm}", body=body, headers=wrong)
+            self.assertEqual((status, b"BadDigest" in text), (400, True), text)
+            malformed = {f"x-amz-checksum-{algorithm.lower()}": "bm90IGEgY2hlY2tzdW0="}
+            status, text = signed_request("PUT", f"/{self.bucket}/wrong-{algorithm}", body=body, headers=malformed)
+            self.assertEqual((status, b"InvalidRequest" in text), (400, True), text)
+            self.assertEqual(error_of(lambda: self.s3.head_object(Bucket=self.bucket, Key=f"wrong-{algorithm}")), ("404", 404))
+        two = {"x-amz-checksum-crc32": checksum_of("CRC32", body), "x-amz-checksum-sha1": checksum_of("SHA1", body)}
+        status, text = signed_request("PUT", f"/{self.bucket}/two", body=body, headers=two)
+        self.assertEqual((status, b"InvalidRequest" in text), (400, True), text)
+        # An object sent without a checksum gets S3's default, CRC64NVME; a range none.
+        status, text = signed_request("PUT", f"/{self.bucket}/plain", body=body)
+        self.assertEqual(status, 200, text)
+        self.assertEqual(self.head_checksums("plain"), {"ChecksumCRC64NVME": checksum_of("CRC64NVME", body), "ChecksumType": "FULL_OBJECT"})
+        self.assertEqual(self.head_checksums("plain", Range="bytes=0-9"), {})
+        self.assertEqual({k for k in self.s3.head_object(Bucket=self.bucket, Key="plain") if k.startswith("Checksum")}, set())
+        # A copy keeps a checksum of the same algorithm.
+        self.s3.copy_object(Bucket=self.bucket, Key="copied", CopySource=f"{self.bucket}/raw-CRC32C")
+        self.assertEqual(self.head_checksums("copied")["ChecksumCRC32C"], checksum_of("CRC32C", body))
+
+    def test_trailing_checksums_of_every_algorithm(self):
+        body = os.urandom(70_000)
+        for algorithm in ["CRC32C", "CRC64NVME", "SHA1", "SHA256"]:
+            name = f"x-amz-checksum-{algorithm.lower()}"
+            status, text = signed_request("PUT", f"/{self.bucket}/trailer-{algorithm}", body=body, chunk=16384, trailer={name: checksum_of(algorithm, body)})
+            self.assertEqual(status, 200, text)
+            self.assertEqual(self.head_checksums(f"trailer-{algorithm}")[f"Checksum{algorithm}"], checksum_of(algorithm, body))
+            self.assertEqual(self.s3.get_object(Bucket=self.bucket, Key=f"trailer-{algorithm}")["Body"].read(), body)
+            status, text = signed_request("PUT", f"/{self.bucket}/bad-trailer", body=body, chunk=16384, trailer={name: checksum_of(algorithm, b"x")})
+            self.assertEqual((status, b"BadDigest" in text), (400, True), text)
+        self.assertEqual(error_of(lambda: self.s3.head_object(Bucket=self.bucket, Key="bad-trailer")), ("404", 404))
+
+    def test_multipart_composite_checksum(self):
+        s3, b = self.s3, self.bucket
+        parts = [os.urandom(5 << 20), os.urandom(1234)]
+        created = s3.create_multipart_upload(Bucket=b, Key="composite", ChecksumAlgorithm="SHA256")
+        self.assertEqual((created["ChecksumAlgorithm"], created["ChecksumType"]), ("SHA256", "COMPOSITE"))
+        upload = created["UploadId"]
+        done = []
+        for n, part in enumerate(parts, 1):
+            sent = s3.upload_part(Bucket=b, Key="composite", UploadId=upload, PartNumber=n, Body=part, ChecksumAlgorithm="SHA256")
+            self.assertEqual(sent["ChecksumSHA256"], checksum_of("SHA256", part))
+            done.append({"PartNumber": n, "ETag": sent["ETag"], "ChecksumSHA256": sent["ChecksumSHA256"]})
+        listed = s3.list_parts(Bucket=b, Key="composite", UploadId=upload)
+        self.assertEqual([p["ChecksumSHA256"] for p in listed["Parts"]], [checksum_of("SHA256", p) for p in parts])
+        self.assertEqual(listed["ChecksumAlgorithm"], "SHA256")
+        # A part whose listed checksum is not the one it was sent with is not the part.
+        forged = [dict(done[0], ChecksumSHA256=checksum_of("SHA256", b"x")), done[1]]
+        self.assertEqual(error_of(lambda: s3.complete_multipart_upload(Bucket=b, Key="composite", UploadId=upload, MultipartUpload={"Parts": forged})), ("InvalidPart", 400))
+        completed = s3.complete_multipart_upload(Bucket=b, Key="composite", UploadId=upload, MultipartUpload={"Parts": done})
+        self.assertEqual(completed["ChecksumSHA256"], composite_of("SHA256", parts))
+        self.assertEqual(self.head_checksums("composite"), {"ChecksumSHA256": composite_of("SHA256", parts), "ChecksumType": "COMPOSITE"})
+        self.assertEqual(s3.get_object(Bucket=b, Key="composite")["Body"].read(), b"".join(parts))
+        # A part of the wrong algorithm is refused.
+        other = s3.create_multipart_upload(Bucket=b, Key="mixed", ChecksumAlgorithm="SHA1")["UploadId"]
+        self.assertEqual(error_of(lambda: s3.upload_part(Bucket=b, Key="mixed", UploadId=other, PartNumber=1, Body=b"x", ChecksumAlgorithm="CRC32")), ("InvalidRequest", 400))
+        self.assertEqual(error_of(lambda: s3.create_multipart_upload(Bucket=b, Key="x", ChecksumAlgorithm="SHA1", ChecksumType="FULL_OBJECT")), ("InvalidRequest", 400))
+
+    def test_multipart_full_object_crc(self):
+        s3, b = self.s3, self.bucket
+        parts = [os.urandom(5 << 20), os.urandom(5 << 20), os.urandom(777)]
+        whole = b"".join(parts)
+        for algorithm in ["CRC32", "CRC64NVME"]:
+            key = f"full-{algorithm}"
+            created = s3.create_multipart_upload(Bucket=b, Key=key, ChecksumAlgorithm=algorithm, ChecksumType="FULL_OBJECT")
+            self.assertEqual(created["ChecksumType"], "FULL_OBJECT")
+            upload = created["UploadId"]
+            done = []
+            for n, part in enumerate(parts, 1):
+                # The CRC64NVME of a part goes as a precomputed value (boto3 needs the CRT to compute one).
+                sent = s3.upload_part(Bucket=b, Key=key, UploadId=upload, PartNumber=n, Body=part, **{f"Checksum{algorithm}": checksum_of(algorithm, part)})
+                done.append({"PartNumber": n, "ETag": sent["ETag"]})
+            complete = lambda value: s3.complete_multipart_upload(Bucket=b, Key=key, UploadId=upload, MultipartUpload={"Parts": done}, ChecksumType="FULL_OBJECT", **{f"Checksum{algorithm}": value})
+            self.assertEqual(error_of(lambda: complete(checksum_of(algorithm, b"not the body"))), ("BadDigest", 400))
+            completed = complete(checksum_of(algorithm, whole))
+            self.assertEqual(completed[f"Checksum{algorithm}"], checksum_of(algorithm, whole))
+            self.assertEqual(self.head_checksums(key), {f"Checksum{algorithm}": checksum_of(algorithm, whole), "ChecksumType": "FULL_OBJECT"})
 
 
 class Conditions(unittest.TestCase):

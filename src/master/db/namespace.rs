@@ -594,12 +594,23 @@ impl MetaDb {
     pub fn complete_upload(&self, request: CompleteParts) -> MetaResult<Entry> {
         self.write(move |conn| {
             let (content_type, metadata) = upload_row(conn, &request.upload_id, &request.bucket, &request.key)?;
-            let stored: Vec<(u32, String, u64, String)> = conn
-                .prepare_cached("SELECT number, object_id, size, etag FROM s3_parts WHERE upload_id = ?1 ORDER BY number")?
+            let stored: Vec<(u32, String, u64, String, Option<Checksum>)> = conn
+                .prepare_cached(
+                    "SELECT number, object_id, size, etag, checksum FROM s3_parts WHERE upload_id = ?1 ORDER BY number",
+                )?
                 .query_map([&request.upload_id], |row| {
-                    Ok((row.get(0)?, row.get(1)?, row.get::<_, i64>(2)? as u64, row.get(3)?))
+                    Ok((row.get(0)?, row.get(1)?, row.get::<_, i64>(2)? as u64, row.get(3)?, checksum_from(row.get(4)?)))
                 })?
                 .collect::<Result<_, _>>()?;
+            // The object's checksum was computed by the gateway from these part checksums:
+            // a part replaced since is not the part it was computed from.
+            for (number, checksum) in &request.part_checksums {
+                if !stored.iter().any(|(n, _, _, _, c)| n == number && c.as_ref() == Some(checksum)) {
+                    return Err(MetaError::Invalid(format!(
+                        "InvalidPart: part {number} changed while the upload was being completed; complete it again"
+                    )));
+                }
+            }
             if request.parts.is_empty() {
                 return Err(MetaError::Invalid("MalformedXML: a multipart upload needs at least one part".into()));
             }
@@ -610,7 +621,7 @@ impl MetaDb {
             }
             for (i, (number, etag)) in request.parts.iter().enumerate() {
                 let etag = etag.trim().trim_matches('"');
-                let found = stored.iter().find(|(n, _, _, e)| n == number && e == etag).ok_or_else(|| {
+                let found = stored.iter().find(|(n, _, _, e, _)| n == number && e == etag).ok_or_else(|| {
                     MetaError::Invalid(format!("InvalidPart: part {number} with ETag {etag} was not uploaded"))
                 })?;
                 if i + 1 < request.parts.len() && found.2 < MIN_PART_SIZE {
@@ -639,14 +650,14 @@ impl MetaDb {
                 if_none_match: false,
                 if_match: None,
                 parts,
-                checksum: None,
+                checksum: request.checksum.clone(),
             };
             let old_objects = entry_objects(conn, &entry.bucket, &entry.key)?;
             write_entry(conn, &entry)?;
             for object in old_objects {
                 forget_if_live(conn, &object)?;
             }
-            for (_, object, _, _) in stored.iter().filter(|(_, o, _, _)| !entry.parts.iter().any(|p| p.objectid == *o)) {
+            for (_, object, ..) in stored.iter().filter(|(_, o, ..)| !entry.parts.iter().any(|p| p.objectid == *o)) {
                 forget_if_live(conn, object)?;
             }
             conn.prepare_cached("DELETE FROM s3_uploads WHERE id = ?1")?.execute([&request.upload_id])?;
