@@ -447,7 +447,9 @@ mod tests {
     }
 
     fn crc32_b64(data: &[u8]) -> String {
-        BASE64.encode(crc32fast::hash(data).to_be_bytes())
+        let mut hasher = Hasher::new(ChecksumAlgorithm::Crc32);
+        hasher.update(data);
+        hasher.value()
     }
 
     fn read_all(reader: &mut PayloadReader<'_>) -> Result<Vec<u8>, S3Error> {
