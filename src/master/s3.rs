@@ -13,6 +13,11 @@ use crate::proto::s3::{
 };
 use crate::proto::StatusOk;
 
+/// Why a master without a cluster token serves no S3 namespace.
+pub const NO_TOKEN: &str = "the S3 namespace (buckets, access keys and their secrets) is served only by a master \
+     with a cluster token; start the master, every datanode and `aether s3` with --cluster-token \
+     (or AETHER_CLUSTER_TOKEN), and give it to `aether key` too";
+
 /// The most keys one listing page may ask for (S3's own limit).
 pub const MAX_LIST_KEYS: usize = 1000;
 
@@ -74,6 +79,14 @@ impl S3Endpoint {
 
 impl MasterState {
     pub(super) fn dispatch_s3(&self, endpoint: S3Endpoint, request: &mut Request) -> Result<Reply, ApiError> {
+        // The namespace holds every access key's secret: it is never open to anyone who can
+        // reach the port. The cluster token was checked already, as for every internal call.
+        if self.config.cluster_token.is_none() {
+            match &self.config.namespace_token {
+                Some(token) => http::check_token(request, Some(token))?,
+                None => return Err(ApiError::new(403, NO_TOKEN)),
+            }
+        }
         let ok = || Ok(http::json_reply(200, &StatusOk::ok()));
         match endpoint {
             S3Endpoint::CreateKey => {
