@@ -114,8 +114,10 @@ impl<'a> PayloadReader<'a> {
     /// A reader of `length` body bytes (the decoded length for `aws-chunked`).
     pub fn new(inner: &'a mut dyn Read, payload: Payload, expected: Expected, length: u64) -> PayloadReader<'a> {
         let mut sums: Vec<Hasher> = Vec::new();
-        let wanted =
-            [expected.checksum.as_ref().map(|(a, _)| *a), expected.trailer.as_ref().map(|(a, _)| *a), expected.compute];
+        // Only the checksums compared or kept are computed.
+        let sent = [expected.checksum.as_ref().map(|(a, _)| *a), expected.trailer.as_ref().map(|(a, _)| *a)];
+        let compute = if sent.iter().all(Option::is_none) { expected.compute } else { None };
+        let wanted = [sent[0], sent[1], compute];
         for algorithm in wanted.into_iter().flatten() {
             if !sums.iter().any(|h| h.algorithm() == algorithm) {
                 sums.push(Hasher::new(algorithm));
