@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
-use super::{forget_object, now_ms, object_status, MetaDb, MetaError, MetaResult};
+use super::{forget_object, now_ms, object_status, MetaDb, MetaError, MetaResult, ObjectStatus};
 use crate::proto::s3::{
     Access, AccessKey, Bucket, Checksum, ChecksumAlgorithm, CompleteParts, CreateUpload, Entry, ListPage,
     ListPartsRequest, ListRequest, ListUploadsRequest, PartInfo, PartObject, PartsPage, UploadInfo, UploadPart,
@@ -827,9 +827,9 @@ fn forget_upload(conn: &Connection, id: &str) -> MetaResult<()> {
 
 /// Deletes an object a key no longer points at, unless it is already gone.
 fn forget_if_live(conn: &Connection, id: &str) -> MetaResult<()> {
-    match object_status(conn, id)?.as_deref() {
-        None | Some("deleted") => Ok(()),
-        _ => forget_object(conn, id, now_ms()),
+    match object_status(conn, id)? {
+        None | Some(ObjectStatus::Deleted) => Ok(()),
+        Some(ObjectStatus::Pending | ObjectStatus::Complete) => forget_object(conn, id, now_ms()),
     }
 }
 
@@ -1094,6 +1094,6 @@ mod tests {
     }
 
     fn object_status_of(db: &MetaDb, id: &str) -> String {
-        db.read(|conn| Ok(object_status(conn, id)?.unwrap_or_default())).unwrap()
+        db.read(|conn| Ok(object_status(conn, id)?.map_or(String::new(), |s| s.as_str().to_string()))).unwrap()
     }
 }
