@@ -59,6 +59,9 @@ pub struct MasterConfig {
     pub dead_after: Duration,
     /// Shared secret that internal requests (registration, heartbeats, reports) carry.
     pub cluster_token: Option<String>,
+    /// Without a cluster token, the secret the S3 namespace API (access keys and their
+    /// secrets) asks for instead; with neither, that API answers no one (`aether dev` sets it).
+    pub namespace_token: Option<String>,
     /// Age after which an upload never completed, or a file no one knows, is removed.
     pub upload_grace: Duration,
     /// Re-replication batches in flight at once.
@@ -83,6 +86,7 @@ impl MasterConfig {
             max_object_size: 5 << 40,
             dead_after: Duration::from_secs(12),
             cluster_token: None,
+            namespace_token: None,
             upload_grace: Duration::from_secs(3600),
             repair_concurrency: 16,
             http: http::HttpLimits::default(),

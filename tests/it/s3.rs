@@ -301,9 +301,61 @@ fn dev_prints_a_working_s3_endpoint_and_key() {
         .output()
         .expect("running python3");
     assert!(run.status.success(), "boto3 against aether dev: {}", String::from_utf8_lossy(&run.stderr));
+    // The cluster is open (the walk-through registers datanodes with curl), its S3
+    // namespace is not: secrets go only to whoever has this run's token, which dev prints.
+    let master = summary
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix("master"))
+        .map(|l| l.split_whitespace().next().unwrap().to_string())
+        .unwrap_or_else(|| panic!("{summary}"));
+    let (status, _) = crate::cluster::request("GET", &format!("{master}/api/s3/keys"), None).unwrap();
+    assert_eq!(status, 401, "the namespace of aether dev answered without its token");
+    let keys_line = summary.lines().find(|l| l.starts_with("Keys:")).unwrap_or_else(|| panic!("{summary}"));
+    let token = keys_line.split_whitespace().skip_while(|w| *w != "--cluster-token").nth(1).unwrap();
+    let listed =
+        Command::new(BIN).args(["key", "list", "--master", &master, "--cluster-token", token]).output().unwrap();
+    assert!(String::from_utf8_lossy(&listed.stdout).contains(key), "{listed:?}");
     drop(dev);
     let (_dev, again) = start();
     assert!(again.contains(key) && again.contains(secret), "the dev key changed on restart:\n{again}");
+}
+
+/// A cluster without a token serves no access keys (their secrets would go to anyone who
+/// can reach the master), and a gateway without one refuses to start, saying why.
+#[test]
+fn an_open_cluster_serves_no_access_keys() {
+    let cluster = TestCluster::start_with("s3-open", 0, &[], &[]);
+    let url = &cluster.master.url;
+    let created = cluster.aether(&["key", "create", "someone"]);
+    let stderr = String::from_utf8_lossy(&created.stderr);
+    assert!(!created.status.success() && stderr.contains("cluster token"), "{created:?}");
+    for (method, path, body) in [
+        ("GET", "/api/s3/keys", None),
+        ("POST", "/api/s3/keys/get", Some(&br#"{"id": "AKANY"}"#[..])),
+        ("POST", "/api/s3/keys/create", Some(&br#"{"name": "x"}"#[..])),
+    ] {
+        let (status, answer) = crate::cluster::request(method, &format!("{url}{path}"), body).unwrap();
+        assert_eq!(status, 403, "{method} {path}: {answer}");
+        assert!(answer["error"].as_str().unwrap_or_default().contains("cluster token"), "{answer}");
+    }
+    let mut gateway = KillOnDrop(
+        Command::new(BIN)
+            .args(["s3", "--listen", "127.0.0.1:0", "--master", url])
+            .env_remove("AETHER_CLUSTER_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting aether s3"),
+    );
+    let mut exited = None;
+    wait_until("aether s3 without a token to refuse to start", Duration::from_secs(30), || {
+        exited = gateway.0.try_wait().unwrap();
+        exited.is_some()
+    });
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(gateway.0.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(!exited.unwrap().success() && stderr.contains("--cluster-token"), "{stderr}");
 }
 
 struct KillOnDrop(std::process::Child);
@@ -312,6 +364,9 @@ impl Drop for KillOnDrop {
     /// Ctrl-C first, as a person stops `aether dev`: it stops its datanodes and waits for
     /// them, so that a dev started next on the same directory finds it free.
     fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_some() {
+            return;
+        }
         let _ = Command::new("kill").args(["-INT", &self.0.id().to_string()]).status();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while self.0.try_wait().ok().flatten().is_none() {

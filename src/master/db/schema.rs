@@ -82,6 +82,8 @@ pub(in crate::master::db) const MIGRATIONS: &[&str] = &[
     ALTER TABLE nodes ADD COLUMN drain TEXT CHECK (drain IN ('draining', 'drained'));",
     // 6: each bucket's key count and bytes, kept by triggers (`db/namespace.rs`).
     namespace::USAGE_MIGRATION,
+    // 7: S3 checksums, part times, uploads by key (`db/namespace.rs`).
+    namespace::MIGRATION_CHECKSUMS,
 ];
 
 pub(super) fn open_connection(path: &Path, flags: OpenFlags) -> rusqlite::Result<Connection> {
