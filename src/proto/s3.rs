@@ -191,6 +191,12 @@ pub struct CompleteParts {
     /// once the parts' CRCs combine to it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checksum: Option<Checksum>,
+    /// Complete only if the key holds no object yet (`If-None-Match: *`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub if_none_match: bool,
+    /// Complete only if the key's ETag is this one (`If-Match`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub if_match: Option<String>,
 }
 
 /// The answer to `objects/put` and `objects/delete`: the object the key pointed at before,

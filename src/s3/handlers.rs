@@ -279,14 +279,7 @@ impl GatewayState {
         self.require(context, bucket, Access::Write)?;
         let metadata = metadata_of(context.headers);
         let content_type = context.header("content-type").map(str::to_string);
-        let if_none_match = match context.header("if-none-match").map(str::trim) {
-            None => false,
-            Some("*") => true,
-            Some(other) => {
-                return Err(S3Error::not_implemented(&format!("If-None-Match: {other} on PUT (only * is)")));
-            }
-        };
-        let if_match = context.header("if-match").map(|etag| etag.trim().trim_matches('"').to_string());
+        let (if_none_match, if_match) = write_conditions(context)?;
         // S3 keeps a CRC64NVME with every object whose client sent no checksum.
         let Received { uploaded, etag, checksum } =
             self.receive_object(context, request, Some(ChecksumAlgorithm::Crc64nvme))?;
@@ -484,7 +477,21 @@ const RESPONSE_OVERRIDES: &[(&str, &str)] = &[
     ("response-content-encoding", "Content-Encoding"),
 ];
 
-fn precondition_failed(why: &str) -> S3Error {
+/// A conditional write's headers (PutObject, CompleteMultipartUpload): `If-None-Match: *`
+/// (create only) and `If-Match: ETAG` (compare and swap).
+pub(super) fn write_conditions(context: &Context<'_>) -> Result<(bool, Option<String>), S3Error> {
+    let if_none_match = match context.header("if-none-match").map(str::trim) {
+        None => false,
+        Some("*") => true,
+        Some(other) => {
+            return Err(S3Error::not_implemented(&format!("If-None-Match: {other} on a write (only * is)")));
+        }
+    };
+    let if_match = context.header("if-match").map(|etag| etag.trim().trim_matches('"').to_string());
+    Ok((if_none_match, if_match))
+}
+
+pub(super) fn precondition_failed(why: &str) -> S3Error {
     S3Error::new("PreconditionFailed", format!("at least one of the preconditions did not hold: {why}"))
 }
 

@@ -7,8 +7,8 @@ use std::io::{self, Read};
 use super::checksum::{self, Hasher};
 use super::error::S3Error;
 use super::handlers::{
-    empty_reply, etag_reply, no_such_key, number_param, parse_copy_range, url_encoding, xml_reply, Context, Md5Reader,
-    Received,
+    empty_reply, etag_reply, no_such_key, number_param, parse_copy_range, precondition_failed, url_encoding,
+    write_conditions, xml_reply, Context, Md5Reader, Received,
 };
 use super::{xml, GatewayState};
 use crate::client::{Client, ClientError};
@@ -247,6 +247,7 @@ impl GatewayState {
     ) -> Result<Reply, S3Error> {
         let upload_id = context.param("uploadId").unwrap_or_default().to_string();
         self.require(context, bucket, Access::Write)?;
+        let (if_none_match, if_match) = write_conditions(context)?;
         let body = self.read_xml_body(context, request, true)?;
         let (parts, sent_checksums) = xml::parse_complete(&body)?;
         let (algorithm, full_object) = self.upload_checksum(bucket, key, &upload_id)?;
@@ -312,8 +313,15 @@ impl GatewayState {
             parts,
             part_checksums,
             checksum,
+            if_none_match,
+            if_match,
         };
-        let entry = self.client.complete_multipart(&request).map_err(|e| upload_error(&e))?;
+        let entry = self.client.complete_multipart(&request).map_err(|e| match e.status() {
+            // The upload stays: the client may complete it again once it knows the key.
+            Some(409) => precondition_failed(&e.reason()),
+            Some(404) if request.if_match.is_some() && !e.reason().contains("NoSuchUpload") => no_such_key(key),
+            _ => upload_error(&e),
+        })?;
         Ok(xml_reply(200, xml::complete_multipart(bucket, key, &entry.etag, entry.checksum.as_ref())))
     }
 

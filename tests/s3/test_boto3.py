@@ -718,6 +718,54 @@ class Conditions(unittest.TestCase):
         self.assertEqual(s3.head_object(Bucket=b, Key="cas")["ETag"], second)
         self.assertEqual(error_of(lambda: s3.put_object(Bucket=b, Key="absent", Body=b"x", IfMatch=first)), ("NoSuchKey", 404))
 
+    def test_complete_multipart_upload_is_conditional_too(self):
+        import threading
+
+        s3, b = self.s3, self.bucket
+
+        def upload(key, body):
+            upload_id = s3.create_multipart_upload(Bucket=b, Key=key)["UploadId"]
+            etag = s3.upload_part(Bucket=b, Key=key, UploadId=upload_id, PartNumber=1, Body=body)["ETag"]
+            return upload_id, {"Parts": [{"PartNumber": 1, "ETag": etag}]}
+
+        # Racing creators: exactly one completes; the losers' uploads are still there.
+        uploads = [upload("mp-lock", b"completer %d" % i) for i in range(6)]
+        outcomes = {}
+
+        def race(i):
+            upload_id, parts = uploads[i]
+            try:
+                client().complete_multipart_upload(Bucket=b, Key="mp-lock", UploadId=upload_id, MultipartUpload=parts, IfNoneMatch="*")
+                outcomes[i] = "won"
+            except ClientError as e:
+                outcomes[i] = e.response["Error"]["Code"]
+
+        threads = [threading.Thread(target=race, args=(i,)) for i in range(len(uploads))]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+        winners = [i for i, o in outcomes.items() if o == "won"]
+        self.assertEqual(len(winners), 1, outcomes)
+        self.assertEqual(sorted(set(outcomes.values())), ["PreconditionFailed", "won"], outcomes)
+        self.assertEqual(s3.get_object(Bucket=b, Key="mp-lock")["Body"].read(), b"completer %d" % winners[0])
+        for i, (upload_id, _) in enumerate(uploads):
+            if i != winners[0]:
+                s3.abort_multipart_upload(Bucket=b, Key="mp-lock", UploadId=upload_id)
+
+        # Compare and swap: only the ETag read last may be replaced.
+        first = s3.put_object(Bucket=b, Key="mp-cas", Body=b"one")["ETag"]
+        upload_id, parts = upload("mp-cas", b"two")
+        second = s3.complete_multipart_upload(Bucket=b, Key="mp-cas", UploadId=upload_id, MultipartUpload=parts, IfMatch=first)["ETag"]
+        upload_id, parts = upload("mp-cas", b"three")
+        stale = lambda: s3.complete_multipart_upload(Bucket=b, Key="mp-cas", UploadId=upload_id, MultipartUpload=parts, IfMatch=first)
+        self.assertEqual(error_of(stale), ("PreconditionFailed", 412))
+        self.assertEqual(s3.get_object(Bucket=b, Key="mp-cas")["Body"].read(), b"two")
+        self.assertEqual(s3.head_object(Bucket=b, Key="mp-cas")["ETag"], second)
+        absent_id, absent_parts = upload("mp-absent", b"x")
+        absent = lambda: s3.complete_multipart_upload(Bucket=b, Key="mp-absent", UploadId=absent_id, MultipartUpload=absent_parts, IfMatch=first)
+        self.assertEqual(error_of(absent), ("NoSuchKey", 404))
+        s3.complete_multipart_upload(Bucket=b, Key="mp-cas", UploadId=upload_id, MultipartUpload=parts, IfMatch=second)
+        self.assertEqual(s3.get_object(Bucket=b, Key="mp-cas")["Body"].read(), b"three")
+
     def test_conditional_get(self):
         s3, b = self.s3, self.bucket
         etag = s3.put_object(Bucket=b, Key="cond", Body=b"body")["ETag"]

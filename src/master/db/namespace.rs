@@ -368,21 +368,12 @@ impl MetaDb {
                 .query_row([&entry.bucket, &entry.key], |row| Ok((row.get(0)?, row.get(1)?)))
                 .optional()?;
             let old_objects = entry_objects(conn, &entry.bucket, &entry.key)?;
-            // Conditions are checked inside the write, so concurrent writers are ordered:
-            // exactly one `If-None-Match: *` wins.
-            match (&current, &entry.if_match) {
-                (Some(_), _) if entry.if_none_match => {
-                    return Err(MetaError::Conflict(format!("precondition failed: key {:?} exists", entry.key)))
-                }
-                (None, Some(_)) => return Err(MetaError::NotFound(format!("key {:?} does not exist", entry.key))),
-                (Some((_, etag)), Some(wanted)) if etag != wanted => {
-                    return Err(MetaError::Conflict(format!(
-                        "precondition failed: key {:?} has ETag {etag}, not {wanted}",
-                        entry.key
-                    )))
-                }
-                _ => {}
-            }
+            check_conditions(
+                &entry.key,
+                current.as_ref().map(|(_, etag)| etag.as_str()),
+                entry.if_none_match,
+                entry.if_match.as_deref(),
+            )?;
             let old = current.map(|(object_id, _)| object_id);
             write_entry(conn, &entry)?;
             for object in old_objects.iter().filter(|o| **o != entry.objectid) {
@@ -497,6 +488,20 @@ fn entry_objects(conn: &Connection, bucket: &str, key: &str) -> MetaResult<Vec<S
 
 fn to_json<T: serde::Serialize>(value: &T) -> MetaResult<String> {
     serde_json::to_string(value).map_err(|e| MetaError::Internal(e.to_string()))
+}
+
+/// A conditional write's preconditions against the key's current ETag (None: no key).
+/// Checked inside the write, so concurrent writers are ordered: exactly one
+/// `If-None-Match: *` wins, and an `If-Match` compare-and-swap sees the latest ETag.
+fn check_conditions(key: &str, current: Option<&str>, if_none_match: bool, if_match: Option<&str>) -> MetaResult<()> {
+    match (current, if_match) {
+        (Some(_), _) if if_none_match => Err(MetaError::Conflict(format!("precondition failed: key {key:?} exists"))),
+        (None, Some(_)) => Err(MetaError::NotFound(format!("key {key:?} does not exist"))),
+        (Some(etag), Some(wanted)) if etag != wanted => {
+            Err(MetaError::Conflict(format!("precondition failed: key {key:?} has ETag {etag}, not {wanted}")))
+        }
+        _ => Ok(()),
+    }
 }
 
 fn write_entry(conn: &Connection, entry: &Entry) -> MetaResult<()> {
@@ -676,6 +681,11 @@ impl MetaDb {
                 parts,
                 checksum: request.checksum.clone(),
             };
+            let current: Option<String> = conn
+                .prepare_cached("SELECT etag FROM s3_entries WHERE bucket = ?1 AND key = ?2")?
+                .query_row([&entry.bucket, &entry.key], |row| row.get(0))
+                .optional()?;
+            check_conditions(&entry.key, current.as_deref(), request.if_none_match, request.if_match.as_deref())?;
             let old_objects = entry_objects(conn, &entry.bucket, &entry.key)?;
             write_entry(conn, &entry)?;
             for object in old_objects {
@@ -1037,6 +1047,8 @@ mod tests {
                 parts,
                 part_checksums: Vec::new(),
                 checksum: None,
+                if_none_match: false,
+                if_match: None,
             };
             db.complete_upload(complete).unwrap();
         };
@@ -1190,6 +1202,8 @@ mod tests {
                 parts,
                 part_checksums: Vec::new(),
                 checksum: None,
+                if_none_match: false,
+                if_match: None,
             })
             .unwrap();
         assert_eq!(entry.size, MIN_PART_SIZE + 10);
