@@ -349,17 +349,18 @@ impl MetaDb {
         entry.modified_ms = now_ms();
         self.write(move |conn| {
             bucket_row(conn, &entry.bucket)?.ok_or_else(|| no_bucket(&entry.bucket))?;
-            let object: Option<(String, i64)> = conn
+            let object: Option<(ObjectStatus, i64)> = conn
                 .prepare_cached("SELECT status, size FROM objects WHERE id = ?1")?
                 .query_row([&entry.objectid], |row| Ok((row.get(0)?, row.get(1)?)))
                 .optional()?;
             match object {
-                Some((status, size)) if status == "complete" && size as u64 == entry.size => {}
+                Some((ObjectStatus::Complete, size)) if size as u64 == entry.size => {}
                 Some((status, size)) => {
                     return Err(MetaError::Invalid(format!(
-                    "object {} is {status} with {size} bytes; a key may only point at a complete object of its size",
-                    entry.objectid
-                )))
+                        "object {} is {} with {size} bytes; a key may only point at a complete object of its size",
+                        entry.objectid,
+                        status.as_str()
+                    )))
                 }
                 None => return Err(MetaError::NotFound(format!("object {} not found", entry.objectid))),
             }
@@ -586,11 +587,11 @@ impl MetaDb {
         let id = ObjectId::parse(&part.objectid).map_err(MetaError::Invalid)?.to_string();
         self.write(move |conn| {
             upload_row(conn, &part.upload_id, &part.bucket, &part.key)?;
-            let status: Option<(String, i64)> = conn
+            let status: Option<(ObjectStatus, i64)> = conn
                 .prepare_cached("SELECT status, size FROM objects WHERE id = ?1")?
                 .query_row([&id], |row| Ok((row.get(0)?, row.get(1)?)))
                 .optional()?;
-            if !matches!(&status, Some((s, size)) if s == "complete" && *size as u64 == part.size) {
+            if !matches!(status, Some((ObjectStatus::Complete, size)) if size as u64 == part.size) {
                 return Err(MetaError::Invalid(format!("object {id} is not a complete object of {} bytes", part.size)));
             }
             let old: Option<String> = conn
@@ -1135,7 +1136,7 @@ mod tests {
         let first = put(&db, "a/1");
         let second = put(&db, "a/1");
         assert_eq!(db.entry("b", "a/1").unwrap().objectid, second);
-        assert_eq!(object_status_of(&db, &first), "deleted");
+        assert_eq!(object_status_of(&db, &first), Some(ObjectStatus::Deleted));
         for k in ["a/2", "a/3", "b/1", "c", "d", "e/x/y"] {
             put(&db, k);
         }
@@ -1212,14 +1213,17 @@ mod tests {
             db.entry("b", "k").unwrap().parts.iter().map(|p| p.objectid.clone()).collect::<Vec<_>>(),
             vec![first.clone(), last.clone()]
         );
-        assert_eq!(object_status_of(&db, &unused), "deleted");
+        assert_eq!(object_status_of(&db, &unused), Some(ObjectStatus::Deleted));
         db.delete_entry("b", "k").unwrap();
-        assert_eq!((object_status_of(&db, &first), object_status_of(&db, &last)), ("deleted".into(), "deleted".into()));
+        assert_eq!(
+            (object_status_of(&db, &first), object_status_of(&db, &last)),
+            (Some(ObjectStatus::Deleted), Some(ObjectStatus::Deleted))
+        );
 
         let stale = upload("old");
         let stale_part = part(&stale, "old", 1, 10);
         assert_eq!(db.expire_multipart(now_ms() + 1).unwrap(), 1);
-        assert_eq!(object_status_of(&db, &stale_part), "deleted");
+        assert_eq!(object_status_of(&db, &stale_part), Some(ObjectStatus::Deleted));
         assert!(matches!(db.abort_upload(&stale, "b", "old"), Err(MetaError::NotFound(_))));
     }
 
@@ -1304,7 +1308,7 @@ mod tests {
         assert_eq!(list("/", "a/", "", 1).0, vec![at("b", &ids[2])]);
     }
 
-    fn object_status_of(db: &MetaDb, id: &str) -> String {
-        db.read(|conn| Ok(object_status(conn, id)?.map_or(String::new(), |s| s.as_str().to_string()))).unwrap()
+    fn object_status_of(db: &MetaDb, id: &str) -> Option<ObjectStatus> {
+        db.read(|conn| object_status(conn, id)).unwrap()
     }
 }
