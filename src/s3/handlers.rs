@@ -416,15 +416,23 @@ impl GatewayState {
             _ => S3Error::backend(&e),
         })?;
         check_conditions(context, &entry)?;
-        let range = match context.header("range") {
-            Some(text) => parse_range(text, entry.size)?,
-            None => None,
+        let part = part_range(context, &entry)?;
+        let range = match (context.header("range"), part) {
+            (Some(_), Some(_)) => {
+                return Err(S3Error::new("InvalidRequest", "Range and partNumber cannot both be given"));
+            }
+            (Some(text), None) => parse_range(text, entry.size)?,
+            (None, Some(part)) => part.range,
+            (None, None) => None,
         };
         let mut headers = vec![
             http::header("ETag", &format!("\"{}\"", entry.etag)),
             http::header("Last-Modified", &httpdate::fmt_http_date(system_time(entry.modified_ms))),
             http::header("Accept-Ranges", "bytes"),
         ];
+        if let Some(part) = part.filter(|part| part.count > 0) {
+            headers.push(http::header("x-amz-mp-parts-count", &part.count.to_string()));
+        }
         let content_type = entry.content_type.as_deref().unwrap_or("binary/octet-stream");
         if context.param("response-content-type").is_none() {
             headers.push(http::header("Content-Type", content_type));
@@ -465,6 +473,37 @@ impl GatewayState {
         })?;
         Ok(empty_reply(204))
     }
+}
+
+/// One part of an object asked for with `?partNumber=N` on GET or HEAD.
+#[derive(Debug, Clone, Copy)]
+struct PartRead {
+    /// The object's parts (for `x-amz-mp-parts-count`); 0 for an object stored in one piece.
+    count: usize,
+    /// The part's first and last byte; None for an empty object.
+    range: Option<(u64, u64)>,
+}
+
+/// `?partNumber=N`: which bytes it names. An object stored in one piece has one part, the
+/// whole object.
+fn part_range(context: &Context<'_>, entry: &Entry) -> Result<Option<PartRead>, S3Error> {
+    let Some(text) = context.param("partNumber") else { return Ok(None) };
+    let number = text.trim().parse::<usize>().ok().filter(|n| (1..=10_000).contains(n)).ok_or_else(|| {
+        S3Error::new("InvalidArgument", format!("partNumber {text:?} must be a number from 1 to 10000"))
+    })?;
+    let sizes: Vec<u64> =
+        if entry.parts.is_empty() { vec![entry.size] } else { entry.parts.iter().map(|p| p.size).collect() };
+    if number > sizes.len() {
+        return Err(S3Error::new(
+            "InvalidPartNumber",
+            format!("the object has {} part(s); part {number} is not satisfiable", sizes.len()),
+        ));
+    }
+    let start: u64 = sizes[..number - 1].iter().sum();
+    let size = sizes[number - 1];
+    let range = (size > 0).then(|| (start, start + size - 1));
+    let count = if entry.parts.is_empty() { 0 } else { sizes.len() };
+    Ok(Some(PartRead { count, range }))
 }
 
 /// The query parameters of a GET that set a header of its answer.

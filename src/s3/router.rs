@@ -166,8 +166,10 @@ impl Operation {
             "POST" if has("uploadId") => return Ok(Operation::CompleteMultipartUpload { bucket, key }),
             "DELETE" if has("uploadId") => return Ok(Operation::AbortMultipartUpload { bucket, key }),
             "GET" if has("uploadId") && !has("partNumber") => return Ok(Operation::ListParts { bucket, key }),
+            // GET and HEAD with partNumber alone read one part of an object (GetObject).
+            "GET" | "HEAD" if has("partNumber") && !has("uploadId") => {}
             _ if has("uploadId") || has("partNumber") => {
-                return Err(S3Error::not_implemented(&format!("{method} with uploadId or partNumber (part GETs)")))
+                return Err(S3Error::not_implemented(&format!("{method} with uploadId or partNumber")))
             }
             _ => {}
         }
@@ -287,6 +289,9 @@ mod tests {
             ("GET", "/b/k", "uploadId=x", Ok(Operation::ListParts { bucket: b(), key: "k".into() })),
             ("GET", "/b", "uploads&prefix=a", Ok(Operation::ListMultipartUploads { bucket: b() })),
             ("GET", "/b/k", "uploadId=x&partNumber=1", Err("NotImplemented")),
+            ("GET", "/b/k", "partNumber=2", Ok(Operation::GetObject { bucket: b(), key: "k".into() })),
+            ("HEAD", "/b/k", "partNumber=1", Ok(Operation::HeadObject { bucket: b(), key: "k".into() })),
+            ("DELETE", "/b/k", "partNumber=1", Err("NotImplemented")),
             ("GET", "/b/k", "tagging", Err("NotImplemented")),
         ];
         for (method, path, query, want) in table {

@@ -427,6 +427,22 @@ class Multipart(unittest.TestCase):
         self.assertEqual(self.s3.get_object(Bucket=self.bucket, Key="parts/big", Range="bytes=-100")["Body"].read(), body[-100:])
         listed = self.s3.list_objects_v2(Bucket=self.bucket, Prefix="parts/")["Contents"]
         self.assertEqual([(o["Key"], o["Size"]) for o in listed], [("parts/big", len(body))])
+        # One part at a time, as parallel downloaders ask (GetObject and HeadObject with PartNumber).
+        for number, start, end in [(1, 0, 5 << 20), (2, 5 << 20, 10 << 20), (3, 10 << 20, len(body))]:
+            part = self.s3.get_object(Bucket=self.bucket, Key="parts/big", PartNumber=number)
+            self.assertEqual(part["Body"].read(), body[start:end])
+            self.assertEqual(part["ResponseMetadata"]["HTTPStatusCode"], 206)
+            self.assertEqual(part["PartsCount"], 3)
+            self.assertEqual(part["ContentRange"], "bytes %d-%d/%d" % (start, end - 1, len(body)))
+            head = self.s3.head_object(Bucket=self.bucket, Key="parts/big", PartNumber=number)
+            self.assertEqual((head["ContentLength"], head["PartsCount"]), (end - start, 3))
+        self.assertEqual(error_of(lambda: self.s3.get_object(Bucket=self.bucket, Key="parts/big", PartNumber=4)), ("InvalidPartNumber", 416))
+        self.assertEqual(error_of(lambda: self.s3.get_object(Bucket=self.bucket, Key="parts/big", PartNumber=1, Range="bytes=0-1")), ("InvalidRequest", 400))
+        # An object stored in one piece is its own part 1.
+        self.s3.put_object(Bucket=self.bucket, Key="parts/one", Body=b"single")
+        whole = self.s3.get_object(Bucket=self.bucket, Key="parts/one", PartNumber=1)
+        self.assertEqual((whole["Body"].read(), whole.get("PartsCount")), (b"single", None))
+        self.assertEqual(error_of(lambda: self.s3.get_object(Bucket=self.bucket, Key="parts/one", PartNumber=2)), ("InvalidPartNumber", 416))
 
     def test_part_rules_abort_and_replacement(self):
         s3, b = self.s3, self.bucket
