@@ -25,6 +25,8 @@ use crate::log;
 use crate::proto::{Checksum, ObjectId, ReplicaState};
 
 mod namespace;
+mod uploads;
+pub use uploads::NewUpload;
 
 /// Writes folded into one transaction at most.
 const MAX_BATCH: usize = 512;
@@ -109,6 +111,8 @@ const MIGRATIONS: &[&str] = &[
     // an operator sets and a restart of the master must not forget.
     "ALTER TABLE nodes ADD COLUMN zone TEXT;
     ALTER TABLE nodes ADD COLUMN drain TEXT CHECK (drain IN ('draining', 'drained'));",
+    // 6: the secret that signs upload ids (`db/uploads.rs`).
+    uploads::MIGRATION,
 ];
 
 /// The master layer's error; its status is the HTTP answer.
@@ -524,8 +528,8 @@ impl MetaDb {
     }
 
     /// Creates a pending object placed on `placed` (node id, address), whose addresses it
-    /// returns. The caller chooses the nodes (from the master's memory of them): the
-    /// write itself is one row.
+    /// returns: an upload as versions before one-commit uploads recorded it at `init`.
+    #[cfg(test)]
     pub fn create_object(
         &self,
         id: ObjectId,
@@ -550,114 +554,10 @@ impl MetaDb {
         })
     }
 
-    /// Completes a pending object once at least `quorum` replicas are confirmed with the
-    /// same size and checksum. `found` are replicas the master confirmed itself by asking
-    /// their nodes. Replicas that disagree with the majority are dropped and deleted from
-    /// their nodes; placed replicas never confirmed become `missing`, for repair to fill.
-    /// Completing a complete object again is a no-op.
+    /// A legacy pending row's `complete` (`uploads.rs` holds the logic).
+    #[cfg(test)]
     pub fn complete_object(&self, id: ObjectId, quorum: usize, found: Vec<Confirmation>) -> MetaResult<()> {
-        self.write(move |conn| {
-            let id = id.to_string();
-            let row: Option<(String, i64)> = conn
-                .prepare_cached("SELECT status, replication FROM objects WHERE id = ?1")?
-                .query_row([&id], |row| Ok((row.get(0)?, row.get(1)?)))
-                .optional()?;
-            let replication = match row {
-                None => {
-                    return Err(MetaError::NotFound(format!(
-                        "no upload with objectid {id}; call /api/upload/init first"
-                    )))
-                }
-                Some((status, _)) if status == "deleted" => {
-                    return Err(MetaError::NotFound(format!("upload {id} was deleted or expired; start a new one")))
-                }
-                Some((status, _)) if status == "complete" => return Ok(()),
-                Some((_, replication)) => replication as usize,
-            };
-            let now = now_ms();
-            for confirmation in &found {
-                upsert_confirmed(conn, &id, &confirmation.node_id, confirmation.size, confirmation.checksum, now)?;
-            }
-            type Row = (String, String, String, Option<i64>, Option<String>);
-            let rows: Vec<Row> = conn
-                .prepare_cached(
-                    "SELECT r.node_id, n.address, r.state, r.size, r.checksum FROM replicas r
-                     JOIN nodes n ON n.id = r.node_id WHERE r.object_id = ?1 ORDER BY r.node_id",
-                )?
-                .query_map([&id], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?)))?
-                .collect::<Result<_, _>>()?;
-            let mut rows = rows;
-            for (node, address) in placed_without_row(conn, &id)? {
-                rows.push((node, address, "placed".to_string(), None, None));
-            }
-            // The largest group of confirmed replicas that agree is the object.
-            let mut groups: Vec<((i64, String), Vec<&str>)> = Vec::new();
-            for (node, _, state, size, checksum) in &rows {
-                if let (true, Some(size), Some(checksum)) = (state == "confirmed", size, checksum) {
-                    let key = (*size, checksum.clone());
-                    match groups.iter_mut().find(|(k, _)| *k == key) {
-                        Some((_, nodes)) => nodes.push(node),
-                        None => groups.push((key, vec![node])),
-                    }
-                }
-            }
-            groups.sort_by_key(|(_, nodes)| std::cmp::Reverse(nodes.len()));
-            let need = quorum.min(replication).max(1);
-            let Some(((size, checksum), agreeing)) = groups.first().filter(|(_, nodes)| nodes.len() >= need) else {
-                let confirmed = groups.first().map_or(0, |(_, nodes)| nodes.len());
-                let missing: Vec<String> = rows
-                    .iter()
-                    .filter(|(node, ..)| !groups.first().is_some_and(|(_, nodes)| nodes.contains(&node.as_str())))
-                    .map(|(node, address, state, ..)| format!("{node} ({address}, {state})"))
-                    .collect();
-                return Err(MetaError::Unavailable(format!(
-                    "only {confirmed} of the {need} required replicas of {id} are confirmed by their datanodes; \
-                     not confirmed: {}; upload the object to the missing nodes and complete again",
-                    if missing.is_empty() { "none placed".to_string() } else { missing.join(", ") }
-                )));
-            };
-            // A copy confirmed by its datanode counts wherever it landed (the original
-            // walk-through PUTs to nodes of its own choosing, not to the placed ones); copies
-            // beyond the replication factor are removed, placed nodes' kept first.
-            let placed = placed_nodes(conn, &id)?;
-            let mut keep: Vec<&str> = agreeing.clone();
-            keep.sort_by_key(|node| !placed.iter().any(|p| p == node));
-            let surplus = keep.split_off(keep.len().min(replication));
-            for node in &surplus {
-                forget_replica(conn, &id, node)?;
-                schedule_deletion(conn, node, &id, now)?;
-            }
-            let short = keep.len() < replication;
-            for (node, _, state, ..) in &rows {
-                if keep.contains(&node.as_str()) || surplus.contains(&node.as_str()) {
-                    continue;
-                }
-                if state == "confirmed" {
-                    // A copy with other bytes than the object: not a replica of it. While
-                    // the object is short of its count, the row stays as a `missing`
-                    // marker, since repair looks only at objects with such a row.
-                    if short {
-                        mark_missing(conn, &id, node, now)?;
-                    } else {
-                        forget_replica(conn, &id, node)?;
-                    }
-                    schedule_deletion(conn, node, &id, now)?;
-                } else if state == "placed" && short {
-                    // Placed but never confirmed: a copy for repair to make, unless the
-                    // object has its full count elsewhere.
-                    conn.prepare_cached(
-                        "INSERT INTO replicas (object_id, node_id, state, updated_at) VALUES (?1, ?2, 'missing', ?3)",
-                    )?
-                    .execute(params![id, node, now])?;
-                }
-            }
-            conn.prepare_cached(
-                "UPDATE objects SET status = 'complete', completed_at = ?2, size = ?3, checksum = ?4, placed = NULL
-                 WHERE id = ?1",
-            )?
-            .execute(params![id, now, size, checksum])?;
-            Ok(())
-        })
+        self.write(move |conn| uploads::complete_in(conn, &id.to_string(), quorum, found))
     }
 
     /// An object with its replicas, live nodes' first. Unless `any_status`, only
@@ -980,10 +880,13 @@ impl MetaDb {
                  WHERE r.object_id = ?1 AND r.node_id = ?2 AND r.state = 'confirmed' AND r.size = ?3
                    AND r.checksum = ?4 AND o.status = 'complete' AND o.checksum = ?4",
             )?;
+            // A copy of an object with no row (an upload not completed yet) is left
+            // alone by `record_replica` anyway: its `complete` records it.
+            let mut exists = conn.prepare_cached("SELECT 1 FROM objects WHERE id = ?1")?;
             let mut news = Vec::with_capacity(stored.len());
             for replica in stored {
                 let params = params![replica.objectid, node, replica.size as i64, replica.checksum.to_string()];
-                if !known.exists(params)? {
+                if !known.exists(params)? && exists.exists([&replica.objectid])? {
                     news.push(replica);
                 }
             }
@@ -1031,7 +934,10 @@ impl MetaDb {
             for entry in entries {
                 let known = object_status(conn, &entry.objectid)?;
                 if known.is_none() {
-                    if entry.age_secs >= grace_secs {
+                    // A whole second more than the grace: the node counts whole seconds,
+                    // and `finish_upload` refuses uploads older than the grace, so a
+                    // copy is never deleted under an upload that completes.
+                    if entry.age_secs > grace_secs {
                         delete.push(entry.objectid);
                     }
                     continue;
