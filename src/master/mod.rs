@@ -934,9 +934,10 @@ impl MasterState {
     /// More nodes for an upload in flight, in memory (`replace_nodes` for one with a row).
     fn replace_in_flight(&self, id: ObjectId, upload: NewUpload, body: ReplaceNodes) -> Result<Vec<String>, ApiError> {
         if db::now_ms() - upload.issued_ms >= self.upload_grace_ms() {
-            return Err(ApiError::new(409, format!("upload {id} expired; start a new upload")));
+            return Err(MetaError::Conflict(format!("upload {id} expired; start a new upload")).into());
         }
-        if self.db.object_with_status(id, true).is_ok() {
+        // Completed or deleted already.
+        if self.db.has_row(id)? {
             return Err(MetaError::Conflict(format!("object {id} is not an upload in progress")).into());
         }
         let known = Arc::clone(&self.nodes.read().expect("nodes lock"));

@@ -125,6 +125,9 @@ fn a_deleted_upload_in_flight_never_completes() {
     let body = json!({"objectid": id}).to_string();
     let (status, answer) = request("POST", &format!("{m}/api/upload/complete"), Some(body.as_bytes())).unwrap();
     assert_eq!(status, 404, "{answer}");
+    let replace = json!({"objectid": id, "failed": [node], "count": 1}).to_string();
+    let (status, answer) = request("POST", &format!("{m}/api/upload/replace"), Some(replace.as_bytes())).unwrap();
+    assert_eq!(status, 409, "{answer}");
     // Its node is told to delete the copy at its next check-in.
     wait_until("the deleted upload's copy to go", Duration::from_secs(30), || {
         get_bytes(&format!("{node}/objects/{id}")) == Err(404)

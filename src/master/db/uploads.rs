@@ -41,6 +41,11 @@ impl MetaDb {
         })
     }
 
+    /// Whether `id` has a row: complete, deleted, or pending from an older version.
+    pub fn has_row(&self, id: ObjectId) -> MetaResult<bool> {
+        self.read(|conn| Ok(object_status(conn, &id.to_string())?.is_some()))
+    }
+
     /// Completes an upload once at least `quorum` replicas are confirmed with the same
     /// size and checksum, in one write: the object row and its replica rows. `found` are
     /// the replicas its datanodes vouched for (receipts, or the master's own `HEAD`).
