@@ -1044,7 +1044,7 @@ impl MasterState {
         };
         // An upload without a row cannot complete on nothing: without receipts (the
         // seed's flow), its nodes are asked first rather than spend a write on it.
-        if !(found.is_empty() && upload.is_some()) {
+        if !(found.is_empty() && upload.is_some() && !self.db.has_row(id)?) {
             match complete(found.clone()) {
                 Err(MetaError::Unavailable(_)) => {}
                 done => {
