@@ -371,7 +371,7 @@ impl Client {
         replication: Option<usize>,
         open: &mut dyn FnMut() -> io::Result<R>,
     ) -> Result<Uploaded, ClientError> {
-        let placement = self.init_upload(len, replication)?;
+        let placement = self.retrying(|| self.init_upload(len, replication))?;
         let id = ObjectId::parse(&placement.objectid)
             .map_err(|message| ClientError::Protocol { url: self.master.clone(), message })?;
         let wanted = placement.nodes.len();
@@ -448,13 +448,13 @@ impl Client {
             each.reverse();
             return Err(ClientError::NoReplica { message: format!("no datanode stored {id} ({})", each.join("; ")) });
         }
-        let receipts = stored
+        let receipts: Vec<Receipt> = stored
             .iter()
             .filter(|r| r.status == 201)
             .filter_map(|r| r.receipt.clone())
             .filter(|r| r.size == len && source == Some(r.checksum))
             .collect();
-        self.complete_retrying(&id, receipts).map_err(|e| match e {
+        self.retrying(|| self.complete_with_receipts(&id, receipts.clone())).map_err(|e| match e {
             ClientError::Api { url, status, message } => {
                 let outcome: Vec<String> = stored
                     .iter()
@@ -479,15 +479,16 @@ impl Client {
         Ok(Uploaded { id, size: len, checksum: source.unwrap_or_default(), replicas: stored })
     }
 
-    /// `complete` is idempotent, so an answer lost on the way (a master restarted, a
-    /// connection cut) is asked again, with backoff, for a bounded time. A definite
-    /// answer from the master (404, 503 "not confirmed") is not retried.
-    fn complete_retrying(&self, id: &ObjectId, receipts: Vec<Receipt>) -> Result<(), ClientError> {
+    /// Asks the master again, with backoff and for a bounded time, when its answer is
+    /// lost (a master restarting, a connection cut): for `init`, which writes nothing
+    /// durable, and `complete`, which is idempotent. A definite answer from the master
+    /// (400, 404, 503 "not confirmed") is not retried.
+    fn retrying<T>(&self, mut call: impl FnMut() -> Result<T, ClientError>) -> Result<T, ClientError> {
         let mut delay = Duration::from_millis(250);
-        let deadline = Instant::now() + COMPLETE_RETRY_FOR;
+        let deadline = Instant::now() + MASTER_RETRY_FOR;
         loop {
-            let error = match self.complete_with_receipts(id, receipts.clone()) {
-                Ok(()) => return Ok(()),
+            let error = match call() {
+                Ok(answer) => return Ok(answer),
                 Err(e) => e,
             };
             let lost = match &error {
@@ -668,8 +669,8 @@ impl Client {
 
 /// Chain attempts of one upload: the first, and replacements for nodes it lost.
 const MAX_CHAIN_ATTEMPTS: usize = 4;
-/// How long `complete` is asked again when its answer is lost.
-const COMPLETE_RETRY_FOR: Duration = Duration::from_secs(16);
+/// How long `init` and `complete` are asked again when their answer is lost.
+const MASTER_RETRY_FOR: Duration = Duration::from_secs(16);
 
 /// Sorts a chain's results, in chain order, into copies stored (201, or 409: the node has
 /// the object already) whose checksum is `read`, the node where the chain broke (known to

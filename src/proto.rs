@@ -533,6 +533,15 @@ impl ObjectId {
         ObjectId(uuid::Uuid::new_v4())
     }
 
+    /// The id with these 16 bytes (the master's upload ids build their own).
+    pub fn from_bytes(bytes: [u8; 16]) -> ObjectId {
+        ObjectId(uuid::Uuid::from_bytes(bytes))
+    }
+
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        self.0.as_bytes()
+    }
+
     /// Accepts any UUID spelling; anything else (including every path trick) is rejected.
     pub fn parse(text: &str) -> Result<ObjectId, String> {
         uuid::Uuid::try_parse(text).map(ObjectId).map_err(|_| {

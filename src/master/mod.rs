@@ -17,6 +17,7 @@ pub mod placement;
 pub mod repair;
 mod s3;
 mod ui;
+mod uploads;
 
 use std::collections::HashMap;
 use std::io;
@@ -38,10 +39,11 @@ use crate::proto::{
     InitUpload, Inventory, NodeCommands, NodeInfo, NodeList, ObjectId, ObjectInfo, Placement, RegisterNode,
     ReplaceNodes, ReplicaInfo, ReplicaReport, StatusOk,
 };
-use db::{Candidate, Confirmation, Counts, Drain, MetaDb, MetaError, Registered};
+use db::{Candidate, Confirmation, Counts, Drain, MetaDb, MetaError, NewUpload, Registered};
 use events::{EventKind, Events};
 use liveness::{Membership, NodeState, Reported};
 use metrics::MasterMetrics;
+use uploads::{Placed, Placements, UploadIds};
 
 #[derive(Debug, Clone)]
 pub struct MasterConfig {
@@ -109,6 +111,9 @@ const FAILED_NODE_PENALTY: Duration = Duration::from_secs(10);
 /// a database so large that reading them is slow, at most a tenth of the time.
 const SNAPSHOT_TTL: Duration = Duration::from_secs(1);
 const SNAPSHOT_COST_FACTOR: u32 = 10;
+/// Placements of uploads in flight kept in memory, per generation (`Placements`): two
+/// generations hold the last 100,000 or more, a few hundred bytes each.
+const PLACEMENTS_KEPT: usize = 50_000;
 
 /// What the status page and the state metrics show, read at one time.
 pub struct Snapshot {
@@ -149,6 +154,7 @@ impl Master {
         let db_path = config.data_dir.join("meta.db");
         let db = MetaDb::open(&db_path, config.threads + 2).map_err(io::Error::other)?;
         let metrics = MasterMetrics::new(db.commit_batches());
+        let upload_ids = UploadIds::new(&db.upload_secret().map_err(io::Error::other)?);
         // Moves do not survive a restart: their expected copies are dropped.
         db.forget_all_expected().map_err(io::Error::other)?;
         let known = db.nodes().map_err(io::Error::other)?;
@@ -178,6 +184,8 @@ impl Master {
             metrics,
             snapshot: Mutex::new(None),
             drains: Mutex::new(drains),
+            upload_ids,
+            placements: Placements::new(PLACEMENTS_KEPT),
         });
         let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
         let maintenance_state = Arc::clone(&state);
@@ -396,6 +404,10 @@ struct MasterState {
     /// Nodes an operator drains, and how far: the database's record, kept in memory for
     /// the maintenance loop.
     drains: Mutex<HashMap<String, Drain>>,
+    /// Issues and checks upload ids, which prove themselves (`uploads.rs`).
+    upload_ids: UploadIds,
+    /// Where uploads in flight were placed: memory only, bounded.
+    placements: Placements,
 }
 
 impl Registry for RwLock<Arc<Vec<Candidate>>> {
@@ -483,7 +495,7 @@ impl MasterState {
             }
             Endpoint::GetObject(id) => self.get_object(id),
             Endpoint::DeleteObject(id) => {
-                self.db.delete_object(id)?;
+                self.delete_object(id)?;
                 log::info("master", &format!("object {id} deleted; its copies are removed as their nodes check in"));
                 Ok(http::json_reply(200, &StatusOk::ok()))
             }
@@ -885,11 +897,66 @@ impl MasterState {
                 "replication {replication} is out of range 1..={MAX_REPLICATION}"
             )));
         }
-        let id = ObjectId::new_random();
+        // Nothing durable: the id proves it was issued here, for how many copies and
+        // when, and the placement is kept in memory (`uploads.rs`).
+        let id = self.upload_ids.issue(replication, db::now_ms(), &mut rand::thread_rng());
         let known = Arc::clone(&self.nodes.read().expect("nodes lock"));
         let placed = self.chooser(body.size)(&known, replication)?;
-        let nodes = self.db.create_object(id, body.size, replication, placed)?;
-        Ok(http::json_reply(200, &self.placement(id, nodes)))
+        let (nodes, addresses): (Vec<String>, Vec<String>) = placed.into_iter().unzip();
+        self.placements.insert(id, Placed { size: body.size, nodes });
+        Ok(http::json_reply(200, &self.placement(id, addresses)))
+    }
+
+    /// An upload this master issued the id of, with its placement if still in memory;
+    /// `None` for an id of an upload with a row (or of none at all).
+    fn new_upload(&self, id: &ObjectId) -> Option<NewUpload> {
+        let issued = self.upload_ids.check(id)?;
+        let placed = self.placements.get(id).map(|p| p.nodes).unwrap_or_default();
+        Some(NewUpload { replication: issued.replication, issued_ms: issued.issued_ms, placed })
+    }
+
+    fn upload_grace_ms(&self) -> i64 {
+        self.config.upload_grace.as_millis() as i64
+    }
+
+    /// Deletes an object, or an upload in flight (which then can no longer complete).
+    fn delete_object(&self, id: ObjectId) -> Result<(), ApiError> {
+        match (self.db.delete_object(id), self.new_upload(&id)) {
+            (Err(MetaError::NotFound(_)), Some(upload)) => {
+                self.db.delete_upload(id, upload, self.upload_grace_ms())?;
+                self.placements.remove(&id);
+                Ok(())
+            }
+            (done, _) => Ok(done?),
+        }
+    }
+
+    /// More nodes for an upload in flight, in memory (`replace_nodes` for one with a row).
+    fn replace_in_flight(&self, id: ObjectId, upload: NewUpload, body: ReplaceNodes) -> Result<Vec<String>, ApiError> {
+        if db::now_ms() - upload.issued_ms >= self.upload_grace_ms() {
+            return Err(MetaError::Conflict(format!("upload {id} expired; start a new upload")).into());
+        }
+        // Completed or deleted already.
+        if self.db.has_row(id)? {
+            return Err(MetaError::Conflict(format!("object {id} is not an upload in progress")).into());
+        }
+        let known = Arc::clone(&self.nodes.read().expect("nodes lock"));
+        let id_of = |address: &String| known.iter().find(|(_, a)| a == address).map(|(node, _)| node.clone());
+        let failed: Vec<String> = body.failed.iter().filter_map(id_of).collect();
+        let mut placed = upload.placed;
+        placed.retain(|node| !failed.contains(node));
+        for node in body.keep.iter().filter_map(id_of) {
+            if !placed.contains(&node) {
+                placed.push(node);
+            }
+        }
+        let candidates: Vec<Candidate> =
+            known.iter().filter(|(node, _)| !placed.contains(node) && !failed.contains(node)).cloned().collect();
+        let size = self.placements.get(&id).map_or(0, |p| p.size);
+        let chosen = self.chooser(size)(&candidates, body.count)?;
+        placed.extend(chosen.iter().map(|(node, _)| node.clone()));
+        self.placements.insert(id, Placed { size, nodes: placed });
+        Ok(chosen.into_iter().map(|(_, address)| address).collect())
     }
 
     fn replace_nodes(&self, body: ReplaceNodes) -> Result<Reply, ApiError> {
@@ -897,7 +964,11 @@ impl MasterState {
         if body.count == 0 || body.count > MAX_REPLICATION {
             return Err(ApiError::bad_request(format!("count must be between 1 and {MAX_REPLICATION}")));
         }
-        let size = self.db.object_with_status(id, true)?.size;
+        let upload = self.new_upload(&id);
+        let size = match &upload {
+            Some(_) => 0,
+            None => self.db.object_with_status(id, true)?.size,
+        };
         // A node that fails chains is avoided by placement for a while: most likely it
         // is dead and not yet declared so, or cut off from its peers.
         let until = Instant::now() + FAILED_NODE_PENALTY;
@@ -919,8 +990,12 @@ impl MasterState {
                 "{stranger} in \"keep\" is not a registered datanode; name only nodes of this upload's placement"
             )));
         }
-        let nodes = self.db.replace_nodes(id, body.failed, body.count, self.chooser(size))?;
-        let mut signed = body.keep;
+        let keep = body.keep.clone();
+        let nodes = match upload {
+            Some(upload) => self.replace_in_flight(id, upload, body)?,
+            None => self.db.replace_nodes(id, body.failed, body.count, self.chooser(size))?,
+        };
+        let mut signed = keep;
         signed.extend(nodes.iter().cloned());
         let signature = self.sign_chain(id, &signed);
         Ok(http::json_reply(200, &Placement { objectid: id.to_string(), nodes, signature }))
@@ -941,10 +1016,12 @@ impl MasterState {
         })
     }
 
-    /// Completes an upload once enough replicas are confirmed. Receipts signed by the
-    /// datanodes usually suffice, in one write. Otherwise replicas no datanode has
-    /// reported yet (a node without `--master`, a report still on its way) are checked
-    /// by asking their node directly, and the upload is completed with what they say.
+    /// Completes an upload once enough replicas are confirmed, in one durable write.
+    /// Receipts signed by the datanodes usually suffice. Otherwise replicas no datanode
+    /// has vouched for yet (the seed's `complete` without receipts, a node without
+    /// `--master`) are checked by asking their node directly: the placed nodes first
+    /// (from the upload's row, or the master's memory), then other live nodes, and the
+    /// upload is completed with what they say.
     fn complete_upload(&self, body: CompleteUpload) -> Result<Reply, ApiError> {
         let id = ObjectId::parse(&body.objectid).map_err(ApiError::bad_request)?;
         let canonical = id.to_string();
@@ -955,23 +1032,57 @@ impl MasterState {
             .filter(|r| self.membership.get(&r.node).is_some() && r.verify(token, &canonical))
             .map(|r| Confirmation { node_id: r.node.clone(), size: r.size, checksum: r.checksum })
             .collect();
+        let upload = self.new_upload(&id);
         // Without a configured write quorum, every placed replica is needed.
         let quorum = self.config.write_quorum.unwrap_or(usize::MAX);
-        match self.db.complete_object(id, quorum, found.clone()) {
-            Err(MetaError::Unavailable(_)) => {}
-            done => {
-                done?;
-                return Ok(http::json_reply(200, &StatusOk::ok()));
+        let complete = |found: Vec<Confirmation>| {
+            let done = self.db.finish_upload(id, upload.clone(), self.upload_grace_ms(), quorum, found);
+            if done.is_ok() {
+                self.placements.remove(&id);
+            }
+            done
+        };
+        // An upload without a row cannot complete on nothing: without receipts (the
+        // seed's flow), its nodes are asked first rather than spend a write on it.
+        if !(found.is_empty() && upload.is_some() && !self.db.has_row(id)?) {
+            match complete(found.clone()) {
+                Err(MetaError::Unavailable(_)) => {}
+                done => {
+                    done?;
+                    return Ok(http::json_reply(200, &StatusOk::ok()));
+                }
             }
         }
-        let object = self.db.object_with_status(id, true)?;
+        // Short of copies: an upload of an older version has a pending row, which says
+        // where it was placed and what is confirmed; one without has only its id.
+        let known = Arc::clone(&self.nodes.read().expect("nodes lock"));
+        let (replication, placed, confirmed): (usize, Vec<Candidate>, Vec<String>) =
+            match (self.db.object_with_status(id, true), &upload) {
+                (Ok(object), _) => (
+                    object.replication,
+                    object
+                        .replicas
+                        .iter()
+                        .filter(|r| !r.confirmed())
+                        .map(|r| (r.node_id.clone(), r.address.clone()))
+                        .collect(),
+                    object.replicas.iter().filter(|r| r.confirmed()).map(|r| r.node_id.clone()).collect(),
+                ),
+                (Err(MetaError::NotFound(_)), Some(upload)) => (
+                    upload.replication,
+                    known.iter().filter(|(node, _)| upload.placed.contains(node)).cloned().collect(),
+                    Vec::new(),
+                ),
+                (Err(e), _) => return Err(e.into()),
+            };
         let known_node = |node: &str, found: &[Confirmation]| found.iter().any(|f| f.node_id == node);
-        let unconfirmed: Vec<&db::ReplicaRow> =
-            object.replicas.iter().filter(|r| !r.confirmed() && !known_node(&r.node_id, &found)).collect();
-        let asked: Vec<Confirmation> =
-            unconfirmed.into_iter().filter_map(|r| self.ask_node(&r.node_id, &r.address, &id)).collect();
+        let asked: Vec<Confirmation> = placed
+            .iter()
+            .filter(|(node, _)| !known_node(node, &found))
+            .filter_map(|(node, address)| self.ask_node(node, address, &id))
+            .collect();
         found.extend(asked);
-        match self.db.complete_object(id, quorum, found.clone()) {
+        match complete(found.clone()) {
             Err(MetaError::Unavailable(_)) => {}
             done => {
                 done?;
@@ -980,30 +1091,29 @@ impl MasterState {
         }
         // Still short: a copy confirmed by a datanode counts wherever it landed, so live
         // nodes the upload was not placed on are asked too (the original walk-through
-        // PUTs to nodes of its own choosing, and their reports may still be on the way).
-        let known = Arc::clone(&self.nodes.read().expect("nodes lock"));
-        let confirmed: Vec<&str> =
-            object.replicas.iter().filter(|r| r.confirmed()).map(|r| r.node_id.as_str()).collect();
-        let copies = |found: &[Confirmation]| {
-            confirmed.len() + found.iter().filter(|f| !confirmed.contains(&f.node_id.as_str())).count()
-        };
+        // PUTs to nodes of its own choosing, and their reports may still be on the way;
+        // after a restart the master no longer knows where it placed an upload).
+        let copies =
+            |found: &[Confirmation]| confirmed.len() + found.iter().filter(|f| !confirmed.contains(&f.node_id)).count();
         let deadline = Instant::now() + ASKING_OTHERS_FOR;
         let others = known
             .iter()
             .filter(|(node, _)| {
                 self.membership.get(node).is_some_and(|m| matches!(m.state, NodeState::Alive | NodeState::Suspect))
             })
-            .filter(|(node, _)| !object.replicas.iter().any(|r| r.node_id == *node) && !known_node(node, &found))
+            .filter(|(node, _)| {
+                !placed.iter().any(|(p, _)| p == node) && !confirmed.contains(node) && !known_node(node, &found)
+            })
             .take(MAX_NODES_ASKED)
             .cloned()
             .collect::<Vec<Candidate>>();
         for (node, address) in &others {
-            if copies(&found) >= object.replication || Instant::now() > deadline {
+            if copies(&found) >= replication || Instant::now() > deadline {
                 break;
             }
             found.extend(self.ask_node(node, address, &id));
         }
-        self.db.complete_object(id, quorum, found)?;
+        complete(found)?;
         Ok(http::json_reply(200, &StatusOk::ok()))
     }
 
@@ -1019,7 +1129,15 @@ impl MasterState {
     }
 
     fn get_object(&self, id: ObjectId) -> Result<Reply, ApiError> {
-        let object = self.db.object(id)?;
+        let object = match self.db.object(id) {
+            Err(MetaError::NotFound(_)) if self.placements.get(&id).is_some() => {
+                return Err(ApiError::new(
+                    404,
+                    format!("object {id} is still being uploaded; it is served once /api/upload/complete succeeds"),
+                ))
+            }
+            found => found?,
+        };
         // Copies a node has lost or found corrupt are not replicas to read from.
         let readable: Vec<&db::ReplicaRow> = object.replicas.iter().filter(|r| r.confirmed()).collect();
         let info = ObjectInfo {

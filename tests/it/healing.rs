@@ -367,7 +367,16 @@ fn a_cluster_token_keeps_strangers_out() {
 
 #[test]
 fn uploads_never_completed_are_collected() {
-    let cluster = fast_cluster("expire", 2, 2, &["--upload-grace", "1"]);
+    // An upload has no row before its `complete`: what an abandoned one leaves is copies
+    // of an unknown object, which the nodes' inventories find.
+    let mut datanode = FAST_DATANODE.to_vec();
+    datanode.extend(["--inventory-interval", "0.5"]);
+    let cluster = TestCluster::start_with(
+        "expire",
+        2,
+        &["--replication", "2", "--dead-after", "1.5", "--upload-grace", "1"],
+        &datanode,
+    );
     let body = json!({"size": 5}).to_string();
     let (_, placement) =
         request("POST", &format!("{}/api/upload/init", cluster.master.url), Some(body.as_bytes())).unwrap();

@@ -43,7 +43,7 @@ pub enum Workload {
     Get,
     /// Puts and gets at `put_percent` puts.
     Mixed,
-    /// `POST /api/upload/init` alone: one durable metadata write per operation.
+    /// `POST /api/upload/init` alone: a placement, no durable write.
     Init,
     /// `GET /api/objects/{id}` on the master alone.
     Lookup,

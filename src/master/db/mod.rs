@@ -14,7 +14,8 @@
 //! (migrations and connection settings), `error` (`MetaError`), `nodes`, `objects`
 //! (uploads and objects), `replicas` (reports, inventories, deletions, repair
 //! candidates), `drains` (zones, drains, moves, removal), `counts` (the cluster's
-//! totals), `states` (the states the tables keep, as enums), `namespace` (the S3
+//! totals), `uploads` (the secret upload ids are signed with, and `complete`: the one
+//! durable write of an upload), `states` (the states the tables keep, as enums), `namespace` (the S3
 //! namespace) and `bench` (offline population). Every SQL statement of the project lives
 //! in this folder.
 
@@ -37,6 +38,7 @@ mod schema;
 mod states;
 #[cfg(test)]
 mod tests;
+mod uploads;
 mod writer;
 
 pub use counts::Counts;
@@ -48,6 +50,7 @@ use objects::{forget_object, object_status};
 pub use objects::{Candidate, Confirmation, ReplicaRow};
 use schema::{migrate, open_connection};
 pub use states::{ObjectStatus, ReplicaStatus};
+pub use uploads::NewUpload;
 use writer::{checkpoint_loop, Writer};
 
 /// Write-ahead log pages after which a commit checkpoints by itself (SQLite's default is

@@ -3,7 +3,7 @@
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::replicas::{forget_replica, has_record, mark_missing, schedule_deletion, upsert_confirmed};
+use super::replicas::{has_record, schedule_deletion};
 use super::{now_ms, MetaDb, MetaError, MetaResult, ObjectStatus, ReplicaStatus};
 use crate::master::liveness::NodeState;
 use crate::proto::{Checksum, ObjectId};
@@ -53,8 +53,8 @@ pub type Candidate = (String, String);
 
 impl MetaDb {
     /// Creates a pending object placed on `placed` (node id, address), whose addresses it
-    /// returns. The caller chooses the nodes (from the master's memory of them): the
-    /// write itself is one row.
+    /// returns: an upload as versions before one-commit uploads recorded it at `init`.
+    #[cfg(test)]
     pub fn create_object(
         &self,
         id: ObjectId,
@@ -79,118 +79,10 @@ impl MetaDb {
         })
     }
 
-    /// Completes a pending object once at least `quorum` replicas are confirmed with the
-    /// same size and checksum. `found` are replicas the master confirmed itself by asking
-    /// their nodes. Replicas that disagree with the majority are dropped and deleted from
-    /// their nodes; placed replicas never confirmed become `missing`, for repair to fill.
-    /// Completing a complete object again is a no-op.
+    /// A legacy pending row's `complete` (`uploads.rs` holds the logic).
+    #[cfg(test)]
     pub fn complete_object(&self, id: ObjectId, quorum: usize, found: Vec<Confirmation>) -> MetaResult<()> {
-        self.write(move |conn| {
-            let id = id.to_string();
-            let row: Option<(ObjectStatus, i64)> = conn
-                .prepare_cached("SELECT status, replication FROM objects WHERE id = ?1")?
-                .query_row([&id], |row| Ok((row.get(0)?, row.get(1)?)))
-                .optional()?;
-            let replication = match row {
-                None => {
-                    return Err(MetaError::NotFound(format!(
-                        "no upload with objectid {id}; call /api/upload/init first"
-                    )))
-                }
-                Some((ObjectStatus::Deleted, _)) => {
-                    return Err(MetaError::NotFound(format!("upload {id} was deleted or expired; start a new one")))
-                }
-                Some((ObjectStatus::Complete, _)) => return Ok(()),
-                Some((ObjectStatus::Pending, replication)) => replication as usize,
-            };
-            let now = now_ms();
-            for confirmation in &found {
-                upsert_confirmed(conn, &id, &confirmation.node_id, confirmation.size, confirmation.checksum, now)?;
-            }
-            type Row = (String, String, ReplicaStatus, Option<i64>, Option<String>);
-            let rows: Vec<Row> = conn
-                .prepare_cached(
-                    "SELECT r.node_id, n.address, r.state, r.size, r.checksum FROM replicas r
-                     JOIN nodes n ON n.id = r.node_id WHERE r.object_id = ?1 ORDER BY r.node_id",
-                )?
-                .query_map([&id], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?)))?
-                .collect::<Result<_, _>>()?;
-            let mut rows = rows;
-            for (node, address) in placed_without_row(conn, &id)? {
-                rows.push((node, address, ReplicaStatus::Placed, None, None));
-            }
-            // The largest group of confirmed replicas that agree is the object.
-            let mut groups: Vec<((i64, String), Vec<&str>)> = Vec::new();
-            for (node, _, state, size, checksum) in &rows {
-                if let (ReplicaStatus::Confirmed, Some(size), Some(checksum)) = (state, size, checksum) {
-                    let key = (*size, checksum.clone());
-                    match groups.iter_mut().find(|(k, _)| *k == key) {
-                        Some((_, nodes)) => nodes.push(node),
-                        None => groups.push((key, vec![node])),
-                    }
-                }
-            }
-            groups.sort_by_key(|(_, nodes)| std::cmp::Reverse(nodes.len()));
-            let need = quorum.min(replication).max(1);
-            let Some(((size, checksum), agreeing)) = groups.first().filter(|(_, nodes)| nodes.len() >= need) else {
-                let confirmed = groups.first().map_or(0, |(_, nodes)| nodes.len());
-                let missing: Vec<String> = rows
-                    .iter()
-                    .filter(|(node, ..)| !groups.first().is_some_and(|(_, nodes)| nodes.contains(&node.as_str())))
-                    .map(|(node, address, state, ..)| format!("{node} ({address}, {})", state.as_str()))
-                    .collect();
-                return Err(MetaError::Unavailable(format!(
-                    "only {confirmed} of the {need} required replicas of {id} are confirmed by their datanodes; \
-                     not confirmed: {}; upload the object to the missing nodes and complete again",
-                    if missing.is_empty() { "none placed".to_string() } else { missing.join(", ") }
-                )));
-            };
-            // A copy confirmed by its datanode counts wherever it landed (the original
-            // walk-through PUTs to nodes of its own choosing, not to the placed ones); copies
-            // beyond the replication factor are removed, placed nodes' kept first.
-            let placed = placed_nodes(conn, &id)?;
-            let mut keep: Vec<&str> = agreeing.clone();
-            keep.sort_by_key(|node| !placed.iter().any(|p| p == node));
-            let surplus = keep.split_off(keep.len().min(replication));
-            for node in &surplus {
-                forget_replica(conn, &id, node)?;
-                schedule_deletion(conn, node, &id, now)?;
-            }
-            let short = keep.len() < replication;
-            for (node, _, state, ..) in &rows {
-                if keep.contains(&node.as_str()) || surplus.contains(&node.as_str()) {
-                    continue;
-                }
-                match state {
-                    ReplicaStatus::Confirmed => {
-                        // A copy with other bytes than the object: not a replica of it.
-                        // While the object is short of its count, the row stays as a
-                        // `missing` marker, since repair looks only at objects with such a row.
-                        if short {
-                            mark_missing(conn, &id, node, now)?;
-                        } else {
-                            forget_replica(conn, &id, node)?;
-                        }
-                        schedule_deletion(conn, node, &id, now)?;
-                    }
-                    ReplicaStatus::Placed if short => {
-                        // Placed but never confirmed: a copy for repair to make, unless the
-                        // object has its full count elsewhere.
-                        conn.prepare_cached(
-                            "INSERT INTO replicas (object_id, node_id, state, updated_at) VALUES (?1, ?2, 'missing', ?3)",
-                        )?
-                        .execute(params![id, node, now])?;
-                    }
-                    ReplicaStatus::Placed | ReplicaStatus::Quarantined | ReplicaStatus::Missing => {}
-                }
-            }
-            conn.prepare_cached(
-                "UPDATE objects SET status = 'complete', completed_at = ?2, size = ?3, checksum = ?4, placed = NULL
-                 WHERE id = ?1",
-            )?
-            .execute(params![id, now, size, checksum])?;
-            Ok(())
-        })
+        self.write(move |conn| super::uploads::complete_in(conn, &id.to_string(), quorum, found))
     }
 
     /// An object with its replicas, live nodes' first. Unless `any_status`, only

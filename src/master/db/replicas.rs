@@ -28,10 +28,13 @@ impl MetaDb {
                  WHERE r.object_id = ?1 AND r.node_id = ?2 AND r.state = 'confirmed' AND r.size = ?3
                    AND r.checksum = ?4 AND o.status = 'complete' AND o.checksum = ?4",
             )?;
+            // A copy of an object with no row (an upload not completed yet) is left
+            // alone by `record_replica` anyway: its `complete` records it.
+            let mut exists = conn.prepare_cached("SELECT 1 FROM objects WHERE id = ?1")?;
             let mut news = Vec::with_capacity(stored.len());
             for replica in stored {
                 let params = params![replica.objectid, node, replica.size as i64, replica.checksum.to_string()];
-                if !known.exists(params)? {
+                if !known.exists(params)? && exists.exists([&replica.objectid])? {
                     news.push(replica);
                 }
             }
@@ -79,7 +82,10 @@ impl MetaDb {
             for entry in entries {
                 let known = object_status(conn, &entry.objectid)?;
                 if known.is_none() {
-                    if entry.age_secs >= grace_secs {
+                    // A whole second more than the grace: the node counts whole seconds,
+                    // and `finish_upload` refuses uploads older than the grace, so a
+                    // copy is never deleted under an upload that completes.
+                    if entry.age_secs > grace_secs {
                         delete.push(entry.objectid);
                     }
                     continue;

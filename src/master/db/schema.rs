@@ -5,7 +5,7 @@ use std::path::Path;
 
 use rusqlite::{Connection, OpenFlags};
 
-use super::namespace;
+use super::{namespace, uploads};
 
 /// Schema migrations; `PRAGMA user_version` is the number applied.
 pub(in crate::master::db) const MIGRATIONS: &[&str] = &[
@@ -84,6 +84,8 @@ pub(in crate::master::db) const MIGRATIONS: &[&str] = &[
     namespace::USAGE_MIGRATION,
     // 7: S3 checksums, part times, uploads by key (`db/namespace.rs`).
     namespace::MIGRATION_CHECKSUMS,
+    // 8: the secret that signs upload ids (`db/uploads.rs`).
+    uploads::MIGRATION,
 ];
 
 pub(super) fn open_connection(path: &Path, flags: OpenFlags) -> rusqlite::Result<Connection> {

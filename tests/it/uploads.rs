@@ -1,0 +1,198 @@
+//! One-commit uploads: `init` writes nothing durable, `complete` is the upload's one
+//! durable write; placements survive a master restart through their self-proving ids;
+//! abandoned uploads are collected by inventories after the grace period, and a
+//! `complete` racing the collector never loses the copies it vouched for.
+
+use std::time::{Duration, Instant};
+
+use aetherstore::client::{Client, ClientError};
+use aetherstore::proto::{ObjectId, Receipt};
+use serde_json::json;
+
+use crate::cluster::{api_get, get_bytes, pattern, request, upload, wait_until, TestCluster};
+
+fn client(cluster: &TestCluster) -> Client {
+    Client::new(aetherstore::client::agent(), &cluster.master.url)
+}
+
+/// Metadata writes the master has committed so far (`_sum` of the commit-batch
+/// histogram: every write counts one, however many share a commit).
+fn master_writes(master: &str) -> f64 {
+    let (status, _) = api_get(&format!("{master}/health")).unwrap();
+    assert_eq!(status, 200);
+    let text = crate::cluster::agent().get(&format!("{master}/metrics")).call().unwrap().into_string().unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("aether_master_db_commit_batch_size_sum "))
+        .unwrap_or_else(|| panic!("no commit-batch histogram in:\n{text}"));
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn an_upload_costs_the_master_one_durable_write() {
+    let cluster = TestCluster::start("one-write", 3, 2);
+    let m = cluster.master.url.clone();
+    let client = client(&cluster);
+    // A first upload, so that every node has registered and reported before counting.
+    client.upload(5, None, &mut || Ok(&b"first"[..])).unwrap();
+    let before = master_writes(&m);
+    let n = 30;
+    for i in 0..n {
+        let data = pattern(i, 4096);
+        client.upload(data.len() as u64, None, &mut || Ok(&data[..])).unwrap();
+    }
+    // The seed's flow: `complete` without receipts, the master asks the placed nodes.
+    for i in 0..10 {
+        upload(&m, &pattern(100 + i, 100));
+    }
+    let writes = master_writes(&m) - before;
+    // Two per upload before (init and complete); background work (the maintenance
+    // loop's expiry every 10 s) adds a few at most.
+    assert!(writes <= (n + 10 + 4) as f64, "{writes} metadata writes for {} uploads", n + 10);
+}
+
+#[test]
+fn a_placement_from_before_a_master_restart_completes() {
+    let mut cluster = TestCluster::start("restart-init", 3, 2);
+    let client = client(&cluster);
+    let data = pattern(7, 10_000);
+    let placement = client.init_upload(data.len() as u64, None).unwrap();
+    let id = ObjectId::parse(&placement.objectid).unwrap();
+    assert_eq!(placement.nodes.len(), 2);
+    // Placed, but nothing written yet: the restart forgets the placement.
+    cluster.restart_master();
+    let client = Client::new(aetherstore::client::agent(), &cluster.master.url);
+    let stored =
+        client.put_chain(&placement.nodes, placement.signature.as_deref(), &id, &data[..], data.len() as u64).unwrap();
+    let receipts: Vec<Receipt> = stored.replicas.iter().filter_map(|r| r.receipt.clone()).collect();
+    assert_eq!(receipts.len(), 2);
+    // The client retries while the master restarts; then the id proves itself.
+    client.complete_with_receipts(&id, receipts).unwrap();
+    let (status, object) = api_get(&format!("{}/api/objects/{id}", cluster.master.url)).unwrap();
+    assert_eq!(
+        (status, object["status"].as_str(), object["replicas"].as_array().map(Vec::len)),
+        (200, Some("complete"), Some(2))
+    );
+    let mut read = Vec::new();
+    client.download(&id, &mut read).unwrap();
+    assert!(read == data);
+}
+
+#[test]
+fn uploads_ride_out_a_master_restart() {
+    let mut cluster = TestCluster::start("restart-ride", 2, 2);
+    let client = client(&cluster);
+    // The master is down when the upload starts: `init` is asked again until it is back.
+    cluster.master.kill();
+    let uploader = std::thread::spawn(move || {
+        let data = pattern(3, 5000);
+        let uploaded = client.upload(data.len() as u64, None, &mut || Ok(&data[..]));
+        (client, uploaded.map(|u| u.id))
+    });
+    cluster.restart_master();
+    let (client, uploaded) = uploader.join().unwrap();
+    let id = uploaded.unwrap_or_else(|e| panic!("upload across a master restart: {e}"));
+    let mut read = Vec::new();
+    client.download(&id, &mut read).unwrap();
+    assert!(read == pattern(3, 5000));
+}
+
+#[test]
+fn an_id_the_master_never_issued_does_not_complete() {
+    let cluster = TestCluster::start("foreign-id", 1, 1);
+    let m = &cluster.master.url;
+    let (_, nodes) = api_get(&format!("{m}/api/nodes")).unwrap();
+    let node = nodes["nodes"][0]["address"].as_str().unwrap().to_string();
+    let id = ObjectId::new_random().to_string();
+    assert_eq!(crate::cluster::put_bytes(&format!("{node}/objects/{id}"), b"made up"), 201);
+    let body = json!({"objectid": id}).to_string();
+    let (status, answer) = request("POST", &format!("{m}/api/upload/complete"), Some(body.as_bytes())).unwrap();
+    assert_eq!(status, 404, "{answer}");
+    assert!(answer["error"].as_str().unwrap().contains("call /api/upload/init first"), "{answer}");
+}
+
+#[test]
+fn a_deleted_upload_in_flight_never_completes() {
+    let cluster = TestCluster::start("delete-pending", 1, 1);
+    let m = &cluster.master.url;
+    let body = json!({"size": 4}).to_string();
+    let (_, placement) = request("POST", &format!("{m}/api/upload/init"), Some(body.as_bytes())).unwrap();
+    let id = placement["objectid"].as_str().unwrap();
+    let node = placement["nodes"][0].as_str().unwrap();
+    assert_eq!(crate::cluster::put_bytes(&format!("{node}/objects/{id}"), b"gone"), 201);
+    let (status, answer) = request("DELETE", &format!("{m}/api/objects/{id}"), None).unwrap();
+    assert_eq!(status, 200, "{answer}");
+    let body = json!({"objectid": id}).to_string();
+    let (status, answer) = request("POST", &format!("{m}/api/upload/complete"), Some(body.as_bytes())).unwrap();
+    assert_eq!(status, 404, "{answer}");
+    let replace = json!({"objectid": id, "failed": [node], "count": 1}).to_string();
+    let (status, answer) = request("POST", &format!("{m}/api/upload/replace"), Some(replace.as_bytes())).unwrap();
+    assert_eq!(status, 409, "{answer}");
+    // Its node is told to delete the copy at its next check-in.
+    wait_until("the deleted upload's copy to go", Duration::from_secs(30), || {
+        get_bytes(&format!("{node}/objects/{id}")) == Err(404)
+    });
+}
+
+/// Uploads stored at once and completed one by one across the grace period, while
+/// inventories run every 0.3 s: each `complete` either succeeds, and then its copies
+/// stay, or is refused as expired; never does a complete succeed over collected copies.
+#[test]
+fn a_complete_racing_the_collector_is_never_lost() {
+    let grace = 2;
+    let cluster = TestCluster::start_with(
+        "collector-race",
+        2,
+        &["--replication", "2", "--upload-grace", &grace.to_string()],
+        &["--heartbeat-interval", "0.2", "--inventory-interval", "0.3"],
+    );
+    let client = client(&cluster);
+    let count = 10;
+    let mut uploads = Vec::new();
+    for i in 0..count {
+        let data = pattern(i, 64);
+        let placement = client.init_upload(data.len() as u64, None).unwrap();
+        let id = ObjectId::parse(&placement.objectid).unwrap();
+        let stored = client
+            .put_chain(&placement.nodes, placement.signature.as_deref(), &id, &data[..], data.len() as u64)
+            .unwrap();
+        let receipts: Vec<Receipt> = stored.replicas.iter().filter_map(|r| r.receipt.clone()).collect();
+        assert_eq!(receipts.len(), 2);
+        uploads.push((id, data, placement.nodes, receipts));
+    }
+    let started = Instant::now();
+    let mut completed = Vec::new();
+    let mut refused = Vec::new();
+    for (i, (id, data, nodes, receipts)) in uploads.into_iter().enumerate() {
+        // Spread over 0.5 .. 5 s: before the grace, around it, and well after the
+        // collector took the copies.
+        let at = Duration::from_millis(500 + 500 * i as u64);
+        while started.elapsed() < at {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        match client.complete_with_receipts(&id, receipts) {
+            Ok(()) => completed.push((id, data, nodes)),
+            Err(ClientError::Api { status: 404, message, .. }) => {
+                assert!(message.contains("expired"), "{message}");
+                refused.push((id, nodes));
+            }
+            Err(e) => panic!("complete of {id}: {e}"),
+        }
+    }
+    assert!(!completed.is_empty() && !refused.is_empty(), "{} completed, {} refused", completed.len(), refused.len());
+    // The collector has run past the grace once the refused uploads' copies are gone;
+    // every completed object keeps its copies.
+    wait_until("the refused uploads' copies to be collected", Duration::from_secs(30), || {
+        refused
+            .iter()
+            .all(|(id, nodes)| nodes.iter().all(|node| get_bytes(&format!("{node}/objects/{id}")) == Err(404)))
+    });
+    let m = cluster.master.url.clone();
+    for (id, data, nodes) in &completed {
+        for node in nodes {
+            assert_eq!(get_bytes(&format!("{node}/objects/{id}")).as_deref(), Ok(&data[..]), "{id} on {node}");
+        }
+        let (status, object) = api_get(&format!("{m}/api/objects/{id}")).unwrap();
+        assert_eq!((status, object["replicas"].as_array().map(Vec::len)), (200, Some(2)), "{object}");
+    }
+}
