@@ -1,0 +1,296 @@
+//! The S3 gateway of `aether dev` with the S3 tools people already have: rclone, s3cmd
+//! and the MinIO Python SDK (tests/s3/test_minio.py), each made to upload in parts and
+//! each checked byte for byte; and the gateway's memory through a 1 GiB object.
+//! `.ci/run` installs every tool; under CI=true a missing one fails the test.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::cluster::{have_tool, pattern, TempDir, BIN};
+
+/// `aether dev` with three datanodes, and the S3 endpoint and key its summary printed.
+struct DevS3 {
+    dir: TempDir,
+    child: Child,
+    url: String,
+    key: String,
+    secret: String,
+}
+
+impl DevS3 {
+    fn start(name: &str) -> DevS3 {
+        let dir = TempDir::new(name);
+        let data = dir.path().join("data").display().to_string();
+        let mut child = Command::new(BIN)
+            .args(["dev", "--datanodes", "3", "--port", "0", "--data", &data])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting aether dev");
+        let stdout = child.stdout.take().unwrap();
+        let summary: Vec<String> = std::io::BufRead::lines(std::io::BufReader::new(stdout))
+            .map_while(Result::ok)
+            .take_while(|line| !line.starts_with("Stop it"))
+            .collect();
+        // "  s3  URL  region us-east-1, access key ID secret SECRET"
+        let words: Vec<String> = summary
+            .iter()
+            .find(|l| l.trim_start().starts_with("s3 "))
+            .unwrap_or_else(|| panic!("no s3 line in the summary: {summary:?}"))
+            .split_whitespace()
+            .map(str::to_string)
+            .collect();
+        DevS3 { dir, child, url: words[1].clone(), key: words[6].clone(), secret: words[8].clone() }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The ETag the gateway answers for `bucket/key` (through boto3, which CI has): a
+    /// multipart object's ends in `-PARTS`.
+    fn etag(&self, bucket: &str, key: &str) -> String {
+        let script = "import boto3, os, sys\n\
+            s3 = boto3.client('s3', endpoint_url=os.environ['URL'], region_name='us-east-1',\n\
+                aws_access_key_id=os.environ['KEY'], aws_secret_access_key=os.environ['SECRET'])\n\
+            print(s3.head_object(Bucket=sys.argv[1], Key=sys.argv[2])['ETag'].strip('\"'))\n";
+        let output = self.tool("python3", &["-c", script, bucket, key]);
+        String::from_utf8_lossy(&output.stdout).trim().to_string()
+    }
+
+    /// Runs `program args` with the dev key in the environment; fails the test when it fails.
+    #[track_caller]
+    fn tool(&self, program: &str, args: &[&str]) -> Output {
+        let output = self.command(program, args).output().unwrap_or_else(|e| panic!("running {program}: {e}"));
+        assert!(
+            output.status.success(),
+            "{program} {args:?} failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        output
+    }
+
+    fn command(&self, program: &str, args: &[&str]) -> Command {
+        let mut command = Command::new(program);
+        command
+            .args(args)
+            .stdin(Stdio::null())
+            .env("URL", &self.url)
+            .env("KEY", &self.key)
+            .env("SECRET", &self.secret)
+            // A CA bundle for https makes rclone's S3 client refuse its own transport;
+            // everything here is plain http on loopback.
+            .env_remove("AWS_CA_BUNDLE")
+            .env_remove("AWS_PROFILE");
+        command
+    }
+}
+
+impl Drop for DevS3 {
+    /// Ctrl-C, as a person stops `aether dev`: it stops its datanodes and waits for them.
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-INT", &self.child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.child.try_wait().ok().flatten().is_none() {
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// 12 MiB and a byte: three parts of 5 MiB for every tool told to use 5 MiB parts.
+const MULTIPART_SIZE: usize = (12 << 20) + 1;
+
+/// A local tree to upload: a file that goes up in parts, a small one, one in a folder.
+fn local_tree(root: &Path) -> Vec<(&'static str, Vec<u8>)> {
+    let files = vec![
+        ("big.bin", pattern(21, MULTIPART_SIZE)),
+        ("small.txt", b"a small file\n".to_vec()),
+        ("sub/deep.txt", b"deeper\n".to_vec()),
+    ];
+    for (name, bytes) in &files {
+        let path = root.join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, bytes).unwrap();
+    }
+    files
+}
+
+#[track_caller]
+fn assert_same_tree(expected: &[(&str, Vec<u8>)], root: &Path) {
+    for (name, bytes) in expected {
+        let got = std::fs::read(root.join(name)).unwrap_or_else(|e| panic!("{name} did not come back: {e}"));
+        assert!(got == *bytes, "{name} came back different ({} bytes, {} expected)", got.len(), bytes.len());
+    }
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).to_string()
+}
+
+#[test]
+fn rclone_copies_syncs_checks_and_deletes() {
+    if !have_tool("rclone", &["version"], "apt-get install rclone") {
+        return;
+    }
+    let dev = DevS3::start("s3-rclone");
+    let local = dev.path("local");
+    let files = local_tree(&local);
+    let config = dev.path("rclone.conf").display().to_string();
+    let rclone = |args: &[&str]| -> Output {
+        let mut command = dev.command("rclone", args);
+        // The remote `aether:` from the environment alone, as a script would set it up.
+        command
+            .env("RCLONE_CONFIG", &config)
+            .env("RCLONE_CONFIG_AETHER_TYPE", "s3")
+            .env("RCLONE_CONFIG_AETHER_PROVIDER", "Other")
+            .env("RCLONE_CONFIG_AETHER_ENDPOINT", &dev.url)
+            .env("RCLONE_CONFIG_AETHER_ACCESS_KEY_ID", &dev.key)
+            .env("RCLONE_CONFIG_AETHER_SECRET_ACCESS_KEY", &dev.secret)
+            .env("RCLONE_CONFIG_AETHER_REGION", "us-east-1")
+            .env("RCLONE_CONFIG_AETHER_UPLOAD_CUTOFF", "5M")
+            .env("RCLONE_CONFIG_AETHER_CHUNK_SIZE", "5M")
+            .env("RCLONE_RETRIES", "1")
+            .env("RCLONE_LOW_LEVEL_RETRIES", "1");
+        command.output().expect("running rclone")
+    };
+    let ok = |args: &[&str]| -> String {
+        let output = rclone(args);
+        assert!(output.status.success(), "rclone {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+        stdout(&output)
+    };
+    let local_arg = local.display().to_string();
+
+    ok(&["mkdir", "aether:rclone-bucket"]);
+    assert!(ok(&["lsd", "aether:"]).contains("rclone-bucket"));
+    ok(&["copy", &local_arg, "aether:rclone-bucket/tree"]);
+    let listing = ok(&["ls", "aether:rclone-bucket"]);
+    assert!(listing.contains(&format!("{MULTIPART_SIZE} tree/big.bin")), "{listing}");
+    assert!(listing.contains("13 tree/small.txt") && listing.contains("7 tree/sub/deep.txt"), "{listing}");
+    assert!(dev.etag("rclone-bucket", "tree/big.bin").ends_with("-3"), "big.bin did not go up in 3 parts");
+    // Byte for byte: check --download reads every object back and compares.
+    ok(&["check", "--download", &local_arg, "aether:rclone-bucket/tree"]);
+    assert_eq!(ok(&["cat", "aether:rclone-bucket/tree/sub/deep.txt"]), "deeper\n");
+    let back = dev.path("back");
+    ok(&["copy", "aether:rclone-bucket/tree", &back.display().to_string()]);
+    assert_same_tree(&files, &back);
+
+    // A local change of the same size is a difference that only the bytes show.
+    let mut changed = files[0].1.clone();
+    changed[MULTIPART_SIZE / 2] ^= 1;
+    std::fs::write(local.join("big.bin"), &changed).unwrap();
+    let check = rclone(&["check", "--download", &local_arg, "aether:rclone-bucket/tree"]);
+    assert!(!check.status.success(), "rclone check missed a flipped bit");
+
+    // sync makes the remote the local tree: changed, added and removed files.
+    std::fs::remove_file(local.join("small.txt")).unwrap();
+    std::fs::write(local.join("sub/new.txt"), b"new\n").unwrap();
+    ok(&["sync", &local_arg, "aether:rclone-bucket/tree"]);
+    let names = ok(&["lsf", "-R", "--files-only", "aether:rclone-bucket/tree"]);
+    let mut names: Vec<&str> = names.lines().collect();
+    names.sort();
+    assert_eq!(names, ["big.bin", "sub/deep.txt", "sub/new.txt"]);
+    ok(&["check", "--download", &local_arg, "aether:rclone-bucket/tree"]);
+    let synced = [("big.bin", changed), ("sub/new.txt", b"new\n".to_vec())];
+    let back = dev.path("back-synced");
+    ok(&["copy", "aether:rclone-bucket/tree", &back.display().to_string()]);
+    assert_same_tree(&synced, &back);
+
+    ok(&["delete", "aether:rclone-bucket/tree/sub/new.txt"]);
+    assert!(!ok(&["lsf", "-R", "aether:rclone-bucket"]).contains("new.txt"));
+    ok(&["purge", "aether:rclone-bucket"]);
+    assert!(!ok(&["lsd", "aether:"]).contains("rclone-bucket"));
+}
+
+#[test]
+fn s3cmd_puts_gets_syncs_and_deletes() {
+    if !have_tool("s3cmd", &["--version"], "apt-get install s3cmd") {
+        return;
+    }
+    let dev = DevS3::start("s3-s3cmd");
+    let host = dev.url.trim_start_matches("http://");
+    let config = dev.path("s3cfg");
+    std::fs::write(
+        &config,
+        format!(
+            "[default]\naccess_key = {}\nsecret_key = {}\nhost_base = {host}\nhost_bucket = {host}\n\
+             use_https = False\nbucket_location = us-east-1\nsignature_v2 = False\n",
+            dev.key, dev.secret
+        ),
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    let s3cmd = |args: &[&str]| -> String {
+        let mut all = vec!["-c", &config];
+        all.extend_from_slice(args);
+        stdout(&dev.tool("s3cmd", &all))
+    };
+    let local = dev.path("local");
+    let files = local_tree(&local);
+    let file = |name: &str| local.join(name).display().to_string();
+
+    s3cmd(&["mb", "s3://s3cmd-bucket"]);
+    assert!(s3cmd(&["ls"]).contains("s3://s3cmd-bucket"));
+    s3cmd(&["put", "--multipart-chunk-size-mb=5", &file("big.bin"), "s3://s3cmd-bucket/big.bin"]);
+    assert!(dev.etag("s3cmd-bucket", "big.bin").ends_with("-3"), "big.bin did not go up in 3 parts");
+    s3cmd(&["put", &file("small.txt"), "s3://s3cmd-bucket/small.txt"]);
+    let listing = s3cmd(&["ls", "s3://s3cmd-bucket"]);
+    assert!(listing.contains(&format!("{MULTIPART_SIZE}  s3://s3cmd-bucket/big.bin")), "{listing}");
+    assert!(listing.contains("13  s3://s3cmd-bucket/small.txt"), "{listing}");
+    let back = dev.path("back");
+    std::fs::create_dir_all(&back).unwrap();
+    for name in ["big.bin", "small.txt"] {
+        s3cmd(&["get", &format!("s3://s3cmd-bucket/{name}"), &back.join(name).display().to_string()]);
+    }
+    assert_same_tree(&files[..2], &back);
+
+    // sync uploads the tree in parts too, and then only what changed.
+    let tree = format!("{}/", local.display());
+    s3cmd(&["sync", "--multipart-chunk-size-mb=5", &tree, "s3://s3cmd-bucket/tree/"]);
+    let listing = s3cmd(&["ls", "-r", "s3://s3cmd-bucket/tree/"]);
+    for name in ["big.bin", "small.txt", "sub/deep.txt"] {
+        assert!(listing.contains(&format!("s3://s3cmd-bucket/tree/{name}")), "{listing}");
+    }
+    std::fs::write(local.join("sub/deep.txt"), b"changed\n").unwrap();
+    let second = s3cmd(&["sync", &tree, "s3://s3cmd-bucket/tree/"]);
+    assert!(second.contains("sub/deep.txt") && !second.contains("big.bin"), "sync sent more than the change: {second}");
+    let synced = dev.path("synced");
+    s3cmd(&["sync", "s3://s3cmd-bucket/tree/", &format!("{}/", synced.display())]);
+    let expected =
+        [("big.bin", files[0].1.clone()), ("small.txt", files[1].1.clone()), ("sub/deep.txt", b"changed\n".to_vec())];
+    assert_same_tree(&expected, &synced);
+
+    s3cmd(&["del", "s3://s3cmd-bucket/small.txt"]);
+    assert!(!s3cmd(&["ls", "s3://s3cmd-bucket"]).contains("s3://s3cmd-bucket/small.txt"));
+    s3cmd(&["del", "--recursive", "--force", "s3://s3cmd-bucket/"]);
+    assert_eq!(s3cmd(&["ls", "-r", "s3://s3cmd-bucket"]).trim(), "");
+    s3cmd(&["rb", "s3://s3cmd-bucket"]);
+    assert!(!s3cmd(&["ls"]).contains("s3cmd-bucket"));
+}
+
+#[test]
+fn minio_python_sdk_against_dev() {
+    if !have_tool("python3", &["-c", "import minio"], "pip install minio") {
+        return;
+    }
+    let dev = DevS3::start("s3-minio");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/s3/test_minio.py");
+    let output = dev
+        .command("python3", &[&script.display().to_string()])
+        .env("S3_ENDPOINT", &dev.url)
+        .env("S3_KEY", &dev.key)
+        .env("S3_SECRET", &dev.secret)
+        .output()
+        .expect("running python3");
+    let report = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "MinIO SDK tests failed:\n{}{report}", stdout(&output));
+    assert!(report.contains("Ran 6 tests"), "{report}");
+    eprintln!("{report}");
+}
