@@ -294,3 +294,99 @@ fn minio_python_sdk_against_dev() {
     assert!(report.contains("Ran 6 tests"), "{report}");
     eprintln!("{report}");
 }
+
+/// Resident memory now and at its peak (`VmRSS`, `VmHWM`) of a process, in KiB.
+fn rss_and_peak_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// A 1 GiB object up through the gateway as a boto3 multipart upload (16 parts of 64 MiB,
+/// two at a time) and down again, both streamed by the client; the gateway's resident
+/// memory stays under 100 MiB throughout. Replication 1 on one datanode keeps the disk's
+/// share small: the gateway's work does not depend on it.
+#[test]
+fn a_gib_through_the_gateway_keeps_its_memory_under_100_mib() {
+    const SIZE: u64 = 1 << 30;
+    const LIMIT_KIB: u64 = 100 * 1024;
+    if !have_tool("python3", &["-c", "import boto3"], "pip install boto3") {
+        return;
+    }
+    use crate::cluster::{api_get, wait_until, Proc};
+    use crate::s3::{key_create, TOKEN};
+    // The disk to itself, as the datanode's 1 GiB test has it (so not a `TestCluster`,
+    // whose directory shares the disk).
+    let dir = TempDir::exclusive("s3-gib");
+    let data = |name: &str| dir.path().join(name).display().to_string();
+    let master = Proc::start(
+        "master",
+        &[
+            "master",
+            "--listen",
+            "127.0.0.1:0",
+            "--data",
+            &data("master"),
+            "--replication",
+            "1",
+            "--cluster-token",
+            TOKEN,
+        ],
+    );
+    let _datanode = Proc::start(
+        "datanode-1",
+        &["datanode", "--listen", "127.0.0.1:0", "--data", &data("datanode-1"), "--node-id", "datanode-1"]
+            .into_iter()
+            .chain(["--master", &master.url, "--cluster-token", TOKEN])
+            .collect::<Vec<_>>(),
+    );
+    wait_until("the datanode to register", Duration::from_secs(60), || {
+        api_get(&format!("{}/api/nodes", master.url))
+            .map(|(_, body)| body["nodes"].as_array().is_some_and(|nodes| !nodes.is_empty()))
+            .unwrap_or(false)
+    });
+    let gateway =
+        Proc::start("s3", &["s3", "--listen", "127.0.0.1:0", "--master", &master.url, "--cluster-token", TOKEN]);
+    let (key, secret) = key_create(&master.url, "gib");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/s3/gib_through_gateway.py");
+    let mut client = Command::new("python3")
+        .arg(&script)
+        .args([&gateway.url, &key, &secret, &SIZE.to_string()])
+        .env_remove("AWS_CA_BUNDLE")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running python3");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut highest_rss = 0;
+    let status = loop {
+        if let Some(status) = client.try_wait().unwrap() {
+            break status;
+        }
+        highest_rss = highest_rss.max(rss_and_peak_kib(gateway.pid()).0);
+        if Instant::now() > deadline {
+            let _ = client.kill();
+            panic!("the 1 GiB round trip took more than 300 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let output = client.wait_with_output().unwrap();
+    let report = stdout(&output);
+    assert!(status.success(), "the 1 GiB round trip failed: {report}{}", String::from_utf8_lossy(&output.stderr));
+    let figures: serde_json::Value = serde_json::from_str(report.trim()).unwrap();
+    assert_eq!((figures["bytes"].as_u64(), figures["parts"].as_u64()), (Some(SIZE), Some(16)), "{figures}");
+    let (_, peak) = rss_and_peak_kib(gateway.pid());
+    eprintln!(
+        "gateway through 1 GiB up and down: peak RSS {} MiB (highest sampled {} MiB); {figures}",
+        peak / 1024,
+        highest_rss / 1024
+    );
+    assert!(peak > 0 && peak < LIMIT_KIB, "the gateway's peak RSS was {peak} KiB");
+}
