@@ -390,3 +390,53 @@ fn a_gib_through_the_gateway_keeps_its_memory_under_100_mib() {
     );
     assert!(peak > 0 && peak < LIMIT_KIB, "the gateway's peak RSS was {peak} KiB");
 }
+
+/// `aether bench populate --bucket` (the listing benchmark's filler) makes a bucket whose
+/// keys S3 clients list, page after page, with the access key it printed.
+#[test]
+fn bench_populate_fills_a_bucket_that_lists() {
+    if !have_tool("python3", &["-c", "import boto3"], "pip install boto3") {
+        return;
+    }
+    use crate::s3::TOKEN;
+    let dir = TempDir::new("s3-populate");
+    let data = dir.path().join("master").display().to_string();
+    let output = Command::new(BIN)
+        .args(["bench", "populate", "--data", &data, "--objects", "2500", "--bucket", "listed", "--json"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let bucket = &report["bucket"];
+    assert_eq!((bucket["name"].as_str(), bucket["keys"].as_u64()), (Some("listed"), Some(2500)), "{report}");
+    let master = crate::cluster::Proc::start(
+        "master",
+        &["master", "--listen", "127.0.0.1:0", "--data", &data, "--cluster-token", TOKEN, "--dead-after", "3600"],
+    );
+    let gateway = crate::cluster::Proc::start(
+        "s3",
+        &["s3", "--listen", "127.0.0.1:0", "--master", &master.url, "--cluster-token", TOKEN],
+    );
+    let script = r#"
+import boto3, os
+s3 = boto3.client('s3', endpoint_url=os.environ['URL'], region_name='us-east-1',
+    aws_access_key_id=os.environ['KEY'], aws_secret_access_key=os.environ['SECRET'])
+keys, pages = [], 0
+for page in s3.get_paginator('list_objects_v2').paginate(Bucket='listed'):
+    keys += [o['Key'] for o in page['Contents']]
+    pages += 1
+assert keys == ['key-%09d' % i for i in range(2500)], keys[:3]
+head = s3.head_object(Bucket='listed', Key='key-000001234')
+assert head['ContentLength'] == 4096, head
+print(pages)
+"#;
+    let run = Command::new("python3")
+        .args(["-c", script])
+        .env("URL", &gateway.url)
+        .env("KEY", bucket["access_key_id"].as_str().unwrap())
+        .env("SECRET", bucket["secret_access_key"].as_str().unwrap())
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert_eq!(stdout(&run).trim(), "3");
+}
