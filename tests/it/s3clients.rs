@@ -440,3 +440,76 @@ print(pages)
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     assert_eq!(stdout(&run).trim(), "3");
 }
+
+/// The README's S3 snippets (aws-cli, boto3, rclone), as written but for the endpoint and
+/// the key `aether dev` printed, run one after another in an empty directory.
+#[test]
+fn the_readme_s3_snippets_work_against_dev() {
+    let tools = [
+        have_tool("aws", &["--version"], "pip install awscli"),
+        have_tool("python3", &["-c", "import boto3"], "pip install boto3"),
+        have_tool("rclone", &["version"], "apt-get install rclone"),
+    ];
+    if tools.contains(&false) {
+        return;
+    }
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let section =
+        readme.split("\n## S3: aws-cli, boto3 and other S3 clients\n").nth(1).expect("the README's S3 section");
+    let section = section.split("\n## ").next().unwrap();
+    // Each fenced block: (language, text).
+    let blocks: Vec<(&str, &str)> = section
+        .split("```")
+        .collect::<Vec<_>>()
+        .chunks(2)
+        .filter_map(|pair| pair.get(1))
+        .filter_map(|block| block.split_once('\n'))
+        .collect();
+    let block = |language: &str, needle: &str| -> &str {
+        blocks
+            .iter()
+            .find(|(lang, text)| *lang == language && text.contains(needle))
+            .unwrap_or_else(|| panic!("no {language} block with {needle:?} in the README's S3 section"))
+            .1
+    };
+    let dev = DevS3::start("s3-readme");
+    let work = dev.path("work");
+    std::fs::create_dir_all(&work).unwrap();
+    #[track_caller]
+    fn filled(text: &str, replacements: &[(&str, &str)]) -> String {
+        replacements.iter().fold(text.to_string(), |text, (from, to)| {
+            assert!(text.contains(from), "the README's snippet no longer has {from:?}:\n{text}");
+            text.replace(from, to)
+        })
+    }
+    let endpoint = ("http://localhost:42200", dev.url.as_str());
+    let (key, secret) = (format!("AWS_ACCESS_KEY_ID={}", dev.key), format!("AWS_SECRET_ACCESS_KEY={}", dev.secret));
+    let shell = filled(
+        &format!("{}\n{}", block("sh", "aws --endpoint-url"), block("sh", "rclone copy")),
+        &[endpoint, ("AWS_ACCESS_KEY_ID=AK...", &key), ("AWS_SECRET_ACCESS_KEY=...", &secret)],
+    );
+    let (key, secret) =
+        (format!("aws_access_key_id=\"{}\"", dev.key), format!("aws_secret_access_key=\"{}\"", dev.secret));
+    let python = filled(
+        block("python", "import boto3"),
+        &[endpoint, ("aws_access_key_id=\"AK...\"", &key), ("aws_secret_access_key=\"...\"", &secret)],
+    );
+    let run = |program: &str, args: &[&str]| {
+        let mut command = dev.command(program, args);
+        let output = command
+            .current_dir(&work)
+            .env("RCLONE_CONFIG", dev.path("rclone.conf"))
+            .env("AWS_CONFIG_FILE", dev.path("no-aws-config"))
+            .env("AWS_SHARED_CREDENTIALS_FILE", dev.path("no-aws-credentials"))
+            .output()
+            .unwrap();
+        let text = stdout(&output);
+        assert!(output.status.success(), "{program} failed: {text}{}", String::from_utf8_lossy(&output.stderr));
+        text
+    };
+    let printed = run("bash", &["-euo", "pipefail", "-c", &shell]);
+    // `aws s3 cp s3://demo/hello.txt -`, then `rclone cat`.
+    assert!(printed.contains("make_bucket: demo") && printed.ends_with("hello\ncat\n"), "{printed}");
+    let printed = run("python3", &["-c", &python]);
+    assert_eq!(printed, "b'hello'\n['notes/today.txt']\n");
+}
