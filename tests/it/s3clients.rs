@@ -513,3 +513,96 @@ fn the_readme_s3_snippets_work_against_dev() {
     let printed = run("python3", &["-c", &python]);
     assert_eq!(printed, "b'hello'\n['notes/today.txt']\n");
 }
+
+/// aws-cli as it uploads by default over https: aws-chunked bodies with a trailing CRC32
+/// (`STREAMING-UNSIGNED-PAYLOAD-TRAILER`), which it sends only over TLS. A TLS terminator
+/// (tests/s3/tls_pipe.py, a certificate made by openssl) passes the requests to the
+/// gateway unchanged; a single PUT and a multipart upload come back byte for byte, so
+/// the chunk framing never reached the stored bytes.
+#[test]
+fn aws_cli_default_aws_chunked_uploads_over_https() {
+    let tools = [
+        have_tool("aws", &["--version"], "pip install awscli"),
+        have_tool("openssl", &["version"], "apt-get install openssl"),
+    ];
+    if tools.contains(&false) {
+        return;
+    }
+    let dev = DevS3::start("s3-awscli-tls");
+    let (cert, key) = (dev.path("cert.pem"), dev.path("key.pem"));
+    dev.tool(
+        "openssl",
+        &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1"]
+            .into_iter()
+            .chain(["-addext", "subjectAltName=IP:127.0.0.1", "-keyout", &key.display().to_string()])
+            .chain(["-out", &cert.display().to_string()])
+            .collect::<Vec<_>>(),
+    );
+    let port_file = dev.path("tls.port");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/s3/tls_pipe.py");
+    let pipe = Command::new("python3")
+        .arg(&script)
+        .args([&cert, &key])
+        .arg(dev.url.trim_start_matches("http://"))
+        .arg(&port_file)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("starting the TLS terminator");
+    let _pipe = KillOnDrop(pipe);
+    crate::cluster::wait_until("the TLS terminator to listen", Duration::from_secs(20), || port_file.exists());
+    let endpoint = format!("https://127.0.0.1:{}", std::fs::read_to_string(&port_file).unwrap().trim());
+    let aws = |args: &[&str]| -> Output {
+        let mut command = dev.command("aws", &["--endpoint-url", &endpoint]);
+        command
+            .args(args)
+            .env("AWS_ACCESS_KEY_ID", &dev.key)
+            .env("AWS_SECRET_ACCESS_KEY", &dev.secret)
+            .env("AWS_DEFAULT_REGION", "us-east-1")
+            .env("AWS_CA_BUNDLE", &cert)
+            .env("AWS_CONFIG_FILE", dev.path("no-aws-config"))
+            .env("AWS_SHARED_CREDENTIALS_FILE", dev.path("no-aws-credentials"));
+        let output = command.output().expect("running aws");
+        assert!(output.status.success(), "aws {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+        output
+    };
+    let local = dev.path("local");
+    let files = local_tree(&local);
+    let file = |name: &str| local.join(name).display().to_string();
+    aws(&["s3", "mb", "s3://tls-bucket"]);
+    let debug = aws(&["--debug", "s3", "cp", &file("small.txt"), "s3://tls-bucket/small.txt"]);
+    let debug = String::from_utf8_lossy(&debug.stderr);
+    assert!(
+        debug.contains("STREAMING-UNSIGNED-PAYLOAD-TRAILER") && debug.contains("x-amz-trailer:x-amz-checksum-crc32"),
+        "aws-cli did not send aws-chunked with a CRC32 trailer"
+    );
+    // 12 MiB + 1 goes up in parts of 5 MiB, each aws-chunked.
+    let config = dev.path("aws-config");
+    std::fs::write(&config, "[default]\ns3 =\n  multipart_threshold = 5MB\n  multipart_chunksize = 5MB\n").unwrap();
+    let mut upload =
+        dev.command("aws", &["--endpoint-url", &endpoint, "s3", "cp", &file("big.bin"), "s3://tls-bucket/big.bin"]);
+    let output = upload
+        .env("AWS_ACCESS_KEY_ID", &dev.key)
+        .env("AWS_SECRET_ACCESS_KEY", &dev.secret)
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .env("AWS_CA_BUNDLE", &cert)
+        .env("AWS_CONFIG_FILE", &config)
+        .env("AWS_SHARED_CREDENTIALS_FILE", dev.path("no-aws-credentials"))
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(dev.etag("tls-bucket", "big.bin").ends_with("-3"), "big.bin did not go up in 3 parts");
+    let back = dev.path("back");
+    for name in ["big.bin", "small.txt"] {
+        aws(&["s3", "cp", &format!("s3://tls-bucket/{name}"), &back.join(name).display().to_string()]);
+    }
+    assert_same_tree(&files[..2], &back);
+}
+
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
