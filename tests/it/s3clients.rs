@@ -1,7 +1,9 @@
-//! The S3 gateway of `aether dev` with the S3 tools people already have: rclone, s3cmd
-//! and the MinIO Python SDK (tests/s3/test_minio.py), each made to upload in parts and
-//! each checked byte for byte; and the gateway's memory through a 1 GiB object.
-//! `.ci/run` installs every tool; under CI=true a missing one fails the test.
+//! The S3 gateway of `aether dev` with the S3 tools people already have: rclone, s3cmd,
+//! the MinIO Python SDK (tests/s3/test_minio.py) and aws-cli over https (its default
+//! aws-chunked uploads), each made to upload in parts and checked byte for byte; the
+//! README's S3 snippets as written; the gateway's memory through a 1 GiB object; the
+//! listing benchmark's filler. `.ci/run` installs every tool; under CI=true a missing one
+//! fails the test.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
