@@ -107,6 +107,9 @@ def s3_rows(out, t):
             t.add(s, f"  {label}: errors", ours[name]["errors"], "", target="0", met=False)
         ratio = v / w if v is not None and w else None
         t.add(s, label, v, unit, w, "SeaweedFS S3, 002, fsync", ">= 1x", None if ratio is None else ratio >= 1, ratio)
+        native = load(out, "s3-native-" + name.replace("_", "-")) if unit == "ops/s" else None
+        if native:
+            t.add(s, f"  same cluster, its own API (aether bench, no gateway)", native.get("ops_per_sec"), unit)
         t.add(s, f"  same client, a server that does nothing", n, unit, None, None)
         if v is not None and n:
             t.add(s, f"  AetherStore against that (the client's limit)", v, unit, n, "nothing")
