@@ -158,18 +158,27 @@ for _ in $(seq 100); do [[ -s $WORK/null.port ]] && break; sleep 0.05; done
 NULL_URL=http://127.0.0.1:$(cat "$WORK/null.port")
 
 # ---- The same client against each, interleaved ---------------------------------------------
-log "boto3, $SECS s per workload: AetherStore, SeaweedFS, nothing"
-client_run s3-aether "$GATEWAY_URL" "$AETHER_KEY" "$AETHER_SECRET"
-if [[ -n $SW_URL ]]; then client_run s3-seaweedfs "$SW_URL" AKSEAWEEDBENCH seaweed-bench-secret; fi
-client_run s3-null "$NULL_URL" none none
-# The same cluster through its own API (`aether bench`, Rust, no gateway): what the S3
-# path adds to a small PUT (one more master write: the key) and a GET.
+# First the same cluster through its own API (`aether bench`, Rust, no gateway), on fresh
+# disks as the boto3 runs after it: what the S3 path adds to a small PUT (one more master
+# write: the key) and a GET. Each run starts after `sync`, so no run pays for the
+# previous one's writeback (64 MiB PUTs leave a lot of it).
+log "AetherStore's own API, 4 KiB, $SECS s each"
 for w in "put 1" "put 8" "get 1"; do
   read -r op threads <<<"$w"
+  sync
   "$AETHER" bench "$op" --size 4K --threads "$threads" --replication 3 --duration "$SECS" --working-set 100 \
     --master "$MASTER_URL" --json >"$OUT/s3-native-$op-4k-t$threads.json" 2>"$LOGS/s3-native-$op-$threads.err" ||
     echo '{"failed": true}' >"$OUT/s3-native-$op-4k-t$threads.json"
 done
+log "boto3, $SECS s per workload: AetherStore, SeaweedFS, nothing"
+sync
+client_run s3-aether "$GATEWAY_URL" "$AETHER_KEY" "$AETHER_SECRET"
+if [[ -n $SW_URL ]]; then
+  sync
+  client_run s3-seaweedfs "$SW_URL" AKSEAWEEDBENCH seaweed-bench-secret
+fi
+sync
+client_run s3-null "$NULL_URL" none none
 
 log "the gateway's memory through 1 GiB up and down at R=3"
 python3 bench/sample_rss.py --pids "$GATEWAY_PID" --timeout 900 -- \
