@@ -1,5 +1,6 @@
-# AetherStore image: one image for the master and the datanodes; the command picks the
-# role (`master`, the default, or `datanode`). The binary is built on the host first:
+# AetherStore image: one image for the master, the datanodes and the S3 gateway; the
+# command picks the role (`master`, the default, `datanode` or `s3`). The binary is built
+# on the host first:
 #
 #   deploy/build-static.sh
 #   docker build -t aetherstore:latest .
@@ -36,13 +37,13 @@ RUN binary="/tmp/aether-build/$(basename "${AETHER_BINARY}")"; \
     && install -m 0755 /tmp/aether-build/healthcheck.sh /usr/local/bin/aether-healthcheck \
     && rm -rf /tmp/aether-build
 
-# Both roles keep their data in the volume; the master's database or the datanode's
-# objects, one role per container.
+# The master and the datanodes keep their data in the volume: the master's database or
+# the datanode's objects, one role per container. The S3 gateway keeps none.
 ENV AETHER_DATA=/var/lib/aether
 VOLUME ["/var/lib/aether"]
 WORKDIR /var/lib/aether
 USER aether:aether
-EXPOSE 42100 42101
+EXPOSE 42100 42101 9000
 
 HEALTHCHECK --interval=10s --timeout=5s --start-period=10s --retries=3 \
     CMD ["/usr/local/bin/aether-healthcheck"]

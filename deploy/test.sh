@@ -7,17 +7,23 @@
 #   ansible  four Debian 12 containers with systemd as PID 1 on a private Docker network
 #            play the hosts; ansible/site.yml is run against them (Ansible's docker
 #            connection; the master gets the static binary, the datanodes the Debian
-#            package of deploy/build-deb.sh), run again (nothing may change), run with another replication
+#            package of deploy/build-deb.sh; S3 gateways beside the master and beside
+#            datanode-2), run again (nothing may change), run with another replication
 #            factor (only the master may restart) and with a new binary (every service
 #            restarts, the datanodes one at a time). Then: the hardening is in force, the
 #            rendered units pass systemd-analyze verify, the seed's curl walk-through and
-#            an `aether put`/`get` round trip work through the deployed cluster, and every
-#            object can still be read with one datanode container stopped. On a fifth
-#            container the package is installed by hand: its own units run a master, an
-#            upgrade restarts it and keeps local settings, remove and purge keep the data.
-#   docker   builds the image, brings docker-compose.yml up, runs the walk-through and a
-#            put/get round trip from this machine, stops a datanode, reads everything
-#            back, and brings it down.
+#            an `aether put`/`get` round trip work through the deployed cluster, boto3
+#            (from this machine, at the containers' addresses) puts objects through one
+#            gateway and reads them back through the other, every server's /metrics,
+#            scraped from inside the container network, parses and has its key series
+#            with plausible values, and every object (S3 ones too) can still be read with
+#            one datanode container stopped. On a fifth container the package is
+#            installed by hand: its own units run a master and a gateway, an upgrade
+#            restarts the master and keeps local settings, remove and purge keep the data.
+#   docker   builds the image, brings docker-compose.yml up (with its S3 gateway), runs
+#            the walk-through, a put/get round trip and a boto3 round trip through the
+#            gateway from this machine, checks the master's and the gateway's /metrics,
+#            stops a datanode, reads everything back, and brings it down.
 #
 #   deploy/test.sh                    # all stages
 #   deploy/test.sh ansible docker     # some of them
@@ -29,7 +35,8 @@
 #
 # Needs a Docker engine; says so loudly and exits 0 when none answers (set
 # AETHER_REQUIRE_DOCKER=1 to fail instead). Installs what else it needs (debootstrap,
-# vagrant, shellcheck, Ansible in a virtualenv) and caches the Ansible virtualenv and the
+# vagrant, shellcheck, Ansible in a virtualenv; boto3 and the Prometheus Python client in
+# another when this machine's python3 lacks them) and caches the virtualenvs and the
 # base image between runs. Talks only to loopback and to the containers it starts, and
 # tears them down on exit. Ends with "deploy: N passed, M failed".
 set -euo pipefail
@@ -38,16 +45,24 @@ AETHER_LOG_TAG=deploy-test
 
 ANSIBLE_VERSION=12.3.0
 ANSIBLE_LINT_VERSION=26.10.1
+# The S3 client and the scrape parser, at the versions .ci/run installs.
+BOTO3_VERSION=1.43.11
+PROMETHEUS_CLIENT_VERSION=0.21.1
 PREFIX=${AETHER_DEPLOY_PREFIX:-aether-dt}
 NETWORK=$PREFIX-net
 MASTER=$PREFIX-master
 DATANODES=("$PREFIX-datanode-1" "$PREFIX-datanode-2" "$PREFIX-datanode-3")
 HOSTS=("$MASTER" "${DATANODES[@]}")
+# The S3 gateways share hosts: one beside the master (binary install: its restart after
+# an upgrade comes from the role's check of the binary it runs), one beside a datanode
+# (package install).
+GATEWAYS=("$MASTER" "${DATANODES[1]}")
+S3_PORT=9000
 # A fifth host, where the package is installed by hand rather than by Ansible.
 PACKAGE_HOST=$PREFIX-package
 COMPOSE_PROJECT=$PREFIX-compose
 IMAGE=aetherstore:deploy-test
-HOST_PORTS=(42100 42101 42102 42103)
+HOST_PORTS=(42100 42101 42102 42103 "$S3_PORT")
 
 stages=("$@")
 cleanup_only=false
@@ -145,6 +160,30 @@ setup_tools() {
     apt_install curl python3 binutils
 }
 
+# The Python that runs deploy/s3_check.py (boto3) and deploy/metrics_check.py (the
+# Prometheus client's parser): this machine's python3 when it has both (CI installs
+# them), else a virtualenv kept between runs. Run before setup_ansible puts the Ansible
+# virtualenv first on the PATH.
+setup_clients() {
+    client_python=$(command -v python3)
+    "$client_python" -c 'import boto3, prometheus_client.parser' 2>/dev/null && return 0
+    local venv=$AETHER_CACHE_DIR/venv-clients-boto3-$BOTO3_VERSION-prometheus-$PROMETHEUS_CLIENT_VERSION
+    if [[ ! -f $venv/.complete ]]; then
+        rm -rf "$venv"
+        mkdir -p "$AETHER_CACHE_DIR"
+        if ! python3 -m venv "$venv" >/dev/null 2>&1; then
+            apt_install python3-venv
+            rm -rf "$venv"
+            python3 -m venv "$venv"
+        fi
+        say "pip install boto3==$BOTO3_VERSION prometheus-client==$PROMETHEUS_CLIENT_VERSION"
+        "$venv/bin/pip" install -q --disable-pip-version-check \
+            "boto3==$BOTO3_VERSION" "prometheus-client==$PROMETHEUS_CLIENT_VERSION" >&2
+        touch "$venv/.complete"
+    fi
+    client_python=$venv/bin/python3
+}
+
 get_binary() {
     if [[ -n ${AETHER_BINARY:-} ]]; then
         mkdir -p "$AETHER_REPO_ROOT/target/deploy"
@@ -221,6 +260,8 @@ stage_lint() {
     apt_install shellcheck
     check "the deploy scripts pass shellcheck" bash -c \
         "cd '$AETHER_REPO_ROOT' && shellcheck -S warning -x -P deploy deploy/*.sh deploy/docker/*.sh deploy/deb/post* deploy/deb/prerm >&2"
+    check "the deploy test's Python helpers compile" bash -c \
+        "cd '$AETHER_REPO_ROOT' && python3 -c 'import ast, sys; [ast.parse(open(f).read(), f) for f in sys.argv[1:]]' deploy/*.py"
 }
 
 # ---------------------------------------------------------------------------------------
@@ -277,6 +318,9 @@ write_inventory() {
         echo "      hosts:"
         local c
         for c in "${DATANODES[@]}"; do echo "        $c: {}"; done
+        echo "    s3_gateways:"
+        echo "      hosts:"
+        for c in "${GATEWAYS[@]}"; do echo "        $c: {}"; done
     } >"$inventory/hosts.yml"
     cluster_token=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
     cat >"$inventory/group_vars/all.yml" <<EOF
@@ -294,6 +338,8 @@ aether_datanode_serial: 1
 aether_master_write_quorum: 2
 aether_master_dead_after: 12
 aether_datanode_heartbeat_interval: 3
+aether_s3_port: $S3_PORT
+aether_s3_threads: 32
 EOF
     # Both install methods in one run: the master gets the binary, the datanodes the package.
     cat >"$inventory/group_vars/datanodes.yml" <<EOF
@@ -337,6 +383,10 @@ service_of() { [[ $1 == "$MASTER" ]] && echo aether-master || echo aether-datano
 pids_now() {
     local c
     for c in "${HOSTS[@]}"; do printf '%s=%s ' "$c" "$(main_pid "$c" "$(service_of "$c")")"; done
+}
+gateway_pids_now() {
+    local c
+    for c in "${GATEWAYS[@]}"; do printf '%s=%s ' "$c" "$(main_pid "$c" aether-s3)"; done
 }
 pid_in() { local entry; for entry in $1; do [[ ${entry%%=*} == "$2" ]] && echo "${entry#*=}"; done; }
 
@@ -407,9 +457,15 @@ rolled_one_at_a_time() {
 }
 
 # In the service's own mount namespace and as its user: the root file system is
-# read-only, the data directory writable, and no new privileges can be gained.
+# read-only, the data directory writable (a service without one, the S3 gateway, may
+# not even write the data root), and no new privileges can be gained.
 hardened() {
-    local c=$1 service=$2 data=$3
+    local c=$1 service=$2 data=$3 writable
+    if [[ -n $data ]]; then
+        writable="as_service touch $data/.probe && rm -f $data/.probe"
+    else
+        writable="! as_service touch /var/lib/aether/.probe 2>/dev/null"
+    fi
     in_host "$c" "
         set -e
         pid=\$(systemctl show -p MainPID --value $service)
@@ -420,8 +476,7 @@ hardened() {
         ! as_service touch /usr/local/bin/probe 2>/dev/null
         ! as_service touch /etc/aether/probe 2>/dev/null
         ! as_service touch /var/lib/probe 2>/dev/null
-        as_service touch $data/.probe
-        rm -f $data/.probe
+        $writable
     "
 }
 
@@ -440,10 +495,12 @@ stage_ansible() {
     timed "playbook: second run" run_playbook second
     check "the second run changed nothing" none_changed "$work/second.log"
 
-    local before after c
+    local before after c gateways_before gateways_after
     before=$(pids_now)
+    gateways_before=$(gateway_pids_now)
     timed "playbook: replication 2 -> 3" run_playbook replication -e aether_master_replication=3
     after=$(pids_now)
+    gateways_after=$(gateway_pids_now)
     check "a new replication factor reached the master's settings" \
         in_host "$MASTER" 'grep -qx AETHER_REPLICATION=3 /etc/aether/master.env'
     check "a new replication factor restarted the master" restarted "$before" "$after" "$MASTER"
@@ -453,6 +510,8 @@ stage_ansible() {
         done' - "$before" "$after" "${DATANODES[@]}"
     check "a new replication factor reported changes on the master only" \
         changed_only_on "$work/replication.log" "$MASTER"
+    check "a new replication factor restarted no S3 gateway (not even the one beside the master)" \
+        test "$gateways_before" == "$gateways_after"
 
     # The upgrade: a binary with other bytes (the same program with a marker appended),
     # and the replication factor back to 2.
@@ -462,16 +521,20 @@ stage_ansible() {
     # The package of the upgrade: that binary, under a later version.
     deb_v2=$("$AETHER_REPO_ROOT/deploy/build-deb.sh" --binary "$work/aether-v2" --version "$deb_version+upgrade1" --out "$work/v2")
     before=$(pids_now)
+    gateways_before=$(gateway_pids_now)
     local since
     since=$(python3 -c 'import time; print(int(time.monotonic() * 1e6))')
     timed "playbook: rolling upgrade" run_playbook upgrade -e "aether_common_binary_src=$work/aether-v2" \
         -e "aether_common_deb_src=$deb_v2"
     after=$(pids_now)
+    gateways_after=$(gateway_pids_now)
     check "the upgrade installed the new binary everywhere" \
         same_binary_everywhere "$(sha256sum <"$work/aether-v2" | cut -d' ' -f1)"
     check "the upgrade installed package $deb_version+upgrade1 on the datanodes" \
         package_on_datanodes "$deb_version+upgrade1"
     check "the upgrade restarted every service" restarted "$before" "$after" "${HOSTS[@]}"
+    check "the upgrade restarted both S3 gateways (the one beside the master: the role saw its binary replaced)" \
+        restarted "$gateways_before" "$gateways_after" "${GATEWAYS[@]}"
     check "the upgrade restarted the datanodes one at a time" rolled_one_at_a_time "$since"
 
     check "the master's unit is hardened (read-only system, data dir writable, no new privileges)" \
@@ -479,9 +542,13 @@ stage_ansible() {
     for c in "${DATANODES[@]}"; do
         check "$c's unit is hardened" hardened "$c" aether-datanode /var/lib/aether/datanode
     done
+    for c in "${GATEWAYS[@]}"; do
+        check "the S3 gateway's unit on $c is hardened (it writes nothing)" hardened "$c" aether-s3 ""
+    done
     check "the rendered units pass systemd-analyze verify" bash -c '
         docker exec '"$MASTER"' systemd-analyze verify /etc/systemd/system/aether-master.service >&2 &&
-        docker exec '"${DATANODES[0]}"' systemd-analyze verify /etc/systemd/system/aether-datanode.service >&2'
+        docker exec '"${DATANODES[0]}"' systemd-analyze verify /etc/systemd/system/aether-datanode.service >&2 &&
+        docker exec '"$MASTER"' systemd-analyze verify /etc/systemd/system/aether-s3.service >&2'
     check "the package's own units pass systemd-analyze verify" in_host "${DATANODES[0]}" \
         'systemd-analyze verify /lib/systemd/system/aether-master.service /lib/systemd/system/aether-datanode.service /lib/systemd/system/aether-s3.service >&2'
     check "the package's bash completion completes aether's commands" in_host "${DATANODES[0]}" '
@@ -492,6 +559,9 @@ stage_ansible() {
         port=42101
         [[ $c == "$MASTER" ]] && port=42100
         check "aether health on $c says ok (exit 0)" in_host "$c" "aether health http://127.0.0.1:$port >&2"
+    done
+    for c in "${GATEWAYS[@]}"; do
+        check "aether health on the S3 gateway on $c says ok" in_host "$c" "aether health http://127.0.0.1:$S3_PORT >&2"
     done
     in_host "$MASTER" 'systemd-analyze security --no-pager aether-master | tail -n 1' >&2 || true
 
@@ -510,20 +580,27 @@ package_by_hand() {
     docker cp "$deb_v2" "$c:/tmp/aetherstore-v2.deb"
     check "dpkg -i installs the package and starts nothing" in_host "$c" '
         dpkg -i /tmp/aetherstore.deb >&2 && id aether >&2 &&
-        ! systemctl is-enabled aether-master aether-datanode && ! systemctl is-active aether-master aether-datanode'
+        ! systemctl is-enabled aether-master aether-datanode aether-s3 &&
+        ! systemctl is-active aether-master aether-datanode aether-s3'
     check "the package's own unit and settings run a master (aether health ok, as aether, no new privileges)" \
         in_host "$c" '
         systemctl enable --now aether-master >&2 &&
         for i in $(seq 60); do aether health --timeout 1 >/dev/null 2>&1 && break; sleep 0.5; done &&
         aether health >&2 && pid=$(systemctl show -p MainPID --value aether-master) &&
         [ "$(stat -c %U /proc/$pid)" = aether ] && grep -Eq "^NoNewPrivs:[[:space:]]+1" /proc/$pid/status'
+    check "the package's own S3 gateway unit and settings run a gateway beside it (aether health ok on $S3_PORT)" \
+        in_host "$c" '
+        systemctl enable --now aether-s3 >&2 &&
+        for i in $(seq 60); do aether health --timeout 1 http://127.0.0.1:'"$S3_PORT"' >/dev/null 2>&1 && break; sleep 0.5; done &&
+        aether health http://127.0.0.1:'"$S3_PORT"' >&2 && pid=$(systemctl show -p MainPID --value aether-s3) &&
+        [ "$(stat -c %U /proc/$pid)" = aether ] && grep -Eq "^NoNewPrivs:[[:space:]]+1" /proc/$pid/status'
     check "an upgrade of the package keeps local settings and restarts the running master" in_host "$c" '
         echo AETHER_LOG=debug >>/etc/aether/master.env && before=$(systemctl show -p MainPID --value aether-master) &&
         dpkg -i /tmp/aetherstore-v2.deb >&2 && [ "$(tail -n 1 /etc/aether/master.env)" = AETHER_LOG=debug ] &&
         [ "$(systemctl show -p MainPID --value aether-master)" != "$before" ] &&
         for i in $(seq 60); do aether health --timeout 1 >/dev/null 2>&1 && break; sleep 0.5; done && aether health >&2'
-    check "removing the package stops the master; purging it keeps the data and the user" in_host "$c" '
-        dpkg -r aetherstore >&2 && ! systemctl is-active aether-master && [ -f /etc/aether/master.env ] &&
+    check "removing the package stops the master and the gateway; purging it keeps the data and the user" in_host "$c" '
+        dpkg -r aetherstore >&2 && ! systemctl is-active aether-master aether-s3 && [ -f /etc/aether/master.env ] &&
         dpkg -P aetherstore >&2 && [ ! -e /etc/aether ] && [ -f /var/lib/aether/master/meta.db ] && id aether >/dev/null'
     docker rm -f -v "$c" >/dev/null 2>&1 || true
 }
@@ -604,6 +681,107 @@ objects_on() {
     echo "$count"
 }
 
+# ---------------------------------------------------------------------------------------
+# S3 through the gateways, and the servers' /metrics
+
+# container_ip CONTAINER: its address on $NETWORK (this machine reaches the containers
+# there directly, with no port published).
+container_ip() {
+    docker inspect -f "{{(index .NetworkSettings.Networks \"$NETWORK\").IPAddress}}" "$1"
+}
+
+# s3_key CONTAINER_OR_EMPTY [TOKEN]: `aether key create` against $master_url, inside
+# that container or on this machine; sets s3_key_id and s3_secret.
+s3_key() {
+    local where=$1 token=${2:-} out
+    if [[ -n $where ]]; then
+        out=$(docker exec -e AETHER_MASTER="$master_url" -e AETHER_CLUSTER_TOKEN="$token" "$where" \
+            aether key create deploy-test) || return 1
+    else
+        out=$(AETHER_MASTER=$master_url AETHER_CLUSTER_TOKEN=$token "$binary" key create deploy-test) || return 1
+    fi
+    s3_key_id=$(sed -n 's/^access key id: *//p' <<<"$out")
+    s3_secret=$(sed -n 's/^secret access key: *//p' <<<"$out")
+    [[ -n $s3_key_id && -n $s3_secret ]]
+}
+
+# s3_roundtrip put|get ENDPOINT: deploy/s3_check.py (boto3) with that key, bucket
+# deploy-test; no AWS settings of this machine's user, and no proxy, reach it.
+s3_roundtrip() {
+    env -u AWS_PROFILE -u AWS_DEFAULT_PROFILE -u AWS_SESSION_TOKEN -u HTTP_PROXY -u HTTPS_PROXY \
+        -u http_proxy -u https_proxy -u ALL_PROXY -u all_proxy \
+        AWS_ACCESS_KEY_ID="$s3_key_id" AWS_SECRET_ACCESS_KEY="$s3_secret" \
+        AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null \
+        "$client_python" "$AETHER_REPO_ROOT/deploy/s3_check.py" "$1" "$2" deploy-test >&2
+}
+
+# scrape CONTAINER_OR_EMPTY URL: GET URL/metrics, inside that container or on this machine.
+scrape() {
+    if [[ -n $1 ]]; then
+        docker exec "$1" curl -sf --max-time 5 "$2/metrics"
+    else
+        curl -sf --max-time 5 "$2/metrics"
+    fi
+}
+
+# metrics_hold CONTAINER_OR_EMPTY URL CHECK...: the scrape parses and every check holds
+# (deploy/metrics_check.py: the Prometheus client's parser).
+metrics_hold() {
+    local where=$1 url=$2
+    shift 2
+    scrape "$where" "$url" >"$work/scrape" || { say "no scrape from $url/metrics"; return 1; }
+    "$client_python" "$AETHER_REPO_ROOT/deploy/metrics_check.py" --name "$url" "$@" <"$work/scrape"
+}
+
+# metric_value CONTAINER_OR_EMPTY URL SERIES: the series' value in a scrape.
+metric_value() {
+    scrape "$1" "$2" | "$client_python" "$AETHER_REPO_ROOT/deploy/metrics_check.py" --value "$3"
+}
+
+# The scrape of every server of the Ansible cluster, from inside the container network
+# (the master's container), after the walk-through, 5 `aether put`s and the S3 objects:
+# each parses, and its key series are there with plausible values. The master's gauges
+# come from a snapshot at most a second old, so this is polled.
+ansible_metrics() {
+    local objects c copies=0 n
+    metrics_hold "$MASTER" "$master_url" \
+        'aether_build_info{server="master"} == 1' \
+        'aether_master_nodes{state="alive"} == 3' 'aether_master_nodes{state="dead"} == 0' \
+        'aether_master_nodes_draining == 0' \
+        'aether_master_objects >= 10' 'aether_master_object_bytes > 11000015' \
+        'aether_master_under_replicated_objects == 0' 'aether_master_repairs_failed_total == 0' \
+        'aether_http_requests_total{endpoint="InitUpload",status="200"} >= 6' \
+        'aether_http_request_duration_seconds_count{endpoint="CompleteUpload"} >= 6' \
+        'aether_master_db_commit_batch_size_count >= 6' || return 1
+    objects=$(metric_value "$MASTER" "$master_url" aether_master_objects) || return 1
+    for c in "${DATANODES[@]}"; do
+        metrics_hold "$MASTER" "http://$c:42101" \
+            'aether_build_info{server="datanode"} == 1' 'aether_datanode_objects >= 0' \
+            'aether_datanode_disk_capacity_bytes > 0' 'aether_datanode_disk_free_bytes > 0' \
+            'aether_datanode_disk_state{state="ok"} == 1' 'aether_datanode_disk_state{state="failed"} == 0' \
+            'aether_datanode_scrub_corruptions_total == 0' || return 1
+        n=$(metric_value "$MASTER" "http://$c:42101" aether_datanode_objects) || return 1
+        copies=$((copies + ${n%.*}))
+    done
+    # Replication 2: the datanodes hold at least two copies of every object the master
+    # counts (more while the copies of a replaced S3 key wait for deletion).
+    ((copies >= 2 * ${objects%.*})) || { say "the datanodes hold $copies copies of $objects objects"; return 1; }
+    say "the datanodes hold $copies copies of the master's $objects objects"
+    # The gateway beside the master took the uploads (3 PUTs, one of them a replacement,
+    # and 3 parts); the one beside datanode-2 served the reads, whole (200) and ranges (206).
+    metrics_hold "$MASTER" "http://${GATEWAYS[0]}:$S3_PORT" \
+        'aether_build_info{server="s3"} == 1' \
+        'aether_http_requests_total{endpoint="PutObject",status="200"} >= 3' \
+        'aether_http_requests_total{endpoint="UploadPart",status="200"} >= 3' \
+        'aether_http_requests_total{endpoint="CompleteMultipartUpload",status="200"} >= 1' \
+        'aether_http_received_bytes_total > 13000000' || return 1
+    metrics_hold "$MASTER" "http://${GATEWAYS[1]}:$S3_PORT" \
+        'aether_build_info{server="s3"} == 1' \
+        'aether_http_requests_total{endpoint="GetObject",status="200"} >= 3' \
+        'aether_http_requests_total{endpoint="GetObject",status="206"} >= 7' \
+        'aether_http_sent_bytes_total > 13000000'
+}
+
 ansible_cluster_checks() {
     master_url=http://127.0.0.1:42100
     local nodes_json
@@ -634,6 +812,24 @@ ansible_cluster_checks() {
     check "aether put stores 5 objects through the deployed cluster" put_objects "$MASTER"
     check "aether get reads every object back" read_back_all "$MASTER"
 
+    # S3: a key made on the master's host; boto3 puts through the gateway beside the
+    # master and reads back through the one beside datanode-2 (stateless: they share
+    # nothing but the master).
+    check "the gateways run with their settings rendered (AETHER_THREADS)" \
+        has_env "${GATEWAYS[1]}" aether-s3 AETHER_THREADS=32
+    check "aether key create makes an S3 access key on the deployed master" s3_key "$MASTER" "$cluster_token"
+    local gateway_urls=() c
+    for c in "${GATEWAYS[@]}"; do gateway_urls+=("http://$(container_ip "$c"):$S3_PORT"); done
+    check "boto3 puts objects (one multipart, one key replaced) through the gateway on ${GATEWAYS[0]}" \
+        s3_roundtrip put "${gateway_urls[0]}"
+    check "boto3 reads them back, whole and in ranges, through the gateway on ${GATEWAYS[1]}" \
+        s3_roundtrip get "${gateway_urls[1]}"
+    if ! wait_until 20 "every server's metrics" ansible_metrics; then
+        ansible_metrics || true
+        fail "every server's /metrics, scraped from inside the container network, has its key series"
+    fi
+    pass "every server's /metrics (master, 3 datanodes, 2 gateways), scraped from inside the container network, parses and has its key series with plausible values"
+
     local victim=${DATANODES[0]}
     local held
     held=$(objects_on "$victim" "$MASTER")
@@ -643,6 +839,14 @@ ansible_cluster_checks() {
     check "with $victim stopped, every object can still be read" read_back_all "$MASTER"
     check "with $victim stopped, the walk-through's object can still be read" \
         read_walkthrough_object "$walk_id" "$MASTER"
+    for c in "${gateway_urls[@]}"; do
+        check "with $victim stopped, boto3 reads every S3 object back through $c" s3_roundtrip get "$c"
+    done
+    # Its silence shows in the node states of the master's metrics (suspect after half of
+    # aether_master_dead_after, 12 s here).
+    check "the master's /metrics counts $victim no longer alive" wait_until 30 "$victim to leave the alive state" \
+        metrics_hold "$MASTER" "$master_url" 'aether_master_nodes{state="alive"} == 2' \
+        'aether_master_nodes == 3'
     ((held > 0)) || say "warning: $victim held no replica, so the read failover was not exercised"
 }
 
@@ -662,10 +866,22 @@ ports_free() {
 compose_healthy() {
     local ids id
     ids=$(AETHER_IMAGE=$IMAGE "${compose[@]}" -p "$COMPOSE_PROJECT" -f "$AETHER_REPO_ROOT/docker-compose.yml" ps -q)
-    [[ $(wc -w <<<"$ids") == 4 ]] || return 1
+    [[ $(wc -w <<<"$ids") == 5 ]] || return 1
     for id in $ids; do
         [[ $(docker inspect -f '{{.State.Health.Status}}' "$id") == healthy ]] || return 1
     done
+}
+
+# compose_metrics S3_URL: the master's and the gateway's scrapes from this machine (the
+# compose services are on its network) after the uploads of stage_docker.
+compose_metrics() {
+    metrics_hold "" "$master_url" 'aether_build_info{server="master"} == 1' \
+        'aether_master_nodes{state="alive"} == 3' 'aether_master_objects >= 10' \
+        'aether_master_under_replicated_objects == 0' &&
+        metrics_hold "" "$1" 'aether_build_info{server="s3"} == 1' \
+            'aether_http_requests_total{endpoint="PutObject",status="200"} >= 3' \
+            'aether_http_requests_total{endpoint="UploadPart",status="200"} >= 3' \
+            'aether_http_requests_total{endpoint="GetObject",status="206"} >= 7'
 }
 
 stage_docker() {
@@ -683,7 +899,7 @@ stage_docker() {
     timed "compose up" "${up[@]}" up -d --no-build
     timed "compose: wait until healthy" wait_until 90 "the compose cluster to be healthy" compose_healthy ||
         { "${up[@]}" ps >&2; "${up[@]}" logs --tail 20 >&2; fail "the compose cluster becomes healthy"; }
-    pass "docker compose up -d gives 4 healthy containers"
+    pass "docker compose up -d gives 5 healthy containers (master, 3 datanodes, S3 gateway; each health check is aether health)"
 
     master_url=http://localhost:42100
     local registered
@@ -704,6 +920,16 @@ stage_docker() {
     declare -gA object_sums=()
     check "aether put from this machine stores 5 objects in the compose cluster" put_objects ""
     check "aether get reads every object back" read_back_all ""
+
+    # S3 on the gateway's port on this machine (the compose cluster has no token, as the
+    # original had none; it serves this machine only).
+    local s3_url=http://localhost:$S3_PORT
+    check "aether key create makes an S3 access key in the compose cluster" s3_key ""
+    check "boto3 puts objects (one multipart, one key replaced) through the compose gateway" s3_roundtrip put "$s3_url"
+    check "boto3 reads them back, whole and in ranges, through the compose gateway" s3_roundtrip get "$s3_url"
+    check "the compose master's and gateway's /metrics parse and count the traffic" \
+        wait_until 20 "the compose cluster's metrics" compose_metrics "$s3_url"
+
     local held
     held=$(objects_on datanode-1 "")
     say "datanode-1 holds a replica of $held of ${#object_sums[@]} objects; stopping it"
@@ -711,6 +937,8 @@ stage_docker() {
     check "with datanode-1 stopped, every object can still be read" read_back_all ""
     check "with datanode-1 stopped, the walk-through's object can still be read" \
         read_walkthrough_object "$walk_id" ""
+    check "with datanode-1 stopped, boto3 reads every S3 object back through the compose gateway" \
+        s3_roundtrip get "$s3_url"
 
     timed "compose down" "${up[@]}" down -v >/dev/null 2>&1
     check "compose down removed the containers" bash -c "[[ -z \$(${up[*]} ps -q) ]]"
@@ -723,6 +951,9 @@ timed "install tools" setup_tools
 timed "static binary" get_binary
 if wants ansible; then
     timed "Debian package (deploy/build-deb.sh)" get_package
+fi
+if wants ansible || wants docker; then
+    timed "S3 client and scrape parser" setup_clients
 fi
 if wants lint || wants ansible; then
     timed "Ansible virtualenv" setup_ansible

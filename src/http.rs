@@ -286,6 +286,7 @@ impl HttpServer {
         let gate = Arc::new(Gate::new(threads, (threads / 4).max(4)));
         let priority: Arc<dyn Fn(&Request) -> bool + Send + Sync> = Arc::new(priority);
         let (inner_gate, inner_priority, log_name) = (Arc::clone(&gate), Arc::clone(&priority), name.to_string());
+        let report_metrics = metrics.clone();
         let metrics = metrics.clone();
         let serve_one =
             move |request: Request| serve_one(request, &log_name, &metrics, &inner_gate, &*inner_priority, &handler);
@@ -301,6 +302,13 @@ impl HttpServer {
             accept_failure_limit: limits.accept_failure_limit,
             report: Some(Arc::new(move |trouble| match trouble {
                 tiny_http::Trouble::Warning(message) => log::warn(&report_name, &message),
+                tiny_http::Trouble::Refused { status, peer, reason } => {
+                    // Logged and counted like a handler's answer, so that an operator sees
+                    // who sends malformed, oversized or too-slow requests.
+                    report_metrics.observe_request(metrics::UNMATCHED, status, 0.0, 0, 0);
+                    let peer = peer.map_or_else(|| "an unknown peer".to_string(), |p| p.to_string());
+                    log::info(&report_name, &format!("refused a request from {peer}: {status} {reason}"));
+                }
                 tiny_http::Trouble::Fatal(message) => {
                     // A server that cannot take connections must not live on looking
                     // healthy (heartbeating as alive): exit, and let the supervisor restart it.

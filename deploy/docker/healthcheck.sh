@@ -3,8 +3,9 @@
 # succeeds only on a 200 from GET /health with status "ok" and says why otherwise (Docker
 # keeps that line in the container's health log; see `docker inspect`).
 # The address is AETHER_LISTEN's (a wildcard address is asked at 127.0.0.1), else the
-# role's default port (42101 for a datanode, 42100 for the master) on 127.0.0.1; the
-# role is read from the command line of the container's main process.
+# role's default port (42101 for a datanode, 9000 for the S3 gateway, 42100 for the
+# master) on 127.0.0.1; the role is read from the command line of the container's main
+# process.
 set -u
 listen=${AETHER_LISTEN:-}
 host=127.0.0.1
@@ -14,10 +15,12 @@ if [[ -n $listen ]]; then
     bound=${bound#[}
     bound=${bound%]}
     [[ -n $bound && $bound != 0.0.0.0 && $bound != :: ]] && host=$bound
-elif tr '\0' ' ' </proc/1/cmdline | grep -qw datanode; then
-    port=42101
 else
-    port=42100
+    case " $(tr '\0' ' ' </proc/1/cmdline) " in
+        *" datanode "*) port=42101 ;;
+        *" s3 "*) port=9000 ;;
+        *) port=42100 ;;
+    esac
 fi
 [[ $host == *:* ]] && host="[$host]"
 exec aether health --timeout 4 "http://$host:$port"

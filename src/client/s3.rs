@@ -5,7 +5,8 @@ use std::io::Read;
 use super::{from_ureq, Client, ClientError};
 use crate::proto::s3::{
     Access, AccessKey, AccessKeys, Bucket, BucketRef, Buckets, CompleteParts, CreateKey, CreateUpload, Entry, EntryRef,
-    Grant, KeyRef, ListPage, ListRequest, Replaced, UploadPart, UploadRef,
+    Grant, KeyRef, ListPage, ListPartsRequest, ListRequest, ListUploadsRequest, PartsPage, Replaced, UploadPart,
+    UploadRef, UploadsPage,
 };
 use crate::proto::{ObjectId, StatusOk};
 
@@ -93,6 +94,14 @@ impl Client {
     pub fn abort_multipart(&self, upload: &UploadRef) -> Result<(), ClientError> {
         let _: StatusOk = self.post("/api/s3/uploads/abort", upload)?;
         Ok(())
+    }
+
+    pub fn list_parts(&self, request: &ListPartsRequest) -> Result<PartsPage, ClientError> {
+        self.post("/api/s3/uploads/parts", request)
+    }
+
+    pub fn list_uploads(&self, request: &ListUploadsRequest) -> Result<UploadsPage, ClientError> {
+        self.post("/api/s3/uploads/list", request)
     }
 }
 

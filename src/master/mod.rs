@@ -59,6 +59,9 @@ pub struct MasterConfig {
     pub dead_after: Duration,
     /// Shared secret that internal requests (registration, heartbeats, reports) carry.
     pub cluster_token: Option<String>,
+    /// Without a cluster token, the secret the S3 namespace API (access keys and their
+    /// secrets) asks for instead; with neither, that API answers no one (`aether dev` sets it).
+    pub namespace_token: Option<String>,
     /// Age after which an upload never completed, or a file no one knows, is removed.
     pub upload_grace: Duration,
     /// Re-replication batches in flight at once.
@@ -83,6 +86,7 @@ impl MasterConfig {
             max_object_size: 5 << 40,
             dead_after: Duration::from_secs(12),
             cluster_token: None,
+            namespace_token: None,
             upload_grace: Duration::from_secs(3600),
             repair_concurrency: 16,
             http: http::HttpLimits::default(),
@@ -153,11 +157,7 @@ impl Master {
         let drains: HashMap<String, Drain> = known.iter().filter_map(|n| n.drain.map(|d| (n.id.clone(), d))).collect();
         let zones: Vec<(String, String)> =
             known.iter().filter_map(|n| n.zone.clone().map(|z| (n.id.clone(), z))).collect();
-        let membership = Membership::new(
-            known.into_iter().map(|n| (n.id, NodeState::parse(&n.state))),
-            config.dead_after,
-            Instant::now(),
-        );
+        let membership = Membership::new(known.into_iter().map(|n| (n.id, n.state)), config.dead_after, Instant::now());
         for node in drains.keys() {
             membership.set_draining(node, true);
         }
@@ -722,7 +722,7 @@ impl MasterState {
                 let silent = member.map_or(0.0, |m| now.saturating_duration_since(m.last_seen).as_secs_f64());
                 let zone = zones.get(&n.id).cloned().or(n.zone);
                 NodeInfo {
-                    state: member.map_or(n.state, |m| m.state.as_str().to_string()),
+                    state: member.map_or(n.state, |m| m.state).as_str().to_string(),
                     last_seen: rfc3339(db::now_ms() - (silent * 1000.0) as i64),
                     last_seen_secs_ago: (silent * 10.0).round() / 10.0,
                     id: n.id,
@@ -967,7 +967,7 @@ impl MasterState {
         let object = self.db.object_with_status(id, true)?;
         let known_node = |node: &str, found: &[Confirmation]| found.iter().any(|f| f.node_id == node);
         let unconfirmed: Vec<&db::ReplicaRow> =
-            object.replicas.iter().filter(|r| r.state != "confirmed" && !known_node(&r.node_id, &found)).collect();
+            object.replicas.iter().filter(|r| !r.confirmed() && !known_node(&r.node_id, &found)).collect();
         let asked: Vec<Confirmation> =
             unconfirmed.into_iter().filter_map(|r| self.ask_node(&r.node_id, &r.address, &id)).collect();
         found.extend(asked);
@@ -983,7 +983,7 @@ impl MasterState {
         // PUTs to nodes of its own choosing, and their reports may still be on the way).
         let known = Arc::clone(&self.nodes.read().expect("nodes lock"));
         let confirmed: Vec<&str> =
-            object.replicas.iter().filter(|r| r.state == "confirmed").map(|r| r.node_id.as_str()).collect();
+            object.replicas.iter().filter(|r| r.confirmed()).map(|r| r.node_id.as_str()).collect();
         let copies = |found: &[Confirmation]| {
             confirmed.len() + found.iter().filter(|f| !confirmed.contains(&f.node_id.as_str())).count()
         };
@@ -1021,18 +1021,18 @@ impl MasterState {
     fn get_object(&self, id: ObjectId) -> Result<Reply, ApiError> {
         let object = self.db.object(id)?;
         // Copies a node has lost or found corrupt are not replicas to read from.
-        let readable: Vec<&db::ReplicaRow> = object.replicas.iter().filter(|r| r.state == "confirmed").collect();
+        let readable: Vec<&db::ReplicaRow> = object.replicas.iter().filter(|r| r.confirmed()).collect();
         let info = ObjectInfo {
             objectid: object.id.clone(),
             size: object.size,
-            status: object.status.clone(),
+            status: object.status.as_str().to_string(),
             replicas: readable.iter().map(|r| r.address.clone()).collect(),
             replica_nodes: readable
                 .iter()
                 .map(|r| ReplicaInfo {
                     node: r.node_id.clone(),
                     address: r.address.clone(),
-                    state: r.node_state.clone(),
+                    state: r.node_state.as_str().to_string(),
                 })
                 .collect(),
             checksum: object.checksum,
@@ -1046,7 +1046,7 @@ impl MasterState {
     fn redirect(&self, id: ObjectId) -> Result<Reply, ApiError> {
         let object = self.db.object(id)?;
         let replica =
-            object.replicas.iter().find(|r| r.state == "confirmed" && r.node_state == "alive").ok_or_else(|| {
+            object.replicas.iter().find(|r| r.confirmed() && r.node_state == NodeState::Alive).ok_or_else(|| {
                 ApiError::unavailable(format!("no live datanode holds object {id} right now; try again shortly"))
             })?;
         let location = format!("{}/objects/{id}", replica.address);

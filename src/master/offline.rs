@@ -84,6 +84,7 @@ pub fn populate_bucket(
                             if_none_match: false,
                             if_match: None,
                             parts: Vec::new(),
+                            checksum: None,
                         };
                         db.put_entry(entry).map_err(|e| e.to_string())?;
                     }

@@ -9,9 +9,14 @@ use crate::http::{self, ApiError, Reply};
 use crate::log;
 use crate::proto::s3::{
     AccessKeys, BucketRef, Buckets, CompleteParts, CreateKey, CreateUpload, Entry, EntryRef, Grant, KeyRef,
-    ListRequest, Replaced, UploadPart, UploadRef,
+    ListPartsRequest, ListRequest, ListUploadsRequest, Replaced, UploadPart, UploadRef,
 };
 use crate::proto::StatusOk;
+
+/// Why a master without a cluster token serves no S3 namespace.
+pub const NO_TOKEN: &str = "the S3 namespace (buckets, access keys and their secrets) is served only by a master \
+     with a cluster token; start the master, every datanode and `aether s3` with --cluster-token \
+     (or AETHER_CLUSTER_TOKEN), and give it to `aether key` too";
 
 /// The most keys one listing page may ask for (S3's own limit).
 pub const MAX_LIST_KEYS: usize = 1000;
@@ -35,6 +40,8 @@ pub enum S3Endpoint {
     PutPart,
     CompleteUpload,
     AbortUpload,
+    ListParts,
+    ListUploads,
 }
 
 impl S3Endpoint {
@@ -58,6 +65,8 @@ impl S3Endpoint {
             "/api/s3/uploads/part" => S3Endpoint::PutPart,
             "/api/s3/uploads/complete" => S3Endpoint::CompleteUpload,
             "/api/s3/uploads/abort" => S3Endpoint::AbortUpload,
+            "/api/s3/uploads/parts" => S3Endpoint::ListParts,
+            "/api/s3/uploads/list" => S3Endpoint::ListUploads,
             _ => return Err(ApiError::no_route(path)),
         };
         if *method == Method::Post {
@@ -70,6 +79,14 @@ impl S3Endpoint {
 
 impl MasterState {
     pub(super) fn dispatch_s3(&self, endpoint: S3Endpoint, request: &mut Request) -> Result<Reply, ApiError> {
+        // The namespace holds every access key's secret: it is never open to anyone who can
+        // reach the port. The cluster token was checked already, as for every internal call.
+        if self.config.cluster_token.is_none() {
+            match &self.config.namespace_token {
+                Some(token) => http::check_token(request, Some(token))?,
+                None => return Err(ApiError::new(403, NO_TOKEN)),
+            }
+        }
         let ok = || Ok(http::json_reply(200, &StatusOk::ok()));
         match endpoint {
             S3Endpoint::CreateKey => {
@@ -157,6 +174,18 @@ impl MasterState {
                 let body: UploadRef = http::read_json(request, r#"{"bucket", "key", "upload_id"}"#)?;
                 self.db.abort_upload(&body.upload_id, &body.bucket, &body.key)?;
                 ok()
+            }
+            S3Endpoint::ListParts => {
+                let mut body: ListPartsRequest =
+                    http::read_json(request, r#"{"bucket", "key", "upload_id", "after": 0, "max_parts": 1000}"#)?;
+                body.max_parts = body.max_parts.min(MAX_LIST_KEYS);
+                Ok(http::json_reply(200, &self.db.list_parts(&body)?))
+            }
+            S3Endpoint::ListUploads => {
+                let mut body: ListUploadsRequest =
+                    http::read_json(request, r#"{"bucket": "name", "prefix": "", "max_uploads": 1000}"#)?;
+                body.max_uploads = body.max_uploads.min(MAX_LIST_KEYS);
+                Ok(http::json_reply(200, &self.db.list_uploads(&body)?))
             }
         }
     }

@@ -215,7 +215,13 @@ pub fn fragment(view: &View) -> String {
             html.push_str(r#"<tr><td colspan="3" class="empty">No S3 bucket yet.</td></tr>"#);
         }
         for (name, objects, size) in buckets {
-            let _ = write!(html, "<tr><td>{}</td><td>{objects}</td><td>{}</td></tr>", escape(name), bytes(*size));
+            // The exact byte count on hover: a bucket's usage is a counter, not an estimate.
+            let _ = write!(
+                html,
+                r#"<tr><td>{}</td><td>{objects}</td><td title="{size} bytes">{}</td></tr>"#,
+                escape(name),
+                bytes(*size)
+            );
         }
         html.push_str("</table>");
         if buckets.len() >= BUCKETS_SHOWN {
@@ -410,7 +416,7 @@ mod tests {
             "2 node(s) drained, waiting for `aether node remove`",
             "rebalancing: copies move",
             "7 copies moved since the master started",
-            "<tr><td>photos</td><td>3</td><td>3.0 MiB</td></tr>",
+            r#"<tr><td>photos</td><td>3</td><td title="3145728 bytes">3.0 MiB</td></tr>"#,
             "<td>&lt;i&gt;x&lt;/i&gt;&amp;</td>",
         ] {
             assert!(html.contains(said), "{said:?} missing: {html}");

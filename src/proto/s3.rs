@@ -125,6 +125,9 @@ pub struct Entry {
     /// A multipart object: its parts in order (`objectid` is the first's). Empty otherwise.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub parts: Vec<PartObject>,
+    /// The checksum the client sent (verified) or asked for, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<Checksum>,
 }
 
 /// One part of a multipart object: an object of its own.
@@ -143,6 +146,12 @@ pub struct CreateUpload {
     pub content_type: Option<String>,
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
+    /// `x-amz-checksum-algorithm`: every part must carry a checksum of this kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum_algorithm: Option<ChecksumAlgorithm>,
+    /// `x-amz-checksum-type: FULL_OBJECT`: the completed object's checksum is of its whole body.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub full_object: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -162,6 +171,9 @@ pub struct UploadPart {
     pub objectid: String,
     pub size: u64,
     pub etag: String,
+    /// The part's checksum, verified against its bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<Checksum>,
 }
 
 /// `POST /api/s3/uploads/complete`: the parts, by number and ETag, in the client's order.
@@ -171,6 +183,20 @@ pub struct CompleteParts {
     pub bucket: String,
     pub key: String,
     pub parts: Vec<(u32, String)>,
+    /// The checksums the client listed for its parts (by part number), to compare with
+    /// the stored ones.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub part_checksums: Vec<(u32, Checksum)>,
+    /// A full-object checksum (CRCs) the client computed over the whole body, stored as given
+    /// once the parts' CRCs combine to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<Checksum>,
+    /// Complete only if the key holds no object yet (`If-None-Match: *`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub if_none_match: bool,
+    /// Complete only if the key's ETag is this one (`If-Match`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub if_match: Option<String>,
 }
 
 /// The answer to `objects/put` and `objects/delete`: the object the key pointed at before,
@@ -201,4 +227,137 @@ pub struct ListPage {
     pub truncated: bool,
     /// The last key or common prefix of the page: where the next page starts after.
     pub last: Option<String>,
+}
+
+/// The checksum algorithms S3 clients send (`x-amz-checksum-*`, `x-amz-checksum-algorithm`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum ChecksumAlgorithm {
+    Crc32,
+    Crc32c,
+    Crc64nvme,
+    Sha1,
+    Sha256,
+}
+
+impl ChecksumAlgorithm {
+    pub const ALL: [ChecksumAlgorithm; 5] = [
+        ChecksumAlgorithm::Crc32,
+        ChecksumAlgorithm::Crc32c,
+        ChecksumAlgorithm::Crc64nvme,
+        ChecksumAlgorithm::Sha1,
+        ChecksumAlgorithm::Sha256,
+    ];
+
+    /// As S3 names it: `CRC32`, `CRC64NVME`, `SHA256`, ...
+    pub fn name(self) -> &'static str {
+        match self {
+            ChecksumAlgorithm::Crc32 => "CRC32",
+            ChecksumAlgorithm::Crc32c => "CRC32C",
+            ChecksumAlgorithm::Crc64nvme => "CRC64NVME",
+            ChecksumAlgorithm::Sha1 => "SHA1",
+            ChecksumAlgorithm::Sha256 => "SHA256",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<ChecksumAlgorithm> {
+        ChecksumAlgorithm::ALL.into_iter().find(|a| a.name().eq_ignore_ascii_case(name.trim()))
+    }
+
+    /// `x-amz-checksum-crc32`, ...
+    pub fn header(self) -> String {
+        format!("x-amz-checksum-{}", self.name().to_ascii_lowercase())
+    }
+
+    /// The algorithm of a checksum header (any case), if it is one.
+    pub fn from_header(name: &str) -> Option<ChecksumAlgorithm> {
+        let lower = name.to_ascii_lowercase();
+        ChecksumAlgorithm::parse(lower.strip_prefix("x-amz-checksum-")?)
+    }
+
+    /// CRCs combine, so a whole multipart object's CRC can be given (`FULL_OBJECT`);
+    /// SHAs only as a checksum of the parts' checksums (`COMPOSITE`).
+    pub fn allows_full_object(self) -> bool {
+        matches!(self, ChecksumAlgorithm::Crc32 | ChecksumAlgorithm::Crc32c | ChecksumAlgorithm::Crc64nvme)
+    }
+}
+
+/// A checksum kept with an object or a part: its algorithm and base64 value; a multipart
+/// object's is `COMPOSITE` (the checksum of its parts' checksums, value ending `-N`) or
+/// `FULL_OBJECT`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checksum {
+    pub algorithm: ChecksumAlgorithm,
+    pub value: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub composite: bool,
+}
+
+/// `POST /api/s3/uploads/parts`: a page of an upload's parts after part `after`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ListPartsRequest {
+    pub bucket: String,
+    pub key: String,
+    pub upload_id: String,
+    #[serde(default)]
+    pub after: u32,
+    pub max_parts: usize,
+}
+
+/// One uploaded part, as ListParts shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PartInfo {
+    pub number: u32,
+    pub size: u64,
+    pub etag: String,
+    pub modified_ms: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<Checksum>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct PartsPage {
+    pub parts: Vec<PartInfo>,
+    pub truncated: bool,
+    /// The algorithm the upload was created with, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum_algorithm: Option<ChecksumAlgorithm>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub full_object: bool,
+}
+
+/// `POST /api/s3/uploads/list`: a page of a bucket's uploads in progress, by key and then
+/// by start time.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct ListUploadsRequest {
+    pub bucket: String,
+    #[serde(default)]
+    pub prefix: String,
+    #[serde(default)]
+    pub delimiter: String,
+    /// Only uploads of keys after this one (or, with `upload_id_marker`, of this key after that upload).
+    #[serde(default)]
+    pub key_marker: String,
+    #[serde(default)]
+    pub upload_id_marker: String,
+    pub max_uploads: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UploadInfo {
+    pub key: String,
+    pub upload_id: String,
+    pub initiated_ms: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum_algorithm: Option<ChecksumAlgorithm>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct UploadsPage {
+    pub uploads: Vec<UploadInfo>,
+    pub common_prefixes: Vec<String>,
+    pub truncated: bool,
+    /// Where the next page starts after: a key (or common prefix) and an upload id.
+    pub next_key_marker: Option<String>,
+    pub next_upload_id_marker: Option<String>,
 }

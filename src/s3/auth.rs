@@ -135,7 +135,10 @@ impl GatewayState {
             "UNSIGNED-PAYLOAD" => Payload::Unsigned,
             "STREAMING-AWS4-HMAC-SHA256-PAYLOAD" => Payload::StreamingSigned { key: signing_key, credentials },
             "STREAMING-UNSIGNED-PAYLOAD-TRAILER" => Payload::StreamingUnsignedTrailer,
-            "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER" | "STREAMING-AWS4-ECDSA-P256-SHA256-PAYLOAD" => {
+            "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER" => {
+                Payload::StreamingSignedTrailer { key: signing_key, credentials }
+            }
+            "STREAMING-AWS4-ECDSA-P256-SHA256-PAYLOAD" | "STREAMING-AWS4-ECDSA-P256-SHA256-PAYLOAD-TRAILER" => {
                 return Err(S3Error::not_implemented(&format!("x-amz-content-sha256: {payload_hash}")))
             }
             hash if hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()) => {

@@ -1,7 +1,8 @@
 //! `PayloadReader`: an S3 request body as the bytes to store. It removes `aws-chunked`
 //! framing, verifies what the client vouched for (the payload's SHA-256, each chunk's
-//! signature, a CRC32/CRC32C or Content-MD5 in a header or a trailer) and computes the
-//! MD5 ETag, all while streaming through the caller's buffer.
+//! and the trailer's signature, a CRC32/CRC32C/CRC64NVME/SHA1/SHA256 checksum in a header
+//! or a trailer, Content-MD5) and computes the MD5 ETag and the checksum kept with the
+//! object, all while streaming through the caller's buffer.
 //!
 //! Whatever is wrong is often only known at the end, so the last bytes of the body are
 //! handed on only after every check passed: a datanode receives its announced length
@@ -16,11 +17,15 @@ use base64::Engine;
 use md5::Md5;
 use sha2::{Digest, Sha256};
 
+use super::checksum::Hasher;
 use super::error::S3Error;
 use super::sigv4::{self, Credentials};
+use crate::proto::s3::{Checksum, ChecksumAlgorithm};
 
 /// The longest chunk header or trailer line accepted.
 const MAX_LINE: usize = 4096;
+/// The most trailing headers accepted.
+const MAX_TRAILERS: usize = 16;
 
 /// How the body is sent, from `x-amz-content-sha256`.
 pub enum Payload {
@@ -34,26 +39,25 @@ pub enum Payload {
     },
     /// `aws-chunked` without signatures, checksum in a trailer.
     StreamingUnsignedTrailer,
+    /// `aws-chunked`, each chunk signed, then a trailer signed too (`x-amz-trailer-signature`,
+    /// chained from the final chunk's signature).
+    StreamingSignedTrailer {
+        key: Vec<u8>,
+        credentials: Credentials,
+    },
 }
 
 impl Payload {
     pub fn is_chunked(&self) -> bool {
-        matches!(self, Payload::StreamingSigned { .. } | Payload::StreamingUnsignedTrailer)
+        !matches!(self, Payload::Signed(_) | Payload::Unsigned)
     }
-}
 
-/// A checksum the client sent, to compare with the body's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ChecksumKind {
-    Crc32,
-    Crc32c,
-}
-
-impl ChecksumKind {
-    pub fn from_header(name: &str) -> Option<ChecksumKind> {
-        match name.to_ascii_lowercase().as_str() {
-            "x-amz-checksum-crc32" => Some(ChecksumKind::Crc32),
-            "x-amz-checksum-crc32c" => Some(ChecksumKind::Crc32c),
+    /// The signing key and credentials of a body whose chunks are signed.
+    fn chunk_signer(&self) -> Option<(&[u8], &Credentials)> {
+        match self {
+            Payload::StreamingSigned { key, credentials } | Payload::StreamingSignedTrailer { key, credentials } => {
+                Some((key, credentials))
+            }
             _ => None,
         }
     }
@@ -63,11 +67,20 @@ impl ChecksumKind {
 #[derive(Default)]
 pub struct Expected {
     /// A checksum header and its base64 value.
-    pub checksum: Option<(ChecksumKind, String)>,
+    pub checksum: Option<(ChecksumAlgorithm, String)>,
     /// The trailer (from `x-amz-trailer`) that will carry a checksum.
-    pub trailer: Option<(ChecksumKind, String)>,
+    pub trailer: Option<(ChecksumAlgorithm, String)>,
     /// `Content-MD5`, base64.
     pub content_md5: Option<String>,
+    /// A checksum to compute (and keep) though the client sent none.
+    pub compute: Option<ChecksumAlgorithm>,
+}
+
+impl Expected {
+    /// The checksum kept with the body: the one the client sent, else the one asked for.
+    fn kept(&self) -> Option<ChecksumAlgorithm> {
+        self.checksum.as_ref().map(|(a, _)| *a).or(self.trailer.as_ref().map(|(a, _)| *a)).or(self.compute)
+    }
 }
 
 pub struct PayloadReader<'a> {
@@ -78,8 +91,8 @@ pub struct PayloadReader<'a> {
     remaining: u64,
     md5: Md5,
     sha256: Sha256,
-    crc32: crc32fast::Hasher,
-    crc32c: u32,
+    /// The checksums the body is checked against or kept with.
+    sums: Vec<Hasher>,
     chunk: Chunk,
     finished: bool,
     pub failure: Option<S3Error>,
@@ -100,10 +113,17 @@ struct Chunk {
 impl<'a> PayloadReader<'a> {
     /// A reader of `length` body bytes (the decoded length for `aws-chunked`).
     pub fn new(inner: &'a mut dyn Read, payload: Payload, expected: Expected, length: u64) -> PayloadReader<'a> {
-        let previous = match &payload {
-            Payload::StreamingSigned { credentials, .. } => credentials.signature.clone(),
-            _ => String::new(),
-        };
+        let mut sums: Vec<Hasher> = Vec::new();
+        // Only the checksums compared or kept are computed.
+        let sent = [expected.checksum.as_ref().map(|(a, _)| *a), expected.trailer.as_ref().map(|(a, _)| *a)];
+        let compute = if sent.iter().all(Option::is_none) { expected.compute } else { None };
+        let wanted = [sent[0], sent[1], compute];
+        for algorithm in wanted.into_iter().flatten() {
+            if !sums.iter().any(|h| h.algorithm() == algorithm) {
+                sums.push(Hasher::new(algorithm));
+            }
+        }
+        let previous = payload.chunk_signer().map(|(_, credentials)| credentials.signature.clone()).unwrap_or_default();
         PayloadReader {
             inner,
             payload,
@@ -111,12 +131,18 @@ impl<'a> PayloadReader<'a> {
             remaining: length,
             md5: Md5::new(),
             sha256: Sha256::new(),
-            crc32: crc32fast::Hasher::new(),
-            crc32c: 0,
+            sums,
             chunk: Chunk { previous, ..Chunk::default() },
             finished: false,
             failure: None,
         }
+    }
+
+    /// The checksum kept with the body (the client's, verified, or the one asked for),
+    /// once every byte was read.
+    pub fn checksum(&self) -> Option<Checksum> {
+        let kept = self.expected.kept()?;
+        self.sums.iter().find(|h| h.algorithm() == kept).map(Hasher::checksum)
     }
 
     /// The MD5 of the body, hex: its ETag.
@@ -199,7 +225,7 @@ impl<'a> PayloadReader<'a> {
     }
 
     fn check_chunk_signature(&mut self) -> Result<(), S3Error> {
-        let Payload::StreamingSigned { key, credentials } = &self.payload else { return Ok(()) };
+        let Some((key, credentials)) = self.payload.chunk_signer() else { return Ok(()) };
         let hash = sigv4::hex(&self.chunk.hash.take().unwrap_or_default().finalize());
         let expected = sigv4::chunk_signature(key, credentials, &self.chunk.previous, &hash);
         if !sigv4::same(&expected, &self.chunk.signature) {
@@ -209,6 +235,22 @@ impl<'a> PayloadReader<'a> {
             ));
         }
         self.chunk.previous = expected;
+        Ok(())
+    }
+
+    /// A signed trailer's `x-amz-trailer-signature`, chained from the final chunk's.
+    fn check_trailer_signature(&self, trailers: &[(String, String)], signature: Option<&str>) -> Result<(), S3Error> {
+        let Payload::StreamingSignedTrailer { key, credentials } = &self.payload else { return Ok(()) };
+        let signature = signature.ok_or_else(|| {
+            S3Error::new("SignatureDoesNotMatch", "a signed aws-chunked trailer has no x-amz-trailer-signature")
+        })?;
+        let expected = sigv4::trailer_signature(key, credentials, &self.chunk.previous, trailers);
+        if !sigv4::same(&expected, &signature.to_ascii_lowercase()) {
+            return Err(S3Error::new(
+                "SignatureDoesNotMatch",
+                "the trailer signature does not match; check the secret key and the signing method",
+            ));
+        }
         Ok(())
     }
 
@@ -224,7 +266,7 @@ impl<'a> PayloadReader<'a> {
             .find_map(|e| e.trim().strip_prefix("chunk-signature="))
             .unwrap_or_default()
             .to_ascii_lowercase();
-        if matches!(self.payload, Payload::StreamingSigned { .. }) && self.chunk.signature.is_empty() {
+        if self.payload.chunk_signer().is_some() && self.chunk.signature.is_empty() {
             return Err(S3Error::new("SignatureDoesNotMatch", "a chunk of a signed aws-chunked body has no signature"));
         }
         self.chunk.hash = Some(Sha256::new());
@@ -270,14 +312,27 @@ impl<'a> PayloadReader<'a> {
                     "the aws-chunked body is longer than x-amz-decoded-content-length",
                 ));
             }
+            let mut signature = None;
+            let mut lines = Vec::new();
             while let Some(line) = self.read_line()? {
                 if line.is_empty() {
                     break;
                 }
-                if let Some((name, value)) = line.split_once(':') {
-                    trailers.insert(name.trim().to_ascii_lowercase(), value.trim().to_string());
+                if lines.len() >= MAX_TRAILERS {
+                    return Err(S3Error::new("InvalidRequest", "the aws-chunked trailer has too many lines"));
+                }
+                let Some((name, value)) = line.split_once(':') else {
+                    return Err(S3Error::new("InvalidRequest", format!("bad aws-chunked trailer line {line:?}")));
+                };
+                let (name, value) = (name.trim().to_ascii_lowercase(), value.trim().to_string());
+                if name == "x-amz-trailer-signature" {
+                    signature = Some(value);
+                } else {
+                    lines.push((name, value));
                 }
             }
+            self.check_trailer_signature(&lines, signature.as_deref())?;
+            trailers.extend(lines);
         }
         if let Payload::Signed(expected) = &self.payload {
             let got = sigv4::hex(&self.sha256.clone().finalize());
@@ -288,25 +343,34 @@ impl<'a> PayloadReader<'a> {
                 ));
             }
         }
-        let crc32 = BASE64.encode(self.crc32.clone().finalize().to_be_bytes());
-        let crc32c = BASE64.encode(self.crc32c.to_be_bytes());
-        let computed = |kind: ChecksumKind| if kind == ChecksumKind::Crc32 { crc32.clone() } else { crc32c.clone() };
-        if let Some((kind, value)) = &self.expected.checksum {
-            if computed(*kind) != *value {
+        let computed = |algorithm: ChecksumAlgorithm| {
+            self.sums.iter().find(|h| h.algorithm() == algorithm).map(Hasher::value).unwrap_or_default()
+        };
+        if let Some((algorithm, value)) = &self.expected.checksum {
+            if computed(*algorithm) != *value {
                 return Err(S3Error::new(
                     "BadDigest",
-                    format!("the body's {kind:?} is {}, not {value}", computed(*kind)),
+                    format!(
+                        "the {} you specified ({value}) did not match the body's, {}",
+                        algorithm.name(),
+                        computed(*algorithm)
+                    ),
                 ));
             }
         }
-        if let Some((kind, name)) = &self.expected.trailer {
+        if let Some((algorithm, name)) = &self.expected.trailer {
             let value = trailers.get(name).ok_or_else(|| {
                 S3Error::new("InvalidRequest", format!("the trailer {name} announced in x-amz-trailer is missing"))
             })?;
-            if computed(*kind) != *value {
+            super::checksum::check_value(*algorithm, value)?;
+            if computed(*algorithm) != *value {
                 return Err(S3Error::new(
                     "BadDigest",
-                    format!("the body's {kind:?} is {}, not the trailer's {value}", computed(*kind)),
+                    format!(
+                        "the {} in the trailer ({value}) did not match the body's, {}",
+                        algorithm.name(),
+                        computed(*algorithm)
+                    ),
                 ));
             }
         }
@@ -324,8 +388,9 @@ impl<'a> PayloadReader<'a> {
         if matches!(self.payload, Payload::Signed(_)) {
             self.sha256.update(bytes);
         }
-        self.crc32.update(bytes);
-        self.crc32c = crc32c::crc32c_append(self.crc32c, bytes);
+        for sum in &mut self.sums {
+            sum.update(bytes);
+        }
     }
 
     fn step(&mut self, buf: &mut [u8]) -> Result<usize, S3Error> {
@@ -384,7 +449,9 @@ mod tests {
     }
 
     fn crc32_b64(data: &[u8]) -> String {
-        BASE64.encode(crc32fast::hash(data).to_be_bytes())
+        let mut hasher = Hasher::new(ChecksumAlgorithm::Crc32);
+        hasher.update(data);
+        hasher.value()
     }
 
     fn read_all(reader: &mut PayloadReader<'_>) -> Result<Vec<u8>, S3Error> {
@@ -404,8 +471,10 @@ mod tests {
         let data: Vec<u8> = (0..70_000u32).map(|i| (i % 251) as u8).collect();
         let body = framed(&data, 8192, &format!("x-amz-checksum-crc32:{}", crc32_b64(&data)));
         let mut input: &[u8] = &body;
-        let expected =
-            Expected { trailer: Some((ChecksumKind::Crc32, "x-amz-checksum-crc32".into())), ..Expected::default() };
+        let expected = Expected {
+            trailer: Some((ChecksumAlgorithm::Crc32, "x-amz-checksum-crc32".into())),
+            ..Expected::default()
+        };
         let mut reader = PayloadReader::new(&mut input, Payload::StreamingUnsignedTrailer, expected, data.len() as u64);
         assert_eq!(read_all(&mut reader).unwrap(), data);
         assert_eq!(reader.etag(), sigv4::hex(&Md5::digest(&data)));
@@ -416,8 +485,10 @@ mod tests {
         let data = vec![7u8; 5000];
         let body = framed(&data, 1024, &format!("x-amz-checksum-crc32:{}", crc32_b64(b"other")));
         let mut input: &[u8] = &body;
-        let expected =
-            Expected { trailer: Some((ChecksumKind::Crc32, "x-amz-checksum-crc32".into())), ..Expected::default() };
+        let expected = Expected {
+            trailer: Some((ChecksumAlgorithm::Crc32, "x-amz-checksum-crc32".into())),
+            ..Expected::default()
+        };
         let mut reader = PayloadReader::new(&mut input, Payload::StreamingUnsignedTrailer, expected, 5000);
         let mut handed = 0;
         let mut buf = [0u8; 700];
@@ -489,5 +560,53 @@ mod tests {
         let payload = Payload::StreamingSigned { key, credentials };
         let mut reader = PayloadReader::new(&mut input, payload, Expected::default(), 66560);
         assert_eq!(read_all(&mut reader).unwrap_err().code, "SignatureDoesNotMatch");
+    }
+
+    #[test]
+    fn a_signed_trailer_verifies_and_a_changed_one_fails() {
+        let credentials = Credentials {
+            access_key: "AK".into(),
+            date: "20130524".into(),
+            region: "us-east-1".into(),
+            service: "s3".into(),
+            signed_headers: vec![],
+            signature: "00".repeat(32),
+            amz_date: "20130524T000000Z".into(),
+            expires: None,
+        };
+        let key = sigv4::signing_key("secret", &credentials);
+        let data = vec![b'z'; 3000];
+        let body = |sent_crc: &str, signed_crc: &str| {
+            let mut out = Vec::new();
+            let mut previous = credentials.signature.clone();
+            for piece in [&data[..2048], &data[2048..], &[][..]] {
+                previous = sigv4::chunk_signature(&key, &credentials, &previous, &sigv4::sha256_hex(piece));
+                out.extend(format!("{:x};chunk-signature={previous}\r\n", piece.len()).as_bytes());
+                out.extend(piece);
+                if !piece.is_empty() {
+                    out.extend(b"\r\n");
+                }
+            }
+            let signed = [("x-amz-checksum-crc32".to_string(), signed_crc.to_string())];
+            let signature = sigv4::trailer_signature(&key, &credentials, &previous, &signed);
+            out.extend(
+                format!("x-amz-checksum-crc32:{sent_crc}\r\nx-amz-trailer-signature:{signature}\r\n\r\n").as_bytes(),
+            );
+            out
+        };
+        let read = |framed: Vec<u8>| {
+            let mut input: &[u8] = &framed;
+            let payload = Payload::StreamingSignedTrailer { key: key.clone(), credentials: credentials.clone() };
+            let expected = Expected {
+                trailer: Some((ChecksumAlgorithm::Crc32, "x-amz-checksum-crc32".into())),
+                ..Expected::default()
+            };
+            let mut reader = PayloadReader::new(&mut input, payload, expected, data.len() as u64);
+            read_all(&mut reader).map_err(|e| e.code)
+        };
+        let good = crc32_b64(&data);
+        assert_eq!(read(body(&good, &good)), Ok(data.clone()));
+        assert_eq!(read(body(&crc32_b64(b"x"), &good)), Err("SignatureDoesNotMatch"));
+        assert_eq!(read(body(&crc32_b64(b"x"), &crc32_b64(b"x"))), Err("BadDigest"));
     }
 }

@@ -29,7 +29,7 @@ impl S3Error {
             "BucketAlreadyExists" | "BucketAlreadyOwnedByYou" | "BucketNotEmpty" => 409,
             "MissingContentLength" => 411,
             "PreconditionFailed" => 412,
-            "InvalidRange" => 416,
+            "InvalidRange" | "InvalidPartNumber" => 416,
             "InternalError" => 500,
             "NotImplemented" => 501,
             "ServiceUnavailable" => 503,

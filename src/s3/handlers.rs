@@ -10,14 +10,14 @@ use base64::Engine;
 use tiny_http::{Response, StatusCode};
 
 use super::auth::Signer;
-use super::body::{ChecksumKind, Expected, Payload, PayloadReader};
+use super::body::{Expected, Payload, PayloadReader};
 use super::error::S3Error;
 use super::router::{validate_bucket_name, Operation};
 use super::{xml, GatewayState};
 use crate::client::ClientError;
 use crate::http::{self, Reply};
 use crate::log;
-use crate::proto::s3::{Access, Entry, ListRequest};
+use crate::proto::s3::{Access, Checksum, ChecksumAlgorithm, Entry, ListRequest};
 use crate::proto::ObjectId;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +49,14 @@ impl Context<'_> {
     }
 }
 
+/// A request body stored as a new object.
+pub(super) struct Received {
+    pub uploaded: crate::client::Uploaded,
+    /// The body's MD5, hex.
+    pub etag: String,
+    pub checksum: Option<Checksum>,
+}
+
 pub(super) fn xml_reply(status: u16, body: Vec<u8>) -> Reply {
     http::bytes_reply(status, body, "application/xml")
 }
@@ -57,11 +65,43 @@ pub(super) fn empty_reply(status: u16) -> Reply {
     http::bytes_reply(status, Vec::new(), "application/xml")
 }
 
-/// The answer to a stored object or part: 200 with its ETag, quoted as S3 quotes it.
-pub(super) fn etag_reply(etag: &str) -> Reply {
+/// The answer to a stored object or part: 200 with its ETag, quoted as S3 quotes it, and
+/// the checksum kept with it.
+pub(super) fn etag_reply(etag: &str, checksum: Option<&Checksum>) -> Reply {
     let mut reply = empty_reply(200);
     reply.add_header(http::header("ETag", &format!("\"{etag}\"")));
+    if let Some(checksum) = checksum {
+        reply.add_header(http::header(&checksum.algorithm.header(), &checksum.value));
+    }
     reply
+}
+
+/// `x-amz-checksum-ALGORITHM` and `x-amz-checksum-type` of a stored checksum.
+pub(super) fn checksum_headers(checksum: &Checksum) -> [tiny_http::Header; 2] {
+    let kind = if checksum.composite { "COMPOSITE" } else { "FULL_OBJECT" };
+    [http::header(&checksum.algorithm.header(), &checksum.value), http::header("x-amz-checksum-type", kind)]
+}
+
+/// A whole-number query parameter (`max-keys`, `part-number-marker`, ...), `default` when absent.
+pub(super) fn number_param(context: &Context<'_>, name: &str, default: usize) -> Result<usize, S3Error> {
+    match context.param(name) {
+        Some(text) => text
+            .trim()
+            .parse::<usize>()
+            .map_err(|_| S3Error::new("InvalidArgument", format!("{name} {text:?} is not a whole number"))),
+        None => Ok(default),
+    }
+}
+
+/// `encoding-type=url`: whether keys in the answer are percent-encoded.
+pub(super) fn url_encoding(context: &Context<'_>) -> Result<bool, S3Error> {
+    match context.param("encoding-type") {
+        None => Ok(false),
+        Some("url") => Ok(true),
+        Some(other) => {
+            Err(S3Error::new("InvalidArgument", format!("encoding-type {other:?} is not supported; use url")))
+        }
+    }
 }
 
 fn no_such_bucket(bucket: &str) -> S3Error {
@@ -111,6 +151,9 @@ impl GatewayState {
                 self.complete_multipart(context, &bucket, &key, request)
             }
             Operation::AbortMultipartUpload { bucket, key } => self.abort_multipart(context, &bucket, &key),
+            Operation::UploadPartCopy { bucket, key } => self.upload_part_copy(context, &bucket, &key),
+            Operation::ListParts { bucket, key } => self.list_parts(context, &bucket, &key),
+            Operation::ListMultipartUploads { bucket } => self.list_uploads(context, &bucket),
         }
     }
 
@@ -172,23 +215,8 @@ impl GatewayState {
     fn list_objects(&self, context: &Context<'_>, bucket: &str, version: ListVersion) -> Result<Reply, S3Error> {
         let v2 = version == ListVersion::V2;
         self.require(context, bucket, Access::Read)?;
-        let max_keys = match context.param("max-keys") {
-            Some(text) => text
-                .parse::<usize>()
-                .map_err(|_| S3Error::new("InvalidArgument", format!("max-keys {text:?} is not a number")))?
-                .min(1000),
-            None => 1000,
-        };
-        let url_encoded = match context.param("encoding-type") {
-            None => false,
-            Some("url") => true,
-            Some(other) => {
-                return Err(S3Error::new(
-                    "InvalidArgument",
-                    format!("encoding-type {other:?} is not supported; use url"),
-                ))
-            }
-        };
+        let max_keys = number_param(context, "max-keys", 1000)?.min(1000);
+        let url_encoded = url_encoding(context)?;
         let prefix = context.param("prefix").unwrap_or_default();
         let delimiter = context.param("delimiter").unwrap_or_default();
         let token = context.param("continuation-token");
@@ -251,15 +279,10 @@ impl GatewayState {
         self.require(context, bucket, Access::Write)?;
         let metadata = metadata_of(context.headers);
         let content_type = context.header("content-type").map(str::to_string);
-        let if_none_match = match context.header("if-none-match").map(str::trim) {
-            None => false,
-            Some("*") => true,
-            Some(other) => {
-                return Err(S3Error::not_implemented(&format!("If-None-Match: {other} on PUT (only * is)")));
-            }
-        };
-        let if_match = context.header("if-match").map(|etag| etag.trim().trim_matches('"').to_string());
-        let (uploaded, etag) = self.receive_object(context, request)?;
+        let (if_none_match, if_match) = write_conditions(context)?;
+        // S3 keeps a CRC64NVME with every object whose client sent no checksum.
+        let Received { uploaded, etag, checksum } =
+            self.receive_object(context, request, Some(ChecksumAlgorithm::Crc64nvme))?;
         let length = uploaded.size;
         let entry = Entry {
             bucket: bucket.to_string(),
@@ -273,6 +296,7 @@ impl GatewayState {
             if_none_match,
             if_match,
             parts: Vec::new(),
+            checksum,
         };
         if let Err(e) = self.client.put_entry(&entry) {
             // The object no key points at goes the way of any deleted object.
@@ -285,16 +309,18 @@ impl GatewayState {
             });
         }
         log::debug("s3", &format!("{bucket}/{key} is object {} ({length} bytes)", uploaded.id));
-        Ok(etag_reply(&etag))
+        Ok(etag_reply(&etag, entry.checksum.as_ref()))
     }
 
     /// Streams the request body into a new object through the datanode chain, checked
-    /// as it goes (`PayloadReader`); returns the object and the body's MD5.
+    /// as it goes (`PayloadReader`); returns the object, the body's MD5 and the checksum
+    /// kept with it (the client's, or `compute` over the body).
     pub(super) fn receive_object(
         &self,
         context: &mut Context<'_>,
         request: &mut tiny_http::Request,
-    ) -> Result<(crate::client::Uploaded, String), S3Error> {
+        compute: Option<ChecksumAlgorithm>,
+    ) -> Result<Received, S3Error> {
         let chunked = context.signer.payload.is_chunked();
         let length_header = if chunked { "x-amz-decoded-content-length" } else { "content-length" };
         let length: u64 = context
@@ -305,7 +331,7 @@ impl GatewayState {
         if length > MAX_PUT_SIZE {
             return Err(S3Error::new("EntityTooLarge", format!("one PUT may carry at most {MAX_PUT_SIZE} bytes")));
         }
-        let expected = self.expected_checksums(context)?;
+        let expected = self.expected_checksums(context, compute)?;
         let payload = std::mem::replace(&mut context.signer.payload, Payload::Unsigned);
         let mut body = PayloadReader::new(request.as_reader(), payload, expected, length);
         let uploaded = {
@@ -319,29 +345,66 @@ impl GatewayState {
             // Every byte went out, so every check ran; `finish` only reads the framing
             // of an empty body.
             Ok(uploaded) => {
-                body.finish()?;
+                if let Err(e) = body.finish() {
+                    let _ = self.client.delete_object(&uploaded.id);
+                    return Err(e);
+                }
                 uploaded
             }
             // A body that failed a check says why; else the cluster failed, and the rest
             // of the body is not worth reading.
             Err(e) => return Err(body.failure.take().unwrap_or_else(|| S3Error::backend(&e))),
         };
-        Ok((uploaded, body.etag()))
+        Ok(Received { etag: body.etag(), checksum: body.checksum(), uploaded })
     }
 
-    fn expected_checksums(&self, context: &Context<'_>) -> Result<Expected, S3Error> {
+    /// What the body must match: a checksum header (one at most, well formed), a
+    /// trailing checksum, Content-MD5; `compute` is the checksum to keep when the client
+    /// sent none (`x-amz-checksum-algorithm` names another).
+    pub(super) fn expected_checksums(
+        &self,
+        context: &Context<'_>,
+        compute: Option<ChecksumAlgorithm>,
+    ) -> Result<Expected, S3Error> {
         let mut expected =
-            Expected { content_md5: context.header("content-md5").map(str::to_string), ..Expected::default() };
+            Expected { content_md5: context.header("content-md5").map(str::to_string), compute, ..Expected::default() };
         for (name, value) in context.headers {
-            if let Some(kind) = ChecksumKind::from_header(name) {
-                expected.checksum = Some((kind, value.trim().to_string()));
+            if let Some(algorithm) = ChecksumAlgorithm::from_header(name) {
+                if expected.checksum.is_some() {
+                    return Err(S3Error::new(
+                        "InvalidRequest",
+                        "expecting a single x-amz-checksum- header; multiple checksum types are not allowed",
+                    ));
+                }
+                super::checksum::check_value(algorithm, value)?;
+                expected.checksum = Some((algorithm, value.trim().to_string()));
             }
         }
         if let Some(trailer) = context.header("x-amz-trailer") {
             let name = trailer.trim().to_ascii_lowercase();
-            let kind = ChecksumKind::from_header(&name)
-                .ok_or_else(|| S3Error::not_implemented(&format!("the trailing checksum {name}")))?;
-            expected.trailer = Some((kind, name));
+            let algorithm = ChecksumAlgorithm::from_header(&name)
+                .ok_or_else(|| S3Error::not_implemented(&format!("the trailing header {name}")))?;
+            expected.trailer = Some((algorithm, name));
+        }
+        let named = context.header("x-amz-sdk-checksum-algorithm").or(context.header("x-amz-checksum-algorithm"));
+        if let Some(name) = named {
+            let algorithm = ChecksumAlgorithm::parse(name).ok_or_else(|| {
+                S3Error::new(
+                    "InvalidRequest",
+                    format!("unknown checksum algorithm {name:?}; use CRC32, CRC32C, CRC64NVME, SHA1 or SHA256"),
+                )
+            })?;
+            let sent = expected.checksum.as_ref().or(expected.trailer.as_ref()).map(|(a, _)| *a);
+            match sent {
+                Some(sent) if sent != algorithm => {
+                    return Err(S3Error::new(
+                        "InvalidRequest",
+                        format!("the checksum sent is {}, not the {} the request names", sent.name(), algorithm.name()),
+                    ))
+                }
+                Some(_) => {}
+                None => expected.compute = Some(algorithm),
+            }
         }
         Ok(expected)
     }
@@ -353,15 +416,23 @@ impl GatewayState {
             _ => S3Error::backend(&e),
         })?;
         check_conditions(context, &entry)?;
-        let range = match context.header("range") {
-            Some(text) => parse_range(text, entry.size)?,
-            None => None,
+        let part = part_range(context, &entry)?;
+        let range = match (context.header("range"), part) {
+            (Some(_), Some(_)) => {
+                return Err(S3Error::new("InvalidRequest", "Range and partNumber cannot both be given"));
+            }
+            (Some(text), None) => parse_range(text, entry.size)?,
+            (None, Some(part)) => part.range,
+            (None, None) => None,
         };
         let mut headers = vec![
             http::header("ETag", &format!("\"{}\"", entry.etag)),
             http::header("Last-Modified", &httpdate::fmt_http_date(system_time(entry.modified_ms))),
             http::header("Accept-Ranges", "bytes"),
         ];
+        if let Some(part) = part.filter(|part| part.count > 0) {
+            headers.push(http::header("x-amz-mp-parts-count", &part.count.to_string()));
+        }
         let content_type = entry.content_type.as_deref().unwrap_or("binary/octet-stream");
         if context.param("response-content-type").is_none() {
             headers.push(http::header("Content-Type", content_type));
@@ -375,6 +446,11 @@ impl GatewayState {
         for (name, value) in &entry.metadata {
             headers.push(http::header(&format!("x-amz-meta-{name}"), value));
         }
+        // The checksum is of the whole object: a range is answered without it, as by S3.
+        let checksum_mode = context.header("x-amz-checksum-mode").is_some_and(|m| m.eq_ignore_ascii_case("ENABLED"));
+        if let Some(checksum) = entry.checksum.as_ref().filter(|_| checksum_mode && range.is_none()) {
+            headers.extend(checksum_headers(checksum));
+        }
         let (status, length) = match range {
             Some((start, end)) => {
                 headers.push(http::header("Content-Range", &format!("bytes {start}-{end}/{}", entry.size)));
@@ -382,18 +458,8 @@ impl GatewayState {
             }
             None => (200, entry.size),
         };
-        let reader: Box<dyn Read + Send> = if with_body && length > 0 && !entry.parts.is_empty() {
-            let (first, last) = range.unwrap_or((0, entry.size - 1));
-            Box::new(super::multipart::PartsReader::new(self.client.clone(), &entry.parts, first, last, key).start()?)
-        } else if with_body && length > 0 {
-            let id = ObjectId::parse(&entry.objectid).map_err(S3Error::internal)?;
-            self.client.open_object(&id, range).map_err(|e| match e.status() {
-                Some(404) => no_such_key(key),
-                _ => S3Error::backend(&e),
-            })?
-        } else {
-            Box::new(io::empty())
-        };
+        let reader: Box<dyn Read + Send> =
+            if with_body { self.open_entry(&entry, range, key)? } else { Box::new(io::empty()) };
         // Content-Length always (a HEAD must say the size; clients check it), never chunked.
         Ok(Response::new(StatusCode(status), headers, reader, Some(length as usize), None)
             .with_chunked_threshold(usize::MAX))
@@ -409,6 +475,37 @@ impl GatewayState {
     }
 }
 
+/// One part of an object asked for with `?partNumber=N` on GET or HEAD.
+#[derive(Debug, Clone, Copy)]
+struct PartRead {
+    /// The object's parts (for `x-amz-mp-parts-count`); 0 for an object stored in one piece.
+    count: usize,
+    /// The part's first and last byte; None for an empty object.
+    range: Option<(u64, u64)>,
+}
+
+/// `?partNumber=N`: which bytes it names. An object stored in one piece has one part, the
+/// whole object.
+fn part_range(context: &Context<'_>, entry: &Entry) -> Result<Option<PartRead>, S3Error> {
+    let Some(text) = context.param("partNumber") else { return Ok(None) };
+    let number = text.trim().parse::<usize>().ok().filter(|n| (1..=10_000).contains(n)).ok_or_else(|| {
+        S3Error::new("InvalidArgument", format!("partNumber {text:?} must be a number from 1 to 10000"))
+    })?;
+    let sizes: Vec<u64> =
+        if entry.parts.is_empty() { vec![entry.size] } else { entry.parts.iter().map(|p| p.size).collect() };
+    if number > sizes.len() {
+        return Err(S3Error::new(
+            "InvalidPartNumber",
+            format!("the object has {} part(s); part {number} is not satisfiable", sizes.len()),
+        ));
+    }
+    let start: u64 = sizes[..number - 1].iter().sum();
+    let size = sizes[number - 1];
+    let range = (size > 0).then(|| (start, start + size - 1));
+    let count = if entry.parts.is_empty() { 0 } else { sizes.len() };
+    Ok(Some(PartRead { count, range }))
+}
+
 /// The query parameters of a GET that set a header of its answer.
 const RESPONSE_OVERRIDES: &[(&str, &str)] = &[
     ("response-content-type", "Content-Type"),
@@ -419,7 +516,21 @@ const RESPONSE_OVERRIDES: &[(&str, &str)] = &[
     ("response-content-encoding", "Content-Encoding"),
 ];
 
-fn precondition_failed(why: &str) -> S3Error {
+/// A conditional write's headers (PutObject, CompleteMultipartUpload): `If-None-Match: *`
+/// (create only) and `If-Match: ETAG` (compare and swap).
+pub(super) fn write_conditions(context: &Context<'_>) -> Result<(bool, Option<String>), S3Error> {
+    let if_none_match = match context.header("if-none-match").map(str::trim) {
+        None => false,
+        Some("*") => true,
+        Some(other) => {
+            return Err(S3Error::not_implemented(&format!("If-None-Match: {other} on a write (only * is)")));
+        }
+    };
+    let if_match = context.header("if-match").map(|etag| etag.trim().trim_matches('"').to_string());
+    Ok((if_none_match, if_match))
+}
+
+pub(super) fn precondition_failed(why: &str) -> S3Error {
     S3Error::new("PreconditionFailed", format!("at least one of the preconditions did not hold: {why}"))
 }
 
@@ -467,10 +578,11 @@ pub(super) fn metadata_of(headers: &[(String, String)]) -> BTreeMap<String, Stri
     metadata
 }
 
-/// Passes bytes through and computes their MD5.
-struct Md5Reader<R> {
-    inner: R,
-    md5: md5::Md5,
+/// Passes bytes through and computes their MD5, and a checksum if asked.
+pub(super) struct Md5Reader<R> {
+    pub inner: R,
+    pub md5: md5::Md5,
+    pub sum: Option<super::checksum::Hasher>,
 }
 
 impl<R: Read> Read for Md5Reader<R> {
@@ -478,6 +590,9 @@ impl<R: Read> Read for Md5Reader<R> {
         use md5::Digest;
         let n = self.inner.read(buf)?;
         self.md5.update(&buf[..n]);
+        if let Some(sum) = &mut self.sum {
+            sum.update(&buf[..n]);
+        }
         Ok(n)
     }
 }
@@ -486,20 +601,7 @@ impl GatewayState {
     /// CopyObject: the source's bytes stream from a replica back into a new object (objects
     /// are never shared between keys, so deleting one key never touches another's bytes).
     fn copy_object(&self, context: &Context<'_>, bucket: &str, key: &str) -> Result<Reply, S3Error> {
-        let raw = context.header("x-amz-copy-source").unwrap_or_default();
-        let source = super::sigv4::decode(raw.split('?').next().unwrap_or_default());
-        let (source_bucket, source_key) = source
-            .trim_start_matches('/')
-            .split_once('/')
-            .map(|(b, k)| (b.to_string(), k.to_string()))
-            .filter(|(b, k)| !b.is_empty() && !k.is_empty())
-            .ok_or_else(|| S3Error::new("InvalidArgument", format!("x-amz-copy-source {raw:?} is not BUCKET/KEY")))?;
-        self.require(context, &source_bucket, Access::Read)?;
-        self.require(context, bucket, Access::Write)?;
-        let source = self.client.entry(&source_bucket, &source_key).map_err(|e| match e.status() {
-            Some(404) => no_such_key(&source_key),
-            _ => S3Error::backend(&e),
-        })?;
+        let (source_bucket, source_key, source) = self.copy_source(context, bucket)?;
         let replace = match context.header("x-amz-metadata-directive").unwrap_or("COPY") {
             "COPY" => false,
             "REPLACE" => true,
@@ -521,20 +623,20 @@ impl GatewayState {
         } else {
             (source.content_type.clone(), source.metadata.clone())
         };
-        let id = ObjectId::parse(&source.objectid).map_err(S3Error::internal)?;
-        let bytes: Box<dyn Read + Send> = if source.size > 0 {
-            self.client.open_object(&id, None).map_err(|e| S3Error::backend(&e))?
-        } else {
-            Box::new(io::empty())
-        };
-        let mut reader = Md5Reader { inner: bytes, md5: md5::Digest::new() };
+        let bytes = self.open_entry(&source, None, &source_key)?;
+        // The copy keeps a checksum of the source's algorithm (S3's CRC64NVME if it had none),
+        // of the whole body.
+        let algorithm = source.checksum.as_ref().map_or(ChecksumAlgorithm::Crc64nvme, |c| c.algorithm);
+        let mut reader =
+            Md5Reader { inner: bytes, md5: md5::Digest::new(), sum: Some(super::checksum::Hasher::new(algorithm)) };
         let uploaded = {
             let mut once = Some(&mut reader);
             let mut open = || once.take().ok_or_else(|| io::Error::other("the source cannot be read twice"));
             self.client.upload(source.size, None, &mut open).map_err(|e| S3Error::backend(&e))?
         };
-        let etag = super::sigv4::hex(&md5::Digest::finalize(reader.md5));
-        if etag != source.etag {
+        let etag = super::sigv4::hex(&md5::Digest::finalize(reader.md5.clone()));
+        // A multipart source's ETag is not an MD5 of its bytes; a copy's is.
+        if source.parts.is_empty() && etag != source.etag {
             let _ = self.client.delete_object(&uploaded.id);
             return Err(S3Error::internal(format!("the copy's MD5 {etag} is not the source's ETag {}", source.etag)));
         }
@@ -550,6 +652,7 @@ impl GatewayState {
             if_none_match: false,
             if_match: None,
             parts: Vec::new(),
+            checksum: reader.sum.as_ref().map(super::checksum::Hasher::checksum),
         };
         if let Err(e) = self.client.put_entry(&entry) {
             let _ = self.client.delete_object(&uploaded.id);
@@ -560,16 +663,124 @@ impl GatewayState {
     }
 }
 
+impl GatewayState {
+    /// The source of a copy (`x-amz-copy-source: [/]BUCKET/KEY[?versionId=null]`), which
+    /// the request's key must be able to read and which must meet the
+    /// `x-amz-copy-source-if-*` conditions; `bucket`, the destination, must be writable.
+    pub(super) fn copy_source(&self, context: &Context<'_>, bucket: &str) -> Result<(String, String, Entry), S3Error> {
+        let raw = context.header("x-amz-copy-source").unwrap_or_default();
+        let (path, query) = raw.split_once('?').unwrap_or((raw, ""));
+        for (name, value) in super::sigv4::parse_query(query) {
+            match name.as_str() {
+                // Keys have one version, `null`.
+                "versionId" if value == "null" => {}
+                "versionId" => {
+                    return Err(S3Error::new("InvalidArgument", format!("invalid version id {value:?} specified")))
+                }
+                _ => {}
+            }
+        }
+        let source = super::sigv4::decode(path);
+        let (source_bucket, source_key) = source
+            .trim_start_matches('/')
+            .split_once('/')
+            .map(|(b, k)| (b.to_string(), k.to_string()))
+            .filter(|(b, k)| !b.is_empty() && !k.is_empty())
+            .ok_or_else(|| S3Error::new("InvalidArgument", format!("x-amz-copy-source {raw:?} is not BUCKET/KEY")))?;
+        self.require(context, &source_bucket, Access::Read)?;
+        self.require(context, bucket, Access::Write)?;
+        let entry = self.client.entry(&source_bucket, &source_key).map_err(|e| match e.status() {
+            Some(404) => no_such_key(&source_key),
+            _ => S3Error::backend(&e),
+        })?;
+        check_copy_conditions(context, &entry)?;
+        Ok((source_bucket, source_key, entry))
+    }
+
+    /// The bytes `first..=last` of a key's object (all of them without a range), single
+    /// or multipart, as a stream from its replicas.
+    pub(super) fn open_entry(
+        &self,
+        entry: &Entry,
+        range: Option<(u64, u64)>,
+        key: &str,
+    ) -> Result<Box<dyn Read + Send>, S3Error> {
+        let length = range.map_or(entry.size, |(first, last)| last + 1 - first);
+        if length == 0 {
+            return Ok(Box::new(io::empty()));
+        }
+        if !entry.parts.is_empty() {
+            let (first, last) = range.unwrap_or((0, entry.size - 1));
+            let reader = super::multipart::PartsReader::new(self.client.clone(), &entry.parts, first, last, key);
+            return Ok(Box::new(reader.start()?));
+        }
+        let id = ObjectId::parse(&entry.objectid).map_err(S3Error::internal)?;
+        let reader = self.client.open_object(&id, range).map_err(|e| match e.status() {
+            Some(404) => no_such_key(key),
+            _ => S3Error::backend(&e),
+        })?;
+        Ok(reader)
+    }
+}
+
+/// `x-amz-copy-source-if-*`, weighed as S3 does: a failed condition is 412 (never 304);
+/// If-Match before If-Unmodified-Since, If-None-Match before If-Modified-Since.
+fn check_copy_conditions(context: &Context<'_>, entry: &Entry) -> Result<(), S3Error> {
+    let modified = entry.modified_ms / 1000;
+    let date = |name: &str| {
+        context
+            .header(name)
+            .and_then(|v| httpdate::parse_http_date(v).ok())
+            .map(|t| t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0))
+    };
+    if let Some(wanted) = context.header("x-amz-copy-source-if-match") {
+        if !etag_matches(wanted, &entry.etag) {
+            return Err(precondition_failed("x-amz-copy-source-if-match"));
+        }
+    } else if date("x-amz-copy-source-if-unmodified-since").is_some_and(|since| modified > since) {
+        return Err(precondition_failed("x-amz-copy-source-if-unmodified-since"));
+    }
+    if let Some(unwanted) = context.header("x-amz-copy-source-if-none-match") {
+        if etag_matches(unwanted, &entry.etag) {
+            return Err(precondition_failed("x-amz-copy-source-if-none-match"));
+        }
+    } else if date("x-amz-copy-source-if-modified-since").is_some_and(|since| modified <= since) {
+        return Err(precondition_failed("x-amz-copy-source-if-modified-since"));
+    }
+    Ok(())
+}
+
+/// `x-amz-copy-source-range: bytes=FIRST-LAST` against a source of `size` bytes: both ends
+/// given, within the source, in order (S3 answers anything else 400 InvalidArgument).
+pub(super) fn parse_copy_range(text: &str, size: u64) -> Result<(u64, u64), S3Error> {
+    let invalid = || {
+        S3Error::new(
+            "InvalidArgument",
+            format!("the range {text:?} is not valid for a source object of size {size}; use bytes=FIRST-LAST"),
+        )
+    };
+    let spec = text.trim().strip_prefix("bytes=").ok_or_else(invalid)?;
+    let (first, last) = spec.split_once('-').ok_or_else(invalid)?;
+    let first: u64 = first.trim().parse().map_err(|_| invalid())?;
+    let last: u64 = last.trim().parse().map_err(|_| invalid())?;
+    if first > last || last >= size {
+        return Err(invalid());
+    }
+    Ok((first, last))
+}
+
 /// The largest XML request body accepted (DeleteObjects: 1,000 keys of 1 KiB and their
 /// markup; CompleteMultipartUpload: 10,000 parts).
 const MAX_XML_BODY: u64 = 4 << 20;
 
 impl GatewayState {
-    /// Reads a small XML request body, checked like any payload.
+    /// Reads a small XML request body, checked like any payload. `whole_object`: the
+    /// `x-amz-checksum-*` headers are the object's (CompleteMultipartUpload), not the body's.
     pub(super) fn read_xml_body(
         &self,
         context: &mut Context<'_>,
         request: &mut tiny_http::Request,
+        whole_object: bool,
     ) -> Result<Vec<u8>, S3Error> {
         let chunked = context.signer.payload.is_chunked();
         let length_header = if chunked { "x-amz-decoded-content-length" } else { "content-length" };
@@ -580,7 +791,10 @@ impl GatewayState {
         if length > MAX_XML_BODY {
             return Err(S3Error::new("MalformedXML", format!("the XML body is larger than {MAX_XML_BODY} bytes")));
         }
-        let expected = self.expected_checksums(context)?;
+        let mut expected = self.expected_checksums(context, None)?;
+        if whole_object {
+            expected.checksum = None;
+        }
         let payload = std::mem::replace(&mut context.signer.payload, Payload::Unsigned);
         let mut reader = PayloadReader::new(request.as_reader(), payload, expected, length);
         let mut body = Vec::new();
@@ -597,7 +811,7 @@ impl GatewayState {
         request: &mut tiny_http::Request,
     ) -> Result<Reply, S3Error> {
         self.require(context, bucket, Access::Write)?;
-        let body = self.read_xml_body(context, request)?;
+        let body = self.read_xml_body(context, request, false)?;
         let (keys, quiet) = xml::parse_delete(&body)?;
         let outcomes: Vec<xml::DeleteOutcome> = keys
             .into_iter()
@@ -659,5 +873,16 @@ mod tests {
         assert_eq!(code(parse_range("bytes=5-2", 100)), Err("InvalidRange"));
         assert_eq!(code(parse_range("bytes=0-0,5-6", 100)), Ok(None));
         assert_eq!(code(parse_range("items=0-1", 100)), Ok(None));
+    }
+
+    #[test]
+    fn copy_ranges_need_both_ends_within_the_source() {
+        let code = |r: Result<(u64, u64), S3Error>| r.map_err(|e| e.code);
+        assert_eq!(code(parse_copy_range("bytes=0-9", 100)), Ok((0, 9)));
+        assert_eq!(code(parse_copy_range("bytes=99-99", 100)), Ok((99, 99)));
+        for bad in ["bytes=0-100", "bytes=5-2", "bytes=-10", "bytes=10-", "items=0-1", "bytes=a-b", "bytes=0-0"] {
+            let size = if bad == "bytes=0-0" { 0 } else { 100 };
+            assert_eq!(code(parse_copy_range(bad, size)), Err("InvalidArgument"), "{bad}");
+        }
     }
 }

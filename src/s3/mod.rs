@@ -10,6 +10,7 @@
 
 mod auth;
 mod body;
+mod checksum;
 pub mod error;
 mod handlers;
 mod multipart;
@@ -68,7 +69,17 @@ pub struct Gateway {
 }
 
 impl Gateway {
+    /// Refuses to start without a cluster token: the master serves the namespace (access
+    /// keys' secrets included) only to those who have it.
     pub fn start(config: GatewayConfig, agent: ureq::Agent) -> io::Result<Gateway> {
+        if config.cluster_token.is_none() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "aether s3 needs the cluster token (--cluster-token or AETHER_CLUSTER_TOKEN): the master serves \
+                 buckets and access keys (secrets included) only to those who have it; give the master and every \
+                 datanode the same token",
+            ));
+        }
         log::info("s3", &format!("aether {} starting", crate::VERSION));
         let client = Client::new(agent, &config.master).with_token(config.cluster_token.clone());
         let metrics = Metrics::new("s3");

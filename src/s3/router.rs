@@ -72,6 +72,17 @@ pub enum Operation {
         bucket: String,
         key: String,
     },
+    UploadPartCopy {
+        bucket: String,
+        key: String,
+    },
+    ListParts {
+        bucket: String,
+        key: String,
+    },
+    ListMultipartUploads {
+        bucket: String,
+    },
 }
 
 /// Bucket subresources (`?acl`, `?uploads`, ...) the gateway does not implement yet.
@@ -96,7 +107,6 @@ const BUCKET_SUBRESOURCES: &[&str] = &[
     "replication",
     "requestPayment",
     "tagging",
-    "uploads",
     "versioning",
     "versions",
     "website",
@@ -129,6 +139,7 @@ impl Operation {
                 "POST" if has("delete") => return Ok(Operation::DeleteObjects { bucket }),
                 "GET" if has("versions") => return Ok(Operation::ListObjectVersions { bucket }),
                 "GET" if has("versioning") => return Ok(Operation::GetBucketVersioning { bucket }),
+                "GET" if has("uploads") => return Ok(Operation::ListMultipartUploads { bucket }),
                 _ => {}
             }
             if let Some(sub) = BUCKET_SUBRESOURCES.iter().find(|s| has(s)) {
@@ -149,15 +160,16 @@ impl Operation {
         match method {
             "POST" if has("uploads") => return Ok(Operation::CreateMultipartUpload { bucket, key }),
             "PUT" if has("uploadId") && has("partNumber") && is_copy => {
-                return Err(S3Error::not_implemented("UploadPartCopy"))
+                return Ok(Operation::UploadPartCopy { bucket, key })
             }
             "PUT" if has("uploadId") && has("partNumber") => return Ok(Operation::UploadPart { bucket, key }),
             "POST" if has("uploadId") => return Ok(Operation::CompleteMultipartUpload { bucket, key }),
             "DELETE" if has("uploadId") => return Ok(Operation::AbortMultipartUpload { bucket, key }),
+            "GET" if has("uploadId") && !has("partNumber") => return Ok(Operation::ListParts { bucket, key }),
+            // GET and HEAD with partNumber alone read one part of an object (GetObject).
+            "GET" | "HEAD" if has("partNumber") && !has("uploadId") => {}
             _ if has("uploadId") || has("partNumber") => {
-                return Err(S3Error::not_implemented(&format!(
-                    "{method} with uploadId or partNumber (ListParts, part GETs)"
-                )))
+                return Err(S3Error::not_implemented(&format!("{method} with uploadId or partNumber")))
             }
             _ => {}
         }
@@ -195,6 +207,9 @@ impl Operation {
             Operation::UploadPart { .. } => "UploadPart",
             Operation::CompleteMultipartUpload { .. } => "CompleteMultipartUpload",
             Operation::AbortMultipartUpload { .. } => "AbortMultipartUpload",
+            Operation::UploadPartCopy { .. } => "UploadPartCopy",
+            Operation::ListParts { .. } => "ListParts",
+            Operation::ListMultipartUploads { .. } => "ListMultipartUploads",
         }
     }
 }
@@ -271,7 +286,12 @@ mod tests {
             ("POST", "/b/k", "uploads", Ok(Operation::CreateMultipartUpload { bucket: b(), key: "k".into() })),
             ("POST", "/b/k", "uploadId=x", Ok(Operation::CompleteMultipartUpload { bucket: b(), key: "k".into() })),
             ("DELETE", "/b/k", "uploadId=x", Ok(Operation::AbortMultipartUpload { bucket: b(), key: "k".into() })),
-            ("GET", "/b/k", "uploadId=x", Err("NotImplemented")),
+            ("GET", "/b/k", "uploadId=x", Ok(Operation::ListParts { bucket: b(), key: "k".into() })),
+            ("GET", "/b", "uploads&prefix=a", Ok(Operation::ListMultipartUploads { bucket: b() })),
+            ("GET", "/b/k", "uploadId=x&partNumber=1", Err("NotImplemented")),
+            ("GET", "/b/k", "partNumber=2", Ok(Operation::GetObject { bucket: b(), key: "k".into() })),
+            ("HEAD", "/b/k", "partNumber=1", Ok(Operation::HeadObject { bucket: b(), key: "k".into() })),
+            ("DELETE", "/b/k", "partNumber=1", Err("NotImplemented")),
             ("GET", "/b/k", "tagging", Err("NotImplemented")),
         ];
         for (method, path, query, want) in table {
@@ -280,6 +300,8 @@ mod tests {
         }
         let copy = Operation::CopyObject { bucket: b(), key: "k".into() };
         assert_eq!(Operation::parse("PUT", "/b/k", &[], true), Ok(copy));
+        let part_copy = Operation::UploadPartCopy { bucket: b(), key: "k".into() };
+        assert_eq!(Operation::parse("PUT", "/b/k", &parse_query("partNumber=2&uploadId=x"), true), Ok(part_copy));
     }
 
     #[test]

@@ -223,6 +223,27 @@ pub fn chunk_signature(key: &[u8], credentials: &Credentials, previous: &str, ch
     hex(&hmac(key, to_sign.as_bytes()))
 }
 
+/// The signature of the trailer of a `STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER` body
+/// (`x-amz-trailer-signature`), chained to the final, empty chunk's. `trailers` are the
+/// trailing headers but the signature, each canonical as `name:value\n`, by name.
+pub fn trailer_signature(
+    key: &[u8],
+    credentials: &Credentials,
+    previous: &str,
+    trailers: &[(String, String)],
+) -> String {
+    let mut sorted: Vec<&(String, String)> = trailers.iter().collect();
+    sorted.sort();
+    let canonical: String = sorted.iter().map(|(name, value)| format!("{name}:{}\n", value.trim())).collect();
+    let to_sign = format!(
+        "{ALGORITHM}-TRAILER\n{}\n{}\n{previous}\n{}",
+        credentials.amz_date,
+        credentials.scope(),
+        sha256_hex(canonical.as_bytes())
+    );
+    hex(&hmac(key, to_sign.as_bytes()))
+}
+
 /// Compares two signatures in time independent of where they differ.
 pub fn same(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0

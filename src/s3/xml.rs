@@ -5,7 +5,7 @@
 use quick_xml::escape::escape;
 
 use super::error::S3Error;
-use crate::proto::s3::{Bucket, Entry};
+use crate::proto::s3::{Bucket, Checksum, ChecksumAlgorithm, Entry, PartsPage, UploadsPage};
 
 const NAMESPACE: &str = "http://s3.amazonaws.com/doc/2006-03-01/";
 const HEADER: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n";
@@ -72,24 +72,31 @@ pub fn initiate_multipart(bucket: &str, key: &str, upload_id: &str) -> Vec<u8> {
     xml.end("InitiateMultipartUploadResult")
 }
 
-pub fn complete_multipart(bucket: &str, key: &str, etag: &str) -> Vec<u8> {
+pub fn complete_multipart(bucket: &str, key: &str, etag: &str, sum: Option<&Checksum>) -> Vec<u8> {
     let mut xml = Xml::root("CompleteMultipartUploadResult");
     xml.text("Location", &format!("/{bucket}/{key}"));
     xml.text("Bucket", bucket);
     xml.text("Key", key);
     xml.text("ETag", &format!("\"{etag}\""));
+    checksum(&mut xml, sum);
+    if let Some(sum) = sum {
+        xml.text("ChecksumType", if sum.composite { "COMPOSITE" } else { "FULL_OBJECT" });
+    }
     xml.end("CompleteMultipartUploadResult")
 }
 
-/// The (part number, ETag) pairs of a CompleteMultipartUpload body, in its order.
-pub fn parse_complete(body: &[u8]) -> Result<Vec<(u32, String)>, S3Error> {
+/// The parts of a CompleteMultipartUpload body, in its order: (part number, ETag) pairs,
+/// and the checksums (`ChecksumCRC32`, ...) given with some of them.
+pub fn parse_complete(body: &[u8]) -> Result<CompleteBody, S3Error> {
     use quick_xml::events::Event;
     let malformed =
         |why: String| S3Error::new("MalformedXML", format!("the CompleteMultipartUpload body is not valid: {why}"));
     let mut reader = quick_xml::Reader::from_reader(body);
     let mut path: Vec<String> = Vec::new();
     let mut parts = Vec::new();
+    let mut checksums = Vec::new();
     let (mut number, mut etag): (Option<u32>, Option<String>) = (None, None);
+    let mut sum: Option<(ChecksumAlgorithm, String)> = None;
     let mut buf = Vec::new();
     loop {
         match reader.read_event_into(&mut buf).map_err(|e| malformed(e.to_string()))? {
@@ -97,7 +104,12 @@ pub fn parse_complete(body: &[u8]) -> Result<Vec<(u32, String)>, S3Error> {
             Event::End(_) => {
                 if path.len() == 2 && path[1] == "Part" {
                     match (number.take(), etag.take()) {
-                        (Some(n), Some(e)) => parts.push((n, e)),
+                        (Some(n), Some(e)) => {
+                            if let Some((algorithm, value)) = sum.take() {
+                                checksums.push((n, Checksum { algorithm, value, composite: false }));
+                            }
+                            parts.push((n, e))
+                        }
                         _ => return Err(malformed("a Part needs a PartNumber and an ETag".into())),
                     }
                 }
@@ -113,6 +125,12 @@ pub fn parse_complete(body: &[u8]) -> Result<Vec<(u32, String)>, S3Error> {
                     ["CompleteMultipartUpload", "Part", "ETag"] => {
                         etag = Some(text.trim().trim_matches('"').to_string())
                     }
+                    ["CompleteMultipartUpload", "Part", name] => {
+                        if let Some(algorithm) = name.strip_prefix("Checksum").and_then(ChecksumAlgorithm::parse) {
+                            super::checksum::check_value(algorithm, &text)?;
+                            sum = Some((algorithm, text.trim().to_string()));
+                        }
+                    }
                     _ => {}
                 }
             }
@@ -124,7 +142,124 @@ pub fn parse_complete(body: &[u8]) -> Result<Vec<(u32, String)>, S3Error> {
     if parts.len() > 10_000 {
         return Err(malformed("more than 10,000 parts".into()));
     }
-    Ok(parts)
+    Ok((parts, checksums))
+}
+
+/// A CompleteMultipartUpload body: (part number, ETag) pairs, and the checksums given.
+pub type CompleteBody = (Vec<(u32, String)>, Vec<(u32, Checksum)>);
+
+/// `ChecksumCRC32` (and the like) of a part or object.
+fn checksum(xml: &mut Xml, checksum: Option<&Checksum>) {
+    if let Some(c) = checksum {
+        xml.text(&format!("Checksum{}", c.algorithm.name()), &c.value);
+    }
+}
+
+/// Who started an upload: this gateway keeps no per-upload owner, so the asking key.
+fn people(xml: &mut Xml, owner: &str) {
+    for role in ["Initiator", "Owner"] {
+        xml.open(role);
+        xml.text("ID", owner);
+        xml.text("DisplayName", owner);
+        xml.close(role);
+    }
+}
+
+/// What ListParts answers, besides the page itself.
+pub struct PartsListing<'a> {
+    pub bucket: &'a str,
+    pub key: &'a str,
+    pub upload_id: &'a str,
+    pub marker: u32,
+    pub max_parts: usize,
+    pub owner: &'a str,
+}
+
+pub fn list_parts(listing: &PartsListing<'_>, page: &PartsPage) -> Vec<u8> {
+    let mut xml = Xml::root("ListPartsResult");
+    xml.text("Bucket", listing.bucket);
+    xml.text("Key", listing.key);
+    xml.text("UploadId", listing.upload_id);
+    people(&mut xml, listing.owner);
+    xml.text("StorageClass", "STANDARD");
+    xml.text("PartNumberMarker", &listing.marker.to_string());
+    let next = page.parts.last().map_or(listing.marker, |p| p.number);
+    xml.text("NextPartNumberMarker", &next.to_string());
+    xml.text("MaxParts", &listing.max_parts.to_string());
+    xml.text("IsTruncated", if page.truncated { "true" } else { "false" });
+    if let Some(algorithm) = page.checksum_algorithm {
+        xml.text("ChecksumAlgorithm", algorithm.name());
+        xml.text("ChecksumType", if page.full_object { "FULL_OBJECT" } else { "COMPOSITE" });
+    }
+    for part in &page.parts {
+        xml.open("Part");
+        xml.text("PartNumber", &part.number.to_string());
+        xml.text("LastModified", &iso8601(part.modified_ms));
+        xml.text("ETag", &format!("\"{}\"", part.etag));
+        xml.text("Size", &part.size.to_string());
+        checksum(&mut xml, part.checksum.as_ref());
+        xml.close("Part");
+    }
+    xml.end("ListPartsResult")
+}
+
+/// What ListMultipartUploads answers, besides the page itself.
+pub struct UploadsListing<'a> {
+    pub bucket: &'a str,
+    pub prefix: &'a str,
+    pub delimiter: &'a str,
+    pub key_marker: &'a str,
+    pub upload_id_marker: &'a str,
+    pub max_uploads: usize,
+    pub url_encoded: bool,
+    pub owner: &'a str,
+}
+
+pub fn list_uploads(listing: &UploadsListing<'_>, page: &UploadsPage) -> Vec<u8> {
+    let encode = |text: &str| if listing.url_encoded { super::sigv4::uri_encode(text, true) } else { text.to_string() };
+    let mut xml = Xml::root("ListMultipartUploadsResult");
+    xml.text("Bucket", listing.bucket);
+    xml.text("KeyMarker", &encode(listing.key_marker));
+    xml.text("UploadIdMarker", listing.upload_id_marker);
+    if page.truncated {
+        xml.text("NextKeyMarker", &encode(page.next_key_marker.as_deref().unwrap_or_default()));
+        xml.text("NextUploadIdMarker", page.next_upload_id_marker.as_deref().unwrap_or_default());
+    }
+    xml.text("Prefix", &encode(listing.prefix));
+    if !listing.delimiter.is_empty() {
+        xml.text("Delimiter", &encode(listing.delimiter));
+    }
+    xml.text("MaxUploads", &listing.max_uploads.to_string());
+    if listing.url_encoded {
+        xml.text("EncodingType", "url");
+    }
+    xml.text("IsTruncated", if page.truncated { "true" } else { "false" });
+    for upload in &page.uploads {
+        xml.open("Upload");
+        xml.text("Key", &encode(&upload.key));
+        xml.text("UploadId", &upload.upload_id);
+        people(&mut xml, listing.owner);
+        xml.text("StorageClass", "STANDARD");
+        xml.text("Initiated", &iso8601(upload.initiated_ms));
+        if let Some(algorithm) = upload.checksum_algorithm {
+            xml.text("ChecksumAlgorithm", algorithm.name());
+        }
+        xml.close("Upload");
+    }
+    for prefix in &page.common_prefixes {
+        xml.open("CommonPrefixes");
+        xml.text("Prefix", &encode(prefix));
+        xml.close("CommonPrefixes");
+    }
+    xml.end("ListMultipartUploadsResult")
+}
+
+pub fn copy_part_result(etag: &str, modified_ms: i64, sum: Option<&Checksum>) -> Vec<u8> {
+    let mut xml = Xml::root("CopyPartResult");
+    xml.text("LastModified", &iso8601(modified_ms));
+    xml.text("ETag", &format!("\"{etag}\""));
+    checksum(&mut xml, sum);
+    xml.end("CopyPartResult")
 }
 
 pub fn copy_result(etag: &str, modified_ms: i64) -> Vec<u8> {

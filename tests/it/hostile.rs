@@ -209,6 +209,11 @@ fn request_heads_are_bounded() {
             assert_eq!(answer.status, status, "{}: {answer:?}", server.name);
             assert!(answer.body.contains("\"error\""), "{answer:?}");
         }
+        // Answered before any handler saw them, yet logged like every other answer.
+        server.wait_for_log("refused a request from 127.0.0.1:");
+        for status in [": 431 a header line is longer", ": 431 the request head is larger", ": 414 the URL is longer"] {
+            server.wait_for_log(status);
+        }
     }
 
     // Issue 9: one 200 MiB header took the master from 28 to 233 MB.

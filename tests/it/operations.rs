@@ -169,6 +169,88 @@ fn a_drain_copies_every_object_before_dropping_any_and_the_drained_node_is_remov
     read_all_back(&cluster, &objects);
 }
 
+/// Sends `signal` (e.g. "-STOP") to a process.
+fn signal(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill").args([signal, &pid.to_string()]).status().unwrap();
+    assert!(status.success(), "kill {signal} {pid}");
+}
+
+/// Resumes a stopped process however the test ends, so that its `Proc` can be killed.
+struct Resume(u32);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill").args(["-CONT", &self.0.to_string()]).status();
+    }
+}
+
+#[test]
+fn a_drain_in_progress_shows_in_the_metrics_the_cli_and_the_page_until_it_is_drained() {
+    // Every object is on datanode-1 and datanode-2 (R=2) before datanode-3 joins, and the
+    // rebalancer is off: datanode-3 is the only node that can take datanode-1's copies.
+    // It is stopped (SIGSTOP) before the drain starts, so the drain cannot finish until it
+    // is resumed, however slow or fast this machine is; a master that hears nothing for
+    // less than half of --dead-after still counts it alive, so the drain is accepted.
+    let mut cluster = TestCluster::start_with(
+        "drain-watched",
+        2,
+        &["--replication", "2", "--dead-after", "60", "--rebalance-rate", "0"],
+        FAST_DATANODE,
+    );
+    let master = cluster.master.url.clone();
+    let objects = upload_many(&master, 12, 2048);
+    let third = cluster.add_datanode("datanode-3", FAST_DATANODE);
+    wait_until("datanode-3 to be alive", Duration::from_secs(20), || node(&master, "datanode-3")["state"] == "alive");
+    signal(cluster.datanodes[third].pid(), "-STOP");
+    let resume = Resume(cluster.datanodes[third].pid());
+    let stopped = Instant::now();
+
+    aether_ok(&cluster, &["node", "drain", "datanode-1"]);
+    let draining_row = |listing: &str| {
+        listing.lines().any(|l| l.starts_with("datanode-1") && l.split_whitespace().nth(2) == Some("draining"))
+    };
+    // Each view is read until it shows the drain (the metrics and the page come from a
+    // snapshot at most a second old); none may say drained meanwhile.
+    let (mut in_metrics, mut in_cli, mut in_page) = (false, false, false);
+    wait_until("the drain to show in the metrics, `aether nodes` and the page", Duration::from_secs(20), || {
+        in_metrics = in_metrics
+            || (metric(&master, "aether_master_nodes_draining") == Some(1.0)
+                && metric(&master, "aether_master_copies_to_move") == Some(objects.len() as f64));
+        in_cli = in_cli || draining_row(&aether_ok(&cluster, &["nodes"]));
+        let page = status_page(&master);
+        in_page = in_page || page.contains(&format!("1 node(s) draining, {} copies left to move", objects.len()));
+        assert!(!page.contains("node(s) drained"), "drained while its only target was stopped: {page}");
+        in_metrics && in_cli && in_page
+    });
+    let summary = aether_ok(&cluster, &["cluster"]);
+    assert!(summary.contains(&format!("1 draining ({} copies left to move), 0 drained", objects.len())), "{summary}");
+    // The drain really was held up by datanode-3 (the views were not just fast): it is
+    // still draining, and the master never stopped counting datanode-3 alive.
+    assert_eq!(node(&master, "datanode-1")["drain"], "draining");
+    assert!(stopped.elapsed() < Duration::from_secs(29), "datanode-3 was stopped too long to count as alive");
+    assert_eq!(node(&master, "datanode-3")["state"], "alive");
+
+    drop(resume);
+    wait_until("datanode-1 to be drained", Duration::from_secs(60), || {
+        node(&master, "datanode-1")["drain"] == "drained"
+    });
+    wait_until("every view to show the drain done", Duration::from_secs(10), || {
+        metric(&master, "aether_master_nodes_draining") == Some(0.0)
+            && metric(&master, "aether_master_nodes_drained") == Some(1.0)
+            && metric(&master, "aether_master_copies_to_move") == Some(0.0)
+            && aether_ok(&cluster, &["nodes"])
+                .lines()
+                .any(|l| l.starts_with("datanode-1") && l.split_whitespace().nth(2) == Some("drained"))
+            && status_page(&master).contains("1 node(s) drained, waiting for `aether node remove`")
+            && !status_page(&master).contains("node(s) draining")
+    });
+    for (id, _) in &objects {
+        let now = holders(&master, id);
+        assert!(now.len() >= 2 && !now.contains(&"datanode-1".to_string()), "{id}: {now:?}");
+    }
+    read_all_back(&cluster, &objects);
+}
+
 #[test]
 fn a_drain_the_others_cannot_take_is_refused_at_once_and_a_drain_can_be_cancelled() {
     let mut cluster = fast_cluster("drain-refused", 2, &["--replication", "2"], &[]);

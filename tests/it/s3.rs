@@ -115,7 +115,7 @@ fn boto3_against_the_gateway() {
     let fragment = format!("{}/ui/fragment", s3.cluster.master.url);
     wait_until("the status page to list the bucket", Duration::from_secs(10), || {
         let page = agent().get(&fragment).call().ok().and_then(|r| r.into_string().ok()).unwrap_or_default();
-        page.contains("<tr><td>granted</td><td>1</td><td>1 B</td></tr>")
+        page.contains(r#"<tr><td>granted</td><td>1</td><td title="1 bytes">1 B</td></tr>"#)
     });
     let listed = aether_key(&s3.cluster.master.url, &["list"]);
     assert!(listed.contains(&main.0) && listed.contains("other") && !listed.contains(&main.1), "{listed}");
@@ -205,6 +205,57 @@ fn aws_cli_against_the_gateway() {
     assert!(!aws(&["s3", "ls"]).contains("cli-bucket"));
 }
 
+/// The status page's bucket usage follows every kind of write made through the gateway
+/// (puts, an overwrite, a multipart upload, a batch delete), to the byte.
+#[test]
+fn bucket_usage_follows_every_write_through_the_gateway() {
+    if !have_tool("python3", &["-c", "import boto3"], "pip install boto3") {
+        return;
+    }
+    let s3 = setup("s3-usage");
+    let script = r#"
+import boto3, os
+s3 = boto3.client('s3', endpoint_url=os.environ['URL'], region_name='us-east-1',
+                  aws_access_key_id=os.environ['KEY'], aws_secret_access_key=os.environ['SECRET'])
+s3.create_bucket(Bucket='usage')
+s3.create_bucket(Bucket='usage-empty')
+for key, size in [('a', 100), ('b', 200), ('c', 300), ('a', 1000)]:
+    s3.put_object(Bucket='usage', Key=key, Body=b'x' * size)
+upload = s3.create_multipart_upload(Bucket='usage', Key='mp')['UploadId']
+parts = [{'PartNumber': n, 'ETag': s3.upload_part(Bucket='usage', Key='mp', UploadId=upload, PartNumber=n,
+                                                  Body=b'y' * size)['ETag']}
+         for n, size in [(1, 5 << 20), (2, 7)]]
+s3.complete_multipart_upload(Bucket='usage', Key='mp', UploadId=upload, MultipartUpload={'Parts': parts})
+s3.create_multipart_upload(Bucket='usage', Key='open')
+gone = s3.delete_objects(Bucket='usage', Delete={'Objects': [{'Key': 'b'}, {'Key': 'c'}, {'Key': 'absent'}]})
+assert len(gone['Deleted']) == 3, gone
+"#;
+    let run = Command::new("python3")
+        .args(["-c", script])
+        .env("URL", &s3.gateway.url)
+        .env("KEY", &s3.keys[0].0)
+        .env("SECRET", &s3.keys[0].1)
+        .output()
+        .expect("running python3");
+    assert!(run.status.success(), "boto3: {}", String::from_utf8_lossy(&run.stderr));
+    // Left: a (1000 bytes) and mp (5 MiB + 7); the open upload's parts are no key.
+    let expected = [
+        format!(r#"<tr><td>usage</td><td>2</td><td title="{} bytes">5.0 MiB</td></tr>"#, 1000 + (5 << 20) + 7),
+        r#"<tr><td>usage-empty</td><td>0</td><td title="0 bytes">0 B</td></tr>"#.to_string(),
+    ];
+    let fragment = format!("{}/ui/fragment", s3.cluster.master.url);
+    let mut page = String::new();
+    let shown = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < shown {
+        page = agent().get(&fragment).call().ok().and_then(|r| r.into_string().ok()).unwrap_or_default();
+        if expected.iter().all(|row| page.contains(row)) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("the page does not show {expected:?}:\n{page}");
+}
+
 /// `aether dev` as a newcomer meets it: its summary names the S3 URL, region and a key
 /// that work with boto3 as printed, and the same key again after a restart.
 #[test]
@@ -250,9 +301,61 @@ fn dev_prints_a_working_s3_endpoint_and_key() {
         .output()
         .expect("running python3");
     assert!(run.status.success(), "boto3 against aether dev: {}", String::from_utf8_lossy(&run.stderr));
+    // The cluster is open (the walk-through registers datanodes with curl), its S3
+    // namespace is not: secrets go only to whoever has this run's token, which dev prints.
+    let master = summary
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix("master"))
+        .map(|l| l.split_whitespace().next().unwrap().to_string())
+        .unwrap_or_else(|| panic!("{summary}"));
+    let (status, _) = crate::cluster::request("GET", &format!("{master}/api/s3/keys"), None).unwrap();
+    assert_eq!(status, 401, "the namespace of aether dev answered without its token");
+    let keys_line = summary.lines().find(|l| l.starts_with("Keys:")).unwrap_or_else(|| panic!("{summary}"));
+    let token = keys_line.split_whitespace().skip_while(|w| *w != "--cluster-token").nth(1).unwrap();
+    let listed =
+        Command::new(BIN).args(["key", "list", "--master", &master, "--cluster-token", token]).output().unwrap();
+    assert!(String::from_utf8_lossy(&listed.stdout).contains(key), "{listed:?}");
     drop(dev);
     let (_dev, again) = start();
     assert!(again.contains(key) && again.contains(secret), "the dev key changed on restart:\n{again}");
+}
+
+/// A cluster without a token serves no access keys (their secrets would go to anyone who
+/// can reach the master), and a gateway without one refuses to start, saying why.
+#[test]
+fn an_open_cluster_serves_no_access_keys() {
+    let cluster = TestCluster::start_with("s3-open", 0, &[], &[]);
+    let url = &cluster.master.url;
+    let created = cluster.aether(&["key", "create", "someone"]);
+    let stderr = String::from_utf8_lossy(&created.stderr);
+    assert!(!created.status.success() && stderr.contains("cluster token"), "{created:?}");
+    for (method, path, body) in [
+        ("GET", "/api/s3/keys", None),
+        ("POST", "/api/s3/keys/get", Some(&br#"{"id": "AKANY"}"#[..])),
+        ("POST", "/api/s3/keys/create", Some(&br#"{"name": "x"}"#[..])),
+    ] {
+        let (status, answer) = crate::cluster::request(method, &format!("{url}{path}"), body).unwrap();
+        assert_eq!(status, 403, "{method} {path}: {answer}");
+        assert!(answer["error"].as_str().unwrap_or_default().contains("cluster token"), "{answer}");
+    }
+    let mut gateway = KillOnDrop(
+        Command::new(BIN)
+            .args(["s3", "--listen", "127.0.0.1:0", "--master", url])
+            .env_remove("AETHER_CLUSTER_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting aether s3"),
+    );
+    let mut exited = None;
+    wait_until("aether s3 without a token to refuse to start", Duration::from_secs(30), || {
+        exited = gateway.0.try_wait().unwrap();
+        exited.is_some()
+    });
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(gateway.0.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(!exited.unwrap().success() && stderr.contains("--cluster-token"), "{stderr}");
 }
 
 struct KillOnDrop(std::process::Child);
@@ -261,6 +364,9 @@ impl Drop for KillOnDrop {
     /// Ctrl-C first, as a person stops `aether dev`: it stops its datanodes and waits for
     /// them, so that a dev started next on the same directory finds it free.
     fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_some() {
+            return;
+        }
         let _ = Command::new("kill").args(["-INT", &self.0.id().to_string()]).status();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while self.0.try_wait().ok().flatten().is_none() {

@@ -81,6 +81,8 @@ pub struct DevCluster {
     _lock: DataDirLock,
     /// The S3 gateway, started once the datanodes are registered.
     s3: Option<DevGateway>,
+    /// The token of this run's S3 namespace API (`aether key` needs it).
+    namespace_token: String,
 }
 
 impl DevCluster {
@@ -95,6 +97,11 @@ impl DevCluster {
             MasterConfig::new(&format!("127.0.0.1:{}", config.port), config.data_dir.join("master"));
         master_config.replication = config.replication;
         master_config.dead_after = config.dead_after;
+        // The cluster stays open (the original walk-through registers datanodes with curl),
+        // but its S3 namespace holds access keys' secrets: only this process, its gateway,
+        // and whoever it shows this run's token to, may read it.
+        let namespace_token = new_token();
+        master_config.namespace_token = Some(namespace_token.clone());
         let master = Master::start(master_config, agent.clone())?;
         let master_port = master.local_addr().port();
         let master_url = if config.port == 0 {
@@ -105,7 +112,8 @@ impl DevCluster {
         // Heartbeats often enough that a live node is never taken for a suspect one.
         let heartbeat = (config.dead_after / 4).min(Duration::from_secs(3)).max(Duration::from_millis(100));
 
-        let mut cluster = DevCluster { master, datanodes: Vec::new(), master_url, _lock: lock, s3: None };
+        let mut cluster =
+            DevCluster { master, datanodes: Vec::new(), master_url, _lock: lock, s3: None, namespace_token };
         for i in 1..=config.datanodes {
             let id = format!("datanode-{i}");
             let port = if config.port == 0 { free_port()? } else { config.port + i as u16 };
@@ -169,7 +177,8 @@ impl DevCluster {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let (gateway, key) = match start_gateway(config, &client, agent) {
+        let namespace = client.clone().with_token(Some(cluster.namespace_token.clone()));
+        let (gateway, key) = match start_gateway(config, &namespace, &cluster.namespace_token, agent) {
             Ok(started) => started,
             Err(e) => {
                 cluster.shutdown();
@@ -227,6 +236,10 @@ impl DevCluster {
                 s3.region
             ));
         }
+        text.push_str(&format!(
+            "Keys:    aether key create NAME --master {} --cluster-token {} (this run's S3 namespace token)\n",
+            self.master_url, self.namespace_token
+        ));
         text.push_str("Stop it: press Ctrl-C\n");
         text
     }
@@ -301,7 +314,12 @@ pub fn follow_dev_parent() {
 
 /// Starts the dev cluster's S3 gateway (master port + 100, or `--s3-port`) and finds or creates the
 /// access key named `dev`.
-fn start_gateway(config: &DevConfig, client: &Client, agent: ureq::Agent) -> io::Result<(Gateway, AccessKey)> {
+fn start_gateway(
+    config: &DevConfig,
+    client: &Client,
+    token: &str,
+    agent: ureq::Agent,
+) -> io::Result<(Gateway, AccessKey)> {
     let existing = client.access_keys().map_err(io::Error::other)?.into_iter().find(|k| k.name == "dev");
     let key = match existing {
         Some(key) => client.access_key(&key.id),
@@ -309,8 +327,18 @@ fn start_gateway(config: &DevConfig, client: &Client, agent: ureq::Agent) -> io:
     }
     .map_err(io::Error::other)?;
     let port = config.s3_port.unwrap_or(if config.port == 0 { 0 } else { config.port.saturating_add(100) });
-    let gateway = Gateway::start(GatewayConfig::new(&format!("127.0.0.1:{port}"), client.master()), agent)?;
+    let mut gateway_config = GatewayConfig::new(&format!("127.0.0.1:{port}"), client.master());
+    gateway_config.cluster_token = Some(token.to_string());
+    let gateway = Gateway::start(gateway_config, agent)?;
     Ok((gateway, key))
+}
+
+/// A fresh random token: 32 letters and digits.
+fn new_token() -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::thread_rng();
+    (0..32).map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char).collect()
 }
 
 /// Runs a dev cluster until Ctrl-C (or SIGTERM).

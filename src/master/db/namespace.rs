@@ -9,9 +9,11 @@ use std::collections::BTreeMap;
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
-use super::{forget_object, now_ms, object_status, MetaDb, MetaError, MetaResult};
+use super::{forget_object, now_ms, object_status, MetaDb, MetaError, MetaResult, ObjectStatus};
 use crate::proto::s3::{
-    Access, AccessKey, Bucket, CompleteParts, CreateUpload, Entry, ListPage, ListRequest, PartObject, UploadPart,
+    Access, AccessKey, Bucket, Checksum, ChecksumAlgorithm, CompleteParts, CreateUpload, Entry, ListPage,
+    ListPartsRequest, ListRequest, ListUploadsRequest, PartInfo, PartObject, PartsPage, UploadInfo, UploadPart,
+    UploadsPage,
 };
 use crate::proto::ObjectId;
 
@@ -63,7 +65,41 @@ pub const MIGRATION: &str = "
         PRIMARY KEY (upload_id, number)
     ) WITHOUT ROWID;";
 
-const ENTRY_COLUMNS: &str = "bucket, key, object_id, size, etag, content_type, metadata, modified_at, parts";
+/// The schema migration of the buckets' usage: each bucket's count of keys and their
+/// bytes, kept by triggers on `s3_entries`, so that every write of an entry (a put, a
+/// replacement, a delete, a multipart completion, whatever path makes it) changes them in
+/// its own transaction, and the status page reads one row per bucket instead of every
+/// key. Existing buckets are counted once here. Entries are therefore never written with
+/// `INSERT OR REPLACE`: its implicit delete fires no trigger (see `write_entry`).
+pub const USAGE_MIGRATION: &str = "
+    ALTER TABLE s3_buckets ADD COLUMN objects INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE s3_buckets ADD COLUMN bytes INTEGER NOT NULL DEFAULT 0;
+    UPDATE s3_buckets SET
+        objects = (SELECT COUNT(*) FROM s3_entries e WHERE e.bucket = s3_buckets.name),
+        bytes = (SELECT COALESCE(SUM(size), 0) FROM s3_entries e WHERE e.bucket = s3_buckets.name);
+    CREATE TRIGGER s3_entries_usage_insert AFTER INSERT ON s3_entries BEGIN
+        UPDATE s3_buckets SET objects = objects + 1, bytes = bytes + NEW.size WHERE name = NEW.bucket;
+    END;
+    CREATE TRIGGER s3_entries_usage_delete AFTER DELETE ON s3_entries BEGIN
+        UPDATE s3_buckets SET objects = objects - 1, bytes = bytes - OLD.size WHERE name = OLD.bucket;
+    END;
+    CREATE TRIGGER s3_entries_usage_update AFTER UPDATE OF bucket, size ON s3_entries BEGIN
+        UPDATE s3_buckets SET objects = objects - 1, bytes = bytes - OLD.size WHERE name = OLD.bucket;
+        UPDATE s3_buckets SET objects = objects + 1, bytes = bytes + NEW.size WHERE name = NEW.bucket;
+    END;";
+
+/// The third step (schema step 7): checksums kept with keys, parts and uploads (JSON `Checksum`s, the
+/// upload's the algorithm asked for), when each part arrived, and uploads in key order for
+/// ListMultipartUploads.
+pub const MIGRATION_CHECKSUMS: &str = "
+    ALTER TABLE s3_entries ADD COLUMN checksum TEXT;
+    ALTER TABLE s3_parts ADD COLUMN checksum TEXT;
+    ALTER TABLE s3_parts ADD COLUMN modified_at INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE s3_uploads ADD COLUMN checksum_algorithm TEXT;
+    ALTER TABLE s3_uploads ADD COLUMN full_object INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX s3_uploads_by_key ON s3_uploads (bucket, key, created_at, id);";
+
+const ENTRY_COLUMNS: &str = "bucket, key, object_id, size, etag, content_type, metadata, modified_at, parts, checksum";
 
 /// The smallest part of a multipart upload but the last (S3's rule).
 pub const MIN_PART_SIZE: u64 = 5 << 20;
@@ -85,7 +121,16 @@ fn entry_from_row(row: &Row<'_>) -> rusqlite::Result<Entry> {
             .get::<_, Option<String>>(8)?
             .and_then(|text| serde_json::from_str::<Vec<PartObject>>(&text).ok())
             .unwrap_or_default(),
+        checksum: checksum_from(row.get(9)?),
     })
+}
+
+fn checksum_from(text: Option<String>) -> Option<Checksum> {
+    text.and_then(|text| serde_json::from_str(&text).ok())
+}
+
+fn algorithm_from(text: Option<String>) -> Option<ChecksumAlgorithm> {
+    text.as_deref().and_then(ChecksumAlgorithm::parse)
 }
 
 fn random_text(alphabet: &[u8], len: usize) -> String {
@@ -254,17 +299,12 @@ impl MetaDb {
         })
     }
 
-    /// The first `limit` buckets by name, each with its key count and their bytes (one
-    /// query: the buckets are taken first, then their keys counted), for the status page.
+    /// The first `limit` buckets by name, each with its key count and their bytes (the
+    /// counters `USAGE_MIGRATION`'s triggers keep), for the status page.
     pub fn bucket_usage(&self, limit: usize) -> MetaResult<Vec<(String, u64, u64)>> {
         self.read(|conn| {
             let usage = conn
-                .prepare_cached(
-                    "SELECT b.name, COUNT(e.key), COALESCE(SUM(e.size), 0)
-                     FROM (SELECT name FROM s3_buckets ORDER BY name LIMIT ?1) b
-                     LEFT JOIN s3_entries e ON e.bucket = b.name
-                     GROUP BY b.name ORDER BY b.name",
-                )?
+                .prepare_cached("SELECT name, objects, bytes FROM s3_buckets ORDER BY name LIMIT ?1")?
                 .query_map([limit as i64], |row| {
                     Ok((row.get(0)?, row.get::<_, i64>(1)? as u64, row.get::<_, i64>(2)? as u64))
                 })?
@@ -309,17 +349,18 @@ impl MetaDb {
         entry.modified_ms = now_ms();
         self.write(move |conn| {
             bucket_row(conn, &entry.bucket)?.ok_or_else(|| no_bucket(&entry.bucket))?;
-            let object: Option<(String, i64)> = conn
+            let object: Option<(ObjectStatus, i64)> = conn
                 .prepare_cached("SELECT status, size FROM objects WHERE id = ?1")?
                 .query_row([&entry.objectid], |row| Ok((row.get(0)?, row.get(1)?)))
                 .optional()?;
             match object {
-                Some((status, size)) if status == "complete" && size as u64 == entry.size => {}
+                Some((ObjectStatus::Complete, size)) if size as u64 == entry.size => {}
                 Some((status, size)) => {
                     return Err(MetaError::Invalid(format!(
-                    "object {} is {status} with {size} bytes; a key may only point at a complete object of its size",
-                    entry.objectid
-                )))
+                        "object {} is {} with {size} bytes; a key may only point at a complete object of its size",
+                        entry.objectid,
+                        status.as_str()
+                    )))
                 }
                 None => return Err(MetaError::NotFound(format!("object {} not found", entry.objectid))),
             }
@@ -328,21 +369,12 @@ impl MetaDb {
                 .query_row([&entry.bucket, &entry.key], |row| Ok((row.get(0)?, row.get(1)?)))
                 .optional()?;
             let old_objects = entry_objects(conn, &entry.bucket, &entry.key)?;
-            // Conditions are checked inside the write, so concurrent writers are ordered:
-            // exactly one `If-None-Match: *` wins.
-            match (&current, &entry.if_match) {
-                (Some(_), _) if entry.if_none_match => {
-                    return Err(MetaError::Conflict(format!("precondition failed: key {:?} exists", entry.key)))
-                }
-                (None, Some(_)) => return Err(MetaError::NotFound(format!("key {:?} does not exist", entry.key))),
-                (Some((_, etag)), Some(wanted)) if etag != wanted => {
-                    return Err(MetaError::Conflict(format!(
-                        "precondition failed: key {:?} has ETag {etag}, not {wanted}",
-                        entry.key
-                    )))
-                }
-                _ => {}
-            }
+            check_conditions(
+                &entry.key,
+                current.as_ref().map(|(_, etag)| etag.as_str()),
+                entry.if_none_match,
+                entry.if_match.as_deref(),
+            )?;
             let old = current.map(|(object_id, _)| object_id);
             write_entry(conn, &entry)?;
             for object in old_objects.iter().filter(|o| **o != entry.objectid) {
@@ -465,10 +497,30 @@ fn list_sql(inclusive: bool) -> String {
     format!("SELECT {ENTRY_COLUMNS} FROM s3_entries WHERE bucket = ?1 AND key {op} ?2 ORDER BY key LIMIT ?3")
 }
 
+/// A conditional write's preconditions against the key's current ETag (None: no key).
+/// Checked inside the write, so concurrent writers are ordered: exactly one
+/// `If-None-Match: *` wins, and an `If-Match` compare-and-swap sees the latest ETag.
+fn check_conditions(key: &str, current: Option<&str>, if_none_match: bool, if_match: Option<&str>) -> MetaResult<()> {
+    match (current, if_match) {
+        (Some(_), _) if if_none_match => Err(MetaError::Conflict(format!("precondition failed: key {key:?} exists"))),
+        (None, Some(_)) => Err(MetaError::NotFound(format!("key {key:?} does not exist"))),
+        (Some(etag), Some(wanted)) if etag != wanted => {
+            Err(MetaError::Conflict(format!("precondition failed: key {key:?} has ETag {etag}, not {wanted}")))
+        }
+        _ => Ok(()),
+    }
+}
+
 fn write_entry(conn: &Connection, entry: &Entry) -> MetaResult<()> {
     let parts = if entry.parts.is_empty() { None } else { Some(to_json(&entry.parts)?) };
+    // An upsert rather than INSERT OR REPLACE: a replacement is then an UPDATE, which
+    // fires the usage trigger; REPLACE's implicit delete would fire none and count the
+    // key twice.
     conn.prepare_cached(&format!(
-        "INSERT OR REPLACE INTO s3_entries ({ENTRY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+        "INSERT INTO s3_entries ({ENTRY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+         ON CONFLICT (bucket, key) DO UPDATE SET object_id = excluded.object_id, size = excluded.size,
+             etag = excluded.etag, content_type = excluded.content_type, metadata = excluded.metadata,
+             modified_at = excluded.modified_at, parts = excluded.parts, checksum = excluded.checksum"
     ))?
     .execute(params![
         entry.bucket,
@@ -479,7 +531,8 @@ fn write_entry(conn: &Connection, entry: &Entry) -> MetaResult<()> {
         entry.content_type,
         to_json(&entry.metadata)?,
         entry.modified_ms,
-        parts
+        parts,
+        entry.checksum.as_ref().map(to_json).transpose()?
     ])?;
     Ok(())
 }
@@ -516,9 +569,19 @@ impl MetaDb {
             bucket_row(conn, &upload.bucket)?.ok_or_else(|| no_bucket(&upload.bucket))?;
             let metadata = to_json(&upload.metadata)?;
             conn.prepare_cached(
-                "INSERT INTO s3_uploads (id, bucket, key, content_type, metadata, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO s3_uploads (id, bucket, key, content_type, metadata, created_at, checksum_algorithm, full_object)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?
-            .execute(params![row, upload.bucket, upload.key, upload.content_type, metadata, now_ms()])?;
+            .execute(params![
+                row,
+                upload.bucket,
+                upload.key,
+                upload.content_type,
+                metadata,
+                now_ms(),
+                upload.checksum_algorithm.map(ChecksumAlgorithm::name),
+                upload.full_object
+            ])?;
             Ok(())
         })?;
         Ok(id)
@@ -530,11 +593,11 @@ impl MetaDb {
         let id = ObjectId::parse(&part.objectid).map_err(MetaError::Invalid)?.to_string();
         self.write(move |conn| {
             upload_row(conn, &part.upload_id, &part.bucket, &part.key)?;
-            let status: Option<(String, i64)> = conn
+            let status: Option<(ObjectStatus, i64)> = conn
                 .prepare_cached("SELECT status, size FROM objects WHERE id = ?1")?
                 .query_row([&id], |row| Ok((row.get(0)?, row.get(1)?)))
                 .optional()?;
-            if !matches!(&status, Some((s, size)) if s == "complete" && *size as u64 == part.size) {
+            if !matches!(status, Some((ObjectStatus::Complete, size)) if size as u64 == part.size) {
                 return Err(MetaError::Invalid(format!("object {id} is not a complete object of {} bytes", part.size)));
             }
             let old: Option<String> = conn
@@ -542,9 +605,18 @@ impl MetaDb {
                 .query_row(params![part.upload_id, part.number], |row| row.get(0))
                 .optional()?;
             conn.prepare_cached(
-                "INSERT OR REPLACE INTO s3_parts (upload_id, number, object_id, size, etag) VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT OR REPLACE INTO s3_parts (upload_id, number, object_id, size, etag, checksum, modified_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?
-            .execute(params![part.upload_id, part.number, id, part.size as i64, part.etag])?;
+            .execute(params![
+                part.upload_id,
+                part.number,
+                id,
+                part.size as i64,
+                part.etag,
+                part.checksum.as_ref().map(to_json).transpose()?,
+                now_ms()
+            ])?;
             if let Some(old) = old.filter(|old| *old != id) {
                 forget_if_live(conn, &old)?;
             }
@@ -558,12 +630,23 @@ impl MetaDb {
     pub fn complete_upload(&self, request: CompleteParts) -> MetaResult<Entry> {
         self.write(move |conn| {
             let (content_type, metadata) = upload_row(conn, &request.upload_id, &request.bucket, &request.key)?;
-            let stored: Vec<(u32, String, u64, String)> = conn
-                .prepare_cached("SELECT number, object_id, size, etag FROM s3_parts WHERE upload_id = ?1 ORDER BY number")?
+            let stored: Vec<(u32, String, u64, String, Option<Checksum>)> = conn
+                .prepare_cached(
+                    "SELECT number, object_id, size, etag, checksum FROM s3_parts WHERE upload_id = ?1 ORDER BY number",
+                )?
                 .query_map([&request.upload_id], |row| {
-                    Ok((row.get(0)?, row.get(1)?, row.get::<_, i64>(2)? as u64, row.get(3)?))
+                    Ok((row.get(0)?, row.get(1)?, row.get::<_, i64>(2)? as u64, row.get(3)?, checksum_from(row.get(4)?)))
                 })?
                 .collect::<Result<_, _>>()?;
+            // The object's checksum was computed by the gateway from these part checksums:
+            // a part replaced since is not the part it was computed from.
+            for (number, checksum) in &request.part_checksums {
+                if !stored.iter().any(|(n, _, _, _, c)| n == number && c.as_ref() == Some(checksum)) {
+                    return Err(MetaError::Invalid(format!(
+                        "InvalidPart: part {number} changed while the upload was being completed; complete it again"
+                    )));
+                }
+            }
             if request.parts.is_empty() {
                 return Err(MetaError::Invalid("MalformedXML: a multipart upload needs at least one part".into()));
             }
@@ -574,7 +657,7 @@ impl MetaDb {
             }
             for (i, (number, etag)) in request.parts.iter().enumerate() {
                 let etag = etag.trim().trim_matches('"');
-                let found = stored.iter().find(|(n, _, _, e)| n == number && e == etag).ok_or_else(|| {
+                let found = stored.iter().find(|(n, _, _, e, _)| n == number && e == etag).ok_or_else(|| {
                     MetaError::Invalid(format!("InvalidPart: part {number} with ETag {etag} was not uploaded"))
                 })?;
                 if i + 1 < request.parts.len() && found.2 < MIN_PART_SIZE {
@@ -603,17 +686,127 @@ impl MetaDb {
                 if_none_match: false,
                 if_match: None,
                 parts,
+                checksum: request.checksum.clone(),
             };
+            let current: Option<String> = conn
+                .prepare_cached("SELECT etag FROM s3_entries WHERE bucket = ?1 AND key = ?2")?
+                .query_row([&entry.bucket, &entry.key], |row| row.get(0))
+                .optional()?;
+            check_conditions(&entry.key, current.as_deref(), request.if_none_match, request.if_match.as_deref())?;
             let old_objects = entry_objects(conn, &entry.bucket, &entry.key)?;
             write_entry(conn, &entry)?;
             for object in old_objects {
                 forget_if_live(conn, &object)?;
             }
-            for (_, object, _, _) in stored.iter().filter(|(_, o, _, _)| !entry.parts.iter().any(|p| p.objectid == *o)) {
+            for (_, object, ..) in stored.iter().filter(|(_, o, ..)| !entry.parts.iter().any(|p| p.objectid == *o)) {
                 forget_if_live(conn, object)?;
             }
             conn.prepare_cached("DELETE FROM s3_uploads WHERE id = ?1")?.execute([&request.upload_id])?;
             Ok(entry)
+        })
+    }
+
+    /// A page of an upload's parts after part `request.after`, by number.
+    pub fn list_parts(&self, request: &ListPartsRequest) -> MetaResult<PartsPage> {
+        self.read(|conn| {
+            let (checksum_algorithm, full_object) =
+                upload_checksum(conn, &request.upload_id, &request.bucket, &request.key)?;
+            let mut parts: Vec<PartInfo> = conn
+                .prepare_cached(
+                    "SELECT number, size, etag, modified_at, checksum FROM s3_parts
+                     WHERE upload_id = ?1 AND number > ?2 ORDER BY number LIMIT ?3",
+                )?
+                .query_map(params![request.upload_id, request.after, request.max_parts as i64 + 1], |row| {
+                    Ok(PartInfo {
+                        number: row.get(0)?,
+                        size: row.get::<_, i64>(1)? as u64,
+                        etag: row.get(2)?,
+                        modified_ms: row.get(3)?,
+                        checksum: checksum_from(row.get(4)?),
+                    })
+                })?
+                .collect::<Result<_, _>>()?;
+            let truncated = parts.len() > request.max_parts;
+            parts.truncate(request.max_parts);
+            Ok(PartsPage { parts, truncated, checksum_algorithm, full_object })
+        })
+    }
+
+    /// A page of a bucket's uploads in progress, by key and then by start time, with
+    /// keys that share a prefix up to the delimiter rolled into one common prefix each
+    /// (as `list_entries` does).
+    pub fn list_uploads(&self, request: &ListUploadsRequest) -> MetaResult<UploadsPage> {
+        self.read(|conn| {
+            bucket_row(conn, &request.bucket)?.ok_or_else(|| no_bucket(&request.bucket))?;
+            let mut page = UploadsPage::default();
+            if request.max_uploads == 0 {
+                return Ok(page);
+            }
+            // Uploads strictly after (key, started, id) remain. Without an upload-id
+            // marker, every upload of the marker key is behind.
+            let marker_started: Option<i64> = if request.upload_id_marker.is_empty() {
+                None
+            } else {
+                conn.prepare_cached("SELECT created_at FROM s3_uploads WHERE id = ?1 AND bucket = ?2 AND key = ?3")?
+                    .query_row(params![request.upload_id_marker, request.bucket, request.key_marker], |row| row.get(0))
+                    .optional()?
+            };
+            let mut cursor = match marker_started {
+                Some(started) => (request.key_marker.clone(), started, request.upload_id_marker.clone()),
+                None => (request.key_marker.clone(), i64::MAX, String::new()),
+            };
+            let mut floor = request.prefix.clone();
+            let mut statement = conn.prepare_cached(
+                "SELECT key, id, created_at, checksum_algorithm FROM s3_uploads
+                 WHERE bucket = ?1 AND key >= ?2 AND (key, created_at, id) > (?3, ?4, ?5)
+                 ORDER BY key, created_at, id LIMIT ?6",
+            )?;
+            let mut count = 0;
+            'seek: loop {
+                let want = (request.max_uploads - count + 1) as i64;
+                let mut rows = statement.query(params![request.bucket, floor, cursor.0, cursor.1, cursor.2, want])?;
+                let mut seen = 0;
+                while let Some(row) = rows.next()? {
+                    seen += 1;
+                    let upload = UploadInfo {
+                        key: row.get(0)?,
+                        upload_id: row.get(1)?,
+                        initiated_ms: row.get(2)?,
+                        checksum_algorithm: algorithm_from(row.get(3)?),
+                    };
+                    if !upload.key.starts_with(&request.prefix) {
+                        return Ok(page);
+                    }
+                    if count == request.max_uploads {
+                        page.truncated = true;
+                        return Ok(page);
+                    }
+                    let rest = &upload.key[request.prefix.len()..];
+                    let split = if request.delimiter.is_empty() { None } else { rest.find(&request.delimiter) };
+                    if let Some(at) = split {
+                        let common = upload.key[..request.prefix.len() + at + request.delimiter.len()].to_string();
+                        if common.as_str() > request.key_marker.as_str() {
+                            count += 1;
+                            page.next_key_marker = Some(common.clone());
+                            page.next_upload_id_marker = None;
+                            page.common_prefixes.push(common.clone());
+                        }
+                        match past_prefix(&common) {
+                            Some(next) => floor = next,
+                            None => return Ok(page),
+                        }
+                        continue 'seek;
+                    }
+                    count += 1;
+                    cursor = (upload.key.clone(), upload.initiated_ms, upload.upload_id.clone());
+                    page.next_key_marker = Some(upload.key.clone());
+                    page.next_upload_id_marker = Some(upload.upload_id.clone());
+                    page.uploads.push(upload);
+                }
+                if seen < want {
+                    return Ok(page);
+                }
+            }
         })
     }
 
@@ -642,6 +835,24 @@ impl MetaDb {
     }
 }
 
+/// The checksum algorithm an upload was created with, and whether its checksum is of the
+/// whole object; the upload is checked against the bucket and key the request names.
+fn upload_checksum(
+    conn: &Connection,
+    id: &str,
+    bucket: &str,
+    key: &str,
+) -> MetaResult<(Option<ChecksumAlgorithm>, bool)> {
+    let row: Option<(String, String, Option<String>, bool)> = conn
+        .prepare_cached("SELECT bucket, key, checksum_algorithm, full_object FROM s3_uploads WHERE id = ?1")?
+        .query_row([id], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)))
+        .optional()?;
+    match row {
+        Some((b, k, algorithm, full_object)) if b == bucket && k == key => Ok((algorithm_from(algorithm), full_object)),
+        _ => Err(no_upload(id)),
+    }
+}
+
 /// Deletes an upload, its parts and their objects.
 fn forget_upload(conn: &Connection, id: &str) -> MetaResult<()> {
     let objects: Vec<String> = conn
@@ -657,9 +868,9 @@ fn forget_upload(conn: &Connection, id: &str) -> MetaResult<()> {
 
 /// Deletes an object a key no longer points at, unless it is already gone.
 fn forget_if_live(conn: &Connection, id: &str) -> MetaResult<()> {
-    match object_status(conn, id)?.as_deref() {
-        None | Some("deleted") => Ok(()),
-        _ => forget_object(conn, id, now_ms()),
+    match object_status(conn, id)? {
+        None | Some(ObjectStatus::Deleted) => Ok(()),
+        Some(ObjectStatus::Pending | ObjectStatus::Complete) => forget_object(conn, id, now_ms()),
     }
 }
 
@@ -706,6 +917,7 @@ mod tests {
             if_none_match: false,
             if_match: None,
             parts: Vec::new(),
+            checksum: None,
         };
         db.put_entry(entry).unwrap();
         objectid
@@ -775,6 +987,21 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// Each bucket's usage counted from its keys, the slow way the counters replace.
+    fn usage_counted(db: &MetaDb) -> Vec<(String, u64, u64)> {
+        db.read(|conn| {
+            let usage = conn
+                .prepare(
+                    "SELECT b.name, COUNT(e.key), COALESCE(SUM(e.size), 0) FROM s3_buckets b
+                     LEFT JOIN s3_entries e ON e.bucket = b.name GROUP BY b.name ORDER BY b.name",
+                )?
+                .query_map([], |row| Ok((row.get(0)?, row.get::<_, i64>(1)? as u64, row.get::<_, i64>(2)? as u64)))?
+                .collect::<Result<_, _>>()?;
+            Ok(usage)
+        })
+        .unwrap()
+    }
+
     #[test]
     fn bucket_usage_counts_keys_and_bytes_of_the_first_buckets() {
         let db = temp_db("usage");
@@ -792,6 +1019,166 @@ mod tests {
     }
 
     #[test]
+    fn bucket_usage_is_exact_after_every_kind_of_write() {
+        let db = temp_db("usage-writes");
+        db.create_bucket("a", "owner").unwrap();
+        db.create_bucket("b", "owner").unwrap();
+        let usage = |db: &MetaDb| {
+            let counters = db.bucket_usage(100).unwrap();
+            assert_eq!(counters, usage_counted(db), "the counters differ from the keys");
+            counters
+        };
+        let expect = |a: (u64, u64), b: (u64, u64)| vec![("a".to_string(), a.0, a.1), ("b".to_string(), b.0, b.1)];
+
+        // Puts, and overwrites with a larger and a smaller object.
+        for (key, size) in [("k1", 10), ("k2", 20), ("k3", 30)] {
+            put_in(&db, "a", key, size);
+        }
+        put_in(&db, "b", "k1", 1000);
+        assert_eq!(usage(&db), expect((3, 60), (1, 1000)));
+        put_in(&db, "a", "k1", 15);
+        put_in(&db, "a", "k2", 2);
+        assert_eq!(usage(&db), expect((3, 47), (1, 1000)));
+
+        // A failed conditional put changes nothing.
+        let mut conditional = Entry {
+            bucket: "a".into(),
+            key: "k3".into(),
+            objectid: complete_object(&db, 99),
+            size: 99,
+            etag: "e".into(),
+            content_type: None,
+            metadata: BTreeMap::new(),
+            modified_ms: 0,
+            if_none_match: true,
+            if_match: None,
+            parts: Vec::new(),
+            checksum: None,
+        };
+        assert!(matches!(db.put_entry(conditional.clone()), Err(MetaError::Conflict(_))));
+        conditional.if_none_match = false;
+        conditional.key = "absent".into();
+        conditional.if_match = Some("e".into());
+        assert!(matches!(db.put_entry(conditional), Err(MetaError::NotFound(_))));
+        assert_eq!(usage(&db), expect((3, 47), (1, 1000)));
+
+        // Deletes, of a key and of a key already gone.
+        db.delete_entry("a", "k2").unwrap();
+        db.delete_entry("a", "k2").unwrap();
+        assert_eq!(usage(&db), expect((2, 45), (1, 1000)));
+
+        // Multipart: a new key, then over an existing single-part key, then a single-part
+        // put over the multipart key.
+        let multipart = |key: &str, sizes: &[u64]| {
+            let create = CreateUpload {
+                bucket: "a".into(),
+                key: key.into(),
+                content_type: None,
+                metadata: BTreeMap::new(),
+                checksum_algorithm: None,
+                full_object: false,
+            };
+            let upload_id = db.create_upload(create).unwrap();
+            let mut parts = Vec::new();
+            for (i, size) in sizes.iter().enumerate() {
+                let number = i as u32 + 1;
+                let etag = format!("{number:032x}");
+                let part = UploadPart {
+                    upload_id: upload_id.clone(),
+                    bucket: "a".into(),
+                    key: key.into(),
+                    number,
+                    objectid: complete_object(&db, *size),
+                    size: *size,
+                    etag: etag.clone(),
+                    checksum: None,
+                };
+                db.put_part(part).unwrap();
+                parts.push((number, etag));
+            }
+            let complete = CompleteParts {
+                upload_id,
+                bucket: "a".into(),
+                key: key.into(),
+                parts,
+                part_checksums: Vec::new(),
+                checksum: None,
+                if_none_match: false,
+                if_match: None,
+            };
+            db.complete_upload(complete).unwrap();
+        };
+        multipart("big", &[MIN_PART_SIZE, 7]);
+        assert_eq!(usage(&db), expect((3, 45 + MIN_PART_SIZE + 7), (1, 1000)));
+        multipart("k1", &[MIN_PART_SIZE, MIN_PART_SIZE, 1]);
+        assert_eq!(usage(&db), expect((3, 30 + 2 * MIN_PART_SIZE + 1 + MIN_PART_SIZE + 7), (1, 1000)));
+        put_in(&db, "a", "big", 4);
+        assert_eq!(usage(&db), expect((3, 30 + 2 * MIN_PART_SIZE + 1 + 4), (1, 1000)));
+        // An upload in progress or aborted holds parts, not keys: it is not counted.
+        let create = CreateUpload {
+            bucket: "a".into(),
+            key: "open".into(),
+            content_type: None,
+            metadata: BTreeMap::new(),
+            checksum_algorithm: None,
+            full_object: false,
+        };
+        let open = db.create_upload(create).unwrap();
+        let part = UploadPart {
+            upload_id: open.clone(),
+            bucket: "a".into(),
+            key: "open".into(),
+            number: 1,
+            objectid: complete_object(&db, 50),
+            size: 50,
+            etag: format!("{:032x}", 1),
+            checksum: None,
+        };
+        db.put_part(part).unwrap();
+        assert_eq!(usage(&db), expect((3, 30 + 2 * MIN_PART_SIZE + 1 + 4), (1, 1000)));
+        db.abort_upload(&open, "a", "open").unwrap();
+
+        // A batch delete (the gateway deletes each key of a DeleteObjects in turn).
+        for key in ["k1", "k3", "big", "never"] {
+            db.delete_entry("a", key).unwrap();
+        }
+        assert_eq!(usage(&db), expect((0, 0), (1, 1000)));
+        db.delete_bucket("a").unwrap();
+        assert_eq!(db.bucket_usage(100).unwrap(), vec![("b".to_string(), 1, 1000)]);
+        // A bucket made again under the name of a deleted one starts from nothing.
+        db.create_bucket("a", "owner").unwrap();
+        assert_eq!(usage(&db), expect((0, 0), (1, 1000)));
+    }
+
+    #[test]
+    fn the_usage_migration_counts_existing_buckets() {
+        let dir = std::env::temp_dir().join(format!("aether-ns-usage-migration-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("meta.db");
+        let before = super::super::schema::MIGRATIONS.iter().position(|m| *m == USAGE_MIGRATION).unwrap();
+        {
+            let conn = Connection::open(&path).unwrap();
+            for migration in &super::super::schema::MIGRATIONS[..before] {
+                conn.execute_batch(migration).unwrap();
+            }
+            conn.pragma_update(None, "user_version", before).unwrap();
+            conn.execute_batch(
+                "INSERT INTO s3_buckets (name, owner, created_at) VALUES ('full', 'o', 0), ('empty', 'o', 0);
+                 INSERT INTO s3_entries (bucket, key, object_id, size, etag, modified_at)
+                     VALUES ('full', 'a', 'x', 3, 'e', 0), ('full', 'b', 'y', 4000000000, 'e', 0);",
+            )
+            .unwrap();
+        }
+        let db = MetaDb::open(&path, 1).unwrap();
+        assert_eq!(db.bucket_usage(10).unwrap(), vec![("empty".into(), 0, 0), ("full".into(), 2, 4_000_000_003)]);
+        put_in(&db, "full", "a", 5);
+        assert_eq!(db.bucket_usage(10).unwrap(), usage_counted(&db));
+        drop(db);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
     fn buckets_keys_replacement_and_listing() {
         let db = temp_db("list");
         let key = db.create_access_key("me").unwrap();
@@ -804,7 +1191,7 @@ mod tests {
         let first = put(&db, "a/1");
         let second = put(&db, "a/1");
         assert_eq!(db.entry("b", "a/1").unwrap().objectid, second);
-        assert_eq!(object_status_of(&db, &first), "deleted");
+        assert_eq!(object_status_of(&db, &first), Some(ObjectStatus::Deleted));
         for k in ["a/2", "a/3", "b/1", "c", "d", "e/x/y"] {
             put(&db, k);
         }
@@ -832,8 +1219,14 @@ mod tests {
         let db = temp_db("multipart");
         db.create_bucket("b", "owner").unwrap();
         let upload = |key: &str| {
-            let create =
-                CreateUpload { bucket: "b".into(), key: key.into(), content_type: None, metadata: BTreeMap::new() };
+            let create = CreateUpload {
+                bucket: "b".into(),
+                key: key.into(),
+                content_type: None,
+                metadata: BTreeMap::new(),
+                checksum_algorithm: None,
+                full_object: false,
+            };
             db.create_upload(create).unwrap()
         };
         let part = |id: &str, key: &str, number: u32, size: u64| {
@@ -847,6 +1240,7 @@ mod tests {
                 objectid: objectid.clone(),
                 size,
                 etag,
+                checksum: None,
             };
             db.put_part(part).unwrap();
             objectid
@@ -857,7 +1251,16 @@ mod tests {
         let last = part(&id, "k", 3, 10);
         let parts = vec![(1, format!("{:032x}", 1)), (3, format!("\"{:032x}\"", 3))];
         let entry = db
-            .complete_upload(CompleteParts { upload_id: id.clone(), bucket: "b".into(), key: "k".into(), parts })
+            .complete_upload(CompleteParts {
+                upload_id: id.clone(),
+                bucket: "b".into(),
+                key: "k".into(),
+                parts,
+                part_checksums: Vec::new(),
+                checksum: None,
+                if_none_match: false,
+                if_match: None,
+            })
             .unwrap();
         assert_eq!(entry.size, MIN_PART_SIZE + 10);
         assert!(entry.etag.ends_with("-2"), "{}", entry.etag);
@@ -865,18 +1268,102 @@ mod tests {
             db.entry("b", "k").unwrap().parts.iter().map(|p| p.objectid.clone()).collect::<Vec<_>>(),
             vec![first.clone(), last.clone()]
         );
-        assert_eq!(object_status_of(&db, &unused), "deleted");
+        assert_eq!(object_status_of(&db, &unused), Some(ObjectStatus::Deleted));
         db.delete_entry("b", "k").unwrap();
-        assert_eq!((object_status_of(&db, &first), object_status_of(&db, &last)), ("deleted".into(), "deleted".into()));
+        assert_eq!(
+            (object_status_of(&db, &first), object_status_of(&db, &last)),
+            (Some(ObjectStatus::Deleted), Some(ObjectStatus::Deleted))
+        );
 
         let stale = upload("old");
         let stale_part = part(&stale, "old", 1, 10);
         assert_eq!(db.expire_multipart(now_ms() + 1).unwrap(), 1);
-        assert_eq!(object_status_of(&db, &stale_part), "deleted");
+        assert_eq!(object_status_of(&db, &stale_part), Some(ObjectStatus::Deleted));
         assert!(matches!(db.abort_upload(&stale, "b", "old"), Err(MetaError::NotFound(_))));
     }
 
-    fn object_status_of(db: &MetaDb, id: &str) -> String {
-        db.read(|conn| Ok(object_status(conn, id)?.unwrap_or_default())).unwrap()
+    #[test]
+    fn parts_and_uploads_list_in_pages() {
+        let db = temp_db("uploads");
+        db.create_bucket("b", "owner").unwrap();
+        let upload = |key: &str| {
+            let create = CreateUpload {
+                bucket: "b".into(),
+                key: key.into(),
+                content_type: None,
+                metadata: BTreeMap::new(),
+                checksum_algorithm: Some(ChecksumAlgorithm::Sha256),
+                full_object: false,
+            };
+            db.create_upload(create).unwrap()
+        };
+        let id = upload("k");
+        for number in [3, 1, 2] {
+            let objectid = complete_object(&db, number as u64);
+            let part = UploadPart {
+                upload_id: id.clone(),
+                bucket: "b".into(),
+                key: "k".into(),
+                number,
+                objectid,
+                size: number as u64,
+                etag: format!("{number}"),
+                checksum: None,
+            };
+            db.put_part(part).unwrap();
+        }
+        let parts = |after: u32, max_parts: usize| {
+            let request =
+                ListPartsRequest { bucket: "b".into(), key: "k".into(), upload_id: id.clone(), after, max_parts };
+            let page = db.list_parts(&request).unwrap();
+            (page.parts.iter().map(|p| p.number).collect::<Vec<_>>(), page.truncated)
+        };
+        assert_eq!(parts(0, 2), (vec![1, 2], true));
+        assert_eq!(parts(2, 2), (vec![3], false));
+        assert_eq!(parts(0, 1000), (vec![1, 2, 3], false));
+        let wrong_key =
+            ListPartsRequest { bucket: "b".into(), key: "x".into(), upload_id: id.clone(), after: 0, max_parts: 5 };
+        assert!(matches!(db.list_parts(&wrong_key), Err(MetaError::NotFound(m)) if m.starts_with("NoSuchUpload")));
+
+        let second_k = upload("k");
+        let ids: Vec<String> = ["a/1", "a/2", "b", "c/d/e"].iter().map(|k| upload(k)).collect();
+        let list = |delimiter: &str, key_marker: &str, upload_id_marker: &str, max_uploads: usize| {
+            let request = ListUploadsRequest {
+                bucket: "b".into(),
+                prefix: String::new(),
+                delimiter: delimiter.into(),
+                key_marker: key_marker.into(),
+                upload_id_marker: upload_id_marker.into(),
+                max_uploads,
+            };
+            let page = db.list_uploads(&request).unwrap();
+            let mut names: Vec<String> = page.uploads.iter().map(|u| format!("{}:{}", u.key, u.upload_id)).collect();
+            names.extend(page.common_prefixes.iter().cloned());
+            (names, page.truncated, page.next_key_marker, page.next_upload_id_marker)
+        };
+        let at = |key: &str, id: &str| format!("{key}:{id}");
+        // Two uploads of one key are in start order (by id within a millisecond).
+        let (all, _, _, _) = list("", "", "", 1000);
+        let ks: Vec<String> = all[4..].to_vec();
+        assert_eq!(all[..4], [at("a/1", &ids[0]), at("a/2", &ids[1]), at("b", &ids[2]), at("c/d/e", &ids[3])]);
+        assert_eq!(ks.len(), 2);
+        assert!(ks.contains(&at("k", &id)) && ks.contains(&at("k", &second_k)));
+        let (first_k, last_k) = (ks[0].split_once(':').unwrap().1, &ks[1]);
+        let (names, truncated, next_key, next_id) = list("", "", "", 5);
+        assert_eq!((names.len(), truncated), (5, true));
+        assert_eq!((next_key.as_deref(), next_id.as_deref()), (Some("k"), Some(first_k)));
+        assert_eq!(&list("", "k", first_k, 5).0, &vec![last_k.clone()]);
+        assert_eq!(list("", "k", "", 5).0, Vec::<String>::new());
+        assert_eq!(
+            list("/", "", "", 1000).0,
+            vec![at("b", &ids[2]), ks[0].clone(), ks[1].clone(), "a/".into(), "c/".into()]
+        );
+        let (names, truncated, next_key, _) = list("/", "", "", 1);
+        assert_eq!((names, truncated, next_key.as_deref()), (vec!["a/".to_string()], true, Some("a/")));
+        assert_eq!(list("/", "a/", "", 1).0, vec![at("b", &ids[2])]);
+    }
+
+    fn object_status_of(db: &MetaDb, id: &str) -> Option<ObjectStatus> {
+        db.read(|conn| object_status(conn, id)).unwrap()
     }
 }

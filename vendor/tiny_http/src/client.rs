@@ -264,6 +264,12 @@ impl ClientConnection {
     fn refuse(&mut self, status: u16, version: HTTPVersion, message: &str) {
         use crate::{Response, StatusCode};
 
+        self.limits.report(crate::Trouble::Refused {
+            status,
+            peer: self.remote_addr.as_ref().ok().copied().flatten(),
+            reason: message.to_string(),
+        });
+
         let mut writer = self.sink.next().unwrap();
         let body = format!("{{\"error\": \"{}\"}}", message.replace(['"', '\\'], "'"));
         let response = Response::from_string(body)
@@ -348,6 +354,11 @@ impl Iterator for ClientConnection {
                 // connection closes. A writer taken from the sink waited for the request's
                 // writer to be dropped, which the request outlived: the connection's
                 // thread hung forever on any request line naming HTTP/2.0 or later.
+                self.limits.report(crate::Trouble::Refused {
+                    status: 505,
+                    peer: rq.remote_addr().copied(),
+                    reason: format!("HTTP/{} is not spoken here", rq.http_version()),
+                });
                 let mut writer = rq.into_writer();
                 let response = Response::from_string(
                     "This server only supports HTTP versions 1.0 and 1.1".to_owned(),

@@ -19,6 +19,15 @@ pub enum Trouble {
     /// The server can no longer serve (the listener failed for too long, or its thread
     /// died): the program should exit so that its supervisor restarts it.
     Fatal(String),
+    /// A request was answered by the server itself, before any handler saw it (a
+    /// malformed or oversized head, a deadline missed, an HTTP version it does not
+    /// speak), and its connection closed: the embedding program's request log should
+    /// show it like any other answer.
+    Refused {
+        status: u16,
+        peer: Option<std::net::SocketAddr>,
+        reason: String,
+    },
 }
 
 /// The limits one server applies to every connection.
@@ -83,6 +92,9 @@ impl Limits {
             None => match trouble {
                 Trouble::Warning(message) => log::warn!("{}", message),
                 Trouble::Fatal(message) => log::error!("{}", message),
+                Trouble::Refused { status, peer, reason } => {
+                    log::info!("refused a request from {:?}: {} {}", peer, status, reason)
+                }
             },
         }
     }

@@ -1,0 +1,308 @@
+//! The group-commit writer: concurrent writes share one transaction and one fsync, each
+//! in its own savepoint, and the checkpoint thread that keeps the write-ahead log short.
+
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use crossbeam_channel::Receiver;
+use rusqlite::Connection;
+
+use super::{MetaDb, MetaError, MetaResult};
+use crate::log;
+
+/// Writes folded into one transaction at most.
+const MAX_BATCH: usize = 512;
+
+/// How often the checkpoint thread folds the write-ahead log into the database.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(200);
+
+type Finish = Box<dyn FnOnce(Option<&MetaError>) + Send>;
+/// A write: run on the connection inside the group's transaction, or (`None`) not run
+/// at all because the transaction could not start; either way it returns what answers
+/// its caller once the commit's outcome is known.
+type Job = Box<dyn FnOnce(Option<&Connection>) -> Finish + Send>;
+
+/// The write connection and the writes waiting for the next commit.
+pub(super) struct Writer {
+    conn: Mutex<Connection>,
+    queue: Mutex<WriteQueue>,
+    /// Writes per commit, for the master's metrics (`MetaDb::commit_batches`).
+    batches: prometheus::Histogram,
+}
+
+struct WriteQueue {
+    waiting: Vec<(Job, Arc<Turn>)>,
+    /// Whether some caller is committing a group now.
+    leading: bool,
+}
+
+/// What a queued write is waiting for: its group's commit, or the lead.
+struct Turn {
+    state: Mutex<TurnState>,
+    changed: Condvar,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum TurnState {
+    Queued,
+    Lead,
+    Done,
+}
+
+impl Turn {
+    fn new() -> Turn {
+        Turn { state: Mutex::new(TurnState::Queued), changed: Condvar::new() }
+    }
+
+    fn set(&self, state: TurnState) {
+        *self.state.lock().expect("turn lock") = state;
+        self.changed.notify_one();
+    }
+
+    fn wait(&self) -> TurnState {
+        let mut state = self.state.lock().expect("turn lock");
+        while *state == TurnState::Queued {
+            state = self.changed.wait(state).expect("turn lock");
+        }
+        *state
+    }
+}
+
+impl Writer {
+    pub(super) fn new(conn: Connection) -> Writer {
+        Writer {
+            conn: Mutex::new(conn),
+            queue: Mutex::new(WriteQueue { waiting: Vec::new(), leading: false }),
+            batches: commit_batch_histogram(),
+        }
+    }
+
+    /// Queues `job` and returns once the transaction it ran in is committed (or failed).
+    fn run(&self, job: Job) {
+        let turn = Arc::new(Turn::new());
+        let lead = {
+            let mut queue = self.queue.lock().expect("write queue lock");
+            queue.waiting.push((job, Arc::clone(&turn)));
+            !std::mem::replace(&mut queue.leading, true)
+        };
+        if lead || turn.wait() == TurnState::Lead {
+            self.commit_group();
+        }
+    }
+
+    /// Commits the writes waiting (this caller's first among them), answers them, and
+    /// passes the lead to the next caller waiting, if any.
+    fn commit_group(&self) {
+        let group: Vec<(Job, Arc<Turn>)> = {
+            let mut queue = self.queue.lock().expect("write queue lock");
+            let n = queue.waiting.len().min(MAX_BATCH);
+            queue.waiting.drain(..n).collect()
+        };
+        self.batches.observe(group.len() as f64);
+        let (jobs, turns): (Vec<Job>, Vec<Arc<Turn>>) = group.into_iter().unzip();
+        let finishers = {
+            let conn = self.conn.lock().expect("write connection lock");
+            commit_jobs(&conn, jobs)
+        };
+        for (finish, error) in finishers {
+            finish(error.as_ref());
+        }
+        for turn in &turns {
+            turn.set(TurnState::Done);
+        }
+        let mut queue = self.queue.lock().expect("write queue lock");
+        match queue.waiting.first() {
+            Some((_, next)) => next.set(TurnState::Lead),
+            None => queue.leading = false,
+        }
+    }
+}
+
+impl MetaDb {
+    /// Runs `f` in the writer's next transaction and returns its result once committed.
+    pub(super) fn write<T, F>(&self, f: F) -> MetaResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> MetaResult<T> + Send + 'static,
+    {
+        let answer: Arc<Mutex<Option<MetaResult<T>>>> = Arc::new(Mutex::new(None));
+        let reply = Arc::clone(&answer);
+        let job: Job = Box::new(move |conn| {
+            let result = match conn {
+                Some(conn) => in_savepoint(conn, f),
+                None => Err(MetaError::Internal("the write was not run".into())),
+            };
+            Box::new(move |commit_error| {
+                let outcome = match commit_error {
+                    None => result,
+                    Some(e) => Err(e.clone()),
+                };
+                *reply.lock().expect("answer lock") = Some(outcome);
+            })
+        });
+        self.writer.run(job);
+        let outcome = answer.lock().expect("answer lock").take();
+        outcome.unwrap_or_else(|| Err(MetaError::Internal("a write was never answered".into())))
+    }
+
+    /// Folds the whole write-ahead log into the database file and empties it, waiting
+    /// for readers if need be: for a master that is stopping.
+    pub fn checkpoint_all(&self) -> MetaResult<()> {
+        let conn = self.writer.conn.lock().expect("write connection lock");
+        let busy: i64 = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get(0))?;
+        if busy != 0 {
+            return Err(MetaError::Internal("the metadata log is still in use by a reader".into()));
+        }
+        Ok(())
+    }
+
+    /// The writer's histogram of writes per commit (group-commit batch sizes).
+    pub fn commit_batches(&self) -> &prometheus::Histogram {
+        &self.writer.batches
+    }
+}
+
+fn commit_batch_histogram() -> prometheus::Histogram {
+    let buckets = prometheus::exponential_buckets(1.0, 2.0, 10).expect("valid buckets");
+    let opts = prometheus::HistogramOpts::new(
+        "aether_master_db_commit_batch_size",
+        "Metadata writes committed together by one group commit.",
+    );
+    prometheus::Histogram::with_opts(opts.buckets(buckets)).expect("valid metric")
+}
+
+/// Runs `f` inside a savepoint, so a failed job leaves no trace in the shared transaction.
+fn in_savepoint<T>(conn: &Connection, f: impl FnOnce(&Connection) -> MetaResult<T>) -> MetaResult<T> {
+    run(conn, "SAVEPOINT job")?;
+    let result = f(conn);
+    if result.is_err() {
+        run(conn, "ROLLBACK TO job")?;
+    }
+    run(conn, "RELEASE job")?;
+    result
+}
+
+/// Runs one statement without parameters, prepared once per connection.
+pub(super) fn run(conn: &Connection, sql: &str) -> MetaResult<()> {
+    conn.prepare_cached(sql)?.execute([])?;
+    Ok(())
+}
+
+/// Runs `jobs` in one transaction and returns each job's finisher with the commit's
+/// error, if any. Every job is answered: the ones a failed transaction never ran, and
+/// one that panicked (its caller gets an error; its savepoint is rolled back so the
+/// others still commit).
+fn commit_jobs(conn: &Connection, jobs: Vec<Job>) -> Vec<(Finish, Option<MetaError>)> {
+    let count = jobs.len();
+    let mut jobs = jobs.into_iter();
+    let mut finishers: Vec<Finish> = Vec::with_capacity(count);
+    let commit = run(conn, "BEGIN IMMEDIATE").and_then(|()| {
+        for job in jobs.by_ref() {
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(Some(conn)))) {
+                Ok(finish) => finishers.push(finish),
+                Err(_) => {
+                    log::error("master", "a metadata write panicked; it is rolled back and its caller told so");
+                    run(conn, "ROLLBACK TO job")?;
+                    run(conn, "RELEASE job")?;
+                }
+            }
+        }
+        run(conn, "COMMIT")
+    });
+    let error = commit.err();
+    if let Some(e) = &error {
+        log::error("master", &format!("metadata commit failed, {count} write(s) refused: {e}"));
+        let _ = conn.execute_batch("ROLLBACK");
+        finishers.extend(jobs.map(|job| job(None)));
+    }
+    finishers.into_iter().map(|finish| (finish, error.clone())).collect()
+}
+
+/// Folds the write-ahead log into the database file every `CHECKPOINT_INTERVAL`, without
+/// blocking writers or readers (PASSIVE), so commits rarely have to do it themselves.
+pub(super) fn checkpoint_loop(conn: &Connection, stopped: &Receiver<()>) {
+    let mut failing = false;
+    while stopped.recv_timeout(CHECKPOINT_INTERVAL) == Err(crossbeam_channel::RecvTimeoutError::Timeout) {
+        match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| row.get::<_, i64>(0)) {
+            Ok(_) => failing = false,
+            Err(e) if !failing => {
+                failing = true;
+                log::warn("master", &format!("cannot checkpoint the metadata log (commits will): {e}"));
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::super::tests::{first, temp_db};
+    use super::*;
+    use crate::master::db::Registered;
+    use crate::proto::ObjectId;
+
+    #[test]
+    fn concurrent_writes_are_each_answered_and_a_panic_spoils_only_its_own() {
+        let (db, dir) = temp_db("group");
+        let db = Arc::new(db);
+        let writers: Vec<_> = (0..8)
+            .map(|t| {
+                let db = Arc::clone(&db);
+                std::thread::spawn(move || {
+                    for i in 0..50 {
+                        let (id, address) = (format!("n{t}-{i}"), format!("http://h{t}:{i}"));
+                        assert_eq!(db.register_node(&id, &address).unwrap(), Registered::New);
+                        // A write that fails leaves no trace, whatever shares its commit.
+                        let refused = db.write(move |conn| -> MetaResult<()> {
+                            run(
+                                conn,
+                                "INSERT INTO nodes (id, address, registered_at, last_seen) VALUES ('x', 'y', 0, 0)",
+                            )?;
+                            Err(MetaError::Conflict("refused".into()))
+                        });
+                        assert!(matches!(refused, Err(MetaError::Conflict(_))));
+                    }
+                })
+            })
+            .collect();
+        for writer in writers {
+            writer.join().unwrap();
+        }
+        let panicked = db.write(|_conn| -> MetaResult<()> { panic!("a bug in a write") });
+        assert!(matches!(panicked, Err(MetaError::Internal(_))), "{panicked:?}");
+        assert_eq!(db.register_node("after", "http://after:1").unwrap(), Registered::New);
+        let nodes = db.nodes().unwrap();
+        assert_eq!(nodes.len(), 8 * 50 + 1);
+        assert!(!nodes.iter().any(|n| n.id == "x"));
+        drop(db);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_failed_write_does_not_spoil_its_batch() {
+        let (db, dir) = temp_db("batch");
+        let db = std::sync::Arc::new(db);
+        db.register_node("n1", "http://a:1").unwrap();
+        let handles: Vec<_> = (0..32)
+            .map(|i| {
+                let db = std::sync::Arc::clone(&db);
+                std::thread::spawn(move || {
+                    if i % 2 == 0 {
+                        db.register_node(&format!("x{i}"), "http://a:1").is_err()
+                    } else {
+                        db.create_object(ObjectId::new_random(), 1, 1, first(&db, 1)).is_ok()
+                    }
+                })
+            })
+            .collect();
+        assert!(handles.into_iter().all(|h| h.join().unwrap()));
+        let pending: i64 = db
+            .read(|c| Ok(c.query_row("SELECT count(*) FROM objects WHERE placed = 'n1'", [], |r| r.get(0))?))
+            .unwrap();
+        assert_eq!(pending, 16);
+        drop(db);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
