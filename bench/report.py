@@ -90,6 +90,56 @@ def seaweedfs_rows(out, t):
                   "appends" if r == 1 else "appends / 3")
 
 
+def s3_rows(out, t):
+    """Issue 11's table: the S3 path with boto3 against AetherStore's gateway (R=3), SeaweedFS's
+    S3 gateway (002, fsync) and a server that does nothing, measured interleaved by
+    bench/s3.sh; the gateway's memory through 1 GiB; listing at two bucket sizes."""
+    s = "S3 with boto3 (R=3, fsync)"
+    ours, weed, null = (load(out, n) or {} for n in ("s3-aether", "s3-seaweedfs", "s3-null"))
+    for name, label, unit in (
+        ("put_4k_t1", "PUT 4 KiB, 1 thread", "ops/s"), ("put_4k_t8", "PUT 4 KiB, 8 threads", "ops/s"),
+        ("get_4k_t1", "GET 4 KiB, 1 thread", "ops/s"), ("put_64m_t1", "PUT 64 MiB, 1 thread", "MB/s"),
+        ("get_64m_t1", "GET 64 MiB, 1 thread", "MB/s"),
+    ):
+        key = "mb_per_sec" if unit == "MB/s" else "ops_per_sec"
+        v, w, n = ((r.get(name) or {}).get(key) for r in (ours, weed, null))
+        if (ours.get(name) or {}).get("errors"):
+            t.add(s, f"  {label}: errors", ours[name]["errors"], "", target="0", met=False)
+        ratio = v / w if v is not None and w else None
+        t.add(s, label, v, unit, w, "SeaweedFS S3, 002, fsync", ">= 1x", None if ratio is None else ratio >= 1, ratio)
+        native = load(out, "s3-native-" + name.replace("_", "-")) if unit == "ops/s" else None
+        if native:
+            t.add(s, f"  same cluster, its own API (aether bench, no gateway)", native.get("ops_per_sec"), unit)
+        t.add(s, f"  same client, a server that does nothing", n, unit, None, None)
+        if v is not None and n:
+            t.add(s, f"  AetherStore against that (the client's limit)", v, unit, n, "nothing")
+    rss = load_last_line(out, "s3-gateway-rss-1g.jsonl")[1] or {}
+    hwm = (load(out, "s3-gateway-hwm") or {}).get("gateway_hwm_mib")
+    if hwm is not None:
+        t.add(s, "Gateway peak RSS through 1 GiB up and down (VmHWM)", hwm, "MiB", None, None, "< 100 MiB", hwm < 100)
+    if rss:
+        t.add(s, "  highest sampled RSS", rss.get("max_rss_peak_mib"), "MiB")
+    scales = sorted(int(n[len("s3-listing-"):-5]) for n in os.listdir(out) if n.startswith("s3-listing-") and n.endswith(".json"))
+    base = None
+    for n in scales:
+        r = load(out, f"s3-listing-{n}")
+        if not r:
+            t.add(s, f"ListObjectsV2, {n:,} keys", None, "ms")
+            continue
+        p99 = r["page_ms"]["p99"]
+        t.add(s, f"ListObjectsV2 page of 1,000, {n:,} keys: p50", r["page_ms"]["p50"], "ms")
+        if base is None:
+            base = p99
+            t.add(s, f"ListObjectsV2 page of 1,000, {n:,} keys: p99", p99, "ms")
+        else:
+            ratio = p99 / base if base else None
+            t.add(s, f"ListObjectsV2 page of 1,000, {n:,} keys: p99", p99, "ms", base, f"p99 at {scales[0]:,}",
+                  "<= 2x", None if ratio is None else ratio <= 2, ratio)
+        full = r.get("full_listing") or {}
+        t.add(s, f"Full listing of {n:,} keys ({full.get('pages', '?')} pages)", full.get("secs"), "s")
+        t.add(s, f"  boto3's first page (its XML parsing included)", r.get("boto3_first_page_ms"), "ms")
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
@@ -97,6 +147,7 @@ def main():
     parser.add_argument("--elapsed", type=int, default=0)
     parser.add_argument("--quick", default="0")
     parser.add_argument("--only-seaweedfs", action="store_true", help="bench/seaweedfs.sh run alone")
+    parser.add_argument("--only-s3", action="store_true", help="bench/s3.sh run alone")
     args = parser.parse_args()
     out = args.out
 
@@ -113,6 +164,9 @@ def main():
     t = Table()
     if args.only_seaweedfs:
         seaweedfs_rows(out, t)
+        return write(t, env, out, args)
+    if args.only_s3:
+        s3_rows(out, t)
         return write(t, env, out, args)
     s = "Machine limits"
     t.add(s, "Sequential write, 1 GiB buffered then fsync (median of 3)", buffered, "MB/s")
@@ -216,6 +270,8 @@ def main():
 
     if any(name.startswith("sw-") for name in os.listdir(out)):
         seaweedfs_rows(out, t)
+    if any(name.startswith("s3-") for name in os.listdir(out)):
+        s3_rows(out, t)
     return write(t, env, out, args)
 
 
@@ -227,7 +283,7 @@ def write(t, env, out, args):
         limit = f"{fmt(row['limit'])} ({row['limit_name']})" if row["limit"] is not None and row["limit_name"] else ""
         ratio = f"{row['ratio'] * 100:.0f}%" if row["ratio"] is not None and row["limit_name"] else ""
         if row["ratio"] is not None and row["limit_name"] and (
-            row["limit_name"].startswith("p99") or row["limit_name"].startswith("SeaweedFS")
+            row["limit_name"].startswith("p99") or row["limit_name"].startswith("SeaweedFS") or row["limit_name"] == "nothing"
         ):
             ratio = f"{row['ratio']:.2f}x"
         result = "" if row["met"] is None else ("met" if row["met"] else "**missed**")

@@ -129,6 +129,12 @@ if [[ ${BENCH_SEAWEEDFS:-1} == 1 ]]; then
     log "the SeaweedFS comparison failed; see $LOGS"
 fi
 
+# ---- 2c. The S3 path with boto3 (issue 11): AetherStore, SeaweedFS, nothing; listing -----
+if [[ ${BENCH_S3:-1} == 1 ]]; then
+  log "S3 with boto3"
+  S3_OUT=$OUT BENCH_DIR=$DIR BENCH_QUICK=$QUICK bash bench/s3.sh || log "the S3 benchmark failed; see $LOGS"
+fi
+
 # ---- 3. How the master's cost grows with the objects it knows --------------------------
 SCALING=$DIR/scaling
 for n in $SCALES; do

@@ -576,6 +576,9 @@ struct BenchArgs {
     /// populate: how many objects the database should hold
     #[argh(option)]
     objects: Option<u64>,
+    /// populate: also give each object a key (key-000000000, ..) in this new S3 bucket
+    #[argh(option)]
+    bucket: Option<String>,
     /// print the report as JSON
     #[argh(switch)]
     json: bool,
@@ -848,6 +851,7 @@ fn run(command: Command) -> Result<(), String> {
                 populated: args.populated,
                 data_dir: args.data,
                 objects: args.objects,
+                bucket: args.bucket,
                 json: args.json,
             };
             print!("{}", bench::run(&config)?);

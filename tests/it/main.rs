@@ -14,6 +14,7 @@ mod newcomer;
 mod operations;
 mod ops;
 mod s3;
+mod s3clients;
 mod security;
 mod tidy;
 mod ui;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::cluster::{agent, have_tool, wait_until, Proc, TestCluster, BIN};
 
-const TOKEN: &str = "s3-test-token";
+pub(crate) const TOKEN: &str = "s3-test-token";
 
 /// A cluster with a token, a gateway in front of it, and two access keys.
 struct S3Setup {
@@ -18,7 +18,7 @@ struct S3Setup {
     keys: Vec<(String, String)>,
 }
 
-fn key_create(master: &str, name: &str) -> (String, String) {
+pub(crate) fn key_create(master: &str, name: &str) -> (String, String) {
     let text = aether_key(master, &["create", name]);
     let field = |label: &str| {
         text.lines()

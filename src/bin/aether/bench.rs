@@ -108,6 +108,8 @@ pub struct BenchConfig {
     pub data_dir: Option<PathBuf>,
     /// `populate`: how many objects the database should hold.
     pub objects: Option<u64>,
+    /// `populate`: also a key for each object in this new S3 bucket.
+    pub bucket: Option<String>,
     pub json: bool,
 }
 
@@ -187,6 +189,18 @@ pub struct PopulateReport {
     pub replication: usize,
     pub seconds: f64,
     pub objects_per_sec: f64,
+    /// With `--bucket`: the bucket, its keys (`populated_key`) and its owner's access key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bucket: Option<PopulatedBucket>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PopulatedBucket {
+    pub name: String,
+    pub keys: u64,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub seconds: f64,
 }
 
 /// Runs a benchmark and returns what to print: a human summary, or JSON.
@@ -212,8 +226,15 @@ pub fn run(config: &BenchConfig) -> Result<String, String> {
                 to_json(&report)
             } else {
                 format!(
-                    "populate: {} objects in the database ({} added in {:.1} s, {:.0} objects/s)\n",
-                    report.objects, report.added, report.seconds, report.objects_per_sec
+                    "populate: {} objects in the database ({} added in {:.1} s, {:.0} objects/s)\n{}",
+                    report.objects,
+                    report.added,
+                    report.seconds,
+                    report.objects_per_sec,
+                    report.bucket.as_ref().map_or(String::new(), |b| format!(
+                        "bucket {}: {} keys in {:.1} s, owned by access key {} secret {}\n",
+                        b.name, b.keys, b.seconds, b.access_key_id, b.secret_access_key
+                    ))
                 )
             })
         }
@@ -405,6 +426,11 @@ fn download(client: &Client, object: &Written) -> Result<(), String> {
         return Err(format!("{}: wrong bytes from byte {at} on (the checksum agreed)", object.id));
     }
     Ok(())
+}
+
+/// The key `populate --bucket` gives its `index`-th object: in index order.
+pub fn populated_key(index: u64) -> String {
+    format!("key-{index:09}")
 }
 
 /// The id `populate` gives its `index`-th object: a version 4 UUID made from the index,
@@ -732,10 +758,23 @@ fn populate(config: &BenchConfig) -> Result<PopulateReport, String> {
     let replication = config.replication.unwrap_or(3).max(1);
     let nodes: Vec<String> = (1..=replication).map(|i| format!("bench-node-{i}")).collect();
     let started = Instant::now();
-    let added = master::offline::populate(data, &nodes, objects, POPULATE_BATCH, |i| {
-        (populated_id(i), 4096, Checksum(splitmix(i) as u32))
-    })?;
+    let object = |i| (populated_id(i), 4096, Checksum(splitmix(i) as u32));
+    let added = master::offline::populate(data, &nodes, objects, POPULATE_BATCH, object)?;
     let seconds = started.elapsed().as_secs_f64();
+    let bucket = match &config.bucket {
+        None => None,
+        Some(name) => {
+            let started = Instant::now();
+            let owner = master::offline::populate_bucket(data, name, objects, object, populated_key)?;
+            Some(PopulatedBucket {
+                name: name.clone(),
+                keys: objects,
+                access_key_id: owner.id,
+                secret_access_key: owner.secret.unwrap_or_default(),
+                seconds: started.elapsed().as_secs_f64(),
+            })
+        }
+    };
     Ok(PopulateReport {
         workload: Workload::Populate,
         objects,
@@ -743,6 +782,7 @@ fn populate(config: &BenchConfig) -> Result<PopulateReport, String> {
         replication,
         seconds,
         objects_per_sec: added as f64 / seconds.max(1e-9),
+        bucket,
     })
 }
 
