@@ -26,17 +26,26 @@
 //! answer. A failed write checks at once. While the disk is not `ok`, uploads are refused
 //! with a 503 and the node tells the master, which places nothing there.
 
+mod disk;
+mod file;
+mod verify;
+
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
-use std::os::unix::fs::FileExt;
+use std::fs::{self, File};
+use std::io::{self, Read};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use crate::proto::{Checksum, DiskState, ObjectId};
+
+pub use disk::DiskHealth;
+use file::fsync_dir;
+pub use file::{load_or_create_node_id, populate_unsynced};
+use verify::{check_sum, read_footer, unix_secs, VerifyingReader};
+pub(crate) use verify::{encode_footer, parse_footer};
 
 /// Bytes moved per read/write while streaming an object.
 const CHUNK: usize = 256 * 1024;
@@ -182,21 +191,6 @@ pub struct ObjectRead {
 /// reading the body, before the body's read returns the error.
 pub type OnCorrupt = Box<dyn FnOnce(StoreError) + Send>;
 
-/// What the last disk check found, and the space it measured.
-#[derive(Debug, Clone)]
-pub struct DiskHealth {
-    pub state: DiskState,
-    /// Why the disk is not `ok`.
-    pub reason: Option<String>,
-    /// When the last check finished.
-    pub checked: Instant,
-    pub free_bytes: u64,
-    pub capacity_bytes: u64,
-    /// How many times the state has changed: a watcher compares it to notice a failure
-    /// and recovery that happened between two of its looks.
-    pub changes: u64,
-}
-
 pub struct BlobStore {
     root: PathBuf,
     /// Device and inode of the data directory when the store opened it.
@@ -276,86 +270,6 @@ impl BlobStore {
         Ok((store, removed))
     }
 
-    /// What the last disk check found.
-    pub fn disk_health(&self) -> DiskHealth {
-        self.health.lock().expect("disk health lock").clone()
-    }
-
-    /// Checks the disk now (unless another check is running, whose result stands) and
-    /// returns the state before and after.
-    pub fn check_disk(&self) -> (DiskState, DiskState) {
-        let Ok(_running) = self.checking.try_lock() else {
-            let state = self.disk_health().state;
-            return (state, state);
-        };
-        let found = self.probe_disk();
-        let mut health = self.health.lock().expect("disk health lock");
-        let before = health.state;
-        health.checked = Instant::now();
-        let after = match &found {
-            Ok(_) => DiskState::Ok,
-            Err((state, _)) => *state,
-        };
-        if after != before {
-            health.changes += 1;
-        }
-        match found {
-            Ok((free, capacity)) => {
-                health.state = DiskState::Ok;
-                health.reason = None;
-                health.free_bytes = free;
-                health.capacity_bytes = capacity;
-            }
-            Err((state, reason)) => {
-                health.state = state;
-                health.reason = Some(reason);
-                health.free_bytes = 0;
-            }
-        }
-        (before, health.state)
-    }
-
-    /// The checks themselves: free and total bytes when the disk is fine.
-    fn probe_disk(&self) -> Result<(u64, u64), (DiskState, String)> {
-        let failed = |what: &str, e: io::Error| {
-            let state =
-                if e.kind() == io::ErrorKind::ReadOnlyFilesystem { DiskState::ReadOnly } else { DiskState::Failed };
-            (state, format!("{what}: {e}"))
-        };
-        let root = self.root.display();
-        match fs::metadata(&self.root) {
-            Ok(meta) if (meta.dev(), meta.ino()) == self.identity => {}
-            Ok(_) => {
-                return Err((
-                    DiskState::Failed,
-                    format!("data directory {root} was replaced since start-up (restart the node to use the new one)"),
-                ))
-            }
-            Err(e) => return Err(failed(&format!("data directory {root} is gone"), e)),
-        }
-        fs::read_dir(&self.objects).map_err(|e| failed(&format!("cannot list {}", self.objects.display()), e))?;
-        let space = self.disk_space().map_err(|e| failed("statvfs failed", e))?;
-        let probe = self.tmp.join("disk-probe");
-        let write = || -> io::Result<()> {
-            let mut file = File::create(&probe)?;
-            file.write_all(&[0x5a; 512])?;
-            file.sync_all()?;
-            fs::remove_file(&probe)?;
-            fsync_dir(&self.tmp)
-        };
-        write().map_err(|e| failed(&format!("cannot write {}", probe.display()), e))?;
-        Ok(space)
-    }
-
-    /// Refuses work that writes while the disk is not `ok`.
-    pub fn check_writable(&self) -> Result<(), StoreError> {
-        let health = self.disk_health();
-        match health.state {
-            DiskState::Ok => Ok(()),
-            state => Err(StoreError::DiskUnusable { state, reason: health.reason.unwrap_or_default() }),
-        }
-    }
-
     fn object_path(&self, id: &ObjectId) -> PathBuf {
         let name = id.to_string();
         self.objects.join(&name[0..2]).join(&name[2..4]).join(name)
@@ -413,78 +327,6 @@ impl BlobStore {
             }
         }
         stored
-    }
-
-    fn put_checked(
-        &self,
-        id: &ObjectId,
-        body: &mut dyn Read,
-        declared_len: Option<u64>,
-        max_size: u64,
-        expected: Option<Checksum>,
-        forward: &mut dyn FnMut(&[u8]),
-    ) -> Result<StoredObject, StoreError> {
-        if self.contains(id) {
-            return Err(StoreError::Exists(*id));
-        }
-        if let Some(len) = declared_len {
-            if len > max_size {
-                return Err(StoreError::TooLarge { limit: max_size });
-            }
-            let available = self.available_bytes()?;
-            if len.saturating_add(self.reserve_bytes) > available {
-                return Err(StoreError::NoSpace { needed: len, available });
-            }
-        }
-
-        let temp = TempFile::create(&self.tmp, id)?;
-        // A large object skips the page cache: copying it there costs more CPU than
-        // anything else a PUT does, and its pages would only be dropped again below.
-        let direct = declared_len.is_some_and(|len| len >= self.direct_from) && set_direct(&temp.file);
-        let mut writer = ChunkWriter::new(&temp.file, declared_len, direct);
-        let stored = copy_limited(body, &mut writer, max_size, declared_len, forward)?;
-        if let Some(expected) = expected.filter(|e| *e != stored.checksum) {
-            return Err(StoreError::ChecksumMismatch { expected, actual: stored.checksum });
-        }
-        // An empty chunk tells `forward` the body arrived whole and verified.
-        forward(&[]);
-        writer.finish(&encode_footer(stored, unix_secs()))?;
-        let syncing = std::time::Instant::now();
-        temp.file.sync_all()?;
-        self.fsync_seconds.observe(syncing.elapsed().as_secs_f64());
-        if stored.size >= UNCACHED_OBJECT && !direct {
-            // The bytes are on disk: a large object's cache pages go back for the next
-            // upload to reuse, instead of the cache growing into memory that is slow to
-            // touch for the first time (the bench measured R=3 64 MiB PUTs 35 % faster).
-            let _ = rustix::fs::fadvise(&temp.file, 0, 0, rustix::fs::Advice::DontNeed);
-        }
-
-        let target = self.object_path(id);
-        let dir = target.parent().expect("object paths have a parent");
-        ensure_dir(dir)?;
-        match fs::hard_link(&temp.path, &target) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Err(StoreError::Exists(*id)),
-            Err(e) => return Err(e.into()),
-        }
-        fsync_dir(dir)?;
-        drop(temp);
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.bytes.fetch_add(stored.size, Ordering::Relaxed);
-        Ok(stored)
-    }
-
-    /// Opens an object and reads its footer, without reading its bytes.
-    fn open_object(&self, id: &ObjectId) -> Result<(File, StoredObject, u64), StoreError> {
-        let file = match File::open(self.object_path(id)) {
-            Ok(file) => file,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::NotFound(*id)),
-            Err(e) => return Err(e.into()),
-        };
-        let meta = file.metadata()?;
-        let (stored, created) =
-            read_footer(&file, meta.len()).map_err(|reason| StoreError::Corrupt { id: *id, reason })?;
-        Ok((file, stored, created))
     }
 
     /// Size and checksum from the footer, for `HEAD`.
@@ -586,22 +428,6 @@ impl BlobStore {
         }
     }
 
-    /// Calls `f` for every object file: its id and path. Files whose names are not
-    /// object ids are skipped.
-    fn walk(&self, f: &mut dyn FnMut(ObjectId, PathBuf)) -> io::Result<()> {
-        for level1 in sorted_dir(&self.objects)? {
-            for level2 in sorted_dir(&level1)? {
-                for file in sorted_dir(&level2)? {
-                    let name = file.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-                    if let Ok(id) = ObjectId::parse(name) {
-                        f(id, file);
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
     /// Calls `f` for every object with the facts of its footer (not verified against its
     /// bytes: that is `verify`'s job).
     pub fn scan(&self, f: &mut dyn FnMut(ScanItem)) -> io::Result<()> {
@@ -624,440 +450,13 @@ impl BlobStore {
             f(item);
         })
     }
-
-    /// Bytes an unprivileged writer may still use on the data disk, and the disk's size.
-    pub fn disk_space(&self) -> io::Result<(u64, u64)> {
-        let stat = rustix::fs::statvfs(&self.tmp)?;
-        Ok((stat.f_bavail.saturating_mul(stat.f_frsize), stat.f_blocks.saturating_mul(stat.f_frsize)))
-    }
-
-    fn available_bytes(&self) -> io::Result<u64> {
-        self.disk_space().map(|(available, _)| available)
-    }
-}
-
-/// Reads a range of a large object in one pass over its file, checking the whole
-/// object's checksum on the way, and hands out the range's last chunk (`CHUNK` bytes, or
-/// the whole range if shorter) only once the checksum has matched. A reader of a corrupt
-/// copy therefore gets an error short of the range's end, never a complete range.
-///
-/// The footer holds one checksum for the whole object, so a range can only be verified by
-/// reading all of it: bytes before the range are read and hashed but not handed out, and
-/// those after it are read and hashed before the held-back chunk is released. That is the
-/// same one pass over the file whatever the range (a resume from byte X waits for X bytes
-/// to be read before its first byte, where verifying first waited for all of them), and
-/// it keeps the rule simple: no byte of the last chunk leaves before every byte of the
-/// object has been checked.
-struct VerifyingReader {
-    file: File,
-    id: ObjectId,
-    stored: StoredObject,
-    /// How much of the object has been read from the file (and hashed).
-    pos: u64,
-    range: std::ops::Range<u64>,
-    /// Where the held-back last chunk of the range starts.
-    held_from: u64,
-    sum: Checksum,
-    /// The last chunk once verified, and how much of it has been handed out.
-    tail: Option<(Vec<u8>, usize)>,
-    /// For bytes read only to be hashed (outside the range); allocated when needed.
-    scratch: Vec<u8>,
-    on_corrupt: Option<OnCorrupt>,
-    /// Set once the checksum failed: every later read fails the same way.
-    corrupt: Option<String>,
-}
-
-impl VerifyingReader {
-    fn new(
-        file: File,
-        id: ObjectId,
-        stored: StoredObject,
-        range: std::ops::Range<u64>,
-        on_corrupt: OnCorrupt,
-    ) -> VerifyingReader {
-        let held_from = range.end.saturating_sub(CHUNK as u64).max(range.start);
-        VerifyingReader {
-            file,
-            id,
-            stored,
-            pos: 0,
-            range,
-            held_from,
-            sum: Checksum::default(),
-            tail: None,
-            scratch: Vec::new(),
-            on_corrupt: Some(on_corrupt),
-            corrupt: None,
-        }
-    }
-
-    /// Reads exactly `buf.len()` more bytes of the object into `buf` and hashes them.
-    fn read_hashed(&mut self, buf: &mut [u8]) -> io::Result<()> {
-        self.file.read_exact(buf)?;
-        self.sum.update(buf);
-        self.pos += buf.len() as u64;
-        Ok(())
-    }
-
-    /// Reads and hashes the object up to `target`, handing nothing out.
-    fn skip_to(&mut self, target: u64) -> io::Result<()> {
-        let mut scratch = std::mem::take(&mut self.scratch);
-        scratch.resize(CHUNK, 0);
-        let mut result = Ok(());
-        while self.pos < target && result.is_ok() {
-            let n = (target - self.pos).min(CHUNK as u64) as usize;
-            result = self.read_hashed(&mut scratch[..n]);
-        }
-        self.scratch = scratch;
-        result
-    }
-
-    /// Reads the held-back chunk and the rest of the object, then checks the checksum.
-    fn verify_tail(&mut self) -> io::Result<Vec<u8>> {
-        let mut tail = vec![0u8; (self.range.end - self.held_from) as usize];
-        self.read_hashed(&mut tail)?;
-        self.skip_to(self.stored.size)?;
-        if let Err(error) = check_sum(&self.id, self.stored, self.sum) {
-            self.corrupt = Some(error.to_string());
-            if let Some(on_corrupt) = self.on_corrupt.take() {
-                on_corrupt(error);
-            }
-            return Err(self.corrupt_error());
-        }
-        Ok(tail)
-    }
-
-    fn corrupt_error(&self) -> io::Error {
-        io::Error::new(io::ErrorKind::InvalidData, self.corrupt.clone().unwrap_or_default())
-    }
-}
-
-impl Read for VerifyingReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.corrupt.is_some() {
-            return Err(self.corrupt_error());
-        }
-        if buf.is_empty() {
-            return Ok(0);
-        }
-        if self.pos < self.range.start {
-            self.skip_to(self.range.start)?;
-        }
-        if self.pos < self.held_from {
-            // Straight into the caller's buffer: no copy on the way.
-            let n = (self.held_from - self.pos).min(buf.len() as u64) as usize;
-            let n = self.file.read(&mut buf[..n])?;
-            if n == 0 {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "object file ended before its footer said"));
-            }
-            self.sum.update(&buf[..n]);
-            self.pos += n as u64;
-            return Ok(n);
-        }
-        if self.tail.is_none() {
-            self.tail = Some((self.verify_tail()?, 0));
-        }
-        let (tail, given) = self.tail.as_mut().expect("the tail was just verified");
-        let n = (tail.len() - *given).min(buf.len());
-        buf[..n].copy_from_slice(&tail[*given..*given + n]);
-        *given += n;
-        Ok(n)
-    }
-}
-
-fn check_sum(id: &ObjectId, stored: StoredObject, actual: Checksum) -> Result<StoredObject, StoreError> {
-    if actual == stored.checksum {
-        Ok(stored)
-    } else {
-        Err(StoreError::Corrupt {
-            id: *id,
-            reason: format!("bytes have checksum {actual}, written with {}", stored.checksum),
-        })
-    }
-}
-
-fn unix_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
-pub(crate) fn encode_footer(stored: StoredObject, created_secs: u64) -> [u8; FOOTER_LEN as usize] {
-    let mut footer = [0u8; FOOTER_LEN as usize];
-    footer[0..8].copy_from_slice(FOOTER_MAGIC);
-    footer[8..16].copy_from_slice(&stored.size.to_le_bytes());
-    footer[16..20].copy_from_slice(&stored.checksum.0.to_le_bytes());
-    footer[20..28].copy_from_slice(&created_secs.to_le_bytes());
-    let own = crc32c::crc32c(&footer[0..28]);
-    footer[28..32].copy_from_slice(&own.to_le_bytes());
-    footer
-}
-
-/// Reads and checks the footer of an object file `file_len` bytes long.
-fn read_footer(file: &File, file_len: u64) -> Result<(StoredObject, u64), String> {
-    if file_len < FOOTER_LEN {
-        return Err(format!("file is {file_len} bytes, too short for its footer"));
-    }
-    let mut footer = [0u8; FOOTER_LEN as usize];
-    file.read_exact_at(&mut footer, file_len - FOOTER_LEN).map_err(|e| e.to_string())?;
-    parse_footer(&footer, file_len)
-}
-
-/// Checks the footer bytes of an object file `file_len` bytes long: its magic, its own
-/// CRC and the size it names. Gives the object's size and checksum and its write time.
-pub(crate) fn parse_footer(footer: &[u8; FOOTER_LEN as usize], file_len: u64) -> Result<(StoredObject, u64), String> {
-    if file_len < FOOTER_LEN {
-        return Err(format!("file is {file_len} bytes, too short for its footer"));
-    }
-    let word = |range: std::ops::Range<usize>| footer[range].iter().rev().fold(0u64, |acc, b| (acc << 8) | *b as u64);
-    if &footer[0..8] != FOOTER_MAGIC {
-        return Err("footer magic is missing".to_string());
-    }
-    if crc32c::crc32c(&footer[0..28]) != word(28..32) as u32 {
-        return Err("footer checksum does not match".to_string());
-    }
-    let size = word(8..16);
-    if size != file_len - FOOTER_LEN {
-        return Err(format!("footer says {size} bytes, the file holds {}", file_len - FOOTER_LEN));
-    }
-    Ok((StoredObject { size, checksum: Checksum(word(16..20) as u32) }, word(20..28)))
-}
-
-fn sorted_dir(dir: &Path) -> io::Result<Vec<PathBuf>> {
-    let mut entries: Vec<PathBuf> = fs::read_dir(dir)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
-    entries.sort();
-    Ok(entries)
-}
-
-/// Returns the node id kept in `root/node-id`, writing `wanted` (or a fresh random id)
-/// there durably on first start. A node keeps its id for life, so a different `wanted`
-/// than the one on disk is refused rather than silently renaming the node.
-pub fn load_or_create_node_id(root: &Path, wanted: Option<&str>) -> io::Result<String> {
-    let path = root.join("node-id");
-    match fs::read_to_string(&path) {
-        Ok(stored) => {
-            let stored = stored.trim().to_string();
-            match wanted {
-                Some(wanted) if wanted != stored => Err(io::Error::other(format!(
-                    "{} says this node is {stored:?}, not {wanted:?}; drop --node-id or use another data directory",
-                    path.display()
-                ))),
-                _ => Ok(stored),
-            }
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            let id = match wanted {
-                Some(id) => id.to_string(),
-                None => format!("datanode-{:08x}", rand::random::<u32>()),
-            };
-            fs::create_dir_all(root)?;
-            let temp = root.join("node-id.tmp");
-            let mut file = File::create(&temp)?;
-            file.write_all(format!("{id}\n").as_bytes())?;
-            file.sync_all()?;
-            fs::rename(&temp, &path)?;
-            fsync_dir(root)?;
-            Ok(id)
-        }
-        Err(e) => Err(e),
-    }
-}
-
-/// Copies `body` into `writer`, refusing more than `max_size` bytes and, when the length
-/// was declared, anything but exactly that many; computes the checksum on the way.
-fn copy_limited(
-    body: &mut dyn Read,
-    writer: &mut ChunkWriter,
-    max_size: u64,
-    declared_len: Option<u64>,
-    forward: &mut dyn FnMut(&[u8]),
-) -> Result<StoredObject, StoreError> {
-    let mut received: u64 = 0;
-    let mut checksum = Checksum::default();
-    loop {
-        let n = match body.read(writer.spare()) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                return Err(match declared_len {
-                    Some(expected) if e.kind() != io::ErrorKind::TimedOut => {
-                        StoreError::ShortBody { expected, received }
-                    }
-                    _ => StoreError::Body(e),
-                })
-            }
-        };
-        received += n as u64;
-        if received > max_size {
-            return Err(StoreError::TooLarge { limit: max_size });
-        }
-        let bytes = &writer.spare()[..n];
-        checksum.update(bytes);
-        forward(bytes);
-        writer.advance(n)?;
-    }
-    match declared_len {
-        Some(expected) if expected != received => Err(StoreError::ShortBody { expected, received }),
-        _ => Ok(StoredObject { size: received, checksum }),
-    }
-}
-
-/// Turns on O_DIRECT for `file`; false where the filesystem does not support it, and the
-/// file stays buffered.
-fn set_direct(file: &File) -> bool {
-    rustix::fs::fcntl_getfl(file)
-        .and_then(|flags| rustix::fs::fcntl_setfl(file, flags | rustix::fs::OFlags::DIRECT))
-        .is_ok()
-}
-
-/// Gathers an upload into whole chunks and writes each at its offset of the temporary
-/// file, through the page cache or, with `direct`, by O_DIRECT, whose writes must start,
-/// end and sit in memory at `DIRECT_ALIGN` boundaries. The last chunk and the footer are
-/// written together; with O_DIRECT padded with zeros to the alignment, and the file cut
-/// back to its true length.
-struct ChunkWriter<'a> {
-    file: &'a File,
-    /// A chunk, room for the footer and padding, and slack to align `start`.
-    buf: Vec<u8>,
-    /// Where the chunk begins in `buf` (aligned in memory for O_DIRECT).
-    start: usize,
-    /// Bytes per write.
-    chunk: usize,
-    /// Bytes of the current chunk received so far.
-    filled: usize,
-    /// Bytes written to the file before the current chunk.
-    written: u64,
-    direct: bool,
-}
-
-impl<'a> ChunkWriter<'a> {
-    fn new(file: &'a File, declared_len: Option<u64>, direct: bool) -> ChunkWriter<'a> {
-        let (chunk, slack) = if direct {
-            // Just big enough for a smaller object: the buffer's pages are touched once.
-            let want = declared_len.map_or(DIRECT_CHUNK, |len| {
-                usize::try_from(len).unwrap_or(DIRECT_CHUNK).min(DIRECT_CHUNK).next_multiple_of(DIRECT_ALIGN)
-            });
-            (want.max(DIRECT_ALIGN), DIRECT_ALIGN)
-        } else {
-            // A small upload needs a small buffer: zeroing 256 KiB costs more than its bytes.
-            let want = declared_len
-                .map_or(CHUNK, |len| usize::try_from(len).unwrap_or(CHUNK).saturating_add(1).clamp(4096, CHUNK));
-            (want, 0)
-        };
-        let buf = vec![0u8; chunk + FOOTER_LEN as usize + 2 * slack];
-        let start = if direct { (DIRECT_ALIGN - buf.as_ptr() as usize % DIRECT_ALIGN) % DIRECT_ALIGN } else { 0 };
-        ChunkWriter { file, buf, start, chunk, filled: 0, written: 0, direct }
-    }
-
-    /// Where the next bytes of the body go; never empty, and at most `CHUNK` long so the
-    /// pieces handed on to the chain stay small.
-    fn spare(&mut self) -> &mut [u8] {
-        let from = self.start + self.filled;
-        let to = self.start + self.chunk.min(self.filled + CHUNK);
-        &mut self.buf[from..to]
-    }
-
-    /// Takes `n` bytes just read into `spare`, writing the chunk once it is full.
-    fn advance(&mut self, n: usize) -> io::Result<()> {
-        self.filled += n;
-        if self.filled == self.chunk {
-            self.file.write_all_at(&self.buf[self.start..self.start + self.chunk], self.written)?;
-            self.written += self.chunk as u64;
-            self.filled = 0;
-        }
-        Ok(())
-    }
-
-    /// Writes what is left of the body and then `footer`.
-    fn finish(&mut self, footer: &[u8]) -> io::Result<()> {
-        let end = self.start + self.filled;
-        self.buf[end..end + footer.len()].copy_from_slice(footer);
-        let len = self.filled + footer.len();
-        if self.direct {
-            let padded = len.div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN;
-            self.buf[self.start + len..self.start + padded].fill(0);
-            self.file.write_all_at(&self.buf[self.start..self.start + padded], self.written)?;
-            self.file.set_len(self.written + len as u64)
-        } else {
-            self.file.write_all_at(&self.buf[self.start..self.start + len], self.written)
-        }
-    }
-}
-
-/// A file in `tmp/` that is removed when dropped: on every failure path, and after a
-/// successful write once the object has been linked into place.
-struct TempFile {
-    path: PathBuf,
-    file: File,
-}
-
-impl TempFile {
-    fn create(tmp: &Path, id: &ObjectId) -> io::Result<TempFile> {
-        let path = tmp.join(format!("{id}.{:016x}", rand::random::<u64>()));
-        let file = OpenOptions::new().write(true).create_new(true).open(&path)?;
-        Ok(TempFile { path, file })
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = fs::remove_file(&self.path);
-    }
-}
-
-/// Creates `dir` and any missing parents, fsyncing each parent whose listing changed so
-/// the new directory survives a crash.
-fn ensure_dir(dir: &Path) -> io::Result<()> {
-    if dir.is_dir() {
-        return Ok(());
-    }
-    let parent = dir.parent().expect("fan-out directories have parents");
-    ensure_dir(parent)?;
-    match fs::create_dir(dir) {
-        Ok(()) => fsync_dir(parent),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
-fn fsync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-// Benchmark support: fills a data directory of a stopped node quickly, for tests and
-// scaling runs that need hundreds of thousands of objects on one node.
-
-/// Writes `count` objects of `size` pattern bytes under `root` (a node's data directory)
-/// with random ids and valid footers, without fsyncs (it is not for real data: one
-/// `sync` at the end would make them durable). Returns how many it wrote.
-pub fn populate_unsynced(root: &Path, count: u64, size: usize) -> io::Result<u64> {
-    let objects = root.join("objects");
-    let body: Vec<u8> = (0..size).map(|i| (i * 7 + 3) as u8).collect();
-    let mut sum = Checksum::default();
-    sum.update(&body);
-    let stored = StoredObject { size: size as u64, checksum: sum };
-    let footer = encode_footer(stored, unix_secs());
-    let mut made = std::collections::HashSet::new();
-    for _ in 0..count {
-        // Ids share their second fan-out level, so 256 directories hold them all: making
-        // 65,536 directories would take longer than writing the objects.
-        let mut bytes = *uuid::Uuid::new_v4().as_bytes();
-        bytes[1] = 0;
-        let id = ObjectId::parse(&uuid::Uuid::from_bytes(bytes).to_string()).expect("a UUID is an object id");
-        let name = id.to_string();
-        let dir = objects.join(&name[0..2]).join(&name[2..4]);
-        if made.insert(dir.clone()) {
-            fs::create_dir_all(&dir)?;
-        }
-        let mut file = File::create(dir.join(&name))?;
-        file.write_all(&body)?;
-        file.write_all(&footer)?;
-    }
-    Ok(count)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::OpenOptions;
+    use std::os::unix::fs::FileExt;
 
     fn temp_root(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("aether-store-{name}-{}", rand::random::<u32>()));
