@@ -26,9 +26,12 @@
 //! answer. A failed write checks at once. While the disk is not `ok`, uploads are refused
 //! with a 503 and the node tells the master, which places nothing there.
 
+mod compaction;
 mod disk;
 mod file;
+mod index;
 mod verify;
+mod volume;
 
 use std::fmt;
 use std::fs::{self, File};
@@ -37,7 +40,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::proto::{Checksum, DiskState, ObjectId};
 
@@ -46,6 +49,7 @@ use file::fsync_dir;
 pub use file::{load_or_create_node_id, populate_unsynced};
 use verify::{check_sum, read_footer, unix_secs, VerifyingReader};
 pub(crate) use verify::{encode_footer, parse_footer};
+use volume::{Volumes, VOLUME_BYTES, VOLUME_OBJECT};
 
 /// Bytes moved per read/write while streaming an object.
 const CHUNK: usize = 256 * 1024;
@@ -211,12 +215,26 @@ pub struct BlobStore {
     fsync_seconds: prometheus::Histogram,
     /// Bytes of the objects held (their sizes, without footers).
     bytes: AtomicU64,
+    /// Small objects, as records in volume files.
+    volumes: Volumes,
+    /// Declared sizes up to which uploads become volume records (`VOLUME_OBJECT`; tests
+    /// turn it off to exercise the file path with small bodies).
+    records_up_to: Option<u64>,
+    /// What opening the volumes repaired, for the node's log.
+    repairs: Vec<String>,
 }
 
 impl BlobStore {
     /// Opens (creating if needed) the store under `root` and removes uploads that a crash
     /// left unfinished. Returns the store and how many leftovers it removed.
     pub fn open(root: &Path, reserve_bytes: u64) -> io::Result<(BlobStore, usize)> {
+        // Tests shrink volumes to see them roll over and compact.
+        let volume_bytes = std::env::var("AETHER_TEST_VOLUME_BYTES").ok().and_then(|v| v.parse().ok());
+        BlobStore::open_with(root, reserve_bytes, volume_bytes.unwrap_or(VOLUME_BYTES))
+    }
+
+    /// `open` with volumes that roll over at `volume_bytes`.
+    fn open_with(root: &Path, reserve_bytes: u64, volume_bytes: u64) -> io::Result<(BlobStore, usize)> {
         let objects = root.join("objects");
         let tmp = root.join("tmp");
         let quarantine = root.join("quarantine");
@@ -236,6 +254,7 @@ impl BlobStore {
             "aether_datanode_fsync_duration_seconds",
             "Time to fsync a new object's file.",
         );
+        let opened = Volumes::open(&root.join("volumes"), volume_bytes, fsync_seconds.clone())?;
         let meta = fs::metadata(root)?;
         let health = DiskHealth {
             state: DiskState::Ok,
@@ -258,14 +277,17 @@ impl BlobStore {
             count: AtomicU64::new(0),
             fsync_seconds,
             bytes: AtomicU64::new(0),
+            volumes: opened.volumes,
+            records_up_to: Some(VOLUME_OBJECT),
+            repairs: opened.repairs,
         };
         let (mut count, mut bytes) = (0, 0);
         store.walk(&mut |_, path| {
             count += 1;
             bytes += fs::metadata(path).map_or(0, |m| m.len());
         })?;
-        store.count.store(count, Ordering::Relaxed);
-        store.bytes.store(bytes, Ordering::Relaxed);
+        store.count.store(count + opened.objects, Ordering::Relaxed);
+        store.bytes.store(bytes + opened.bytes, Ordering::Relaxed);
         store.check_disk();
         Ok((store, removed))
     }
@@ -276,7 +298,13 @@ impl BlobStore {
     }
 
     pub fn contains(&self, id: &ObjectId) -> bool {
-        self.object_path(id).exists()
+        self.volumes.contains(id) || self.object_path(id).exists()
+    }
+
+    /// What opening the store repaired in its volumes (torn tails cut, leftovers of an
+    /// interrupted compaction removed), one sentence each.
+    pub fn repairs(&self) -> &[String] {
+        &self.repairs
     }
 
     /// The histogram of object fsync times.
@@ -293,6 +321,11 @@ impl BlobStore {
     /// object sizes since).
     pub fn stored_bytes(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)
+    }
+
+    fn forget_object(&self, len: u64) {
+        let _ = self.count.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| Some(c.saturating_sub(1)));
+        let _ = self.bytes.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| Some(b.saturating_sub(len)));
     }
 
     fn forget_bytes(&self, path: &Path) {
@@ -316,7 +349,12 @@ impl BlobStore {
         forward: &mut dyn FnMut(&[u8]),
     ) -> Result<StoredObject, StoreError> {
         self.check_writable()?;
-        let stored = self.put_checked(id, body, declared_len, max_size, expected, forward);
+        let stored = match declared_len {
+            Some(len) if self.records_up_to.is_some_and(|up_to| len <= up_to.min(max_size)) => {
+                self.put_record(id, body, len, expected, forward)
+            }
+            _ => self.put_checked(id, body, declared_len, max_size, expected, forward),
+        };
         if let Err(StoreError::Io(e)) = &stored {
             // A failed write may be the disk's fault: the check says whether it is, and
             // the next heartbeat tells the master.
@@ -329,13 +367,67 @@ impl BlobStore {
         stored
     }
 
-    /// Size and checksum from the footer, for `HEAD`.
+    /// A small object: its body read whole (it is at most `VOLUME_OBJECT` bytes), checked,
+    /// then appended to a volume, durable when this returns.
+    fn put_record(
+        &self,
+        id: &ObjectId,
+        body: &mut dyn Read,
+        len: u64,
+        expected: Option<Checksum>,
+        forward: &mut dyn FnMut(&[u8]),
+    ) -> Result<StoredObject, StoreError> {
+        if self.contains(id) {
+            return Err(StoreError::Exists(*id));
+        }
+        let available = self.available_bytes()?;
+        if len.saturating_add(self.reserve_bytes) > available {
+            return Err(StoreError::NoSpace { needed: len, available });
+        }
+        let mut data = vec![0u8; len as usize];
+        let mut received = 0;
+        while received < data.len() {
+            match body.read(&mut data[received..]) {
+                Ok(0) => return Err(StoreError::ShortBody { expected: len, received: received as u64 }),
+                Ok(n) => {
+                    forward(&data[received..received + n]);
+                    received += n;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::TimedOut => return Err(StoreError::Body(e)),
+                Err(_) => return Err(StoreError::ShortBody { expected: len, received: received as u64 }),
+            }
+        }
+        // A body longer than its declared length is refused like the file path does.
+        let mut extra = [0u8; 1];
+        if matches!(body.read(&mut extra), Ok(n) if n > 0) {
+            return Err(StoreError::ShortBody { expected: len, received: len + 1 });
+        }
+        let mut checksum = Checksum::default();
+        checksum.update(&data);
+        if let Some(expected) = expected.filter(|e| *e != checksum) {
+            return Err(StoreError::ChecksumMismatch { expected, actual: checksum });
+        }
+        forward(&[]);
+        self.volumes.put(id, &data, checksum)?;
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(len, Ordering::Relaxed);
+        Ok(StoredObject { size: len, checksum })
+    }
+
+    /// Size and checksum from the footer or record header, for `HEAD`.
     pub fn stat(&self, id: &ObjectId) -> Result<StoredObject, StoreError> {
+        if let Some(stored) = self.volumes.stat(id)? {
+            return Ok(stored);
+        }
         self.open_object(id).map(|(_, stored, _)| stored)
     }
 
     /// Reads the whole object and checks it against its footer.
     pub fn verify(&self, id: &ObjectId) -> Result<StoredObject, StoreError> {
+        if let Some((header, _)) = self.volumes.read(id)? {
+            return Ok(StoredObject { size: header.len as u64, checksum: header.checksum });
+        }
         let (file, stored, _) = self.open_object(id)?;
         let mut sum = Checksum::default();
         let mut reader = io::BufReader::with_capacity(CHUNK, file).take(stored.size);
@@ -363,17 +455,16 @@ impl BlobStore {
         range: Option<(u64, Option<u64>)>,
         on_corrupt: OnCorrupt,
     ) -> Result<ObjectRead, StoreError> {
+        if let Some((header, data)) = self.volumes.read(id)? {
+            let stored = StoredObject { size: header.len as u64, checksum: header.checksum };
+            let (start, end) = byte_range(range, stored.size)?;
+            let mut cursor = io::Cursor::new(data);
+            cursor.get_mut().truncate(end as usize);
+            cursor.set_position(start);
+            return Ok(ObjectRead { body: Box::new(cursor), len: end - start, object: stored });
+        }
         let (mut file, stored, _) = self.open_object(id)?;
-        let (start, end) = match range {
-            None => (0, stored.size),
-            Some((start, end)) => {
-                let end = end.map_or(stored.size, |e| e.saturating_add(1).min(stored.size));
-                if start >= stored.size || start >= end {
-                    return Err(StoreError::BadRange(format!("bytes={start}- of {} bytes", stored.size)));
-                }
-                (start, end)
-            }
-        };
+        let (start, end) = byte_range(range, stored.size)?;
         if stored.size <= SMALL_OBJECT {
             // `read_to_end` fills the spare capacity without zeroing it first (a memset
             // was a tenth of a 1 MiB GET's datanode time).
@@ -398,6 +489,14 @@ impl BlobStore {
     /// Returns whether this call moved it (`false`: it was gone already, e.g. moved by
     /// another reader that found the same corruption at the same time).
     pub fn quarantine(&self, id: &ObjectId) -> io::Result<bool> {
+        if self.volumes.contains(id) {
+            let len = self.volumes.stat(id).ok().flatten().map_or(0, |s| s.size);
+            let moved = self.volumes.quarantine(id, &self.quarantine)?;
+            if moved {
+                self.forget_object(len);
+            }
+            return Ok(moved);
+        }
         let source = self.object_path(id);
         let target = self.quarantine.join(format!("{id}.{}", unix_secs() * 1000));
         self.forget_bytes(&source);
@@ -415,6 +514,14 @@ impl BlobStore {
 
     /// Removes an object; returns whether it was there.
     pub fn delete(&self, id: &ObjectId) -> io::Result<bool> {
+        if self.volumes.contains(id) {
+            let len = self.volumes.stat(id).ok().flatten().map_or(0, |s| s.size);
+            let deleted = self.volumes.delete(id)?;
+            if deleted {
+                self.forget_object(len);
+            }
+            return Ok(deleted);
+        }
         let path = self.object_path(id);
         self.forget_bytes(&path);
         match fs::remove_file(&path) {
@@ -448,7 +555,38 @@ impl BlobStore {
                 Err(e) => ScanItem { id, stored: Err(e.to_string()), age_secs: 0 },
             };
             f(item);
+        })?;
+        self.volumes.scan(&mut |id, stored, created| {
+            f(ScanItem { id, stored: Ok(stored), age_secs: now.saturating_sub(created) })
         })
+    }
+
+    /// Compacts the sealed volume with the most garbage if one passes the threshold,
+    /// copying at most `bytes_per_sec`; `pause` waits and says false when the node is
+    /// stopping. Returns what it did, for the log.
+    pub fn compact_step(&self, bytes_per_sec: u64, pause: &dyn Fn(Duration) -> bool) -> io::Result<Option<String>> {
+        let Some(ordinal) = self.volumes.compaction_candidate() else { return Ok(None) };
+        Ok(self.volumes.compact(ordinal, bytes_per_sec, pause)?.map(|done| {
+            format!(
+                "compacted volume {}: kept {} byte(s) of records, freed {} byte(s)",
+                done.ordinal, done.kept, done.freed
+            )
+        }))
+    }
+}
+
+/// `start..end` of an object of `size` bytes for a requested range (`start`, inclusive
+/// `end` or the rest), or why it cannot be served.
+fn byte_range(range: Option<(u64, Option<u64>)>, size: u64) -> Result<(u64, u64), StoreError> {
+    match range {
+        None => Ok((0, size)),
+        Some((start, end)) => {
+            let end = end.map_or(size, |e| e.saturating_add(1).min(size));
+            if start >= size || start >= end {
+                return Err(StoreError::BadRange(format!("bytes={start}- of {size} bytes")));
+            }
+            Ok((start, end))
+        }
     }
 }
 
@@ -530,6 +668,7 @@ mod tests {
     fn direct_and_buffered_writes_read_back_identical() {
         let root = temp_root("direct");
         let (mut store, _) = BlobStore::open(&root, 0).unwrap();
+        store.records_up_to = None;
         let sizes = [
             0,
             1,
@@ -602,7 +741,8 @@ mod tests {
     #[test]
     fn a_flipped_bit_is_never_served_and_can_be_quarantined() {
         let root = temp_root("rot");
-        let (store, _) = BlobStore::open(&root, 0).unwrap();
+        let (mut store, _) = BlobStore::open(&root, 0).unwrap();
+        store.records_up_to = None;
         for size in [1000usize, 2 << 20] {
             let id = ObjectId::new_random();
             put(&store, &id, &vec![1u8; size], None, u64::MAX).unwrap();
@@ -775,6 +915,220 @@ mod tests {
         let failed = put(&store, &other, b"x", None, 1 << 20).unwrap_err();
         assert_eq!(failed.status(), 503, "{failed}");
         assert_eq!(store.disk_health().state, DiskState::Failed);
+        fs::remove_dir_all(root).unwrap();
+    }
+
+    fn pattern(i: usize, size: usize) -> Vec<u8> {
+        (0..size).map(|j| (j * 31 + i * 7) as u8).collect()
+    }
+
+    fn volume_files(root: &Path) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = fs::read_dir(root.join("volumes")).unwrap().map(|e| e.unwrap().path()).collect();
+        files.sort();
+        files
+    }
+
+    #[test]
+    fn small_objects_are_volume_records_that_survive_a_restart() {
+        let root = temp_root("records");
+        let (store, _) = BlobStore::open_with(&root, 0, 64 * 1024).unwrap();
+        let sizes = [0usize, 1, 7, 8, 4096, 5000, VOLUME_OBJECT as usize];
+        let mut ids = Vec::new();
+        for round in 0..4 {
+            for (i, size) in sizes.into_iter().enumerate() {
+                let id = ObjectId::new_random();
+                let data = pattern(round * 10 + i, size);
+                let stored = put(&store, &id, &data, Some(size as u64), u64::MAX).unwrap();
+                assert_eq!(store.stat(&id).unwrap(), stored);
+                assert_eq!(store.verify(&id).unwrap(), stored);
+                assert!(matches!(put(&store, &id, b"x", Some(1), u64::MAX), Err(StoreError::Exists(_))));
+                ids.push((id, data));
+            }
+        }
+        assert!(fs::read_dir(root.join("objects")).unwrap().next().is_none(), "no object files");
+        assert!(volume_files(&root).len() > 2, "volumes rolled over: {:?}", volume_files(&root));
+        let (id, data) = &ids[4];
+        assert_eq!(read_all(&store, id, Some((10, Some(19)))).unwrap(), &data[10..20]);
+        assert_eq!(read_all(&store, id, Some((4000, None))).unwrap(), &data[4000..]);
+        assert!(matches!(read_all(&store, id, Some((4096, None))), Err(StoreError::BadRange(_))));
+        let (gone, _) = &ids[3];
+        assert!(store.delete(gone).unwrap());
+        assert!(!store.delete(gone).unwrap());
+        assert!(matches!(store.stat(gone), Err(StoreError::NotFound(_))));
+        assert_eq!(store.object_count(), ids.len() as u64 - 1);
+        drop(store);
+
+        let (store, _) = BlobStore::open_with(&root, 0, 64 * 1024).unwrap();
+        assert!(store.repairs().is_empty(), "{:?}", store.repairs());
+        assert_eq!(store.object_count(), ids.len() as u64 - 1);
+        for (i, (id, data)) in ids.iter().enumerate() {
+            if i == 3 {
+                assert!(!store.contains(id), "deleted stays deleted");
+            } else {
+                assert!(read_all(&store, id, None).unwrap() == *data, "object {i}");
+            }
+        }
+        let mut scanned = 0;
+        store.scan(&mut |item| scanned += item.stored.map_or(0, |_| 1)).unwrap();
+        assert_eq!(scanned, ids.len() - 1);
+        fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_off_and_writing_goes_on() {
+        let root = temp_root("torn");
+        let (store, _) = BlobStore::open_with(&root, 0, 1 << 20).unwrap();
+        let ids: Vec<(ObjectId, Vec<u8>)> = (0..20).map(|i| (ObjectId::new_random(), pattern(i, 3000))).collect();
+        for (id, data) in &ids {
+            put(&store, id, data, Some(data.len() as u64), u64::MAX).unwrap();
+        }
+        drop(store);
+        let volume = volume_files(&root).pop().unwrap();
+        let clean = fs::metadata(&volume).unwrap().len();
+        // A record whose header made it to disk but not all of its bytes, then garbage.
+        let mut torn = fs::read(&volume).unwrap();
+        let last = torn[torn.len() - record_len_of(3000)..].to_vec();
+        torn.extend_from_slice(&last[..100]);
+        torn.extend_from_slice(&[0xab; 333]);
+        fs::write(&volume, &torn).unwrap();
+        let (store, _) = BlobStore::open_with(&root, 0, 1 << 20).unwrap();
+        assert_eq!(fs::metadata(&volume).unwrap().len(), clean, "cut back to the last whole record");
+        assert_eq!(store.repairs().len(), 1, "{:?}", store.repairs());
+        // A whole header whose bytes were never written (zeros): the last record is torn.
+        drop(store);
+        let mut zeros = fs::read(&volume).unwrap();
+        let header = zeros[zeros.len() - record_len_of(3000)..][..48].to_vec();
+        zeros.extend_from_slice(&header);
+        zeros.resize(zeros.len() + record_len_of(3000) - 48, 0);
+        fs::write(&volume, &zeros).unwrap();
+        let (store, _) = BlobStore::open_with(&root, 0, 1 << 20).unwrap();
+        assert_eq!(fs::metadata(&volume).unwrap().len(), clean, "a record with bytes that fail is cut too");
+        for (id, data) in &ids {
+            assert!(read_all(&store, id, None).unwrap() == *data);
+        }
+        let new = ObjectId::new_random();
+        put(&store, &new, b"after", Some(5), u64::MAX).unwrap();
+        drop(store);
+        let (store, _) = BlobStore::open_with(&root, 0, 1 << 20).unwrap();
+        assert_eq!(read_all(&store, &new, None).unwrap(), b"after");
+        assert_eq!(store.object_count(), 21);
+        fs::remove_dir_all(root).unwrap();
+    }
+
+    fn record_len_of(size: u32) -> usize {
+        volume::record_len(size) as usize
+    }
+
+    #[test]
+    fn a_flipped_byte_spoils_one_record_not_its_neighbours() {
+        let root = temp_root("recrot");
+        let (store, _) = BlobStore::open_with(&root, 0, 1 << 20).unwrap();
+        let ids: Vec<(ObjectId, Vec<u8>)> = (0..5).map(|i| (ObjectId::new_random(), pattern(i, 4096))).collect();
+        for (id, data) in &ids {
+            put(&store, id, data, Some(4096), u64::MAX).unwrap();
+        }
+        let volume = volume_files(&root).pop().unwrap();
+        let mut bytes = fs::read(&volume).unwrap();
+        let second = 64 + record_len_of(4096) + 48 + 1000;
+        bytes[second] ^= 0x04;
+        fs::write(&volume, &bytes).unwrap();
+        let (bad, _) = &ids[1];
+        assert!(matches!(read_all(&store, bad, None), Err(StoreError::Corrupt { .. })));
+        assert!(matches!(store.verify(bad), Err(StoreError::Corrupt { .. })));
+        for (i, (id, data)) in ids.iter().enumerate().filter(|(i, _)| *i != 1) {
+            assert!(read_all(&store, id, None).unwrap() == *data, "neighbour {i}");
+        }
+        assert!(store.quarantine(bad).unwrap());
+        assert!(!store.quarantine(bad).unwrap(), "moved once");
+        assert!(matches!(store.stat(bad), Err(StoreError::NotFound(_))));
+        assert_eq!(fs::read_dir(root.join("quarantine")).unwrap().count(), 1);
+        drop(store);
+        let (store, _) = BlobStore::open_with(&root, 0, 1 << 20).unwrap();
+        assert!(!store.contains(bad), "a quarantined record stays out after a restart");
+        assert_eq!(store.object_count(), 4);
+        // A damaged header in the middle is skipped; the records after it still count.
+        drop(store);
+        let mut bytes = fs::read(&volume).unwrap();
+        bytes[64 + 2 * record_len_of(4096) + 10] ^= 0xff;
+        fs::write(&volume, &bytes).unwrap();
+        let (store, _) = BlobStore::open_with(&root, 0, 1 << 20).unwrap();
+        assert!(!store.contains(&ids[2].0));
+        for (id, data) in [&ids[0], &ids[3], &ids[4]] {
+            assert!(read_all(&store, id, None).unwrap() == *data);
+        }
+        assert_eq!(fs::metadata(&volume).unwrap().len() as usize, bytes.len(), "nothing cut from the middle");
+        fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn concurrent_writers_share_syncs_and_all_land() {
+        let root = temp_root("group");
+        let (store, _) = BlobStore::open_with(&root, 0, 256 * 1024).unwrap();
+        let store = std::sync::Arc::new(store);
+        let threads: Vec<_> = (0..16)
+            .map(|t| {
+                let store = std::sync::Arc::clone(&store);
+                std::thread::spawn(move || {
+                    (0..40)
+                        .map(|i| {
+                            let id = ObjectId::new_random();
+                            let data = pattern(t * 100 + i, 100 + i * 50);
+                            put(&store, &id, &data, Some(data.len() as u64), u64::MAX).unwrap();
+                            (id, data)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let all: Vec<(ObjectId, Vec<u8>)> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+        let syncs = store.fsync_seconds().get_sample_count();
+        assert!(syncs < all.len() as u64, "{syncs} syncs for {} puts", all.len());
+        drop(store);
+        let (store, _) = BlobStore::open_with(&root, 0, 256 * 1024).unwrap();
+        assert_eq!(store.object_count(), all.len() as u64);
+        for (id, data) in &all {
+            assert!(read_all(&store, id, None).unwrap() == *data);
+        }
+        fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn compaction_keeps_live_records_and_tombstones_that_still_matter() {
+        let root = temp_root("compact");
+        let limit = 64 * 1024;
+        let (store, _) = BlobStore::open_with(&root, 0, limit).unwrap();
+        let ids: Vec<(ObjectId, Vec<u8>)> = (0..90).map(|i| (ObjectId::new_random(), pattern(i, 2000))).collect();
+        for (id, data) in &ids {
+            put(&store, id, data, Some(2000), u64::MAX).unwrap();
+        }
+        // Most of the first volumes deleted; their tombstones land in later volumes.
+        let deleted: Vec<usize> = (0..90).filter(|i| i % 4 != 0).collect();
+        for &i in &deleted {
+            assert!(store.delete(&ids[i].0).unwrap());
+        }
+        let never = |_: Duration| true;
+        let mut compactions = 0;
+        while let Some(done) = store.compact_step(u64::MAX, &never).unwrap() {
+            assert!(done.contains("compacted"), "{done}");
+            compactions += 1;
+            assert!(compactions < 100);
+        }
+        assert!(compactions >= 2, "{compactions}");
+        let check = |store: &BlobStore| {
+            for (i, (id, data)) in ids.iter().enumerate() {
+                if deleted.contains(&i) {
+                    assert!(!store.contains(id), "object {i} came back");
+                } else {
+                    assert!(read_all(store, id, None).unwrap() == *data, "object {i}");
+                }
+            }
+        };
+        check(&store);
+        assert!(volume_files(&root).iter().any(|p| p.to_string_lossy().ends_with(".1.vol")));
+        drop(store);
+        let (store, _) = BlobStore::open_with(&root, 0, limit).unwrap();
+        assert_eq!(store.object_count(), 23);
+        check(&store);
         fs::remove_dir_all(root).unwrap();
     }
 }

@@ -1,0 +1,635 @@
+//! Volume files: small objects appended as records to a few large files, with one shared
+//! `fdatasync` per batch of concurrent writers (group commit), instead of a file, an
+//! inode and two or three fsyncs per object.
+//!
+//! Layout: `volumes/<ordinal>.<generation>.vol` (ordinal 8 digits). A volume starts with a
+//! 64-byte header (magic, ordinal, generation, a random salt, its CRC), then records, each
+//! aligned to 8 bytes: a 48-byte header (magic, flags put/tombstone, object id, length,
+//! the object's CRC-32C, write time, and a CRC-32C of the salt and the header) and the
+//! object's bytes. The header's CRC covers the object's CRC, so header and bytes are
+//! checked together; the salt keeps bytes a client uploaded from ever passing for a
+//! record header when start-up resynchronises past a damaged one.
+//!
+//! Writes: a writer appends its record under the writer lock (a `pwrite` into the page
+//! cache), then waits until an `fdatasync` that started after its append has finished:
+//! the first waiter without a sync in flight becomes the leader and syncs for everyone
+//! appended so far; the others wait for it. A put is answered only after that, so a 201
+//! still means the bytes are on disk. A volume rolls over at its size limit (the old one
+//! synced first). Deletes and quarantines append a tombstone the same way.
+//!
+//! Start-up replays the volumes in ordinal order into the index (a later record wins, a
+//! tombstone removes); a header that fails its check is skipped to the next valid header;
+//! anything after the last valid record, and trailing records whose bytes fail their CRC
+//! (a write torn by a crash before its sync), is cut off.
+
+use std::collections::{HashSet, VecDeque};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufReader, Read, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::time::Instant;
+
+use super::file::fsync_dir;
+use super::index::{Index, Slot, VolumeFile};
+use super::verify::unix_secs;
+use super::{StoreError, StoredObject};
+use crate::proto::{Checksum, ObjectId};
+
+/// Objects up to this size are stored as volume records; larger ones as files of their
+/// own (their O_DIRECT write costs less than copying them through a record buffer, and a
+/// record is read whole to be verified).
+pub(super) const VOLUME_OBJECT: u64 = 64 * 1024;
+/// A volume rolls over once its next record would pass this size.
+pub(super) const VOLUME_BYTES: u64 = 1 << 30;
+const VOLUME_MAGIC: &[u8; 8] = b"AETHVOL1";
+pub(super) const VOLUME_HEADER: u64 = 64;
+const RECORD_MAGIC: &[u8; 4] = b"AREC";
+pub(super) const RECORD_HEADER: usize = 48;
+const ALIGN: u64 = 8;
+/// How many failed syncs' ranges are remembered for their waiters.
+const FAILURES_KEPT: usize = 64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kind {
+    Put = 1,
+    Tombstone = 2,
+}
+
+/// A record's header, checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Header {
+    pub kind: Kind,
+    pub id: [u8; 16],
+    pub len: u32,
+    pub checksum: Checksum,
+    pub created: u64,
+}
+
+/// Bytes a record of an object of `len` bytes takes in its volume.
+pub(super) fn record_len(len: u32) -> u64 {
+    (RECORD_HEADER as u64 + len as u64).next_multiple_of(ALIGN)
+}
+
+pub(super) fn encode_header(header: &Header, salt: u64) -> [u8; RECORD_HEADER] {
+    let mut bytes = [0u8; RECORD_HEADER];
+    bytes[0..4].copy_from_slice(RECORD_MAGIC);
+    bytes[4] = header.kind as u8;
+    bytes[8..24].copy_from_slice(&header.id);
+    bytes[24..28].copy_from_slice(&header.len.to_le_bytes());
+    bytes[28..32].copy_from_slice(&header.checksum.0.to_le_bytes());
+    bytes[32..40].copy_from_slice(&header.created.to_le_bytes());
+    let own = crc32c::crc32c_append(crc32c::crc32c(&salt.to_le_bytes()), &bytes[0..44]);
+    bytes[44..48].copy_from_slice(&own.to_le_bytes());
+    bytes
+}
+
+/// Checks a record header read from a volume with `salt`: magic, kind, length, own CRC.
+pub(super) fn parse_header(bytes: &[u8; RECORD_HEADER], salt: u64) -> Result<Header, String> {
+    let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
+    if &bytes[0..4] != RECORD_MAGIC {
+        return Err("record magic is missing".to_string());
+    }
+    let own = crc32c::crc32c_append(crc32c::crc32c(&salt.to_le_bytes()), &bytes[0..44]);
+    if own != u32_at(44) {
+        return Err("record header checksum does not match".to_string());
+    }
+    let kind = match bytes[4] {
+        1 => Kind::Put,
+        2 => Kind::Tombstone,
+        other => return Err(format!("record kind {other} is unknown")),
+    };
+    let len = u32_at(24);
+    if u64::from(len) > VOLUME_OBJECT || (kind == Kind::Tombstone && len != 0) {
+        return Err(format!("record length {len} is impossible"));
+    }
+    Ok(Header {
+        kind,
+        id: bytes[8..24].try_into().expect("16 bytes"),
+        len,
+        checksum: Checksum(u32_at(28)),
+        created: u64::from_le_bytes(bytes[32..40].try_into().expect("8 bytes")),
+    })
+}
+
+fn encode_volume_header(ordinal: u32, generation: u32, salt: u64) -> [u8; VOLUME_HEADER as usize] {
+    let mut bytes = [0u8; VOLUME_HEADER as usize];
+    bytes[0..8].copy_from_slice(VOLUME_MAGIC);
+    bytes[8..12].copy_from_slice(&ordinal.to_le_bytes());
+    bytes[12..16].copy_from_slice(&generation.to_le_bytes());
+    bytes[16..24].copy_from_slice(&salt.to_le_bytes());
+    let own = crc32c::crc32c(&bytes[0..24]);
+    bytes[24..28].copy_from_slice(&own.to_le_bytes());
+    bytes
+}
+
+/// The salt of a volume file, from its checked header.
+fn read_volume_header(file: &File, ordinal: u32, generation: u32) -> Result<u64, String> {
+    let mut bytes = [0u8; VOLUME_HEADER as usize];
+    file.read_exact_at(&mut bytes, 0).map_err(|e| format!("cannot read its header: {e}"))?;
+    if &bytes[0..8] != VOLUME_MAGIC || crc32c::crc32c(&bytes[0..24]).to_le_bytes() != bytes[24..28] {
+        return Err("its header is damaged".to_string());
+    }
+    if bytes[8..12] != ordinal.to_le_bytes() || bytes[12..16] != generation.to_le_bytes() {
+        return Err("its header names another volume".to_string());
+    }
+    Ok(u64::from_le_bytes(bytes[16..24].try_into().expect("8 bytes")))
+}
+
+pub(super) fn volume_name(ordinal: u32, generation: u32, suffix: &str) -> String {
+    format!("{ordinal:08}.{generation}.{suffix}")
+}
+
+/// `(ordinal, generation, finished)` from a volume file's name.
+fn parse_volume_name(name: &str) -> Option<(u32, u32, bool)> {
+    let mut parts = name.split('.');
+    let ordinal = parts.next().filter(|p| p.len() == 8)?.parse().ok()?;
+    let generation = parts.next()?.parse().ok()?;
+    let finished = match parts.next()? {
+        "vol" => true,
+        "compacting" => false,
+        _ => return None,
+    };
+    parts.next().is_none().then_some((ordinal, generation, finished))
+}
+
+/// Creates a volume file named `name` in `dir` with its header, synced, and syncs the
+/// directory so the name survives a crash.
+pub(super) fn create_volume(dir: &Path, name: &str, ordinal: u32, generation: u32, salt: u64) -> io::Result<File> {
+    let file = OpenOptions::new().read(true).write(true).create_new(true).open(dir.join(name))?;
+    file.write_all_at(&encode_volume_header(ordinal, generation, salt), 0)?;
+    file.sync_data()?;
+    fsync_dir(dir)?;
+    Ok(file)
+}
+
+/// One record found by `walk_records`.
+pub(super) struct Found {
+    pub offset: u64,
+    pub header: Header,
+}
+
+/// What `walk_records` found besides the records.
+pub(super) struct Walk {
+    /// Where the last valid record ends: anything after it is torn or garbage.
+    pub end: u64,
+    /// Byte ranges skipped over damaged headers.
+    pub skipped: Vec<(u64, u64)>,
+}
+
+/// Reads the record headers of a volume `len` bytes long in order, calling `found` for
+/// each valid one. A damaged header is skipped up to the next valid header.
+pub(super) fn walk_records(file: &File, salt: u64, len: u64, found: &mut dyn FnMut(Found)) -> io::Result<Walk> {
+    let mut reader = BufReader::with_capacity(256 * 1024, file);
+    reader.seek(SeekFrom::Start(VOLUME_HEADER))?;
+    let (mut pos, mut end, mut skipped) = (VOLUME_HEADER, VOLUME_HEADER, Vec::new());
+    while pos + RECORD_HEADER as u64 <= len {
+        let mut bytes = [0u8; RECORD_HEADER];
+        reader.read_exact(&mut bytes)?;
+        match parse_header(&bytes, salt) {
+            Ok(header) if pos + record_len(header.len) <= len => {
+                let next = pos + record_len(header.len);
+                reader.seek_relative((next - pos - RECORD_HEADER as u64) as i64)?;
+                found(Found { offset: pos, header });
+                pos = next;
+                end = next;
+            }
+            _ => match resync(file, salt, pos + ALIGN, len)? {
+                Some(next) => {
+                    skipped.push((pos, next));
+                    reader.seek(SeekFrom::Start(next))?;
+                    pos = next;
+                }
+                None => break,
+            },
+        }
+    }
+    Ok(Walk { end, skipped })
+}
+
+/// The offset of the next valid record header (one that fits in the file) from `from`.
+fn resync(file: &File, salt: u64, from: u64, len: u64) -> io::Result<Option<u64>> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = from.next_multiple_of(ALIGN);
+    while at + RECORD_HEADER as u64 <= len {
+        let n = ((len - at) as usize).min(buf.len());
+        file.read_exact_at(&mut buf[..n], at)?;
+        let mut i = 0;
+        while i + RECORD_HEADER <= n {
+            if &buf[i..i + 4] == RECORD_MAGIC {
+                let bytes: &[u8; RECORD_HEADER] = buf[i..i + RECORD_HEADER].try_into().expect("a header");
+                if let Ok(header) = parse_header(bytes, salt) {
+                    if at + i as u64 + record_len(header.len) <= len {
+                        return Ok(Some(at + i as u64));
+                    }
+                }
+            }
+            i += ALIGN as usize;
+        }
+        // The next window starts at the first header that did not fit in this one.
+        at += (i as u64).max(ALIGN);
+    }
+    Ok(None)
+}
+
+/// The writer's state: the active volume, and the group commit's sequence numbers.
+struct Writer {
+    ordinal: u32,
+    salt: u64,
+    file: Arc<File>,
+    end: u64,
+    /// Records appended so far, and how many of them an fsync has covered.
+    written: u64,
+    synced: u64,
+    /// A leader is syncing for the group.
+    syncing: bool,
+    /// Ranges `(after, through]` of records whose sync failed, with the error.
+    failed: VecDeque<(u64, u64, String)>,
+    /// Objects appended but not yet durable: a second put of one is refused.
+    pending: HashSet<[u8; 16]>,
+}
+
+pub(super) struct Volumes {
+    pub dir: PathBuf,
+    limit: u64,
+    pub index: RwLock<Index>,
+    writer: Mutex<Writer>,
+    synced: Condvar,
+    /// Taken shared by a scan (which walks a volume's file and asks the index about each
+    /// record) and exclusively by a compaction switching a volume's file, so a scan
+    /// never misses an object that moved under it.
+    pub switching: RwLock<()>,
+    fsync_seconds: prometheus::Histogram,
+}
+
+/// What opening the volumes found.
+pub(super) struct Opened {
+    pub volumes: Volumes,
+    pub objects: u64,
+    pub bytes: u64,
+    /// One sentence per repair made (torn tails cut, damaged headers skipped, leftovers
+    /// removed), for the log.
+    pub repairs: Vec<String>,
+}
+
+impl Volumes {
+    /// Opens the volumes under `dir` (creating it), replays them into the index and
+    /// repairs what a crash left: unfinished compactions and older generations are
+    /// removed, torn tails are cut off.
+    pub fn open(dir: &Path, limit: u64, fsync_seconds: prometheus::Histogram) -> io::Result<Opened> {
+        fs::create_dir_all(dir)?;
+        let mut repairs = Vec::new();
+        let mut newest: std::collections::BTreeMap<u32, u32> = Default::default();
+        let mut names = Vec::new();
+        for entry in fs::read_dir(dir)? {
+            let name = entry?.file_name().to_string_lossy().to_string();
+            match parse_volume_name(&name) {
+                Some((ordinal, generation, true)) => {
+                    let kept = newest.entry(ordinal).or_insert(generation);
+                    *kept = (*kept).max(generation);
+                    names.push((ordinal, generation, name));
+                }
+                Some((_, _, false)) => names.push((u32::MAX, 0, name)),
+                None => {}
+            }
+        }
+        let mut removed = false;
+        for (ordinal, generation, name) in &names {
+            if newest.get(ordinal) != Some(generation) {
+                fs::remove_file(dir.join(name))?;
+                repairs.push(format!("removed {name}, left by a compaction a crash interrupted"));
+                removed = true;
+            }
+        }
+        if removed {
+            fsync_dir(dir)?;
+        }
+
+        let mut index = Index::default();
+        let last = newest.keys().next_back().copied();
+        for (&ordinal, &generation) in &newest {
+            let name = volume_name(ordinal, generation, "vol");
+            let path = dir.join(&name);
+            let file = OpenOptions::new().read(true).write(true).open(&path)?;
+            let len = file.metadata()?.len();
+            let salt = match read_volume_header(&file, ordinal, generation) {
+                Ok(salt) => salt,
+                Err(why) if len <= VOLUME_HEADER && Some(ordinal) == last => {
+                    // A volume created just before a crash: it never held a record.
+                    fs::remove_file(&path)?;
+                    fsync_dir(dir)?;
+                    repairs.push(format!("removed {name}: {why}, and it holds no records"));
+                    continue;
+                }
+                Err(why) => {
+                    let aside = path.with_extension("damaged");
+                    fs::rename(&path, &aside)?;
+                    fsync_dir(dir)?;
+                    repairs.push(format!("moved {name} aside to {}: {why}", aside.display()));
+                    continue;
+                }
+            };
+            let mut records = Vec::new();
+            let walk = walk_records(&file, salt, len, &mut |found| records.push(found))?;
+            let mut end = walk.end;
+            // A crash before a sync may leave the last records' bytes unwritten while
+            // their headers made it: those records were never acknowledged.
+            while let Some(found) = records.last().filter(|f| f.header.kind == Kind::Put) {
+                if read_record(&file, found.offset, found.header.len, salt).is_ok() {
+                    break;
+                }
+                end = found.offset;
+                records.pop();
+            }
+            if end < len {
+                file.set_len(end)?;
+                file.sync_all()?;
+                repairs.push(format!("cut {} torn byte(s) off the end of {name}", len - end));
+            }
+            let mut garbage = 0;
+            for (from, to) in &walk.skipped {
+                garbage += to - from;
+                repairs.push(format!("skipped {} damaged byte(s) at {from} of {name}", to - from));
+            }
+            index.volumes.insert(ordinal, VolumeFile { file: Arc::new(file), generation, salt, end, garbage });
+            for Found { offset, header } in records {
+                match header.kind {
+                    Kind::Put => {
+                        index.insert(header.id, Slot { volume: ordinal, offset: offset as u32, len: header.len })
+                    }
+                    Kind::Tombstone => {
+                        index.remove(&header.id);
+                    }
+                }
+            }
+        }
+
+        let (objects, bytes) = (index.objects.len() as u64, index.objects.values().map(|s| s.len as u64).sum());
+        let active = match index.volumes.iter().next_back() {
+            Some((&ordinal, volume)) if volume.end < limit => {
+                (ordinal, volume.salt, Arc::clone(&volume.file), volume.end)
+            }
+            previous => {
+                let ordinal = previous.map_or(1, |(ordinal, _)| ordinal + 1);
+                let salt = rand::random::<u64>();
+                let file = Arc::new(create_volume(dir, &volume_name(ordinal, 0, "vol"), ordinal, 0, salt)?);
+                let volume =
+                    VolumeFile { file: Arc::clone(&file), generation: 0, salt, end: VOLUME_HEADER, garbage: 0 };
+                index.volumes.insert(ordinal, volume);
+                (ordinal, salt, file, VOLUME_HEADER)
+            }
+        };
+        let writer = Writer {
+            ordinal: active.0,
+            salt: active.1,
+            file: active.2,
+            end: active.3,
+            written: 0,
+            synced: 0,
+            syncing: false,
+            failed: VecDeque::new(),
+            pending: HashSet::new(),
+        };
+        let volumes = Volumes {
+            dir: dir.to_path_buf(),
+            limit: limit.clamp(VOLUME_HEADER + record_len(VOLUME_OBJECT as u32), u32::MAX as u64),
+            index: RwLock::new(index),
+            writer: Mutex::new(writer),
+            synced: Condvar::new(),
+            switching: RwLock::new(()),
+            fsync_seconds,
+        };
+        Ok(Opened { volumes, objects, bytes, repairs })
+    }
+
+    pub fn contains(&self, id: &ObjectId) -> bool {
+        self.index.read().expect("index lock").objects.contains_key(&id.to_bytes())
+    }
+
+    /// The ordinal of the volume being appended to: the only one compaction leaves alone.
+    pub fn active(&self) -> u32 {
+        self.lock_writer().ordinal
+    }
+
+    fn lock_writer(&self) -> MutexGuard<'_, Writer> {
+        self.writer.lock().expect("volume writer lock")
+    }
+
+    /// Appends an object's record and returns once it is durable and indexed.
+    pub fn put(&self, id: &ObjectId, data: &[u8], checksum: Checksum) -> Result<(), StoreError> {
+        let header =
+            Header { kind: Kind::Put, id: id.to_bytes(), len: data.len() as u32, checksum, created: unix_secs() };
+        self.append(&header, data, &mut |index, slot| index.insert(header.id, slot))
+    }
+
+    /// Appends a tombstone for `id` and drops it from the index once that is durable;
+    /// returns whether this call removed it.
+    pub fn delete(&self, id: &ObjectId) -> io::Result<bool> {
+        let key = id.to_bytes();
+        let Some(slot) = self.index.read().expect("index lock").objects.get(&key).copied() else {
+            return Ok(false);
+        };
+        let header = Header { kind: Kind::Tombstone, id: key, len: 0, checksum: Checksum(0), created: unix_secs() };
+        let mut removed = false;
+        let appended = self.append(&header, &[], &mut |index, _| {
+            if index.objects.get(&key) == Some(&slot) {
+                index.remove(&key);
+                removed = true;
+            }
+        });
+        match appended {
+            Ok(()) => Ok(removed),
+            Err(StoreError::Io(e)) => Err(e),
+            Err(e) => Err(io::Error::other(e.to_string())),
+        }
+    }
+
+    /// Writes a record, waits for the group's sync, then calls `durable` with the index
+    /// and the record's slot, under the writer lock (so a put is never neither pending
+    /// nor indexed).
+    fn append(
+        &self,
+        header: &Header,
+        data: &[u8],
+        durable: &mut dyn FnMut(&mut Index, Slot),
+    ) -> Result<(), StoreError> {
+        let mut writer = self.lock_writer();
+        if header.kind == Kind::Put
+            && (writer.pending.contains(&header.id)
+                || self.index.read().expect("index lock").objects.contains_key(&header.id))
+        {
+            return Err(StoreError::Exists(ObjectId::from_bytes(header.id)));
+        }
+        let len = record_len(header.len);
+        if writer.end + len > self.limit {
+            self.roll(&mut writer)?;
+        }
+        let mut record = Vec::with_capacity(len as usize);
+        record.extend_from_slice(&encode_header(header, writer.salt));
+        record.extend_from_slice(data);
+        record.resize(len as usize, 0);
+        writer.file.write_all_at(&record, writer.end)?;
+        let slot = Slot { volume: writer.ordinal, offset: writer.end as u32, len: header.len };
+        writer.end += len;
+        writer.written += 1;
+        let sequence = writer.written;
+        if header.kind == Kind::Put {
+            writer.pending.insert(header.id);
+        }
+        let (mut writer, synced) = self.wait_synced(writer, sequence);
+        if synced.is_ok() {
+            durable(&mut self.index.write().expect("index lock"), slot);
+        }
+        writer.pending.remove(&header.id);
+        synced.map_err(StoreError::from)
+    }
+
+    /// Waits until record `sequence` is covered by a sync, leading one if none runs.
+    fn wait_synced<'a>(
+        &'a self,
+        mut writer: MutexGuard<'a, Writer>,
+        sequence: u64,
+    ) -> (MutexGuard<'a, Writer>, io::Result<()>) {
+        loop {
+            if let Some((_, _, error)) =
+                writer.failed.iter().find(|(after, through, _)| (after + 1..=*through).contains(&sequence))
+            {
+                let error = io::Error::other(format!("syncing the volume failed: {error}"));
+                return (writer, Err(error));
+            }
+            if writer.synced >= sequence {
+                return (writer, Ok(()));
+            }
+            if writer.syncing {
+                writer = self.synced.wait(writer).expect("volume writer lock");
+                continue;
+            }
+            writer.syncing = true;
+            let (after, through, file) = (writer.synced, writer.written, Arc::clone(&writer.file));
+            drop(writer);
+            let started = Instant::now();
+            let result = file.sync_data();
+            self.fsync_seconds.observe(started.elapsed().as_secs_f64());
+            writer = self.lock_writer();
+            writer.syncing = false;
+            self.settle(&mut writer, after, through, result);
+        }
+    }
+
+    /// Records a sync's outcome for records `(after, through]` and wakes the waiters.
+    fn settle(&self, writer: &mut Writer, after: u64, through: u64, result: io::Result<()>) {
+        if let Err(e) = result {
+            writer.failed.push_back((after, through, e.to_string()));
+            if writer.failed.len() > FAILURES_KEPT {
+                writer.failed.pop_front();
+            }
+        }
+        writer.synced = writer.synced.max(through);
+        self.synced.notify_all();
+    }
+
+    /// Seals the active volume (synced) and starts the next one.
+    fn roll(&self, writer: &mut Writer) -> io::Result<()> {
+        let result = writer.file.sync_data();
+        let (after, through) = (writer.synced, writer.written);
+        self.settle(writer, after, through, result);
+        let ordinal = writer.ordinal + 1;
+        let salt = rand::random::<u64>();
+        let file = Arc::new(create_volume(&self.dir, &volume_name(ordinal, 0, "vol"), ordinal, 0, salt)?);
+        let mut index = self.index.write().expect("index lock");
+        if let Some(sealed) = index.volumes.get_mut(&writer.ordinal) {
+            sealed.end = writer.end;
+        }
+        let volume = VolumeFile { file: Arc::clone(&file), generation: 0, salt, end: VOLUME_HEADER, garbage: 0 };
+        index.volumes.insert(ordinal, volume);
+        (writer.ordinal, writer.salt, writer.file, writer.end) = (ordinal, salt, file, VOLUME_HEADER);
+        Ok(())
+    }
+
+    /// The record of `id`, checked: its header and its bytes.
+    pub fn read(&self, id: &ObjectId) -> Result<Option<(Header, Vec<u8>)>, StoreError> {
+        let Some((slot, file, salt)) = self.index.read().expect("index lock").locate(&id.to_bytes()) else {
+            return Ok(None);
+        };
+        let corrupt = |reason: String| StoreError::Corrupt { id: *id, reason };
+        let (header, data) = read_record(&file, slot.offset as u64, slot.len, salt).map_err(corrupt)?;
+        if header.id != id.to_bytes() || header.kind != Kind::Put || header.len != slot.len {
+            return Err(corrupt("its volume record belongs to another object".to_string()));
+        }
+        Ok(Some((header, data)))
+    }
+
+    /// Size and checksum from the record's header, without reading its bytes.
+    pub fn stat(&self, id: &ObjectId) -> Result<Option<StoredObject>, StoreError> {
+        let Some((slot, file, salt)) = self.index.read().expect("index lock").locate(&id.to_bytes()) else {
+            return Ok(None);
+        };
+        let mut bytes = [0u8; RECORD_HEADER];
+        file.read_exact_at(&mut bytes, slot.offset as u64)?;
+        let header = parse_header(&bytes, salt)
+            .ok()
+            .filter(|h| h.id == id.to_bytes() && h.kind == Kind::Put && h.len == slot.len)
+            .ok_or_else(|| StoreError::Corrupt {
+                id: *id,
+                reason: "its volume record header is damaged".to_string(),
+            })?;
+        Ok(Some(StoredObject { size: header.len as u64, checksum: header.checksum }))
+    }
+
+    /// Keeps a copy of a corrupt record's bytes in `quarantine` for inspection, then
+    /// deletes it (a tombstone). Returns whether this call removed it.
+    pub fn quarantine(&self, id: &ObjectId, quarantine: &Path) -> io::Result<bool> {
+        let Some((slot, file, _)) = self.index.read().expect("index lock").locate(&id.to_bytes()) else {
+            return Ok(false);
+        };
+        let mut raw = vec![0u8; record_len(slot.len) as usize];
+        let n = file.read_at(&mut raw, slot.offset as u64).unwrap_or(0);
+        raw.truncate(n);
+        let target = quarantine.join(format!("{id}.{}.record", unix_secs() * 1000));
+        fs::write(&target, &raw)?;
+        self.delete(id)
+    }
+
+    /// Calls `f` for every indexed record: its id, size and checksum (from its header),
+    /// and write time. Volumes are read in order, record by record; no lock is held
+    /// while `f` runs, except that no compaction switches a volume meanwhile.
+    pub fn scan(&self, f: &mut dyn FnMut(ObjectId, StoredObject, u64)) -> io::Result<()> {
+        let _no_switch = self.switching.read().expect("switching lock");
+        let volumes: Vec<(u32, Arc<File>, u64)> = {
+            let index = self.index.read().expect("index lock");
+            index.volumes.iter().map(|(&ordinal, v)| (ordinal, Arc::clone(&v.file), v.salt)).collect()
+        };
+        for (ordinal, file, salt) in volumes {
+            let len = file.metadata()?.len();
+            walk_records(&file, salt, len, &mut |found| {
+                let header = found.header;
+                let slot = Slot { volume: ordinal, offset: found.offset as u32, len: header.len };
+                let live = header.kind == Kind::Put
+                    && self.index.read().expect("index lock").objects.get(&header.id) == Some(&slot);
+                if live {
+                    let stored = StoredObject { size: header.len as u64, checksum: header.checksum };
+                    f(ObjectId::from_bytes(header.id), stored, header.created);
+                }
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads and checks the record at `offset`: its header, then its bytes against the
+/// header's CRC.
+pub(super) fn read_record(file: &File, offset: u64, len: u32, salt: u64) -> Result<(Header, Vec<u8>), String> {
+    let mut bytes = vec![0u8; RECORD_HEADER + len as usize];
+    file.read_exact_at(&mut bytes, offset).map_err(|e| format!("cannot read its volume record: {e}"))?;
+    let header = parse_header(bytes[..RECORD_HEADER].try_into().expect("a header"), salt)?;
+    if header.len != len {
+        return Err(format!("its record says {} bytes, the index {len}", header.len));
+    }
+    let data = bytes.split_off(RECORD_HEADER);
+    let mut sum = Checksum::default();
+    sum.update(&data);
+    if sum != header.checksum {
+        return Err(format!("bytes have checksum {sum}, written with {}", header.checksum));
+    }
+    Ok((header, data))
+}
