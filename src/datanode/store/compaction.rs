@@ -128,6 +128,9 @@ impl Volumes {
         removing.0 = None;
         crash_point("renamed");
 
+        // Readers get a read-only handle, like every volume's.
+        let reader = Arc::new(fs::File::open(self.dir.join(&name))?);
+        drop(new);
         let mut garbage = 0;
         {
             let _no_scan = self.switching.write().expect("switching lock");
@@ -139,7 +142,7 @@ impl Volumes {
                     _ => garbage += record_len(len),
                 }
             }
-            let volume = VolumeFile { file: Arc::new(new), generation: next, salt, end: new_end, garbage };
+            let volume = VolumeFile { file: Arc::clone(&reader), generation: next, salt, end: new_end, garbage };
             index.volumes.insert(ordinal, volume);
         }
         crash_point("switched");

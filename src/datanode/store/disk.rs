@@ -34,6 +34,8 @@ impl BlobStore {
     /// Checks the disk now (unless another check is running, whose result stands) and
     /// returns the state before and after.
     pub fn check_disk(&self) -> (DiskState, DiskState) {
+        // An idle node keeps no file open for writing (a read-only remount needs that).
+        self.volumes.release_idle_writer(std::time::Duration::from_secs(1));
         let Ok(_running) = self.checking.try_lock() else {
             let state = self.disk_health().state;
             return (state, state);

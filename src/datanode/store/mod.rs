@@ -49,6 +49,7 @@ use file::fsync_dir;
 pub use file::{load_or_create_node_id, populate_unsynced};
 use verify::{check_sum, read_footer, unix_secs, VerifyingReader};
 pub(crate) use verify::{encode_footer, parse_footer};
+pub use volume::populate_unsynced as populate_records_unsynced;
 use volume::{Volumes, VOLUME_BYTES, VOLUME_OBJECT};
 
 /// Bytes moved per read/write while streaming an object.
@@ -252,7 +253,7 @@ impl BlobStore {
         }
         let fsync_seconds = crate::metrics::seconds_histogram(
             "aether_datanode_fsync_duration_seconds",
-            "Time to fsync a new object's file.",
+            "Time to fsync a new object's file, or a batch of small objects' volume records.",
         );
         let opened = Volumes::open(&root.join("volumes"), volume_bytes, fsync_seconds.clone())?;
         let meta = fs::metadata(root)?;

@@ -235,8 +235,12 @@ fn resync(file: &File, salt: u64, from: u64, len: u64) -> io::Result<Option<u64>
 /// The writer's state: the active volume, and the group commit's sequence numbers.
 struct Writer {
     ordinal: u32,
+    generation: u32,
     salt: u64,
-    file: Arc<File>,
+    /// The active volume opened for writing; closed when idle, so that an idle node
+    /// holds no file open for writing (a remount read-only refuses while one is).
+    file: Option<Arc<File>>,
+    last_write: Instant,
     end: u64,
     /// Records appended so far, and how many of them an fsync has covered.
     written: u64,
@@ -333,8 +337,10 @@ impl Volumes {
             let walk = walk_records(&file, salt, len, &mut |found| records.push(found))?;
             let mut end = walk.end;
             // A crash before a sync may leave the last records' bytes unwritten while
-            // their headers made it: those records were never acknowledged.
-            while let Some(found) = records.last().filter(|f| f.header.kind == Kind::Put) {
+            // their headers made it: those records were never acknowledged. Only the
+            // last volume can be torn (a volume is synced before the next one starts);
+            // a bad record elsewhere is bitrot, for the scrubber to quarantine and report.
+            while let Some(found) = records.last().filter(|f| f.header.kind == Kind::Put && Some(ordinal) == last) {
                 if read_record(&file, found.offset, found.header.len, salt).is_ok() {
                     break;
                 }
@@ -351,7 +357,10 @@ impl Volumes {
                 garbage += to - from;
                 repairs.push(format!("skipped {} damaged byte(s) at {from} of {name}", to - from));
             }
-            index.volumes.insert(ordinal, VolumeFile { file: Arc::new(file), generation, salt, end, garbage });
+            // Read through a read-only handle: only the writer holds one for writing, and
+            // only while it writes (see `release_idle_writer`).
+            let file = Arc::new(File::open(&path)?);
+            index.volumes.insert(ordinal, VolumeFile { file, generation, salt, end, garbage });
             for Found { offset, header } in records {
                 match header.kind {
                     Kind::Put => {
@@ -366,23 +375,24 @@ impl Volumes {
 
         let (objects, bytes) = (index.objects.len() as u64, index.objects.values().map(|s| s.len as u64).sum());
         let active = match index.volumes.iter().next_back() {
-            Some((&ordinal, volume)) if volume.end < limit => {
-                (ordinal, volume.salt, Arc::clone(&volume.file), volume.end)
-            }
+            Some((&ordinal, volume)) if volume.end < limit => (ordinal, volume.generation, volume.salt, volume.end),
             previous => {
                 let ordinal = previous.map_or(1, |(ordinal, _)| ordinal + 1);
                 let salt = rand::random::<u64>();
-                let file = Arc::new(create_volume(dir, &volume_name(ordinal, 0, "vol"), ordinal, 0, salt)?);
-                let volume =
-                    VolumeFile { file: Arc::clone(&file), generation: 0, salt, end: VOLUME_HEADER, garbage: 0 };
+                let name = volume_name(ordinal, 0, "vol");
+                drop(create_volume(dir, &name, ordinal, 0, salt)?);
+                let file = Arc::new(File::open(dir.join(&name))?);
+                let volume = VolumeFile { file, generation: 0, salt, end: VOLUME_HEADER, garbage: 0 };
                 index.volumes.insert(ordinal, volume);
-                (ordinal, salt, file, VOLUME_HEADER)
+                (ordinal, 0, salt, VOLUME_HEADER)
             }
         };
         let writer = Writer {
             ordinal: active.0,
-            salt: active.1,
-            file: active.2,
+            generation: active.1,
+            salt: active.2,
+            file: None,
+            last_write: Instant::now(),
             end: active.3,
             written: 0,
             synced: 0,
@@ -468,7 +478,17 @@ impl Volumes {
         record.extend_from_slice(&encode_header(header, writer.salt));
         record.extend_from_slice(data);
         record.resize(len as usize, 0);
-        writer.file.write_all_at(&record, writer.end)?;
+        let file = match &writer.file {
+            Some(file) => Arc::clone(file),
+            None => {
+                let path = self.dir.join(volume_name(writer.ordinal, writer.generation, "vol"));
+                let file = Arc::new(OpenOptions::new().write(true).open(path)?);
+                writer.file = Some(Arc::clone(&file));
+                file
+            }
+        };
+        file.write_all_at(&record, writer.end)?;
+        writer.last_write = Instant::now();
         let slot = Slot { volume: writer.ordinal, offset: writer.end as u32, len: header.len };
         writer.end += len;
         writer.written += 1;
@@ -505,7 +525,8 @@ impl Volumes {
                 continue;
             }
             writer.syncing = true;
-            let (after, through, file) = (writer.synced, writer.written, Arc::clone(&writer.file));
+            let file = Arc::clone(writer.file.as_ref().expect("a volume with unsynced records is open"));
+            let (after, through) = (writer.synced, writer.written);
             drop(writer);
             let started = Instant::now();
             let result = file.sync_data();
@@ -530,20 +551,32 @@ impl Volumes {
 
     /// Seals the active volume (synced) and starts the next one.
     fn roll(&self, writer: &mut Writer) -> io::Result<()> {
-        let result = writer.file.sync_data();
+        let result = writer.file.as_ref().map_or(Ok(()), |file| file.sync_data());
         let (after, through) = (writer.synced, writer.written);
         self.settle(writer, after, through, result);
         let ordinal = writer.ordinal + 1;
         let salt = rand::random::<u64>();
-        let file = Arc::new(create_volume(&self.dir, &volume_name(ordinal, 0, "vol"), ordinal, 0, salt)?);
+        let name = volume_name(ordinal, 0, "vol");
+        let file = Arc::new(create_volume(&self.dir, &name, ordinal, 0, salt)?);
+        let reader = Arc::new(File::open(self.dir.join(&name))?);
         let mut index = self.index.write().expect("index lock");
         if let Some(sealed) = index.volumes.get_mut(&writer.ordinal) {
             sealed.end = writer.end;
         }
-        let volume = VolumeFile { file: Arc::clone(&file), generation: 0, salt, end: VOLUME_HEADER, garbage: 0 };
+        let volume = VolumeFile { file: reader, generation: 0, salt, end: VOLUME_HEADER, garbage: 0 };
         index.volumes.insert(ordinal, volume);
-        (writer.ordinal, writer.salt, writer.file, writer.end) = (ordinal, salt, file, VOLUME_HEADER);
+        (writer.ordinal, writer.generation, writer.salt) = (ordinal, 0, salt);
+        (writer.file, writer.end) = (Some(file), VOLUME_HEADER);
         Ok(())
+    }
+
+    /// Closes the active volume's write handle when nothing was appended for `idle` and
+    /// every record is synced.
+    pub fn release_idle_writer(&self, idle: std::time::Duration) {
+        let mut writer = self.lock_writer();
+        if !writer.syncing && writer.synced == writer.written && writer.last_write.elapsed() >= idle {
+            writer.file = None;
+        }
     }
 
     /// The record of `id`, checked: its header and its bytes.
@@ -632,4 +665,56 @@ pub(super) fn read_record(file: &File, offset: u64, len: u32, salt: u64) -> Resu
         return Err(format!("bytes have checksum {sum}, written with {}", header.checksum));
     }
     Ok((header, data))
+}
+
+// Benchmark support: fills the volumes of a stopped node quickly, for tests and scaling
+// runs that need hundreds of thousands of small objects on one node.
+
+/// Writes `count` records of `size` pattern bytes (at most `VOLUME_OBJECT`) with random
+/// ids into new volumes under `root/volumes` (a stopped node's data directory), after any
+/// it has, without syncs: not for real data. Returns how many it wrote.
+pub fn populate_unsynced(root: &Path, count: u64, size: usize) -> io::Result<u64> {
+    use std::io::Write;
+    if size as u64 > VOLUME_OBJECT {
+        return Err(io::Error::other(format!("volume records hold at most {VOLUME_OBJECT} bytes")));
+    }
+    let dir = root.join("volumes");
+    fs::create_dir_all(&dir)?;
+    let mut ordinal = 0;
+    for entry in fs::read_dir(&dir)? {
+        if let Some((found, _, _)) = parse_volume_name(&entry?.file_name().to_string_lossy()) {
+            ordinal = ordinal.max(found);
+        }
+    }
+    let body: Vec<u8> = (0..size).map(|i| (i * 7 + 3) as u8).collect();
+    let mut checksum = Checksum::default();
+    checksum.update(&body);
+    let len = record_len(size as u32);
+    let padding = vec![0u8; (len as usize) - RECORD_HEADER - size];
+    let (mut out, mut salt, mut end) = (None::<io::BufWriter<File>>, 0, VOLUME_BYTES);
+    for _ in 0..count {
+        if end + len > VOLUME_BYTES {
+            if let Some(mut full) = out.take() {
+                full.flush()?;
+            }
+            ordinal += 1;
+            salt = rand::random::<u64>();
+            let file = File::create_new(dir.join(volume_name(ordinal, 0, "vol")))?;
+            let mut writer = io::BufWriter::with_capacity(1 << 20, file);
+            writer.write_all(&encode_volume_header(ordinal, 0, salt))?;
+            out = Some(writer);
+            end = VOLUME_HEADER;
+        }
+        let id = *uuid::Uuid::new_v4().as_bytes();
+        let header = Header { kind: Kind::Put, id, len: size as u32, checksum, created: unix_secs() };
+        let writer = out.as_mut().expect("a volume is open");
+        writer.write_all(&encode_header(&header, salt))?;
+        writer.write_all(&body)?;
+        writer.write_all(&padding)?;
+        end += len;
+    }
+    if let Some(mut last) = out {
+        last.flush()?;
+    }
+    Ok(count)
 }
