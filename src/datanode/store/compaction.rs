@@ -75,9 +75,6 @@ impl Volumes {
         if ordinal == self.active() {
             return Ok(None);
         }
-        let mut records = Vec::new();
-        walk_records(&old, salt, end, &mut |found| records.push(found))?;
-
         let next = generation + 1;
         let partial = self.dir.join(volume_name(ordinal, next, "compacting"));
         let _ = fs::remove_file(&partial);
@@ -87,7 +84,7 @@ impl Volumes {
         let (mut new_end, mut copied) = (VOLUME_HEADER, 0u64);
         let mut moved = Vec::new();
         let mut put_here = HashSet::new();
-        for Found { offset, header } in records {
+        let walked = walk_records(&old, salt, end, &mut |Found { offset, header }| {
             let keep = match header.kind {
                 Kind::Put => {
                     put_here.insert(header.id);
@@ -99,7 +96,7 @@ impl Volumes {
                 Kind::Tombstone => !put_here.contains(&header.id),
             };
             if !keep {
-                continue;
+                return Ok(());
             }
             let len = record_len(header.len);
             let mut raw = vec![0u8; len as usize];
@@ -114,11 +111,15 @@ impl Volumes {
                 crash_point("copying");
             }
             let due = Duration::from_secs_f64(copied as f64 / bytes_per_sec.max(1) as f64);
-            if let Some(lead) = due.checked_sub(started.elapsed()) {
-                if !pause(lead) {
-                    return Ok(None);
-                }
+            match due.checked_sub(started.elapsed()) {
+                Some(lead) if !pause(lead) => Err(io::Error::new(io::ErrorKind::Interrupted, "the node is stopping")),
+                _ => Ok(()),
             }
+        });
+        match walked {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(None),
+            Err(e) => return Err(e),
         }
         new.sync_data()?;
         crash_point("copied");

@@ -49,6 +49,9 @@ pub(super) const RECORD_HEADER: usize = 48;
 const ALIGN: u64 = 8;
 /// How many failed syncs' ranges are remembered for their waiters.
 const FAILURES_KEPT: usize = 64;
+/// How many of the last volume's final records start-up checks for a torn write: more
+/// than the writers that can wait on one sync (each has one record in flight).
+const TAIL_CHECKED: usize = 4096;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Kind {
@@ -164,6 +167,7 @@ pub(super) fn create_volume(dir: &Path, name: &str, ordinal: u32, generation: u3
 }
 
 /// One record found by `walk_records`.
+#[derive(Clone, Copy)]
 pub(super) struct Found {
     pub offset: u64,
     pub header: Header,
@@ -178,8 +182,14 @@ pub(super) struct Walk {
 }
 
 /// Reads the record headers of a volume `len` bytes long in order, calling `found` for
-/// each valid one. A damaged header is skipped up to the next valid header.
-pub(super) fn walk_records(file: &File, salt: u64, len: u64, found: &mut dyn FnMut(Found)) -> io::Result<Walk> {
+/// each valid one (an error from it ends the walk). A damaged header is skipped up to the
+/// next valid header.
+pub(super) fn walk_records(
+    file: &File,
+    salt: u64,
+    len: u64,
+    found: &mut dyn FnMut(Found) -> io::Result<()>,
+) -> io::Result<Walk> {
     let mut reader = BufReader::with_capacity(256 * 1024, file);
     reader.seek(SeekFrom::Start(VOLUME_HEADER))?;
     let (mut pos, mut end, mut skipped) = (VOLUME_HEADER, VOLUME_HEADER, Vec::new());
@@ -190,7 +200,7 @@ pub(super) fn walk_records(file: &File, salt: u64, len: u64, found: &mut dyn FnM
             Ok(header) if pos + record_len(header.len) <= len => {
                 let next = pos + record_len(header.len);
                 reader.seek_relative((next - pos - RECORD_HEADER as u64) as i64)?;
-                found(Found { offset: pos, header });
+                found(Found { offset: pos, header })?;
                 pos = next;
                 end = next;
             }
@@ -333,35 +343,14 @@ impl Volumes {
                     continue;
                 }
             };
-            let mut records = Vec::new();
-            let walk = walk_records(&file, salt, len, &mut |found| records.push(found))?;
-            let mut end = walk.end;
-            // A crash before a sync may leave the last records' bytes unwritten while
-            // their headers made it: those records were never acknowledged. Only the
-            // last volume can be torn (a volume is synced before the next one starts);
-            // a bad record elsewhere is bitrot, for the scrubber to quarantine and report.
-            while let Some(found) = records.last().filter(|f| f.header.kind == Kind::Put && Some(ordinal) == last) {
-                if read_record(&file, found.offset, found.header.len, salt).is_ok() {
-                    break;
-                }
-                end = found.offset;
-                records.pop();
-            }
-            if end < len {
-                file.set_len(end)?;
-                file.sync_all()?;
-                repairs.push(format!("cut {} torn byte(s) off the end of {name}", len - end));
-            }
-            let mut garbage = 0;
-            for (from, to) in &walk.skipped {
-                garbage += to - from;
-                repairs.push(format!("skipped {} damaged byte(s) at {from} of {name}", to - from));
-            }
-            // Read through a read-only handle: only the writer holds one for writing, and
-            // only while it writes (see `release_idle_writer`).
-            let file = Arc::new(File::open(&path)?);
-            index.volumes.insert(ordinal, VolumeFile { file, generation, salt, end, garbage });
-            for Found { offset, header } in records {
+            // Records go into the index as they are read; only the last few are kept,
+            // to be taken back out if the volume's tail turns out torn.
+            let reader = Arc::new(File::open(&path)?);
+            let volume = VolumeFile { file: Arc::clone(&reader), generation, salt, end: len, garbage: 0 };
+            index.volumes.insert(ordinal, volume);
+            let mut tail = VecDeque::new();
+            let walk = walk_records(&file, salt, len, &mut |found| {
+                let Found { offset, header } = found;
                 match header.kind {
                     Kind::Put => {
                         index.insert(header.id, Slot { volume: ordinal, offset: offset as u32, len: header.len })
@@ -370,6 +359,38 @@ impl Volumes {
                         index.remove(&header.id);
                     }
                 }
+                tail.push_back(found);
+                if tail.len() > TAIL_CHECKED {
+                    tail.pop_front();
+                }
+                Ok(())
+            })?;
+            let mut end = walk.end;
+            // A crash before a sync may leave the last records' bytes unwritten while
+            // their headers made it: those records were never acknowledged. Only the
+            // last volume can be torn (a volume is synced before the next one starts);
+            // a bad record elsewhere is bitrot, for the scrubber to quarantine and report.
+            while let Some(found) = tail.back().filter(|f| f.header.kind == Kind::Put && Some(ordinal) == last) {
+                if read_record(&file, found.offset, found.header.len, salt).is_ok() {
+                    break;
+                }
+                end = found.offset;
+                let slot = Slot { volume: ordinal, offset: found.offset as u32, len: found.header.len };
+                if index.objects.get(&found.header.id) == Some(&slot) {
+                    index.objects.remove(&found.header.id);
+                }
+                tail.pop_back();
+            }
+            if end < len {
+                file.set_len(end)?;
+                file.sync_all()?;
+                repairs.push(format!("cut {} torn byte(s) off the end of {name}", len - end));
+            }
+            let volume = index.volumes.get_mut(&ordinal).expect("inserted above");
+            volume.end = end;
+            for (from, to) in &walk.skipped {
+                volume.garbage += to - from;
+                repairs.push(format!("skipped {} damaged byte(s) at {from} of {name}", to - from));
             }
         }
 
@@ -643,6 +664,7 @@ impl Volumes {
                     let stored = StoredObject { size: header.len as u64, checksum: header.checksum };
                     f(ObjectId::from_bytes(header.id), stored, header.created);
                 }
+                Ok(())
             })?;
         }
         Ok(())
