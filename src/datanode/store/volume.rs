@@ -740,3 +740,48 @@ pub fn populate_unsynced(root: &Path, count: u64, size: usize) -> io::Result<u64
     }
     Ok(count)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_header_reads_back_and_any_flipped_bit_or_other_salt_is_refused() {
+        let header = Header { kind: Kind::Put, id: [7; 16], len: 4096, checksum: Checksum(0xdead_beef), created: 99 };
+        let bytes = encode_header(&header, 42);
+        assert_eq!(parse_header(&bytes, 42), Ok(header));
+        assert!(parse_header(&bytes, 43).is_err(), "another volume's salt");
+        for bit in 0..RECORD_HEADER * 8 {
+            let mut flipped = bytes;
+            flipped[bit / 8] ^= 1 << (bit % 8);
+            assert!(parse_header(&flipped, 42).is_err(), "bit {bit}");
+        }
+        // Impossible lengths are refused even with a valid checksum.
+        for (kind, len) in [(Kind::Put, VOLUME_OBJECT as u32 + 1), (Kind::Tombstone, 1)] {
+            let bad = encode_header(&Header { kind, len, ..header }, 42);
+            assert!(parse_header(&bad, 42).is_err(), "{kind:?} of {len} bytes");
+        }
+        // Arbitrary bytes never panic.
+        for seed in 0..10_000u64 {
+            let mut noise = [0u8; RECORD_HEADER];
+            let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+            for byte in &mut noise {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                *byte = x as u8;
+            }
+            noise[0..4].copy_from_slice(RECORD_MAGIC);
+            let _ = parse_header(&noise, seed);
+        }
+    }
+
+    #[test]
+    fn volume_names_parse_strictly() {
+        assert_eq!(parse_volume_name("00000001.0.vol"), Some((1, 0, true)));
+        assert_eq!(parse_volume_name("00000012.3.compacting"), Some((12, 3, false)));
+        for bad in ["1.0.vol", "00000001.vol", "00000001.0.vol.x", "00000001.x.vol", "0000000a.0.vol", "junk"] {
+            assert_eq!(parse_volume_name(bad), None, "{bad}");
+        }
+    }
+}
