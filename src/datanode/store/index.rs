@@ -4,7 +4,9 @@
 //!
 //! An entry is a 16-byte key and a 12-byte `Slot` (28 bytes in the table, plus one
 //! control byte and the table's spare capacity), so 100 million objects take about
-//! 3-4 GiB: measured in docs/small-objects.md.
+//! 3-4 GiB: measured in docs/small-objects.md. The table is split into 256 shards by the
+//! id's first byte, so that growing it never needs a second copy of the whole table at
+//! once (one shard's, a 256th).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -32,9 +34,50 @@ pub(super) struct VolumeFile {
     pub garbage: u64,
 }
 
+/// Object id → slot, in 256 shards by the id's first byte (random in a UUID v4).
+pub(super) struct Objects {
+    shards: Vec<HashMap<[u8; 16], Slot>>,
+}
+
+impl Default for Objects {
+    fn default() -> Objects {
+        Objects { shards: (0..256).map(|_| HashMap::new()).collect() }
+    }
+}
+
+impl Objects {
+    pub fn get(&self, id: &[u8; 16]) -> Option<&Slot> {
+        self.shards[id[0] as usize].get(id)
+    }
+
+    pub fn get_mut(&mut self, id: &[u8; 16]) -> Option<&mut Slot> {
+        self.shards[id[0] as usize].get_mut(id)
+    }
+
+    pub fn contains_key(&self, id: &[u8; 16]) -> bool {
+        self.shards[id[0] as usize].contains_key(id)
+    }
+
+    pub fn insert(&mut self, id: [u8; 16], slot: Slot) -> Option<Slot> {
+        self.shards[id[0] as usize].insert(id, slot)
+    }
+
+    pub fn remove(&mut self, id: &[u8; 16]) -> Option<Slot> {
+        self.shards[id[0] as usize].remove(id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(HashMap::len).sum()
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &Slot> {
+        self.shards.iter().flat_map(HashMap::values)
+    }
+}
+
 #[derive(Default)]
 pub(super) struct Index {
-    pub objects: HashMap<[u8; 16], Slot>,
+    pub objects: Objects,
     pub volumes: BTreeMap<u32, VolumeFile>,
 }
 
