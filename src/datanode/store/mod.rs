@@ -60,6 +60,10 @@ pub use file::{load_or_create_node_id, populate_unsynced};
 use verify::{check_sum, read_footer, unix_secs, VerifyingReader};
 pub(crate) use verify::{encode_footer, parse_footer};
 pub use volume::populate_unsynced as populate_records_unsynced;
+pub(crate) use volume::{
+    encode_header as encode_record_header, parse_header as parse_record_header, Header as RecordHeader,
+    Kind as RecordKind,
+};
 use volume::{Volumes, VOLUME_BYTES, VOLUME_OBJECT};
 
 /// Bytes moved per read/write while streaming an object.

@@ -54,14 +54,14 @@ const FAILURES_KEPT: usize = 64;
 const TAIL_CHECKED: usize = 4096;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Kind {
+pub(crate) enum Kind {
     Put = 1,
     Tombstone = 2,
 }
 
 /// A record's header, checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Header {
+pub(crate) struct Header {
     pub kind: Kind,
     pub id: [u8; 16],
     pub len: u32,
@@ -74,7 +74,7 @@ pub(super) fn record_len(len: u32) -> u64 {
     (RECORD_HEADER as u64 + len as u64).next_multiple_of(ALIGN)
 }
 
-pub(super) fn encode_header(header: &Header, salt: u64) -> [u8; RECORD_HEADER] {
+pub(crate) fn encode_header(header: &Header, salt: u64) -> [u8; RECORD_HEADER] {
     let mut bytes = [0u8; RECORD_HEADER];
     bytes[0..4].copy_from_slice(RECORD_MAGIC);
     bytes[4] = header.kind as u8;
@@ -88,7 +88,7 @@ pub(super) fn encode_header(header: &Header, salt: u64) -> [u8; RECORD_HEADER] {
 }
 
 /// Checks a record header read from a volume with `salt`: magic, kind, length, own CRC.
-pub(super) fn parse_header(bytes: &[u8; RECORD_HEADER], salt: u64) -> Result<Header, String> {
+pub(crate) fn parse_header(bytes: &[u8; RECORD_HEADER], salt: u64) -> Result<Header, String> {
     let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
     if &bytes[0..4] != RECORD_MAGIC {
         return Err("record magic is missing".to_string());
@@ -96,6 +96,9 @@ pub(super) fn parse_header(bytes: &[u8; RECORD_HEADER], salt: u64) -> Result<Hea
     let own = crc32c::crc32c_append(crc32c::crc32c(&salt.to_le_bytes()), &bytes[0..44]);
     if own != u32_at(44) {
         return Err("record header checksum does not match".to_string());
+    }
+    if bytes[5..8] != [0; 3] || bytes[40..44] != [0; 4] {
+        return Err("record header has unknown bits set".to_string());
     }
     let kind = match bytes[4] {
         1 => Kind::Put,
@@ -773,6 +776,17 @@ mod tests {
             }
             noise[0..4].copy_from_slice(RECORD_MAGIC);
             let _ = parse_header(&noise, seed);
+        }
+    }
+
+    #[test]
+    fn the_fuzz_seeds_are_valid_headers() {
+        for (name, kind) in [("put-4k", Kind::Put), ("tombstone", Kind::Tombstone)] {
+            let path = format!("{}/fuzz/seeds/record_header/{name}", env!("CARGO_MANIFEST_DIR"));
+            let seed = std::fs::read(path).unwrap();
+            let salt = u64::from_le_bytes(seed[0..8].try_into().unwrap());
+            let header = parse_header(seed[8..56].try_into().unwrap(), salt).unwrap();
+            assert_eq!(header.kind, kind, "{name}");
         }
     }
 
