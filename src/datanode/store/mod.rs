@@ -1148,4 +1148,65 @@ mod tests {
         check(&store);
         fs::remove_dir_all(root).unwrap();
     }
+
+    #[test]
+    fn compaction_runs_beside_deletes_and_reads() {
+        let root = temp_root("compact-busy");
+        let limit = 64 * 1024;
+        let (store, _) = BlobStore::open_with(&root, 0, limit).unwrap();
+        let store = std::sync::Arc::new(store);
+        let ids: Vec<(ObjectId, Vec<u8>)> = (0..200).map(|i| (ObjectId::new_random(), pattern(i, 1500))).collect();
+        for (id, data) in &ids {
+            put(&store, id, data, Some(1500), u64::MAX).unwrap();
+        }
+        let deleted: Vec<usize> = (0..200).filter(|i| i % 3 != 0).collect();
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let deleter = {
+            let (store, ids, deleted) = (std::sync::Arc::clone(&store), ids.clone(), deleted.clone());
+            std::thread::spawn(move || {
+                for i in deleted {
+                    assert!(store.delete(&ids[i].0).unwrap());
+                }
+            })
+        };
+        let reader = {
+            let (store, ids, done) = (std::sync::Arc::clone(&store), ids.clone(), std::sync::Arc::clone(&done));
+            std::thread::spawn(move || {
+                let mut reads = 0;
+                while !done.load(Ordering::Relaxed) {
+                    for (i, (id, data)) in ids.iter().enumerate().filter(|(i, _)| i % 3 == 0) {
+                        assert!(read_all(&store, id, None).unwrap() == *data, "object {i} while compacting");
+                        reads += 1;
+                    }
+                }
+                reads
+            })
+        };
+        let go_on = |_: Duration| true;
+        let mut compactions = 0;
+        while !deleter.is_finished() || store.volumes.compaction_candidate().is_some() {
+            if store.compact_step(u64::MAX, &go_on).unwrap().is_some() {
+                compactions += 1;
+            }
+        }
+        deleter.join().unwrap();
+        done.store(true, Ordering::Relaxed);
+        assert!(reader.join().unwrap() > 0);
+        assert!(compactions >= 2, "{compactions}");
+        let check = |store: &BlobStore| {
+            for (i, (id, data)) in ids.iter().enumerate() {
+                if deleted.contains(&i) {
+                    assert!(!store.contains(id), "object {i} came back");
+                } else {
+                    assert!(read_all(store, id, None).unwrap() == *data, "object {i}");
+                }
+            }
+        };
+        check(&store);
+        drop(store);
+        let (store, _) = BlobStore::open_with(&root, 0, limit).unwrap();
+        check(&store);
+        assert_eq!(store.object_count(), 67);
+        fs::remove_dir_all(root).unwrap();
+    }
 }

@@ -460,17 +460,15 @@ impl Volumes {
     /// returns whether this call removed it.
     pub fn delete(&self, id: &ObjectId) -> io::Result<bool> {
         let key = id.to_bytes();
-        let Some(slot) = self.index.read().expect("index lock").objects.get(&key).copied() else {
+        if !self.index.read().expect("index lock").objects.contains_key(&key) {
             return Ok(false);
-        };
+        }
         let header = Header { kind: Kind::Tombstone, id: key, len: 0, checksum: Checksum(0), created: unix_secs() };
         let mut removed = false;
-        let appended = self.append(&header, &[], &mut |index, _| {
-            if index.objects.get(&key) == Some(&slot) {
-                index.remove(&key);
-                removed = true;
-            }
-        });
+        // Whatever slot the object has now: a compaction may have moved its record while
+        // the tombstone was synced (no new put of the id can come in between: a put is
+        // refused while the index holds it).
+        let appended = self.append(&header, &[], &mut |index, _| removed = index.remove(&key).is_some());
         match appended {
             Ok(()) => Ok(removed),
             Err(StoreError::Io(e)) => Err(e),
