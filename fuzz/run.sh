@@ -25,7 +25,7 @@ while getopts t:j: opt; do
     esac
 done
 shift $((OPTIND - 1))
-all=(http_request range object_id chain json_bodies footer)
+all=(http_request range object_id chain json_bodies footer record_header)
 targets=("$@")
 ((${#targets[@]})) || targets=("${all[@]}")
 

@@ -78,4 +78,17 @@ pub mod fuzz_api {
     pub fn encode_footer(size: u64, checksum: u32, created_secs: u64) -> [u8; 32] {
         store::encode_footer(StoredObject { size, checksum: crate::proto::Checksum(checksum) }, created_secs)
     }
+
+    /// A volume record's 48-byte header, checked with its volume's salt: (kind: 1 put,
+    /// 2 tombstone; id; length; the object's CRC-32C; write time).
+    pub fn parse_record_header(header: &[u8; 48], salt: u64) -> Result<(u8, [u8; 16], u32, u32, u64), String> {
+        store::parse_record_header(header, salt).map(|h| (h.kind as u8, h.id, h.len, h.checksum.0, h.created))
+    }
+
+    /// The record header the store writes (`kind` 1 is a put, anything else a tombstone).
+    pub fn encode_record_header(kind: u8, id: [u8; 16], len: u32, checksum: u32, created: u64, salt: u64) -> [u8; 48] {
+        let kind = if kind == 1 { store::RecordKind::Put } else { store::RecordKind::Tombstone };
+        let header = store::RecordHeader { kind, id, len, checksum: crate::proto::Checksum(checksum), created };
+        store::encode_record_header(&header, salt)
+    }
 }

@@ -549,6 +549,11 @@ impl ObjectId {
             format!("invalid object id {shown:?}: expected a UUID such as 0b7a3c1e-5d2f-4c8e-9a61-2f4d8e9b1c03")
         })
     }
+
+    /// The id's 16 bytes, as the datanode's volume records and index keep it.
+    pub fn to_bytes(&self) -> [u8; 16] {
+        *self.0.as_bytes()
+    }
 }
 
 impl std::fmt::Display for ObjectId {

@@ -3,9 +3,11 @@
 //! Requests are parsed into an `Endpoint` and dispatched by one `match`; every byte on
 //! disk goes through `store::BlobStore`. Background threads: `membership` (heartbeats,
 //! inventories, disk checks, each on its own thread, and the replica reports to the
-//! master) and `scrub` (re-reads stored objects at a bounded rate). A chained upload forwards its bytes through `chain`.
+//! master), `scrub` (re-reads stored objects at a bounded rate) and `compactor`
+//! (rewrites volumes full of deleted records). A chained upload forwards its bytes through `chain`.
 
 mod chain;
+mod compactor;
 mod membership;
 mod metrics;
 mod peers;
@@ -122,6 +124,9 @@ impl Datanode {
         if leftovers > 0 {
             log::warn(&id, &format!("removed {leftovers} unfinished upload(s) left by an earlier run"));
         }
+        for repair in blobs.repairs() {
+            log::warn(&id, repair);
+        }
         let listener = http::bind(&config.listen)?;
         let bound = listener.local_addr()?;
         let address = match &config.advertise {
@@ -163,6 +168,10 @@ impl Datanode {
             let (stopped, rate, pause) = (stopped.clone(), config.scrub_rate, config.scrub_pause);
             threads.push(spawn(&id, "scrub", move || scrub::run(&scrub_node, rate, pause, &stopped)));
         }
+
+        let compactor_node = Arc::clone(&node);
+        let compactor_stopped = stopped.clone();
+        threads.push(spawn(&id, "compactor", move || compactor::run(&compactor_node, &compactor_stopped)));
 
         let handler_node = Arc::clone(&node);
         let token = config.cluster_token.clone();

@@ -226,7 +226,9 @@ fn heartbeats_keep_coming_while_a_node_with_200k_objects_sends_its_inventory() {
     let dir = TempDir::exclusive("many-objects");
     let data = dir.path().join("datanode-big");
     let started = Instant::now();
-    aetherstore::datanode::store::populate_unsynced(&data, 200_000, 64).unwrap();
+    // Half as files of their own, half as volume records: an inventory walks both.
+    aetherstore::datanode::store::populate_unsynced(&data, 100_000, 64).unwrap();
+    aetherstore::datanode::store::populate_records_unsynced(&data, 100_000, 64).unwrap();
     eprintln!("wrote 200,000 objects in {:.1}s", started.elapsed().as_secs_f64());
 
     let master_dir = dir.path().join("master");

@@ -48,6 +48,18 @@ fn object_file(cluster: &TestCluster, node: &str, id: &str) -> PathBuf {
     cluster.datanode_dir(node).join("objects").join(&id[0..2]).join(&id[2..4]).join(id)
 }
 
+/// Whether a running datanode (`datanode-N`) holds a copy: its `HEAD` answers, whether the
+/// copy is a file of its own or a record in a volume.
+fn has_copy(cluster: &TestCluster, node: &str, id: &str) -> bool {
+    let n: usize = node.trim_start_matches("datanode-").parse().unwrap();
+    let url = format!("{}/objects/{id}", cluster.datanodes[n - 1].url);
+    match crate::cluster::agent().head(&url).call() {
+        Ok(response) => response.status() == 200,
+        Err(ureq::Error::Status(404, _)) => false,
+        Err(e) => panic!("HEAD {url}: {e}"),
+    }
+}
+
 fn download(cluster: &TestCluster, id: &str) -> Vec<u8> {
     let mut out = Vec::new();
     client(cluster).download(&ObjectId::parse(id).unwrap(), &mut out).unwrap();
@@ -153,7 +165,7 @@ fn a_dead_node_is_detected_and_every_object_returns_to_full_strength() {
         assert_eq!(holders.len(), 3, "{info}");
         assert!(!holders.contains(&"datanode-1"), "{info}");
         for holder in holders {
-            assert!(object_file(&cluster, holder, id).exists(), "{id} missing on {holder}");
+            assert!(has_copy(&cluster, holder, id), "{id} missing on {holder}");
         }
         assert!(download(&cluster, id) == pattern(i as u64 + 100, 1000 + i));
     }
@@ -163,7 +175,7 @@ fn a_dead_node_is_detected_and_every_object_returns_to_full_strength() {
     let args = cluster.datanode_args("datanode-1", FAST_DATANODE);
     cluster.datanodes[0] = Proc::start("datanode-1", &args.iter().map(String::as_str).collect::<Vec<_>>());
     wait_until("the returned node's surplus copies to be deleted", Duration::from_secs(30), || {
-        ids.iter().all(|id| !object_file(&cluster, "datanode-1", id).exists())
+        ids.iter().all(|id| !has_copy(&cluster, "datanode-1", id))
     });
     for id in &ids {
         assert_eq!(object(&cluster, id)["replica_nodes"].as_array().unwrap().len(), 3);
@@ -299,7 +311,9 @@ fn a_flipped_byte_in_a_large_object_cuts_its_reply_short() {
 #[test]
 fn a_node_down_during_a_delete_does_not_bring_the_object_back() {
     let mut cluster = fast_cluster("delete", 3, 3, &[]);
-    let id = upload(&cluster.master.url, b"short-lived");
+    // Past the volume threshold: a file of its own, which the test can see while its
+    // node is down.
+    let id = upload(&cluster.master.url, &pattern(3, 100_000));
     let args = cluster.datanode_args("datanode-2", FAST_DATANODE);
     cluster.datanodes[1].kill();
     let rm = cluster.aether(&["rm", &id]);

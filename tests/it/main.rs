@@ -19,3 +19,4 @@ mod security;
 mod tidy;
 mod ui;
 mod uploads;
+mod volume;

@@ -1,10 +1,20 @@
 //! `BlobStore`: the only code that touches object files on a datanode's disk.
 //!
+//! Objects of a declared length up to `VOLUME_OBJECT` (64 KiB) are records appended to
+//! volume files (`volume.rs`, indexed in memory by `index.rs`, compacted by
+//! `compaction.rs`): one shared `fdatasync` per batch of concurrent writers instead of a
+//! file, an inode and two or three fsyncs each. Larger objects, and uploads of unknown
+//! length, are files of their own (`file.rs`). Every operation looks in the index first,
+//! then for a file.
+//!
 //! Layout under the data directory:
-//! - `objects/ab/cd/<id>`: one file per object, fanned out by the first four hex digits
-//!   of its id (65,536 directories, created on demand), so a node can hold millions.
+//! - `volumes/<ordinal>.<generation>.vol`: small objects' records (and tombstones);
+//!   `.compacting` files are compactions in progress, removed at start-up.
+//! - `objects/ab/cd/<id>`: one file per large object, fanned out by the first four hex
+//!   digits of its id (65,536 directories, created on demand), so a node can hold millions.
 //! - `tmp/`: uploads in progress; emptied at start-up.
-//! - `quarantine/<id>.<unix ms>`: copies that failed verification, kept for inspection.
+//! - `quarantine/<id>.<unix ms>`: copies that failed verification, kept for inspection
+//!   (`.record`: a volume record's bytes, copied out before its tombstone).
 //! - `tmp/disk-probe`: written, fsynced and removed by every disk check.
 //!
 //! An object file is the object's bytes followed by a 32-byte footer (magic, size,
@@ -26,17 +36,35 @@
 //! answer. A failed write checks at once. While the disk is not `ok`, uploads are refused
 //! with a 503 and the node tells the master, which places nothing there.
 
+mod compaction;
+mod disk;
+mod file;
+mod index;
+mod verify;
+mod volume;
+
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
-use std::os::unix::fs::FileExt;
+use std::fs::{self, File};
+use std::io::{self, Read};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use crate::proto::{Checksum, DiskState, ObjectId};
+
+pub use disk::DiskHealth;
+use file::fsync_dir;
+pub use file::{load_or_create_node_id, populate_unsynced};
+use verify::{check_sum, read_footer, unix_secs, VerifyingReader};
+pub(crate) use verify::{encode_footer, parse_footer};
+pub use volume::populate_unsynced as populate_records_unsynced;
+pub(crate) use volume::{
+    encode_header as encode_record_header, parse_header as parse_record_header, Header as RecordHeader,
+    Kind as RecordKind,
+};
+use volume::{Volumes, VOLUME_BYTES, VOLUME_OBJECT};
 
 /// Bytes moved per read/write while streaming an object.
 const CHUNK: usize = 256 * 1024;
@@ -182,21 +210,6 @@ pub struct ObjectRead {
 /// reading the body, before the body's read returns the error.
 pub type OnCorrupt = Box<dyn FnOnce(StoreError) + Send>;
 
-/// What the last disk check found, and the space it measured.
-#[derive(Debug, Clone)]
-pub struct DiskHealth {
-    pub state: DiskState,
-    /// Why the disk is not `ok`.
-    pub reason: Option<String>,
-    /// When the last check finished.
-    pub checked: Instant,
-    pub free_bytes: u64,
-    pub capacity_bytes: u64,
-    /// How many times the state has changed: a watcher compares it to notice a failure
-    /// and recovery that happened between two of its looks.
-    pub changes: u64,
-}
-
 pub struct BlobStore {
     root: PathBuf,
     /// Device and inode of the data directory when the store opened it.
@@ -217,12 +230,26 @@ pub struct BlobStore {
     fsync_seconds: prometheus::Histogram,
     /// Bytes of the objects held (their sizes, without footers).
     bytes: AtomicU64,
+    /// Small objects, as records in volume files.
+    volumes: Volumes,
+    /// Declared sizes up to which uploads become volume records (`VOLUME_OBJECT`; tests
+    /// turn it off to exercise the file path with small bodies).
+    records_up_to: Option<u64>,
+    /// What opening the volumes repaired, for the node's log.
+    repairs: Vec<String>,
 }
 
 impl BlobStore {
     /// Opens (creating if needed) the store under `root` and removes uploads that a crash
     /// left unfinished. Returns the store and how many leftovers it removed.
     pub fn open(root: &Path, reserve_bytes: u64) -> io::Result<(BlobStore, usize)> {
+        // Tests shrink volumes to see them roll over and compact.
+        let volume_bytes = std::env::var("AETHER_TEST_VOLUME_BYTES").ok().and_then(|v| v.parse().ok());
+        BlobStore::open_with(root, reserve_bytes, volume_bytes.unwrap_or(VOLUME_BYTES))
+    }
+
+    /// `open` with volumes that roll over at `volume_bytes`.
+    fn open_with(root: &Path, reserve_bytes: u64, volume_bytes: u64) -> io::Result<(BlobStore, usize)> {
         let objects = root.join("objects");
         let tmp = root.join("tmp");
         let quarantine = root.join("quarantine");
@@ -240,8 +267,9 @@ impl BlobStore {
         }
         let fsync_seconds = crate::metrics::seconds_histogram(
             "aether_datanode_fsync_duration_seconds",
-            "Time to fsync a new object's file.",
+            "Time to fsync a new object's file, or a batch of small objects' volume records.",
         );
+        let opened = Volumes::open(&root.join("volumes"), volume_bytes, fsync_seconds.clone())?;
         let meta = fs::metadata(root)?;
         let health = DiskHealth {
             state: DiskState::Ok,
@@ -264,96 +292,19 @@ impl BlobStore {
             count: AtomicU64::new(0),
             fsync_seconds,
             bytes: AtomicU64::new(0),
+            volumes: opened.volumes,
+            records_up_to: Some(VOLUME_OBJECT),
+            repairs: opened.repairs,
         };
         let (mut count, mut bytes) = (0, 0);
         store.walk(&mut |_, path| {
             count += 1;
             bytes += fs::metadata(path).map_or(0, |m| m.len());
         })?;
-        store.count.store(count, Ordering::Relaxed);
-        store.bytes.store(bytes, Ordering::Relaxed);
+        store.count.store(count + opened.objects, Ordering::Relaxed);
+        store.bytes.store(bytes + opened.bytes, Ordering::Relaxed);
         store.check_disk();
         Ok((store, removed))
-    }
-
-    /// What the last disk check found.
-    pub fn disk_health(&self) -> DiskHealth {
-        self.health.lock().expect("disk health lock").clone()
-    }
-
-    /// Checks the disk now (unless another check is running, whose result stands) and
-    /// returns the state before and after.
-    pub fn check_disk(&self) -> (DiskState, DiskState) {
-        let Ok(_running) = self.checking.try_lock() else {
-            let state = self.disk_health().state;
-            return (state, state);
-        };
-        let found = self.probe_disk();
-        let mut health = self.health.lock().expect("disk health lock");
-        let before = health.state;
-        health.checked = Instant::now();
-        let after = match &found {
-            Ok(_) => DiskState::Ok,
-            Err((state, _)) => *state,
-        };
-        if after != before {
-            health.changes += 1;
-        }
-        match found {
-            Ok((free, capacity)) => {
-                health.state = DiskState::Ok;
-                health.reason = None;
-                health.free_bytes = free;
-                health.capacity_bytes = capacity;
-            }
-            Err((state, reason)) => {
-                health.state = state;
-                health.reason = Some(reason);
-                health.free_bytes = 0;
-            }
-        }
-        (before, health.state)
-    }
-
-    /// The checks themselves: free and total bytes when the disk is fine.
-    fn probe_disk(&self) -> Result<(u64, u64), (DiskState, String)> {
-        let failed = |what: &str, e: io::Error| {
-            let state =
-                if e.kind() == io::ErrorKind::ReadOnlyFilesystem { DiskState::ReadOnly } else { DiskState::Failed };
-            (state, format!("{what}: {e}"))
-        };
-        let root = self.root.display();
-        match fs::metadata(&self.root) {
-            Ok(meta) if (meta.dev(), meta.ino()) == self.identity => {}
-            Ok(_) => {
-                return Err((
-                    DiskState::Failed,
-                    format!("data directory {root} was replaced since start-up (restart the node to use the new one)"),
-                ))
-            }
-            Err(e) => return Err(failed(&format!("data directory {root} is gone"), e)),
-        }
-        fs::read_dir(&self.objects).map_err(|e| failed(&format!("cannot list {}", self.objects.display()), e))?;
-        let space = self.disk_space().map_err(|e| failed("statvfs failed", e))?;
-        let probe = self.tmp.join("disk-probe");
-        let write = || -> io::Result<()> {
-            let mut file = File::create(&probe)?;
-            file.write_all(&[0x5a; 512])?;
-            file.sync_all()?;
-            fs::remove_file(&probe)?;
-            fsync_dir(&self.tmp)
-        };
-        write().map_err(|e| failed(&format!("cannot write {}", probe.display()), e))?;
-        Ok(space)
-    }
-
-    /// Refuses work that writes while the disk is not `ok`.
-    pub fn check_writable(&self) -> Result<(), StoreError> {
-        let health = self.disk_health();
-        match health.state {
-            DiskState::Ok => Ok(()),
-            state => Err(StoreError::DiskUnusable { state, reason: health.reason.unwrap_or_default() }),
-        }
     }
 
     fn object_path(&self, id: &ObjectId) -> PathBuf {
@@ -362,7 +313,13 @@ impl BlobStore {
     }
 
     pub fn contains(&self, id: &ObjectId) -> bool {
-        self.object_path(id).exists()
+        self.volumes.contains(id) || self.object_path(id).exists()
+    }
+
+    /// What opening the store repaired in its volumes (torn tails cut, leftovers of an
+    /// interrupted compaction removed), one sentence each.
+    pub fn repairs(&self) -> &[String] {
+        &self.repairs
     }
 
     /// The histogram of object fsync times.
@@ -379,6 +336,11 @@ impl BlobStore {
     /// object sizes since).
     pub fn stored_bytes(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)
+    }
+
+    fn forget_object(&self, len: u64) {
+        let _ = self.count.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| Some(c.saturating_sub(1)));
+        let _ = self.bytes.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| Some(b.saturating_sub(len)));
     }
 
     fn forget_bytes(&self, path: &Path) {
@@ -402,7 +364,12 @@ impl BlobStore {
         forward: &mut dyn FnMut(&[u8]),
     ) -> Result<StoredObject, StoreError> {
         self.check_writable()?;
-        let stored = self.put_checked(id, body, declared_len, max_size, expected, forward);
+        let stored = match declared_len {
+            Some(len) if self.records_up_to.is_some_and(|up_to| len <= up_to.min(max_size)) => {
+                self.put_record(id, body, len, expected, forward)
+            }
+            _ => self.put_checked(id, body, declared_len, max_size, expected, forward),
+        };
         if let Err(StoreError::Io(e)) = &stored {
             // A failed write may be the disk's fault: the check says whether it is, and
             // the next heartbeat tells the master.
@@ -415,85 +382,67 @@ impl BlobStore {
         stored
     }
 
-    fn put_checked(
+    /// A small object: its body read whole (it is at most `VOLUME_OBJECT` bytes), checked,
+    /// then appended to a volume, durable when this returns.
+    fn put_record(
         &self,
         id: &ObjectId,
         body: &mut dyn Read,
-        declared_len: Option<u64>,
-        max_size: u64,
+        len: u64,
         expected: Option<Checksum>,
         forward: &mut dyn FnMut(&[u8]),
     ) -> Result<StoredObject, StoreError> {
         if self.contains(id) {
             return Err(StoreError::Exists(*id));
         }
-        if let Some(len) = declared_len {
-            if len > max_size {
-                return Err(StoreError::TooLarge { limit: max_size });
-            }
-            let available = self.available_bytes()?;
-            if len.saturating_add(self.reserve_bytes) > available {
-                return Err(StoreError::NoSpace { needed: len, available });
+        let available = self.available_bytes()?;
+        if len.saturating_add(self.reserve_bytes) > available {
+            return Err(StoreError::NoSpace { needed: len, available });
+        }
+        let mut data = vec![0u8; len as usize];
+        let mut received = 0;
+        while received < data.len() {
+            match body.read(&mut data[received..]) {
+                Ok(0) => return Err(StoreError::ShortBody { expected: len, received: received as u64 }),
+                Ok(n) => {
+                    forward(&data[received..received + n]);
+                    received += n;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::TimedOut => return Err(StoreError::Body(e)),
+                Err(_) => return Err(StoreError::ShortBody { expected: len, received: received as u64 }),
             }
         }
-
-        let temp = TempFile::create(&self.tmp, id)?;
-        // A large object skips the page cache: copying it there costs more CPU than
-        // anything else a PUT does, and its pages would only be dropped again below.
-        let direct = declared_len.is_some_and(|len| len >= self.direct_from) && set_direct(&temp.file);
-        let mut writer = ChunkWriter::new(&temp.file, declared_len, direct);
-        let stored = copy_limited(body, &mut writer, max_size, declared_len, forward)?;
-        if let Some(expected) = expected.filter(|e| *e != stored.checksum) {
-            return Err(StoreError::ChecksumMismatch { expected, actual: stored.checksum });
+        // A body longer than its declared length is refused like the file path does.
+        let mut extra = [0u8; 1];
+        if matches!(body.read(&mut extra), Ok(n) if n > 0) {
+            return Err(StoreError::ShortBody { expected: len, received: len + 1 });
         }
-        // An empty chunk tells `forward` the body arrived whole and verified.
+        let mut checksum = Checksum::default();
+        checksum.update(&data);
+        if let Some(expected) = expected.filter(|e| *e != checksum) {
+            return Err(StoreError::ChecksumMismatch { expected, actual: checksum });
+        }
         forward(&[]);
-        writer.finish(&encode_footer(stored, unix_secs()))?;
-        let syncing = std::time::Instant::now();
-        temp.file.sync_all()?;
-        self.fsync_seconds.observe(syncing.elapsed().as_secs_f64());
-        if stored.size >= UNCACHED_OBJECT && !direct {
-            // The bytes are on disk: a large object's cache pages go back for the next
-            // upload to reuse, instead of the cache growing into memory that is slow to
-            // touch for the first time (the bench measured R=3 64 MiB PUTs 35 % faster).
-            let _ = rustix::fs::fadvise(&temp.file, 0, 0, rustix::fs::Advice::DontNeed);
-        }
-
-        let target = self.object_path(id);
-        let dir = target.parent().expect("object paths have a parent");
-        ensure_dir(dir)?;
-        match fs::hard_link(&temp.path, &target) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Err(StoreError::Exists(*id)),
-            Err(e) => return Err(e.into()),
-        }
-        fsync_dir(dir)?;
-        drop(temp);
+        self.volumes.put(id, &data, checksum)?;
         self.count.fetch_add(1, Ordering::Relaxed);
-        self.bytes.fetch_add(stored.size, Ordering::Relaxed);
-        Ok(stored)
+        self.bytes.fetch_add(len, Ordering::Relaxed);
+        Ok(StoredObject { size: len, checksum })
     }
 
-    /// Opens an object and reads its footer, without reading its bytes.
-    fn open_object(&self, id: &ObjectId) -> Result<(File, StoredObject, u64), StoreError> {
-        let file = match File::open(self.object_path(id)) {
-            Ok(file) => file,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::NotFound(*id)),
-            Err(e) => return Err(e.into()),
-        };
-        let meta = file.metadata()?;
-        let (stored, created) =
-            read_footer(&file, meta.len()).map_err(|reason| StoreError::Corrupt { id: *id, reason })?;
-        Ok((file, stored, created))
-    }
-
-    /// Size and checksum from the footer, for `HEAD`.
+    /// Size and checksum from the footer or record header, for `HEAD`.
     pub fn stat(&self, id: &ObjectId) -> Result<StoredObject, StoreError> {
+        if let Some(stored) = self.volumes.stat(id)? {
+            return Ok(stored);
+        }
         self.open_object(id).map(|(_, stored, _)| stored)
     }
 
     /// Reads the whole object and checks it against its footer.
     pub fn verify(&self, id: &ObjectId) -> Result<StoredObject, StoreError> {
+        if let Some((header, _)) = self.volumes.read(id)? {
+            return Ok(StoredObject { size: header.len as u64, checksum: header.checksum });
+        }
         let (file, stored, _) = self.open_object(id)?;
         let mut sum = Checksum::default();
         let mut reader = io::BufReader::with_capacity(CHUNK, file).take(stored.size);
@@ -521,17 +470,16 @@ impl BlobStore {
         range: Option<(u64, Option<u64>)>,
         on_corrupt: OnCorrupt,
     ) -> Result<ObjectRead, StoreError> {
+        if let Some((header, data)) = self.volumes.read(id)? {
+            let stored = StoredObject { size: header.len as u64, checksum: header.checksum };
+            let (start, end) = byte_range(range, stored.size)?;
+            let mut cursor = io::Cursor::new(data);
+            cursor.get_mut().truncate(end as usize);
+            cursor.set_position(start);
+            return Ok(ObjectRead { body: Box::new(cursor), len: end - start, object: stored });
+        }
         let (mut file, stored, _) = self.open_object(id)?;
-        let (start, end) = match range {
-            None => (0, stored.size),
-            Some((start, end)) => {
-                let end = end.map_or(stored.size, |e| e.saturating_add(1).min(stored.size));
-                if start >= stored.size || start >= end {
-                    return Err(StoreError::BadRange(format!("bytes={start}- of {} bytes", stored.size)));
-                }
-                (start, end)
-            }
-        };
+        let (start, end) = byte_range(range, stored.size)?;
         if stored.size <= SMALL_OBJECT {
             // `read_to_end` fills the spare capacity without zeroing it first (a memset
             // was a tenth of a 1 MiB GET's datanode time).
@@ -556,6 +504,14 @@ impl BlobStore {
     /// Returns whether this call moved it (`false`: it was gone already, e.g. moved by
     /// another reader that found the same corruption at the same time).
     pub fn quarantine(&self, id: &ObjectId) -> io::Result<bool> {
+        if self.volumes.contains(id) {
+            let len = self.volumes.stat(id).ok().flatten().map_or(0, |s| s.size);
+            let moved = self.volumes.quarantine(id, &self.quarantine)?;
+            if moved {
+                self.forget_object(len);
+            }
+            return Ok(moved);
+        }
         let source = self.object_path(id);
         let target = self.quarantine.join(format!("{id}.{}", unix_secs() * 1000));
         self.forget_bytes(&source);
@@ -573,6 +529,14 @@ impl BlobStore {
 
     /// Removes an object; returns whether it was there.
     pub fn delete(&self, id: &ObjectId) -> io::Result<bool> {
+        if self.volumes.contains(id) {
+            let len = self.volumes.stat(id).ok().flatten().map_or(0, |s| s.size);
+            let deleted = self.volumes.delete(id)?;
+            if deleted {
+                self.forget_object(len);
+            }
+            return Ok(deleted);
+        }
         let path = self.object_path(id);
         self.forget_bytes(&path);
         match fs::remove_file(&path) {
@@ -584,22 +548,6 @@ impl BlobStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(e),
         }
-    }
-
-    /// Calls `f` for every object file: its id and path. Files whose names are not
-    /// object ids are skipped.
-    fn walk(&self, f: &mut dyn FnMut(ObjectId, PathBuf)) -> io::Result<()> {
-        for level1 in sorted_dir(&self.objects)? {
-            for level2 in sorted_dir(&level1)? {
-                for file in sorted_dir(&level2)? {
-                    let name = file.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-                    if let Ok(id) = ObjectId::parse(name) {
-                        f(id, file);
-                    }
-                }
-            }
-        }
-        Ok(())
     }
 
     /// Calls `f` for every object with the facts of its footer (not verified against its
@@ -622,442 +570,46 @@ impl BlobStore {
                 Err(e) => ScanItem { id, stored: Err(e.to_string()), age_secs: 0 },
             };
             f(item);
+        })?;
+        self.volumes.scan(&mut |id, stored, created| {
+            f(ScanItem { id, stored: Ok(stored), age_secs: now.saturating_sub(created) })
         })
     }
 
-    /// Bytes an unprivileged writer may still use on the data disk, and the disk's size.
-    pub fn disk_space(&self) -> io::Result<(u64, u64)> {
-        let stat = rustix::fs::statvfs(&self.tmp)?;
-        Ok((stat.f_bavail.saturating_mul(stat.f_frsize), stat.f_blocks.saturating_mul(stat.f_frsize)))
-    }
-
-    fn available_bytes(&self) -> io::Result<u64> {
-        self.disk_space().map(|(available, _)| available)
+    /// Compacts the sealed volume with the most garbage if one passes the threshold,
+    /// copying at most `bytes_per_sec`; `pause` waits and says false when the node is
+    /// stopping. Returns what it did, for the log.
+    pub fn compact_step(&self, bytes_per_sec: u64, pause: &dyn Fn(Duration) -> bool) -> io::Result<Option<String>> {
+        let Some(ordinal) = self.volumes.compaction_candidate() else { return Ok(None) };
+        Ok(self.volumes.compact(ordinal, bytes_per_sec, pause)?.map(|done| {
+            format!(
+                "compacted volume {}: kept {} byte(s) of records, freed {} byte(s)",
+                done.ordinal, done.kept, done.freed
+            )
+        }))
     }
 }
 
-/// Reads a range of a large object in one pass over its file, checking the whole
-/// object's checksum on the way, and hands out the range's last chunk (`CHUNK` bytes, or
-/// the whole range if shorter) only once the checksum has matched. A reader of a corrupt
-/// copy therefore gets an error short of the range's end, never a complete range.
-///
-/// The footer holds one checksum for the whole object, so a range can only be verified by
-/// reading all of it: bytes before the range are read and hashed but not handed out, and
-/// those after it are read and hashed before the held-back chunk is released. That is the
-/// same one pass over the file whatever the range (a resume from byte X waits for X bytes
-/// to be read before its first byte, where verifying first waited for all of them), and
-/// it keeps the rule simple: no byte of the last chunk leaves before every byte of the
-/// object has been checked.
-struct VerifyingReader {
-    file: File,
-    id: ObjectId,
-    stored: StoredObject,
-    /// How much of the object has been read from the file (and hashed).
-    pos: u64,
-    range: std::ops::Range<u64>,
-    /// Where the held-back last chunk of the range starts.
-    held_from: u64,
-    sum: Checksum,
-    /// The last chunk once verified, and how much of it has been handed out.
-    tail: Option<(Vec<u8>, usize)>,
-    /// For bytes read only to be hashed (outside the range); allocated when needed.
-    scratch: Vec<u8>,
-    on_corrupt: Option<OnCorrupt>,
-    /// Set once the checksum failed: every later read fails the same way.
-    corrupt: Option<String>,
-}
-
-impl VerifyingReader {
-    fn new(
-        file: File,
-        id: ObjectId,
-        stored: StoredObject,
-        range: std::ops::Range<u64>,
-        on_corrupt: OnCorrupt,
-    ) -> VerifyingReader {
-        let held_from = range.end.saturating_sub(CHUNK as u64).max(range.start);
-        VerifyingReader {
-            file,
-            id,
-            stored,
-            pos: 0,
-            range,
-            held_from,
-            sum: Checksum::default(),
-            tail: None,
-            scratch: Vec::new(),
-            on_corrupt: Some(on_corrupt),
-            corrupt: None,
-        }
-    }
-
-    /// Reads exactly `buf.len()` more bytes of the object into `buf` and hashes them.
-    fn read_hashed(&mut self, buf: &mut [u8]) -> io::Result<()> {
-        self.file.read_exact(buf)?;
-        self.sum.update(buf);
-        self.pos += buf.len() as u64;
-        Ok(())
-    }
-
-    /// Reads and hashes the object up to `target`, handing nothing out.
-    fn skip_to(&mut self, target: u64) -> io::Result<()> {
-        let mut scratch = std::mem::take(&mut self.scratch);
-        scratch.resize(CHUNK, 0);
-        let mut result = Ok(());
-        while self.pos < target && result.is_ok() {
-            let n = (target - self.pos).min(CHUNK as u64) as usize;
-            result = self.read_hashed(&mut scratch[..n]);
-        }
-        self.scratch = scratch;
-        result
-    }
-
-    /// Reads the held-back chunk and the rest of the object, then checks the checksum.
-    fn verify_tail(&mut self) -> io::Result<Vec<u8>> {
-        let mut tail = vec![0u8; (self.range.end - self.held_from) as usize];
-        self.read_hashed(&mut tail)?;
-        self.skip_to(self.stored.size)?;
-        if let Err(error) = check_sum(&self.id, self.stored, self.sum) {
-            self.corrupt = Some(error.to_string());
-            if let Some(on_corrupt) = self.on_corrupt.take() {
-                on_corrupt(error);
+/// `start..end` of an object of `size` bytes for a requested range (`start`, inclusive
+/// `end` or the rest), or why it cannot be served.
+fn byte_range(range: Option<(u64, Option<u64>)>, size: u64) -> Result<(u64, u64), StoreError> {
+    match range {
+        None => Ok((0, size)),
+        Some((start, end)) => {
+            let end = end.map_or(size, |e| e.saturating_add(1).min(size));
+            if start >= size || start >= end {
+                return Err(StoreError::BadRange(format!("bytes={start}- of {size} bytes")));
             }
-            return Err(self.corrupt_error());
-        }
-        Ok(tail)
-    }
-
-    fn corrupt_error(&self) -> io::Error {
-        io::Error::new(io::ErrorKind::InvalidData, self.corrupt.clone().unwrap_or_default())
-    }
-}
-
-impl Read for VerifyingReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.corrupt.is_some() {
-            return Err(self.corrupt_error());
-        }
-        if buf.is_empty() {
-            return Ok(0);
-        }
-        if self.pos < self.range.start {
-            self.skip_to(self.range.start)?;
-        }
-        if self.pos < self.held_from {
-            // Straight into the caller's buffer: no copy on the way.
-            let n = (self.held_from - self.pos).min(buf.len() as u64) as usize;
-            let n = self.file.read(&mut buf[..n])?;
-            if n == 0 {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "object file ended before its footer said"));
-            }
-            self.sum.update(&buf[..n]);
-            self.pos += n as u64;
-            return Ok(n);
-        }
-        if self.tail.is_none() {
-            self.tail = Some((self.verify_tail()?, 0));
-        }
-        let (tail, given) = self.tail.as_mut().expect("the tail was just verified");
-        let n = (tail.len() - *given).min(buf.len());
-        buf[..n].copy_from_slice(&tail[*given..*given + n]);
-        *given += n;
-        Ok(n)
-    }
-}
-
-fn check_sum(id: &ObjectId, stored: StoredObject, actual: Checksum) -> Result<StoredObject, StoreError> {
-    if actual == stored.checksum {
-        Ok(stored)
-    } else {
-        Err(StoreError::Corrupt {
-            id: *id,
-            reason: format!("bytes have checksum {actual}, written with {}", stored.checksum),
-        })
-    }
-}
-
-fn unix_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
-pub(crate) fn encode_footer(stored: StoredObject, created_secs: u64) -> [u8; FOOTER_LEN as usize] {
-    let mut footer = [0u8; FOOTER_LEN as usize];
-    footer[0..8].copy_from_slice(FOOTER_MAGIC);
-    footer[8..16].copy_from_slice(&stored.size.to_le_bytes());
-    footer[16..20].copy_from_slice(&stored.checksum.0.to_le_bytes());
-    footer[20..28].copy_from_slice(&created_secs.to_le_bytes());
-    let own = crc32c::crc32c(&footer[0..28]);
-    footer[28..32].copy_from_slice(&own.to_le_bytes());
-    footer
-}
-
-/// Reads and checks the footer of an object file `file_len` bytes long.
-fn read_footer(file: &File, file_len: u64) -> Result<(StoredObject, u64), String> {
-    if file_len < FOOTER_LEN {
-        return Err(format!("file is {file_len} bytes, too short for its footer"));
-    }
-    let mut footer = [0u8; FOOTER_LEN as usize];
-    file.read_exact_at(&mut footer, file_len - FOOTER_LEN).map_err(|e| e.to_string())?;
-    parse_footer(&footer, file_len)
-}
-
-/// Checks the footer bytes of an object file `file_len` bytes long: its magic, its own
-/// CRC and the size it names. Gives the object's size and checksum and its write time.
-pub(crate) fn parse_footer(footer: &[u8; FOOTER_LEN as usize], file_len: u64) -> Result<(StoredObject, u64), String> {
-    if file_len < FOOTER_LEN {
-        return Err(format!("file is {file_len} bytes, too short for its footer"));
-    }
-    let word = |range: std::ops::Range<usize>| footer[range].iter().rev().fold(0u64, |acc, b| (acc << 8) | *b as u64);
-    if &footer[0..8] != FOOTER_MAGIC {
-        return Err("footer magic is missing".to_string());
-    }
-    if crc32c::crc32c(&footer[0..28]) != word(28..32) as u32 {
-        return Err("footer checksum does not match".to_string());
-    }
-    let size = word(8..16);
-    if size != file_len - FOOTER_LEN {
-        return Err(format!("footer says {size} bytes, the file holds {}", file_len - FOOTER_LEN));
-    }
-    Ok((StoredObject { size, checksum: Checksum(word(16..20) as u32) }, word(20..28)))
-}
-
-fn sorted_dir(dir: &Path) -> io::Result<Vec<PathBuf>> {
-    let mut entries: Vec<PathBuf> = fs::read_dir(dir)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
-    entries.sort();
-    Ok(entries)
-}
-
-/// Returns the node id kept in `root/node-id`, writing `wanted` (or a fresh random id)
-/// there durably on first start. A node keeps its id for life, so a different `wanted`
-/// than the one on disk is refused rather than silently renaming the node.
-pub fn load_or_create_node_id(root: &Path, wanted: Option<&str>) -> io::Result<String> {
-    let path = root.join("node-id");
-    match fs::read_to_string(&path) {
-        Ok(stored) => {
-            let stored = stored.trim().to_string();
-            match wanted {
-                Some(wanted) if wanted != stored => Err(io::Error::other(format!(
-                    "{} says this node is {stored:?}, not {wanted:?}; drop --node-id or use another data directory",
-                    path.display()
-                ))),
-                _ => Ok(stored),
-            }
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            let id = match wanted {
-                Some(id) => id.to_string(),
-                None => format!("datanode-{:08x}", rand::random::<u32>()),
-            };
-            fs::create_dir_all(root)?;
-            let temp = root.join("node-id.tmp");
-            let mut file = File::create(&temp)?;
-            file.write_all(format!("{id}\n").as_bytes())?;
-            file.sync_all()?;
-            fs::rename(&temp, &path)?;
-            fsync_dir(root)?;
-            Ok(id)
-        }
-        Err(e) => Err(e),
-    }
-}
-
-/// Copies `body` into `writer`, refusing more than `max_size` bytes and, when the length
-/// was declared, anything but exactly that many; computes the checksum on the way.
-fn copy_limited(
-    body: &mut dyn Read,
-    writer: &mut ChunkWriter,
-    max_size: u64,
-    declared_len: Option<u64>,
-    forward: &mut dyn FnMut(&[u8]),
-) -> Result<StoredObject, StoreError> {
-    let mut received: u64 = 0;
-    let mut checksum = Checksum::default();
-    loop {
-        let n = match body.read(writer.spare()) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                return Err(match declared_len {
-                    Some(expected) if e.kind() != io::ErrorKind::TimedOut => {
-                        StoreError::ShortBody { expected, received }
-                    }
-                    _ => StoreError::Body(e),
-                })
-            }
-        };
-        received += n as u64;
-        if received > max_size {
-            return Err(StoreError::TooLarge { limit: max_size });
-        }
-        let bytes = &writer.spare()[..n];
-        checksum.update(bytes);
-        forward(bytes);
-        writer.advance(n)?;
-    }
-    match declared_len {
-        Some(expected) if expected != received => Err(StoreError::ShortBody { expected, received }),
-        _ => Ok(StoredObject { size: received, checksum }),
-    }
-}
-
-/// Turns on O_DIRECT for `file`; false where the filesystem does not support it, and the
-/// file stays buffered.
-fn set_direct(file: &File) -> bool {
-    rustix::fs::fcntl_getfl(file)
-        .and_then(|flags| rustix::fs::fcntl_setfl(file, flags | rustix::fs::OFlags::DIRECT))
-        .is_ok()
-}
-
-/// Gathers an upload into whole chunks and writes each at its offset of the temporary
-/// file, through the page cache or, with `direct`, by O_DIRECT, whose writes must start,
-/// end and sit in memory at `DIRECT_ALIGN` boundaries. The last chunk and the footer are
-/// written together; with O_DIRECT padded with zeros to the alignment, and the file cut
-/// back to its true length.
-struct ChunkWriter<'a> {
-    file: &'a File,
-    /// A chunk, room for the footer and padding, and slack to align `start`.
-    buf: Vec<u8>,
-    /// Where the chunk begins in `buf` (aligned in memory for O_DIRECT).
-    start: usize,
-    /// Bytes per write.
-    chunk: usize,
-    /// Bytes of the current chunk received so far.
-    filled: usize,
-    /// Bytes written to the file before the current chunk.
-    written: u64,
-    direct: bool,
-}
-
-impl<'a> ChunkWriter<'a> {
-    fn new(file: &'a File, declared_len: Option<u64>, direct: bool) -> ChunkWriter<'a> {
-        let (chunk, slack) = if direct {
-            // Just big enough for a smaller object: the buffer's pages are touched once.
-            let want = declared_len.map_or(DIRECT_CHUNK, |len| {
-                usize::try_from(len).unwrap_or(DIRECT_CHUNK).min(DIRECT_CHUNK).next_multiple_of(DIRECT_ALIGN)
-            });
-            (want.max(DIRECT_ALIGN), DIRECT_ALIGN)
-        } else {
-            // A small upload needs a small buffer: zeroing 256 KiB costs more than its bytes.
-            let want = declared_len
-                .map_or(CHUNK, |len| usize::try_from(len).unwrap_or(CHUNK).saturating_add(1).clamp(4096, CHUNK));
-            (want, 0)
-        };
-        let buf = vec![0u8; chunk + FOOTER_LEN as usize + 2 * slack];
-        let start = if direct { (DIRECT_ALIGN - buf.as_ptr() as usize % DIRECT_ALIGN) % DIRECT_ALIGN } else { 0 };
-        ChunkWriter { file, buf, start, chunk, filled: 0, written: 0, direct }
-    }
-
-    /// Where the next bytes of the body go; never empty, and at most `CHUNK` long so the
-    /// pieces handed on to the chain stay small.
-    fn spare(&mut self) -> &mut [u8] {
-        let from = self.start + self.filled;
-        let to = self.start + self.chunk.min(self.filled + CHUNK);
-        &mut self.buf[from..to]
-    }
-
-    /// Takes `n` bytes just read into `spare`, writing the chunk once it is full.
-    fn advance(&mut self, n: usize) -> io::Result<()> {
-        self.filled += n;
-        if self.filled == self.chunk {
-            self.file.write_all_at(&self.buf[self.start..self.start + self.chunk], self.written)?;
-            self.written += self.chunk as u64;
-            self.filled = 0;
-        }
-        Ok(())
-    }
-
-    /// Writes what is left of the body and then `footer`.
-    fn finish(&mut self, footer: &[u8]) -> io::Result<()> {
-        let end = self.start + self.filled;
-        self.buf[end..end + footer.len()].copy_from_slice(footer);
-        let len = self.filled + footer.len();
-        if self.direct {
-            let padded = len.div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN;
-            self.buf[self.start + len..self.start + padded].fill(0);
-            self.file.write_all_at(&self.buf[self.start..self.start + padded], self.written)?;
-            self.file.set_len(self.written + len as u64)
-        } else {
-            self.file.write_all_at(&self.buf[self.start..self.start + len], self.written)
+            Ok((start, end))
         }
     }
-}
-
-/// A file in `tmp/` that is removed when dropped: on every failure path, and after a
-/// successful write once the object has been linked into place.
-struct TempFile {
-    path: PathBuf,
-    file: File,
-}
-
-impl TempFile {
-    fn create(tmp: &Path, id: &ObjectId) -> io::Result<TempFile> {
-        let path = tmp.join(format!("{id}.{:016x}", rand::random::<u64>()));
-        let file = OpenOptions::new().write(true).create_new(true).open(&path)?;
-        Ok(TempFile { path, file })
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = fs::remove_file(&self.path);
-    }
-}
-
-/// Creates `dir` and any missing parents, fsyncing each parent whose listing changed so
-/// the new directory survives a crash.
-fn ensure_dir(dir: &Path) -> io::Result<()> {
-    if dir.is_dir() {
-        return Ok(());
-    }
-    let parent = dir.parent().expect("fan-out directories have parents");
-    ensure_dir(parent)?;
-    match fs::create_dir(dir) {
-        Ok(()) => fsync_dir(parent),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
-fn fsync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-// Benchmark support: fills a data directory of a stopped node quickly, for tests and
-// scaling runs that need hundreds of thousands of objects on one node.
-
-/// Writes `count` objects of `size` pattern bytes under `root` (a node's data directory)
-/// with random ids and valid footers, without fsyncs (it is not for real data: one
-/// `sync` at the end would make them durable). Returns how many it wrote.
-pub fn populate_unsynced(root: &Path, count: u64, size: usize) -> io::Result<u64> {
-    let objects = root.join("objects");
-    let body: Vec<u8> = (0..size).map(|i| (i * 7 + 3) as u8).collect();
-    let mut sum = Checksum::default();
-    sum.update(&body);
-    let stored = StoredObject { size: size as u64, checksum: sum };
-    let footer = encode_footer(stored, unix_secs());
-    let mut made = std::collections::HashSet::new();
-    for _ in 0..count {
-        // Ids share their second fan-out level, so 256 directories hold them all: making
-        // 65,536 directories would take longer than writing the objects.
-        let mut bytes = *uuid::Uuid::new_v4().as_bytes();
-        bytes[1] = 0;
-        let id = ObjectId::parse(&uuid::Uuid::from_bytes(bytes).to_string()).expect("a UUID is an object id");
-        let name = id.to_string();
-        let dir = objects.join(&name[0..2]).join(&name[2..4]);
-        if made.insert(dir.clone()) {
-            fs::create_dir_all(&dir)?;
-        }
-        let mut file = File::create(dir.join(&name))?;
-        file.write_all(&body)?;
-        file.write_all(&footer)?;
-    }
-    Ok(count)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::OpenOptions;
+    use std::os::unix::fs::FileExt;
 
     fn temp_root(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("aether-store-{name}-{}", rand::random::<u32>()));
@@ -1131,6 +683,7 @@ mod tests {
     fn direct_and_buffered_writes_read_back_identical() {
         let root = temp_root("direct");
         let (mut store, _) = BlobStore::open(&root, 0).unwrap();
+        store.records_up_to = None;
         let sizes = [
             0,
             1,
@@ -1203,7 +756,8 @@ mod tests {
     #[test]
     fn a_flipped_bit_is_never_served_and_can_be_quarantined() {
         let root = temp_root("rot");
-        let (store, _) = BlobStore::open(&root, 0).unwrap();
+        let (mut store, _) = BlobStore::open(&root, 0).unwrap();
+        store.records_up_to = None;
         for size in [1000usize, 2 << 20] {
             let id = ObjectId::new_random();
             put(&store, &id, &vec![1u8; size], None, u64::MAX).unwrap();
@@ -1376,6 +930,283 @@ mod tests {
         let failed = put(&store, &other, b"x", None, 1 << 20).unwrap_err();
         assert_eq!(failed.status(), 503, "{failed}");
         assert_eq!(store.disk_health().state, DiskState::Failed);
+        fs::remove_dir_all(root).unwrap();
+    }
+
+    fn pattern(i: usize, size: usize) -> Vec<u8> {
+        (0..size).map(|j| (j * 31 + i * 7) as u8).collect()
+    }
+
+    fn volume_files(root: &Path) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = fs::read_dir(root.join("volumes")).unwrap().map(|e| e.unwrap().path()).collect();
+        files.sort();
+        files
+    }
+
+    #[test]
+    fn small_objects_are_volume_records_that_survive_a_restart() {
+        let root = temp_root("records");
+        let (store, _) = BlobStore::open_with(&root, 0, 64 * 1024).unwrap();
+        let sizes = [0usize, 1, 7, 8, 4096, 5000, VOLUME_OBJECT as usize];
+        let mut ids = Vec::new();
+        for round in 0..4 {
+            for (i, size) in sizes.into_iter().enumerate() {
+                let id = ObjectId::new_random();
+                let data = pattern(round * 10 + i, size);
+                let stored = put(&store, &id, &data, Some(size as u64), u64::MAX).unwrap();
+                assert_eq!(store.stat(&id).unwrap(), stored);
+                assert_eq!(store.verify(&id).unwrap(), stored);
+                assert!(matches!(put(&store, &id, b"x", Some(1), u64::MAX), Err(StoreError::Exists(_))));
+                ids.push((id, data));
+            }
+        }
+        assert!(fs::read_dir(root.join("objects")).unwrap().next().is_none(), "no object files");
+        assert!(volume_files(&root).len() > 2, "volumes rolled over: {:?}", volume_files(&root));
+        let (id, data) = &ids[4];
+        assert_eq!(read_all(&store, id, Some((10, Some(19)))).unwrap(), &data[10..20]);
+        assert_eq!(read_all(&store, id, Some((4000, None))).unwrap(), &data[4000..]);
+        assert!(matches!(read_all(&store, id, Some((4096, None))), Err(StoreError::BadRange(_))));
+        let (gone, _) = &ids[3];
+        assert!(store.delete(gone).unwrap());
+        assert!(!store.delete(gone).unwrap());
+        assert!(matches!(store.stat(gone), Err(StoreError::NotFound(_))));
+        assert_eq!(store.object_count(), ids.len() as u64 - 1);
+        drop(store);
+
+        let (store, _) = BlobStore::open_with(&root, 0, 64 * 1024).unwrap();
+        assert!(store.repairs().is_empty(), "{:?}", store.repairs());
+        assert_eq!(store.object_count(), ids.len() as u64 - 1);
+        for (i, (id, data)) in ids.iter().enumerate() {
+            if i == 3 {
+                assert!(!store.contains(id), "deleted stays deleted");
+            } else {
+                assert!(read_all(&store, id, None).unwrap() == *data, "object {i}");
+            }
+        }
+        let mut scanned = 0;
+        store.scan(&mut |item| scanned += item.stored.map_or(0, |_| 1)).unwrap();
+        assert_eq!(scanned, ids.len() - 1);
+        fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_off_and_writing_goes_on() {
+        let root = temp_root("torn");
+        let (store, _) = BlobStore::open_with(&root, 0, 1 << 20).unwrap();
+        let ids: Vec<(ObjectId, Vec<u8>)> = (0..20).map(|i| (ObjectId::new_random(), pattern(i, 3000))).collect();
+        for (id, data) in &ids {
+            put(&store, id, data, Some(data.len() as u64), u64::MAX).unwrap();
+        }
+        drop(store);
+        let volume = volume_files(&root).pop().unwrap();
+        let clean = fs::metadata(&volume).unwrap().len();
+        // A record whose header made it to disk but not all of its bytes, then garbage.
+        let mut torn = fs::read(&volume).unwrap();
+        let last = torn[torn.len() - record_len_of(3000)..].to_vec();
+        torn.extend_from_slice(&last[..100]);
+        torn.extend_from_slice(&[0xab; 333]);
+        fs::write(&volume, &torn).unwrap();
+        let (store, _) = BlobStore::open_with(&root, 0, 1 << 20).unwrap();
+        assert_eq!(fs::metadata(&volume).unwrap().len(), clean, "cut back to the last whole record");
+        assert_eq!(store.repairs().len(), 1, "{:?}", store.repairs());
+        // A last record whose header reached the disk but whose bytes did not (zeros).
+        let torn_id = ObjectId::new_random();
+        put(&store, &torn_id, &pattern(77, 3000), Some(3000), u64::MAX).unwrap();
+        drop(store);
+        let mut zeros = fs::read(&volume).unwrap();
+        let len = zeros.len();
+        zeros[len - record_len_of(3000) + 48..].fill(0);
+        fs::write(&volume, &zeros).unwrap();
+        let (store, _) = BlobStore::open_with(&root, 0, 1 << 20).unwrap();
+        assert_eq!(fs::metadata(&volume).unwrap().len(), clean, "a record with bytes that fail is cut too");
+        assert!(!store.contains(&torn_id));
+        for (id, data) in &ids {
+            assert!(read_all(&store, id, None).unwrap() == *data);
+        }
+        let new = ObjectId::new_random();
+        put(&store, &new, b"after", Some(5), u64::MAX).unwrap();
+        drop(store);
+        let (store, _) = BlobStore::open_with(&root, 0, 1 << 20).unwrap();
+        assert_eq!(read_all(&store, &new, None).unwrap(), b"after");
+        assert_eq!(store.object_count(), 21);
+        fs::remove_dir_all(root).unwrap();
+    }
+
+    fn record_len_of(size: u32) -> usize {
+        volume::record_len(size) as usize
+    }
+
+    #[test]
+    fn a_flipped_byte_spoils_one_record_not_its_neighbours() {
+        let root = temp_root("recrot");
+        let (store, _) = BlobStore::open_with(&root, 0, 1 << 20).unwrap();
+        let ids: Vec<(ObjectId, Vec<u8>)> = (0..5).map(|i| (ObjectId::new_random(), pattern(i, 4096))).collect();
+        for (id, data) in &ids {
+            put(&store, id, data, Some(4096), u64::MAX).unwrap();
+        }
+        let volume = volume_files(&root).pop().unwrap();
+        let mut bytes = fs::read(&volume).unwrap();
+        let second = 64 + record_len_of(4096) + 48 + 1000;
+        bytes[second] ^= 0x04;
+        fs::write(&volume, &bytes).unwrap();
+        let (bad, _) = &ids[1];
+        assert!(matches!(read_all(&store, bad, None), Err(StoreError::Corrupt { .. })));
+        assert!(matches!(store.verify(bad), Err(StoreError::Corrupt { .. })));
+        for (i, (id, data)) in ids.iter().enumerate().filter(|(i, _)| *i != 1) {
+            assert!(read_all(&store, id, None).unwrap() == *data, "neighbour {i}");
+        }
+        assert!(store.quarantine(bad).unwrap());
+        assert!(!store.quarantine(bad).unwrap(), "moved once");
+        assert!(matches!(store.stat(bad), Err(StoreError::NotFound(_))));
+        assert_eq!(fs::read_dir(root.join("quarantine")).unwrap().count(), 1);
+        drop(store);
+        let (store, _) = BlobStore::open_with(&root, 0, 1 << 20).unwrap();
+        assert!(!store.contains(bad), "a quarantined record stays out after a restart");
+        assert_eq!(store.object_count(), 4);
+        // A damaged header in the middle is skipped; the records after it still count.
+        drop(store);
+        let mut bytes = fs::read(&volume).unwrap();
+        bytes[64 + 2 * record_len_of(4096) + 10] ^= 0xff;
+        fs::write(&volume, &bytes).unwrap();
+        let (store, _) = BlobStore::open_with(&root, 0, 1 << 20).unwrap();
+        assert!(!store.contains(&ids[2].0));
+        for (id, data) in [&ids[0], &ids[3], &ids[4]] {
+            assert!(read_all(&store, id, None).unwrap() == *data);
+        }
+        assert_eq!(fs::metadata(&volume).unwrap().len() as usize, bytes.len(), "nothing cut from the middle");
+        fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn concurrent_writers_share_syncs_and_all_land() {
+        let root = temp_root("group");
+        let (store, _) = BlobStore::open_with(&root, 0, 256 * 1024).unwrap();
+        let store = std::sync::Arc::new(store);
+        let threads: Vec<_> = (0..16)
+            .map(|t| {
+                let store = std::sync::Arc::clone(&store);
+                std::thread::spawn(move || {
+                    (0..40)
+                        .map(|i| {
+                            let id = ObjectId::new_random();
+                            let data = pattern(t * 100 + i, 100 + i * 50);
+                            put(&store, &id, &data, Some(data.len() as u64), u64::MAX).unwrap();
+                            (id, data)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let all: Vec<(ObjectId, Vec<u8>)> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+        let syncs = store.fsync_seconds().get_sample_count();
+        assert!(syncs > 0 && syncs < all.len() as u64, "{syncs} syncs for {} puts", all.len());
+        drop(store);
+        let (store, _) = BlobStore::open_with(&root, 0, 256 * 1024).unwrap();
+        assert_eq!(store.object_count(), all.len() as u64);
+        for (id, data) in &all {
+            assert!(read_all(&store, id, None).unwrap() == *data);
+        }
+        fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn compaction_keeps_live_records_and_tombstones_that_still_matter() {
+        let root = temp_root("compact");
+        let limit = 64 * 1024;
+        let (store, _) = BlobStore::open_with(&root, 0, limit).unwrap();
+        let ids: Vec<(ObjectId, Vec<u8>)> = (0..90).map(|i| (ObjectId::new_random(), pattern(i, 2000))).collect();
+        for (id, data) in &ids {
+            put(&store, id, data, Some(2000), u64::MAX).unwrap();
+        }
+        // Most of the first volumes deleted; their tombstones land in later volumes.
+        let deleted: Vec<usize> = (0..90).filter(|i| i % 4 != 0).collect();
+        for &i in &deleted {
+            assert!(store.delete(&ids[i].0).unwrap());
+        }
+        let never = |_: Duration| true;
+        let mut compactions = 0;
+        while let Some(done) = store.compact_step(u64::MAX, &never).unwrap() {
+            assert!(done.contains("compacted"), "{done}");
+            compactions += 1;
+            assert!(compactions < 100);
+        }
+        assert!(compactions >= 2, "{compactions}");
+        let check = |store: &BlobStore| {
+            for (i, (id, data)) in ids.iter().enumerate() {
+                if deleted.contains(&i) {
+                    assert!(!store.contains(id), "object {i} came back");
+                } else {
+                    assert!(read_all(store, id, None).unwrap() == *data, "object {i}");
+                }
+            }
+        };
+        check(&store);
+        assert!(volume_files(&root).iter().any(|p| p.to_string_lossy().ends_with(".1.vol")));
+        drop(store);
+        let (store, _) = BlobStore::open_with(&root, 0, limit).unwrap();
+        assert_eq!(store.object_count(), 23);
+        check(&store);
+        fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn compaction_runs_beside_deletes_and_reads() {
+        let root = temp_root("compact-busy");
+        let limit = 64 * 1024;
+        let (store, _) = BlobStore::open_with(&root, 0, limit).unwrap();
+        let store = std::sync::Arc::new(store);
+        let ids: Vec<(ObjectId, Vec<u8>)> = (0..200).map(|i| (ObjectId::new_random(), pattern(i, 1500))).collect();
+        for (id, data) in &ids {
+            put(&store, id, data, Some(1500), u64::MAX).unwrap();
+        }
+        let deleted: Vec<usize> = (0..200).filter(|i| i % 3 != 0).collect();
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let deleter = {
+            let (store, ids, deleted) = (std::sync::Arc::clone(&store), ids.clone(), deleted.clone());
+            std::thread::spawn(move || {
+                for i in deleted {
+                    assert!(store.delete(&ids[i].0).unwrap());
+                }
+            })
+        };
+        let reader = {
+            let (store, ids, done) = (std::sync::Arc::clone(&store), ids.clone(), std::sync::Arc::clone(&done));
+            std::thread::spawn(move || {
+                let mut reads = 0;
+                while !done.load(Ordering::Relaxed) {
+                    for (i, (id, data)) in ids.iter().enumerate().filter(|(i, _)| i % 3 == 0) {
+                        assert!(read_all(&store, id, None).unwrap() == *data, "object {i} while compacting");
+                        reads += 1;
+                    }
+                }
+                reads
+            })
+        };
+        let go_on = |_: Duration| true;
+        let mut compactions = 0;
+        while !deleter.is_finished() || store.volumes.compaction_candidate().is_some() {
+            if store.compact_step(u64::MAX, &go_on).unwrap().is_some() {
+                compactions += 1;
+            }
+        }
+        deleter.join().unwrap();
+        done.store(true, Ordering::Relaxed);
+        assert!(reader.join().unwrap() > 0);
+        assert!(compactions >= 2, "{compactions}");
+        let check = |store: &BlobStore| {
+            for (i, (id, data)) in ids.iter().enumerate() {
+                if deleted.contains(&i) {
+                    assert!(!store.contains(id), "object {i} came back");
+                } else {
+                    assert!(read_all(store, id, None).unwrap() == *data, "object {i}");
+                }
+            }
+        };
+        check(&store);
+        drop(store);
+        let (store, _) = BlobStore::open_with(&root, 0, limit).unwrap();
+        check(&store);
+        assert_eq!(store.object_count(), 67);
         fs::remove_dir_all(root).unwrap();
     }
 }

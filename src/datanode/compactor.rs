@@ -1,0 +1,36 @@
+//! The compactor thread: every few seconds asks the store whether a sealed volume has
+//! gathered enough garbage (deleted and quarantined records) to be rewritten, and has
+//! it compacted at a bounded rate (`BlobStore::compact_step`).
+
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+
+use super::Node;
+use crate::log;
+use crate::proto::DiskState;
+
+/// How often the compactor looks for a volume to compact.
+const LOOK_EVERY: Duration = Duration::from_secs(2);
+/// Bytes of records copied per second at most, so compaction never starves uploads
+/// and reads of the disk.
+const COMPACTION_RATE: u64 = 64 << 20;
+
+/// Runs until `stopped` is dropped.
+pub fn run(node: &Node, stopped: &Receiver<()>) {
+    let pause = |how_long: Duration| stopped.recv_timeout(how_long) == Err(RecvTimeoutError::Timeout);
+    while pause(LOOK_EVERY) {
+        if node.blobs.disk_health().state != DiskState::Ok {
+            continue;
+        }
+        match node.blobs.compact_step(COMPACTION_RATE, &pause) {
+            Ok(Some(done)) => log::info(&node.id, &done),
+            Ok(None) => {}
+            Err(e) => {
+                log::error(&node.id, &format!("compaction failed: {e}"));
+                // Perhaps the disk's fault: the check tells the master if so.
+                node.blobs.check_disk();
+            }
+        }
+    }
+}

@@ -1,0 +1,799 @@
+//! Volume files: small objects appended as records to a few large files, with one shared
+//! `fdatasync` per batch of concurrent writers (group commit), instead of a file, an
+//! inode and two or three fsyncs per object.
+//!
+//! Layout: `volumes/<ordinal>.<generation>.vol` (ordinal 8 digits). A volume starts with a
+//! 64-byte header (magic, ordinal, generation, a random salt, its CRC), then records, each
+//! aligned to 8 bytes: a 48-byte header (magic, flags put/tombstone, object id, length,
+//! the object's CRC-32C, write time, and a CRC-32C of the salt and the header) and the
+//! object's bytes. The header's CRC covers the object's CRC, so header and bytes are
+//! checked together; the salt keeps bytes a client uploaded from ever passing for a
+//! record header when start-up resynchronises past a damaged one.
+//!
+//! Writes: a writer appends its record under the writer lock (a `pwrite` into the page
+//! cache), then waits until an `fdatasync` that started after its append has finished:
+//! the first waiter without a sync in flight becomes the leader and syncs for everyone
+//! appended so far; the others wait for it. A put is answered only after that, so a 201
+//! still means the bytes are on disk. A volume rolls over at its size limit (the old one
+//! synced first). Deletes and quarantines append a tombstone the same way.
+//!
+//! Start-up replays the volumes in ordinal order into the index (a later record wins, a
+//! tombstone removes); a header that fails its check is skipped to the next valid header;
+//! anything after the last valid record, and trailing records whose bytes fail their CRC
+//! (a write torn by a crash before its sync), is cut off.
+
+use std::collections::{HashSet, VecDeque};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufReader, Read, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::time::Instant;
+
+use super::file::fsync_dir;
+use super::index::{Index, Slot, VolumeFile};
+use super::verify::unix_secs;
+use super::{StoreError, StoredObject};
+use crate::proto::{Checksum, ObjectId};
+
+/// Objects up to this size are stored as volume records; larger ones as files of their
+/// own (their O_DIRECT write costs less than copying them through a record buffer, and a
+/// record is read whole to be verified).
+pub(super) const VOLUME_OBJECT: u64 = 64 * 1024;
+/// A volume rolls over once its next record would pass this size.
+pub(super) const VOLUME_BYTES: u64 = 1 << 30;
+const VOLUME_MAGIC: &[u8; 8] = b"AETHVOL1";
+pub(super) const VOLUME_HEADER: u64 = 64;
+const RECORD_MAGIC: &[u8; 4] = b"AREC";
+pub(super) const RECORD_HEADER: usize = 48;
+const ALIGN: u64 = 8;
+/// How many failed syncs' ranges are remembered for their waiters.
+const FAILURES_KEPT: usize = 64;
+/// How many of the last volume's final records start-up checks for a torn write: more
+/// than the writers that can wait on one sync (each has one record in flight).
+const TAIL_CHECKED: usize = 4096;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Put = 1,
+    Tombstone = 2,
+}
+
+/// A record's header, checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Header {
+    pub kind: Kind,
+    pub id: [u8; 16],
+    pub len: u32,
+    pub checksum: Checksum,
+    pub created: u64,
+}
+
+/// Bytes a record of an object of `len` bytes takes in its volume.
+pub(super) fn record_len(len: u32) -> u64 {
+    (RECORD_HEADER as u64 + len as u64).next_multiple_of(ALIGN)
+}
+
+pub(crate) fn encode_header(header: &Header, salt: u64) -> [u8; RECORD_HEADER] {
+    let mut bytes = [0u8; RECORD_HEADER];
+    bytes[0..4].copy_from_slice(RECORD_MAGIC);
+    bytes[4] = header.kind as u8;
+    bytes[8..24].copy_from_slice(&header.id);
+    bytes[24..28].copy_from_slice(&header.len.to_le_bytes());
+    bytes[28..32].copy_from_slice(&header.checksum.0.to_le_bytes());
+    bytes[32..40].copy_from_slice(&header.created.to_le_bytes());
+    let own = crc32c::crc32c_append(crc32c::crc32c(&salt.to_le_bytes()), &bytes[0..44]);
+    bytes[44..48].copy_from_slice(&own.to_le_bytes());
+    bytes
+}
+
+/// Checks a record header read from a volume with `salt`: magic, kind, length, own CRC.
+pub(crate) fn parse_header(bytes: &[u8; RECORD_HEADER], salt: u64) -> Result<Header, String> {
+    let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
+    if &bytes[0..4] != RECORD_MAGIC {
+        return Err("record magic is missing".to_string());
+    }
+    let own = crc32c::crc32c_append(crc32c::crc32c(&salt.to_le_bytes()), &bytes[0..44]);
+    if own != u32_at(44) {
+        return Err("record header checksum does not match".to_string());
+    }
+    if bytes[5..8] != [0; 3] || bytes[40..44] != [0; 4] {
+        return Err("record header has unknown bits set".to_string());
+    }
+    let kind = match bytes[4] {
+        1 => Kind::Put,
+        2 => Kind::Tombstone,
+        other => return Err(format!("record kind {other} is unknown")),
+    };
+    let len = u32_at(24);
+    if u64::from(len) > VOLUME_OBJECT || (kind == Kind::Tombstone && len != 0) {
+        return Err(format!("record length {len} is impossible"));
+    }
+    Ok(Header {
+        kind,
+        id: bytes[8..24].try_into().expect("16 bytes"),
+        len,
+        checksum: Checksum(u32_at(28)),
+        created: u64::from_le_bytes(bytes[32..40].try_into().expect("8 bytes")),
+    })
+}
+
+fn encode_volume_header(ordinal: u32, generation: u32, salt: u64) -> [u8; VOLUME_HEADER as usize] {
+    let mut bytes = [0u8; VOLUME_HEADER as usize];
+    bytes[0..8].copy_from_slice(VOLUME_MAGIC);
+    bytes[8..12].copy_from_slice(&ordinal.to_le_bytes());
+    bytes[12..16].copy_from_slice(&generation.to_le_bytes());
+    bytes[16..24].copy_from_slice(&salt.to_le_bytes());
+    let own = crc32c::crc32c(&bytes[0..24]);
+    bytes[24..28].copy_from_slice(&own.to_le_bytes());
+    bytes
+}
+
+/// The salt of a volume file, from its checked header.
+fn read_volume_header(file: &File, ordinal: u32, generation: u32) -> Result<u64, String> {
+    let mut bytes = [0u8; VOLUME_HEADER as usize];
+    file.read_exact_at(&mut bytes, 0).map_err(|e| format!("cannot read its header: {e}"))?;
+    if &bytes[0..8] != VOLUME_MAGIC || crc32c::crc32c(&bytes[0..24]).to_le_bytes() != bytes[24..28] {
+        return Err("its header is damaged".to_string());
+    }
+    if bytes[8..12] != ordinal.to_le_bytes() || bytes[12..16] != generation.to_le_bytes() {
+        return Err("its header names another volume".to_string());
+    }
+    Ok(u64::from_le_bytes(bytes[16..24].try_into().expect("8 bytes")))
+}
+
+pub(super) fn volume_name(ordinal: u32, generation: u32, suffix: &str) -> String {
+    format!("{ordinal:08}.{generation}.{suffix}")
+}
+
+/// `(ordinal, generation, finished)` from a volume file's name.
+fn parse_volume_name(name: &str) -> Option<(u32, u32, bool)> {
+    let mut parts = name.split('.');
+    let ordinal = parts.next().filter(|p| p.len() == 8)?.parse().ok()?;
+    let generation = parts.next()?.parse().ok()?;
+    let finished = match parts.next()? {
+        "vol" => true,
+        "compacting" => false,
+        _ => return None,
+    };
+    parts.next().is_none().then_some((ordinal, generation, finished))
+}
+
+/// Creates a volume file named `name` in `dir` with its header, synced, and syncs the
+/// directory so the name survives a crash.
+pub(super) fn create_volume(dir: &Path, name: &str, ordinal: u32, generation: u32, salt: u64) -> io::Result<File> {
+    let file = OpenOptions::new().read(true).write(true).create_new(true).open(dir.join(name))?;
+    file.write_all_at(&encode_volume_header(ordinal, generation, salt), 0)?;
+    file.sync_data()?;
+    fsync_dir(dir)?;
+    Ok(file)
+}
+
+/// One record found by `walk_records`.
+#[derive(Clone, Copy)]
+pub(super) struct Found {
+    pub offset: u64,
+    pub header: Header,
+}
+
+/// What `walk_records` found besides the records.
+pub(super) struct Walk {
+    /// Where the last valid record ends: anything after it is torn or garbage.
+    pub end: u64,
+    /// Byte ranges skipped over damaged headers.
+    pub skipped: Vec<(u64, u64)>,
+}
+
+/// Reads the record headers of a volume `len` bytes long in order, calling `found` for
+/// each valid one (an error from it ends the walk). A damaged header is skipped up to the
+/// next valid header.
+pub(super) fn walk_records(
+    file: &File,
+    salt: u64,
+    len: u64,
+    found: &mut dyn FnMut(Found) -> io::Result<()>,
+) -> io::Result<Walk> {
+    let mut reader = BufReader::with_capacity(256 * 1024, file);
+    reader.seek(SeekFrom::Start(VOLUME_HEADER))?;
+    let (mut pos, mut end, mut skipped) = (VOLUME_HEADER, VOLUME_HEADER, Vec::new());
+    while pos + RECORD_HEADER as u64 <= len {
+        let mut bytes = [0u8; RECORD_HEADER];
+        reader.read_exact(&mut bytes)?;
+        match parse_header(&bytes, salt) {
+            Ok(header) if pos + record_len(header.len) <= len => {
+                let next = pos + record_len(header.len);
+                reader.seek_relative((next - pos - RECORD_HEADER as u64) as i64)?;
+                found(Found { offset: pos, header })?;
+                pos = next;
+                end = next;
+            }
+            _ => match resync(file, salt, pos + ALIGN, len)? {
+                Some(next) => {
+                    skipped.push((pos, next));
+                    reader.seek(SeekFrom::Start(next))?;
+                    pos = next;
+                }
+                None => break,
+            },
+        }
+    }
+    Ok(Walk { end, skipped })
+}
+
+/// The offset of the next valid record header (one that fits in the file) from `from`.
+fn resync(file: &File, salt: u64, from: u64, len: u64) -> io::Result<Option<u64>> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = from.next_multiple_of(ALIGN);
+    while at + RECORD_HEADER as u64 <= len {
+        let n = ((len - at) as usize).min(buf.len());
+        file.read_exact_at(&mut buf[..n], at)?;
+        let mut i = 0;
+        while i + RECORD_HEADER <= n {
+            if &buf[i..i + 4] == RECORD_MAGIC {
+                let bytes: &[u8; RECORD_HEADER] = buf[i..i + RECORD_HEADER].try_into().expect("a header");
+                if let Ok(header) = parse_header(bytes, salt) {
+                    if at + i as u64 + record_len(header.len) <= len {
+                        return Ok(Some(at + i as u64));
+                    }
+                }
+            }
+            i += ALIGN as usize;
+        }
+        // The next window starts at the first header that did not fit in this one.
+        at += (i as u64).max(ALIGN);
+    }
+    Ok(None)
+}
+
+/// The writer's state: the active volume, and the group commit's sequence numbers.
+struct Writer {
+    ordinal: u32,
+    generation: u32,
+    salt: u64,
+    /// The active volume opened for writing; closed when idle, so that an idle node
+    /// holds no file open for writing (a remount read-only refuses while one is).
+    file: Option<Arc<File>>,
+    last_write: Instant,
+    end: u64,
+    /// Records appended so far, and how many of them an fsync has covered.
+    written: u64,
+    synced: u64,
+    /// A leader is syncing for the group.
+    syncing: bool,
+    /// Ranges `(after, through]` of records whose sync failed, with the error.
+    failed: VecDeque<(u64, u64, String)>,
+    /// Objects appended but not yet durable: a second put of one is refused.
+    pending: HashSet<[u8; 16]>,
+}
+
+pub(super) struct Volumes {
+    pub dir: PathBuf,
+    limit: u64,
+    pub index: RwLock<Index>,
+    writer: Mutex<Writer>,
+    synced: Condvar,
+    /// Taken shared by a scan (which walks a volume's file and asks the index about each
+    /// record) and exclusively by a compaction switching a volume's file, so a scan
+    /// never misses an object that moved under it.
+    pub switching: RwLock<()>,
+    fsync_seconds: prometheus::Histogram,
+}
+
+/// What opening the volumes found.
+pub(super) struct Opened {
+    pub volumes: Volumes,
+    pub objects: u64,
+    pub bytes: u64,
+    /// One sentence per repair made (torn tails cut, damaged headers skipped, leftovers
+    /// removed), for the log.
+    pub repairs: Vec<String>,
+}
+
+impl Volumes {
+    /// Opens the volumes under `dir` (creating it), replays them into the index and
+    /// repairs what a crash left: unfinished compactions and older generations are
+    /// removed, torn tails are cut off.
+    pub fn open(dir: &Path, limit: u64, fsync_seconds: prometheus::Histogram) -> io::Result<Opened> {
+        fs::create_dir_all(dir)?;
+        let mut repairs = Vec::new();
+        let mut newest: std::collections::BTreeMap<u32, u32> = Default::default();
+        let mut names = Vec::new();
+        for entry in fs::read_dir(dir)? {
+            let name = entry?.file_name().to_string_lossy().to_string();
+            match parse_volume_name(&name) {
+                Some((ordinal, generation, true)) => {
+                    let kept = newest.entry(ordinal).or_insert(generation);
+                    *kept = (*kept).max(generation);
+                    names.push((ordinal, generation, name));
+                }
+                Some((_, _, false)) => names.push((u32::MAX, 0, name)),
+                None => {}
+            }
+        }
+        let mut removed = false;
+        for (ordinal, generation, name) in &names {
+            if newest.get(ordinal) != Some(generation) {
+                fs::remove_file(dir.join(name))?;
+                repairs.push(format!("removed {name}, left by a compaction a crash interrupted"));
+                removed = true;
+            }
+        }
+        if removed {
+            fsync_dir(dir)?;
+        }
+
+        let mut index = Index::default();
+        let last = newest.keys().next_back().copied();
+        for (&ordinal, &generation) in &newest {
+            let name = volume_name(ordinal, generation, "vol");
+            let path = dir.join(&name);
+            let file = OpenOptions::new().read(true).write(true).open(&path)?;
+            let len = file.metadata()?.len();
+            let salt = match read_volume_header(&file, ordinal, generation) {
+                Ok(salt) => salt,
+                Err(why) if len <= VOLUME_HEADER && Some(ordinal) == last => {
+                    // A volume created just before a crash: it never held a record.
+                    fs::remove_file(&path)?;
+                    fsync_dir(dir)?;
+                    repairs.push(format!("removed {name}: {why}, and it holds no records"));
+                    continue;
+                }
+                Err(why) => {
+                    let aside = path.with_extension("damaged");
+                    fs::rename(&path, &aside)?;
+                    fsync_dir(dir)?;
+                    repairs.push(format!("moved {name} aside to {}: {why}", aside.display()));
+                    continue;
+                }
+            };
+            // Records go into the index as they are read; only the last few are kept,
+            // to be taken back out if the volume's tail turns out torn.
+            let reader = Arc::new(File::open(&path)?);
+            let volume = VolumeFile { file: Arc::clone(&reader), generation, salt, end: len, garbage: 0 };
+            index.volumes.insert(ordinal, volume);
+            let mut tail = VecDeque::new();
+            let walk = walk_records(&file, salt, len, &mut |found| {
+                let Found { offset, header } = found;
+                match header.kind {
+                    Kind::Put => {
+                        index.insert(header.id, Slot { volume: ordinal, offset: offset as u32, len: header.len })
+                    }
+                    Kind::Tombstone => {
+                        index.remove(&header.id);
+                    }
+                }
+                tail.push_back(found);
+                if tail.len() > TAIL_CHECKED {
+                    tail.pop_front();
+                }
+                Ok(())
+            })?;
+            let mut end = walk.end;
+            // A crash before a sync may leave the last records' bytes unwritten while
+            // their headers made it: those records were never acknowledged. Only the
+            // last volume can be torn (a volume is synced before the next one starts);
+            // a bad record elsewhere is bitrot, for the scrubber to quarantine and report.
+            while let Some(found) = tail.back().filter(|f| f.header.kind == Kind::Put && Some(ordinal) == last) {
+                if read_record(&file, found.offset, found.header.len, salt).is_ok() {
+                    break;
+                }
+                end = found.offset;
+                let slot = Slot { volume: ordinal, offset: found.offset as u32, len: found.header.len };
+                if index.objects.get(&found.header.id) == Some(&slot) {
+                    index.objects.remove(&found.header.id);
+                }
+                tail.pop_back();
+            }
+            if end < len {
+                file.set_len(end)?;
+                file.sync_all()?;
+                repairs.push(format!("cut {} torn byte(s) off the end of {name}", len - end));
+            }
+            let volume = index.volumes.get_mut(&ordinal).expect("inserted above");
+            volume.end = end;
+            for (from, to) in &walk.skipped {
+                volume.garbage += to - from;
+                repairs.push(format!("skipped {} damaged byte(s) at {from} of {name}", to - from));
+            }
+        }
+
+        let (objects, bytes) = (index.objects.len() as u64, index.objects.values().map(|s| s.len as u64).sum());
+        let active = match index.volumes.iter().next_back() {
+            Some((&ordinal, volume)) if volume.end < limit => (ordinal, volume.generation, volume.salt, volume.end),
+            previous => {
+                let ordinal = previous.map_or(1, |(ordinal, _)| ordinal + 1);
+                let salt = rand::random::<u64>();
+                let name = volume_name(ordinal, 0, "vol");
+                drop(create_volume(dir, &name, ordinal, 0, salt)?);
+                let file = Arc::new(File::open(dir.join(&name))?);
+                let volume = VolumeFile { file, generation: 0, salt, end: VOLUME_HEADER, garbage: 0 };
+                index.volumes.insert(ordinal, volume);
+                (ordinal, 0, salt, VOLUME_HEADER)
+            }
+        };
+        let writer = Writer {
+            ordinal: active.0,
+            generation: active.1,
+            salt: active.2,
+            file: None,
+            last_write: Instant::now(),
+            end: active.3,
+            written: 0,
+            synced: 0,
+            syncing: false,
+            failed: VecDeque::new(),
+            pending: HashSet::new(),
+        };
+        let volumes = Volumes {
+            dir: dir.to_path_buf(),
+            limit: limit.clamp(VOLUME_HEADER + record_len(VOLUME_OBJECT as u32), u32::MAX as u64),
+            index: RwLock::new(index),
+            writer: Mutex::new(writer),
+            synced: Condvar::new(),
+            switching: RwLock::new(()),
+            fsync_seconds,
+        };
+        Ok(Opened { volumes, objects, bytes, repairs })
+    }
+
+    pub fn contains(&self, id: &ObjectId) -> bool {
+        self.index.read().expect("index lock").objects.contains_key(&id.to_bytes())
+    }
+
+    /// The ordinal of the volume being appended to: the only one compaction leaves alone.
+    pub fn active(&self) -> u32 {
+        self.lock_writer().ordinal
+    }
+
+    fn lock_writer(&self) -> MutexGuard<'_, Writer> {
+        self.writer.lock().expect("volume writer lock")
+    }
+
+    /// Appends an object's record and returns once it is durable and indexed.
+    pub fn put(&self, id: &ObjectId, data: &[u8], checksum: Checksum) -> Result<(), StoreError> {
+        let header =
+            Header { kind: Kind::Put, id: id.to_bytes(), len: data.len() as u32, checksum, created: unix_secs() };
+        self.append(&header, data, &mut |index, slot| index.insert(header.id, slot))
+    }
+
+    /// Appends a tombstone for `id` and drops it from the index once that is durable;
+    /// returns whether this call removed it.
+    pub fn delete(&self, id: &ObjectId) -> io::Result<bool> {
+        let key = id.to_bytes();
+        if !self.index.read().expect("index lock").objects.contains_key(&key) {
+            return Ok(false);
+        }
+        let header = Header { kind: Kind::Tombstone, id: key, len: 0, checksum: Checksum(0), created: unix_secs() };
+        let mut removed = false;
+        // Whatever slot the object has now: a compaction may have moved its record while
+        // the tombstone was synced (no new put of the id can come in between: a put is
+        // refused while the index holds it).
+        let appended = self.append(&header, &[], &mut |index, _| removed = index.remove(&key).is_some());
+        match appended {
+            Ok(()) => Ok(removed),
+            Err(StoreError::Io(e)) => Err(e),
+            Err(e) => Err(io::Error::other(e.to_string())),
+        }
+    }
+
+    /// Writes a record, waits for the group's sync, then calls `durable` with the index
+    /// and the record's slot, under the writer lock (so a put is never neither pending
+    /// nor indexed).
+    fn append(
+        &self,
+        header: &Header,
+        data: &[u8],
+        durable: &mut dyn FnMut(&mut Index, Slot),
+    ) -> Result<(), StoreError> {
+        let mut writer = self.lock_writer();
+        if header.kind == Kind::Put
+            && (writer.pending.contains(&header.id)
+                || self.index.read().expect("index lock").objects.contains_key(&header.id))
+        {
+            return Err(StoreError::Exists(ObjectId::from_bytes(header.id)));
+        }
+        let len = record_len(header.len);
+        if writer.end + len > self.limit {
+            self.roll(&mut writer)?;
+        }
+        let mut record = Vec::with_capacity(len as usize);
+        record.extend_from_slice(&encode_header(header, writer.salt));
+        record.extend_from_slice(data);
+        record.resize(len as usize, 0);
+        let file = match &writer.file {
+            Some(file) => Arc::clone(file),
+            None => {
+                let path = self.dir.join(volume_name(writer.ordinal, writer.generation, "vol"));
+                let file = Arc::new(OpenOptions::new().write(true).open(path)?);
+                writer.file = Some(Arc::clone(&file));
+                file
+            }
+        };
+        file.write_all_at(&record, writer.end)?;
+        writer.last_write = Instant::now();
+        let slot = Slot { volume: writer.ordinal, offset: writer.end as u32, len: header.len };
+        writer.end += len;
+        writer.written += 1;
+        let sequence = writer.written;
+        if header.kind == Kind::Put {
+            writer.pending.insert(header.id);
+        }
+        let (mut writer, synced) = self.wait_synced(writer, sequence);
+        if synced.is_ok() {
+            durable(&mut self.index.write().expect("index lock"), slot);
+        }
+        writer.pending.remove(&header.id);
+        synced.map_err(StoreError::from)
+    }
+
+    /// Waits until record `sequence` is covered by a sync, leading one if none runs.
+    fn wait_synced<'a>(
+        &'a self,
+        mut writer: MutexGuard<'a, Writer>,
+        sequence: u64,
+    ) -> (MutexGuard<'a, Writer>, io::Result<()>) {
+        loop {
+            if let Some((_, _, error)) =
+                writer.failed.iter().find(|(after, through, _)| (after + 1..=*through).contains(&sequence))
+            {
+                let error = io::Error::other(format!("syncing the volume failed: {error}"));
+                return (writer, Err(error));
+            }
+            if writer.synced >= sequence {
+                return (writer, Ok(()));
+            }
+            if writer.syncing {
+                writer = self.synced.wait(writer).expect("volume writer lock");
+                continue;
+            }
+            writer.syncing = true;
+            let file = Arc::clone(writer.file.as_ref().expect("a volume with unsynced records is open"));
+            let (after, through) = (writer.synced, writer.written);
+            drop(writer);
+            let started = Instant::now();
+            let result = file.sync_data();
+            self.fsync_seconds.observe(started.elapsed().as_secs_f64());
+            writer = self.lock_writer();
+            writer.syncing = false;
+            self.settle(&mut writer, after, through, result);
+        }
+    }
+
+    /// Records a sync's outcome for records `(after, through]` and wakes the waiters.
+    fn settle(&self, writer: &mut Writer, after: u64, through: u64, result: io::Result<()>) {
+        if let Err(e) = result {
+            writer.failed.push_back((after, through, e.to_string()));
+            if writer.failed.len() > FAILURES_KEPT {
+                writer.failed.pop_front();
+            }
+        }
+        writer.synced = writer.synced.max(through);
+        self.synced.notify_all();
+    }
+
+    /// Seals the active volume (synced) and starts the next one.
+    fn roll(&self, writer: &mut Writer) -> io::Result<()> {
+        let result = writer.file.as_ref().map_or(Ok(()), |file| file.sync_data());
+        let (after, through) = (writer.synced, writer.written);
+        self.settle(writer, after, through, result);
+        let ordinal = writer.ordinal + 1;
+        let salt = rand::random::<u64>();
+        let name = volume_name(ordinal, 0, "vol");
+        let file = Arc::new(create_volume(&self.dir, &name, ordinal, 0, salt)?);
+        let reader = Arc::new(File::open(self.dir.join(&name))?);
+        let mut index = self.index.write().expect("index lock");
+        if let Some(sealed) = index.volumes.get_mut(&writer.ordinal) {
+            sealed.end = writer.end;
+        }
+        let volume = VolumeFile { file: reader, generation: 0, salt, end: VOLUME_HEADER, garbage: 0 };
+        index.volumes.insert(ordinal, volume);
+        (writer.ordinal, writer.generation, writer.salt) = (ordinal, 0, salt);
+        (writer.file, writer.end) = (Some(file), VOLUME_HEADER);
+        Ok(())
+    }
+
+    /// Closes the active volume's write handle when nothing was appended for `idle` and
+    /// every record is synced.
+    pub fn release_idle_writer(&self, idle: std::time::Duration) {
+        let mut writer = self.lock_writer();
+        if !writer.syncing && writer.synced == writer.written && writer.last_write.elapsed() >= idle {
+            writer.file = None;
+        }
+    }
+
+    /// The record of `id`, checked: its header and its bytes.
+    pub fn read(&self, id: &ObjectId) -> Result<Option<(Header, Vec<u8>)>, StoreError> {
+        let Some((slot, file, salt)) = self.index.read().expect("index lock").locate(&id.to_bytes()) else {
+            return Ok(None);
+        };
+        let corrupt = |reason: String| StoreError::Corrupt { id: *id, reason };
+        let (header, data) = read_record(&file, slot.offset as u64, slot.len, salt).map_err(corrupt)?;
+        if header.id != id.to_bytes() || header.kind != Kind::Put || header.len != slot.len {
+            return Err(corrupt("its volume record belongs to another object".to_string()));
+        }
+        Ok(Some((header, data)))
+    }
+
+    /// Size and checksum from the record's header, without reading its bytes.
+    pub fn stat(&self, id: &ObjectId) -> Result<Option<StoredObject>, StoreError> {
+        let Some((slot, file, salt)) = self.index.read().expect("index lock").locate(&id.to_bytes()) else {
+            return Ok(None);
+        };
+        let mut bytes = [0u8; RECORD_HEADER];
+        file.read_exact_at(&mut bytes, slot.offset as u64)?;
+        let header = parse_header(&bytes, salt)
+            .ok()
+            .filter(|h| h.id == id.to_bytes() && h.kind == Kind::Put && h.len == slot.len)
+            .ok_or_else(|| StoreError::Corrupt {
+                id: *id,
+                reason: "its volume record header is damaged".to_string(),
+            })?;
+        Ok(Some(StoredObject { size: header.len as u64, checksum: header.checksum }))
+    }
+
+    /// Keeps a copy of a corrupt record's bytes in `quarantine` for inspection, then
+    /// deletes it (a tombstone). Returns whether this call removed it.
+    pub fn quarantine(&self, id: &ObjectId, quarantine: &Path) -> io::Result<bool> {
+        let Some((slot, file, _)) = self.index.read().expect("index lock").locate(&id.to_bytes()) else {
+            return Ok(false);
+        };
+        let mut raw = vec![0u8; record_len(slot.len) as usize];
+        let n = file.read_at(&mut raw, slot.offset as u64).unwrap_or(0);
+        raw.truncate(n);
+        let target = quarantine.join(format!("{id}.{}.record", unix_secs() * 1000));
+        fs::write(&target, &raw)?;
+        self.delete(id)
+    }
+
+    /// Calls `f` for every indexed record: its id, size and checksum (from its header),
+    /// and write time. Volumes are read in order, record by record; no lock is held
+    /// while `f` runs, except that no compaction switches a volume meanwhile.
+    pub fn scan(&self, f: &mut dyn FnMut(ObjectId, StoredObject, u64)) -> io::Result<()> {
+        let _no_switch = self.switching.read().expect("switching lock");
+        let volumes: Vec<(u32, Arc<File>, u64)> = {
+            let index = self.index.read().expect("index lock");
+            index.volumes.iter().map(|(&ordinal, v)| (ordinal, Arc::clone(&v.file), v.salt)).collect()
+        };
+        for (ordinal, file, salt) in volumes {
+            let len = file.metadata()?.len();
+            walk_records(&file, salt, len, &mut |found| {
+                let header = found.header;
+                let slot = Slot { volume: ordinal, offset: found.offset as u32, len: header.len };
+                let live = header.kind == Kind::Put
+                    && self.index.read().expect("index lock").objects.get(&header.id) == Some(&slot);
+                if live {
+                    let stored = StoredObject { size: header.len as u64, checksum: header.checksum };
+                    f(ObjectId::from_bytes(header.id), stored, header.created);
+                }
+                Ok(())
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads and checks the record at `offset`: its header, then its bytes against the
+/// header's CRC.
+pub(super) fn read_record(file: &File, offset: u64, len: u32, salt: u64) -> Result<(Header, Vec<u8>), String> {
+    let mut bytes = vec![0u8; RECORD_HEADER + len as usize];
+    file.read_exact_at(&mut bytes, offset).map_err(|e| format!("cannot read its volume record: {e}"))?;
+    let header = parse_header(bytes[..RECORD_HEADER].try_into().expect("a header"), salt)?;
+    if header.len != len {
+        return Err(format!("its record says {} bytes, the index {len}", header.len));
+    }
+    let data = bytes.split_off(RECORD_HEADER);
+    let mut sum = Checksum::default();
+    sum.update(&data);
+    if sum != header.checksum {
+        return Err(format!("bytes have checksum {sum}, written with {}", header.checksum));
+    }
+    Ok((header, data))
+}
+
+// Benchmark support: fills the volumes of a stopped node quickly, for tests and scaling
+// runs that need hundreds of thousands of small objects on one node.
+
+/// Writes `count` records of `size` pattern bytes (at most `VOLUME_OBJECT`) with random
+/// ids into new volumes under `root/volumes` (a stopped node's data directory), after any
+/// it has, without syncs: not for real data. Returns how many it wrote.
+pub fn populate_unsynced(root: &Path, count: u64, size: usize) -> io::Result<u64> {
+    use std::io::Write;
+    if size as u64 > VOLUME_OBJECT {
+        return Err(io::Error::other(format!("volume records hold at most {VOLUME_OBJECT} bytes")));
+    }
+    let dir = root.join("volumes");
+    fs::create_dir_all(&dir)?;
+    let mut ordinal = 0;
+    for entry in fs::read_dir(&dir)? {
+        if let Some((found, _, _)) = parse_volume_name(&entry?.file_name().to_string_lossy()) {
+            ordinal = ordinal.max(found);
+        }
+    }
+    let body: Vec<u8> = (0..size).map(|i| (i * 7 + 3) as u8).collect();
+    let mut checksum = Checksum::default();
+    checksum.update(&body);
+    let len = record_len(size as u32);
+    let padding = vec![0u8; (len as usize) - RECORD_HEADER - size];
+    let (mut out, mut salt, mut end) = (None::<io::BufWriter<File>>, 0, VOLUME_BYTES);
+    for _ in 0..count {
+        if end + len > VOLUME_BYTES {
+            if let Some(mut full) = out.take() {
+                full.flush()?;
+            }
+            ordinal += 1;
+            salt = rand::random::<u64>();
+            let file = File::create_new(dir.join(volume_name(ordinal, 0, "vol")))?;
+            let mut writer = io::BufWriter::with_capacity(1 << 20, file);
+            writer.write_all(&encode_volume_header(ordinal, 0, salt))?;
+            out = Some(writer);
+            end = VOLUME_HEADER;
+        }
+        let id = *uuid::Uuid::new_v4().as_bytes();
+        let header = Header { kind: Kind::Put, id, len: size as u32, checksum, created: unix_secs() };
+        let writer = out.as_mut().expect("a volume is open");
+        writer.write_all(&encode_header(&header, salt))?;
+        writer.write_all(&body)?;
+        writer.write_all(&padding)?;
+        end += len;
+    }
+    if let Some(mut last) = out {
+        last.flush()?;
+    }
+    Ok(count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_header_reads_back_and_any_flipped_bit_or_other_salt_is_refused() {
+        let header = Header { kind: Kind::Put, id: [7; 16], len: 4096, checksum: Checksum(0xdead_beef), created: 99 };
+        let bytes = encode_header(&header, 42);
+        assert_eq!(parse_header(&bytes, 42), Ok(header));
+        assert!(parse_header(&bytes, 43).is_err(), "another volume's salt");
+        for bit in 0..RECORD_HEADER * 8 {
+            let mut flipped = bytes;
+            flipped[bit / 8] ^= 1 << (bit % 8);
+            assert!(parse_header(&flipped, 42).is_err(), "bit {bit}");
+        }
+        // Impossible lengths are refused even with a valid checksum.
+        for (kind, len) in [(Kind::Put, VOLUME_OBJECT as u32 + 1), (Kind::Tombstone, 1)] {
+            let bad = encode_header(&Header { kind, len, ..header }, 42);
+            assert!(parse_header(&bad, 42).is_err(), "{kind:?} of {len} bytes");
+        }
+        // Arbitrary bytes never panic.
+        for seed in 0..10_000u64 {
+            let mut noise = [0u8; RECORD_HEADER];
+            let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+            for byte in &mut noise {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                *byte = x as u8;
+            }
+            noise[0..4].copy_from_slice(RECORD_MAGIC);
+            let _ = parse_header(&noise, seed);
+        }
+    }
+
+    #[test]
+    fn the_fuzz_seeds_are_valid_headers() {
+        for (name, kind) in [("put-4k", Kind::Put), ("tombstone", Kind::Tombstone)] {
+            let path = format!("{}/fuzz/seeds/record_header/{name}", env!("CARGO_MANIFEST_DIR"));
+            let seed = std::fs::read(path).unwrap();
+            let salt = u64::from_le_bytes(seed[0..8].try_into().unwrap());
+            let header = parse_header(seed[8..56].try_into().unwrap(), salt).unwrap();
+            assert_eq!(header.kind, kind, "{name}");
+        }
+    }
+
+    #[test]
+    fn volume_names_parse_strictly() {
+        assert_eq!(parse_volume_name("00000001.0.vol"), Some((1, 0, true)));
+        assert_eq!(parse_volume_name("00000012.3.compacting"), Some((12, 3, false)));
+        for bad in ["1.0.vol", "00000001.vol", "00000001.0.vol.x", "00000001.x.vol", "0000000a.0.vol", "junk"] {
+            assert_eq!(parse_volume_name(bad), None, "{bad}");
+        }
+    }
+}

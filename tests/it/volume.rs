@@ -1,0 +1,262 @@
+//! The datanode's volume store seen from outside: small objects as records survive
+//! restarts and SIGKILL during concurrent uploads, a torn tail is cut, a flipped byte spoils
+//! one object and not its neighbours (and the master is told), and a compaction killed at
+//! each of its phases loses nothing.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::cluster::{agent, api_get, get_bytes, pattern, put_bytes, upload, wait_until, Proc, TempDir, TestCluster};
+
+fn start_datanode(dir: &Path, env: &[(&str, &str)]) -> Proc {
+    Proc::start_with_env("dn", &["datanode", "--listen", "127.0.0.1:0", "--data", dir.to_str().unwrap()], env)
+}
+
+fn id(i: u64) -> String {
+    format!("{:08x}-0000-4000-8000-{:012x}", 0x5eed, i)
+}
+
+fn volume_files(data: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(data.join("volumes")).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    files
+}
+
+/// The status of a `DELETE`, or `None` when no answer came (the node died).
+fn delete(node: &Proc, id: &str) -> Option<u16> {
+    match agent().delete(&format!("{}/objects/{id}", node.url)).call() {
+        Ok(r) => Some(r.status()),
+        Err(ureq::Error::Status(code, _)) => Some(code),
+        Err(_) => None,
+    }
+}
+
+#[track_caller]
+fn check_all(node: &Proc, objects: &[(String, Vec<u8>)]) {
+    for (id, data) in objects {
+        let got = get_bytes(&format!("{}/objects/{id}", node.url));
+        assert!(got.as_ref() == Ok(data), "{id}: {:?}", got.map(|b| b.len()));
+    }
+}
+
+#[test]
+fn small_objects_survive_restarts_as_volume_records() {
+    let dir = TempDir::new("vol-restart");
+    let data = dir.path().join("d");
+    let mut node = start_datanode(&data, &[("AETHER_TEST_VOLUME_BYTES", "200000")]);
+    let sizes = [0usize, 1, 100, 4096, 20_000, 65_536, 65_537, 300_000];
+    let objects: Vec<(String, Vec<u8>)> =
+        (0..40).map(|i| (id(i), pattern(i, sizes[i as usize % sizes.len()]))).collect();
+    for (id, bytes) in &objects {
+        assert_eq!(put_bytes(&format!("{}/objects/{id}", node.url), bytes), 201);
+    }
+    let ranged = agent().get(&format!("{}/objects/{}", node.url, objects[3].0)).set("Range", "bytes=100-199").call();
+    let mut part = Vec::new();
+    std::io::Read::read_to_end(&mut ranged.unwrap().into_reader(), &mut part).unwrap();
+    assert!(part == objects[3].1[100..200]);
+    assert!(volume_files(&data).len() >= 2, "volumes rolled over");
+    node.kill();
+
+    let node = start_datanode(&data, &[("AETHER_TEST_VOLUME_BYTES", "200000")]);
+    check_all(&node, &objects);
+    // Only the objects past 64 KiB are files of their own.
+    let mut files = 0;
+    for level1 in std::fs::read_dir(data.join("objects")).unwrap() {
+        for level2 in std::fs::read_dir(level1.unwrap().path()).unwrap() {
+            files += std::fs::read_dir(level2.unwrap().path()).unwrap().count();
+        }
+    }
+    assert_eq!(files, 10);
+    let metrics = agent().get(&format!("{}/metrics", node.url)).call().unwrap().into_string().unwrap();
+    assert!(metrics.lines().any(|l| l == "aether_datanode_objects 40"), "{metrics}");
+}
+
+#[test]
+fn a_torn_tail_is_cut_off_at_start_up_and_writes_go_on() {
+    let dir = TempDir::new("vol-torn");
+    let data = dir.path().join("d");
+    let mut node = start_datanode(&data, &[]);
+    let objects: Vec<(String, Vec<u8>)> = (0..30).map(|i| (id(i), pattern(i, 4096))).collect();
+    for (id, bytes) in &objects {
+        assert_eq!(put_bytes(&format!("{}/objects/{id}", node.url), bytes), 201);
+    }
+    node.kill();
+    let volume = volume_files(&data).pop().unwrap();
+    let clean = std::fs::metadata(&volume).unwrap().len();
+    let mut bytes = std::fs::read(&volume).unwrap();
+    // Half a record header, then garbage, as a crash in the middle of a write leaves it.
+    let header = bytes[64..88].to_vec();
+    bytes.extend_from_slice(&header);
+    bytes.extend_from_slice(&[0x5a; 1000]);
+    std::fs::write(&volume, &bytes).unwrap();
+
+    let mut node = start_datanode(&data, &[]);
+    node.wait_for_log("torn byte(s)");
+    assert_eq!(std::fs::metadata(&volume).unwrap().len(), clean);
+    check_all(&node, &objects);
+    let later = (id(99), pattern(99, 5000));
+    assert_eq!(put_bytes(&format!("{}/objects/{}", node.url, later.0), &later.1), 201);
+    node.kill();
+    let node = start_datanode(&data, &[]);
+    check_all(&node, &objects);
+    check_all(&node, &[later]);
+}
+
+#[test]
+fn a_flipped_byte_spoils_one_record_and_the_master_repairs_it() {
+    let cluster = TestCluster::start_with(
+        "vol-rot",
+        3,
+        &["--replication", "2", "--dead-after", "1.5"],
+        &["--heartbeat-interval", "0.2"],
+    );
+    let master = &cluster.master.url;
+    let ids: Vec<(String, Vec<u8>)> = (0..6)
+        .map(|i| {
+            let bytes = pattern(200 + i, 4096);
+            (upload(master, &bytes), bytes)
+        })
+        .collect();
+    let (victim_id, victim_bytes) = &ids[2];
+    let (_, info) = api_get(&format!("{master}/api/objects/{victim_id}")).unwrap();
+    let node = info["replica_nodes"][0]["node"].as_str().unwrap().to_string();
+    let address = info["replica_nodes"][0]["address"].as_str().unwrap().to_string();
+    // Find the record by its bytes in the node's volume and flip one of them.
+    let volume = volume_files(&cluster.datanode_dir(&node)).pop().unwrap();
+    let mut bytes = std::fs::read(&volume).unwrap();
+    let at = bytes.windows(64).position(|w| w == &victim_bytes[1000..1064]).expect("the record is in the volume");
+    bytes[at + 10] ^= 0x20;
+    std::fs::write(&volume, &bytes).unwrap();
+
+    assert_eq!(get_bytes(&format!("{address}/objects/{victim_id}")), Err(500), "the corrupt record is refused");
+    assert_eq!(get_bytes(&format!("{address}/objects/{victim_id}")), Err(404), "and quarantined");
+    for (id, data) in &ids {
+        if id != victim_id {
+            let on_node = get_bytes(&format!("{address}/objects/{id}"));
+            if on_node != Err(404) {
+                assert!(on_node.as_ref() == Ok(data), "neighbour {id} on {node}");
+            }
+        }
+    }
+    assert_eq!(std::fs::read_dir(cluster.datanode_dir(&node).join("quarantine")).unwrap().count(), 1);
+    // The master was told, and brings the object back to two good copies.
+    wait_until("the object back at two copies without the corrupt one", Duration::from_secs(30), || {
+        let (_, info) = api_get(&format!("{master}/api/objects/{victim_id}")).unwrap();
+        let nodes: Vec<&str> =
+            info["replica_nodes"].as_array().unwrap().iter().filter_map(|r| r["node"].as_str()).collect();
+        nodes.len() == 2 && !nodes.contains(&node.as_str())
+    });
+    let (_, info) = api_get(&format!("{master}/api/objects/{victim_id}")).unwrap();
+    for replica in info["replica_nodes"].as_array().unwrap() {
+        let address = replica["address"].as_str().unwrap();
+        assert!(get_bytes(&format!("{address}/objects/{victim_id}")).as_ref() == Ok(victim_bytes));
+    }
+}
+
+#[test]
+fn sigkill_during_concurrent_small_uploads_loses_no_acknowledged_object() {
+    let dir = TempDir::new("vol-kill");
+    let data = dir.path().join("d");
+    let mut node = start_datanode(&data, &[("AETHER_TEST_VOLUME_BYTES", "1000000")]);
+    let acked: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let url = node.url.clone();
+    let writers: Vec<_> = (0..16u64)
+        .map(|w| {
+            let (acked, url) = (Arc::clone(&acked), url.clone());
+            std::thread::spawn(move || {
+                let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(10)).build();
+                for i in 0..400u64 {
+                    let n = w * 1000 + i;
+                    let body = pattern(n, 4096 + (n as usize % 7) * 1000);
+                    match agent.put(&format!("{url}/objects/{}", id(n))).send_bytes(&body) {
+                        Ok(r) if r.status() == 201 => acked.lock().unwrap().push(n),
+                        _ => return,
+                    }
+                }
+            })
+        })
+        .collect();
+    wait_until("some uploads acknowledged", Duration::from_secs(30), || acked.lock().unwrap().len() >= 300);
+    node.kill();
+    for writer in writers {
+        writer.join().unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    let node = start_datanode(&data, &[("AETHER_TEST_VOLUME_BYTES", "1000000")]);
+    for n in &acked {
+        let got = get_bytes(&format!("{}/objects/{}", node.url, id(*n)));
+        assert!(got == Ok(pattern(*n, 4096 + (*n as usize % 7) * 1000)), "acknowledged object {n} lost");
+    }
+    eprintln!("{} acknowledged uploads all read back after SIGKILL", acked.len());
+}
+
+/// Fills small volumes, deletes three objects in four, and lets compaction run with the
+/// process killing itself at `phase`; then every object left must read back whole and
+/// every deleted one stay deleted, and a compaction after the restart must finish.
+fn compaction_crash(phase: &str) {
+    let dir = TempDir::new(&format!("vol-compact-{phase}"));
+    let data = dir.path().join("d");
+    let small = ("AETHER_TEST_VOLUME_BYTES", "65536");
+    let mut node = start_datanode(&data, &[small, ("AETHER_TEST_COMPACTION_CRASH", phase)]);
+    let objects: Vec<(String, Vec<u8>)> = (0..90).map(|i| (id(i), pattern(i, 2000))).collect();
+    for (id, bytes) in &objects {
+        assert_eq!(put_bytes(&format!("{}/objects/{id}", node.url), bytes), 201);
+    }
+    // Compaction may start (and kill the node) before every delete is sent: a delete
+    // without an answer may or may not have happened, so it is checked for neither.
+    let (kept, deleting): (Vec<_>, Vec<_>) = objects.into_iter().enumerate().partition(|(i, _)| i % 4 == 0);
+    let mut deleted = Vec::new();
+    for (_, (id, _)) in deleting {
+        match delete(&node, &id) {
+            Some(status) => {
+                assert_eq!(status, 200, "{phase}: DELETE {id}");
+                deleted.push(id);
+            }
+            None => break,
+        }
+    }
+    assert!(deleted.len() >= 16, "{phase}: compaction began after {} deletes", deleted.len());
+    wait_until(&format!("the node to kill itself at {phase}"), Duration::from_secs(30), || node.exited().is_some());
+    let status = node.exited().unwrap();
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(9), "{phase}: {status:?}");
+
+    let node = start_datanode(&data, &[small]);
+    let kept: Vec<(String, Vec<u8>)> = kept.into_iter().map(|(_, o)| o).collect();
+    let check = |node: &Proc| {
+        check_all(node, &kept);
+        for id in &deleted {
+            assert_eq!(get_bytes(&format!("{}/objects/{id}", node.url)), Err(404), "{phase}: {id} came back");
+        }
+    };
+    check(&node);
+    node.wait_for_log("compacted volume");
+    check(&node);
+    drop(node);
+    let node = start_datanode(&data, &[small]);
+    check(&node);
+    assert!(!std::fs::read_dir(data.join("volumes")).unwrap().any(|e| {
+        let name = e.unwrap().file_name().to_string_lossy().to_string();
+        name.ends_with(".compacting")
+    }));
+}
+
+#[test]
+fn compaction_killed_while_copying_loses_nothing() {
+    compaction_crash("copying");
+}
+
+#[test]
+fn compaction_killed_after_its_copy_is_synced_loses_nothing() {
+    compaction_crash("copied");
+}
+
+#[test]
+fn compaction_killed_after_the_rename_loses_nothing() {
+    compaction_crash("renamed");
+}
+
+#[test]
+fn compaction_killed_after_the_switch_loses_nothing() {
+    compaction_crash("switched");
+}
