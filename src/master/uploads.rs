@@ -1,9 +1,10 @@
 //! Uploads in flight without a database row: self-proving upload ids and the placements
 //! kept in memory, which let `init` answer without a durable write.
 //!
-//! An upload id is a UUID (version 8, RFC 9562's layout for custom ids) that carries the
-//! second it was issued and the replication asked for, with a MAC over both keyed with a
-//! secret of this master's database. So `complete` knows, even after a restart, that this
+//! An upload id is a UUID version 4, as the seed API promises: its 122 bits look random to
+//! anyone without this master's secret, but they carry the second it was issued and the
+//! replication asked for (sealed with a pad derived from 54 random bits) and a MAC over
+//! the rest, keyed with a secret of this master's database. So `complete` knows, even after a restart, that this
 //! master issued the id, how many copies it needs, and whether the upload is still within
 //! its grace period: the one durable write of an upload is its `complete`. Where the
 //! copies were placed is kept only in memory (`Placements`, bounded): `complete` prefers
@@ -19,8 +20,8 @@ use crate::proto::ObjectId;
 
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 
-/// Bytes of the MAC at the end of an id (the rest: 4 of time, 54 random bits, the
-/// replication and the UUID's version and variant bits).
+/// Bytes of the MAC at the end of an id (the rest: 4 bytes of sealed time, 54 random
+/// bits, the sealed replication and the UUID's version and variant bits).
 const MAC_BYTES: usize = 4;
 
 /// What an upload id says about itself, once its MAC checked out.
@@ -44,10 +45,27 @@ impl UploadIds {
         UploadIds { key: derive.finalize().into_bytes().to_vec() }
     }
 
-    fn mac(&self, bytes: &[u8]) -> HmacSha256 {
+    fn keyed(&self, purpose: &[u8]) -> HmacSha256 {
         let mut mac = HmacSha256::new_from_slice(&self.key).expect("HMAC takes keys of any length");
+        mac.update(purpose);
+        mac
+    }
+
+    /// The MAC over everything before it (the sealed time and replication included).
+    fn mac(&self, bytes: &[u8]) -> HmacSha256 {
+        let mut mac = self.keyed(b"mac");
         mac.update(&bytes[..16 - MAC_BYTES]);
         mac
+    }
+
+    /// The pad that seals the time (bytes 0..4) and the replication (byte 6's low
+    /// nibble): derived from the id's random bits (bytes 4, 5, 7, 8's low six bits and
+    /// 9..12), so that every id's pad differs.
+    fn pad(&self, bytes: &[u8; 16]) -> [u8; 5] {
+        let mut pad = self.keyed(b"pad");
+        pad.update(&[bytes[4], bytes[5], bytes[7], bytes[8] & 0x3f, bytes[9], bytes[10], bytes[11]]);
+        let out = pad.finalize().into_bytes();
+        [out[0], out[1], out[2], out[3], out[4] & 0x0f]
     }
 
     /// A new id for an upload of `replication` (1..=16) copies issued at `now_ms`.
@@ -55,10 +73,13 @@ impl UploadIds {
         assert!((1..=16).contains(&replication), "replication is checked before an id is issued");
         let mut bytes = [0u8; 16];
         rng.fill_bytes(&mut bytes);
-        let secs = (now_ms.max(0) / 1000) as u32;
-        bytes[..4].copy_from_slice(&secs.to_be_bytes());
-        bytes[6] = 0x80 | (replication - 1) as u8;
         bytes[8] = 0x80 | (bytes[8] & 0x3f);
+        let pad = self.pad(&bytes);
+        let secs = (now_ms.max(0) / 1000) as u32;
+        for (i, byte) in secs.to_be_bytes().iter().enumerate() {
+            bytes[i] = byte ^ pad[i];
+        }
+        bytes[6] = 0x40 | ((replication - 1) as u8 ^ pad[4]);
         let tag = self.mac(&bytes).finalize().into_bytes();
         bytes[16 - MAC_BYTES..].copy_from_slice(&tag[..MAC_BYTES]);
         ObjectId::from_bytes(bytes)
@@ -68,12 +89,15 @@ impl UploadIds {
     /// an older version has a database row instead).
     pub fn check(&self, id: &ObjectId) -> Option<Issued> {
         let bytes = id.as_bytes();
-        if bytes[6] >> 4 != 8 || bytes[8] >> 6 != 0b10 {
+        if bytes[6] >> 4 != 4 || bytes[8] >> 6 != 0b10 {
             return None;
         }
         self.mac(bytes).verify_truncated_left(&bytes[16 - MAC_BYTES..]).ok()?;
-        let secs = u32::from_be_bytes(bytes[..4].try_into().expect("four bytes"));
-        Some(Issued { replication: (bytes[6] & 0x0f) as usize + 1, issued_ms: i64::from(secs) * 1000 })
+        let pad = self.pad(bytes);
+        let sealed: [u8; 4] = bytes[..4].try_into().expect("four bytes");
+        let secs = u32::from_be_bytes([sealed[0] ^ pad[0], sealed[1] ^ pad[1], sealed[2] ^ pad[2], sealed[3] ^ pad[3]]);
+        let replication = ((bytes[6] & 0x0f) ^ pad[4]) as usize + 1;
+        Some(Issued { replication, issued_ms: i64::from(secs) * 1000 })
     }
 }
 
@@ -131,7 +155,11 @@ mod tests {
             assert_eq!(ids.check(&id), Some(Issued { replication, issued_ms: 1_800_000_123_000 }));
             // Canonical text, and the same id back from it.
             assert_eq!(ObjectId::parse(&id.to_string()).unwrap(), id);
-            assert_eq!(id.to_string().as_bytes()[14], b'8', "version 8: {id}");
+            // A UUID version 4 (RFC 9562), as the seed API promises object ids are.
+            let text = id.to_string();
+            assert_eq!(text.as_bytes()[14], b'4', "version 4: {id}");
+            assert!(matches!(text.as_bytes()[19], b'8' | b'9' | b'a' | b'b'), "variant: {id}");
+            assert_eq!(uuid::Uuid::parse_str(&text).unwrap().get_version_num(), 4);
             assert_eq!(UploadIds::new(b"other").check(&id), None);
         }
         assert_eq!(ids.check(&ObjectId::new_random()), None);
@@ -147,6 +175,10 @@ mod tests {
         let a = ids.issue(1, 0, &mut rng);
         let b = ids.issue(1, 0, &mut rng);
         assert_ne!(a, b);
+        // The issue time is sealed: ids of one second share no visible prefix.
+        let prefixes: std::collections::HashSet<[u8; 4]> =
+            (0..64).map(|_| ids.issue(2, 1_800_000_000_000, &mut rng).as_bytes()[..4].try_into().unwrap()).collect();
+        assert_eq!(prefixes.len(), 64);
     }
 
     #[test]

@@ -118,6 +118,9 @@ fn a_deleted_upload_in_flight_never_completes() {
     let body = json!({"size": 4}).to_string();
     let (_, placement) = request("POST", &format!("{m}/api/upload/init"), Some(body.as_bytes())).unwrap();
     let id = placement["objectid"].as_str().unwrap();
+    // The seed API names objects with UUIDv4: an upload id is one, whatever it carries.
+    assert_eq!((id.len(), &id[14..15]), (36, "4"), "{id}");
+    assert!(matches!(&id[19..20], "8" | "9" | "a" | "b"), "{id}");
     let node = placement["nodes"][0].as_str().unwrap();
     assert_eq!(crate::cluster::put_bytes(&format!("{node}/objects/{id}"), b"gone"), 201);
     let (status, answer) = request("DELETE", &format!("{m}/api/objects/{id}"), None).unwrap();
