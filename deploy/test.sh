@@ -588,9 +588,20 @@ package_by_hand() {
         for i in $(seq 60); do aether health --timeout 1 >/dev/null 2>&1 && break; sleep 0.5; done &&
         aether health >&2 && pid=$(systemctl show -p MainPID --value aether-master) &&
         [ "$(stat -c %U /proc/$pid)" = aether ] && grep -Eq "^NoNewPrivs:[[:space:]]+1" /proc/$pid/status'
+    # The gateway refuses to start without the cluster token (the master serves access
+    # keys only with one), so the operator sets the same one for both, as s3.env says.
+    check "the package's S3 gateway refuses to start without a cluster token, and says so" in_host "$c" '
+        systemctl start aether-s3 >&2 || true
+        for i in $(seq 60); do systemctl is-active --quiet aether-s3 || break; sleep 0.5; done &&
+        ! systemctl is-active --quiet aether-s3 && journalctl -u aether-s3 --no-pager | grep -qi token'
     check "the package's own S3 gateway unit and settings run a gateway beside it (aether health ok on $S3_PORT)" \
         in_host "$c" '
-        systemctl enable --now aether-s3 >&2 &&
+        token=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d " \n") &&
+        echo "AETHER_CLUSTER_TOKEN=$token" >>/etc/aether/master.env &&
+        echo "AETHER_CLUSTER_TOKEN=$token" >>/etc/aether/s3.env &&
+        systemctl restart aether-master &&
+        for i in $(seq 60); do aether health --timeout 1 >/dev/null 2>&1 && break; sleep 0.5; done &&
+        systemctl reset-failed aether-s3 >/dev/null 2>&1; systemctl enable --now aether-s3 >&2 &&
         for i in $(seq 60); do aether health --timeout 1 http://127.0.0.1:'"$S3_PORT"' >/dev/null 2>&1 && break; sleep 0.5; done &&
         aether health http://127.0.0.1:'"$S3_PORT"' >&2 && pid=$(systemctl show -p MainPID --value aether-s3) &&
         [ "$(stat -c %U /proc/$pid)" = aether ] && grep -Eq "^NoNewPrivs:[[:space:]]+1" /proc/$pid/status'
