@@ -5,10 +5,10 @@ use std::io::Read;
 use super::{from_ureq, Client, ClientError};
 use crate::proto::s3::{
     Access, AccessKey, AccessKeys, Bucket, BucketRef, Buckets, CompleteParts, CreateKey, CreateUpload, Entry, EntryRef,
-    Grant, KeyRef, ListPage, ListPartsRequest, ListRequest, ListUploadsRequest, PartsPage, Replaced, UploadPart,
-    UploadRef, UploadsPage,
+    Grant, KeyRef, ListPage, ListPartsRequest, ListRequest, ListUploadsRequest, PartsPage, PutNewEntry, Replaced,
+    UploadPart, UploadRef, UploadsPage,
 };
-use crate::proto::{ObjectId, StatusOk};
+use crate::proto::{ObjectId, Receipt, StatusOk};
 
 impl Client {
     pub fn create_access_key(&self, name: &str) -> Result<AccessKey, ClientError> {
@@ -64,6 +64,15 @@ impl Client {
     /// Points a key at a complete object; returns the object it pointed at before.
     pub fn put_entry(&self, entry: &Entry) -> Result<Option<String>, ClientError> {
         let replaced: Replaced = self.post("/api/s3/objects/put", entry)?;
+        Ok(replaced.replaced)
+    }
+
+    /// An S3 PUT's one master write: completes the staged upload `entry.objectid` from
+    /// its copies' `receipts` and points the key at it (idempotent: see
+    /// `MetaDb::put_new_entry`).
+    pub fn put_new_entry(&self, entry: &Entry, receipts: Vec<Receipt>) -> Result<Option<String>, ClientError> {
+        let body = PutNewEntry { entry: entry.clone(), receipts };
+        let replaced: Replaced = self.post("/api/s3/objects/put_new", &body)?;
         Ok(replaced.replaced)
     }
 

@@ -34,9 +34,10 @@ use crate::http::{self, ApiError, Handled, HttpServer, Reply};
 use crate::lock::DataDirLock;
 use crate::log;
 use crate::node_client::{NodeClient, Registry};
+use crate::proto::s3::PutNewEntry;
 use crate::proto::{
     normalize_address, validate_node_id, ChainSignature, ClusterStatus, CompleteUpload, DrainStatus, Health, Heartbeat,
-    InitUpload, Inventory, NodeCommands, NodeInfo, NodeList, ObjectId, ObjectInfo, Placement, RegisterNode,
+    InitUpload, Inventory, NodeCommands, NodeInfo, NodeList, ObjectId, ObjectInfo, Placement, Receipt, RegisterNode,
     ReplaceNodes, ReplicaInfo, ReplicaReport, StatusOk,
 };
 use db::{Candidate, Confirmation, Counts, Drain, MetaDb, MetaError, NewUpload, Registered};
@@ -1016,6 +1017,45 @@ impl MasterState {
         })
     }
 
+    /// The copies that receipts vouch for: each signed by a member node for this object.
+    fn confirmations(&self, canonical: &str, receipts: &[Receipt]) -> Vec<Confirmation> {
+        let token = self.config.cluster_token.as_deref();
+        receipts
+            .iter()
+            .filter(|r| self.membership.get(&r.node).is_some() && r.verify(token, canonical))
+            .map(|r| Confirmation { node_id: r.node.clone(), size: r.size, checksum: r.checksum })
+            .collect()
+    }
+
+    /// An S3 PUT: completes its upload and points the key at it in one durable write
+    /// (`MetaDb::put_new_entry`). When the receipts do not make a quorum, the upload is
+    /// completed the slow way (`complete_upload` asks the nodes) and the key written
+    /// after it; a refused key then deletes the object it would have named.
+    pub(super) fn put_new_entry(&self, body: PutNewEntry) -> Result<Option<String>, ApiError> {
+        let id = ObjectId::parse(&body.entry.objectid).map_err(ApiError::bad_request)?;
+        let found = self.confirmations(&id.to_string(), &body.receipts);
+        let quorum = self.config.write_quorum.unwrap_or(usize::MAX);
+        let upload = self.new_upload(&id);
+        match self.db.put_new_entry(body.entry.clone(), upload, self.upload_grace_ms(), quorum, found) {
+            Err(MetaError::Unavailable(_)) => {}
+            done => {
+                let replaced = done?;
+                self.placements.remove(&id);
+                return Ok(replaced);
+            }
+        }
+        self.complete_upload(CompleteUpload { objectid: id.to_string(), receipts: body.receipts })?;
+        match self.db.put_entry(body.entry) {
+            Ok(replaced) => Ok(replaced),
+            Err(e) => {
+                if matches!(e, MetaError::NotFound(_) | MetaError::Conflict(_) | MetaError::Invalid(_)) {
+                    let _ = self.db.delete_object(id);
+                }
+                Err(e.into())
+            }
+        }
+    }
+
     /// Completes an upload once enough replicas are confirmed, in one durable write.
     /// Receipts signed by the datanodes usually suffice. Otherwise replicas no datanode
     /// has vouched for yet (the seed's `complete` without receipts, a node without
@@ -1025,13 +1065,7 @@ impl MasterState {
     fn complete_upload(&self, body: CompleteUpload) -> Result<Reply, ApiError> {
         let id = ObjectId::parse(&body.objectid).map_err(ApiError::bad_request)?;
         let canonical = id.to_string();
-        let token = self.config.cluster_token.as_deref();
-        let mut found: Vec<Confirmation> = body
-            .receipts
-            .iter()
-            .filter(|r| self.membership.get(&r.node).is_some() && r.verify(token, &canonical))
-            .map(|r| Confirmation { node_id: r.node.clone(), size: r.size, checksum: r.checksum })
-            .collect();
+        let mut found = self.confirmations(&canonical, &body.receipts);
         let upload = self.new_upload(&id);
         // Without a configured write quorum, every placed replica is needed.
         let quorum = self.config.write_quorum.unwrap_or(usize::MAX);

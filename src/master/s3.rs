@@ -9,7 +9,7 @@ use crate::http::{self, ApiError, Reply};
 use crate::log;
 use crate::proto::s3::{
     AccessKeys, BucketRef, Buckets, CompleteParts, CreateKey, CreateUpload, Entry, EntryRef, Grant, KeyRef,
-    ListPartsRequest, ListRequest, ListUploadsRequest, Replaced, UploadPart, UploadRef,
+    ListPartsRequest, ListRequest, ListUploadsRequest, PutNewEntry, Replaced, UploadPart, UploadRef,
 };
 use crate::proto::StatusOk;
 
@@ -34,6 +34,7 @@ pub enum S3Endpoint {
     DeleteBucket,
     GetEntry,
     PutEntry,
+    PutNewEntry,
     DeleteEntry,
     ListEntries,
     CreateUpload,
@@ -59,6 +60,7 @@ impl S3Endpoint {
             "/api/s3/buckets/delete" => S3Endpoint::DeleteBucket,
             "/api/s3/objects/get" => S3Endpoint::GetEntry,
             "/api/s3/objects/put" => S3Endpoint::PutEntry,
+            "/api/s3/objects/put_new" => S3Endpoint::PutNewEntry,
             "/api/s3/objects/delete" => S3Endpoint::DeleteEntry,
             "/api/s3/objects/list" => S3Endpoint::ListEntries,
             "/api/s3/uploads/create" => S3Endpoint::CreateUpload,
@@ -143,6 +145,11 @@ impl MasterState {
             S3Endpoint::PutEntry => {
                 let body: Entry = http::read_json(request, "an S3 entry")?;
                 let replaced = self.db.put_entry(body)?;
+                Ok(http::json_reply(200, &Replaced { replaced }))
+            }
+            S3Endpoint::PutNewEntry => {
+                let body: PutNewEntry = http::read_json(request, r#"{"entry": {...}, "receipts": [...]}"#)?;
+                let replaced = self.put_new_entry(body)?;
                 Ok(http::json_reply(200, &Replaced { replaced }))
             }
             S3Endpoint::DeleteEntry => {

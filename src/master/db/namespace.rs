@@ -9,7 +9,10 @@ use std::collections::BTreeMap;
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
-use super::{forget_object, now_ms, object_status, MetaDb, MetaError, MetaResult, ObjectStatus};
+use super::uploads::finish_in;
+use super::{
+    forget_object, now_ms, object_status, Confirmation, MetaDb, MetaError, MetaResult, NewUpload, ObjectStatus,
+};
 use crate::proto::s3::{
     Access, AccessKey, Bucket, Checksum, ChecksumAlgorithm, CompleteParts, CreateUpload, Entry, ListPage,
     ListPartsRequest, ListRequest, ListUploadsRequest, PartInfo, PartObject, PartsPage, UploadInfo, UploadPart,
@@ -347,40 +350,42 @@ impl MetaDb {
         let id = ObjectId::parse(&entry.objectid).map_err(MetaError::Invalid)?.to_string();
         entry.objectid = id;
         entry.modified_ms = now_ms();
+        self.write(move |conn| put_entry_in(conn, &entry))
+    }
+
+    /// An S3 PUT's one durable write: completes upload `entry.objectid` (as
+    /// `finish_upload` does, from the copies in `found`) and points `entry.key` at it (as
+    /// `put_entry` does, conditions included), in one transaction. A refused condition
+    /// leaves nothing: the copies are then an abandoned upload, which inventories
+    /// collect after the grace (or the gateway deletes at once).
+    ///
+    /// Asked again after a lost answer, it succeeds without writing when the key already
+    /// points at this upload's object: only the PUT that uploaded it knows its id, so
+    /// the first attempt took effect (a conditional PUT is not refused by its own
+    /// write). Not covered: a retry arriving after another writer replaced the key, which
+    /// finds the object deleted and answers 404 although the PUT took effect.
+    pub fn put_new_entry(
+        &self,
+        mut entry: Entry,
+        upload: Option<NewUpload>,
+        grace_ms: i64,
+        quorum: usize,
+        found: Vec<Confirmation>,
+    ) -> MetaResult<Option<String>> {
+        let id = ObjectId::parse(&entry.objectid).map_err(MetaError::Invalid)?.to_string();
+        entry.objectid = id;
+        entry.modified_ms = now_ms();
         self.write(move |conn| {
             bucket_row(conn, &entry.bucket)?.ok_or_else(|| no_bucket(&entry.bucket))?;
-            let object: Option<(ObjectStatus, i64)> = conn
-                .prepare_cached("SELECT status, size FROM objects WHERE id = ?1")?
-                .query_row([&entry.objectid], |row| Ok((row.get(0)?, row.get(1)?)))
+            let current: Option<String> = conn
+                .prepare_cached("SELECT object_id FROM s3_entries WHERE bucket = ?1 AND key = ?2")?
+                .query_row([&entry.bucket, &entry.key], |row| row.get(0))
                 .optional()?;
-            match object {
-                Some((ObjectStatus::Complete, size)) if size as u64 == entry.size => {}
-                Some((status, size)) => {
-                    return Err(MetaError::Invalid(format!(
-                        "object {} is {} with {size} bytes; a key may only point at a complete object of its size",
-                        entry.objectid,
-                        status.as_str()
-                    )))
-                }
-                None => return Err(MetaError::NotFound(format!("object {} not found", entry.objectid))),
+            if current.as_deref() == Some(entry.objectid.as_str()) {
+                return Ok(None);
             }
-            let current: Option<(String, String)> = conn
-                .prepare_cached("SELECT object_id, etag FROM s3_entries WHERE bucket = ?1 AND key = ?2")?
-                .query_row([&entry.bucket, &entry.key], |row| Ok((row.get(0)?, row.get(1)?)))
-                .optional()?;
-            let old_objects = entry_objects(conn, &entry.bucket, &entry.key)?;
-            check_conditions(
-                &entry.key,
-                current.as_ref().map(|(_, etag)| etag.as_str()),
-                entry.if_none_match,
-                entry.if_match.as_deref(),
-            )?;
-            let old = current.map(|(object_id, _)| object_id);
-            write_entry(conn, &entry)?;
-            for object in old_objects.iter().filter(|o| **o != entry.objectid) {
-                forget_if_live(conn, object)?;
-            }
-            Ok(old.filter(|old| *old != entry.objectid))
+            finish_in(conn, &entry.objectid, upload, grace_ms, quorum, found)?;
+            put_entry_in(conn, &entry)
         })
     }
 
@@ -492,6 +497,43 @@ fn to_json<T: serde::Serialize>(value: &T) -> MetaResult<String> {
 }
 
 /// A page of keys from `?2` on (`inclusive`) or after it, in bucket `?1`, at most `?3`.
+/// Points `entry.key` at its object inside a write (see `MetaDb::put_entry`).
+fn put_entry_in(conn: &Connection, entry: &Entry) -> MetaResult<Option<String>> {
+    bucket_row(conn, &entry.bucket)?.ok_or_else(|| no_bucket(&entry.bucket))?;
+    let object: Option<(ObjectStatus, i64)> = conn
+        .prepare_cached("SELECT status, size FROM objects WHERE id = ?1")?
+        .query_row([&entry.objectid], |row| Ok((row.get(0)?, row.get(1)?)))
+        .optional()?;
+    match object {
+        Some((ObjectStatus::Complete, size)) if size as u64 == entry.size => {}
+        Some((status, size)) => {
+            return Err(MetaError::Invalid(format!(
+                "object {} is {} with {size} bytes; a key may only point at a complete object of its size",
+                entry.objectid,
+                status.as_str()
+            )))
+        }
+        None => return Err(MetaError::NotFound(format!("object {} not found", entry.objectid))),
+    }
+    let current: Option<(String, String)> = conn
+        .prepare_cached("SELECT object_id, etag FROM s3_entries WHERE bucket = ?1 AND key = ?2")?
+        .query_row([&entry.bucket, &entry.key], |row| Ok((row.get(0)?, row.get(1)?)))
+        .optional()?;
+    let old_objects = entry_objects(conn, &entry.bucket, &entry.key)?;
+    check_conditions(
+        &entry.key,
+        current.as_ref().map(|(_, etag)| etag.as_str()),
+        entry.if_none_match,
+        entry.if_match.as_deref(),
+    )?;
+    let old = current.map(|(object_id, _)| object_id);
+    write_entry(conn, entry)?;
+    for object in old_objects.iter().filter(|o| **o != entry.objectid) {
+        forget_if_live(conn, object)?;
+    }
+    Ok(old.filter(|old| *old != entry.objectid))
+}
+
 fn list_sql(inclusive: bool) -> String {
     let op = if inclusive { ">=" } else { ">" };
     format!("SELECT {ENTRY_COLUMNS} FROM s3_entries WHERE bucket = ?1 AND key {op} ?2 ORDER BY key LIMIT ?3")
