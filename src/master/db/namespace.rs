@@ -534,6 +534,10 @@ fn put_entry_in(conn: &Connection, entry: &Entry) -> MetaResult<Option<String>> 
     Ok(old.filter(|old| *old != entry.objectid))
 }
 
+/// A page of uploads after one lower bound (`list_uploads`).
+const LIST_UPLOADS_SQL: &str = "SELECT key, id, created_at, checksum_algorithm FROM s3_uploads
+     WHERE bucket = ?1 AND (key, created_at, id) > (?2, ?3, ?4) ORDER BY key, created_at, id LIMIT ?5";
+
 fn list_sql(inclusive: bool) -> String {
     let op = if inclusive { ">=" } else { ">" };
     format!("SELECT {ENTRY_COLUMNS} FROM s3_entries WHERE bucket = ?1 AND key {op} ?2 ORDER BY key LIMIT ?3")
@@ -798,15 +802,14 @@ impl MetaDb {
                 None => (request.key_marker.clone(), i64::MAX, String::new()),
             };
             let mut floor = request.prefix.clone();
-            let mut statement = conn.prepare_cached(
-                "SELECT key, id, created_at, checksum_algorithm FROM s3_uploads
-                 WHERE bucket = ?1 AND key >= ?2 AND (key, created_at, id) > (?3, ?4, ?5)
-                 ORDER BY key, created_at, id LIMIT ?6",
-            )?;
+            let mut statement = conn.prepare_cached(LIST_UPLOADS_SQL)?;
             let mut count = 0;
             'seek: loop {
                 let want = (request.max_uploads - count + 1) as i64;
-                let mut rows = statement.query(params![request.bucket, floor, cursor.0, cursor.1, cursor.2, want])?;
+                // One lower bound, the tighter (as `list_entries`): every upload of the
+                // floor key is after (floor, i64::MIN, "").
+                let bound = if floor > cursor.0 { (floor.clone(), i64::MIN, String::new()) } else { cursor.clone() };
+                let mut rows = statement.query(params![request.bucket, bound.0, bound.1, bound.2, want])?;
                 let mut seen = 0;
                 while let Some(row) = rows.next()? {
                     seen += 1;
@@ -1403,6 +1406,60 @@ mod tests {
         let (names, truncated, next_key, _) = list("/", "", "", 1);
         assert_eq!((names, truncated, next_key.as_deref()), (vec!["a/".to_string()], true, Some("a/")));
         assert_eq!(list("/", "a/", "", 1).0, vec![at("b", &ids[2])]);
+    }
+
+    #[test]
+    fn a_page_of_uploads_deep_in_a_bucket_costs_what_the_first_page_costs() {
+        use rusqlite::StatementStatus;
+        let dir = std::env::temp_dir().join(format!("aether-ns-uploads-deep-page-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        // One reader, so that the steps counted are the listing's.
+        let db = MetaDb::open(&dir.join("meta.db"), 1).unwrap();
+        db.create_bucket("b", "owner").unwrap();
+        db.write(|conn| {
+            let mut insert =
+                conn.prepare("INSERT INTO s3_uploads (id, bucket, key, created_at) VALUES (?1, 'b', ?1, 0)")?;
+            for i in 0..5000 {
+                insert.execute([format!("k{i:05}")])?;
+            }
+            Ok(())
+        })
+        .unwrap();
+        let steps = |prefix: &str, key_marker: &str, upload_id_marker: &str| -> i32 {
+            db.read(|conn| {
+                conn.prepare_cached(LIST_UPLOADS_SQL)?.reset_status(StatementStatus::VmStep);
+                Ok(())
+            })
+            .unwrap();
+            let request = ListUploadsRequest {
+                bucket: "b".into(),
+                prefix: prefix.into(),
+                delimiter: String::new(),
+                key_marker: key_marker.into(),
+                upload_id_marker: upload_id_marker.into(),
+                max_uploads: 10,
+            };
+            let page = db.list_uploads(&request).unwrap();
+            assert_eq!((page.uploads.len(), page.truncated), (10, true));
+            db.read(|conn| Ok(conn.prepare_cached(LIST_UPLOADS_SQL)?.get_status(StatementStatus::VmStep))).unwrap()
+        };
+        let first = steps("", "", "");
+        for (prefix, key_marker, upload_id_marker) in [
+            ("", "k04900", ""),
+            ("", "k04900", "k04900"),
+            ("k0", "k04900", ""),
+            ("k049", "", ""),
+            ("k049", "k04950", ""),
+        ] {
+            let deep = steps(prefix, key_marker, upload_id_marker);
+            assert!(
+                deep <= 2 * first,
+                "a page at {prefix:?}, after {key_marker:?}/{upload_id_marker:?}: {deep} steps, the first page {first}"
+            );
+        }
+        drop(db);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     fn object_status_of(db: &MetaDb, id: &str) -> Option<ObjectStatus> {
