@@ -5,8 +5,8 @@ use std::io::Read;
 use super::{from_ureq, Client, ClientError};
 use crate::proto::s3::{
     Access, AccessKey, AccessKeys, Bucket, BucketRef, Buckets, CompleteParts, CreateKey, CreateUpload, Entry, EntryRef,
-    Grant, KeyRef, ListPage, ListPartsRequest, ListRequest, ListUploadsRequest, PartsPage, PutNewEntry, Replaced,
-    UploadPart, UploadRef, UploadsPage,
+    Grant, KeyRef, ListPage, ListPartsRequest, ListRequest, ListUploadsRequest, PartsPage, PutNewEntry, PutNewPart,
+    Replaced, UploadPart, UploadRef, UploadsPage,
 };
 use crate::proto::{ObjectId, Receipt, StatusOk};
 
@@ -92,6 +92,14 @@ impl Client {
 
     pub fn put_part(&self, part: &UploadPart) -> Result<(), ClientError> {
         let _: StatusOk = self.post("/api/s3/uploads/part", part)?;
+        Ok(())
+    }
+
+    /// An S3 UploadPart's one master write: completes the staged upload `part.objectid`
+    /// from its copies' `receipts` and records it as the part (idempotent).
+    pub fn put_new_part(&self, part: &UploadPart, receipts: Vec<Receipt>) -> Result<(), ClientError> {
+        let body = PutNewPart { part: part.clone(), receipts };
+        let _: StatusOk = self.post("/api/s3/uploads/part_new", &body)?;
         Ok(())
     }
 

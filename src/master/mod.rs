@@ -34,7 +34,7 @@ use crate::http::{self, ApiError, Handled, HttpServer, Reply};
 use crate::lock::DataDirLock;
 use crate::log;
 use crate::node_client::{NodeClient, Registry};
-use crate::proto::s3::PutNewEntry;
+use crate::proto::s3::{PutNewEntry, PutNewPart};
 use crate::proto::{
     normalize_address, validate_node_id, ChainSignature, ClusterStatus, CompleteUpload, DrainStatus, Health, Heartbeat,
     InitUpload, Inventory, NodeCommands, NodeInfo, NodeList, ObjectId, ObjectInfo, Placement, Receipt, RegisterNode,
@@ -1028,25 +1028,54 @@ impl MasterState {
     }
 
     /// An S3 PUT: completes its upload and points the key at it in one durable write
-    /// (`MetaDb::put_new_entry`). When the receipts do not make a quorum, the upload is
-    /// completed the slow way (`complete_upload` asks the nodes) and the key written
-    /// after it; a refused key then deletes the object it would have named.
+    /// (`MetaDb::put_new_entry`).
     pub(super) fn put_new_entry(&self, body: PutNewEntry) -> Result<Option<String>, ApiError> {
-        let id = ObjectId::parse(&body.entry.objectid).map_err(ApiError::bad_request)?;
-        let found = self.confirmations(&id.to_string(), &body.receipts);
+        let entry = body.entry;
+        self.complete_with(
+            &entry.objectid.clone(),
+            body.receipts,
+            |upload, grace_ms, quorum, found| self.db.put_new_entry(entry.clone(), upload, grace_ms, quorum, found),
+            || self.db.put_entry(entry.clone()),
+        )
+    }
+
+    /// An S3 UploadPart: completes its upload and records it as the part in one durable
+    /// write (`MetaDb::put_new_part`).
+    pub(super) fn put_new_part(&self, body: PutNewPart) -> Result<(), ApiError> {
+        let part = body.part;
+        self.complete_with(
+            &part.objectid.clone(),
+            body.receipts,
+            |upload, grace_ms, quorum, found| self.db.put_new_part(part.clone(), upload, grace_ms, quorum, found),
+            || self.db.put_part(part.clone()),
+        )
+    }
+
+    /// Completes upload `objectid` and records what names it in one durable write
+    /// (`together`, given what `finish_upload` takes). When the receipts do not make a
+    /// quorum, the upload is completed the slow way (`complete_upload` asks the nodes)
+    /// and then named (`after`); a refusal then deletes the object.
+    fn complete_with<T>(
+        &self,
+        objectid: &str,
+        receipts: Vec<Receipt>,
+        together: impl FnOnce(Option<NewUpload>, i64, usize, Vec<Confirmation>) -> Result<T, MetaError>,
+        after: impl FnOnce() -> Result<T, MetaError>,
+    ) -> Result<T, ApiError> {
+        let id = ObjectId::parse(objectid).map_err(ApiError::bad_request)?;
+        let found = self.confirmations(&id.to_string(), &receipts);
         let quorum = self.config.write_quorum.unwrap_or(usize::MAX);
-        let upload = self.new_upload(&id);
-        match self.db.put_new_entry(body.entry.clone(), upload, self.upload_grace_ms(), quorum, found) {
+        match together(self.new_upload(&id), self.upload_grace_ms(), quorum, found) {
             Err(MetaError::Unavailable(_)) => {}
             done => {
-                let replaced = done?;
+                let done = done?;
                 self.placements.remove(&id);
-                return Ok(replaced);
+                return Ok(done);
             }
         }
-        self.complete_upload(CompleteUpload { objectid: id.to_string(), receipts: body.receipts })?;
-        match self.db.put_entry(body.entry) {
-            Ok(replaced) => Ok(replaced),
+        self.complete_upload(CompleteUpload { objectid: id.to_string(), receipts })?;
+        match after() {
+            Ok(done) => Ok(done),
             Err(e) => {
                 if matches!(e, MetaError::NotFound(_) | MetaError::Conflict(_) | MetaError::Invalid(_)) {
                     let _ = self.db.delete_object(id);

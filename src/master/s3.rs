@@ -9,7 +9,7 @@ use crate::http::{self, ApiError, Reply};
 use crate::log;
 use crate::proto::s3::{
     AccessKeys, BucketRef, Buckets, CompleteParts, CreateKey, CreateUpload, Entry, EntryRef, Grant, KeyRef,
-    ListPartsRequest, ListRequest, ListUploadsRequest, PutNewEntry, Replaced, UploadPart, UploadRef,
+    ListPartsRequest, ListRequest, ListUploadsRequest, PutNewEntry, PutNewPart, Replaced, UploadPart, UploadRef,
 };
 use crate::proto::StatusOk;
 
@@ -39,6 +39,7 @@ pub enum S3Endpoint {
     ListEntries,
     CreateUpload,
     PutPart,
+    PutNewPart,
     CompleteUpload,
     AbortUpload,
     ListParts,
@@ -65,6 +66,7 @@ impl S3Endpoint {
             "/api/s3/objects/list" => S3Endpoint::ListEntries,
             "/api/s3/uploads/create" => S3Endpoint::CreateUpload,
             "/api/s3/uploads/part" => S3Endpoint::PutPart,
+            "/api/s3/uploads/part_new" => S3Endpoint::PutNewPart,
             "/api/s3/uploads/complete" => S3Endpoint::CompleteUpload,
             "/api/s3/uploads/abort" => S3Endpoint::AbortUpload,
             "/api/s3/uploads/parts" => S3Endpoint::ListParts,
@@ -171,6 +173,11 @@ impl MasterState {
             S3Endpoint::PutPart => {
                 let body: UploadPart = http::read_json(request, "a part")?;
                 self.db.put_part(body)?;
+                ok()
+            }
+            S3Endpoint::PutNewPart => {
+                let body: PutNewPart = http::read_json(request, r#"{"part": {...}, "receipts": [...]}"#)?;
+                self.put_new_part(body)?;
                 ok()
             }
             S3Endpoint::CompleteUpload => {

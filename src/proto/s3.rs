@@ -208,6 +208,16 @@ pub struct PutNewEntry {
     pub receipts: Vec<crate::proto::Receipt>,
 }
 
+/// `POST /api/s3/uploads/part_new`: an S3 UploadPart's one durable master write,
+/// completing the upload `part.objectid` from its datanodes' receipts and recording it as
+/// the part.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PutNewPart {
+    pub part: UploadPart,
+    #[serde(default)]
+    pub receipts: Vec<crate::proto::Receipt>,
+}
+
 /// The answer to `objects/put` and `objects/delete`: the object the key pointed at before,
 /// now scheduled for deletion.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

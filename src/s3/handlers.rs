@@ -49,14 +49,6 @@ impl Context<'_> {
     }
 }
 
-/// A request body stored as a new object.
-pub(super) struct Received {
-    pub uploaded: crate::client::Uploaded,
-    /// The body's MD5, hex.
-    pub etag: String,
-    pub checksum: Option<Checksum>,
-}
-
 pub(super) fn xml_reply(status: u16, body: Vec<u8>) -> Reply {
     http::bytes_reply(status, body, "application/xml")
 }
@@ -320,26 +312,10 @@ impl GatewayState {
     }
 
     /// Streams the request body into a new object through the datanode chain, checked
-    /// as it goes (`PayloadReader`), and completes it; returns the object, the body's
-    /// MD5 and the checksum kept with it (the client's, or `compute` over the body).
-    pub(super) fn receive_object(
-        &self,
-        context: &mut Context<'_>,
-        request: &mut tiny_http::Request,
-        compute: Option<ChecksumAlgorithm>,
-    ) -> Result<Received, S3Error> {
-        let (staged, etag, checksum) = self.stage_object(context, request, compute)?;
-        let id = staged.id;
-        let (uploaded, ()) = self
-            .client
-            .commit(staged, |receipts| self.client.complete_with_receipts(&id, receipts))
-            .map_err(|e| S3Error::backend(&e))?;
-        Ok(Received { etag, checksum, uploaded })
-    }
-
-    /// `receive_object` but for the completion: the copies stored and the body checked
-    /// whole, for the caller to complete (`Client::commit`); with the body's MD5 and
-    /// checksum.
+    /// as it goes (`PayloadReader`) and whole before anything is completed; returns the
+    /// staged upload, for the caller to complete with what names it (`Client::commit`),
+    /// the body's MD5 and the checksum kept with it (the client's, or `compute` over
+    /// the body).
     pub(super) fn stage_object(
         &self,
         context: &mut Context<'_>,

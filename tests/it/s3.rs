@@ -416,6 +416,18 @@ fn an_s3_put_costs_the_master_one_durable_write() {
     // A refused condition: 412, the key keeps its object.
     assert_eq!(as_key("s3.put_object(Bucket='wpb', Key='k0', Body=b'other', IfNoneMatch='*')"), "PreconditionFailed");
     assert_eq!(as_key("assert s3.get_object(Bucket='wpb', Key='k0')['Body'].read() == bytes([0]) * 4096"), "ok");
+
+    // UploadPart too: one write per part, beside the upload's create.
+    let parts = 10;
+    let before = master_writes(&m);
+    let multipart = format!(
+        "u = s3.create_multipart_upload(Bucket='wpb', Key='mp')['UploadId']; \
+         [s3.upload_part(Bucket='wpb', Key='mp', UploadId=u, PartNumber=i + 1, Body=bytes([i]) * 4096) \
+          for i in range({parts})]"
+    );
+    assert_eq!(as_key(&multipart), "ok");
+    let writes = master_writes(&m) - before;
+    assert!(writes <= (parts + 1 + 4) as f64, "{writes} metadata writes for an upload of {parts} parts");
 }
 
 #[test]

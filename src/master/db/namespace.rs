@@ -534,6 +534,39 @@ fn put_entry_in(conn: &Connection, entry: &Entry) -> MetaResult<Option<String>> 
     Ok(old.filter(|old| *old != entry.objectid))
 }
 
+/// Records object `id` as a part of its upload inside a write (see `MetaDb::put_part`).
+fn put_part_in(conn: &Connection, id: &str, part: &UploadPart) -> MetaResult<()> {
+    upload_row(conn, &part.upload_id, &part.bucket, &part.key)?;
+    let status: Option<(ObjectStatus, i64)> = conn
+        .prepare_cached("SELECT status, size FROM objects WHERE id = ?1")?
+        .query_row([id], |row| Ok((row.get(0)?, row.get(1)?)))
+        .optional()?;
+    if !matches!(status, Some((ObjectStatus::Complete, size)) if size as u64 == part.size) {
+        return Err(MetaError::Invalid(format!("object {id} is not a complete object of {} bytes", part.size)));
+    }
+    let old: Option<String> = conn
+        .prepare_cached("SELECT object_id FROM s3_parts WHERE upload_id = ?1 AND number = ?2")?
+        .query_row(params![part.upload_id, part.number], |row| row.get(0))
+        .optional()?;
+    conn.prepare_cached(
+        "INSERT OR REPLACE INTO s3_parts (upload_id, number, object_id, size, etag, checksum, modified_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        part.upload_id,
+        part.number,
+        id,
+        part.size as i64,
+        part.etag,
+        part.checksum.as_ref().map(to_json).transpose()?,
+        now_ms()
+    ])?;
+    if let Some(old) = old.filter(|old| *old != id) {
+        forget_if_live(conn, &old)?;
+    }
+    Ok(())
+}
+
 /// A page of uploads after one lower bound (`list_uploads`).
 const LIST_UPLOADS_SQL: &str = "SELECT key, id, created_at, checksum_algorithm FROM s3_uploads
      WHERE bucket = ?1 AND (key, created_at, id) > (?2, ?3, ?4) ORDER BY key, created_at, id LIMIT ?5";
@@ -637,36 +670,28 @@ impl MetaDb {
     /// whose object is deleted.
     pub fn put_part(&self, part: UploadPart) -> MetaResult<()> {
         let id = ObjectId::parse(&part.objectid).map_err(MetaError::Invalid)?.to_string();
+        self.write(move |conn| put_part_in(conn, &id, &part))
+    }
+
+    /// An S3 UploadPart's one durable write: completes upload `part.objectid` (as
+    /// `finish_upload` does, from the copies in `found`) and records it as the part (as
+    /// `put_part` does), in one transaction; the upload must exist. Asked again after a
+    /// lost answer, it is a no-op that succeeds, as both halves are. Not covered: a
+    /// retry arriving after another upload of the same part number replaced it, which
+    /// finds the object deleted and answers 404 although the part was stored.
+    pub fn put_new_part(
+        &self,
+        part: UploadPart,
+        upload: Option<NewUpload>,
+        grace_ms: i64,
+        quorum: usize,
+        found: Vec<Confirmation>,
+    ) -> MetaResult<()> {
+        let id = ObjectId::parse(&part.objectid).map_err(MetaError::Invalid)?.to_string();
         self.write(move |conn| {
             upload_row(conn, &part.upload_id, &part.bucket, &part.key)?;
-            let status: Option<(ObjectStatus, i64)> = conn
-                .prepare_cached("SELECT status, size FROM objects WHERE id = ?1")?
-                .query_row([&id], |row| Ok((row.get(0)?, row.get(1)?)))
-                .optional()?;
-            if !matches!(status, Some((ObjectStatus::Complete, size)) if size as u64 == part.size) {
-                return Err(MetaError::Invalid(format!("object {id} is not a complete object of {} bytes", part.size)));
-            }
-            let old: Option<String> = conn
-                .prepare_cached("SELECT object_id FROM s3_parts WHERE upload_id = ?1 AND number = ?2")?
-                .query_row(params![part.upload_id, part.number], |row| row.get(0))
-                .optional()?;
-            conn.prepare_cached(
-                "INSERT OR REPLACE INTO s3_parts (upload_id, number, object_id, size, etag, checksum, modified_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )?
-            .execute(params![
-                part.upload_id,
-                part.number,
-                id,
-                part.size as i64,
-                part.etag,
-                part.checksum.as_ref().map(to_json).transpose()?,
-                now_ms()
-            ])?;
-            if let Some(old) = old.filter(|old| *old != id) {
-                forget_if_live(conn, &old)?;
-            }
-            Ok(())
+            finish_in(conn, &id, upload, grace_ms, quorum, found)?;
+            put_part_in(conn, &id, &part)
         })
     }
 
