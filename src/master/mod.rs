@@ -1285,6 +1285,8 @@ mod tests {
             (Method::Get, "/api/objects/../../etc".into(), Err(400)),
             (Method::Get, "/api/unknown".into(), Err(404)),
             (Method::Post, "/api/s3/objects/put".into(), Ok(Endpoint::S3(s3::S3Endpoint::PutEntry))),
+            (Method::Post, "/api/s3/objects/put_new".into(), Ok(Endpoint::S3(s3::S3Endpoint::PutNewEntry))),
+            (Method::Post, "/api/s3/uploads/part_new".into(), Ok(Endpoint::S3(s3::S3Endpoint::PutNewPart))),
             (Method::Get, "/api/s3/keys".into(), Ok(Endpoint::S3(s3::S3Endpoint::ListKeys))),
             (Method::Get, "/api/s3/objects/put".into(), Err(405)),
             (Method::Post, "/api/s3/nothing".into(), Err(404)),
