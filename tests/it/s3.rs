@@ -434,7 +434,7 @@ fn an_s3_put_costs_the_master_one_durable_write() {
 fn an_s3_put_asked_again_after_a_lost_answer_is_not_refused_by_itself() {
     use aetherstore::client::Client;
     use aetherstore::proto::s3::Entry;
-    let s3 = setup("s3-put-again");
+    let mut s3 = setup("s3-put-again");
     let m = s3.cluster.master.url.clone();
     let client = Client::new(agent(), &m).with_token(Some(TOKEN.to_string()));
     client.create_bucket("again", &s3.keys[0].0).unwrap();
@@ -476,4 +476,13 @@ fn an_s3_put_asked_again_after_a_lost_answer_is_not_refused_by_itself() {
     let (status, _) = crate::cluster::api_get(&format!("{m}/api/objects/{other}")).unwrap();
     assert_eq!(status, 404, "a refused PUT completed its object");
     assert_eq!(client.entry("again", "k").unwrap().objectid, id.to_string());
+
+    // A master restart between the datanode PUT and the call: the id and the receipts
+    // prove themselves, and the call is asked again until the master is back.
+    let staged = client.stage(5, None, &mut || Ok(&b"later"[..])).unwrap();
+    let third = staged.id;
+    s3.cluster.restart_master();
+    let later = Entry { key: "after-restart".into(), ..entry(&third) };
+    client.commit(staged, |receipts| client.put_new_entry(&later, receipts)).unwrap();
+    assert_eq!(client.entry("again", "after-restart").unwrap().objectid, third.to_string());
 }
