@@ -630,21 +630,22 @@ impl GatewayState {
         let algorithm = source.checksum.as_ref().map_or(ChecksumAlgorithm::Crc64nvme, |c| c.algorithm);
         let mut reader =
             Md5Reader { inner: bytes, md5: md5::Digest::new(), sum: Some(super::checksum::Hasher::new(algorithm)) };
-        let uploaded = {
+        let staged = {
             let mut once = Some(&mut reader);
             let mut open = || once.take().ok_or_else(|| io::Error::other("the source cannot be read twice"));
-            self.client.upload(source.size, None, &mut open).map_err(|e| S3Error::backend(&e))?
+            self.client.stage(source.size, None, &mut open).map_err(|e| S3Error::backend(&e))?
         };
+        let id = staged.id;
         let etag = super::sigv4::hex(&md5::Digest::finalize(reader.md5.clone()));
         // A multipart source's ETag is not an MD5 of its bytes; a copy's is.
         if source.parts.is_empty() && etag != source.etag {
-            let _ = self.client.delete_object(&uploaded.id);
+            let _ = self.client.delete_object(&id);
             return Err(S3Error::internal(format!("the copy's MD5 {etag} is not the source's ETag {}", source.etag)));
         }
         let entry = Entry {
             bucket: bucket.to_string(),
             key: key.to_string(),
-            objectid: uploaded.id.to_string(),
+            objectid: id.to_string(),
             size: source.size,
             etag: etag.clone(),
             content_type,
@@ -655,8 +656,11 @@ impl GatewayState {
             parts: Vec::new(),
             checksum: reader.sum.as_ref().map(super::checksum::Hasher::checksum),
         };
-        if let Err(e) = self.client.put_entry(&entry) {
-            let _ = self.client.delete_object(&uploaded.id);
+        // One durable master write, as for PutObject.
+        if let Err(e) = self.client.commit(staged, |receipts| self.client.put_new_entry(&entry, receipts)) {
+            if matches!(e.status(), Some(400 | 404 | 409)) {
+                let _ = self.client.delete_object(&id);
+            }
             return Err(S3Error::backend(&e));
         }
         let written = self.client.entry(bucket, key).map(|e| e.modified_ms).unwrap_or_default();

@@ -417,6 +417,17 @@ fn an_s3_put_costs_the_master_one_durable_write() {
     assert_eq!(as_key("s3.put_object(Bucket='wpb', Key='k0', Body=b'other', IfNoneMatch='*')"), "PreconditionFailed");
     assert_eq!(as_key("assert s3.get_object(Bucket='wpb', Key='k0')['Body'].read() == bytes([0]) * 4096"), "ok");
 
+    // CopyObject too.
+    let before = master_writes(&m);
+    let copies = format!(
+        "[s3.copy_object(Bucket='wpb', Key=f'copy{{i}}', CopySource={{'Bucket': 'wpb', 'Key': f'k{{i}}'}}) \
+          for i in range({n})]"
+    );
+    assert_eq!(as_key(&copies), "ok");
+    let writes = master_writes(&m) - before;
+    assert!(writes <= (n + 4) as f64, "{writes} metadata writes for {n} copies");
+    assert_eq!(as_key("assert s3.get_object(Bucket='wpb', Key='copy7')['Body'].read() == bytes([7]) * 4096"), "ok");
+
     // UploadPart too: one write per part, beside the upload's create.
     let parts = 10;
     let before = master_writes(&m);
