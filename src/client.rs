@@ -189,6 +189,15 @@ pub struct Client {
     locations: Arc<Locations>,
 }
 
+/// An upload whose copies are stored but not yet completed (`Client::stage`).
+#[derive(Debug)]
+pub struct Staged {
+    pub id: ObjectId,
+    pub len: u64,
+    source: Option<Checksum>,
+    stored: Vec<ReplicaResult>,
+}
+
 /// What an upload achieved: the object id and every node's result.
 #[derive(Debug, Clone)]
 pub struct Uploaded {
@@ -371,6 +380,21 @@ impl Client {
         replication: Option<usize>,
         open: &mut dyn FnMut() -> io::Result<R>,
     ) -> Result<Uploaded, ClientError> {
+        let staged = self.stage(len, replication, open)?;
+        let id = staged.id;
+        let (uploaded, ()) = self.commit(staged, |receipts| self.complete_with_receipts(&id, receipts))?;
+        Ok(uploaded)
+    }
+
+    /// The first half of `upload`: the bytes stored on the datanodes, nothing completed
+    /// yet; `commit` completes it (alone, or in a write of its own, as the S3 gateway's
+    /// PUT does with its key).
+    pub fn stage<R: Read>(
+        &self,
+        len: u64,
+        replication: Option<usize>,
+        open: &mut dyn FnMut() -> io::Result<R>,
+    ) -> Result<Staged, ClientError> {
         let placement = self.retrying(|| self.init_upload(len, replication))?;
         let id = ObjectId::parse(&placement.objectid)
             .map_err(|message| ClientError::Protocol { url: self.master.clone(), message })?;
@@ -448,13 +472,25 @@ impl Client {
             each.reverse();
             return Err(ClientError::NoReplica { message: format!("no datanode stored {id} ({})", each.join("; ")) });
         }
+        Ok(Staged { id, len, source, stored })
+    }
+
+    /// Completes a staged upload with `complete` (given the receipts of its copies;
+    /// asked again while the master's answer is lost, so it must be idempotent); returns
+    /// the upload and what `complete` answered.
+    pub fn commit<T>(
+        &self,
+        staged: Staged,
+        mut complete: impl FnMut(Vec<Receipt>) -> Result<T, ClientError>,
+    ) -> Result<(Uploaded, T), ClientError> {
+        let Staged { id, len, source, stored } = staged;
         let receipts: Vec<Receipt> = stored
             .iter()
             .filter(|r| r.status == 201)
             .filter_map(|r| r.receipt.clone())
             .filter(|r| r.size == len && source == Some(r.checksum))
             .collect();
-        self.retrying(|| self.complete_with_receipts(&id, receipts.clone())).map_err(|e| match e {
+        let answer = self.retrying(|| complete(receipts.clone())).map_err(|e| match e {
             ClientError::Api { url, status, message } => {
                 let outcome: Vec<String> = stored
                     .iter()
@@ -476,7 +512,7 @@ impl Client {
         })?;
         let replicas = stored.iter().filter(|r| r.status == 201 || r.status == 409).map(|r| r.node.clone()).collect();
         self.locations.insert(id, Location { replicas, size: len, checksum: source });
-        Ok(Uploaded { id, size: len, checksum: source.unwrap_or_default(), replicas: stored })
+        Ok((Uploaded { id, size: len, checksum: source.unwrap_or_default(), replicas: stored }, answer))
     }
 
     /// Asks the master again, with backoff and for a bounded time, when its answer is

@@ -5,10 +5,10 @@ use std::io::Read;
 use super::{from_ureq, Client, ClientError};
 use crate::proto::s3::{
     Access, AccessKey, AccessKeys, Bucket, BucketRef, Buckets, CompleteParts, CreateKey, CreateUpload, Entry, EntryRef,
-    Grant, KeyRef, ListPage, ListPartsRequest, ListRequest, ListUploadsRequest, PartsPage, Replaced, UploadPart,
-    UploadRef, UploadsPage,
+    Grant, KeyRef, ListPage, ListPartsRequest, ListRequest, ListUploadsRequest, PartsPage, PutNewEntry, PutNewPart,
+    Replaced, UploadPart, UploadRef, UploadsPage,
 };
-use crate::proto::{ObjectId, StatusOk};
+use crate::proto::{ObjectId, Receipt, StatusOk};
 
 impl Client {
     pub fn create_access_key(&self, name: &str) -> Result<AccessKey, ClientError> {
@@ -67,6 +67,15 @@ impl Client {
         Ok(replaced.replaced)
     }
 
+    /// An S3 PUT's one master write: completes the staged upload `entry.objectid` from
+    /// its copies' `receipts` and points the key at it (idempotent: see
+    /// `MetaDb::put_new_entry`).
+    pub fn put_new_entry(&self, entry: &Entry, receipts: Vec<Receipt>) -> Result<Option<String>, ClientError> {
+        let body = PutNewEntry { entry: entry.clone(), receipts };
+        let replaced: Replaced = self.post("/api/s3/objects/put_new", &body)?;
+        Ok(replaced.replaced)
+    }
+
     pub fn delete_entry(&self, bucket: &str, key: &str) -> Result<Option<String>, ClientError> {
         let replaced: Replaced =
             self.post("/api/s3/objects/delete", &EntryRef { bucket: bucket.to_string(), key: key.to_string() })?;
@@ -83,6 +92,14 @@ impl Client {
 
     pub fn put_part(&self, part: &UploadPart) -> Result<(), ClientError> {
         let _: StatusOk = self.post("/api/s3/uploads/part", part)?;
+        Ok(())
+    }
+
+    /// An S3 UploadPart's one master write: completes the staged upload `part.objectid`
+    /// from its copies' `receipts` and records it as the part (idempotent).
+    pub fn put_new_part(&self, part: &UploadPart, receipts: Vec<Receipt>) -> Result<(), ClientError> {
+        let body = PutNewPart { part: part.clone(), receipts };
+        let _: StatusOk = self.post("/api/s3/uploads/part_new", &body)?;
         Ok(())
     }
 

@@ -34,9 +34,10 @@ use crate::http::{self, ApiError, Handled, HttpServer, Reply};
 use crate::lock::DataDirLock;
 use crate::log;
 use crate::node_client::{NodeClient, Registry};
+use crate::proto::s3::{PutNewEntry, PutNewPart};
 use crate::proto::{
     normalize_address, validate_node_id, ChainSignature, ClusterStatus, CompleteUpload, DrainStatus, Health, Heartbeat,
-    InitUpload, Inventory, NodeCommands, NodeInfo, NodeList, ObjectId, ObjectInfo, Placement, RegisterNode,
+    InitUpload, Inventory, NodeCommands, NodeInfo, NodeList, ObjectId, ObjectInfo, Placement, Receipt, RegisterNode,
     ReplaceNodes, ReplicaInfo, ReplicaReport, StatusOk,
 };
 use db::{Candidate, Confirmation, Counts, Drain, MetaDb, MetaError, NewUpload, Registered};
@@ -1016,6 +1017,74 @@ impl MasterState {
         })
     }
 
+    /// The copies that receipts vouch for: each signed by a member node for this object.
+    fn confirmations(&self, canonical: &str, receipts: &[Receipt]) -> Vec<Confirmation> {
+        let token = self.config.cluster_token.as_deref();
+        receipts
+            .iter()
+            .filter(|r| self.membership.get(&r.node).is_some() && r.verify(token, canonical))
+            .map(|r| Confirmation { node_id: r.node.clone(), size: r.size, checksum: r.checksum })
+            .collect()
+    }
+
+    /// An S3 PUT: completes its upload and points the key at it in one durable write
+    /// (`MetaDb::put_new_entry`).
+    pub(super) fn put_new_entry(&self, body: PutNewEntry) -> Result<Option<String>, ApiError> {
+        let entry = body.entry;
+        self.complete_with(
+            &entry.objectid.clone(),
+            body.receipts,
+            |upload, grace_ms, quorum, found| self.db.put_new_entry(entry.clone(), upload, grace_ms, quorum, found),
+            || self.db.put_entry(entry.clone()),
+        )
+    }
+
+    /// An S3 UploadPart: completes its upload and records it as the part in one durable
+    /// write (`MetaDb::put_new_part`).
+    pub(super) fn put_new_part(&self, body: PutNewPart) -> Result<(), ApiError> {
+        let part = body.part;
+        self.complete_with(
+            &part.objectid.clone(),
+            body.receipts,
+            |upload, grace_ms, quorum, found| self.db.put_new_part(part.clone(), upload, grace_ms, quorum, found),
+            || self.db.put_part(part.clone()),
+        )
+    }
+
+    /// Completes upload `objectid` and records what names it in one durable write
+    /// (`together`, given what `finish_upload` takes). When the receipts do not make a
+    /// quorum, the upload is completed the slow way (`complete_upload` asks the nodes)
+    /// and then named (`after`); a refusal then deletes the object.
+    fn complete_with<T>(
+        &self,
+        objectid: &str,
+        receipts: Vec<Receipt>,
+        together: impl FnOnce(Option<NewUpload>, i64, usize, Vec<Confirmation>) -> Result<T, MetaError>,
+        after: impl FnOnce() -> Result<T, MetaError>,
+    ) -> Result<T, ApiError> {
+        let id = ObjectId::parse(objectid).map_err(ApiError::bad_request)?;
+        let found = self.confirmations(&id.to_string(), &receipts);
+        let quorum = self.config.write_quorum.unwrap_or(usize::MAX);
+        match together(self.new_upload(&id), self.upload_grace_ms(), quorum, found) {
+            Err(MetaError::Unavailable(_)) => {}
+            done => {
+                let done = done?;
+                self.placements.remove(&id);
+                return Ok(done);
+            }
+        }
+        self.complete_upload(CompleteUpload { objectid: id.to_string(), receipts })?;
+        match after() {
+            Ok(done) => Ok(done),
+            Err(e) => {
+                if matches!(e, MetaError::NotFound(_) | MetaError::Conflict(_) | MetaError::Invalid(_)) {
+                    let _ = self.db.delete_object(id);
+                }
+                Err(e.into())
+            }
+        }
+    }
+
     /// Completes an upload once enough replicas are confirmed, in one durable write.
     /// Receipts signed by the datanodes usually suffice. Otherwise replicas no datanode
     /// has vouched for yet (the seed's `complete` without receipts, a node without
@@ -1025,13 +1094,7 @@ impl MasterState {
     fn complete_upload(&self, body: CompleteUpload) -> Result<Reply, ApiError> {
         let id = ObjectId::parse(&body.objectid).map_err(ApiError::bad_request)?;
         let canonical = id.to_string();
-        let token = self.config.cluster_token.as_deref();
-        let mut found: Vec<Confirmation> = body
-            .receipts
-            .iter()
-            .filter(|r| self.membership.get(&r.node).is_some() && r.verify(token, &canonical))
-            .map(|r| Confirmation { node_id: r.node.clone(), size: r.size, checksum: r.checksum })
-            .collect();
+        let mut found = self.confirmations(&canonical, &body.receipts);
         let upload = self.new_upload(&id);
         // Without a configured write quorum, every placed replica is needed.
         let quorum = self.config.write_quorum.unwrap_or(usize::MAX);
@@ -1222,6 +1285,8 @@ mod tests {
             (Method::Get, "/api/objects/../../etc".into(), Err(400)),
             (Method::Get, "/api/unknown".into(), Err(404)),
             (Method::Post, "/api/s3/objects/put".into(), Ok(Endpoint::S3(s3::S3Endpoint::PutEntry))),
+            (Method::Post, "/api/s3/objects/put_new".into(), Ok(Endpoint::S3(s3::S3Endpoint::PutNewEntry))),
+            (Method::Post, "/api/s3/uploads/part_new".into(), Ok(Endpoint::S3(s3::S3Endpoint::PutNewPart))),
             (Method::Get, "/api/s3/keys".into(), Ok(Endpoint::S3(s3::S3Endpoint::ListKeys))),
             (Method::Get, "/api/s3/objects/put".into(), Err(405)),
             (Method::Post, "/api/s3/nothing".into(), Err(404)),

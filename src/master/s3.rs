@@ -9,7 +9,7 @@ use crate::http::{self, ApiError, Reply};
 use crate::log;
 use crate::proto::s3::{
     AccessKeys, BucketRef, Buckets, CompleteParts, CreateKey, CreateUpload, Entry, EntryRef, Grant, KeyRef,
-    ListPartsRequest, ListRequest, ListUploadsRequest, Replaced, UploadPart, UploadRef,
+    ListPartsRequest, ListRequest, ListUploadsRequest, PutNewEntry, PutNewPart, Replaced, UploadPart, UploadRef,
 };
 use crate::proto::StatusOk;
 
@@ -34,10 +34,12 @@ pub enum S3Endpoint {
     DeleteBucket,
     GetEntry,
     PutEntry,
+    PutNewEntry,
     DeleteEntry,
     ListEntries,
     CreateUpload,
     PutPart,
+    PutNewPart,
     CompleteUpload,
     AbortUpload,
     ListParts,
@@ -59,10 +61,12 @@ impl S3Endpoint {
             "/api/s3/buckets/delete" => S3Endpoint::DeleteBucket,
             "/api/s3/objects/get" => S3Endpoint::GetEntry,
             "/api/s3/objects/put" => S3Endpoint::PutEntry,
+            "/api/s3/objects/put_new" => S3Endpoint::PutNewEntry,
             "/api/s3/objects/delete" => S3Endpoint::DeleteEntry,
             "/api/s3/objects/list" => S3Endpoint::ListEntries,
             "/api/s3/uploads/create" => S3Endpoint::CreateUpload,
             "/api/s3/uploads/part" => S3Endpoint::PutPart,
+            "/api/s3/uploads/part_new" => S3Endpoint::PutNewPart,
             "/api/s3/uploads/complete" => S3Endpoint::CompleteUpload,
             "/api/s3/uploads/abort" => S3Endpoint::AbortUpload,
             "/api/s3/uploads/parts" => S3Endpoint::ListParts,
@@ -145,6 +149,11 @@ impl MasterState {
                 let replaced = self.db.put_entry(body)?;
                 Ok(http::json_reply(200, &Replaced { replaced }))
             }
+            S3Endpoint::PutNewEntry => {
+                let body: PutNewEntry = http::read_json(request, r#"{"entry": {...}, "receipts": [...]}"#)?;
+                let replaced = self.put_new_entry(body)?;
+                Ok(http::json_reply(200, &Replaced { replaced }))
+            }
             S3Endpoint::DeleteEntry => {
                 let body: EntryRef = http::read_json(request, r#"{"bucket": "name", "key": "a/b"}"#)?;
                 let replaced = self.db.delete_entry(&body.bucket, &body.key)?;
@@ -164,6 +173,11 @@ impl MasterState {
             S3Endpoint::PutPart => {
                 let body: UploadPart = http::read_json(request, "a part")?;
                 self.db.put_part(body)?;
+                ok()
+            }
+            S3Endpoint::PutNewPart => {
+                let body: PutNewPart = http::read_json(request, r#"{"part": {...}, "receipts": [...]}"#)?;
+                self.put_new_part(body)?;
                 ok()
             }
             S3Endpoint::CompleteUpload => {

@@ -199,6 +199,25 @@ pub struct CompleteParts {
     pub if_match: Option<String>,
 }
 
+/// `POST /api/s3/objects/put_new`: an S3 PUT's one durable master write, completing the
+/// upload `entry.objectid` from its datanodes' receipts and pointing the key at it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PutNewEntry {
+    pub entry: Entry,
+    #[serde(default)]
+    pub receipts: Vec<crate::proto::Receipt>,
+}
+
+/// `POST /api/s3/uploads/part_new`: an S3 UploadPart's one durable master write,
+/// completing the upload `part.objectid` from its datanodes' receipts and recording it as
+/// the part.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PutNewPart {
+    pub part: UploadPart,
+    #[serde(default)]
+    pub receipts: Vec<crate::proto::Receipt>,
+}
+
 /// The answer to `objects/put` and `objects/delete`: the object the key pointed at before,
 /// now scheduled for deletion.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -14,7 +14,7 @@ use super::body::{Expected, Payload, PayloadReader};
 use super::error::S3Error;
 use super::router::{validate_bucket_name, Operation};
 use super::{xml, GatewayState};
-use crate::client::ClientError;
+use crate::client::{ClientError, Staged};
 use crate::http::{self, Reply};
 use crate::log;
 use crate::proto::s3::{Access, Checksum, ChecksumAlgorithm, Entry, ListRequest};
@@ -47,14 +47,6 @@ impl Context<'_> {
     fn key_id(&self) -> &str {
         &self.signer.key.id
     }
-}
-
-/// A request body stored as a new object.
-pub(super) struct Received {
-    pub uploaded: crate::client::Uploaded,
-    /// The body's MD5, hex.
-    pub etag: String,
-    pub checksum: Option<Checksum>,
 }
 
 pub(super) fn xml_reply(status: u16, body: Vec<u8>) -> Reply {
@@ -281,14 +273,13 @@ impl GatewayState {
         let content_type = context.header("content-type").map(str::to_string);
         let (if_none_match, if_match) = write_conditions(context)?;
         // S3 keeps a CRC64NVME with every object whose client sent no checksum.
-        let Received { uploaded, etag, checksum } =
-            self.receive_object(context, request, Some(ChecksumAlgorithm::Crc64nvme))?;
-        let length = uploaded.size;
+        let (staged, etag, checksum) = self.stage_object(context, request, Some(ChecksumAlgorithm::Crc64nvme))?;
+        let id = staged.id;
         let entry = Entry {
             bucket: bucket.to_string(),
             key: key.to_string(),
-            objectid: uploaded.id.to_string(),
-            size: length,
+            objectid: id.to_string(),
+            size: staged.len,
             etag: etag.clone(),
             content_type,
             metadata,
@@ -298,29 +289,39 @@ impl GatewayState {
             parts: Vec::new(),
             checksum,
         };
-        if let Err(e) = self.client.put_entry(&entry) {
-            // The object no key points at goes the way of any deleted object.
-            let _ = self.client.delete_object(&uploaded.id);
+        // One durable master write: the upload's completion and the key together.
+        let put = self.client.commit(staged, |receipts| self.client.put_new_entry(&entry, receipts));
+        if let Err(e) = put {
             return Err(match e.status() {
-                Some(404) if entry.if_match.is_some() && !e.reason().contains("bucket") => no_such_key(key),
-                Some(404) => no_such_bucket(bucket),
-                Some(409) => precondition_failed(&e.reason()),
+                Some(status @ (400 | 404 | 409)) => {
+                    // Refused: nothing was completed, and the copies go now rather than
+                    // after the upload grace. (An unknown outcome deletes nothing.)
+                    let _ = self.client.delete_object(&id);
+                    match status {
+                        404 if entry.if_match.is_some() && !e.reason().contains("bucket") => no_such_key(key),
+                        404 if e.reason().contains("bucket") => no_such_bucket(bucket),
+                        409 if e.reason().contains("precondition") => precondition_failed(&e.reason()),
+                        _ => S3Error::backend(&e),
+                    }
+                }
                 _ => S3Error::backend(&e),
             });
         }
-        log::debug("s3", &format!("{bucket}/{key} is object {} ({length} bytes)", uploaded.id));
+        log::debug("s3", &format!("{bucket}/{key} is object {id} ({} bytes)", entry.size));
         Ok(etag_reply(&etag, entry.checksum.as_ref()))
     }
 
     /// Streams the request body into a new object through the datanode chain, checked
-    /// as it goes (`PayloadReader`); returns the object, the body's MD5 and the checksum
-    /// kept with it (the client's, or `compute` over the body).
-    pub(super) fn receive_object(
+    /// as it goes (`PayloadReader`) and whole before anything is completed; returns the
+    /// staged upload, for the caller to complete with what names it (`Client::commit`),
+    /// the body's MD5 and the checksum kept with it (the client's, or `compute` over
+    /// the body).
+    pub(super) fn stage_object(
         &self,
         context: &mut Context<'_>,
         request: &mut tiny_http::Request,
         compute: Option<ChecksumAlgorithm>,
-    ) -> Result<Received, S3Error> {
+    ) -> Result<(Staged, String, Option<Checksum>), S3Error> {
         let chunked = context.signer.payload.is_chunked();
         let length_header = if chunked { "x-amz-decoded-content-length" } else { "content-length" };
         let length: u64 = context
@@ -334,28 +335,28 @@ impl GatewayState {
         let expected = self.expected_checksums(context, compute)?;
         let payload = std::mem::replace(&mut context.signer.payload, Payload::Unsigned);
         let mut body = PayloadReader::new(request.as_reader(), payload, expected, length);
-        let uploaded = {
+        let staged = {
             let mut once = Some(&mut body);
             let mut open = || -> io::Result<&mut PayloadReader<'_>> {
                 once.take().ok_or_else(|| io::Error::other("the request body cannot be sent twice"))
             };
-            self.client.upload(length, None, &mut open)
+            self.client.stage(length, None, &mut open)
         };
-        let uploaded = match uploaded {
+        let staged = match staged {
             // Every byte went out, so every check ran; `finish` only reads the framing
-            // of an empty body.
-            Ok(uploaded) => {
+            // of an empty body. A body that fails it is never completed.
+            Ok(staged) => {
                 if let Err(e) = body.finish() {
-                    let _ = self.client.delete_object(&uploaded.id);
+                    let _ = self.client.delete_object(&staged.id);
                     return Err(e);
                 }
-                uploaded
+                staged
             }
             // A body that failed a check says why; else the cluster failed, and the rest
             // of the body is not worth reading.
             Err(e) => return Err(body.failure.take().unwrap_or_else(|| S3Error::backend(&e))),
         };
-        Ok(Received { etag: body.etag(), checksum: body.checksum(), uploaded })
+        Ok((staged, body.etag(), body.checksum()))
     }
 
     /// What the body must match: a checksum header (one at most, well formed), a
@@ -629,21 +630,22 @@ impl GatewayState {
         let algorithm = source.checksum.as_ref().map_or(ChecksumAlgorithm::Crc64nvme, |c| c.algorithm);
         let mut reader =
             Md5Reader { inner: bytes, md5: md5::Digest::new(), sum: Some(super::checksum::Hasher::new(algorithm)) };
-        let uploaded = {
+        let staged = {
             let mut once = Some(&mut reader);
             let mut open = || once.take().ok_or_else(|| io::Error::other("the source cannot be read twice"));
-            self.client.upload(source.size, None, &mut open).map_err(|e| S3Error::backend(&e))?
+            self.client.stage(source.size, None, &mut open).map_err(|e| S3Error::backend(&e))?
         };
+        let id = staged.id;
         let etag = super::sigv4::hex(&md5::Digest::finalize(reader.md5.clone()));
         // A multipart source's ETag is not an MD5 of its bytes; a copy's is.
         if source.parts.is_empty() && etag != source.etag {
-            let _ = self.client.delete_object(&uploaded.id);
+            let _ = self.client.delete_object(&id);
             return Err(S3Error::internal(format!("the copy's MD5 {etag} is not the source's ETag {}", source.etag)));
         }
         let entry = Entry {
             bucket: bucket.to_string(),
             key: key.to_string(),
-            objectid: uploaded.id.to_string(),
+            objectid: id.to_string(),
             size: source.size,
             etag: etag.clone(),
             content_type,
@@ -654,8 +656,11 @@ impl GatewayState {
             parts: Vec::new(),
             checksum: reader.sum.as_ref().map(super::checksum::Hasher::checksum),
         };
-        if let Err(e) = self.client.put_entry(&entry) {
-            let _ = self.client.delete_object(&uploaded.id);
+        // One durable master write, as for PutObject.
+        if let Err(e) = self.client.commit(staged, |receipts| self.client.put_new_entry(&entry, receipts)) {
+            if matches!(e.status(), Some(400 | 404 | 409)) {
+                let _ = self.client.delete_object(&id);
+            }
             return Err(S3Error::backend(&e));
         }
         let written = self.client.entry(bucket, key).map(|e| e.modified_ms).unwrap_or_default();

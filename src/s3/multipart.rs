@@ -8,7 +8,7 @@ use super::checksum::{self, Hasher};
 use super::error::S3Error;
 use super::handlers::{
     empty_reply, etag_reply, no_such_key, number_param, parse_copy_range, precondition_failed, url_encoding,
-    write_conditions, xml_reply, Context, Md5Reader, Received,
+    write_conditions, xml_reply, Context, Md5Reader,
 };
 use super::{xml, GatewayState};
 use crate::client::{Client, ClientError};
@@ -177,19 +177,24 @@ impl GatewayState {
                 ));
             }
         }
-        let Received { uploaded, etag, checksum } = self.receive_object(context, request, algorithm)?;
+        let (staged, etag, checksum) = self.stage_object(context, request, algorithm)?;
+        let id = staged.id;
         let part = UploadPart {
             upload_id,
             bucket: bucket.to_string(),
             key: key.to_string(),
             number,
-            objectid: uploaded.id.to_string(),
-            size: uploaded.size,
+            objectid: id.to_string(),
+            size: staged.len,
             etag: etag.clone(),
             checksum,
         };
-        if let Err(e) = self.client.put_part(&part) {
-            let _ = self.client.delete_object(&uploaded.id);
+        // One durable master write: the upload's completion and the part together.
+        if let Err(e) = self.client.commit(staged, |receipts| self.client.put_new_part(&part, receipts)) {
+            // A refusal completed nothing; an unknown outcome deletes nothing.
+            if matches!(e.status(), Some(400 | 404 | 409)) {
+                let _ = self.client.delete_object(&id);
+            }
             return Err(upload_error(&e));
         }
         Ok(etag_reply(&etag, part.checksum.as_ref()))

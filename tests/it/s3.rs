@@ -379,3 +379,121 @@ impl Drop for KillOnDrop {
         }
     }
 }
+
+/// The master's durable writes so far (its commit-batch histogram's sum).
+fn master_writes(master: &str) -> f64 {
+    let text = agent().get(&format!("{master}/metrics")).call().unwrap().into_string().unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("aether_master_db_commit_batch_size_sum "))
+        .unwrap_or_else(|| panic!("no commit-batch histogram in:\n{text}"));
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn an_s3_put_costs_the_master_one_durable_write() {
+    if !have_tool("python3", &["-c", "import boto3"], "pip install boto3") {
+        return;
+    }
+    let s3 = setup("s3-one-write");
+    let m = s3.cluster.master.url.clone();
+    let main = &s3.keys[0];
+    let as_key = |call: &str| boto3_call(&s3.gateway.url, main, call);
+    assert_eq!(as_key("s3.create_bucket(Bucket='wpb')"), "ok");
+    // A first PUT, so that every node has registered and reported before counting.
+    assert_eq!(as_key("s3.put_object(Bucket='wpb', Key='first', Body=b'x')"), "ok");
+    let n = 30;
+    let before = master_writes(&m);
+    let puts = format!("[s3.put_object(Bucket='wpb', Key=f'k{{i}}', Body=bytes([i]) * 4096) for i in range({n})]");
+    assert_eq!(as_key(&puts), "ok");
+    let writes = master_writes(&m) - before;
+    // Two per PUT before (the upload's complete, then the key); background work (the
+    // maintenance loop's expiry every 10 s) adds a few at most.
+    assert!(writes <= (n + 4) as f64, "{writes} metadata writes for {n} S3 PUTs");
+    let check =
+        format!("assert s3.get_object(Bucket='wpb', Key='k{}')['Body'].read() == bytes([{}]) * 4096", n - 1, n - 1);
+    assert_eq!(as_key(&check), "ok");
+    // A refused condition: 412, the key keeps its object.
+    assert_eq!(as_key("s3.put_object(Bucket='wpb', Key='k0', Body=b'other', IfNoneMatch='*')"), "PreconditionFailed");
+    assert_eq!(as_key("assert s3.get_object(Bucket='wpb', Key='k0')['Body'].read() == bytes([0]) * 4096"), "ok");
+
+    // CopyObject too.
+    let before = master_writes(&m);
+    let copies = format!(
+        "[s3.copy_object(Bucket='wpb', Key=f'copy{{i}}', CopySource={{'Bucket': 'wpb', 'Key': f'k{{i}}'}}) \
+          for i in range({n})]"
+    );
+    assert_eq!(as_key(&copies), "ok");
+    let writes = master_writes(&m) - before;
+    assert!(writes <= (n + 4) as f64, "{writes} metadata writes for {n} copies");
+    assert_eq!(as_key("assert s3.get_object(Bucket='wpb', Key='copy7')['Body'].read() == bytes([7]) * 4096"), "ok");
+
+    // UploadPart too: one write per part, beside the upload's create.
+    let parts = 10;
+    let before = master_writes(&m);
+    let multipart = format!(
+        "u = s3.create_multipart_upload(Bucket='wpb', Key='mp')['UploadId']; \
+         [s3.upload_part(Bucket='wpb', Key='mp', UploadId=u, PartNumber=i + 1, Body=bytes([i]) * 4096) \
+          for i in range({parts})]"
+    );
+    assert_eq!(as_key(&multipart), "ok");
+    let writes = master_writes(&m) - before;
+    assert!(writes <= (parts + 1 + 4) as f64, "{writes} metadata writes for an upload of {parts} parts");
+}
+
+#[test]
+fn an_s3_put_asked_again_after_a_lost_answer_is_not_refused_by_itself() {
+    use aetherstore::client::Client;
+    use aetherstore::proto::s3::Entry;
+    let mut s3 = setup("s3-put-again");
+    let m = s3.cluster.master.url.clone();
+    let client = Client::new(agent(), &m).with_token(Some(TOKEN.to_string()));
+    client.create_bucket("again", &s3.keys[0].0).unwrap();
+    let entry = |id: &aetherstore::proto::ObjectId| Entry {
+        bucket: "again".into(),
+        key: "k".into(),
+        objectid: id.to_string(),
+        size: 5,
+        etag: "e".into(),
+        content_type: None,
+        metadata: Default::default(),
+        modified_ms: 0,
+        if_none_match: true,
+        if_match: None,
+        parts: Vec::new(),
+        checksum: None,
+    };
+    let staged = client.stage(5, None, &mut || Ok(&b"hello"[..])).unwrap();
+    let id = staged.id;
+    let mut calls = 0;
+    let (_, replaced) = client
+        .commit(staged, |receipts| {
+            calls += 1;
+            let first = client.put_new_entry(&entry(&id), receipts.clone())?;
+            // The same call again, as after a lost answer: the PUT took effect, so it
+            // succeeds, although the key exists and the PUT says If-None-Match: *.
+            let again = client.put_new_entry(&entry(&id), receipts);
+            assert!(again.is_ok(), "{again:?}");
+            Ok(first)
+        })
+        .unwrap();
+    assert_eq!((calls, replaced), (1, None));
+    assert_eq!(client.entry("again", "k").unwrap().objectid, id.to_string());
+    // Another upload under If-None-Match: refused, and it leaves no object behind.
+    let staged = client.stage(5, None, &mut || Ok(&b"world"[..])).unwrap();
+    let other = staged.id;
+    let refused = client.commit(staged, |receipts| client.put_new_entry(&entry(&other), receipts));
+    assert_eq!(refused.map(|_| ()).unwrap_err().status(), Some(409));
+    let (status, _) = crate::cluster::api_get(&format!("{m}/api/objects/{other}")).unwrap();
+    assert_eq!(status, 404, "a refused PUT completed its object");
+    assert_eq!(client.entry("again", "k").unwrap().objectid, id.to_string());
+
+    // A master restart between the datanode PUT and the call: the id and the receipts
+    // prove themselves, and the call is asked again until the master is back.
+    let staged = client.stage(5, None, &mut || Ok(&b"later"[..])).unwrap();
+    let third = staged.id;
+    s3.cluster.restart_master();
+    let later = Entry { key: "after-restart".into(), ..entry(&third) };
+    client.commit(staged, |receipts| client.put_new_entry(&later, receipts)).unwrap();
+    assert_eq!(client.entry("again", "after-restart").unwrap().objectid, third.to_string());
+}

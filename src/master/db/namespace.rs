@@ -9,7 +9,10 @@ use std::collections::BTreeMap;
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
-use super::{forget_object, now_ms, object_status, MetaDb, MetaError, MetaResult, ObjectStatus};
+use super::uploads::finish_in;
+use super::{
+    forget_object, now_ms, object_status, Confirmation, MetaDb, MetaError, MetaResult, NewUpload, ObjectStatus,
+};
 use crate::proto::s3::{
     Access, AccessKey, Bucket, Checksum, ChecksumAlgorithm, CompleteParts, CreateUpload, Entry, ListPage,
     ListPartsRequest, ListRequest, ListUploadsRequest, PartInfo, PartObject, PartsPage, UploadInfo, UploadPart,
@@ -347,40 +350,42 @@ impl MetaDb {
         let id = ObjectId::parse(&entry.objectid).map_err(MetaError::Invalid)?.to_string();
         entry.objectid = id;
         entry.modified_ms = now_ms();
+        self.write(move |conn| put_entry_in(conn, &entry))
+    }
+
+    /// An S3 PUT's one durable write: completes upload `entry.objectid` (as
+    /// `finish_upload` does, from the copies in `found`) and points `entry.key` at it (as
+    /// `put_entry` does, conditions included), in one transaction. A refused condition
+    /// leaves nothing: the copies are then an abandoned upload, which inventories
+    /// collect after the grace (or the gateway deletes at once).
+    ///
+    /// Asked again after a lost answer, it succeeds without writing when the key already
+    /// points at this upload's object: only the PUT that uploaded it knows its id, so
+    /// the first attempt took effect (a conditional PUT is not refused by its own
+    /// write). Not covered: a retry arriving after another writer replaced the key, which
+    /// finds the object deleted and answers 404 although the PUT took effect.
+    pub fn put_new_entry(
+        &self,
+        mut entry: Entry,
+        upload: Option<NewUpload>,
+        grace_ms: i64,
+        quorum: usize,
+        found: Vec<Confirmation>,
+    ) -> MetaResult<Option<String>> {
+        let id = ObjectId::parse(&entry.objectid).map_err(MetaError::Invalid)?.to_string();
+        entry.objectid = id;
+        entry.modified_ms = now_ms();
         self.write(move |conn| {
             bucket_row(conn, &entry.bucket)?.ok_or_else(|| no_bucket(&entry.bucket))?;
-            let object: Option<(ObjectStatus, i64)> = conn
-                .prepare_cached("SELECT status, size FROM objects WHERE id = ?1")?
-                .query_row([&entry.objectid], |row| Ok((row.get(0)?, row.get(1)?)))
+            let current: Option<String> = conn
+                .prepare_cached("SELECT object_id FROM s3_entries WHERE bucket = ?1 AND key = ?2")?
+                .query_row([&entry.bucket, &entry.key], |row| row.get(0))
                 .optional()?;
-            match object {
-                Some((ObjectStatus::Complete, size)) if size as u64 == entry.size => {}
-                Some((status, size)) => {
-                    return Err(MetaError::Invalid(format!(
-                        "object {} is {} with {size} bytes; a key may only point at a complete object of its size",
-                        entry.objectid,
-                        status.as_str()
-                    )))
-                }
-                None => return Err(MetaError::NotFound(format!("object {} not found", entry.objectid))),
+            if current.as_deref() == Some(entry.objectid.as_str()) {
+                return Ok(None);
             }
-            let current: Option<(String, String)> = conn
-                .prepare_cached("SELECT object_id, etag FROM s3_entries WHERE bucket = ?1 AND key = ?2")?
-                .query_row([&entry.bucket, &entry.key], |row| Ok((row.get(0)?, row.get(1)?)))
-                .optional()?;
-            let old_objects = entry_objects(conn, &entry.bucket, &entry.key)?;
-            check_conditions(
-                &entry.key,
-                current.as_ref().map(|(_, etag)| etag.as_str()),
-                entry.if_none_match,
-                entry.if_match.as_deref(),
-            )?;
-            let old = current.map(|(object_id, _)| object_id);
-            write_entry(conn, &entry)?;
-            for object in old_objects.iter().filter(|o| **o != entry.objectid) {
-                forget_if_live(conn, object)?;
-            }
-            Ok(old.filter(|old| *old != entry.objectid))
+            finish_in(conn, &entry.objectid, upload, grace_ms, quorum, found)?;
+            put_entry_in(conn, &entry)
         })
     }
 
@@ -492,6 +497,80 @@ fn to_json<T: serde::Serialize>(value: &T) -> MetaResult<String> {
 }
 
 /// A page of keys from `?2` on (`inclusive`) or after it, in bucket `?1`, at most `?3`.
+/// Points `entry.key` at its object inside a write (see `MetaDb::put_entry`).
+fn put_entry_in(conn: &Connection, entry: &Entry) -> MetaResult<Option<String>> {
+    bucket_row(conn, &entry.bucket)?.ok_or_else(|| no_bucket(&entry.bucket))?;
+    let object: Option<(ObjectStatus, i64)> = conn
+        .prepare_cached("SELECT status, size FROM objects WHERE id = ?1")?
+        .query_row([&entry.objectid], |row| Ok((row.get(0)?, row.get(1)?)))
+        .optional()?;
+    match object {
+        Some((ObjectStatus::Complete, size)) if size as u64 == entry.size => {}
+        Some((status, size)) => {
+            return Err(MetaError::Invalid(format!(
+                "object {} is {} with {size} bytes; a key may only point at a complete object of its size",
+                entry.objectid,
+                status.as_str()
+            )))
+        }
+        None => return Err(MetaError::NotFound(format!("object {} not found", entry.objectid))),
+    }
+    let current: Option<(String, String)> = conn
+        .prepare_cached("SELECT object_id, etag FROM s3_entries WHERE bucket = ?1 AND key = ?2")?
+        .query_row([&entry.bucket, &entry.key], |row| Ok((row.get(0)?, row.get(1)?)))
+        .optional()?;
+    let old_objects = entry_objects(conn, &entry.bucket, &entry.key)?;
+    check_conditions(
+        &entry.key,
+        current.as_ref().map(|(_, etag)| etag.as_str()),
+        entry.if_none_match,
+        entry.if_match.as_deref(),
+    )?;
+    let old = current.map(|(object_id, _)| object_id);
+    write_entry(conn, entry)?;
+    for object in old_objects.iter().filter(|o| **o != entry.objectid) {
+        forget_if_live(conn, object)?;
+    }
+    Ok(old.filter(|old| *old != entry.objectid))
+}
+
+/// Records object `id` as a part of its upload inside a write (see `MetaDb::put_part`).
+fn put_part_in(conn: &Connection, id: &str, part: &UploadPart) -> MetaResult<()> {
+    upload_row(conn, &part.upload_id, &part.bucket, &part.key)?;
+    let status: Option<(ObjectStatus, i64)> = conn
+        .prepare_cached("SELECT status, size FROM objects WHERE id = ?1")?
+        .query_row([id], |row| Ok((row.get(0)?, row.get(1)?)))
+        .optional()?;
+    if !matches!(status, Some((ObjectStatus::Complete, size)) if size as u64 == part.size) {
+        return Err(MetaError::Invalid(format!("object {id} is not a complete object of {} bytes", part.size)));
+    }
+    let old: Option<String> = conn
+        .prepare_cached("SELECT object_id FROM s3_parts WHERE upload_id = ?1 AND number = ?2")?
+        .query_row(params![part.upload_id, part.number], |row| row.get(0))
+        .optional()?;
+    conn.prepare_cached(
+        "INSERT OR REPLACE INTO s3_parts (upload_id, number, object_id, size, etag, checksum, modified_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        part.upload_id,
+        part.number,
+        id,
+        part.size as i64,
+        part.etag,
+        part.checksum.as_ref().map(to_json).transpose()?,
+        now_ms()
+    ])?;
+    if let Some(old) = old.filter(|old| *old != id) {
+        forget_if_live(conn, &old)?;
+    }
+    Ok(())
+}
+
+/// A page of uploads after one lower bound (`list_uploads`).
+const LIST_UPLOADS_SQL: &str = "SELECT key, id, created_at, checksum_algorithm FROM s3_uploads
+     WHERE bucket = ?1 AND (key, created_at, id) > (?2, ?3, ?4) ORDER BY key, created_at, id LIMIT ?5";
+
 fn list_sql(inclusive: bool) -> String {
     let op = if inclusive { ">=" } else { ">" };
     format!("SELECT {ENTRY_COLUMNS} FROM s3_entries WHERE bucket = ?1 AND key {op} ?2 ORDER BY key LIMIT ?3")
@@ -591,36 +670,28 @@ impl MetaDb {
     /// whose object is deleted.
     pub fn put_part(&self, part: UploadPart) -> MetaResult<()> {
         let id = ObjectId::parse(&part.objectid).map_err(MetaError::Invalid)?.to_string();
+        self.write(move |conn| put_part_in(conn, &id, &part))
+    }
+
+    /// An S3 UploadPart's one durable write: completes upload `part.objectid` (as
+    /// `finish_upload` does, from the copies in `found`) and records it as the part (as
+    /// `put_part` does), in one transaction; the upload must exist. Asked again after a
+    /// lost answer, it is a no-op that succeeds, as both halves are. Not covered: a
+    /// retry arriving after another upload of the same part number replaced it, which
+    /// finds the object deleted and answers 404 although the part was stored.
+    pub fn put_new_part(
+        &self,
+        part: UploadPart,
+        upload: Option<NewUpload>,
+        grace_ms: i64,
+        quorum: usize,
+        found: Vec<Confirmation>,
+    ) -> MetaResult<()> {
+        let id = ObjectId::parse(&part.objectid).map_err(MetaError::Invalid)?.to_string();
         self.write(move |conn| {
             upload_row(conn, &part.upload_id, &part.bucket, &part.key)?;
-            let status: Option<(ObjectStatus, i64)> = conn
-                .prepare_cached("SELECT status, size FROM objects WHERE id = ?1")?
-                .query_row([&id], |row| Ok((row.get(0)?, row.get(1)?)))
-                .optional()?;
-            if !matches!(status, Some((ObjectStatus::Complete, size)) if size as u64 == part.size) {
-                return Err(MetaError::Invalid(format!("object {id} is not a complete object of {} bytes", part.size)));
-            }
-            let old: Option<String> = conn
-                .prepare_cached("SELECT object_id FROM s3_parts WHERE upload_id = ?1 AND number = ?2")?
-                .query_row(params![part.upload_id, part.number], |row| row.get(0))
-                .optional()?;
-            conn.prepare_cached(
-                "INSERT OR REPLACE INTO s3_parts (upload_id, number, object_id, size, etag, checksum, modified_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )?
-            .execute(params![
-                part.upload_id,
-                part.number,
-                id,
-                part.size as i64,
-                part.etag,
-                part.checksum.as_ref().map(to_json).transpose()?,
-                now_ms()
-            ])?;
-            if let Some(old) = old.filter(|old| *old != id) {
-                forget_if_live(conn, &old)?;
-            }
-            Ok(())
+            finish_in(conn, &id, upload, grace_ms, quorum, found)?;
+            put_part_in(conn, &id, &part)
         })
     }
 
@@ -756,15 +827,14 @@ impl MetaDb {
                 None => (request.key_marker.clone(), i64::MAX, String::new()),
             };
             let mut floor = request.prefix.clone();
-            let mut statement = conn.prepare_cached(
-                "SELECT key, id, created_at, checksum_algorithm FROM s3_uploads
-                 WHERE bucket = ?1 AND key >= ?2 AND (key, created_at, id) > (?3, ?4, ?5)
-                 ORDER BY key, created_at, id LIMIT ?6",
-            )?;
+            let mut statement = conn.prepare_cached(LIST_UPLOADS_SQL)?;
             let mut count = 0;
             'seek: loop {
                 let want = (request.max_uploads - count + 1) as i64;
-                let mut rows = statement.query(params![request.bucket, floor, cursor.0, cursor.1, cursor.2, want])?;
+                // One lower bound, the tighter (as `list_entries`): every upload of the
+                // floor key is after (floor, i64::MIN, "").
+                let bound = if floor > cursor.0 { (floor.clone(), i64::MIN, String::new()) } else { cursor.clone() };
+                let mut rows = statement.query(params![request.bucket, bound.0, bound.1, bound.2, want])?;
                 let mut seen = 0;
                 while let Some(row) = rows.next()? {
                     seen += 1;
@@ -1361,6 +1431,60 @@ mod tests {
         let (names, truncated, next_key, _) = list("/", "", "", 1);
         assert_eq!((names, truncated, next_key.as_deref()), (vec!["a/".to_string()], true, Some("a/")));
         assert_eq!(list("/", "a/", "", 1).0, vec![at("b", &ids[2])]);
+    }
+
+    #[test]
+    fn a_page_of_uploads_deep_in_a_bucket_costs_what_the_first_page_costs() {
+        use rusqlite::StatementStatus;
+        let dir = std::env::temp_dir().join(format!("aether-ns-uploads-deep-page-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        // One reader, so that the steps counted are the listing's.
+        let db = MetaDb::open(&dir.join("meta.db"), 1).unwrap();
+        db.create_bucket("b", "owner").unwrap();
+        db.write(|conn| {
+            let mut insert =
+                conn.prepare("INSERT INTO s3_uploads (id, bucket, key, created_at) VALUES (?1, 'b', ?1, 0)")?;
+            for i in 0..5000 {
+                insert.execute([format!("k{i:05}")])?;
+            }
+            Ok(())
+        })
+        .unwrap();
+        let steps = |prefix: &str, key_marker: &str, upload_id_marker: &str| -> i32 {
+            db.read(|conn| {
+                conn.prepare_cached(LIST_UPLOADS_SQL)?.reset_status(StatementStatus::VmStep);
+                Ok(())
+            })
+            .unwrap();
+            let request = ListUploadsRequest {
+                bucket: "b".into(),
+                prefix: prefix.into(),
+                delimiter: String::new(),
+                key_marker: key_marker.into(),
+                upload_id_marker: upload_id_marker.into(),
+                max_uploads: 10,
+            };
+            let page = db.list_uploads(&request).unwrap();
+            assert_eq!((page.uploads.len(), page.truncated), (10, true));
+            db.read(|conn| Ok(conn.prepare_cached(LIST_UPLOADS_SQL)?.get_status(StatementStatus::VmStep))).unwrap()
+        };
+        let first = steps("", "", "");
+        for (prefix, key_marker, upload_id_marker) in [
+            ("", "k04900", ""),
+            ("", "k04900", "k04900"),
+            ("k0", "k04900", ""),
+            ("k049", "", ""),
+            ("k049", "k04950", ""),
+        ] {
+            let deep = steps(prefix, key_marker, upload_id_marker);
+            assert!(
+                deep <= 2 * first,
+                "a page at {prefix:?}, after {key_marker:?}/{upload_id_marker:?}: {deep} steps, the first page {first}"
+            );
+        }
+        drop(db);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     fn object_status_of(db: &MetaDb, id: &str) -> Option<ObjectStatus> {

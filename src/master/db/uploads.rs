@@ -66,34 +66,7 @@ impl MetaDb {
         quorum: usize,
         found: Vec<Confirmation>,
     ) -> MetaResult<()> {
-        self.write(move |conn| {
-            let id = id.to_string();
-            if object_status(conn, &id)?.is_none() {
-                let Some(upload) = upload else {
-                    return Err(MetaError::NotFound(format!(
-                        "no upload with objectid {id}; call /api/upload/init first"
-                    )));
-                };
-                if now_ms() - upload.issued_ms >= grace_ms {
-                    return Err(MetaError::NotFound(format!(
-                        "upload {id} expired: it was not completed within the upload grace period of {} s, and \
-                         its copies are collected; start a new upload",
-                        grace_ms / 1000
-                    )));
-                }
-                conn.prepare_cached(
-                    "INSERT INTO objects (id, size, status, replication, created_at, placed)
-                     VALUES (?1, 0, 'pending', ?2, ?3, ?4)",
-                )?
-                .execute(params![
-                    id,
-                    upload.replication as i64,
-                    upload.issued_ms,
-                    upload.placed.join(",")
-                ])?;
-            }
-            complete_in(conn, &id, quorum, found)
-        })
+        self.write(move |conn| finish_in(conn, &id.to_string(), upload, grace_ms, quorum, found))
     }
 
     /// Deletes an upload in flight (no row, its id this master's and within `grace_ms`):
@@ -124,6 +97,36 @@ impl MetaDb {
             }
         })
     }
+}
+
+/// `MetaDb::finish_upload` inside a write: also the first half of an S3 PUT's one write
+/// (`MetaDb::put_new_entry`).
+pub(super) fn finish_in(
+    conn: &Connection,
+    id: &str,
+    upload: Option<NewUpload>,
+    grace_ms: i64,
+    quorum: usize,
+    found: Vec<Confirmation>,
+) -> MetaResult<()> {
+    if object_status(conn, id)?.is_none() {
+        let Some(upload) = upload else {
+            return Err(MetaError::NotFound(format!("no upload with objectid {id}; call /api/upload/init first")));
+        };
+        if now_ms() - upload.issued_ms >= grace_ms {
+            return Err(MetaError::NotFound(format!(
+                "upload {id} expired: it was not completed within the upload grace period of {} s, and \
+                 its copies are collected; start a new upload",
+                grace_ms / 1000
+            )));
+        }
+        conn.prepare_cached(
+            "INSERT INTO objects (id, size, status, replication, created_at, placed)
+             VALUES (?1, 0, 'pending', ?2, ?3, ?4)",
+        )?
+        .execute(params![id, upload.replication as i64, upload.issued_ms, upload.placed.join(",")])?;
+    }
+    complete_in(conn, id, quorum, found)
 }
 
 /// Completes the pending row of `id` (see `MetaDb::finish_upload`).
