@@ -416,7 +416,7 @@ impl GatewayState {
             Some(404) => no_such_key(key),
             _ => S3Error::backend(&e),
         })?;
-        check_conditions(context, &entry)?;
+        check_conditions(context, &entry, Conditions::Read)?;
         let part = part_range(context, &entry)?;
         let range = match (context.header("range"), part) {
             (Some(_), Some(_)) => {
@@ -539,30 +539,48 @@ fn etag_matches(header: &str, etag: &str) -> bool {
     header.split(',').map(|e| e.trim().trim_start_matches("W/").trim_matches('"')).any(|e| e == "*" || e == etag)
 }
 
-/// GET and HEAD conditions, as S3 (RFC 7232) weighs them: If-Match before
+/// Which request's conditions `check_conditions` weighs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Conditions {
+    /// GET and HEAD: `If-Match`, `If-None-Match`, `If-Modified-Since`, `If-Unmodified-Since`;
+    /// an unchanged object is 304.
+    Read,
+    /// A copy's source: the same four behind `x-amz-copy-source-`; every failure is 412.
+    CopySource,
+}
+
+/// Conditions on `entry`, as S3 (RFC 7232) weighs them: If-Match before
 /// If-Unmodified-Since, If-None-Match before If-Modified-Since.
-fn check_conditions(context: &Context<'_>, entry: &Entry) -> Result<(), S3Error> {
+fn check_conditions(context: &Context<'_>, entry: &Entry, kind: Conditions) -> Result<(), S3Error> {
+    let prefix = match kind {
+        Conditions::Read => "",
+        Conditions::CopySource => "x-amz-copy-source-",
+    };
+    let name = |condition: &str| format!("{prefix}{condition}");
     let modified = entry.modified_ms / 1000;
-    let date = |name: &str| {
+    let date = |condition: &str| {
         context
-            .header(name)
+            .header(&name(condition))
             .and_then(|v| httpdate::parse_http_date(v).ok())
             .map(|t| t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0))
     };
-    if let Some(wanted) = context.header("if-match") {
+    if let Some(wanted) = context.header(&name("if-match")) {
         if !etag_matches(wanted, &entry.etag) {
-            return Err(precondition_failed("If-Match"));
+            return Err(precondition_failed(&name("if-match")));
         }
     } else if date("if-unmodified-since").is_some_and(|since| modified > since) {
-        return Err(precondition_failed("If-Unmodified-Since"));
+        return Err(precondition_failed(&name("if-unmodified-since")));
     }
-    let not_modified = S3Error::new("NotModified", "the object has not changed");
-    if let Some(unwanted) = context.header("if-none-match") {
+    let unchanged = |condition: &str| match kind {
+        Conditions::Read => S3Error::new("NotModified", "the object has not changed"),
+        Conditions::CopySource => precondition_failed(&name(condition)),
+    };
+    if let Some(unwanted) = context.header(&name("if-none-match")) {
         if etag_matches(unwanted, &entry.etag) {
-            return Err(not_modified);
+            return Err(unchanged("if-none-match"));
         }
     } else if date("if-modified-since").is_some_and(|since| modified <= since) {
-        return Err(not_modified);
+        return Err(unchanged("if-modified-since"));
     }
     Ok(())
 }
@@ -698,7 +716,7 @@ impl GatewayState {
             Some(404) => no_such_key(&source_key),
             _ => S3Error::backend(&e),
         })?;
-        check_copy_conditions(context, &entry)?;
+        check_conditions(context, &entry, Conditions::CopySource)?;
         Ok((source_bucket, source_key, entry))
     }
 
@@ -726,33 +744,6 @@ impl GatewayState {
         })?;
         Ok(reader)
     }
-}
-
-/// `x-amz-copy-source-if-*`, weighed as S3 does: a failed condition is 412 (never 304);
-/// If-Match before If-Unmodified-Since, If-None-Match before If-Modified-Since.
-fn check_copy_conditions(context: &Context<'_>, entry: &Entry) -> Result<(), S3Error> {
-    let modified = entry.modified_ms / 1000;
-    let date = |name: &str| {
-        context
-            .header(name)
-            .and_then(|v| httpdate::parse_http_date(v).ok())
-            .map(|t| t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0))
-    };
-    if let Some(wanted) = context.header("x-amz-copy-source-if-match") {
-        if !etag_matches(wanted, &entry.etag) {
-            return Err(precondition_failed("x-amz-copy-source-if-match"));
-        }
-    } else if date("x-amz-copy-source-if-unmodified-since").is_some_and(|since| modified > since) {
-        return Err(precondition_failed("x-amz-copy-source-if-unmodified-since"));
-    }
-    if let Some(unwanted) = context.header("x-amz-copy-source-if-none-match") {
-        if etag_matches(unwanted, &entry.etag) {
-            return Err(precondition_failed("x-amz-copy-source-if-none-match"));
-        }
-    } else if date("x-amz-copy-source-if-modified-since").is_some_and(|since| modified <= since) {
-        return Err(precondition_failed("x-amz-copy-source-if-modified-since"));
-    }
-    Ok(())
 }
 
 /// `x-amz-copy-source-range: bytes=FIRST-LAST` against a source of `size` bytes: both ends
