@@ -906,6 +906,11 @@ stage_docker() {
     say "image size: $(docker image inspect -f '{{.Size}}' "$IMAGE" | awk '{ printf "%.0f MB", $1 / 1e6 }')" \
         "(base $(docker image inspect -f '{{.Size}}' "$base_image" | awk '{ printf "%.0f MB", $1 / 1e6 }'))"
 
+    # The S3 gateway refuses to run without a cluster token (the master serves access keys
+    # only with one), so the compose cluster gets one, as docker-compose.yml says; compose
+    # reads it from the environment, and so do the aether commands run here against it.
+    AETHER_CLUSTER_TOKEN=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
+    export AETHER_CLUSTER_TOKEN
     local up=(env AETHER_IMAGE="$IMAGE" "${compose[@]}" -p "$COMPOSE_PROJECT" -f "$AETHER_REPO_ROOT/docker-compose.yml")
     timed "compose up" "${up[@]}" up -d --no-build
     timed "compose: wait until healthy" wait_until 90 "the compose cluster to be healthy" compose_healthy ||
@@ -932,10 +937,10 @@ stage_docker() {
     check "aether put from this machine stores 5 objects in the compose cluster" put_objects ""
     check "aether get reads every object back" read_back_all ""
 
-    # S3 on the gateway's port on this machine (the compose cluster has no token, as the
-    # original had none; it serves this machine only).
+    # S3 on the gateway's port on this machine (the compose cluster's token is in this
+    # shell's environment, for `aether key create` too).
     local s3_url=http://localhost:$S3_PORT
-    check "aether key create makes an S3 access key in the compose cluster" s3_key ""
+    check "aether key create makes an S3 access key in the compose cluster" s3_key "" "$AETHER_CLUSTER_TOKEN"
     check "boto3 puts objects (one multipart, one key replaced) through the compose gateway" s3_roundtrip put "$s3_url"
     check "boto3 reads them back, whole and in ranges, through the compose gateway" s3_roundtrip get "$s3_url"
     check "the compose master's and gateway's /metrics parse and count the traffic" \
