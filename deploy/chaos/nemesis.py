@@ -127,8 +127,19 @@ def inject(cluster, fault, victim):
         docker("network", "disconnect", NETWORK, victim)
         return lambda: docker("network", "connect", NETWORK, victim)
     if fault == "disk-read-only":
-        cluster.as_root(victim, "mount -o remount,bind,ro /var/lib/aether")
-        return lambda: cluster.as_root(victim, "mount -o remount,bind,rw /var/lib/aether")
+        # A read-only bind mount stacked on the data directory: every path the node opens
+        # from then on is read-only. Remounting the directory itself read-only is refused
+        # ("mount point is busy") while the node holds its active volume open for
+        # writing, which a loaded node always does; the kernel turning a failing disk
+        # read-only needs no such consent. Healing detaches the top mount only (lazily:
+        # the node's read handles opened through it keep it busy until they close; new
+        # opens see the read-write directory beneath at once), unless a restart of the
+        # container has already dropped it.
+        cluster.as_root(victim, "mount --bind /var/lib/aether /var/lib/aether && "
+                                "mount -o remount,bind,ro /var/lib/aether")
+        return lambda: cluster.as_root(
+            victim, "if [ $(grep -c ' /var/lib/aether ' /proc/self/mountinfo) -ge 2 ]; "
+                    "then umount -l /var/lib/aether; fi")
     if fault == "disk-gone":
         # The node may be writing while its files go: a second pass takes what the
         # first raced with. It must end with no object file left.
