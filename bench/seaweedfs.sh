@@ -51,17 +51,6 @@ if [[ $STANDALONE == 1 ]]; then
   write_env "$OUT/env.json" "$DIR"
 fi
 
-# free_ports N: N ports free on 127.0.0.1 now.
-free_ports() {
-  python3 - "$1" <<'PY'
-import socket, sys
-socks = [socket.socket() for _ in range(int(sys.argv[1]))]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-PY
-}
-
 # cpu_ticks PID..: user + system clock ticks the processes have used so far.
 cpu_ticks() {
   local pid total=0
