@@ -439,10 +439,7 @@ impl MetaDb {
                         page.truncated = true;
                         return Ok(page);
                     }
-                    let rest = &entry.key[request.prefix.len()..];
-                    let split = if request.delimiter.is_empty() { None } else { rest.find(&request.delimiter) };
-                    if let Some(at) = split {
-                        let common = entry.key[..request.prefix.len() + at + request.delimiter.len()].to_string();
+                    if let Some(common) = common_prefix(&entry.key, &request.prefix, &request.delimiter) {
                         // A page that ended on this common prefix (or inside it) has listed it.
                         if common.as_str() > request.after.as_str() {
                             count += 1;
@@ -467,6 +464,17 @@ impl MetaDb {
             }
         })
     }
+}
+
+/// The common prefix `key` rolls up into in a listing with `prefix` and `delimiter`: the
+/// key up to and including the first delimiter after the prefix; None without one (or
+/// without a delimiter). The caller has checked that `key` starts with `prefix`.
+fn common_prefix(key: &str, prefix: &str, delimiter: &str) -> Option<String> {
+    if delimiter.is_empty() {
+        return None;
+    }
+    let at = key[prefix.len()..].find(delimiter)?;
+    Some(key[..prefix.len() + at + delimiter.len()].to_string())
 }
 
 /// Every object a key's entry points at: its one object, or all its parts.
@@ -851,10 +859,7 @@ impl MetaDb {
                         page.truncated = true;
                         return Ok(page);
                     }
-                    let rest = &upload.key[request.prefix.len()..];
-                    let split = if request.delimiter.is_empty() { None } else { rest.find(&request.delimiter) };
-                    if let Some(at) = split {
-                        let common = upload.key[..request.prefix.len() + at + request.delimiter.len()].to_string();
+                    if let Some(common) = common_prefix(&upload.key, &request.prefix, &request.delimiter) {
                         if common.as_str() > request.key_marker.as_str() {
                             count += 1;
                             page.next_key_marker = Some(common.clone());
