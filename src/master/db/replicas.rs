@@ -9,6 +9,33 @@ use super::{now_ms, MetaDb, MetaResult, ObjectStatus};
 use crate::master::repair::UnderReplicated;
 use crate::proto::{Checksum, ReplicaState};
 
+/// Complete objects with fewer healthy copies than their replication but at least one
+/// readable copy (those with none cannot be repaired), the fewest healthy first; `?1` is
+/// the limit. Run on every maintenance tick, so it starts from the few suspect replicas
+/// and never scans every replica (`tests::periodic_queries_never_scan_every_replica`).
+pub(super) const UNDER_REPLICATED: &str = "WITH suspects AS (
+        SELECT object_id FROM replicas WHERE state != 'confirmed'
+        UNION
+        -- From the few nodes down to their replicas: joined the other way,
+        -- SQLite scans every replica of every node on each tick.
+        SELECT r.object_id FROM nodes n CROSS JOIN replicas r ON r.node_id = n.id
+        WHERE n.state NOT IN ('alive', 'suspect')
+    ),
+    counted AS (
+        SELECT o.id, o.replication, o.size,
+               (SELECT count(*) FROM replicas r JOIN nodes n ON n.id = r.node_id
+                WHERE r.object_id = o.id AND r.state = 'confirmed' AND n.state IN ('alive', 'suspect')) AS healthy,
+               EXISTS (SELECT 1 FROM replicas r JOIN nodes n ON n.id = r.node_id
+                       WHERE r.object_id = o.id AND r.state = 'confirmed'
+                         AND n.state = 'read-only') AS readable
+        -- CROSS JOIN keeps this order: SQLite would otherwise count
+        -- every object's replicas before joining the few suspects.
+        FROM suspects s CROSS JOIN objects o ON o.id = s.object_id
+        WHERE o.status = 'complete'
+    )
+    SELECT id, replication, size FROM counted
+    WHERE (healthy > 0 OR readable) AND healthy < replication ORDER BY healthy LIMIT ?1";
+
 impl MetaDb {
     /// Replicas a node stored or found corrupt. Returns objects the node should delete:
     /// copies of deleted objects, and copies whose bytes are not the object's.
@@ -155,27 +182,7 @@ impl MetaDb {
     pub fn under_replicated(&self, limit: usize) -> MetaResult<Vec<UnderReplicated>> {
         self.read(|conn| {
             let rows: Vec<(String, i64, i64)> = conn
-                .prepare_cached(
-                    "WITH suspects AS (
-                         SELECT object_id FROM replicas WHERE state != 'confirmed'
-                         UNION
-                         SELECT r.object_id FROM replicas r JOIN nodes n ON n.id = r.node_id WHERE n.state NOT IN ('alive', 'suspect')
-                     ),
-                     counted AS (
-                         SELECT o.id, o.replication, o.size,
-                                (SELECT count(*) FROM replicas r JOIN nodes n ON n.id = r.node_id
-                                 WHERE r.object_id = o.id AND r.state = 'confirmed' AND n.state IN ('alive', 'suspect')) AS healthy,
-                                EXISTS (SELECT 1 FROM replicas r JOIN nodes n ON n.id = r.node_id
-                                        WHERE r.object_id = o.id AND r.state = 'confirmed'
-                                          AND n.state = 'read-only') AS readable
-                         -- CROSS JOIN keeps this order: SQLite would otherwise count
-                         -- every object's replicas before joining the few suspects.
-                         FROM suspects s CROSS JOIN objects o ON o.id = s.object_id
-                         WHERE o.status = 'complete'
-                     )
-                     SELECT id, replication, size FROM counted
-                     WHERE (healthy > 0 OR readable) AND healthy < replication ORDER BY healthy LIMIT ?1",
-                )?
+                .prepare_cached(UNDER_REPLICATED)?
                 .query_map([limit as i64], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
                 .collect::<Result<_, _>>()?;
             // Per holder: whether its copy is healthy, whether it is on a read-only disk

@@ -241,3 +241,26 @@ fn stale_uploads_expire() {
     drop(db);
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// The maintenance loop runs `UNDER_REPLICATED` twice a second: its plan may read the
+/// replicas table only through an index searched by key or through the partial index of
+/// unhealthy replicas, never scan every replica (which, at millions of objects, would
+/// take the master's CPU for seconds on every tick).
+#[test]
+fn periodic_queries_never_scan_every_replica() {
+    let (db, dir) = temp_db_with_three_nodes("plan");
+    let plan: Vec<String> = db
+        .read(|conn| {
+            let mut explain = conn.prepare(&format!("EXPLAIN QUERY PLAN {}", replicas::UNDER_REPLICATED))?;
+            let rows = explain.query_map([10], |row| row.get::<_, String>(3))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .unwrap();
+    let scans: Vec<&String> = plan
+        .iter()
+        .filter(|step| step.starts_with("SCAN") && (step.contains(" r ") || step.contains("replicas")))
+        .filter(|step| !step.contains("replicas_unhealthy"))
+        .collect();
+    assert!(scans.is_empty(), "the plan scans every replica: {scans:?} in {plan:#?}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
