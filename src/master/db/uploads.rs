@@ -8,7 +8,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use super::objects::{forget_object, object_status, placed_nodes, placed_without_row};
 use super::replicas::{forget_replica, mark_missing, schedule_deletion, upsert_confirmed};
 use super::{now_ms, Confirmation, MetaDb, MetaError, MetaResult, ObjectStatus, ReplicaStatus};
-use crate::proto::ObjectId;
+use crate::proto::{Checksum, ObjectId};
 
 /// The schema migration of uploads, one step of `PRAGMA user_version`: a random secret,
 /// made once, that keys the MAC of upload ids.
@@ -120,6 +120,27 @@ pub(super) fn finish_in(
                 grace_ms / 1000
             )));
         }
+        if let Some((size, checksum)) = unanimous(&found, upload.replication) {
+            // The common case, every copy vouched for with the same bytes: the rows
+            // `complete_in` would come to, written directly (5 statements at R=3, not 13).
+            let now = now_ms();
+            conn.prepare_cached(
+                "INSERT INTO objects (id, size, status, replication, checksum, created_at, completed_at)
+                 VALUES (?1, ?2, 'complete', ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![
+                id,
+                size as i64,
+                upload.replication as i64,
+                checksum.to_string(),
+                upload.issued_ms,
+                now
+            ])?;
+            for confirmation in &found {
+                upsert_confirmed(conn, id, &confirmation.node_id, size, checksum, now)?;
+            }
+            return Ok(());
+        }
         conn.prepare_cached(
             "INSERT INTO objects (id, size, status, replication, created_at, placed)
              VALUES (?1, 0, 'pending', ?2, ?3, ?4)",
@@ -127,6 +148,15 @@ pub(super) fn finish_in(
         .execute(params![id, upload.replication as i64, upload.issued_ms, upload.placed.join(",")])?;
     }
     complete_in(conn, id, quorum, found)
+}
+
+/// The size and checksum of `found` when it is exactly `replication` copies on as many
+/// nodes, all with the same bytes: nothing for `complete_in` to weigh, drop or mark.
+fn unanimous(found: &[Confirmation], replication: usize) -> Option<(u64, Checksum)> {
+    let first = found.first()?;
+    let same = found.iter().all(|f| f.size == first.size && f.checksum == first.checksum);
+    let distinct = found.iter().enumerate().all(|(i, f)| found[..i].iter().all(|e| e.node_id != f.node_id));
+    (found.len() == replication && same && distinct).then_some((first.size, first.checksum))
 }
 
 /// Completes the pending row of `id` (see `MetaDb::finish_upload`).
@@ -263,6 +293,70 @@ mod tests {
 
     fn upload(replication: usize, age_ms: i64, placed: &[&str]) -> NewUpload {
         NewUpload { replication, issued_ms: now_ms() - age_ms, placed: placed.iter().map(|n| n.to_string()).collect() }
+    }
+
+    /// The rows of an object that tell its state (not its timestamps): the object's
+    /// size, status, replication, checksum and placement, and each replica's.
+    fn rows(db: &MetaDb, id: ObjectId) -> (Vec<String>, Vec<String>) {
+        db.read(|conn| {
+            let object = conn.query_row(
+                "SELECT size, status, replication, checksum, placed, created_at FROM objects WHERE id = ?1",
+                [id.to_string()],
+                |r| {
+                    Ok(format!(
+                        "{:?}",
+                        (
+                            r.get::<_, i64>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, i64>(2)?,
+                            r.get::<_, Option<String>>(3)?,
+                            r.get::<_, Option<String>>(4)?,
+                            r.get::<_, i64>(5)?,
+                        )
+                    ))
+                },
+            )?;
+            let mut replicas = conn
+                .prepare("SELECT node_id, state, size, checksum FROM replicas WHERE object_id = ?1 ORDER BY node_id")?;
+            let replicas = replicas
+                .query_map([id.to_string()], |r| {
+                    Ok(format!(
+                        "{:?}",
+                        (r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get::<_, String>(3)?)
+                    ))
+                })?
+                .collect::<Result<_, _>>()?;
+            Ok((vec![object], replicas))
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn a_unanimous_complete_writes_the_rows_the_general_path_comes_to() {
+        let db = temp_db("unanimous");
+        let issued = upload(3, 0, &["n1", "n2", "n3"]);
+        let copies = || vec![found("n3", 7), found("n1", 7), found("n2", 7)];
+        let direct = ObjectId::new_random();
+        db.finish_upload(direct, Some(issued.clone()), 60_000, usize::MAX, copies()).unwrap();
+        let general = ObjectId::new_random();
+        let upload = issued.clone();
+        db.write(move |conn| {
+            conn.execute(
+                "INSERT INTO objects (id, size, status, replication, created_at, placed) VALUES (?1, 0, 'pending', ?2, ?3, ?4)",
+                params![general.to_string(), upload.replication as i64, upload.issued_ms, upload.placed.join(",")],
+            )?;
+            complete_in(conn, &general.to_string(), usize::MAX, copies())
+        })
+        .unwrap();
+        assert_eq!(rows(&db, direct), rows(&db, general));
+        assert_eq!(rows(&db, direct).1.len(), 3);
+
+        // Not unanimous (other bytes, too few, a node twice): the general path decides.
+        assert_eq!(unanimous(&[found("n1", 7), found("n2", 8), found("n3", 7)], 3), None);
+        assert_eq!(unanimous(&[found("n1", 7), found("n2", 7)], 3), None);
+        assert_eq!(unanimous(&[found("n1", 7), found("n1", 7), found("n2", 7)], 3), None);
+        assert_eq!(unanimous(&[found("n1", 7), found("n2", 7), found("n3", 7), found("n4", 7)], 3), None);
+        assert_eq!(unanimous(&copies(), 3), Some((3, Checksum(7))));
     }
 
     #[test]
