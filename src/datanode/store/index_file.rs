@@ -20,7 +20,7 @@
 //! removes `.idx.tmp` files and the index files of volumes it does not keep.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, BufWriter, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -135,27 +135,31 @@ pub(super) fn index_name(ordinal: u32, generation: u32) -> String {
     volume_name(ordinal, generation, "idx")
 }
 
-/// Reads the entries of `file` (after its checked header) in buffers, checking each, and
-/// gives them to `each`; returns the entries' CRC.
+/// Reads the entries of `file` (after its checked header) a buffer at a time, checking
+/// each, and gives them to `each`; returns the entries' CRC.
 fn read_entries(
     file: &File,
     checked: &Checked,
     end: u64,
     each: &mut dyn FnMut(Entry),
 ) -> io::Result<Result<u32, String>> {
-    let mut reader = io::BufReader::with_capacity(BUFFER, file);
-    io::Seek::seek(&mut reader, io::SeekFrom::Start(INDEX_HEADER))?;
-    let (mut crc, mut after) = (0u32, VOLUME_HEADER);
-    let mut bytes = [0u8; ENTRY];
-    for _ in 0..checked.count {
-        reader.read_exact(&mut bytes)?;
-        crc = crc32c::crc32c_append(crc, &bytes);
-        let entry = match decode_entry(&bytes, after, end) {
-            Ok(entry) => entry,
-            Err(why) => return Ok(Err(why)),
-        };
-        after = entry.offset + record_len(entry.len);
-        each(entry);
+    let per_buffer = (BUFFER / ENTRY) as u64;
+    let mut buffer = vec![0u8; checked.count.min(per_buffer) as usize * ENTRY];
+    let (mut crc, mut after, mut done) = (0u32, VOLUME_HEADER, 0u64);
+    while done < checked.count {
+        let n = (checked.count - done).min(per_buffer) as usize;
+        let bytes = &mut buffer[..n * ENTRY];
+        file.read_exact_at(bytes, INDEX_HEADER + done * ENTRY as u64)?;
+        crc = crc32c::crc32c_append(crc, bytes);
+        for raw in bytes.chunks_exact(ENTRY) {
+            let entry = match decode_entry(raw, after, end) {
+                Ok(entry) => entry,
+                Err(why) => return Ok(Err(why)),
+            };
+            after = entry.offset + record_len(entry.len);
+            each(entry);
+        }
+        done += n as u64;
     }
     Ok(Ok(crc))
 }

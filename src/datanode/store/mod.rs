@@ -9,7 +9,8 @@
 //!
 //! Layout under the data directory:
 //! - `volumes/<ordinal>.<generation>.vol`: small objects' records (and tombstones);
-//!   `.compacting` files are compactions in progress, removed at start-up.
+//!   `.compacting` files are compactions in progress, removed at start-up; `.idx` files
+//!   index sealed volumes for start-up (`index_file.rs`), `.idx.tmp` ones are unfinished.
 //! - `objects/ab/cd/<id>`: one file per large object, fanned out by the first four hex
 //!   digits of its id (65,536 directories, created on demand), so a node can hold millions.
 //! - `tmp/`: uploads in progress; emptied at start-up.

@@ -17,10 +17,12 @@
 //! still means the bytes are on disk. A volume rolls over at its size limit (the old one
 //! synced first). Deletes and quarantines append a tombstone the same way.
 //!
-//! Start-up replays the volumes in ordinal order into the index (a later record wins, a
-//! tombstone removes); a header that fails its check is skipped to the next valid header;
-//! anything after the last valid record, and trailing records whose bytes fail their CRC
-//! (a write torn by a crash before its sync), is cut off.
+//! Start-up reads the volumes in ordinal order into the index (a later record wins, a
+//! tombstone removes): a sealed volume from its index file when that is usable
+//! (`index_file.rs`), else, and always the last volume, by replaying it: a header that
+//! fails its check is skipped to the next valid header; anything after the last valid
+//! record, and trailing records whose bytes fail their CRC (a write torn by a crash before
+//! its sync), is cut off. A sealed volume replayed gets its index file written.
 
 use std::collections::{HashSet, VecDeque};
 use std::fs::{self, File, OpenOptions};
