@@ -41,14 +41,13 @@ fn indexed(data: &Path) -> bool {
     files_ending(data, ".idx") == wanted
 }
 
-/// The start-up line saying how the volumes were read.
+/// Checks the start-up line saying how the volumes were read.
 #[track_caller]
-fn opened_line(node: &Proc) -> String {
+fn check_opened(node: &Proc, from_index: usize, replayed: usize) {
     let log = node.log_text();
-    log.lines()
-        .find(|l| l.contains("opened the volumes"))
-        .unwrap_or_else(|| panic!("no start-up line: {log}"))
-        .to_string()
+    let line =
+        log.lines().find(|l| l.contains("opened the volumes")).unwrap_or_else(|| panic!("no start-up line: {log}"));
+    assert!(line.contains(&format!(": {from_index} from their index files, {replayed} replayed")), "{line}");
 }
 
 /// The status of a `DELETE`, or `None` when no answer came (the node died).
@@ -266,12 +265,7 @@ fn compaction_crash(phase: &str) {
     });
     drop(node);
     let node = start_datanode(&data, &[small]);
-    let sealed = volume_files(&data).len() - 1;
-    assert!(
-        opened_line(&node).contains(&format!(": {sealed} from their index files, 1 replayed")),
-        "{}",
-        opened_line(&node)
-    );
+    check_opened(&node, volume_files(&data).len() - 1, 1);
     check(&node);
     assert!(!std::fs::read_dir(data.join("volumes")).unwrap().any(|e| {
         let name = e.unwrap().file_name().to_string_lossy().to_string();
@@ -342,9 +336,7 @@ fn sealed_volumes_load_from_their_index_files_at_restart() {
     let (mut node, kept, deleted) = indexed_node(&data, &small);
     node.kill();
     let node = start_datanode(&data, &small);
-    let sealed = volume_files(&data).len() - 1;
-    let line = opened_line(&node);
-    assert!(line.contains(&format!(": {sealed} from their index files, 1 replayed")), "{line}");
+    check_opened(&node, volume_files(&data).len() - 1, 1);
     check_all(&node, &kept);
     check_deleted(&node, &deleted);
     let metrics = agent().get(&format!("{}/metrics", node.url)).call().unwrap().into_string().unwrap();
@@ -382,15 +374,13 @@ fn damaged_torn_and_stale_index_files_fall_back_to_replay() {
         let name = volume.file_name().unwrap().to_string_lossy().to_string();
         node.wait_for_log(&format!("replaying {name}: its index file is unusable"));
         assert!(node.log_text().contains(why), "{why}: {}", node.log_text());
-        let line = opened_line(&node);
-        assert!(line.contains(&format!(": {} from their index files, 2 replayed", sealed - 1)), "{why}: {line}");
+        check_opened(&node, sealed - 1, 2);
         check_all(&node, &kept);
         check_deleted(&node, &deleted);
     }
     // Each was rewritten by its replay.
     node.kill();
     let node = start_datanode(&data, &small);
-    let line = opened_line(&node);
-    assert!(line.contains(&format!(": {sealed} from their index files, 1 replayed")), "{line}");
+    check_opened(&node, sealed, 1);
     check_all(&node, &kept);
 }
