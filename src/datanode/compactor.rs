@@ -1,4 +1,5 @@
-//! The compactor thread: every few seconds asks the store whether a sealed volume has
+//! The compactor thread: every few seconds has the index file of any newly sealed volume
+//! written (`BlobStore::index_step`), then asks the store whether a sealed volume has
 //! gathered enough garbage (deleted and quarantined records) to be rewritten, and has
 //! it compacted at a bounded rate (`BlobStore::compact_step`).
 
@@ -22,6 +23,16 @@ pub fn run(node: &Node, stopped: &Receiver<()>) {
     while pause(LOOK_EVERY) {
         if node.blobs.disk_health().state != DiskState::Ok {
             continue;
+        }
+        loop {
+            match node.blobs.index_step() {
+                Ok(Some(done)) => log::info(&node.id, &done),
+                Ok(None) => break,
+                Err(e) => {
+                    log::error(&node.id, &e.to_string());
+                    node.blobs.check_disk();
+                }
+            }
         }
         match node.blobs.compact_step(COMPACTION_RATE, &pause) {
             Ok(Some(done)) => log::info(&node.id, &done),

@@ -127,6 +127,17 @@ impl Datanode {
         for repair in blobs.repairs() {
             log::warn(&id, repair);
         }
+        let start_up = blobs.start_up();
+        for fallback in &start_up.fallbacks {
+            log::warn(&id, fallback);
+        }
+        log::info(
+            &id,
+            &format!(
+                "opened the volumes in {:.2} s: {} from their index files, {} replayed ({} sealed without an index file)",
+                start_up.seconds, start_up.from_index, start_up.replayed, start_up.without_index
+            ),
+        );
         let listener = http::bind(&config.listen)?;
         let bound = listener.local_addr()?;
         let address = match &config.advertise {

@@ -1,7 +1,8 @@
 //! The datanode's volume store seen from outside: small objects as records survive
 //! restarts and SIGKILL during concurrent uploads, a torn tail is cut, a flipped byte spoils
-//! one object and not its neighbours (and the master is told), and a compaction killed at
-//! each of its phases loses nothing.
+//! one object and not its neighbours (and the master is told), a compaction killed at
+//! each of its phases loses nothing, and sealed volumes load from their index files at
+//! start-up, or are replayed when an index file is damaged, torn or stale.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -18,9 +19,35 @@ fn id(i: u64) -> String {
 }
 
 fn volume_files(data: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(data.join("volumes")).unwrap().map(|e| e.unwrap().path()).collect();
+    files_ending(data, ".vol")
+}
+
+fn files_ending(data: &Path, suffix: &str) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(data.join("volumes"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(suffix))
+        .collect();
     files.sort();
     files
+}
+
+/// Whether every volume but the last has its index file, and no index file is left of a
+/// volume that is gone.
+fn indexed(data: &Path) -> bool {
+    let volumes = volume_files(data);
+    let wanted: Vec<PathBuf> =
+        volumes[..volumes.len().saturating_sub(1)].iter().map(|v| v.with_extension("idx")).collect();
+    files_ending(data, ".idx") == wanted
+}
+
+/// Checks the start-up line saying how the volumes were read.
+#[track_caller]
+fn check_opened(node: &Proc, from_index: usize, replayed: usize) {
+    let log = node.log_text();
+    let line =
+        log.lines().find(|l| l.contains("opened the volumes")).unwrap_or_else(|| panic!("no start-up line: {log}"));
+    assert!(line.contains(&format!(": {from_index} from their index files, {replayed} replayed")), "{line}");
 }
 
 /// The status of a `DELETE`, or `None` when no answer came (the node died).
@@ -232,12 +259,17 @@ fn compaction_crash(phase: &str) {
     check(&node);
     node.wait_for_log("compacted volume");
     check(&node);
+    // The compacted generation gets its index file; the old one's is gone.
+    wait_until(&format!("{phase}: index files for the sealed volumes only"), Duration::from_secs(20), || {
+        indexed(&data)
+    });
     drop(node);
     let node = start_datanode(&data, &[small]);
+    check_opened(&node, volume_files(&data).len() - 1, 1);
     check(&node);
     assert!(!std::fs::read_dir(data.join("volumes")).unwrap().any(|e| {
         let name = e.unwrap().file_name().to_string_lossy().to_string();
-        name.ends_with(".compacting")
+        name.ends_with(".compacting") || name.ends_with(".tmp")
     }));
 }
 
@@ -259,4 +291,96 @@ fn compaction_killed_after_the_rename_loses_nothing() {
 #[test]
 fn compaction_killed_after_the_switch_loses_nothing() {
     compaction_crash("switched");
+}
+
+#[test]
+fn compaction_killed_before_its_index_file_is_written_loses_nothing() {
+    compaction_crash("removed");
+}
+
+type Objects = Vec<(String, Vec<u8>)>;
+
+/// Spoils the index file (first path) or the volume (second) of a sealed volume.
+type Damage<'a> = &'a dyn Fn(&Path, &Path);
+
+/// A node with small volumes holding 100 objects, every tenth deleted, whose sealed
+/// volumes all have their index files; returns the objects kept and the ids deleted.
+fn indexed_node(data: &Path, env: &[(&str, &str)]) -> (Proc, Objects, Vec<String>) {
+    let node = start_datanode(data, env);
+    let objects: Vec<(String, Vec<u8>)> = (0..100).map(|i| (id(i), pattern(i, 2000))).collect();
+    for (id, bytes) in &objects {
+        assert_eq!(put_bytes(&format!("{}/objects/{id}", node.url), bytes), 201);
+    }
+    let (deleted, kept): (Vec<_>, Vec<_>) = objects.into_iter().enumerate().partition(|(i, _)| i % 10 == 3);
+    let deleted: Vec<String> = deleted.into_iter().map(|(_, (id, _))| id).collect();
+    for id in &deleted {
+        assert_eq!(delete(&node, id), Some(200));
+    }
+    assert!(volume_files(data).len() >= 4, "{:?}", volume_files(data));
+    wait_until("index files for every sealed volume", Duration::from_secs(20), || indexed(data));
+    (node, kept.into_iter().map(|(_, o)| o).collect(), deleted)
+}
+
+#[track_caller]
+fn check_deleted(node: &Proc, deleted: &[String]) {
+    for id in deleted {
+        assert_eq!(get_bytes(&format!("{}/objects/{id}", node.url)), Err(404), "{id} came back");
+    }
+}
+
+#[test]
+fn sealed_volumes_load_from_their_index_files_at_restart() {
+    let dir = TempDir::new("vol-index");
+    let data = dir.path().join("d");
+    let small = [("AETHER_TEST_VOLUME_BYTES", "65536")];
+    let (mut node, kept, deleted) = indexed_node(&data, &small);
+    node.kill();
+    let node = start_datanode(&data, &small);
+    check_opened(&node, volume_files(&data).len() - 1, 1);
+    check_all(&node, &kept);
+    check_deleted(&node, &deleted);
+    let metrics = agent().get(&format!("{}/metrics", node.url)).call().unwrap().into_string().unwrap();
+    assert!(metrics.lines().any(|l| l == format!("aether_datanode_objects {}", kept.len())), "{metrics}");
+}
+
+#[test]
+fn damaged_torn_and_stale_index_files_fall_back_to_replay() {
+    let dir = TempDir::new("vol-index-bad");
+    let data = dir.path().join("d");
+    let small = [("AETHER_TEST_VOLUME_BYTES", "65536")];
+    let (mut node, kept, deleted) = indexed_node(&data, &small);
+    let sealed = volume_files(&data).len() - 1;
+    let damages: [(&str, usize, Damage); 3] = [
+        ("checksum does not match", 0, &|index, _| {
+            let mut bytes = std::fs::read(index).unwrap();
+            bytes[64 + 24 * 3 + 5] ^= 0x40;
+            std::fs::write(index, bytes).unwrap();
+        }),
+        ("declares", 1, &|index, _| {
+            let bytes = std::fs::read(index).unwrap();
+            std::fs::write(index, &bytes[..bytes.len() / 2]).unwrap();
+        }),
+        ("stale", 2, &|_, volume| {
+            let mut bytes = std::fs::read(volume).unwrap();
+            bytes.extend_from_slice(&[0x5a; 200]);
+            std::fs::write(volume, bytes).unwrap();
+        }),
+    ];
+    for (why, n, damage) in damages {
+        node.kill();
+        let volume = volume_files(&data)[n].clone();
+        damage(&volume.with_extension("idx"), &volume);
+        node = start_datanode(&data, &small);
+        let name = volume.file_name().unwrap().to_string_lossy().to_string();
+        node.wait_for_log(&format!("replaying {name}: its index file is unusable"));
+        assert!(node.log_text().contains(why), "{why}: {}", node.log_text());
+        check_opened(&node, sealed - 1, 2);
+        check_all(&node, &kept);
+        check_deleted(&node, &deleted);
+    }
+    // Each was rewritten by its replay.
+    node.kill();
+    let node = start_datanode(&data, &small);
+    check_opened(&node, sealed, 1);
+    check_all(&node, &kept);
 }

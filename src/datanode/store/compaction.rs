@@ -14,7 +14,9 @@
 //! 4. `switched`: the index points the moved objects at their new offsets and the volume
 //!    at the new file, in one step under the index lock; readers holding the old file
 //!    finish on it.
-//! 5. The old file is removed and the directory synced.
+//! 5. `removed`: the old file and its index file are removed and the directory synced.
+//! 6. The new generation's index file is written (`index_file.rs`); until it is,
+//!    start-up replays the volume (and writes it then).
 //!
 //! The new generation keeps the volume's ordinal (its place in the replay order), so a
 //! tombstone or a newer put in a later volume still wins over what it holds.
@@ -29,8 +31,9 @@ use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::file::fsync_dir;
+use super::file::{fsync_dir, RemoveOnDrop};
 use super::index::{Slot, VolumeFile};
+use super::index_file::index_name;
 use super::volume::{create_volume, record_len, volume_name, walk_records, Found, Kind, Volumes, VOLUME_HEADER};
 
 /// A sealed volume is compacted once this fraction of its records' bytes is garbage.
@@ -143,24 +146,23 @@ impl Volumes {
                     _ => garbage += record_len(len),
                 }
             }
-            let volume = VolumeFile { file: Arc::clone(&reader), generation: next, salt, end: new_end, garbage };
+            let volume =
+                VolumeFile { file: Arc::clone(&reader), generation: next, salt, end: new_end, garbage, indexed: true };
             index.volumes.insert(ordinal, volume);
         }
         crash_point("switched");
         fs::remove_file(self.dir.join(volume_name(ordinal, generation, "vol")))?;
-        fsync_dir(&self.dir)?;
-        Ok(Some(Compacted { ordinal, kept: new_end - VOLUME_HEADER, freed: end.saturating_sub(new_end) }))
-    }
-}
-
-/// Removes an abandoned `.compacting` file.
-struct RemoveOnDrop(Option<std::path::PathBuf>);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        if let Some(path) = self.0.take() {
-            let _ = fs::remove_file(path);
+        match fs::remove_file(self.dir.join(index_name(ordinal, generation))) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
         }
+        fsync_dir(&self.dir)?;
+        crash_point("removed");
+        self.write_index_file(ordinal).map_err(|e| {
+            let why = format!("compacted volume {ordinal}, but cannot write its index file (it will be replayed at the next start): {e}");
+            io::Error::new(e.kind(), why)
+        })?;
+        Ok(Some(Compacted { ordinal, kept: new_end - VOLUME_HEADER, freed: end.saturating_sub(new_end) }))
     }
 }
 

@@ -215,6 +215,18 @@ pub(super) fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Removes a file a step left unfinished (a `.compacting` volume, an index file's
+/// temporary name) unless the step took the path back out.
+pub(super) struct RemoveOnDrop(pub Option<PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            let _ = fs::remove_file(path);
+        }
+    }
+}
+
 // Benchmark support: fills a data directory of a stopped node quickly, for tests and
 // scaling runs that need hundreds of thousands of objects on one node.
 

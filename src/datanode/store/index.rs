@@ -32,6 +32,9 @@ pub(super) struct VolumeFile {
     /// Bytes of put records no index entry points at (deleted, quarantined or
     /// overwritten objects): what compacting the volume would give back.
     pub garbage: u64,
+    /// Its index file was written (or loaded, or tried): a sealed volume without one
+    /// gets it from `Volumes::index_sealed`.
+    pub indexed: bool,
 }
 
 /// Object id → slot, in 256 shards by the id's first byte (random in a UUID v4).
@@ -72,6 +75,11 @@ impl Objects {
 
     pub fn values(&self) -> impl Iterator<Item = &Slot> {
         self.shards.iter().flat_map(HashMap::values)
+    }
+
+    #[cfg(test)]
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8; 16], &Slot)> {
+        self.shards.iter().flat_map(HashMap::iter)
     }
 }
 

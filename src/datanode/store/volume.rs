@@ -17,10 +17,12 @@
 //! still means the bytes are on disk. A volume rolls over at its size limit (the old one
 //! synced first). Deletes and quarantines append a tombstone the same way.
 //!
-//! Start-up replays the volumes in ordinal order into the index (a later record wins, a
-//! tombstone removes); a header that fails its check is skipped to the next valid header;
-//! anything after the last valid record, and trailing records whose bytes fail their CRC
-//! (a write torn by a crash before its sync), is cut off.
+//! Start-up reads the volumes in ordinal order into the index (a later record wins, a
+//! tombstone removes): a sealed volume from its index file when that is usable
+//! (`index_file.rs`), else, and always the last volume, by replaying it: a header that
+//! fails its check is skipped to the next valid header; anything after the last valid
+//! record, and trailing records whose bytes fail their CRC (a write torn by a crash before
+//! its sync), is cut off. A sealed volume replayed gets its index file written.
 
 use std::collections::{HashSet, VecDeque};
 use std::fs::{self, File, OpenOptions};
@@ -32,6 +34,7 @@ use std::time::Instant;
 
 use super::file::fsync_dir;
 use super::index::{Index, Slot, VolumeFile};
+use super::index_file::{self, Describes, Entry, IndexWriter, Unusable};
 use super::verify::unix_secs;
 use super::{StoreError, StoredObject};
 use crate::proto::{Checksum, ObjectId};
@@ -146,17 +149,32 @@ pub(super) fn volume_name(ordinal: u32, generation: u32, suffix: &str) -> String
     format!("{ordinal:08}.{generation}.{suffix}")
 }
 
-/// `(ordinal, generation, finished)` from a volume file's name.
-fn parse_volume_name(name: &str) -> Option<(u32, u32, bool)> {
+/// The files of the volumes directory, by their names' endings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FileKind {
+    /// `.vol`: a volume.
+    Volume,
+    /// `.compacting`: a compaction's unfinished next generation.
+    Compacting,
+    /// `.idx`: a sealed volume's index file (`index_file.rs`).
+    Index,
+    /// `.idx.tmp`: an index file not yet named.
+    IndexTemp,
+}
+
+/// `(ordinal, generation, kind)` from a name in the volumes directory.
+fn parse_volume_name(name: &str) -> Option<(u32, u32, FileKind)> {
     let mut parts = name.split('.');
     let ordinal = parts.next().filter(|p| p.len() == 8)?.parse().ok()?;
     let generation = parts.next()?.parse().ok()?;
-    let finished = match parts.next()? {
-        "vol" => true,
-        "compacting" => false,
+    let kind = match (parts.next()?, parts.next()) {
+        ("vol", None) => FileKind::Volume,
+        ("compacting", None) => FileKind::Compacting,
+        ("idx", None) => FileKind::Index,
+        ("idx", Some("tmp")) => FileKind::IndexTemp,
         _ => return None,
     };
-    parts.next().is_none().then_some((ordinal, generation, finished))
+    parts.next().is_none().then_some((ordinal, generation, kind))
 }
 
 /// Creates a volume file named `name` in `dir` with its header, synced, and syncs the
@@ -174,6 +192,13 @@ pub(super) fn create_volume(dir: &Path, name: &str, ordinal: u32, generation: u3
 pub(super) struct Found {
     pub offset: u64,
     pub header: Header,
+}
+
+impl Found {
+    /// What an index file keeps of the record.
+    pub fn entry(&self) -> Entry {
+        Entry { id: self.header.id, kind: self.header.kind, offset: self.offset, len: self.header.len }
+    }
 }
 
 /// What `walk_records` found besides the records.
@@ -287,26 +312,59 @@ pub(super) struct Opened {
     /// One sentence per repair made (torn tails cut, damaged headers skipped, leftovers
     /// removed), for the log.
     pub repairs: Vec<String>,
+    pub start_up: StartUp,
+}
+
+/// How start-up read the volumes, for the node's log.
+#[derive(Debug, Default)]
+pub struct StartUp {
+    /// Sealed volumes loaded from their index files.
+    pub from_index: usize,
+    /// Volumes read whole: the last one, and sealed ones without a usable index file.
+    pub replayed: usize,
+    /// Of those, sealed volumes that had no index file (written before index files
+    /// existed, or sealed just before a stop).
+    pub without_index: usize,
+    /// One sentence per sealed volume whose index file was there but unusable (damaged,
+    /// torn, stale) or could not be rewritten.
+    pub fallbacks: Vec<String>,
+    pub seconds: f64,
+}
+
+/// Puts one record of volume `ordinal`, read in order, into the index: a later record
+/// wins, a tombstone removes.
+fn apply(index: &mut Index, ordinal: u32, entry: Entry) {
+    match entry.kind {
+        Kind::Put => index.insert(entry.id, Slot { volume: ordinal, offset: entry.offset as u32, len: entry.len }),
+        Kind::Tombstone => {
+            index.remove(&entry.id);
+        }
+    }
 }
 
 impl Volumes {
-    /// Opens the volumes under `dir` (creating it), replays them into the index and
-    /// repairs what a crash left: unfinished compactions and older generations are
-    /// removed, torn tails are cut off.
+    /// Opens the volumes under `dir` (creating it), loads sealed volumes from their
+    /// index files and replays the others into the index, and repairs what a crash
+    /// left: unfinished compactions and older generations are removed, torn tails are
+    /// cut off.
     pub fn open(dir: &Path, limit: u64, fsync_seconds: prometheus::Histogram) -> io::Result<Opened> {
+        let started = Instant::now();
         fs::create_dir_all(dir)?;
         let mut repairs = Vec::new();
+        let mut start_up = StartUp::default();
         let mut newest: std::collections::BTreeMap<u32, u32> = Default::default();
-        let mut names = Vec::new();
+        let (mut names, mut index_files) = (Vec::new(), Vec::new());
         for entry in fs::read_dir(dir)? {
             let name = entry?.file_name().to_string_lossy().to_string();
             match parse_volume_name(&name) {
-                Some((ordinal, generation, true)) => {
+                Some((ordinal, generation, FileKind::Volume)) => {
                     let kept = newest.entry(ordinal).or_insert(generation);
                     *kept = (*kept).max(generation);
                     names.push((ordinal, generation, name));
                 }
-                Some((_, _, false)) => names.push((u32::MAX, 0, name)),
+                Some((_, _, FileKind::Compacting)) => names.push((u32::MAX, 0, name)),
+                Some((ordinal, generation, FileKind::Index)) => index_files.push((ordinal, generation, name)),
+                Some((_, _, FileKind::IndexTemp)) => fs::remove_file(dir.join(name))?,
                 None => {}
             }
         }
@@ -346,20 +404,42 @@ impl Volumes {
                     continue;
                 }
             };
+            let reader = Arc::new(File::open(&path)?);
+            let volume =
+                VolumeFile { file: Arc::clone(&reader), generation, salt, end: len, garbage: 0, indexed: false };
+            index.volumes.insert(ordinal, volume);
+            let sealed = Some(ordinal) != last;
+            if sealed {
+                let describes = Describes { ordinal, generation, salt, end: len };
+                match index_file::load(dir, &describes, &mut |entry| apply(&mut index, ordinal, entry))? {
+                    Ok(skipped) => {
+                        let volume = index.volumes.get_mut(&ordinal).expect("inserted above");
+                        (volume.garbage, volume.indexed) = (skipped, true);
+                        start_up.from_index += 1;
+                        continue;
+                    }
+                    Err(Unusable::Missing) => start_up.without_index += 1,
+                    Err(Unusable::Refused(why)) => start_up.fallbacks.push(format!("replaying {name}: {why}")),
+                }
+            }
+            start_up.replayed += 1;
+            // A sealed volume's index file is written as it is replayed.
+            let mut out = match sealed.then(|| IndexWriter::create(dir, ordinal, generation)).transpose() {
+                Ok(out) => out,
+                Err(e) => {
+                    start_up.fallbacks.push(format!("cannot write the index file of {name}: {e}"));
+                    None
+                }
+            };
             // Records go into the index as they are read; only the last few are kept,
             // to be taken back out if the volume's tail turns out torn.
-            let reader = Arc::new(File::open(&path)?);
-            let volume = VolumeFile { file: Arc::clone(&reader), generation, salt, end: len, garbage: 0 };
-            index.volumes.insert(ordinal, volume);
             let mut tail = VecDeque::new();
             let walk = walk_records(&file, salt, len, &mut |found| {
-                let Found { offset, header } = found;
-                match header.kind {
-                    Kind::Put => {
-                        index.insert(header.id, Slot { volume: ordinal, offset: offset as u32, len: header.len })
-                    }
-                    Kind::Tombstone => {
-                        index.remove(&header.id);
+                apply(&mut index, ordinal, found.entry());
+                if let Some(writer) = &mut out {
+                    if let Err(e) = writer.add(&found.entry()) {
+                        start_up.fallbacks.push(format!("cannot write the index file of {name}: {e}"));
+                        out = None;
                     }
                 }
                 tail.push_back(found);
@@ -395,18 +475,41 @@ impl Volumes {
                 volume.garbage += to - from;
                 repairs.push(format!("skipped {} damaged byte(s) at {from} of {name}", to - from));
             }
+            if let Some(writer) = out {
+                let skipped = walk.skipped.iter().map(|(from, to)| to - from).sum();
+                match writer.finish(salt, end, skipped) {
+                    Ok(_) => volume.indexed = true,
+                    Err(e) => start_up.fallbacks.push(format!("cannot write the index file of {name}: {e}")),
+                }
+            }
+        }
+        // Index files of generations that are gone (compacted, moved aside, removed).
+        let mut removed = false;
+        for (ordinal, generation, name) in index_files {
+            if index.volumes.get(&ordinal).is_none_or(|v| v.generation != generation) {
+                fs::remove_file(dir.join(name))?;
+                removed = true;
+            }
+        }
+        if removed {
+            fsync_dir(dir)?;
         }
 
         let (objects, bytes) = (index.objects.len() as u64, index.objects.values().map(|s| s.len as u64).sum());
-        let active = match index.volumes.iter().next_back() {
-            Some((&ordinal, volume)) if volume.end < limit => (ordinal, volume.generation, volume.salt, volume.end),
+        let active = match index.volumes.iter_mut().next_back() {
+            Some((&ordinal, volume)) if volume.end < limit => {
+                // Written to again (even one sealed before, when the volume after it was
+                // removed above): its index file is stale until it is sealed again.
+                volume.indexed = false;
+                (ordinal, volume.generation, volume.salt, volume.end)
+            }
             previous => {
                 let ordinal = previous.map_or(1, |(ordinal, _)| ordinal + 1);
                 let salt = rand::random::<u64>();
                 let name = volume_name(ordinal, 0, "vol");
                 drop(create_volume(dir, &name, ordinal, 0, salt)?);
                 let file = Arc::new(File::open(dir.join(&name))?);
-                let volume = VolumeFile { file, generation: 0, salt, end: VOLUME_HEADER, garbage: 0 };
+                let volume = VolumeFile { file, generation: 0, salt, end: VOLUME_HEADER, garbage: 0, indexed: false };
                 index.volumes.insert(ordinal, volume);
                 (ordinal, 0, salt, VOLUME_HEADER)
             }
@@ -433,7 +536,8 @@ impl Volumes {
             switching: RwLock::new(()),
             fsync_seconds,
         };
-        Ok(Opened { volumes, objects, bytes, repairs })
+        start_up.seconds = started.elapsed().as_secs_f64();
+        Ok(Opened { volumes, objects, bytes, repairs, start_up })
     }
 
     pub fn contains(&self, id: &ObjectId) -> bool {
@@ -571,7 +675,8 @@ impl Volumes {
         self.synced.notify_all();
     }
 
-    /// Seals the active volume (synced) and starts the next one.
+    /// Seals the active volume (synced) and starts the next one. The sealed volume's
+    /// index file is written later, off the writers' path (`index_sealed`).
     fn roll(&self, writer: &mut Writer) -> io::Result<()> {
         let result = writer.file.as_ref().map_or(Ok(()), |file| file.sync_data());
         let (after, through) = (writer.synced, writer.written);
@@ -585,7 +690,7 @@ impl Volumes {
         if let Some(sealed) = index.volumes.get_mut(&writer.ordinal) {
             sealed.end = writer.end;
         }
-        let volume = VolumeFile { file: reader, generation: 0, salt, end: VOLUME_HEADER, garbage: 0 };
+        let volume = VolumeFile { file: reader, generation: 0, salt, end: VOLUME_HEADER, garbage: 0, indexed: false };
         index.volumes.insert(ordinal, volume);
         (writer.ordinal, writer.generation, writer.salt) = (ordinal, 0, salt);
         (writer.file, writer.end) = (Some(file), VOLUME_HEADER);
@@ -790,9 +895,21 @@ mod tests {
 
     #[test]
     fn volume_names_parse_strictly() {
-        assert_eq!(parse_volume_name("00000001.0.vol"), Some((1, 0, true)));
-        assert_eq!(parse_volume_name("00000012.3.compacting"), Some((12, 3, false)));
-        for bad in ["1.0.vol", "00000001.vol", "00000001.0.vol.x", "00000001.x.vol", "0000000a.0.vol", "junk"] {
+        assert_eq!(parse_volume_name("00000001.0.vol"), Some((1, 0, FileKind::Volume)));
+        assert_eq!(parse_volume_name("00000012.3.compacting"), Some((12, 3, FileKind::Compacting)));
+        assert_eq!(parse_volume_name("00000012.3.idx"), Some((12, 3, FileKind::Index)));
+        assert_eq!(parse_volume_name("00000012.3.idx.tmp"), Some((12, 3, FileKind::IndexTemp)));
+        for bad in [
+            "1.0.vol",
+            "00000001.vol",
+            "00000001.0.vol.x",
+            "00000001.x.vol",
+            "0000000a.0.vol",
+            "junk",
+            "00000001.0.vol.tmp",
+            "00000001.0.idx.tmp.x",
+            "00000001.0.damaged",
+        ] {
             assert_eq!(parse_volume_name(bad), None, "{bad}");
         }
     }
