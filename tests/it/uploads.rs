@@ -222,6 +222,18 @@ fn store_on(client: &Client, placement: &aetherstore::proto::Placement, data: &[
     id
 }
 
+/// Each upload is complete with `copies` replicas and reads back as it was written.
+#[track_caller]
+fn all_complete(client: &Client, uploaded: &[(ObjectId, Vec<u8>)], copies: usize) {
+    for (id, data) in uploaded {
+        let (status, object) = api_get(&format!("{}/api/objects/{id}", client.master())).unwrap();
+        assert_eq!((status, object["replicas"].as_array().map(Vec::len)), (200, Some(copies)), "{object}");
+        let mut read = Vec::new();
+        client.download(id, &mut read).unwrap();
+        assert!(read == *data, "{id}");
+    }
+}
+
 #[test]
 fn init_batch_hands_out_placements_each_as_init_does() {
     let cluster = TestCluster::start("init-batch", 3, 2);
@@ -301,14 +313,7 @@ fn small_uploads_take_placements_from_batches() {
     // Batches double from one up to the queue's bound, refilled below a quarter of it.
     assert!(batches >= 1.0 && batches <= 8.0 + count / 16.0, "{batches} batches for {count} uploads");
     // Every upload is an ordinary one: completed, on 2 nodes, read back from the master's word.
-    let fresh = Client::new(aetherstore::client::agent(), &m);
-    for (id, data) in &uploaded {
-        let (status, object) = api_get(&format!("{m}/api/objects/{id}")).unwrap();
-        assert_eq!((status, object["replicas"].as_array().map(Vec::len)), (200, Some(2)), "{object}");
-        let mut read = Vec::new();
-        fresh.download(id, &mut read).unwrap();
-        assert!(read == *data, "{id}");
-    }
+    all_complete(&Client::new(aetherstore::client::agent(), &m), &uploaded, 2);
     // A large upload asks `init` for itself.
     let large = pattern(9, 65 * 1024 + 1);
     client.upload(large.len() as u64, None, &mut || Ok(&large[..])).unwrap();
@@ -338,13 +343,7 @@ fn queued_placements_naming_a_killed_node_still_upload() {
     assert!(requests_to(&m, "ReplaceNodes") >= 1.0, "no placement named the killed node");
     assert_eq!(requests_to(&m, "InitUpload"), 0.0);
     assert!(requests_to(&m, "InitUploadBatch") - batches <= 3.0);
-    for (id, data) in &uploaded {
-        let (status, object) = api_get(&format!("{m}/api/objects/{id}")).unwrap();
-        assert_eq!((status, object["replicas"].as_array().map(Vec::len)), (200, Some(2)), "{object}");
-        let mut read = Vec::new();
-        client.download(id, &mut read).unwrap();
-        assert!(read == *data, "{id}");
-    }
+    all_complete(&client, &uploaded, 2);
 }
 
 #[test]
