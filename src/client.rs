@@ -6,6 +6,7 @@ use std::io::{self, Read, Write};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod prefetch;
 mod s3;
 
 use serde::de::DeserializeOwned;
@@ -14,10 +15,11 @@ use serde::Serialize;
 use crate::locations::{Location, Locations, DEFAULT_CAPACITY};
 use crate::node_client::{NodeClient, ObjectPut};
 use crate::proto::{
-    Checksum, ClusterStatus, CompleteUpload, DrainStatus, ErrorBody, Heartbeat, InitUpload, Inventory, NodeCommands,
-    NodeInfo, NodeList, ObjectId, ObjectInfo, Placement, Receipt, RegisterNode, ReplaceNodes, ReplicaReport,
-    ReplicaResult, StatusOk, Stored, CHECKSUM_HEADER, TOKEN_HEADER,
+    Checksum, ClusterStatus, CompleteUpload, DrainStatus, ErrorBody, Heartbeat, InitUpload, InitUploadBatch, Inventory,
+    NodeCommands, NodeInfo, NodeList, ObjectId, ObjectInfo, Placement, PlacementBatch, Receipt, RegisterNode,
+    ReplaceNodes, ReplicaReport, ReplicaResult, StatusOk, Stored, CHECKSUM_HEADER, TOKEN_HEADER,
 };
+use prefetch::{Prefetched, Taken, SMALL_UPLOAD};
 
 #[derive(Debug)]
 pub enum ClientError {
@@ -187,6 +189,8 @@ pub struct Client {
     token: Option<String>,
     /// Where objects this client uploaded or read live, shared by its clones.
     locations: Arc<Locations>,
+    /// Placements taken ahead for small uploads, shared by its clones.
+    prefetched: Arc<Prefetched>,
 }
 
 /// An upload whose copies are stored but not yet completed (`Client::stage`).
@@ -211,7 +215,8 @@ impl Client {
     pub fn new(agent: ureq::Agent, master: &str) -> Client {
         let nodes = NodeClient::anonymous(agent.clone());
         let locations = Arc::new(Locations::new(DEFAULT_CAPACITY));
-        Client { agent, nodes, master: master_url(master), token: None, locations }
+        let prefetched = Arc::new(Prefetched::new());
+        Client { agent, nodes, master: master_url(master), token: None, locations, prefetched }
     }
 
     /// Sends the cluster token with every request to the master.
@@ -266,6 +271,50 @@ impl Client {
 
     pub fn init_upload(&self, size: u64, replication: Option<usize>) -> Result<Placement, ClientError> {
         self.post("/api/upload/init", &InitUpload { size, replication })
+    }
+
+    /// `count` placements for uploads of up to `size` bytes at once.
+    pub fn init_upload_batch(
+        &self,
+        size: u64,
+        replication: Option<usize>,
+        count: usize,
+    ) -> Result<PlacementBatch, ClientError> {
+        self.post("/api/upload/init_batch", &InitUploadBatch { size, replication, count })
+    }
+
+    /// A placement for a new upload of `len` bytes: for a small one, one taken ahead
+    /// (`prefetch.rs`: the queue is refilled by `init_batch` when it runs low); for a
+    /// large one, or from a master that predates `init_batch`, one `init`.
+    fn place(&self, len: u64, replication: Option<usize>) -> Result<Placement, ClientError> {
+        if len > SMALL_UPLOAD || !self.prefetched.supported() {
+            return self.retrying(|| self.init_upload(len, replication));
+        }
+        let Taken { placement, refill } = self.prefetched.take(replication);
+        let Some(refill) = refill else {
+            return Ok(placement.expect("without the duty to refill, take hands out a placement"));
+        };
+        let for_me = placement.is_none();
+        match self.retrying(|| self.init_upload_batch(SMALL_UPLOAD, replication, refill.count)) {
+            Ok(batch) => match (placement, refill.fill(batch, for_me)) {
+                (Some(placement), _) | (None, Some(placement)) => Ok(placement),
+                (None, None) => Err(ClientError::Protocol {
+                    url: format!("{}/api/upload/init_batch", self.master),
+                    message: "the master answered no placement".into(),
+                }),
+            },
+            Err(e) if matches!(e.status(), Some(404 | 405)) => {
+                self.prefetched.mark_unsupported();
+                drop(refill);
+                match placement {
+                    Some(placement) => Ok(placement),
+                    None => self.retrying(|| self.init_upload(len, replication)),
+                }
+            }
+            // A refill that failed is tried again by the next upload; this one goes on
+            // with the placement it has, if it has one.
+            Err(e) => placement.ok_or(e),
+        }
     }
 
     pub fn complete_upload(&self, id: &ObjectId) -> Result<(), ClientError> {
@@ -395,7 +444,7 @@ impl Client {
         replication: Option<usize>,
         open: &mut dyn FnMut() -> io::Result<R>,
     ) -> Result<Staged, ClientError> {
-        let placement = self.retrying(|| self.init_upload(len, replication))?;
+        let placement = self.place(len, replication)?;
         let id = ObjectId::parse(&placement.objectid)
             .map_err(|message| ClientError::Protocol { url: self.master.clone(), message })?;
         let wanted = placement.nodes.len();

@@ -40,6 +40,31 @@ pub struct InitUpload {
     pub replication: Option<usize>,
 }
 
+/// `POST /api/upload/init_batch`: `count` placements at once, each what `init` answers
+/// for an upload of `size` bytes, so a client with many small uploads asks once for many.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct InitUploadBatch {
+    pub size: u64,
+    /// How many replicas each placement has; the master's replication factor when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication: Option<usize>,
+    /// How many placements, 1 to `MAX_INIT_BATCH`.
+    pub count: usize,
+}
+
+/// The most placements one `init_batch` hands out.
+pub const MAX_INIT_BATCH: usize = 64;
+
+/// The answer of `POST /api/upload/init_batch`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PlacementBatch {
+    /// Each with an id of its own, issued now: it completes only within the grace.
+    pub placements: Vec<Placement>,
+    /// The master's `--upload-grace` in milliseconds, so a client keeping placements
+    /// for later knows how soon they must be used.
+    pub upload_grace_ms: u64,
+}
+
 /// The placement for a new object: upload its bytes to every node listed.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Placement {

@@ -23,12 +23,14 @@ fuzz_target!(|body: &[u8]| {
     round_trip::<ReplicaReport>(body);
     round_trip::<Inventory>(body);
     round_trip::<InitUpload>(body);
+    round_trip::<InitUploadBatch>(body);
     round_trip::<ReplaceNodes>(body);
     round_trip::<CompleteUpload>(body);
     round_trip::<ReplicateRequest>(body);
     round_trip::<DeleteRequest>(body);
     // Replies clients and datanodes read.
     round_trip::<Placement>(body);
+    round_trip::<PlacementBatch>(body);
     round_trip::<ObjectInfo>(body);
     round_trip::<NodeList>(body);
     round_trip::<NodeCommands>(body);

@@ -37,8 +37,8 @@ use crate::node_client::{NodeClient, Registry};
 use crate::proto::s3::{PutNewEntry, PutNewPart};
 use crate::proto::{
     normalize_address, validate_node_id, ChainSignature, ClusterStatus, CompleteUpload, DrainStatus, Health, Heartbeat,
-    InitUpload, Inventory, NodeCommands, NodeInfo, NodeList, ObjectId, ObjectInfo, Placement, Receipt, RegisterNode,
-    ReplaceNodes, ReplicaInfo, ReplicaReport, StatusOk,
+    InitUpload, InitUploadBatch, Inventory, NodeCommands, NodeInfo, NodeList, ObjectId, ObjectInfo, Placement,
+    PlacementBatch, Receipt, RegisterNode, ReplaceNodes, ReplicaInfo, ReplicaReport, StatusOk, MAX_INIT_BATCH,
 };
 use db::{Candidate, Confirmation, Counts, Drain, MetaDb, MetaError, NewUpload, Registered};
 use events::{EventKind, Events};
@@ -262,6 +262,7 @@ enum Endpoint {
     ListNodes,
     ClusterStatus,
     InitUpload,
+    InitUploadBatch,
     ReplaceNodes,
     CompleteUpload,
     GetObject(ObjectId),
@@ -290,6 +291,7 @@ impl Endpoint {
             "/api/nodes" => (Endpoint::ListNodes, is_get, "GET"),
             "/api/cluster" => (Endpoint::ClusterStatus, is_get, "GET"),
             "/api/upload/init" => (Endpoint::InitUpload, is_post, "POST"),
+            "/api/upload/init_batch" => (Endpoint::InitUploadBatch, is_post, "POST"),
             "/api/upload/replace" => (Endpoint::ReplaceNodes, is_post, "POST"),
             "/api/upload/complete" => (Endpoint::CompleteUpload, is_post, "POST"),
             _ if path.starts_with("/api/s3/") => (Endpoint::S3(s3::S3Endpoint::parse(method, path)?), true, ""),
@@ -339,6 +341,7 @@ impl Endpoint {
             Endpoint::ListNodes => "ListNodes",
             Endpoint::ClusterStatus => "ClusterStatus",
             Endpoint::InitUpload => "InitUpload",
+            Endpoint::InitUploadBatch => "InitUploadBatch",
             Endpoint::ReplaceNodes => "ReplaceNodes",
             Endpoint::CompleteUpload => "CompleteUpload",
             Endpoint::GetObject(_) => "GetObject",
@@ -484,6 +487,10 @@ impl MasterState {
             Endpoint::InitUpload => {
                 let body: InitUpload = http::read_json(request, r#"{"size": <bytes>}"#)?;
                 self.init_upload(body)
+            }
+            Endpoint::InitUploadBatch => {
+                let body: InitUploadBatch = http::read_json(request, r#"{"size": <bytes>, "count": <1 to 64>}"#)?;
+                self.init_upload_batch(body)
             }
             Endpoint::ReplaceNodes => {
                 let body: ReplaceNodes =
@@ -838,7 +845,7 @@ impl MasterState {
     /// alive nodes first, then (only as far as those do not go) nodes a client recently
     /// reported failed and suspect ones; spread over zones and weighted by free space
     /// (`placement::choose_spread`).
-    fn chooser(&self, size: u64) -> impl FnOnce(&[Candidate], usize) -> Result<Vec<Candidate>, MetaError> {
+    fn chooser(&self, size: u64) -> impl Fn(&[Candidate], usize) -> Result<Vec<Candidate>, MetaError> {
         let (alive, suspect) = (self.membership.placeable(size), self.membership.fallback(size));
         let penalized = self.penalized(Instant::now());
         let (avoided, preferred): (Vec<String>, Vec<String>) = alive.into_iter().partition(|id| penalized.contains(id));
@@ -885,27 +892,52 @@ impl MasterState {
     }
 
     fn init_upload(&self, body: InitUpload) -> Result<Reply, ApiError> {
-        let max = self.config.max_object_size;
-        if body.size > max {
+        let mut placements = self.place_uploads(body.size, body.replication, 1)?;
+        Ok(http::json_reply(200, &placements.remove(0)))
+    }
+
+    /// `count` placements in one answer, each exactly what `init` would answer: its own
+    /// id (and issue time), its own choice of nodes, its own signature.
+    fn init_upload_batch(&self, body: InitUploadBatch) -> Result<Reply, ApiError> {
+        if !(1..=MAX_INIT_BATCH).contains(&body.count) {
             return Err(ApiError::bad_request(format!(
-                "size {} is larger than the maximum object size of {max} bytes",
-                body.size
+                "count {} is out of range 1..={MAX_INIT_BATCH}; ask for several batches",
+                body.count
             )));
         }
-        let replication = body.replication.unwrap_or(self.config.replication);
+        let placements = self.place_uploads(body.size, body.replication, body.count)?;
+        let upload_grace_ms = self.upload_grace_ms() as u64;
+        Ok(http::json_reply(200, &PlacementBatch { placements, upload_grace_ms }))
+    }
+
+    /// Places `count` new uploads of `size` bytes and `replication` copies (the master's
+    /// factor when `None`).
+    fn place_uploads(&self, size: u64, replication: Option<usize>, count: usize) -> Result<Vec<Placement>, ApiError> {
+        let max = self.config.max_object_size;
+        if size > max {
+            return Err(ApiError::bad_request(format!(
+                "size {size} is larger than the maximum object size of {max} bytes"
+            )));
+        }
+        let replication = replication.unwrap_or(self.config.replication);
         if !(1..=MAX_REPLICATION).contains(&replication) {
             return Err(ApiError::bad_request(format!(
                 "replication {replication} is out of range 1..={MAX_REPLICATION}"
             )));
         }
-        // Nothing durable: the id proves it was issued here, for how many copies and
-        // when, and the placement is kept in memory (`uploads.rs`).
-        let id = self.upload_ids.issue(replication, db::now_ms(), &mut rand::thread_rng());
         let known = Arc::clone(&self.nodes.read().expect("nodes lock"));
-        let placed = self.chooser(body.size)(&known, replication)?;
-        let (nodes, addresses): (Vec<String>, Vec<String>) = placed.into_iter().unzip();
-        self.placements.insert(id, Placed { size: body.size, nodes });
-        Ok(http::json_reply(200, &self.placement(id, addresses)))
+        let choose = self.chooser(size);
+        (0..count)
+            .map(|_| {
+                // Nothing durable: the id proves it was issued here, for how many copies
+                // and when, and the placement is kept in memory (`uploads.rs`).
+                let id = self.upload_ids.issue(replication, db::now_ms(), &mut rand::thread_rng());
+                let placed = choose(&known, replication)?;
+                let (nodes, addresses): (Vec<String>, Vec<String>) = placed.into_iter().unzip();
+                self.placements.insert(id, Placed { size, nodes });
+                Ok(self.placement(id, addresses))
+            })
+            .collect()
     }
 
     /// An upload this master issued the id of, with its placement if still in memory;
@@ -1266,6 +1298,8 @@ mod tests {
             (Method::Get, "/api/nodes".into(), Ok(Endpoint::ListNodes)),
             (Method::Get, "/api/cluster".into(), Ok(Endpoint::ClusterStatus)),
             (Method::Post, "/api/upload/init".into(), Ok(Endpoint::InitUpload)),
+            (Method::Post, "/api/upload/init_batch".into(), Ok(Endpoint::InitUploadBatch)),
+            (Method::Get, "/api/upload/init_batch".into(), Err(405)),
             (Method::Post, "/api/upload/replace".into(), Ok(Endpoint::ReplaceNodes)),
             (Method::Post, "/api/upload/complete".into(), Ok(Endpoint::CompleteUpload)),
             (Method::Get, format!("/api/objects/{id}"), Ok(Endpoint::GetObject(parsed))),

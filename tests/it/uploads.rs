@@ -199,3 +199,180 @@ fn a_complete_racing_the_collector_is_never_lost() {
         assert_eq!((status, object["replicas"].as_array().map(Vec::len)), (200, Some(2)), "{object}");
     }
 }
+
+/// Requests the master answered for `endpoint` (an `Endpoint` variant's name), any status.
+fn requests_to(master: &str, endpoint: &str) -> f64 {
+    let text = crate::cluster::agent().get(&format!("{master}/metrics")).call().unwrap().into_string().unwrap();
+    let prefix = format!("aether_http_requests_total{{endpoint=\"{endpoint}\",");
+    text.lines()
+        .filter(|l| l.starts_with(&prefix))
+        .map(|l| l.split_whitespace().last().unwrap().parse::<f64>().unwrap())
+        .sum()
+}
+
+/// Stores and completes an upload on a placement as it came, with the datanodes' receipts.
+fn store_on(client: &Client, placement: &aetherstore::proto::Placement, data: &[u8]) -> ObjectId {
+    let id = ObjectId::parse(&placement.objectid).unwrap();
+    let stored = client
+        .put_chain(&placement.nodes, placement.signature.as_deref(), &id, data, data.len() as u64)
+        .unwrap_or_else(|e| panic!("chain {:?}: {e}", placement.nodes));
+    let receipts: Vec<Receipt> = stored.replicas.iter().filter_map(|r| r.receipt.clone()).collect();
+    assert_eq!(receipts.len(), placement.nodes.len(), "{stored:?}");
+    client.complete_with_receipts(&id, receipts).unwrap();
+    id
+}
+
+/// Each upload is complete with `copies` replicas and reads back as it was written.
+#[track_caller]
+fn all_complete(client: &Client, uploaded: &[(ObjectId, Vec<u8>)], copies: usize) {
+    for (id, data) in uploaded {
+        let (status, object) = api_get(&format!("{}/api/objects/{id}", client.master())).unwrap();
+        assert_eq!((status, object["replicas"].as_array().map(Vec::len)), (200, Some(copies)), "{object}");
+        let mut read = Vec::new();
+        client.download(id, &mut read).unwrap();
+        assert!(read == *data, "{id}");
+    }
+}
+
+#[test]
+fn init_batch_hands_out_placements_each_as_init_does() {
+    let cluster = TestCluster::start("init-batch", 3, 2);
+    let m = &cluster.master.url;
+    let client = client(&cluster);
+    let body = json!({"size": 1000, "count": 64}).to_string();
+    let (status, answer) = request("POST", &format!("{m}/api/upload/init_batch"), Some(body.as_bytes())).unwrap();
+    assert_eq!(status, 200, "{answer}");
+    let batch: aetherstore::proto::PlacementBatch = serde_json::from_value(answer).unwrap();
+    assert_eq!((batch.placements.len(), batch.upload_grace_ms), (64, 3_600_000));
+    let ids: std::collections::HashSet<&str> = batch.placements.iter().map(|p| p.objectid.as_str()).collect();
+    assert_eq!(ids.len(), 64, "every placement has an id of its own");
+    let mut used = std::collections::HashSet::new();
+    for placement in &batch.placements {
+        let id = &placement.objectid;
+        assert_eq!(uuid::Uuid::parse_str(id).unwrap().get_version_num(), 4, "{id}");
+        assert!(matches!(&id[19..20], "8" | "9" | "a" | "b"), "{id}");
+        let nodes: std::collections::HashSet<&String> = placement.nodes.iter().collect();
+        assert_eq!(nodes.len(), 2, "{placement:?}");
+        assert_eq!(placement.signature, None, "no token, no signature");
+        used.extend(placement.nodes.iter().cloned());
+    }
+    // Each placement is its own choice: over 64 of them every node takes some.
+    assert_eq!(used.len(), 3, "{used:?}");
+    for (i, placement) in batch.placements.iter().take(5).enumerate() {
+        let data = pattern(i as u64, 3000);
+        let id = store_on(&client, placement, &data);
+        let mut read = Vec::new();
+        client.download(&id, &mut read).unwrap();
+        assert!(read == data, "{id}");
+    }
+    let oversized = format!(r#"{{"size": 1, "count": 2, "pad": "{}"}}"#, "x".repeat(70_000));
+    let refused: &[(String, u16, &str)] = &[
+        (json!({"size": 10, "count": 0}).to_string(), 400, "count 0 is out of range"),
+        (json!({"size": 10, "count": 1000}).to_string(), 400, "count 1000 is out of range"),
+        (json!({"size": 10}).to_string(), 400, "count"),
+        (json!({"size": 10, "count": 2, "replication": 17}).to_string(), 400, "replication 17"),
+        (json!({"size": 1u64 << 50, "count": 2}).to_string(), 400, "maximum object size"),
+        (json!({"size": 10, "count": 2, "replication": 4}).to_string(), 503, "need 4 datanodes"),
+        (oversized, 413, "larger than"),
+    ];
+    for (body, want, says) in refused {
+        let (status, answer) = request("POST", &format!("{m}/api/upload/init_batch"), Some(body.as_bytes())).unwrap();
+        assert_eq!(status, *want, "{body:.80}: {answer}");
+        assert!(answer["error"].as_str().unwrap().contains(says), "{body:.80}: {answer}");
+    }
+    let (status, _) = api_get(&format!("{m}/api/upload/init_batch")).unwrap();
+    assert_eq!(status, 405);
+}
+
+#[test]
+fn small_uploads_take_placements_from_batches() {
+    let cluster = TestCluster::start("batched", 3, 2);
+    let m = cluster.master.url.clone();
+    let client = client(&cluster);
+    let (threads, each) = (4, 50);
+    let uploaded: Vec<(ObjectId, Vec<u8>)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                let client = &client;
+                scope.spawn(move || {
+                    (0..each)
+                        .map(|i| {
+                            let data = pattern(t * 1000 + i, 100 + (i as usize * 1301) % 65_000);
+                            let uploaded = client.upload(data.len() as u64, None, &mut || Ok(&data[..])).unwrap();
+                            (uploaded.id, data)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers.into_iter().flat_map(|w| w.join().unwrap()).collect()
+    });
+    let count = uploaded.len() as f64;
+    let (init, batches) = (requests_to(&m, "InitUpload"), requests_to(&m, "InitUploadBatch"));
+    assert_eq!(init, 0.0, "small uploads take placements from batches");
+    // Batches double from one up to the queue's bound, refilled below a quarter of it.
+    assert!(batches >= 1.0 && batches <= 8.0 + count / 16.0, "{batches} batches for {count} uploads");
+    // Every upload is an ordinary one: completed, on 2 nodes, read back from the master's word.
+    all_complete(&Client::new(aetherstore::client::agent(), &m), &uploaded, 2);
+    // A large upload asks `init` for itself.
+    let large = pattern(9, 65 * 1024 + 1);
+    client.upload(large.len() as u64, None, &mut || Ok(&large[..])).unwrap();
+    assert_eq!(requests_to(&m, "InitUpload"), 1.0);
+}
+
+#[test]
+fn queued_placements_naming_a_killed_node_still_upload() {
+    let mut cluster = TestCluster::start("batch-kill", 3, 2);
+    let m = cluster.master.url.clone();
+    let client = client(&cluster);
+    // Enough uploads to fill the queue: placements naming every node wait in it.
+    for i in 0..12 {
+        let data = pattern(i, 2000);
+        client.upload(data.len() as u64, None, &mut || Ok(&data[..])).unwrap();
+    }
+    let batches = requests_to(&m, "InitUploadBatch");
+    cluster.datanodes[0].kill();
+    let mut uploaded = Vec::new();
+    for i in 0..30 {
+        let data = pattern(100 + i, 2000);
+        let done = client.upload(data.len() as u64, None, &mut || Ok(&data[..]));
+        uploaded.push((done.unwrap_or_else(|e| panic!("upload {i} after the kill: {e}")).id, data));
+    }
+    // The chains that broke at the dead node asked for replacements; the placements
+    // used came from batches taken before the kill.
+    assert!(requests_to(&m, "ReplaceNodes") >= 1.0, "no placement named the killed node");
+    assert_eq!(requests_to(&m, "InitUpload"), 0.0);
+    assert!(requests_to(&m, "InitUploadBatch") - batches <= 3.0);
+    all_complete(&client, &uploaded, 2);
+}
+
+#[test]
+fn batched_placements_carry_signatures_chains_accept() {
+    let token = "batch-cluster-token";
+    let cluster = TestCluster::start_with(
+        "batch-token",
+        3,
+        &["--replication", "3", "--cluster-token", token],
+        &["--cluster-token", token],
+    );
+    let m = cluster.master.url.clone();
+    let client = client(&cluster);
+    let batch = client.init_upload_batch(100, None, 4).unwrap();
+    let signatures: std::collections::HashSet<String> =
+        batch.placements.iter().map(|p| p.signature.clone().expect("a signature with a token")).collect();
+    assert_eq!(signatures.len(), 4, "each placement is signed for its own id");
+    // A signature is for its own placement only: swapped, the first datanode refuses to forward.
+    let (first, second) = (&batch.placements[0], &batch.placements[1]);
+    let swapped = aetherstore::proto::Placement { signature: second.signature.clone(), ..first.clone() };
+    let id = ObjectId::parse(&first.objectid).unwrap();
+    let refused = client.put_chain(&swapped.nodes, swapped.signature.as_deref(), &id, &b"abc"[..], 3);
+    assert!(matches!(&refused, Err(ClientError::Api { status: 403, .. })), "{refused:?}");
+    store_on(&client, second, b"signed");
+    // Through the client's queue: three copies each, forwarded along signed chains.
+    for i in 0..20 {
+        let data = pattern(i, 500);
+        let uploaded = client.upload(data.len() as u64, None, &mut || Ok(&data[..])).unwrap();
+        assert_eq!(uploaded.replicas.iter().filter(|r| r.status == 201).count(), 3, "{:?}", uploaded.replicas);
+    }
+    assert_eq!(requests_to(&m, "InitUpload"), 0.0);
+}
