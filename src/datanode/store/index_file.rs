@@ -25,9 +25,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use super::file::{fsync_dir, RemoveOnDrop};
-use super::volume::{
-    record_len, volume_name, walk_records, Kind, Volumes, RECORD_HEADER, VOLUME_HEADER, VOLUME_OBJECT,
-};
+use super::volume::{possible_len, record_len, volume_name, walk_records, Kind, Volumes, RECORD_HEADER, VOLUME_HEADER};
 
 const INDEX_MAGIC: &[u8; 8] = b"AETHIDX1";
 const INDEX_HEADER: u64 = 64;
@@ -72,7 +70,7 @@ fn decode_entry(bytes: &[u8], after: u64, end: u64) -> Result<Entry, String> {
         0 => (Kind::Put, word),
         _ => (Kind::Tombstone, word & !TOMBSTONE_BIT),
     };
-    if u64::from(len) > VOLUME_OBJECT || (kind == Kind::Tombstone && len != 0) {
+    if !possible_len(kind, len) {
         return Err(format!("an entry's length {len} is impossible"));
     }
     if offset < after || offset % 8 != 0 || offset + record_len(len) > end {
@@ -311,6 +309,7 @@ impl Volumes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::datanode::store::volume::VOLUME_OBJECT;
 
     fn temp_dir(name: &str) -> std::path::PathBuf {
         let dir = std::env::temp_dir().join(format!("aether-idx-{name}-{}", rand::random::<u64>()));

@@ -109,7 +109,7 @@ pub(crate) fn parse_header(bytes: &[u8; RECORD_HEADER], salt: u64) -> Result<Hea
         other => return Err(format!("record kind {other} is unknown")),
     };
     let len = u32_at(24);
-    if u64::from(len) > VOLUME_OBJECT || (kind == Kind::Tombstone && len != 0) {
+    if !possible_len(kind, len) {
         return Err(format!("record length {len} is impossible"));
     }
     Ok(Header {
@@ -119,6 +119,12 @@ pub(crate) fn parse_header(bytes: &[u8; RECORD_HEADER], salt: u64) -> Result<Hea
         checksum: Checksum(u32_at(28)),
         created: u64::from_le_bytes(bytes[32..40].try_into().expect("8 bytes")),
     })
+}
+
+/// Whether a record of `kind` can be `len` bytes long: a put at most `VOLUME_OBJECT`,
+/// a tombstone none (for record headers and index file entries alike).
+pub(super) fn possible_len(kind: Kind, len: u32) -> bool {
+    u64::from(len) <= VOLUME_OBJECT && (kind == Kind::Put || len == 0)
 }
 
 fn encode_volume_header(ordinal: u32, generation: u32, salt: u64) -> [u8; VOLUME_HEADER as usize] {
