@@ -496,6 +496,7 @@ impl Client {
                 break;
             }
             let failed: Vec<String> = failed.into_iter().map(|r| r.node).collect();
+            self.prefetched.forget_nodes(&failed);
             chain = untried.into_iter().take(wanted - have).collect();
             let more = wanted - have - chain.len();
             if more > 0 {

@@ -8,7 +8,8 @@
 //! one never used is an upload never completed (nothing on disk, nothing in SQL). A node
 //! it names may have died since it was taken: the upload then replaces it as any chain
 //! break. To keep that rare, and to leave most of the grace to the upload, a placement
-//! is kept only for a few seconds.
+//! is kept only for a few seconds, and an upload that finds a node failed drops every
+//! kept placement naming it.
 //!
 //! Per replication factor, one queue, bounded, refilled by one caller at a time when it
 //! runs low (callers finding it empty wait for that refill rather than all asking), in
@@ -133,6 +134,20 @@ impl Prefetched {
     }
 }
 
+impl Prefetched {
+    /// Drops every kept placement that names one of `nodes`: an upload found them
+    /// failed and told the master, whose next placements avoid them; the ones kept from
+    /// before would each break a chain on them again.
+    pub fn forget_nodes(&self, nodes: &[String]) {
+        if nodes.is_empty() {
+            return;
+        }
+        for queue in self.lock().values_mut() {
+            queue.entries.retain(|(_, placement)| !placement.nodes.iter().any(|node| nodes.contains(node)));
+        }
+    }
+}
+
 impl Default for Prefetched {
     fn default() -> Prefetched {
         Prefetched::new()
@@ -228,6 +243,26 @@ mod tests {
         let refill = prefetched.take(None).refill.unwrap();
         refill.fill(batch(3, 1_000), true);
         assert_eq!(prefetched.lock()[&None].entries.len(), 0);
+    }
+
+    #[test]
+    fn placements_naming_a_failed_node_are_forgotten_in_every_queue() {
+        let prefetched = Prefetched::new();
+        let nodes = |i: usize| vec![format!("http://n{}:1", i % 3), format!("http://n{}:1", (i + 1) % 3)];
+        for replication in [None, Some(2)] {
+            let placements =
+                (0..6).map(|i| Placement { objectid: format!("id-{i}"), nodes: nodes(i), signature: None }).collect();
+            let refill = prefetched.take(replication).refill.unwrap();
+            refill.fill(PlacementBatch { placements, upload_grace_ms: 3_600_000 }, false);
+        }
+        prefetched.forget_nodes(&[]);
+        assert_eq!(prefetched.lock()[&None].entries.len(), 6);
+        prefetched.forget_nodes(&["http://n2:1".to_string()]);
+        for queue in prefetched.lock().values() {
+            // Only the placements on n0 and n1 are left: ids 0 and 3.
+            let left: Vec<_> = queue.entries.iter().map(|(_, p)| p.objectid.as_str()).collect();
+            assert_eq!(left, ["id-0", "id-3"]);
+        }
     }
 
     #[test]

@@ -365,6 +365,11 @@ fn uploads_right_after_a_datanode_sigkill_use_the_nodes_that_remain_with_a_token
 fn uploads_after_a_sigkill(mut cluster: TestCluster) {
     let client = Client::new(aetherstore::client::agent(), &cluster.master.url);
     let victim = cluster.datanodes[1].url.clone();
+    // A warm client: it holds placements taken ahead, most of them naming the victim.
+    for i in 0..7 {
+        let body = pattern(i, 5000);
+        client.upload(5000, None, &mut || Ok(std::io::Cursor::new(body.clone()))).unwrap();
+    }
     cluster.datanodes[1].kill();
     let (mut failures, mut through_victim) = (Vec::new(), 0);
     for i in 0..20 {
@@ -385,7 +390,8 @@ fn uploads_after_a_sigkill(mut cluster: TestCluster) {
         }
     }
     assert!(failures.is_empty(), "three healthy nodes remain for R=3, yet: {failures:#?}");
-    // The first upload that met the dead node reported it; placement avoided it after that.
+    // The first upload that met the dead node reported it; placement avoided it after
+    // that, and the client dropped the placements naming it that it held.
     assert!(through_victim <= 2, "{through_victim} of 20 uploads were placed on the dead node");
     // A 503 says what it counted.
     let (status, answer) =
