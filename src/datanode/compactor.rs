@@ -1,11 +1,13 @@
 //! The compactor thread: every few seconds has the index file of any newly sealed volume
 //! written (`BlobStore::index_step`), then asks the store whether a sealed volume has
 //! gathered enough garbage (deleted and quarantined records) to be rewritten, and has
-//! it compacted at a bounded rate (`BlobStore::compact_step`).
+//! it compacted at a bounded rate (`BlobStore::compact_step`). Also the write-ahead
+//! thread, which writes the active volume's space ahead of its records when the writers
+//! ask (`BlobStore::write_ahead`).
 
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 
 use super::Node;
 use crate::log;
@@ -42,6 +44,18 @@ pub fn run(node: &Node, stopped: &Receiver<()>) {
                 // Perhaps the disk's fault: the check tells the master if so.
                 node.blobs.check_disk();
             }
+        }
+    }
+}
+
+/// Runs until `stopped` is dropped, answering the writers' requests for space as they
+/// come.
+pub fn write_ahead(node: &Node, stopped: &Receiver<()>) {
+    while stopped.try_recv() == Err(TryRecvError::Empty) {
+        if let Err(e) = node.blobs.write_ahead(Duration::from_millis(200)) {
+            // Records are appended past the written space meanwhile; asked again later.
+            log::warn(&node.id, &e.to_string());
+            node.blobs.check_disk();
         }
     }
 }

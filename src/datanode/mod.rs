@@ -183,6 +183,8 @@ impl Datanode {
         let compactor_node = Arc::clone(&node);
         let compactor_stopped = stopped.clone();
         threads.push(spawn(&id, "compactor", move || compactor::run(&compactor_node, &compactor_stopped)));
+        let (ahead_node, ahead_stopped) = (Arc::clone(&node), stopped.clone());
+        threads.push(spawn(&id, "write-ahead", move || compactor::write_ahead(&ahead_node, &ahead_stopped)));
 
         let handler_node = Arc::clone(&node);
         let token = config.cluster_token.clone();

@@ -593,6 +593,12 @@ impl BlobStore {
         self.volumes.index_sealed()
     }
 
+    /// Writes the space the active volume's writers asked for ahead of their records
+    /// (waiting up to `wait` for them to ask); returns the bytes written.
+    pub fn write_ahead(&self, wait: Duration) -> io::Result<u64> {
+        self.volumes.write_ahead(wait)
+    }
+
     /// Compacts the sealed volume with the most garbage if one passes the threshold,
     /// copying at most `bytes_per_sec`; `pause` waits and says false when the node is
     /// stopping. Returns what it did, for the log.
@@ -1263,6 +1269,83 @@ mod tests {
         let (store, _) = BlobStore::open_with(&root, 0, 1 << 20).unwrap();
         assert_eq!(read_all(&store, &new, None).unwrap(), b"after");
         assert_eq!(store.object_count(), 21);
+        fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn space_written_ahead_is_written_over_kept_at_a_restart_and_cut_when_sealed() {
+        let root = temp_root("ahead");
+        let limit = 512 * 1024;
+        let (store, _) = BlobStore::open_with(&root, 0, limit).unwrap();
+        let mut ids: Vec<(ObjectId, Vec<u8>)> = Vec::new();
+        fn put_some(store: &BlobStore, ids: &mut Vec<(ObjectId, Vec<u8>)>, n: usize) {
+            for _ in 0..n {
+                let (id, data) = (ObjectId::new_random(), pattern(ids.len(), 3000));
+                put(store, &id, &data, Some(3000), u64::MAX).unwrap();
+                ids.push((id, data));
+            }
+        }
+        put_some(&store, &mut ids, 10);
+        let volume = volume_files(&root).pop().unwrap();
+        let records_end = fs::metadata(&volume).unwrap().len();
+        // The writers asked for space (the write-ahead thread's work, done here): the rest
+        // of this small volume.
+        assert_eq!(store.write_ahead(Duration::ZERO).unwrap(), limit - records_end);
+        assert_eq!(store.write_ahead(Duration::ZERO).unwrap(), 0, "asked once");
+        assert_eq!(fs::metadata(&volume).unwrap().len(), limit);
+        put_some(&store, &mut ids, 20);
+        assert_eq!(fs::metadata(&volume).unwrap().len(), limit, "records written over the zeros");
+        drop(store);
+
+        // At a restart the zeros after the last record are kept as written space.
+        let (store, _) = BlobStore::open_with(&root, 0, limit).unwrap();
+        assert!(store.repairs().is_empty(), "{:?}", store.repairs());
+        assert_eq!(fs::metadata(&volume).unwrap().len(), limit);
+        for (id, data) in &ids {
+            assert!(read_all(&store, id, None).unwrap() == *data);
+        }
+        let mut scanned = 0;
+        store.scan(&mut |item| scanned += item.stored.map_or(0, |_| 1)).unwrap();
+        assert_eq!(scanned, ids.len());
+        // Rolling over cuts the sealed volume back to its last record, so its index
+        // file describes it and the next start loads it from there.
+        put_some(&store, &mut ids, 200);
+        assert!(store.write_ahead(Duration::ZERO).unwrap() > 0);
+        let sealed_ends: Vec<u64> = snapshot(&store).1.iter().map(|v| v.2).collect();
+        while store.index_step().unwrap().is_some() {}
+        drop(store);
+        let files = volume_files(&root);
+        assert!(files.len() >= 2, "{files:?}");
+        for (file, end) in files.iter().zip(&sealed_ends).take(files.len() - 1) {
+            assert_eq!(fs::metadata(file).unwrap().len(), *end, "{}", file.display());
+        }
+        let active = files.last().unwrap();
+        assert_eq!(fs::metadata(active).unwrap().len(), limit, "the active volume keeps its written space");
+        let (store, from_index, replayed, fallbacks) = reopen(&root, limit);
+        assert_eq!((from_index, replayed, fallbacks), (files.len() - 1, 1, vec![]));
+        assert!(store.repairs().is_empty(), "{:?}", store.repairs());
+        drop(store);
+
+        // A record torn by a crash in the written space (its header and part of its
+        // bytes reached the disk): cut off, with the zeros after it.
+        let (store, _) = BlobStore::open_with(&root, 0, limit).unwrap();
+        let active_end = snapshot(&store).1.last().unwrap().2;
+        let torn = ObjectId::new_random();
+        put(&store, &torn, &pattern(999, 3000), Some(3000), u64::MAX).unwrap();
+        drop(store);
+        let mut bytes = fs::read(active).unwrap();
+        bytes[active_end as usize + 1000..active_end as usize + record_len_of(3000)].fill(0);
+        fs::write(active, &bytes).unwrap();
+        let (store, _) = BlobStore::open_with(&root, 0, limit).unwrap();
+        assert_eq!(store.repairs().len(), 1, "{:?}", store.repairs());
+        assert!(store.repairs()[0].contains("torn byte(s)"), "{:?}", store.repairs());
+        assert_eq!(fs::metadata(active).unwrap().len(), active_end);
+        assert!(!store.contains(&torn));
+        for (id, data) in &ids {
+            assert!(read_all(&store, id, None).unwrap() == *data);
+        }
+        put_some(&store, &mut ids, 5);
+        assert_eq!(store.object_count() as usize, ids.len());
         fs::remove_dir_all(root).unwrap();
     }
 

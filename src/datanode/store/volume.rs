@@ -17,12 +17,22 @@
 //! still means the bytes are on disk. A volume rolls over at its size limit (the old one
 //! synced first). Deletes and quarantines append a tombstone the same way.
 //!
+//! Space written ahead: a sync that grows the file also commits its new size to the
+//! file system's journal; one of bytes inside the file writes only them (a 4 KiB
+//! `fdatasync` here: 0.11 ms against 0.20 ms). So the active volume's next few MiB are
+//! written as zeros and synced in the background (`write_ahead`, asked for by the
+//! writers when less than `AHEAD_LOW` is left), and records are written over them. That
+//! space is only a cost saving: a record past it is appended as before, and no writer
+//! ever waits for it except one whose record falls in the stretch being written. A
+//! volume is cut back to its last record when it is sealed.
+//!
 //! Start-up reads the volumes in ordinal order into the index (a later record wins, a
 //! tombstone removes): a sealed volume from its index file when that is usable
 //! (`index_file.rs`), else, and always the last volume, by replaying it: a header that
 //! fails its check is skipped to the next valid header; anything after the last valid
 //! record, and trailing records whose bytes fail their CRC (a write torn by a crash before
-//! its sync), is cut off. A sealed volume replayed gets its index file written.
+//! its sync), is cut off. A sealed volume replayed gets its index file written. Zeros after
+//! the last volume's last record are space written ahead and kept as such.
 
 use std::collections::{HashSet, VecDeque};
 use std::fs::{self, File, OpenOptions};
@@ -30,7 +40,7 @@ use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::file::fsync_dir;
 use super::index::{Index, Slot, VolumeFile};
@@ -55,6 +65,14 @@ const FAILURES_KEPT: usize = 64;
 /// How many of the last volume's final records start-up checks for a torn write: more
 /// than the writers that can wait on one sync (each has one record in flight).
 const TAIL_CHECKED: usize = 4096;
+/// Space of the active volume written ahead at a time, and what is left when the next
+/// is asked for: at 4 KiB records, a write-ahead every 1,000 or so records.
+const AHEAD_BYTES: u64 = 4 << 20;
+const AHEAD_LOW: u64 = 2 << 20;
+/// After a write-ahead failed (a full disk, say), none is asked for this long.
+const AHEAD_BACKOFF: Duration = Duration::from_secs(10);
+/// What space is written ahead with.
+static ZEROS: [u8; 1 << 20] = [0; 1 << 20];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
@@ -295,6 +313,22 @@ struct Writer {
     failed: VecDeque<(u64, u64, String)>,
     /// Objects appended but not yet durable: a second put of one is refused.
     pending: HashSet<[u8; 16]>,
+    /// The active volume's file is written up to here (records, then zeros written
+    /// ahead): a record below it is synced without growing the file.
+    ready: u64,
+    ahead: Ahead,
+    /// No write-ahead is asked for before this (the last one failed).
+    ahead_after: Instant,
+}
+
+/// The write-ahead of the active volume's space: no record is written into `from..to`
+/// while it is wanted (a writer needing the space takes the request back) or being
+/// written (a writer needing the space waits for it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ahead {
+    Idle,
+    Wanted { from: u64, to: u64 },
+    Writing { from: u64, to: u64 },
 }
 
 pub(super) struct Volumes {
@@ -303,6 +337,8 @@ pub(super) struct Volumes {
     pub index: RwLock<Index>,
     writer: Mutex<Writer>,
     synced: Condvar,
+    /// Wakes `write_ahead` when a writer asks for space.
+    ahead_wanted: Condvar,
     /// Taken shared by a scan (which walks a volume's file and asks the index about each
     /// record) and exclusively by a compaction switching a volume's file, so a scan
     /// never misses an object that moved under it.
@@ -388,6 +424,9 @@ impl Volumes {
 
         let mut index = Index::default();
         let last = newest.keys().next_back().copied();
+        // The last volume, and how far its file is written, when zeros were written
+        // ahead of its records.
+        let mut written_ahead = None;
         for (&ordinal, &generation) in &newest {
             let name = volume_name(ordinal, generation, "vol");
             let path = dir.join(&name);
@@ -470,10 +509,17 @@ impl Volumes {
                 }
                 tail.pop_back();
             }
-            if end < len {
+            // Zeros after the last record of a volume that stays active are space written
+            // ahead; anything else there is cut off.
+            let zeros = all_zeros(&file, end, len)?;
+            if Some(ordinal) == last && end < limit && zeros {
+                written_ahead = Some((ordinal, len));
+            } else if end < len {
                 file.set_len(end)?;
                 file.sync_all()?;
-                repairs.push(format!("cut {} torn byte(s) off the end of {name}", len - end));
+                if !zeros {
+                    repairs.push(format!("cut {} torn byte(s) off the end of {name}", len - end));
+                }
             }
             let volume = index.volumes.get_mut(&ordinal).expect("inserted above");
             volume.end = end;
@@ -507,7 +553,8 @@ impl Volumes {
                 // Written to again (even one sealed before, when the volume after it was
                 // removed above): its index file is stale until it is sealed again.
                 volume.indexed = false;
-                (ordinal, volume.generation, volume.salt, volume.end)
+                let ready = written_ahead.filter(|&(o, _)| o == ordinal).map_or(volume.end, |(_, len)| len);
+                (ordinal, volume.generation, volume.salt, volume.end, ready)
             }
             previous => {
                 let ordinal = previous.map_or(1, |(ordinal, _)| ordinal + 1);
@@ -517,7 +564,7 @@ impl Volumes {
                 let file = Arc::new(File::open(dir.join(&name))?);
                 let volume = VolumeFile { file, generation: 0, salt, end: VOLUME_HEADER, garbage: 0, indexed: false };
                 index.volumes.insert(ordinal, volume);
-                (ordinal, 0, salt, VOLUME_HEADER)
+                (ordinal, 0, salt, VOLUME_HEADER, VOLUME_HEADER)
             }
         };
         let writer = Writer {
@@ -532,6 +579,9 @@ impl Volumes {
             syncing: false,
             failed: VecDeque::new(),
             pending: HashSet::new(),
+            ready: active.4,
+            ahead: Ahead::Idle,
+            ahead_after: Instant::now(),
         };
         let volumes = Volumes {
             dir: dir.to_path_buf(),
@@ -539,6 +589,7 @@ impl Volumes {
             index: RwLock::new(index),
             writer: Mutex::new(writer),
             synced: Condvar::new(),
+            ahead_wanted: Condvar::new(),
             switching: RwLock::new(()),
             fsync_seconds,
         };
@@ -595,14 +646,14 @@ impl Volumes {
         data: &[u8],
         durable: &mut dyn FnMut(&mut Index, Slot),
     ) -> Result<(), StoreError> {
-        let mut writer = self.lock_writer();
+        let len = record_len(header.len);
+        let mut writer = self.clear_ahead(self.lock_writer(), len);
         if header.kind == Kind::Put
             && (writer.pending.contains(&header.id)
                 || self.index.read().expect("index lock").objects.contains_key(&header.id))
         {
             return Err(StoreError::Exists(ObjectId::from_bytes(header.id)));
         }
-        let len = record_len(header.len);
         if writer.end + len > self.limit {
             self.roll(&mut writer)?;
         }
@@ -610,20 +661,14 @@ impl Volumes {
         record.extend_from_slice(&encode_header(header, writer.salt));
         record.extend_from_slice(data);
         record.resize(len as usize, 0);
-        let file = match &writer.file {
-            Some(file) => Arc::clone(file),
-            None => {
-                let path = self.dir.join(volume_name(writer.ordinal, writer.generation, "vol"));
-                let file = Arc::new(OpenOptions::new().write(true).open(path)?);
-                writer.file = Some(Arc::clone(&file));
-                file
-            }
-        };
+        let file = self.write_handle(&mut writer)?;
         file.write_all_at(&record, writer.end)?;
         writer.last_write = Instant::now();
         let slot = Slot { volume: writer.ordinal, offset: writer.end as u32, len: header.len };
         writer.end += len;
+        writer.ready = writer.ready.max(writer.end);
         writer.written += 1;
+        self.ask_ahead(&mut writer);
         let sequence = writer.written;
         if header.kind == Kind::Put {
             writer.pending.insert(header.id);
@@ -634,6 +679,89 @@ impl Volumes {
         }
         writer.pending.remove(&header.id);
         synced.map_err(StoreError::from)
+    }
+
+    /// The active volume opened for writing (kept open until idle).
+    fn write_handle(&self, writer: &mut Writer) -> io::Result<Arc<File>> {
+        if let Some(file) = &writer.file {
+            return Ok(Arc::clone(file));
+        }
+        let path = self.dir.join(volume_name(writer.ordinal, writer.generation, "vol"));
+        let file = Arc::new(OpenOptions::new().write(true).open(path)?);
+        writer.file = Some(Arc::clone(&file));
+        Ok(file)
+    }
+
+    /// Returns once no write-ahead holds space a record of `len` bytes needs: one only
+    /// asked for is taken back, one being written is waited for (a few MiB written and
+    /// synced). A record that starts the next volume needs the rest of this one.
+    fn clear_ahead<'a>(&'a self, mut writer: MutexGuard<'a, Writer>, len: u64) -> MutexGuard<'a, Writer> {
+        loop {
+            let needs = if writer.end + len > self.limit { u64::MAX } else { writer.end + len };
+            match writer.ahead {
+                Ahead::Wanted { from, .. } if from < needs => writer.ahead = Ahead::Idle,
+                Ahead::Writing { from, .. } if from < needs => {
+                    writer = self.synced.wait(writer).expect("volume writer lock");
+                    continue;
+                }
+                _ => {}
+            }
+            return writer;
+        }
+    }
+
+    /// Asks `write_ahead` for the next stretch of the volume when little written space
+    /// is left.
+    fn ask_ahead(&self, writer: &mut Writer) {
+        if writer.ahead != Ahead::Idle || writer.ready >= writer.end + AHEAD_LOW {
+            return;
+        }
+        let (from, to) = (writer.ready, (writer.ready + AHEAD_BYTES).min(self.limit));
+        if to > from && Instant::now() >= writer.ahead_after {
+            writer.ahead = Ahead::Wanted { from, to };
+            self.ahead_wanted.notify_one();
+        }
+    }
+
+    /// Writes the space a writer asked for (`ask_ahead`) ahead of the active volume's
+    /// records, zeros, and syncs it; waits up to `wait` for a request. Returns the bytes
+    /// written. After a failure, none is asked for during `AHEAD_BACKOFF`.
+    pub fn write_ahead(&self, wait: Duration) -> io::Result<u64> {
+        let mut writer = self.lock_writer();
+        if !matches!(writer.ahead, Ahead::Wanted { .. }) {
+            writer = self.ahead_wanted.wait_timeout(writer, wait).expect("volume writer lock").0;
+        }
+        let Ahead::Wanted { from, to } = writer.ahead else { return Ok(0) };
+        let file = match self.write_handle(&mut writer) {
+            Ok(file) => file,
+            Err(e) => {
+                writer.ahead = Ahead::Idle;
+                writer.ahead_after = Instant::now() + AHEAD_BACKOFF;
+                return Err(e);
+            }
+        };
+        writer.ahead = Ahead::Writing { from, to };
+        drop(writer);
+        let mut result = Ok(());
+        let mut at = from;
+        while at < to && result.is_ok() {
+            let n = (to - at).min(ZEROS.len() as u64);
+            result = file.write_all_at(&ZEROS[..n as usize], at);
+            at += n;
+        }
+        let result = result.and_then(|()| file.sync_data());
+        let mut writer = self.lock_writer();
+        writer.ahead = Ahead::Idle;
+        match &result {
+            // Written space the writers went past is theirs already.
+            Ok(()) => writer.ready = writer.ready.max(to),
+            Err(_) => writer.ahead_after = Instant::now() + AHEAD_BACKOFF,
+        }
+        drop(writer);
+        self.synced.notify_all();
+        result.map(|()| to - from).map_err(|e| {
+            io::Error::new(e.kind(), format!("cannot write {} bytes ahead in the active volume: {e}", to - from))
+        })
     }
 
     /// Waits until record `sequence` is covered by a sync, leading one if none runs.
@@ -687,6 +815,13 @@ impl Volumes {
         let result = writer.file.as_ref().map_or(Ok(()), |file| file.sync_data());
         let (after, through) = (writer.synced, writer.written);
         self.settle(writer, after, through, result);
+        if writer.ready > writer.end {
+            // Space written ahead and not used: a sealed volume ends at its last record.
+            let file = self.write_handle(writer)?;
+            file.set_len(writer.end)?;
+            file.sync_all()?;
+            writer.ready = writer.end;
+        }
         let ordinal = writer.ordinal + 1;
         let salt = rand::random::<u64>();
         let name = volume_name(ordinal, 0, "vol");
@@ -699,7 +834,7 @@ impl Volumes {
         let volume = VolumeFile { file: reader, generation: 0, salt, end: VOLUME_HEADER, garbage: 0, indexed: false };
         index.volumes.insert(ordinal, volume);
         (writer.ordinal, writer.generation, writer.salt) = (ordinal, 0, salt);
-        (writer.file, writer.end) = (Some(file), VOLUME_HEADER);
+        (writer.file, writer.end, writer.ready) = (Some(file), VOLUME_HEADER, VOLUME_HEADER);
         Ok(())
     }
 
@@ -781,6 +916,21 @@ impl Volumes {
         }
         Ok(())
     }
+}
+
+/// Whether `file` holds only zero bytes from `from` to `to`.
+fn all_zeros(file: &File, from: u64, to: u64) -> io::Result<bool> {
+    let mut buf = vec![0u8; (to.saturating_sub(from)).min(1 << 20) as usize];
+    let mut at = from;
+    while at < to {
+        let n = ((to - at) as usize).min(buf.len());
+        file.read_exact_at(&mut buf[..n], at)?;
+        if buf[..n].iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+        at += n as u64;
+    }
+    Ok(true)
 }
 
 /// Reads and checks the record at `offset`: its header, then its bytes against the
