@@ -1,9 +1,9 @@
 //! The compactor thread: every few seconds has the index file of any newly sealed volume
 //! written (`BlobStore::index_step`), then asks the store whether a sealed volume has
 //! gathered enough garbage (deleted and quarantined records) to be rewritten, and has
-//! it compacted at a bounded rate (`BlobStore::compact_step`). Also the write-ahead
-//! thread, which writes the active volume's space ahead of its records when the writers
-//! ask (`BlobStore::write_ahead`).
+//! it compacted at a bounded rate (`BlobStore::compact_step`). Also the volumes thread,
+//! which syncs records for writers that went on to forward them, and writes the active
+//! volume's space ahead of its records, when the writers ask (`BlobStore::volume_step`).
 
 use std::time::Duration;
 
@@ -48,11 +48,11 @@ pub fn run(node: &Node, stopped: &Receiver<()>) {
     }
 }
 
-/// Runs until `stopped` is dropped, answering the writers' requests for space as they
-/// come.
-pub fn write_ahead(node: &Node, stopped: &Receiver<()>) {
+/// Runs until `stopped` is dropped, doing what the volume writers ask as they ask it: a
+/// sync of records whose writers went on to forward them, space written ahead.
+pub fn volumes(node: &Node, stopped: &Receiver<()>) {
     while stopped.try_recv() == Err(TryRecvError::Empty) {
-        if let Err(e) = node.blobs.write_ahead(Duration::from_millis(200)) {
+        if let Err(e) = node.blobs.volume_step(Duration::from_millis(200)) {
             // Records are appended past the written space meanwhile; asked again later.
             log::warn(&node.id, &e.to_string());
             node.blobs.check_disk();

@@ -183,8 +183,8 @@ impl Datanode {
         let compactor_node = Arc::clone(&node);
         let compactor_stopped = stopped.clone();
         threads.push(spawn(&id, "compactor", move || compactor::run(&compactor_node, &compactor_stopped)));
-        let (ahead_node, ahead_stopped) = (Arc::clone(&node), stopped.clone());
-        threads.push(spawn(&id, "write-ahead", move || compactor::write_ahead(&ahead_node, &ahead_stopped)));
+        let (volumes_node, volumes_stopped) = (Arc::clone(&node), stopped.clone());
+        threads.push(spawn(&id, "volumes", move || compactor::volumes(&volumes_node, &volumes_stopped)));
 
         let handler_node = Arc::clone(&node);
         let token = config.cluster_token.clone();
@@ -401,10 +401,13 @@ impl Node {
         // happens further down the chain.
         let body = request.as_reader();
         let upload = chain::Upload { id: *id, chain: &chain, signature: signature.as_deref(), declared, expected };
-        let mut forward = chain::Forward::start(&self.nodes, &upload);
-        let mut sink = forward.sink();
-        let stored = self.blobs.put(id, body, declared, self.max_object_size, expected, &mut sink);
-        drop(sink);
+        let mut forward = chain::Forward::start(&self.nodes, &upload, self.blobs.records_up_to());
+        let forwards = forward.forwards();
+        let stored = {
+            let mut sink = forward.sink();
+            let sink = forwards.then_some(&mut sink as &mut dyn FnMut(&[u8]));
+            self.blobs.put(id, body, declared, self.max_object_size, expected, sink)
+        };
         let downstream = forward.finish();
         if downstream.first().is_some_and(|next| next.status != 201) {
             self.metrics.chain_failures.inc();

@@ -213,6 +213,10 @@ pub struct ObjectRead {
 /// reading the body, before the body's read returns the error.
 pub type OnCorrupt = Box<dyn FnOnce(StoreError) + Send>;
 
+/// Where `BlobStore::put` hands the pieces of a body it is storing (the forwarding half
+/// of a chained upload).
+pub type Sink<'a> = &'a mut dyn FnMut(&[u8]);
+
 pub struct BlobStore {
     root: PathBuf,
     /// Device and inode of the data directory when the store opened it.
@@ -364,7 +368,8 @@ impl BlobStore {
     /// only with `expected` as checksum when that is given. Each piece of the body is
     /// handed to `forward` as it arrives (a chained upload passes it on while this node
     /// writes it), and an empty piece once the whole body has arrived intact, before it is
-    /// made durable. Returns once the bytes and their directory entry are on disk.
+    /// made durable (a volume record: once it is written, and its sync waits for what
+    /// `forward` does then). Returns once the bytes and their directory entry are on disk.
     pub fn put(
         &self,
         id: &ObjectId,
@@ -372,12 +377,18 @@ impl BlobStore {
         declared_len: Option<u64>,
         max_size: u64,
         expected: Option<Checksum>,
-        forward: &mut dyn FnMut(&[u8]),
+        forward: Option<Sink<'_>>,
     ) -> Result<StoredObject, StoreError> {
         self.check_writable()?;
+        let forwards = forward.is_some();
+        let mut nowhere = |_: &[u8]| {};
+        let forward: &mut dyn FnMut(&[u8]) = match forward {
+            Some(forward) => forward,
+            None => &mut nowhere,
+        };
         let stored = match declared_len {
             Some(len) if self.records_up_to.is_some_and(|up_to| len <= up_to.min(max_size)) => {
-                self.put_record(id, body, len, expected, forward)
+                self.put_record(id, body, len, expected, forward, forwards)
             }
             _ => self.put_checked(id, body, declared_len, max_size, expected, forward),
         };
@@ -402,6 +413,7 @@ impl BlobStore {
         len: u64,
         expected: Option<Checksum>,
         forward: &mut dyn FnMut(&[u8]),
+        forwards: bool,
     ) -> Result<StoredObject, StoreError> {
         if self.contains(id) {
             return Err(StoreError::Exists(*id));
@@ -434,8 +446,10 @@ impl BlobStore {
         if let Some(expected) = expected.filter(|e| *e != checksum) {
             return Err(StoreError::ChecksumMismatch { expected, actual: checksum });
         }
-        forward(&[]);
-        self.volumes.put(id, &data, checksum)?;
+        // The end of the body goes to the forwarding half once the record is written:
+        // a small upload is forwarded from this thread while the record is synced.
+        let mut end = || forward(&[]);
+        self.volumes.put(id, &data, checksum, forwards.then_some(&mut end as &mut dyn FnMut()))?;
         self.count.fetch_add(1, Ordering::Relaxed);
         self.bytes.fetch_add(len, Ordering::Relaxed);
         Ok(StoredObject { size: len, checksum })
@@ -593,10 +607,16 @@ impl BlobStore {
         self.volumes.index_sealed()
     }
 
-    /// Writes the space the active volume's writers asked for ahead of their records
-    /// (waiting up to `wait` for them to ask); returns the bytes written.
-    pub fn write_ahead(&self, wait: Duration) -> io::Result<u64> {
-        self.volumes.write_ahead(wait)
+    /// Does what the volume writers asked of the background (a sync while they forward,
+    /// space written ahead), waiting up to `wait` for them to ask; returns the bytes
+    /// written ahead.
+    pub fn volume_step(&self, wait: Duration) -> io::Result<u64> {
+        self.volumes.background_step(wait)
+    }
+
+    /// Declared sizes up to which uploads become volume records.
+    pub fn records_up_to(&self) -> Option<u64> {
+        self.records_up_to
     }
 
     /// Compacts the sealed volume with the most garbage if one passes the threshold,
@@ -647,7 +667,7 @@ mod tests {
         declared: Option<u64>,
         max: u64,
     ) -> Result<StoredObject, StoreError> {
-        store.put(id, &mut &data[..], declared, max, None, &mut |_| {})
+        store.put(id, &mut &data[..], declared, max, None, None)
     }
 
     fn read_all(store: &BlobStore, id: &ObjectId, range: Option<(u64, Option<u64>)>) -> Result<Vec<u8>, StoreError> {
@@ -667,7 +687,7 @@ mod tests {
             let data: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
             let mut forwarded = 0;
             let stored =
-                store.put(&id, &mut &data[..], Some(size as u64), u64::MAX, None, &mut |c| forwarded += c.len());
+                store.put(&id, &mut &data[..], Some(size as u64), u64::MAX, None, Some(&mut |c| forwarded += c.len()));
             let mut sum = Checksum::default();
             sum.update(&data);
             assert_eq!(stored.unwrap(), StoredObject { size: size as u64, checksum: sum });
@@ -735,9 +755,14 @@ mod tests {
                     let mut forwarded = Vec::new();
                     let mut body = Trickle { data: &data, piece };
                     let stored = store
-                        .put(&id, &mut body, Some(size as u64), u64::MAX, Some(sum), &mut |c| {
-                            forwarded.extend_from_slice(c)
-                        })
+                        .put(
+                            &id,
+                            &mut body,
+                            Some(size as u64),
+                            u64::MAX,
+                            Some(sum),
+                            Some(&mut |c| forwarded.extend_from_slice(c)),
+                        )
                         .unwrap();
                     assert_eq!(stored, StoredObject { size: size as u64, checksum: sum }, "size {size}");
                     assert!(forwarded == data, "size {size}: forwarded bytes differ");
@@ -769,7 +794,7 @@ mod tests {
         assert!(matches!(short, Err(StoreError::ShortBody { expected: 10, received: 3 })));
         let big = put(&store, &id, &[0u8; 100], None, 50);
         assert!(matches!(big, Err(StoreError::TooLarge { limit: 50 })));
-        let wrong = store.put(&id, &mut &b"abc"[..], Some(3), u64::MAX, Some(Checksum(1)), &mut |_| {});
+        let wrong = store.put(&id, &mut &b"abc"[..], Some(3), u64::MAX, Some(Checksum(1)), None);
         assert!(matches!(wrong, Err(StoreError::ChecksumMismatch { .. })));
         assert!(!store.contains(&id));
         assert_eq!(fs::read_dir(root.join("tmp")).unwrap().count(), 0);
@@ -1290,8 +1315,8 @@ mod tests {
         let records_end = fs::metadata(&volume).unwrap().len();
         // The writers asked for space (the write-ahead thread's work, done here): the rest
         // of this small volume.
-        assert_eq!(store.write_ahead(Duration::ZERO).unwrap(), limit - records_end);
-        assert_eq!(store.write_ahead(Duration::ZERO).unwrap(), 0, "asked once");
+        assert_eq!(store.volume_step(Duration::ZERO).unwrap(), limit - records_end);
+        assert_eq!(store.volume_step(Duration::ZERO).unwrap(), 0, "asked once");
         assert_eq!(fs::metadata(&volume).unwrap().len(), limit);
         put_some(&store, &mut ids, 20);
         assert_eq!(fs::metadata(&volume).unwrap().len(), limit, "records written over the zeros");
@@ -1310,7 +1335,7 @@ mod tests {
         // Rolling over cuts the sealed volume back to its last record, so its index
         // file describes it and the next start loads it from there.
         put_some(&store, &mut ids, 200);
-        assert!(store.write_ahead(Duration::ZERO).unwrap() > 0);
+        assert!(store.volume_step(Duration::ZERO).unwrap() > 0);
         let sealed_ends: Vec<u64> = snapshot(&store).1.iter().map(|v| v.2).collect();
         while store.index_step().unwrap().is_some() {}
         drop(store);

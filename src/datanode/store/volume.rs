@@ -319,6 +319,8 @@ struct Writer {
     ahead: Ahead,
     /// No write-ahead is asked for before this (the last one failed).
     ahead_after: Instant,
+    /// A writer went on to forward its record and asked the background thread to sync.
+    sync_wanted: bool,
 }
 
 /// The write-ahead of the active volume's space: no record is written into `from..to`
@@ -337,8 +339,8 @@ pub(super) struct Volumes {
     pub index: RwLock<Index>,
     writer: Mutex<Writer>,
     synced: Condvar,
-    /// Wakes `write_ahead` when a writer asks for space.
-    ahead_wanted: Condvar,
+    /// Wakes `background_step` when a writer asks for a sync or for space.
+    background: Condvar,
     /// Taken shared by a scan (which walks a volume's file and asks the index about each
     /// record) and exclusively by a compaction switching a volume's file, so a scan
     /// never misses an object that moved under it.
@@ -582,6 +584,7 @@ impl Volumes {
             ready: active.4,
             ahead: Ahead::Idle,
             ahead_after: Instant::now(),
+            sync_wanted: false,
         };
         let volumes = Volumes {
             dir: dir.to_path_buf(),
@@ -589,7 +592,7 @@ impl Volumes {
             index: RwLock::new(index),
             writer: Mutex::new(writer),
             synced: Condvar::new(),
-            ahead_wanted: Condvar::new(),
+            background: Condvar::new(),
             switching: RwLock::new(()),
             fsync_seconds,
         };
@@ -610,11 +613,19 @@ impl Volumes {
         self.writer.lock().expect("volume writer lock")
     }
 
-    /// Appends an object's record and returns once it is durable and indexed.
-    pub fn put(&self, id: &ObjectId, data: &[u8], checksum: Checksum) -> Result<(), StoreError> {
+    /// Appends an object's record and returns once it is durable and indexed. With
+    /// `meanwhile` (forwarding the object to the next node of its chain), that runs once
+    /// the record is written, while the background thread syncs it.
+    pub fn put(
+        &self,
+        id: &ObjectId,
+        data: &[u8],
+        checksum: Checksum,
+        meanwhile: Option<&mut dyn FnMut()>,
+    ) -> Result<(), StoreError> {
         let header =
             Header { kind: Kind::Put, id: id.to_bytes(), len: data.len() as u32, checksum, created: unix_secs() };
-        self.append(&header, data, &mut |index, slot| index.insert(header.id, slot))
+        self.append(&header, data, meanwhile, &mut |index, slot| index.insert(header.id, slot))
     }
 
     /// Appends a tombstone for `id` and drops it from the index once that is durable;
@@ -629,7 +640,7 @@ impl Volumes {
         // Whatever slot the object has now: a compaction may have moved its record while
         // the tombstone was synced (no new put of the id can come in between: a put is
         // refused while the index holds it).
-        let appended = self.append(&header, &[], &mut |index, _| removed = index.remove(&key).is_some());
+        let appended = self.append(&header, &[], None, &mut |index, _| removed = index.remove(&key).is_some());
         match appended {
             Ok(()) => Ok(removed),
             Err(StoreError::Io(e)) => Err(e),
@@ -637,13 +648,15 @@ impl Volumes {
         }
     }
 
-    /// Writes a record, waits for the group's sync, then calls `durable` with the index
-    /// and the record's slot, under the writer lock (so a put is never neither pending
-    /// nor indexed).
+    /// Writes a record, runs `meanwhile` (outside the writer lock, with a sync asked of
+    /// the background thread), waits for the group's sync, then calls `durable` with the
+    /// index and the record's slot, under the writer lock (so a put is never neither
+    /// pending nor indexed).
     fn append(
         &self,
         header: &Header,
         data: &[u8],
+        meanwhile: Option<&mut dyn FnMut()>,
         durable: &mut dyn FnMut(&mut Index, Slot),
     ) -> Result<(), StoreError> {
         let len = record_len(header.len);
@@ -672,6 +685,15 @@ impl Volumes {
         let sequence = writer.written;
         if header.kind == Kind::Put {
             writer.pending.insert(header.id);
+        }
+        if let Some(meanwhile) = meanwhile {
+            if !writer.syncing {
+                writer.sync_wanted = true;
+                self.background.notify_one();
+            }
+            drop(writer);
+            meanwhile();
+            writer = self.lock_writer();
         }
         let (mut writer, synced) = self.wait_synced(writer, sequence);
         if synced.is_ok() {
@@ -719,17 +741,22 @@ impl Volumes {
         let (from, to) = (writer.ready, (writer.ready + AHEAD_BYTES).min(self.limit));
         if to > from && Instant::now() >= writer.ahead_after {
             writer.ahead = Ahead::Wanted { from, to };
-            self.ahead_wanted.notify_one();
+            self.background.notify_one();
         }
     }
 
-    /// Writes the space a writer asked for (`ask_ahead`) ahead of the active volume's
-    /// records, zeros, and syncs it; waits up to `wait` for a request. Returns the bytes
-    /// written. After a failure, none is asked for during `AHEAD_BACKOFF`.
-    pub fn write_ahead(&self, wait: Duration) -> io::Result<u64> {
+    /// Does what the writers asked of the background thread, waiting up to `wait` for
+    /// them to ask: a sync of records whose writers went on to forward them (`put` with
+    /// `meanwhile`), and space written ahead of the active volume's records (zeros,
+    /// synced; `ask_ahead`). Returns the bytes written ahead. After a failure to write
+    /// ahead, none is asked for during `AHEAD_BACKOFF`.
+    pub fn background_step(&self, wait: Duration) -> io::Result<u64> {
         let mut writer = self.lock_writer();
-        if !matches!(writer.ahead, Ahead::Wanted { .. }) {
-            writer = self.ahead_wanted.wait_timeout(writer, wait).expect("volume writer lock").0;
+        if !writer.sync_wanted && !matches!(writer.ahead, Ahead::Wanted { .. }) {
+            writer = self.background.wait_timeout(writer, wait).expect("volume writer lock").0;
+        }
+        if std::mem::take(&mut writer.sync_wanted) && !writer.syncing && writer.synced < writer.written {
+            writer = self.lead_sync(writer);
         }
         let Ahead::Wanted { from, to } = writer.ahead else { return Ok(0) };
         let file = match self.write_handle(&mut writer) {
@@ -784,17 +811,23 @@ impl Volumes {
                 writer = self.synced.wait(writer).expect("volume writer lock");
                 continue;
             }
-            writer.syncing = true;
-            let file = Arc::clone(writer.file.as_ref().expect("a volume with unsynced records is open"));
-            let (after, through) = (writer.synced, writer.written);
-            drop(writer);
-            let started = Instant::now();
-            let result = file.sync_data();
-            self.fsync_seconds.observe(started.elapsed().as_secs_f64());
-            writer = self.lock_writer();
-            writer.syncing = false;
-            self.settle(&mut writer, after, through, result);
+            writer = self.lead_sync(writer);
         }
+    }
+
+    /// Syncs every record written so far, for all their writers (who wait for it).
+    fn lead_sync<'a>(&'a self, mut writer: MutexGuard<'a, Writer>) -> MutexGuard<'a, Writer> {
+        writer.syncing = true;
+        let file = Arc::clone(writer.file.as_ref().expect("a volume with unsynced records is open"));
+        let (after, through) = (writer.synced, writer.written);
+        drop(writer);
+        let started = Instant::now();
+        let result = file.sync_data();
+        self.fsync_seconds.observe(started.elapsed().as_secs_f64());
+        let mut writer = self.lock_writer();
+        writer.syncing = false;
+        self.settle(&mut writer, after, through, result);
+        writer
     }
 
     /// Records a sync's outcome for records `(after, through]` and wakes the waiters.
