@@ -6,8 +6,9 @@
 //! store keeps as a volume record (`inline_up_to`) is forwarded from the thread that
 //! received it, once its record is written and while that is synced (no hand-off to
 //! another thread: at replication 3 that saved about 4 of the 8 thread switches per
-//! upload on each node); other small ones from a forwarding thread (`Forwarders`: threads
-//! kept for the next upload, not one spawned per hop), as their bytes arrive. Large ones (`OWN_CONNECTION_FROM`) are written to a connection of
+//! upload on each node); other small ones from a forwarding thread (`Forwarders`:
+//! threads kept for the next upload, not one spawned per hop), as their bytes arrive.
+//! Large ones (`OWN_CONNECTION_FROM`) are written to a connection of
 //! their own straight from the upload's buffer, on the thread that receives them: ureq
 //! would copy the body through an 8 KiB buffer into 8 KiB sends, which with the hand-off
 //! to the thread cost more CPU than the forwarding itself at replication 3.
@@ -81,6 +82,16 @@ struct Owned {
 }
 
 impl Owned {
+    fn of(upload: &Upload) -> Owned {
+        Owned {
+            id: upload.id,
+            chain: upload.chain.to_vec(),
+            signature: upload.signature.map(str::to_string),
+            declared: upload.declared,
+            expected: upload.expected,
+        }
+    }
+
     fn upload(&self) -> Upload<'_> {
         Upload {
             id: self.id,
@@ -117,27 +128,18 @@ impl Forward {
         if let Some(len) = upload.declared.filter(|len| *len >= OWN_CONNECTION_FROM) {
             return Forward { via: Via::Connection(Connection::open(nodes, upload, len)) };
         }
+        let (nodes, owned) = (nodes.clone(), Owned::of(upload));
         if let Some(len) = upload.declared.filter(|len| inline_up_to.is_some_and(|up_to| *len <= up_to)) {
-            let upload = Owned {
-                id: upload.id,
-                chain: upload.chain.to_vec(),
-                signature: upload.signature.map(str::to_string),
-                declared: upload.declared,
-                expected: upload.expected,
-            };
             let body = Vec::with_capacity(len as usize);
-            return Forward { via: Via::Inline { nodes: nodes.clone(), upload, body, results: None } };
+            return Forward { via: Via::Inline { nodes, upload: owned, body, results: None } };
         }
         let (tx, rx) = crossbeam_channel::bounded(CHUNKS_IN_FLIGHT);
-        let (nodes, chain, signature) = (nodes.clone(), upload.chain.to_vec(), upload.signature.map(str::to_string));
-        let (id, declared, expected) = (upload.id, upload.declared, upload.expected);
         let (done, results) = crossbeam_channel::bounded(1);
-        let via_chain = chain.clone();
+        let chain = upload.chain.to_vec();
         forwarders().run(Box::new(move || {
-            let upload = Upload { id, chain: &chain, signature: signature.as_deref(), declared, expected };
-            let _ = done.send(forward(&nodes, &upload, rx));
+            let _ = done.send(forward(&nodes, &owned.upload(), rx));
         }));
-        Forward { via: Via::Agent { tx: Some(tx), results, chain: via_chain } }
+        Forward { via: Via::Agent { tx: Some(tx), results, chain } }
     }
 
     /// Whether there is anything to forward.

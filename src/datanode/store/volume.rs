@@ -20,7 +20,7 @@
 //! Space written ahead: a sync that grows the file also commits its new size to the
 //! file system's journal; one of bytes inside the file writes only them (a 4 KiB
 //! `fdatasync` here: 0.11 ms against 0.20 ms). So the active volume's next few MiB are
-//! written as zeros and synced in the background (`write_ahead`, asked for by the
+//! written as zeros and synced in the background (`background_step`, asked for by the
 //! writers when less than `AHEAD_LOW` is left), and records are written over them. That
 //! space is only a cost saving: a record past it is appended as before, and no writer
 //! ever waits for it except one whose record falls in the stretch being written. A
@@ -732,7 +732,7 @@ impl Volumes {
         }
     }
 
-    /// Asks `write_ahead` for the next stretch of the volume when little written space
+    /// Asks `background_step` for the next stretch of the volume when little written space
     /// is left.
     fn ask_ahead(&self, writer: &mut Writer) {
         if writer.ahead != Ahead::Idle || writer.ready >= writer.end + AHEAD_LOW {
