@@ -35,7 +35,7 @@ use crate::proto::{
 };
 use membership::Reporter;
 use metrics::DatanodeMetrics;
-use store::{BlobStore, StoreError, StoredObject};
+use store::{BlobStore, ObjectBody, StoreError, StoredObject};
 
 /// The longest chain a single upload may ask a node to forward to.
 const MAX_CHAIN: usize = 15;
@@ -480,8 +480,15 @@ impl Node {
         // 32 KiB): clients check it, and HEAD answers carry the size in it. A large
         // object found corrupt while it streams ends the reply short of that length and
         // closes the connection (our tiny_http patch), so no client takes it as whole.
-        let mut reply = Response::new(StatusCode(status), object_headers(read.object), read.body, Some(len), None)
-            .with_chunked_threshold(usize::MAX);
+        let headers = object_headers(read.object);
+        let mut reply = match read.body {
+            ObjectBody::Verified { bytes, from } => {
+                Response::new(StatusCode(status), headers, Box::new(io::empty()) as Box<dyn Read + Send>, None, None)
+                    .with_bytes(bytes, from)
+            }
+            ObjectBody::Streaming(body) => Response::new(StatusCode(status), headers, body, Some(len), None),
+        }
+        .with_chunked_threshold(usize::MAX);
         if let Some((start, _)) = range {
             let end = start + read.len - 1;
             reply.add_header(http::header("Content-Range", &format!("bytes {start}-{end}/{}", read.object.size)));
@@ -599,7 +606,7 @@ impl Node {
             chain: &[],
             signature: None,
         };
-        match self.nodes.put_object(target, &put, read.body, None) {
+        match self.nodes.put_object(target, &put, read.body.into_reader(), None) {
             Ok(stored) => Ok(stored.replicas.into_iter().next().and_then(|r| r.receipt)),
             // The target has it already: as good as copied (it reported the copy then).
             Err(e) if e.status() == Some(409) => Ok(None),

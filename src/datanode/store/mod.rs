@@ -199,13 +199,34 @@ pub struct ScanItem {
     pub age_secs: u64,
 }
 
-/// A verified object ready to be served: the bytes of the requested range. A large
-/// object's `body` verifies as it goes and fails (an `InvalidData` error) instead of
-/// yielding its last chunk when the checksum does not match.
+/// A verified object ready to be served: the bytes of the requested range.
 pub struct ObjectRead {
-    pub body: Box<dyn Read + Send>,
+    pub body: ObjectBody,
     pub len: u64,
     pub object: StoredObject,
+}
+
+/// The bytes of an `ObjectRead`.
+pub enum ObjectBody {
+    /// An object up to `SMALL_OBJECT`, read whole and verified: the range is `bytes[from..]`
+    /// (handed to the connection as it is, without a copy).
+    Verified { bytes: Vec<u8>, from: usize },
+    /// A larger object, which verifies as it goes and fails (an `InvalidData` error)
+    /// instead of yielding its last chunk when the checksum does not match.
+    Streaming(Box<dyn Read + Send>),
+}
+
+impl ObjectBody {
+    pub fn into_reader(self) -> Box<dyn Read + Send> {
+        match self {
+            ObjectBody::Verified { bytes, from } => {
+                let mut cursor = io::Cursor::new(bytes);
+                cursor.set_position(from as u64);
+                Box::new(cursor)
+            }
+            ObjectBody::Streaming(body) => body,
+        }
+    }
 }
 
 /// Told, once, that a copy being streamed turned out corrupt after `read_verified` had
@@ -498,10 +519,10 @@ impl BlobStore {
         if let Some((header, data)) = self.volumes.read(id)? {
             let stored = StoredObject { size: header.len as u64, checksum: header.checksum };
             let (start, end) = byte_range(range, stored.size)?;
-            let mut cursor = io::Cursor::new(data);
-            cursor.get_mut().truncate(end as usize);
-            cursor.set_position(start);
-            return Ok(ObjectRead { body: Box::new(cursor), len: end - start, object: stored });
+            let mut bytes = data;
+            bytes.truncate(end as usize);
+            let body = ObjectBody::Verified { bytes, from: start as usize };
+            return Ok(ObjectRead { body, len: end - start, object: stored });
         }
         let (mut file, stored, _) = self.open_object(id)?;
         let (start, end) = byte_range(range, stored.size)?;
@@ -517,12 +538,11 @@ impl BlobStore {
             sum.update(&bytes);
             check_sum(id, stored, sum)?;
             bytes.truncate(end as usize);
-            let mut cursor = io::Cursor::new(bytes);
-            cursor.set_position(start);
-            return Ok(ObjectRead { body: Box::new(cursor), len: end - start, object: stored });
+            let body = ObjectBody::Verified { bytes, from: start as usize };
+            return Ok(ObjectRead { body, len: end - start, object: stored });
         }
         let body = VerifyingReader::new(file, *id, stored, start..end, on_corrupt);
-        Ok(ObjectRead { body: Box::new(body), len: end - start, object: stored })
+        Ok(ObjectRead { body: ObjectBody::Streaming(Box::new(body)), len: end - start, object: stored })
     }
 
     /// Moves a corrupt copy out of the way, so it is never served or reported again.
@@ -671,9 +691,9 @@ mod tests {
     }
 
     fn read_all(store: &BlobStore, id: &ObjectId, range: Option<(u64, Option<u64>)>) -> Result<Vec<u8>, StoreError> {
-        let mut read = store.read_verified(id, range, Box::new(|_| {}))?;
+        let read = store.read_verified(id, range, Box::new(|_| {}))?;
         let mut out = Vec::new();
-        read.body.read_to_end(&mut out)?;
+        read.body.into_reader().read_to_end(&mut out)?;
         assert_eq!(out.len() as u64, read.len);
         Ok(out)
     }
@@ -854,14 +874,15 @@ mod tests {
             assert!(matches!(error, StoreError::Corrupt { .. }), "{error}");
             counted.fetch_add(1, Ordering::Relaxed);
         });
-        let mut read = store.read_verified(id, range, on_corrupt).unwrap();
+        let read = store.read_verified(id, range, on_corrupt).unwrap();
+        let mut body = read.body.into_reader();
         let (mut out, mut buf) = (Vec::new(), vec![0u8; 64 * 1024]);
         let error = loop {
-            match read.body.read(&mut buf) {
+            match body.read(&mut buf) {
                 Ok(0) => break None,
                 Ok(n) => out.extend_from_slice(&buf[..n]),
                 Err(e) => {
-                    assert!(read.body.read(&mut buf).is_err(), "a failed body stays failed");
+                    assert!(body.read(&mut buf).is_err(), "a failed body stays failed");
                     break Some(e);
                 }
             }

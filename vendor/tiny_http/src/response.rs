@@ -43,6 +43,9 @@ pub struct Response<R> {
     headers: Vec<Header>,
     data_length: Option<usize>,
     chunked_threshold: Option<usize>,
+    /// AetherStore patch: a body already in memory, sent from its own buffer from the
+    /// offset on (see `with_bytes`).
+    bytes: Option<(Vec<u8>, usize)>,
 }
 
 /// A `Response` without a template parameter.
@@ -274,6 +277,7 @@ where
             headers: Vec::with_capacity(16),
             data_length,
             chunked_threshold: None,
+            bytes: None,
         };
 
         for h in headers {
@@ -296,6 +300,16 @@ where
     /// it is wanted or when there is no `Content-Length`.
     pub fn with_chunked_threshold(mut self, length: usize) -> Response<R> {
         self.chunked_threshold = Some(length);
+        self
+    }
+
+    /// AetherStore patch: makes the body `bytes[from..]`, written to the connection
+    /// straight from `bytes` (the reader is then not read). Copying a body already in
+    /// memory through the body buffer cost a 1 MiB GET a tenth of the datanode's CPU.
+    pub fn with_bytes(mut self, bytes: Vec<u8>, from: usize) -> Response<R> {
+        let from = from.min(bytes.len());
+        self.data_length = Some(bytes.len() - from);
+        self.bytes = Some((bytes, from));
         self
     }
 
@@ -387,6 +401,7 @@ where
             status_code: self.status_code,
             data_length,
             chunked_threshold: self.chunked_threshold,
+            bytes: None,
         }
     }
 
@@ -502,15 +517,22 @@ where
                     use chunked_transfer::Encoder;
 
                     let mut writer = Encoder::new(writer);
-                    copy_body(&mut reader, &mut writer, None)?;
+                    match &self.bytes {
+                        Some((bytes, from)) => writer.write_all(&bytes[*from..])?,
+                        None => copy_body(&mut reader, &mut writer, None)?,
+                    }
                 }
 
                 Some(TransferEncoding::Identity) => {
                     assert!(data_length.is_some());
                     let data_length = data_length.unwrap();
 
-                    if data_length >= 1 {
-                        copy_body(&mut reader, &mut writer, Some(data_length))?;
+                    match &self.bytes {
+                        Some((bytes, from)) => writer.write_all(&bytes[*from..])?,
+                        None if data_length >= 1 => {
+                            copy_body(&mut reader, &mut writer, Some(data_length))?
+                        }
+                        None => {}
                     }
                 }
 
@@ -549,6 +571,7 @@ where
             headers: self.headers,
             data_length: self.data_length,
             chunked_threshold: self.chunked_threshold,
+            bytes: self.bytes,
         }
     }
 }
@@ -637,6 +660,7 @@ impl Clone for Response<io::Empty> {
             headers: self.headers.clone(),
             data_length: self.data_length,
             chunked_threshold: self.chunked_threshold,
+            bytes: self.bytes.clone(),
         }
     }
 }
