@@ -462,6 +462,11 @@ fn serve_one<H>(
 }
 
 /// Binds a listening socket with TCP_NODELAY (inherited by every accepted connection).
+///
+/// A port held only by connections (one closing, or an outgoing one that was given this
+/// port) is free again soon, so the bind is tried again for up to `BIND_RETRY_FOR`; a
+/// port another server listens on fails at once. Either way the error names the sockets
+/// holding the port, as this host's `/proc/net/tcp` lists them.
 pub fn bind(listen: &str) -> io::Result<TcpListener> {
     let addr = listen
         .to_socket_addrs()
@@ -472,14 +477,140 @@ pub fn bind(listen: &str) -> io::Result<TcpListener> {
         socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     socket.set_nodelay(true)?;
-    socket.bind(&addr.into()).map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+    let deadline = Instant::now() + BIND_RETRY_FOR;
+    loop {
+        let error = match socket.bind(&addr.into()) {
+            Ok(()) => break,
+            Err(e) => e,
+        };
+        let holders = if error.kind() == io::ErrorKind::AddrInUse { port_holders(addr.port()) } else { Vec::new() };
+        let listening = holders.iter().any(|h| h.listening);
+        if error.kind() != io::ErrorKind::AddrInUse || listening || Instant::now() >= deadline {
+            let mut message = format!("cannot listen on {addr}: {error}");
+            if !holders.is_empty() {
+                let held: Vec<String> = holders.iter().map(PortHolder::to_string).collect();
+                message.push_str(&format!(" (held by {})", held.join(", ")));
+            }
+            if holders.iter().any(|h| h.listening && h.local.ip() == std::net::Ipv4Addr::new(127, 0, 0, 11)) {
+                message.push_str(
+                    "; 127.0.0.11 is Docker's embedded DNS server, which takes a random port of the \
+                     container's network: listen on the container's own address instead of a wildcard",
+                );
+            }
+            return Err(io::Error::new(error.kind(), message));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
     socket.listen(1024)?;
     Ok(socket.into())
+}
+
+/// How long `bind` waits for a port that only connections hold.
+const BIND_RETRY_FOR: Duration = Duration::from_secs(10);
+
+/// A TCP socket bound to a port, from `/proc/net/tcp` or `/proc/net/tcp6`.
+struct PortHolder {
+    local: SocketAddr,
+    remote: SocketAddr,
+    state: &'static str,
+    listening: bool,
+}
+
+impl fmt::Display for PortHolder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.listening {
+            write!(f, "a listening socket on {}", self.local)
+        } else {
+            write!(f, "a connection {} -> {} ({})", self.local, self.remote, self.state)
+        }
+    }
+}
+
+/// The TCP sockets of this network namespace bound to local `port` (none when `/proc`
+/// cannot be read: the error then goes without them).
+fn port_holders(port: u16) -> Vec<PortHolder> {
+    let mut holders = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else { continue };
+        holders.extend(text.lines().skip(1).filter_map(parse_proc_tcp_line).filter(|h| h.local.port() == port));
+    }
+    holders
+}
+
+/// One line of `/proc/net/tcp{,6}`: `sl local rem st ...`, addresses as hex words in the
+/// host's byte order, then `:PORT` in hex.
+fn parse_proc_tcp_line(line: &str) -> Option<PortHolder> {
+    let mut fields = line.split_whitespace().skip(1);
+    let (local, remote, state) = (fields.next()?, fields.next()?, fields.next()?);
+    let state = u8::from_str_radix(state, 16).ok()?;
+    let state_name = match state {
+        0x01 => "established",
+        0x02 => "SYN sent",
+        0x03 => "SYN received",
+        0x04 => "FIN wait 1",
+        0x05 => "FIN wait 2",
+        0x06 => "TIME_WAIT",
+        0x07 => "closed",
+        0x08 => "close wait",
+        0x09 => "last ACK",
+        0x0A => "listening",
+        0x0B => "closing",
+        _ => "unknown state",
+    };
+    Some(PortHolder {
+        local: parse_proc_addr(local)?,
+        remote: parse_proc_addr(remote)?,
+        state: state_name,
+        listening: state == 0x0A,
+    })
+}
+
+fn parse_proc_addr(text: &str) -> Option<SocketAddr> {
+    let (ip, port) = text.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let words: Vec<u32> = (0..ip.len() / 8)
+        .map(|i| ip.get(i * 8..i * 8 + 8).and_then(|w| u32::from_str_radix(w, 16).ok()))
+        .collect::<Option<_>>()?;
+    // Each 32-bit word is printed as the host reads it from memory in network order.
+    let ip: std::net::IpAddr = match words[..] {
+        [v4] => std::net::Ipv4Addr::from(u32::from_be_bytes(v4.to_ne_bytes())).into(),
+        [a, b, c, d] => {
+            let mut bytes = [0u8; 16];
+            for (chunk, word) in bytes.chunks_mut(4).zip([a, b, c, d]) {
+                chunk.copy_from_slice(&word.to_ne_bytes());
+            }
+            std::net::Ipv6Addr::from(bytes).into()
+        }
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn proc_net_tcp_lines_parse() {
+        let listen = "   3: 0B00007F:A475 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1";
+        let holder = parse_proc_tcp_line(listen).unwrap();
+        assert_eq!(holder.to_string(), "a listening socket on 127.0.0.11:42101");
+        let v6 = "   0: 00000000000000000000000001000000:A474 00000000000000000000000001000000:D2F0 06 0 0 0";
+        let holder = parse_proc_tcp_line(v6).unwrap();
+        assert_eq!(holder.to_string(), "a connection [::1]:42100 -> [::1]:54000 (TIME_WAIT)");
+        assert!(parse_proc_tcp_line("  sl  local_address rem_address   st").is_none());
+    }
+
+    #[test]
+    fn a_port_another_server_listens_on_is_refused_at_once_naming_it() {
+        let taken = bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        let started = Instant::now();
+        let error = bind(&addr.to_string()).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::AddrInUse);
+        assert!(started.elapsed() < BIND_RETRY_FOR, "a listening holder is not waited for");
+        assert!(error.to_string().contains(&format!("held by a listening socket on {addr}")), "{error}");
+    }
 
     #[test]
     fn error_reply_is_json_with_allow_header() {
