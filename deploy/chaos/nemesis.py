@@ -134,9 +134,14 @@ def inject(cluster, fault, victim):
         # read-only needs no such consent. Healing detaches the top mount only (lazily:
         # the node's read handles opened through it keep it busy until they close; new
         # opens see the read-write directory beneath at once), unless a restart of the
-        # container has already dropped it.
-        cluster.as_root(victim, "mount --bind /var/lib/aether /var/lib/aether && "
-                                "mount -o remount,bind,ro /var/lib/aether")
+        # container has already dropped it. The bind and the remount are two steps: a
+        # file the node opens for writing through the new mount between them makes the
+        # remount fail ("mount point is busy"), so the pair is undone and tried again.
+        cluster.as_root(victim, "for try in 1 2 3 4 5 6 7 8 9 10; do "
+                                "mount --bind /var/lib/aether /var/lib/aether || exit 1; "
+                                "mount -o remount,bind,ro /var/lib/aether 2>/dev/null && exit 0; "
+                                "umount -l /var/lib/aether; sleep 0.2; done; "
+                                "echo 'remount stayed busy 10 times' >&2; exit 1")
         return lambda: cluster.as_root(
             victim, "if [ $(grep -c ' /var/lib/aether ' /proc/self/mountinfo) -ge 2 ]; "
                     "then umount -l /var/lib/aether; fi")
