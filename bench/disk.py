@@ -16,6 +16,12 @@ data lives), for the benchmark suite. Prints one JSON object:
 - with --small-only, only the two figures above (bench/seaweedfs.sh's reference).
 - create_4k_per_sec, create_4k_per_sec_16: what one datanode does per small object: a
   new file with 4 KiB, fsync, hard link into a directory, fsync of that directory.
+- create_1m_mb_per_sec_12: the same for 1 MiB objects as a datanode writes them (O_DIRECT,
+  a 4 KiB block with the footer, the file cut back to its length), 12 writers: three
+  nodes on this one disk each writing for 4 clients, as the R = 3 1 MiB PUT benchmark
+  does. What one file per object can reach on this disk.
+- append_1m_mb_per_sec_12: 12 writers appending 1 MiB O_DIRECT writes, each followed by
+  fdatasync, to one preallocated file: what records in a volume file could reach.
 
 Python only drives the loops; every measured operation is a system call that waits for
 the disk, so the interpreter's overhead is a few microseconds per operation.
@@ -99,6 +105,83 @@ def create_4k(directory, seconds, limit, counts, index):
     counts[index] = n
 
 
+def create_1m(directory, seconds, limit, counts, index):
+    """A datanode's PUT of a 1 MiB object: new file, 1 MiB and a footer block by O_DIRECT,
+    cut back to its length, fsync, hard link into a new fan-out directory as most links of
+    a young node are, fsync of both directories."""
+    body, footer = mmap.mmap(-1, MiB), mmap.mmap(-1, 4096)
+    body.write(os.urandom(MiB))
+    tmp = os.path.join(directory, f"tmp-{index}")
+    objects = os.path.join(directory, f"objects-{index}")
+    os.makedirs(tmp, exist_ok=True)
+    os.makedirs(objects, exist_ok=True)
+    n = 0
+    deadline = time.perf_counter() + seconds
+    while n < limit and time.perf_counter() < deadline:
+        temp = os.path.join(tmp, str(n))
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_DIRECT, 0o600)
+        try:
+            os.pwrite(fd, body, 0)
+            os.pwrite(fd, footer, MiB)
+            os.ftruncate(fd, MiB + 32)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        leaf = os.path.join(objects, str(n))
+        os.mkdir(leaf)
+        fsync_dir(objects)
+        os.link(temp, os.path.join(leaf, "object"))
+        fsync_dir(leaf)
+        os.unlink(temp)
+        n += 1
+    counts[index] = n * MiB / 1e6
+
+
+def append_1m(shared, seconds, limit, counts, index):
+    """1 MiB O_DIRECT writes at the next free offset of one preallocated file, each
+    followed by fdatasync."""
+    fd, lock, offsets, size = shared
+    body = mmap.mmap(-1, MiB)
+    body.write(os.urandom(MiB))
+    n = 0
+    deadline = time.perf_counter() + seconds
+    while n < limit and time.perf_counter() < deadline:
+        with lock:
+            offset = offsets[0]
+            offsets[0] += MiB
+        if offset + MiB > size:
+            break
+        os.pwrite(fd, body, offset)
+        os.fdatasync(fd)
+        n += 1
+    counts[index] = n * MiB / 1e6
+
+
+def fsync_dir(path):
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def one_megabyte_writes(work, seconds):
+    """create_1m_mb_per_sec_12 and append_1m_mb_per_sec_12 (see the module's text)."""
+    result = {}
+    result["create_1m_mb_per_sec_12"] = parallel(create_1m, 12, seconds, 1_000_000, lambda i: (os.path.join(work, "c1m"),))
+    size = 4 << 30
+    path = os.path.join(work, "volume")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_DIRECT, 0o600)
+    try:
+        os.posix_fallocate(fd, 0, size)
+        shared = (fd, threading.Lock(), [0], size)
+        result["append_1m_mb_per_sec_12"] = parallel(append_1m, 12, seconds, 1_000_000, lambda i: (shared,))
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    return result
+
+
 def parallel(target, writers, seconds, limit, args):
     counts = [0] * writers
     threads = [threading.Thread(target=target, args=(*args(i), seconds, limit, counts, i)) for i in range(writers)]
@@ -153,6 +236,10 @@ def main():
         result["create_4k_per_sec_16"] = parallel(
             create_4k, 16, args.seconds, limit, lambda i: (os.path.join(work, "create-16"),)
         )
+        try:
+            result.update(one_megabyte_writes(work, args.seconds))
+        except OSError as error:  # a filesystem without O_DIRECT or fallocate
+            result["one_megabyte_error"] = str(error)
         result["work"] = os.path.abspath(work)
     finally:
         if not args.keep:
