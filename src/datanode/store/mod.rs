@@ -516,10 +516,9 @@ impl BlobStore {
         range: Option<(u64, Option<u64>)>,
         on_corrupt: OnCorrupt,
     ) -> Result<ObjectRead, StoreError> {
-        if let Some((header, data)) = self.volumes.read(id)? {
+        if let Some((header, mut bytes)) = self.volumes.read(id)? {
             let stored = StoredObject { size: header.len as u64, checksum: header.checksum };
             let (start, end) = byte_range(range, stored.size)?;
-            let mut bytes = data;
             bytes.truncate(end as usize);
             let body = ObjectBody::Verified { bytes, from: start as usize };
             return Ok(ObjectRead { body, len: end - start, object: stored });
