@@ -484,14 +484,20 @@ pub fn bind(listen: &str) -> io::Result<TcpListener> {
             Err(e) => e,
         };
         let holders = if error.kind() == io::ErrorKind::AddrInUse { port_holders(addr.port()) } else { Vec::new() };
-        let listening = holders.iter().any(|h| h.listening);
+        let listening = holders.iter().any(PortHolder::listening);
         if error.kind() != io::ErrorKind::AddrInUse || listening || Instant::now() >= deadline {
             let mut message = format!("cannot listen on {addr}: {error}");
-            if !holders.is_empty() {
-                let held: Vec<String> = holders.iter().map(PortHolder::to_string).collect();
+            // A listener is the whole story; connections (a busy port has hundreds) are
+            // named a few at a time.
+            let named: Vec<&PortHolder> = holders.iter().filter(|h| h.listening() || !listening).collect();
+            if !named.is_empty() {
+                let mut held: Vec<String> = named.iter().take(3).map(|h| h.to_string()).collect();
+                if named.len() > 3 {
+                    held.push(format!("{} more", named.len() - 3));
+                }
                 message.push_str(&format!(" (held by {})", held.join(", ")));
             }
-            if holders.iter().any(|h| h.listening && h.local.ip() == std::net::Ipv4Addr::new(127, 0, 0, 11)) {
+            if holders.iter().any(|h| h.listening() && h.local.ip() == std::net::Ipv4Addr::new(127, 0, 0, 11)) {
                 message.push_str(
                     "; 127.0.0.11 is Docker's embedded DNS server, which takes a random port of the \
                      container's network: listen on the container's own address instead of a wildcard",
@@ -512,17 +518,35 @@ const BIND_RETRY_FOR: Duration = Duration::from_secs(10);
 struct PortHolder {
     local: SocketAddr,
     remote: SocketAddr,
-    state: &'static str,
-    listening: bool,
+    /// The kernel's TCP state number (`include/net/tcp_states.h`).
+    state: u8,
+}
+
+impl PortHolder {
+    fn listening(&self) -> bool {
+        self.state == 0x0A
+    }
 }
 
 impl fmt::Display for PortHolder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.listening {
-            write!(f, "a listening socket on {}", self.local)
-        } else {
-            write!(f, "a connection {} -> {} ({})", self.local, self.remote, self.state)
+        if self.listening() {
+            return write!(f, "a listening socket on {}", self.local);
         }
+        let state = match self.state {
+            0x01 => "established",
+            0x02 => "SYN sent",
+            0x03 => "SYN received",
+            0x04 => "FIN wait 1",
+            0x05 => "FIN wait 2",
+            0x06 => "TIME_WAIT",
+            0x07 => "closed",
+            0x08 => "close wait",
+            0x09 => "last ACK",
+            0x0B => "closing",
+            _ => "unknown state",
+        };
+        write!(f, "a connection {} -> {} ({state})", self.local, self.remote)
     }
 }
 
@@ -542,26 +566,10 @@ fn port_holders(port: u16) -> Vec<PortHolder> {
 fn parse_proc_tcp_line(line: &str) -> Option<PortHolder> {
     let mut fields = line.split_whitespace().skip(1);
     let (local, remote, state) = (fields.next()?, fields.next()?, fields.next()?);
-    let state = u8::from_str_radix(state, 16).ok()?;
-    let state_name = match state {
-        0x01 => "established",
-        0x02 => "SYN sent",
-        0x03 => "SYN received",
-        0x04 => "FIN wait 1",
-        0x05 => "FIN wait 2",
-        0x06 => "TIME_WAIT",
-        0x07 => "closed",
-        0x08 => "close wait",
-        0x09 => "last ACK",
-        0x0A => "listening",
-        0x0B => "closing",
-        _ => "unknown state",
-    };
     Some(PortHolder {
         local: parse_proc_addr(local)?,
         remote: parse_proc_addr(remote)?,
-        state: state_name,
-        listening: state == 0x0A,
+        state: u8::from_str_radix(state, 16).ok()?,
     })
 }
 

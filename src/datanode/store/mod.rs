@@ -206,6 +206,14 @@ pub struct ObjectRead {
     pub object: StoredObject,
 }
 
+impl ObjectRead {
+    /// The requested range of a whole object already read and verified.
+    fn verified(mut bytes: Vec<u8>, object: StoredObject, (start, end): (u64, u64)) -> ObjectRead {
+        bytes.truncate(end as usize);
+        ObjectRead { body: ObjectBody::Verified { bytes, from: start as usize }, len: end - start, object }
+    }
+}
+
 /// The bytes of an `ObjectRead`.
 pub enum ObjectBody {
     /// An object up to `SMALL_OBJECT`, read whole and verified: the range is `bytes[from..]`
@@ -516,12 +524,9 @@ impl BlobStore {
         range: Option<(u64, Option<u64>)>,
         on_corrupt: OnCorrupt,
     ) -> Result<ObjectRead, StoreError> {
-        if let Some((header, mut bytes)) = self.volumes.read(id)? {
+        if let Some((header, bytes)) = self.volumes.read(id)? {
             let stored = StoredObject { size: header.len as u64, checksum: header.checksum };
-            let (start, end) = byte_range(range, stored.size)?;
-            bytes.truncate(end as usize);
-            let body = ObjectBody::Verified { bytes, from: start as usize };
-            return Ok(ObjectRead { body, len: end - start, object: stored });
+            return Ok(ObjectRead::verified(bytes, stored, byte_range(range, stored.size)?));
         }
         let (mut file, stored, _) = self.open_object(id)?;
         let (start, end) = byte_range(range, stored.size)?;
@@ -536,9 +541,7 @@ impl BlobStore {
             let mut sum = Checksum::default();
             sum.update(&bytes);
             check_sum(id, stored, sum)?;
-            bytes.truncate(end as usize);
-            let body = ObjectBody::Verified { bytes, from: start as usize };
-            return Ok(ObjectRead { body, len: end - start, object: stored });
+            return Ok(ObjectRead::verified(bytes, stored, (start, end)));
         }
         let body = VerifyingReader::new(file, *id, stored, start..end, on_corrupt);
         Ok(ObjectRead { body: ObjectBody::Streaming(Box::new(body)), len: end - start, object: stored })
