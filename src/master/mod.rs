@@ -11,6 +11,7 @@ mod db;
 pub mod events;
 pub mod liveness;
 mod maintenance;
+mod memo;
 mod metrics;
 pub mod offline;
 pub mod placement;
@@ -43,6 +44,7 @@ use crate::proto::{
 use db::{Candidate, Confirmation, Counts, Drain, MetaDb, MetaError, NewUpload, Registered};
 use events::{EventKind, Events};
 use liveness::{Membership, NodeState, Reported};
+use memo::Memo;
 use metrics::MasterMetrics;
 use uploads::{Placed, Placements, UploadIds};
 
@@ -112,6 +114,11 @@ const FAILED_NODE_PENALTY: Duration = Duration::from_secs(10);
 /// a database so large that reading them is slow, at most a tenth of the time.
 const SNAPSHOT_TTL: Duration = Duration::from_secs(1);
 const SNAPSHOT_COST_FACTOR: u32 = 10;
+/// `/api/cluster` is read afresh each time while that is cheap, but counting a large
+/// database is not (2.1 s at a million objects): callers at the same time share one
+/// reading, and a reading serves for ten times what it cost, so that no number of
+/// clients keeps the database counting more than a tenth of the time.
+const COUNTS_COST_FACTOR: u32 = 10;
 /// Placements of uploads in flight kept in memory, per generation (`Placements`): two
 /// generations hold the last 100,000 or more, a few hundred bytes each.
 const PLACEMENTS_KEPT: usize = 50_000;
@@ -183,7 +190,8 @@ impl Master {
             penalties: Mutex::new(HashMap::new()),
             events: Events::default(),
             metrics,
-            snapshot: Mutex::new(None),
+            snapshot: Memo::new(SNAPSHOT_TTL, SNAPSHOT_COST_FACTOR),
+            counts: Memo::new(Duration::ZERO, COUNTS_COST_FACTOR),
             drains: Mutex::new(drains),
             upload_ids,
             placements: Placements::new(PLACEMENTS_KEPT),
@@ -403,8 +411,10 @@ struct MasterState {
     /// What happened lately, for the status page.
     events: Events,
     metrics: MasterMetrics,
-    /// The last `Snapshot`, until when it serves (`SNAPSHOT_TTL`).
-    snapshot: Mutex<Option<(Instant, Arc<Snapshot>)>>,
+    /// What the status page and `/metrics` show (`SNAPSHOT_TTL`).
+    snapshot: Memo<Snapshot>,
+    /// What `/api/cluster` counts (`COUNTS_COST_FACTOR`).
+    counts: Memo<Counts>,
     /// Nodes an operator drains, and how far: the database's record, kept in memory for
     /// the maintenance loop.
     drains: Mutex<HashMap<String, Drain>>,
@@ -765,22 +775,14 @@ impl MasterState {
     /// reading them took); callers meanwhile share the last reading, and wait for one
     /// under way instead of starting another.
     fn snapshot(&self) -> Result<Arc<Snapshot>, ApiError> {
-        let mut cached = self.snapshot.lock().expect("snapshot lock");
-        if let Some((until, snapshot)) = cached.as_ref() {
-            if Instant::now() < *until {
-                return Ok(Arc::clone(snapshot));
-            }
-        }
-        let started = Instant::now();
-        let snapshot = Arc::new(Snapshot {
-            taken_ms: db::now_ms(),
-            counts: self.db.counts()?,
-            nodes: self.node_infos()?,
-            buckets: self.db.bucket_usage(ui::BUCKETS_SHOWN)?,
-        });
-        let fresh_for = SNAPSHOT_TTL.max(started.elapsed() * SNAPSHOT_COST_FACTOR);
-        *cached = Some((Instant::now() + fresh_for, Arc::clone(&snapshot)));
-        Ok(snapshot)
+        self.snapshot.get(|| -> Result<Snapshot, ApiError> {
+            Ok(Snapshot {
+                taken_ms: db::now_ms(),
+                counts: self.db.counts()?,
+                nodes: self.node_infos()?,
+                buckets: self.db.bucket_usage(ui::BUCKETS_SHOWN)?,
+            })
+        })
     }
 
     /// The status page, or (`fragment`) the part of it the page's refresh replaces.
@@ -821,7 +823,7 @@ impl MasterState {
     fn cluster_status(&self) -> Result<Reply, ApiError> {
         // Node states come from the database, like the replica counts beside them, so
         // a node reported dead is one whose replicas already count as lost.
-        let counts = self.db.counts()?;
+        let counts = self.counts.get(|| self.db.counts())?;
         Ok(http::json_reply(
             200,
             &ClusterStatus {
