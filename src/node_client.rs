@@ -9,7 +9,7 @@ use std::io::Read;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::client::{from_ureq, ClientError};
+use crate::client::{from_ureq, json_answer, ClientError};
 use crate::proto::{
     Checksum, ObjectId, ReplicateRequest, ReplicateResult, ReplicateResults, Stored, CHAIN_HEADER,
     CHAIN_SIGNATURE_HEADER, CHECKSUM_HEADER, TOKEN_HEADER,
@@ -163,7 +163,7 @@ impl NodeClient {
             request = request.timeout(timeout);
         }
         let response = request.send(body).map_err(|e| from_ureq(&url, e))?;
-        response.into_json().map_err(|e| ClientError::Protocol { url, message: e.to_string() })
+        json_answer(response, &url)
     }
 
     /// `GET /objects/{id}` on `address`, from byte `offset` on (a range past 0); the
@@ -186,8 +186,7 @@ impl NodeClient {
     pub fn replicate(&self, source: &str, body: &ReplicateRequest) -> Result<Vec<ReplicateResult>, ClientError> {
         let (request, url) = self.request("POST", source, "/internal/replicate")?;
         let response = request.timeout(REPLICATE_TIMEOUT).send_json(body).map_err(|e| from_ureq(&url, e))?;
-        let answer: ReplicateResults =
-            response.into_json().map_err(|e| ClientError::Protocol { url, message: e.to_string() })?;
+        let answer: ReplicateResults = json_answer(response, &url)?;
         Ok(answer.results)
     }
 
