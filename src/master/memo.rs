@@ -48,16 +48,12 @@ mod tests {
         // No minimum and no cost factor: computed again for each caller.
         let fresh = Memo::new(Duration::ZERO, 0);
         let mut n = 0;
+        let mut next = || {
+            n += 1;
+            Ok::<_, ()>(n)
+        };
         for want in 1..=3 {
-            assert_eq!(
-                *fresh
-                    .get(|| Ok::<_, ()>({
-                        n += 1;
-                        n
-                    }))
-                    .unwrap(),
-                want
-            );
+            assert_eq!(*fresh.get(&mut next).unwrap(), want);
         }
 
         // A value that took 100 ms serves for a second: eight callers at once compute it once.
