@@ -118,12 +118,16 @@ impl From<io::Error> for ClientError {
 /// (`init_batch`'s placements, a chain's results at the highest replication) are tens
 /// of KiB; a server sending more is broken or hostile, and is not read on.
 pub(crate) const MAX_JSON_ANSWER: u64 = 4 << 20;
+/// How much of an announced JSON answer is allocated before its bytes arrive.
+const JSON_ANSWER_PRESIZED: u64 = 64 << 10;
 
 /// Reads a JSON answer whole, at most `MAX_JSON_ANSWER` bytes, then parses it (ureq's
 /// `into_json` parses from the connection whatever comes).
 pub(crate) fn json_answer<T: DeserializeOwned>(response: ureq::Response, url: &str) -> Result<T, ClientError> {
+    // The announced length sizes the buffer only as far as real answers go: past that it
+    // grows with the bytes that actually arrive, not with what a server claims.
     let announced = response.header("Content-Length").and_then(|v| v.trim().parse::<u64>().ok());
-    let mut body = Vec::with_capacity(announced.unwrap_or(0).min(MAX_JSON_ANSWER) as usize);
+    let mut body = Vec::with_capacity(announced.unwrap_or(0).min(JSON_ANSWER_PRESIZED) as usize);
     response
         .into_reader()
         .take(MAX_JSON_ANSWER + 1)
