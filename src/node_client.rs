@@ -5,13 +5,14 @@
 //! client naming an address can therefore never make a server connect to it, nor learn
 //! the token. `Client`'s node client has no token, and goes where the master sends it.
 
-use std::io::Read;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::client::{from_ureq, json_answer, ClientError};
 use crate::proto::{
-    Checksum, ObjectId, ReplicateRequest, ReplicateResult, ReplicateResults, Stored, CHAIN_HEADER,
+    Checksum, ErrorBody, ObjectId, ReplicateRequest, ReplicateResult, ReplicateResults, Stored, CHAIN_HEADER,
     CHAIN_SIGNATURE_HEADER, CHECKSUM_HEADER, TOKEN_HEADER,
 };
 
@@ -19,6 +20,18 @@ use crate::proto::{
 pub const DEFAULT_HOP_TIMEOUT: Duration = Duration::from_secs(5);
 /// A repair batch copies up to 64 objects of any size before its answer.
 const REPLICATE_TIMEOUT: Duration = Duration::from_secs(600);
+/// Declared body sizes from which an upload is written to a connection of its own
+/// (`NodeClient::open_put`) instead of through the agent, which copies a body through an
+/// 8 KiB buffer into 8 KiB sends: the receiving node then wakes for every 8 KiB. Below it,
+/// a new connection per upload costs more than the copies it saves.
+pub const OWN_CONNECTION_FROM: u64 = 1 << 20;
+/// The most of a body `put_object` reads for one send on a connection of its own.
+const PIECE: usize = 1 << 20;
+/// The same limit as `client::agent`'s, for each write of the body and read of the answer.
+const IO_TIMEOUT: Duration = Duration::from_secs(60);
+/// An answer's head and body are a few hundred bytes; more is not a datanode talking.
+const MAX_ANSWER: u64 = 1 << 20;
+const MAX_ANSWER_HEAD: u64 = 16 << 10;
 
 /// Which addresses are datanodes registered with the master: the only ones a
 /// `NodeClient` talks to.
@@ -153,6 +166,9 @@ impl NodeClient {
         body: impl Read,
         timeout: Option<Duration>,
     ) -> Result<Stored, ClientError> {
+        if let Some(len) = put.len.filter(|len| *len >= OWN_CONNECTION_FROM && timeout.is_none()) {
+            return self.put_direct(address, put, body, len);
+        }
         let headers = self.put_headers(address, put)?;
         let url = format!("{address}/objects/{}", put.id);
         let mut request = self.agent.put(&url).set("Content-Type", "application/octet-stream");
@@ -164,6 +180,71 @@ impl NodeClient {
         }
         let response = request.send(body).map_err(|e| from_ureq(&url, e))?;
         json_answer(response, &url)
+    }
+
+    /// `put_object` over a connection of its own: each read of the body (up to `PIECE`
+    /// bytes) in one send.
+    fn put_direct(&self, address: &str, put: &ObjectPut, body: impl Read, len: u64) -> Result<Stored, ClientError> {
+        let url = format!("{address}/objects/{}", put.id);
+        let mut upload = self.open_put(address, put).map_err(|refused| refused.into_error(&url))?;
+        let mut body = body.take(len);
+        let mut piece = vec![0u8; PIECE.min(usize::try_from(len).unwrap_or(PIECE))];
+        let mut sent = 0u64;
+        loop {
+            let n = read_some(&mut body, &mut piece)?;
+            if n == 0 {
+                break;
+            }
+            if let Err(e) = upload.send(&piece[..n]) {
+                // The node may have stopped reading to refuse the upload; its answer says why.
+                return Err(match upload.answer() {
+                    Ok((status, answer)) if status >= 300 => {
+                        ClientError::Api { url, status, message: error_message(&answer) }
+                    }
+                    _ => ClientError::Transport { url, message: format!("sending the body: {e}") },
+                });
+            }
+            sent += n as u64;
+        }
+        if sent < len {
+            upload.abandon();
+            return Err(ClientError::Io(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("the body ended after {sent} of its {len} bytes"),
+            )));
+        }
+        let (status, answer) =
+            upload.answer().map_err(|e| ClientError::Transport { url: url.clone(), message: e.to_string() })?;
+        if status >= 300 {
+            return Err(ClientError::Api { url, status, message: error_message(&answer) });
+        }
+        serde_json::from_slice(&answer)
+            .map_err(|e| ClientError::Protocol { url, message: format!("not the expected JSON: {e}") })
+    }
+
+    /// Opens `PUT /objects/{id}` on `address` over a connection of its own, for a caller
+    /// that sends the body in pieces as it has them (`Content-Length` is `put.len`, which
+    /// must be set). The node must answer `100 Continue` within `hop_timeout`, so a node
+    /// that accepted the connection but is stalled or cut off shows at once instead of
+    /// after the transfer timeout.
+    pub fn open_put(&self, address: &str, put: &ObjectPut) -> Result<DirectPut, Refused> {
+        let failed = |status, message| Refused { status, message, answered: false };
+        let head = self.put_head(address, put).map_err(|e| failed(502, e.to_string()))?;
+        let host = address.trim_start_matches("http://");
+        let hop = self.hop_timeout;
+        let stream = connect(host, hop)
+            .and_then(|mut stream| stream.write_all(head.as_bytes()).map(|()| stream))
+            .map_err(|e| failed(502, format!("cannot reach {address}: {e}")))?;
+        let answers = stream.try_clone().map_err(|e| failed(502, format!("cannot read from {address}: {e}")))?;
+        let mut upload = DirectPut { stream, answers: BufReader::new(answers) };
+        match upload.await_continue(hop) {
+            Ok(None) => Ok(upload),
+            Ok(Some((status, message))) => Err(Refused { status, message, answered: true }),
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                Err(failed(504, format!("{address} did not answer the upload's head within {hop:?}")))
+            }
+            Err(e) => Err(failed(502, format!("no answer from {address}: {e}"))),
+        }
     }
 
     /// `GET /objects/{id}` on `address`, from byte `offset` on (a range past 0); the
@@ -200,5 +281,225 @@ impl NodeClient {
             (Some(size), Some(Ok(checksum))) => Ok((size, checksum)),
             _ => Err(ClientError::Protocol { url, message: "no size or checksum in the answer".into() }),
         }
+    }
+}
+
+/// Why `NodeClient::open_put` could not start an upload: the node's refusal (`answered`),
+/// or 502 when it could not be reached and 504 when it did not answer in time.
+#[derive(Debug)]
+pub struct Refused {
+    pub status: u16,
+    pub message: String,
+    pub answered: bool,
+}
+
+impl Refused {
+    fn into_error(self, url: &str) -> ClientError {
+        let (url, message) = (url.to_string(), self.message);
+        match (self.answered, self.status) {
+            (true, status) => ClientError::Api { url, status, message },
+            (false, 502) => ClientError::Unreachable { url, message },
+            (false, _) => ClientError::Transport { url, message },
+        }
+    }
+}
+
+/// An upload written to a connection of its own (`NodeClient::open_put`): each `send`
+/// is one write of the caller's bytes; `answer` reads the node's answer once the whole
+/// body is sent; `abandon` cuts the connection, so the node sees a short body and stores
+/// nothing.
+pub struct DirectPut {
+    stream: TcpStream,
+    /// The same socket, buffered for reading the answers (`100 Continue`, then the final
+    /// one): read a byte at a time, an answer took a system call per byte.
+    answers: BufReader<TcpStream>,
+}
+
+impl DirectPut {
+    pub fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.stream.write_all(bytes)
+    }
+
+    pub fn abandon(self) {
+        let _ = self.stream.shutdown(Shutdown::Both);
+    }
+
+    /// The final answer: its status and body (an interim `100 Continue` is skipped).
+    pub fn answer(mut self) -> io::Result<(u16, Vec<u8>)> {
+        loop {
+            let (status, content_length) = self.read_head()?;
+            if status != 100 {
+                return Ok((status, self.read_body(content_length)?));
+            }
+        }
+    }
+
+    /// Waits up to `hop` for the first answer: `100 Continue` (None: send the body), or
+    /// a final answer refusing the upload (its status and error).
+    fn await_continue(&mut self, hop: Duration) -> io::Result<Option<(u16, String)>> {
+        self.stream.set_read_timeout(Some(hop))?;
+        let (status, content_length) = self.read_head()?;
+        self.stream.set_read_timeout(Some(IO_TIMEOUT))?;
+        if status == 100 {
+            return Ok(None);
+        }
+        let body = self.read_body(content_length)?;
+        Ok(Some((status, error_message(&body))))
+    }
+
+    /// Reads an HTTP/1.1 answer's head: its status and Content-Length.
+    fn read_head(&mut self) -> io::Result<(u16, Option<u64>)> {
+        let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_string());
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let room = MAX_ANSWER_HEAD.saturating_sub(head.len() as u64);
+            if room == 0 {
+                return Err(bad("the answer's head is too long"));
+            }
+            if (&mut self.answers).take(room).read_until(b'\n', &mut head)? == 0 {
+                return Err(bad("the answer ended inside its head"));
+            }
+        }
+        let head = String::from_utf8_lossy(&head);
+        let mut lines = head.split("\r\n");
+        let status = lines
+            .next()
+            .and_then(|line| line.strip_prefix("HTTP/1."))
+            .and_then(|rest| rest.split_whitespace().nth(1))
+            .and_then(|code| code.parse::<u16>().ok())
+            .ok_or_else(|| bad("not an HTTP answer"))?;
+        let mut content_length = None;
+        for line in lines.filter(|line| !line.is_empty()) {
+            let (name, value) = line.split_once(':').ok_or_else(|| bad("malformed header"))?;
+            if name.eq_ignore_ascii_case("content-length") {
+                content_length = Some(value.trim().parse::<u64>().map_err(|_| bad("bad Content-Length"))?);
+            } else if name.eq_ignore_ascii_case("transfer-encoding") && !value.trim().eq_ignore_ascii_case("identity") {
+                return Err(bad("chunked answers are not expected from a datanode"));
+            }
+        }
+        Ok((status, content_length))
+    }
+
+    /// Reads an answer's body, delimited by its Content-Length or by the end of the
+    /// connection (which the request asked the server to close).
+    fn read_body(&mut self, content_length: Option<u64>) -> io::Result<Vec<u8>> {
+        let mut body = Vec::new();
+        let limit = content_length.unwrap_or(MAX_ANSWER).min(MAX_ANSWER);
+        (&mut self.answers).take(limit).read_to_end(&mut body)?;
+        if content_length.is_some_and(|len| body.len() as u64 != len) {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "the answer ended inside its body"));
+        }
+        Ok(body)
+    }
+}
+
+fn connect(host: &str, hop: Duration) -> io::Result<TcpStream> {
+    let host = if host.contains(':') { host.to_string() } else { format!("{host}:80") };
+    let mut last = io::Error::new(io::ErrorKind::NotFound, format!("{host} has no address"));
+    for address in host.to_socket_addrs()? {
+        match TcpStream::connect_timeout(&address, hop) {
+            Ok(stream) => {
+                stream.set_nodelay(true)?;
+                stream.set_write_timeout(Some(IO_TIMEOUT))?;
+                return Ok(stream);
+            }
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// One read of the body: what it has now, up to `buf`'s length (a body that trickles in
+/// is passed on as it comes, not held until a whole piece arrived); 0 at its end.
+fn read_some(body: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match body.read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            read => return read,
+        }
+    }
+}
+
+/// The error sentence of an error answer's body.
+pub fn error_message(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body).into_owned();
+    serde_json::from_str::<ErrorBody>(&text).map(|b| b.error).unwrap_or(text)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    /// A one-request server: reads the request head, answers `100 Continue` as a
+    /// datanode does when asked to, reads the body, hands head and body to the test, and answers
+    /// `status` with `answer`.
+    pub(crate) fn serve_once(status: u16, answer: String) -> (String, std::thread::JoinHandle<(String, Vec<u8>)>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = format!("http://{}", listener.local_addr().unwrap());
+        let thread = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut reader = BufReader::new(&stream);
+            let (mut head, mut line) = (String::new(), String::new());
+            while line != "\r\n" {
+                line.clear();
+                reader.read_line(&mut line).unwrap();
+                head += &line;
+            }
+            if head.to_ascii_lowercase().contains("expect: 100-continue") {
+                (&stream).write_all(b"HTTP/1.1 100 Continue\r\n\r\n").unwrap();
+            }
+            let len: u64 =
+                head.lines().find_map(|l| l.strip_prefix("Content-Length: ")).map_or(0, |v| v.trim().parse().unwrap());
+            let mut body = Vec::new();
+            reader.take(len).read_to_end(&mut body).unwrap();
+            if body.len() as u64 == len {
+                let reply = format!("HTTP/1.1 {status} X\r\nContent-Length: {}\r\n\r\n{answer}", answer.len());
+                (&stream).write_all(reply.as_bytes()).unwrap();
+            }
+            (head, body)
+        });
+        (address, thread)
+    }
+
+    fn put(id: ObjectId, len: u64) -> ObjectPut<'static> {
+        ObjectPut { id, len: Some(len), checksum: None, chain: &[], signature: None }
+    }
+
+    #[test]
+    fn a_large_upload_goes_over_a_connection_of_its_own_and_its_answer_is_read() {
+        let nodes = NodeClient::anonymous(crate::client::agent());
+        let id = ObjectId::new_random();
+        let data: Vec<u8> = (0..(3 << 20) + 17u32).map(|i| (i % 251) as u8).collect();
+        let stored =
+            Stored { objectid: id.to_string(), size: data.len() as u64, checksum: Checksum(7), replicas: vec![] };
+        let (address, server) = serve_once(201, serde_json::to_string(&stored).unwrap());
+        let answer = nodes.put_object(&address, &put(id, data.len() as u64), &data[..], None).unwrap();
+        assert_eq!((answer.objectid, answer.size, answer.checksum), (stored.objectid, stored.size, stored.checksum));
+        let (head, body) = server.join().unwrap();
+        assert!(body == data, "the body arrived changed");
+        assert!(head.contains("Expect: 100-continue") && head.contains("Connection: close"), "{head}");
+
+        // A refusal is the node's error, with its status.
+        let (address, server) = serve_once(507, r#"{"error":"disk full"}"#.to_string());
+        match nodes.put_object(&address, &put(id, 1 << 20), &vec![1u8; 1 << 20][..], None) {
+            Err(ClientError::Api { status: 507, message, .. }) => assert_eq!(message, "disk full"),
+            other => panic!("{other:?}"),
+        }
+        server.join().unwrap();
+
+        // A body shorter than declared is never passed off as whole: the node sees the
+        // connection cut short, and the caller an error.
+        let (address, server) = serve_once(201, String::new());
+        let err = nodes.put_object(&address, &put(id, 2 << 20), &vec![1u8; 1 << 20][..], None).unwrap_err();
+        assert!(err.to_string().contains("ended after 1048576 of its 2097152 bytes"), "{err}");
+        assert_eq!(server.join().unwrap().1.len(), 1 << 20);
+
+        // Nobody listening.
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let err = nodes
+            .put_object(&format!("http://127.0.0.1:{port}"), &put(id, 1 << 20), &vec![1u8; 1 << 20][..], None)
+            .unwrap_err();
+        assert!(matches!(err, ClientError::Unreachable { .. }), "{err:?}");
     }
 }

@@ -13,8 +13,7 @@
 //! would copy the body through an 8 KiB buffer into 8 KiB sends, which with the hand-off
 //! to the thread cost more CPU than the forwarding itself at replication 3.
 
-use std::io::{self, Cursor, Read, Write};
-use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::io::{self, Cursor, Read};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -22,21 +21,13 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::client::ClientError;
-use crate::node_client::{NodeClient, ObjectPut};
-use crate::proto::{Checksum, ErrorBody, ObjectId, ReplicaResult, Stored};
+use crate::node_client::{error_message, DirectPut, NodeClient, ObjectPut, Refused, OWN_CONNECTION_FROM};
+use crate::proto::{Checksum, ObjectId, ReplicaResult, Stored};
 
 /// Chunks in flight between the local write and the forwarding connection: enough to
 /// keep both busy, few enough that a slow next node slows the upload instead of filling
 /// memory.
 const CHUNKS_IN_FLIGHT: usize = 8;
-/// Declared body sizes from which an upload is forwarded over a connection of its own.
-/// Below it a new connection per upload would cost more than the copies it saves.
-const OWN_CONNECTION_FROM: u64 = 1 << 20;
-/// The same limit as `client::agent`'s, for the body and the final answer.
-const IO_TIMEOUT: Duration = Duration::from_secs(60);
-/// An answer's head and body are a few hundred bytes; more is not a datanode talking.
-const MAX_ANSWER: u64 = 1 << 20;
-const MAX_ANSWER_HEAD: usize = 16 << 10;
 
 enum Message {
     Chunk(Vec<u8>),
@@ -262,18 +253,13 @@ impl Forwarders {
     }
 }
 
-/// A large upload's own connection to the next node: the request head is written when it
-/// opens, and the next node must answer `100 Continue` within the hop timeout (a node
-/// that accepted the connection but is stalled or cut off fails the hop at once, instead
-/// of after the transfer timeout); then each piece of the body is written as it arrives
-/// (the Content-Length delimits it), and the answer is read at the end. An upload
-/// abandoned before its end is cut off by closing the connection, so the next node sees a
-/// short body and stores nothing.
+/// A large upload's own connection to the next node (`NodeClient::open_put`): each
+/// piece of the body is written as it arrives (the Content-Length delimits it), and the
+/// answer is read at the end. An upload abandoned before its end is cut off by closing
+/// the connection, so the next node sees a short body and stores nothing.
 struct Connection {
     chain: Vec<String>,
-    stream: Option<TcpStream>,
-    /// Why the next node did not take the upload: its status and error.
-    refused: Option<(u16, String)>,
+    upload: Result<DirectPut, Refused>,
     /// Why the body could not be sent whole, if it could not.
     error: Option<String>,
     ended: bool,
@@ -281,39 +267,9 @@ struct Connection {
 
 impl Connection {
     fn open(nodes: &NodeClient, upload: &Upload, len: u64) -> Connection {
-        let chain = upload.chain.to_vec();
-        let mut connection = Connection { chain, stream: None, refused: None, error: None, ended: false };
-        let next = &upload.chain[0];
         let put = ObjectPut { len: Some(len), ..upload.put() };
-        let head = match nodes.put_head(next, &put) {
-            Ok(head) => head,
-            Err(e) => {
-                connection.refused = Some((502, e.to_string()));
-                return connection;
-            }
-        };
-        let hop = nodes.hop_timeout();
-        let host = next.trim_start_matches("http://");
-        let opened = connect(host, hop).and_then(|mut stream| {
-            stream.write_all(head.as_bytes())?;
-            Ok(stream)
-        });
-        let stream = match opened {
-            Ok(stream) => stream,
-            Err(e) => {
-                connection.refused = Some((502, format!("cannot reach {next}: {e}")));
-                return connection;
-            }
-        };
-        match await_continue(&stream, hop) {
-            Ok(None) => connection.stream = Some(stream),
-            Ok(Some(refusal)) => connection.refused = Some(refusal),
-            Err(e) if is_timeout(&e) => {
-                connection.refused = Some((504, format!("{next} did not answer the upload's head within {hop:?}")))
-            }
-            Err(e) => connection.refused = Some((502, format!("no answer from {next}: {e}"))),
-        }
-        connection
+        let opened = nodes.open_put(&upload.chain[0], &put);
+        Connection { chain: upload.chain.to_vec(), upload: opened, error: None, ended: false }
     }
 
     fn send(&mut self, chunk: &[u8]) {
@@ -321,25 +277,25 @@ impl Connection {
             self.ended = true;
             return;
         }
-        let Some(stream) = self.stream.as_mut().filter(|_| self.error.is_none()) else { return };
+        let (Ok(upload), None) = (self.upload.as_mut(), &self.error) else { return };
         // A failed write means the next node gave up (its answer may say why); this copy
         // carries on regardless.
-        if let Err(e) = stream.write_all(chunk) {
+        if let Err(e) = upload.send(chunk) {
             self.error = Some(format!("sending the body to {}: {e}", self.chain[0]));
         }
     }
 
     fn finish(self) -> Vec<ReplicaResult> {
         let next = &self.chain[0];
-        let Some(stream) = self.stream else {
-            let (status, error) = self.refused.unwrap_or((502, String::new()));
-            return broken_chain(&self.chain, status, error);
+        let upload = match self.upload {
+            Ok(upload) => upload,
+            Err(refused) => return broken_chain(&self.chain, refused.status, refused.message),
         };
         if !self.ended {
-            let _ = stream.shutdown(Shutdown::Both);
+            upload.abandon();
             return broken_chain(&self.chain, 502, "the upstream upload was abandoned".to_string());
         }
-        match read_answer(&stream) {
+        match upload.answer() {
             Ok((status, body)) if status < 300 => match serde_json::from_slice::<Stored>(&body) {
                 Ok(stored) => stored.replicas,
                 Err(e) => broken_chain(&self.chain, 502, format!("unreadable answer from {next}: {e}")),
@@ -348,104 +304,6 @@ impl Connection {
             Err(e) => {
                 broken_chain(&self.chain, 502, self.error.unwrap_or_else(|| format!("no answer from {next}: {e}")))
             }
-        }
-    }
-}
-
-fn connect(host: &str, hop: Duration) -> io::Result<TcpStream> {
-    let host = if host.contains(':') { host.to_string() } else { format!("{host}:80") };
-    let mut last = io::Error::new(io::ErrorKind::NotFound, format!("{host} has no address"));
-    for address in host.to_socket_addrs()? {
-        match TcpStream::connect_timeout(&address, hop) {
-            Ok(stream) => {
-                stream.set_nodelay(true)?;
-                stream.set_write_timeout(Some(IO_TIMEOUT))?;
-                return Ok(stream);
-            }
-            Err(e) => last = e,
-        }
-    }
-    Err(last)
-}
-
-fn is_timeout(e: &io::Error) -> bool {
-    matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
-}
-
-/// Waits up to `hop` for the next node's first answer: `100 Continue` (None: send the
-/// body), or a final answer refusing the upload (its status and error).
-fn await_continue(stream: &TcpStream, hop: Duration) -> io::Result<Option<(u16, String)>> {
-    stream.set_read_timeout(Some(hop))?;
-    let (status, content_length) = read_head(stream)?;
-    stream.set_read_timeout(Some(IO_TIMEOUT))?;
-    if status == 100 {
-        return Ok(None);
-    }
-    let body = read_body(stream, content_length)?;
-    Ok(Some((status, error_message(&body))))
-}
-
-/// The error sentence of an error answer's body.
-fn error_message(body: &[u8]) -> String {
-    let text = String::from_utf8_lossy(body).into_owned();
-    serde_json::from_str::<ErrorBody>(&text).map(|b| b.error).unwrap_or(text)
-}
-
-/// Reads an HTTP/1.1 answer's head, byte by byte so that nothing after it is consumed:
-/// its status and Content-Length.
-fn read_head(mut stream: &TcpStream) -> io::Result<(u16, Option<u64>)> {
-    let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_string());
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        if head.len() >= MAX_ANSWER_HEAD {
-            return Err(bad("the answer's head is too long"));
-        }
-        match stream.read(&mut byte) {
-            Ok(0) => return Err(bad("the answer ended inside its head")),
-            Ok(_) => head.push(byte[0]),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    let head = String::from_utf8_lossy(&head);
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|line| line.strip_prefix("HTTP/1."))
-        .and_then(|rest| rest.split_whitespace().nth(1))
-        .and_then(|code| code.parse::<u16>().ok())
-        .ok_or_else(|| bad("not an HTTP answer"))?;
-    let mut content_length = None;
-    for line in lines.filter(|line| !line.is_empty()) {
-        let (name, value) = line.split_once(':').ok_or_else(|| bad("malformed header"))?;
-        if name.eq_ignore_ascii_case("content-length") {
-            content_length = Some(value.trim().parse::<u64>().map_err(|_| bad("bad Content-Length"))?);
-        } else if name.eq_ignore_ascii_case("transfer-encoding") && !value.trim().eq_ignore_ascii_case("identity") {
-            return Err(bad("chunked answers are not expected from a datanode"));
-        }
-    }
-    Ok((status, content_length))
-}
-
-/// Reads an answer's body, delimited by its Content-Length or by the end of the
-/// connection (which the request asked the server to close).
-fn read_body(stream: &TcpStream, content_length: Option<u64>) -> io::Result<Vec<u8>> {
-    let mut body = Vec::new();
-    let limit = content_length.unwrap_or(MAX_ANSWER).min(MAX_ANSWER);
-    stream.take(limit).read_to_end(&mut body)?;
-    if content_length.is_some_and(|len| body.len() as u64 != len) {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "the answer ended inside its body"));
-    }
-    Ok(body)
-}
-
-/// Reads the final answer: its status and body (an interim `100 Continue` is skipped).
-fn read_answer(stream: &TcpStream) -> io::Result<(u16, Vec<u8>)> {
-    loop {
-        let (status, content_length) = read_head(stream)?;
-        if status != 100 {
-            return Ok((status, read_body(stream, content_length)?));
         }
     }
 }
@@ -545,9 +403,9 @@ impl Read for ChannelReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::node_client::tests::serve_once;
     use crate::node_client::Registry;
     use crate::proto::{CHAIN_HEADER, CHECKSUM_HEADER, TOKEN_HEADER};
-    use std::io::{BufRead, BufReader};
     use std::net::TcpListener;
     use std::sync::Arc;
 
@@ -567,37 +425,6 @@ mod tests {
     fn open(token: Option<&str>, id: ObjectId, chain: &[String], len: u64, expected: Option<Checksum>) -> Connection {
         let upload = Upload { id, chain, signature: Some("sig"), declared: Some(len), expected };
         Connection::open(&nodes(token), &upload, len)
-    }
-
-    /// A one-request server: reads the request head, answers `100 Continue` as a
-    /// datanode does when asked to, reads the body, hands head and body to the test, and answers
-    /// `status` with `answer`.
-    fn serve_once(status: u16, answer: String) -> (String, std::thread::JoinHandle<(String, Vec<u8>)>) {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let address = format!("http://{}", listener.local_addr().unwrap());
-        let thread = std::thread::spawn(move || {
-            let (stream, _) = listener.accept().unwrap();
-            let mut reader = BufReader::new(&stream);
-            let (mut head, mut line) = (String::new(), String::new());
-            while line != "\r\n" {
-                line.clear();
-                reader.read_line(&mut line).unwrap();
-                head += &line;
-            }
-            if head.to_ascii_lowercase().contains("expect: 100-continue") {
-                (&stream).write_all(b"HTTP/1.1 100 Continue\r\n\r\n").unwrap();
-            }
-            let len: u64 =
-                head.lines().find_map(|l| l.strip_prefix("Content-Length: ")).map_or(0, |v| v.trim().parse().unwrap());
-            let mut body = Vec::new();
-            reader.take(len).read_to_end(&mut body).unwrap();
-            if body.len() as u64 == len {
-                let reply = format!("HTTP/1.1 {status} X\r\nContent-Length: {}\r\n\r\n{answer}", answer.len());
-                (&stream).write_all(reply.as_bytes()).unwrap();
-            }
-            (head, body)
-        });
-        (address, thread)
     }
 
     #[test]
