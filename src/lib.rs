@@ -4,6 +4,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod buffers;
 pub mod client;
 pub mod datanode;
 pub mod http;

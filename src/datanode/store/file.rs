@@ -7,11 +7,11 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::Mutex;
 
 use super::verify::read_footer;
 use super::verify::{encode_footer, unix_secs};
 use super::{BlobStore, StoreError, StoredObject, CHUNK, DIRECT_ALIGN, DIRECT_CHUNK, FOOTER_LEN, UNCACHED_OBJECT};
+use crate::buffers::BufferPool;
 use crate::proto::{Checksum, ObjectId};
 
 pub(super) fn sorted_dir(dir: &Path) -> io::Result<Vec<PathBuf>> {
@@ -139,7 +139,7 @@ impl<'a> ChunkWriter<'a> {
             (want, 0)
         };
         let len = chunk + FOOTER_LEN as usize + 2 * slack;
-        let buf = if len == POOLED_BUFFER { pool.take() } else { vec![0u8; len] };
+        let buf = if len == pool.buffer_len() { pool.take() } else { vec![0u8; len] };
         let start = if direct { (DIRECT_ALIGN - buf.as_ptr() as usize % DIRECT_ALIGN) % DIRECT_ALIGN } else { 0 };
         ChunkWriter { file, pool, buf, start, chunk, filled: 0, written: 0, direct }
     }
@@ -181,9 +181,7 @@ impl<'a> ChunkWriter<'a> {
 
 impl Drop for ChunkWriter<'_> {
     fn drop(&mut self) {
-        if self.buf.len() == POOLED_BUFFER {
-            self.pool.put(std::mem::take(&mut self.buf));
-        }
+        self.pool.put(std::mem::take(&mut self.buf));
     }
 }
 
@@ -193,25 +191,12 @@ const POOLED_BUFFER: usize = DIRECT_CHUNK + FOOTER_LEN as usize + 2 * DIRECT_ALI
 /// once.
 const POOLED_KEPT: usize = 8;
 
-/// Full-size upload buffers kept for the next uploads: zeroing a fresh 1 MiB buffer for
-/// every large upload was 4 % of all CPU samples of 1 MiB PUTs at R = 3. A buffer goes
-/// back holding the bytes of the upload that used it; nothing of them reaches a file,
-/// because a writer writes only bytes it received into the buffer, its footer and zeros.
-#[derive(Default)]
-pub(super) struct BufferPool(Mutex<Vec<Vec<u8>>>);
-
-impl BufferPool {
-    fn take(&self) -> Vec<u8> {
-        let kept = self.0.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        kept.unwrap_or_else(|| vec![0u8; POOLED_BUFFER])
-    }
-
-    fn put(&self, buf: Vec<u8>) {
-        let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if kept.len() < POOLED_KEPT {
-            kept.push(buf);
-        }
-    }
+/// The pool of full-size upload buffers (`BlobStore::buffers`): zeroing a fresh 1 MiB
+/// buffer for every large upload was 4 % of all CPU samples of 1 MiB PUTs at R = 3.
+/// Nothing of a reused buffer's old bytes reaches a file, because a writer writes only
+/// bytes it received into the buffer, its footer and zeros.
+pub(super) fn upload_buffers() -> BufferPool {
+    BufferPool::new(POOLED_BUFFER, POOLED_KEPT)
 }
 
 /// A file in `tmp/` that is removed when dropped: on every failure path, and after a

@@ -267,7 +267,7 @@ pub struct BlobStore {
     /// Bytes of the objects held (their sizes, without footers).
     bytes: AtomicU64,
     /// Upload buffers kept for reuse.
-    buffers: file::BufferPool,
+    buffers: crate::buffers::BufferPool,
     /// Small objects, as records in volume files.
     volumes: Volumes,
     /// Declared sizes up to which uploads become volume records (`VOLUME_OBJECT`; tests
@@ -332,7 +332,7 @@ impl BlobStore {
             count: AtomicU64::new(0),
             fsync_seconds,
             bytes: AtomicU64::new(0),
-            buffers: file::BufferPool::default(),
+            buffers: file::upload_buffers(),
             volumes: opened.volumes,
             records_up_to: Some(VOLUME_OBJECT),
             repairs: opened.repairs,
