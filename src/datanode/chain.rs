@@ -521,8 +521,10 @@ mod tests {
             // the answer, on this thread.
             assert!(!server.is_finished());
             sink(&[]);
-            assert!(server.is_finished());
         }
+        // (The server's thread may still be on its way out after answering: that the
+        // results are here already is what shows the answer came before `sink` returned.)
+        assert!(matches!(&forward.via, Via::Inline { results: Some(_), .. }));
         assert_eq!(forward.finish(), stored.replicas);
         assert_eq!(server.join().unwrap().1, b"hello world");
 
