@@ -19,8 +19,13 @@ const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(200);
 type Finish = Box<dyn FnOnce(Option<&MetaError>) + Send>;
 /// A write: run on the connection inside the group's transaction, or (`None`) not run
 /// at all because the transaction could not start; either way it returns what answers
-/// its caller once the commit's outcome is known.
-type Job = Box<dyn FnOnce(Option<&Connection>) -> Finish + Send>;
+/// its caller once the commit's outcome is known, and, if its failure ended the whole
+/// transaction (`Ended`), why.
+type Job = Box<dyn FnOnce(Option<&Connection>) -> (Finish, Option<Ended>) + Send>;
+
+/// A write's error that SQLite could not undo by itself alone: a full disk or an I/O
+/// error rolls back the whole transaction, the other writes of the group with it.
+struct Ended(String);
 
 /// The write connection and the writes waiting for the next commit.
 pub(super) struct Writer {
@@ -126,21 +131,7 @@ impl MetaDb {
         F: FnOnce(&Connection) -> MetaResult<T> + Send + 'static,
     {
         let answer: Arc<Mutex<Option<MetaResult<T>>>> = Arc::new(Mutex::new(None));
-        let reply = Arc::clone(&answer);
-        let job: Job = Box::new(move |conn| {
-            let result = match conn {
-                Some(conn) => in_savepoint(conn, f),
-                None => Err(MetaError::Internal("the write was not run".into())),
-            };
-            Box::new(move |commit_error| {
-                let outcome = match commit_error {
-                    None => result,
-                    Some(e) => Err(e.clone()),
-                };
-                *reply.lock().expect("answer lock") = Some(outcome);
-            })
-        });
-        self.writer.run(job);
+        self.writer.run(job(f, Arc::clone(&answer)));
         let outcome = answer.lock().expect("answer lock").take();
         outcome.unwrap_or_else(|| Err(MetaError::Internal("a write was never answered".into())))
     }
@@ -171,10 +162,50 @@ fn commit_batch_histogram() -> prometheus::Histogram {
     prometheus::Histogram::with_opts(opts.buckets(buckets)).expect("valid metric")
 }
 
+/// The job of `MetaDb::write`: `f` in a savepoint of the group's transaction, its
+/// outcome in `answer` once the commit's is known.
+fn job<T, F>(f: F, answer: Arc<Mutex<Option<MetaResult<T>>>>) -> Job
+where
+    T: Send + 'static,
+    F: FnOnce(&Connection) -> MetaResult<T> + Send + 'static,
+{
+    Box::new(move |conn| {
+        let (result, ended) = match conn {
+            Some(conn) => {
+                let result = in_savepoint(conn, f);
+                let ended = conn.is_autocommit().then(|| {
+                    Ended(match result.as_ref().err() {
+                        // Said once: the batch's error is a metadata store error itself.
+                        Some(MetaError::Internal(cause)) => cause.clone(),
+                        Some(e) => e.to_string(),
+                        None => "the transaction ended".to_string(),
+                    })
+                });
+                (result, ended)
+            }
+            None => (Err(MetaError::Internal("the write was not run".into())), None),
+        };
+        let finish: Finish = Box::new(move |commit_error| {
+            let outcome = match commit_error {
+                None => result,
+                Some(e) => Err(e.clone()),
+            };
+            *answer.lock().expect("answer lock") = Some(outcome);
+        });
+        (finish, ended)
+    })
+}
+
 /// Runs `f` inside a savepoint, so a failed job leaves no trace in the shared transaction.
+/// If SQLite rolled back the whole transaction on `f`'s error (a full disk, an I/O
+/// error), there is no savepoint left: `f`'s own error is returned, and the caller sees
+/// the connection back in autocommit.
 fn in_savepoint<T>(conn: &Connection, f: impl FnOnce(&Connection) -> MetaResult<T>) -> MetaResult<T> {
     run(conn, "SAVEPOINT job")?;
     let result = f(conn);
+    if conn.is_autocommit() {
+        return result;
+    }
     if result.is_err() {
         run(conn, "ROLLBACK TO job")?;
     }
@@ -199,7 +230,15 @@ fn commit_jobs(conn: &Connection, jobs: Vec<Job>) -> Vec<(Finish, Option<MetaErr
     let commit = run(conn, "BEGIN IMMEDIATE").and_then(|()| {
         for job in jobs.by_ref() {
             match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(Some(conn)))) {
-                Ok(finish) => finishers.push(finish),
+                Ok((finish, None)) => finishers.push(finish),
+                // The writes after it must not run: outside a transaction each would
+                // commit on its own, and its caller be told it failed with the rest.
+                Ok((finish, Some(Ended(cause)))) => {
+                    finishers.push(finish);
+                    return Err(MetaError::Internal(format!(
+                        "a write failed and SQLite rolled back the whole transaction: {cause}"
+                    )));
+                }
                 Err(_) => {
                     log::error("master", "a metadata write panicked; it is rolled back and its caller told so");
                     run(conn, "ROLLBACK TO job")?;
@@ -213,7 +252,7 @@ fn commit_jobs(conn: &Connection, jobs: Vec<Job>) -> Vec<(Finish, Option<MetaErr
     if let Some(e) = &error {
         log::error("master", &format!("metadata commit failed, {count} write(s) refused: {e}"));
         let _ = conn.execute_batch("ROLLBACK");
-        finishers.extend(jobs.map(|job| job(None)));
+        finishers.extend(jobs.map(|job| job(None).0));
     }
     finishers.into_iter().map(|finish| (finish, error.clone())).collect()
 }
@@ -276,6 +315,51 @@ mod tests {
         let nodes = db.nodes().unwrap();
         assert_eq!(nodes.len(), 8 * 50 + 1);
         assert!(!nodes.iter().any(|n| n.id == "x"));
+        drop(db);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// What a full disk does: SQLite rolls back the whole transaction on a write's
+    /// error. The writes batched with it are all refused and none of them stays, the
+    /// ones after it included (they used to run outside any transaction, commit one by
+    /// one, and still be answered with the batch's error), and the error says why.
+    #[test]
+    fn a_write_whose_error_ends_the_transaction_fails_its_whole_batch_and_leaves_nothing() {
+        let (db, dir) = temp_db("ended");
+        let insert = |id: &'static str| {
+            move |conn: &Connection| {
+                run(
+                    conn,
+                    &format!("INSERT INTO nodes (id, address, registered_at, last_seen) VALUES ('{id}', 'a', 0, 0)"),
+                )
+            }
+        };
+        let answers: Vec<Arc<Mutex<Option<MetaResult<()>>>>> = (0..3).map(|_| Arc::default()).collect();
+        let jobs = vec![
+            job(insert("before"), Arc::clone(&answers[0])),
+            job(
+                |conn: &Connection| {
+                    // What SQLite does itself on SQLITE_FULL or an I/O error.
+                    conn.execute_batch("ROLLBACK")?;
+                    Err(MetaError::Internal("database or disk is full".into()))
+                },
+                Arc::clone(&answers[1]),
+            ),
+            job(insert("after"), Arc::clone(&answers[2])),
+        ];
+        let finishers = commit_jobs(&db.writer.conn.lock().unwrap(), jobs);
+        assert_eq!(finishers.len(), 3, "every write is answered");
+        for (finish, error) in finishers {
+            finish(error.as_ref());
+        }
+        for answer in &answers {
+            let error = answer.lock().unwrap().take().unwrap().unwrap_err().to_string();
+            assert!(error.contains("rolled back the whole transaction: database or disk is full"), "{error}");
+        }
+        let ids: Vec<String> = db.nodes().unwrap().into_iter().map(|n| n.id).collect();
+        assert!(ids.is_empty(), "{ids:?}");
+        // The writer goes on.
+        assert_eq!(db.register_node("later", "http://later:1").unwrap(), Registered::New);
         drop(db);
         std::fs::remove_dir_all(dir).unwrap();
     }
