@@ -54,6 +54,17 @@ for d in master datanode-1 datanode-2 datanode-3 scaling; do trash "${DIR:?}/$d"
 rm -rf "$LOGS" "$OUT"
 mkdir -p "$LOGS" "$OUT" "$RESULTS"
 
+# Since nothing is deleted before the end, a full run holds about 45 GB at its peak. A
+# disk that fills midway fails the later phases with errors that do not say so (the
+# SeaweedFS runs, the gateway's 1 GiB round trip, the populated databases), so a run
+# without the room does not start.
+NEED_GB=$([[ $QUICK == 1 ]] && echo 10 || echo 60)
+FREE_GB=$(($(df -Pk "$DIR" | awk 'NR==2 {print $4}') / 1024 / 1024))
+if ((FREE_GB < NEED_GB)); then
+  log "only $FREE_GB GB free under $DIR; a run needs $NEED_GB GB (an earlier run's leftovers in $TRASH can go; BENCH_DIR chooses another disk)"
+  exit 1
+fi
+
 log "building the release binary"
 cargo build --release --quiet
 write_env "$OUT/env.json" "$DIR"
