@@ -190,7 +190,8 @@ impl NodeClient {
     /// bytes) in one send.
     fn put_direct(&self, address: &str, put: &ObjectPut, body: impl Read, len: u64) -> Result<Stored, ClientError> {
         let url = format!("{address}/objects/{}", put.id);
-        let mut upload = self.open_put(address, put).map_err(|refused| refused.into_error(&url))?;
+        let head = self.put_head(address, put)?;
+        let mut upload = self.open_with_head(address, &head).map_err(|refused| refused.into_error(&url))?;
         let mut body = body.take(len);
         let mut piece = Piece(PIECES.take());
         let mut sent = 0u64;
@@ -232,8 +233,16 @@ impl NodeClient {
     /// that accepted the connection but is stalled or cut off shows at once instead of
     /// after the transfer timeout.
     pub fn open_put(&self, address: &str, put: &ObjectPut) -> Result<DirectPut, Refused> {
+        let head = self.put_head(address, put).map_err(|e| Refused {
+            status: 502,
+            message: e.to_string(),
+            answered: false,
+        })?;
+        self.open_with_head(address, &head)
+    }
+
+    fn open_with_head(&self, address: &str, head: &str) -> Result<DirectPut, Refused> {
         let failed = |status, message| Refused { status, message, answered: false };
-        let head = self.put_head(address, put).map_err(|e| failed(502, e.to_string()))?;
         let host = address.trim_start_matches("http://");
         let hop = self.hop_timeout;
         let stream = connect(host, hop)
@@ -507,6 +516,18 @@ pub(crate) mod tests {
         let err = nodes.put_object(&address, &put(id, 2 << 20), &vec![1u8; 1 << 20][..], None).unwrap_err();
         assert!(err.to_string().contains("ended after 1048576 of its 2097152 bytes"), "{err}");
         assert_eq!(server.join().unwrap().1.len(), 1 << 20);
+
+        // An address the registry does not know is refused as such, before any connection.
+        struct Nobody;
+        impl Registry for Nobody {
+            fn is_registered(&self, _: &str) -> bool {
+                false
+            }
+        }
+        let strict = NodeClient::new(crate::client::agent(), Some("secret".into()), Arc::new(Nobody));
+        let err =
+            strict.put_object("http://127.0.0.1:9", &put(id, 1 << 20), &vec![1u8; 1 << 20][..], None).unwrap_err();
+        assert!(matches!(err, ClientError::NotRegistered { .. }), "{err:?}");
 
         // Nobody listening.
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
