@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::locations::{Location, Locations, DEFAULT_CAPACITY};
 use crate::node_client::{NodeClient, ObjectPut};
 use crate::proto::{
-    Checksum, ClusterStatus, CompleteUpload, DrainStatus, ErrorBody, Heartbeat, InitUpload, InitUploadBatch, Inventory,
+    Checksum, ClusterStatus, CompleteUpload, DrainStatus, Heartbeat, InitUpload, InitUploadBatch, Inventory,
     NodeCommands, NodeInfo, NodeList, ObjectId, ObjectInfo, Placement, PlacementBatch, Receipt, RegisterNode,
     ReplaceNodes, ReplicaReport, ReplicaResult, StatusOk, Stored, CHECKSUM_HEADER, TOKEN_HEADER,
 };
@@ -144,7 +144,7 @@ pub(crate) fn from_ureq(url: &str, err: ureq::Error) -> ClientError {
     match err {
         ureq::Error::Status(status, response) => {
             let text = response.into_string().unwrap_or_default();
-            let message = serde_json::from_str::<ErrorBody>(&text).map(|b| b.error).unwrap_or(text);
+            let message = crate::node_client::error_message(text.as_bytes());
             ClientError::Api { url: url.to_string(), status, message }
         }
         ureq::Error::Transport(t) => {
