@@ -702,7 +702,7 @@ impl Client {
     ) -> Option<usize> {
         let replicas = location.replicas.iter().enumerate();
         for (index, node) in replicas.clone().chain(replicas) {
-            let error = match self.fetch(node, id, *written, location.checksum, sum, written, out) {
+            let error = match self.fetch(node, id, *written, location, sum, written, out) {
                 Ok(()) if *written == location.size => return Some(index),
                 Ok(()) => format!("ended at byte {written} of {}", location.size),
                 Err(e) => e.reason(),
@@ -722,12 +722,14 @@ impl Client {
         node: &str,
         id: &ObjectId,
         offset: u64,
-        expected: Option<Checksum>,
+        location: &Location,
         sum: &mut Checksum,
         written: &mut u64,
         out: &mut dyn Write,
     ) -> Result<(), ClientError> {
-        let (response, url) = self.nodes.get_object(node.trim_end_matches('/'), id, offset)?;
+        let expected = location.checksum;
+        let (response, url) =
+            self.nodes.get_object(node.trim_end_matches('/'), id, offset, location.size.saturating_sub(offset))?;
         let protocol = |message: String| ClientError::Protocol { url: url.clone(), message };
         let replica_sum = response.header(CHECKSUM_HEADER).map(Checksum::parse).transpose().map_err(protocol)?;
         if let (Some(expected), Some(replica)) = (expected, replica_sum) {
@@ -753,6 +755,9 @@ impl Client {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(ClientError::Transport { url, message: e.to_string() }),
             };
+            if *written + n as u64 > location.size {
+                return Err(protocol(format!("the node sent more than the object's {} bytes", location.size)));
+            }
             out.write_all(&buf[..n])?;
             sum.update(&buf[..n]);
             *written += n as u64;
@@ -768,7 +773,7 @@ impl Client {
 
     /// Streams one replica into `out` and checks that every announced byte arrived.
     pub fn get_from_node(&self, node: &str, id: &ObjectId, out: &mut dyn Write) -> Result<u64, ClientError> {
-        let (response, url) = self.nodes.get_object(node.trim_end_matches('/'), id, 0)?;
+        let (response, url) = self.nodes.get_object(node.trim_end_matches('/'), id, 0, 0)?;
         let announced: Option<u64> = response.header("Content-Length").and_then(|v| v.parse().ok());
         let copied = io::copy(&mut response.into_reader(), out)
             .map_err(|e| ClientError::Transport { url: url.clone(), message: e.to_string() })?;

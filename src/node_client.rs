@@ -7,8 +7,8 @@
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::buffers::BufferPool;
 use crate::client::{from_ureq, json_answer, ClientError};
@@ -71,11 +71,13 @@ pub struct NodeClient {
     token: Option<String>,
     registry: Arc<dyn Registry>,
     hop_timeout: Duration,
+    /// Connections of finished downloads (`open_get`), kept for the next ones.
+    idle_gets: Arc<Mutex<Vec<IdleGet>>>,
 }
 
 impl NodeClient {
     pub fn new(agent: ureq::Agent, token: Option<String>, registry: Arc<dyn Registry>) -> NodeClient {
-        NodeClient { agent, token, registry, hop_timeout: DEFAULT_HOP_TIMEOUT }
+        NodeClient { agent, token, registry, hop_timeout: DEFAULT_HOP_TIMEOUT, idle_gets: Arc::default() }
     }
 
     /// A node client without the token, for `Client`: it goes to the nodes the master's
@@ -249,7 +251,7 @@ impl NodeClient {
             .and_then(|mut stream| stream.write_all(head.as_bytes()).map(|()| stream))
             .map_err(|e| failed(502, format!("cannot reach {address}: {e}")))?;
         let answers = stream.try_clone().map_err(|e| failed(502, format!("cannot read from {address}: {e}")))?;
-        let mut upload = DirectPut { stream, answers: BufReader::new(answers) };
+        let mut upload = DirectPut { stream, answers: Answers(BufReader::new(answers)) };
         match upload.await_continue(hop) {
             Ok(None) => Ok(upload),
             Ok(Some((status, message))) => Err(Refused { status, message, answered: true }),
@@ -261,19 +263,92 @@ impl NodeClient {
     }
 
     /// `GET /objects/{id}` on `address`, from byte `offset` on (a range past 0); the
-    /// answer and its URL.
+    /// answer and its URL. `expected` is how many bytes the caller expects from `offset`
+    /// on: from `OWN_CONNECTION_FROM` on, the answer is read from a connection of its own
+    /// (`open_get`) instead of through the agent, which reads a body 8 KiB per system call
+    /// and copies it once more on the way.
     pub fn get_object(
         &self,
         address: &str,
         id: &ObjectId,
         offset: u64,
-    ) -> Result<(ureq::Response, String), ClientError> {
+        expected: u64,
+    ) -> Result<(NodeAnswer, String), ClientError> {
+        if expected >= OWN_CONNECTION_FROM && address.starts_with("http://") {
+            return self.open_get(address, id, offset).map(|(get, url)| (NodeAnswer::Direct(get), url));
+        }
         let (mut request, url) = self.request("GET", address, &format!("/objects/{id}"))?;
         if offset > 0 {
             request = request.set("Range", &format!("bytes={offset}-"));
         }
         let response = request.call().map_err(|e| from_ureq(&url, e))?;
-        Ok((response, url))
+        Ok((NodeAnswer::Agent(response), url))
+    }
+
+    /// `GET /objects/{id}` over a connection of its own: the answer's head is read here
+    /// (an error status is the node's error), its body as the caller reads it, each read
+    /// straight from the socket into the caller's buffer. The connection of a download
+    /// read to its end is kept for the next one to the same node: a new connection per
+    /// 1 MiB download cost more than it saved (both ends' TCP buffers start small and
+    /// grow with each connection; the node wakes a thread for each).
+    pub fn open_get(&self, address: &str, id: &ObjectId, offset: u64) -> Result<(DirectGet, String), ClientError> {
+        let token = self.authorize(address)?;
+        let url = format!("{address}/objects/{id}");
+        let host = address.trim_start_matches("http://");
+        let mut head = format!("GET /objects/{id} HTTP/1.1\r\n");
+        head += &format!("Host: {host}\r\nUser-Agent: aether/{}\r\n", env!("CARGO_PKG_VERSION"));
+        if offset > 0 {
+            head += &format!("Range: bytes={offset}-\r\n");
+        }
+        if let Some(token) = token {
+            head += &format!("{TOKEN_HEADER}: {token}\r\n");
+        }
+        head += "\r\n";
+        let transport = |e: io::Error| ClientError::Transport { url: url.clone(), message: e.to_string() };
+        // A kept connection the node has closed since fails before the first byte of its
+        // answer; a GET can then go again on a new one.
+        let kept = self.take_idle(host).and_then(|mut answers| {
+            answers.0.get_mut().write_all(head.as_bytes()).ok()?;
+            let head = answers.read_head().ok()?;
+            Some((answers, head))
+        });
+        let (mut answers, answer_head) = match kept {
+            Some(kept) => kept,
+            None => {
+                let stream = connect(host, self.hop_timeout)
+                    .and_then(|mut stream| stream.write_all(head.as_bytes()).map(|()| stream))
+                    .and_then(|stream| stream.set_read_timeout(Some(IO_TIMEOUT)).map(|()| stream))
+                    .map_err(|e| ClientError::Unreachable {
+                        url: url.clone(),
+                        message: format!("cannot reach {address}: {e}"),
+                    })?;
+                let mut answers = Answers(BufReader::new(stream));
+                let head = answers.read_head().map_err(transport)?;
+                (answers, head)
+            }
+        };
+        if answer_head.status >= 300 {
+            let body = answers.read_body(answer_head.content_length).map_err(transport)?;
+            return Err(ClientError::Api { url, status: answer_head.status, message: error_message(&body) });
+        }
+        let remaining = answer_head.content_length;
+        let keep =
+            remaining.is_some() && !answer_head.header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
+        let get = DirectGet {
+            head: answer_head,
+            answers: Some(answers),
+            remaining,
+            keep: keep.then(|| (host.to_string(), Arc::clone(&self.idle_gets))),
+        };
+        Ok((get, url))
+    }
+
+    /// A kept download connection to `host`, if one is young enough.
+    fn take_idle(&self, host: &str) -> Option<Answers> {
+        let mut idle = self.idle_gets.lock().unwrap_or_else(|e| e.into_inner());
+        idle.retain(|kept| kept.since.elapsed() < KEEP_IDLE_FOR);
+        let index = idle.iter().rposition(|kept| kept.host == host)?;
+        Some(idle.swap_remove(index).answers)
     }
 
     /// Asks `source` to copy objects to another node; one result per object.
@@ -325,7 +400,7 @@ pub struct DirectPut {
     stream: TcpStream,
     /// The same socket, buffered for reading the answers (`100 Continue`, then the final
     /// one): read a byte at a time, an answer took a system call per byte.
-    answers: BufReader<TcpStream>,
+    answers: Answers,
 }
 
 impl DirectPut {
@@ -340,9 +415,9 @@ impl DirectPut {
     /// The final answer: its status and body (an interim `100 Continue` is skipped).
     pub fn answer(mut self) -> io::Result<(u16, Vec<u8>)> {
         loop {
-            let (status, content_length) = self.read_head()?;
-            if status != 100 {
-                return Ok((status, self.read_body(content_length)?));
+            let head = self.answers.read_head()?;
+            if head.status != 100 {
+                return Ok((head.status, self.answers.read_body(head.content_length)?));
             }
         }
     }
@@ -351,17 +426,29 @@ impl DirectPut {
     /// a final answer refusing the upload (its status and error).
     fn await_continue(&mut self, hop: Duration) -> io::Result<Option<(u16, String)>> {
         self.stream.set_read_timeout(Some(hop))?;
-        let (status, content_length) = self.read_head()?;
+        let head = self.answers.read_head()?;
         self.stream.set_read_timeout(Some(IO_TIMEOUT))?;
-        if status == 100 {
+        if head.status == 100 {
             return Ok(None);
         }
-        let body = self.read_body(content_length)?;
-        Ok(Some((status, error_message(&body))))
+        let body = self.answers.read_body(head.content_length)?;
+        Ok(Some((head.status, error_message(&body))))
     }
+}
 
-    /// Reads an HTTP/1.1 answer's head: its status and Content-Length.
-    fn read_head(&mut self) -> io::Result<(u16, Option<u64>)> {
+/// A datanode's answers on a connection of its own, read through a buffer.
+struct Answers(BufReader<TcpStream>);
+
+/// An answer's status line and headers.
+struct Head {
+    status: u16,
+    content_length: Option<u64>,
+    headers: Vec<(String, String)>,
+}
+
+impl Answers {
+    /// Reads an HTTP/1.1 answer's head, at most `MAX_ANSWER_HEAD` bytes of it.
+    fn read_head(&mut self) -> io::Result<Head> {
         let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_string());
         let mut head = Vec::new();
         while !head.ends_with(b"\r\n\r\n") {
@@ -369,7 +456,7 @@ impl DirectPut {
             if room == 0 {
                 return Err(bad("the answer's head is too long"));
             }
-            if (&mut self.answers).take(room).read_until(b'\n', &mut head)? == 0 {
+            if (&mut self.0).take(room).read_until(b'\n', &mut head)? == 0 {
                 return Err(bad("the answer ended inside its head"));
             }
         }
@@ -382,15 +469,18 @@ impl DirectPut {
             .and_then(|code| code.parse::<u16>().ok())
             .ok_or_else(|| bad("not an HTTP answer"))?;
         let mut content_length = None;
+        let mut headers = Vec::new();
         for line in lines.filter(|line| !line.is_empty()) {
             let (name, value) = line.split_once(':').ok_or_else(|| bad("malformed header"))?;
+            let value = value.trim();
             if name.eq_ignore_ascii_case("content-length") {
-                content_length = Some(value.trim().parse::<u64>().map_err(|_| bad("bad Content-Length"))?);
-            } else if name.eq_ignore_ascii_case("transfer-encoding") && !value.trim().eq_ignore_ascii_case("identity") {
+                content_length = Some(value.parse::<u64>().map_err(|_| bad("bad Content-Length"))?);
+            } else if name.eq_ignore_ascii_case("transfer-encoding") && !value.eq_ignore_ascii_case("identity") {
                 return Err(bad("chunked answers are not expected from a datanode"));
             }
+            headers.push((name.to_string(), value.to_string()));
         }
-        Ok((status, content_length))
+        Ok(Head { status, content_length, headers })
     }
 
     /// Reads an answer's body, delimited by its Content-Length or by the end of the
@@ -398,11 +488,109 @@ impl DirectPut {
     fn read_body(&mut self, content_length: Option<u64>) -> io::Result<Vec<u8>> {
         let mut body = Vec::new();
         let limit = content_length.unwrap_or(MAX_ANSWER).min(MAX_ANSWER);
-        (&mut self.answers).take(limit).read_to_end(&mut body)?;
+        (&mut self.0).take(limit).read_to_end(&mut body)?;
         if content_length.is_some_and(|len| body.len() as u64 != len) {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "the answer ended inside its body"));
         }
         Ok(body)
+    }
+}
+
+/// A node's answer to `GET /objects/{id}`: through the agent, or on a connection of its
+/// own (`NodeClient::open_get`).
+pub enum NodeAnswer {
+    Agent(ureq::Response),
+    Direct(DirectGet),
+}
+
+impl NodeAnswer {
+    pub fn status(&self) -> u16 {
+        match self {
+            NodeAnswer::Agent(response) => response.status(),
+            NodeAnswer::Direct(get) => get.head.status,
+        }
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        match self {
+            NodeAnswer::Agent(response) => response.header(name),
+            NodeAnswer::Direct(get) => get.head.header(name),
+        }
+    }
+
+    pub fn into_reader(self) -> Box<dyn Read + Send + Sync> {
+        match self {
+            NodeAnswer::Agent(response) => response.into_reader(),
+            NodeAnswer::Direct(get) => Box::new(get),
+        }
+    }
+}
+
+impl Head {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// A download on a connection of its own (`NodeClient::open_get`): its body, read
+/// straight from the socket once the few bytes buffered with the head are taken. A body
+/// that ends before its `Content-Length` is an error, never a short object.
+pub struct DirectGet {
+    head: Head,
+    answers: Option<Answers>,
+    /// Bytes of the body still to come, when the node said how many.
+    remaining: Option<u64>,
+    /// Where to keep the connection once the body is read to its end, and for which node.
+    keep: Option<(String, Arc<Mutex<Vec<IdleGet>>>)>,
+}
+
+/// A download connection kept for the next download from its node.
+struct IdleGet {
+    host: String,
+    answers: Answers,
+    since: Instant,
+}
+
+/// At most this many download connections are kept, each for at most `KEEP_IDLE_FOR`
+/// (well inside the node's idle timeout).
+const KEEP_IDLE: usize = 16;
+const KEEP_IDLE_FOR: Duration = Duration::from_secs(20);
+
+impl Drop for DirectGet {
+    /// Keeps the connection if its answer was read exactly to its end; a download given
+    /// up part-way closes it.
+    fn drop(&mut self) {
+        let (Some(answers), Some((host, idle))) = (self.answers.take(), self.keep.take()) else { return };
+        if self.remaining != Some(0) || !answers.0.buffer().is_empty() {
+            return;
+        }
+        let mut idle = idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() >= KEEP_IDLE {
+            idle.remove(0);
+        }
+        idle.push(IdleGet { host, answers, since: Instant::now() });
+    }
+}
+
+impl Read for DirectGet {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let want = match self.remaining {
+            Some(0) => return Ok(0),
+            Some(remaining) => buf.len().min(usize::try_from(remaining).unwrap_or(usize::MAX)),
+            None => buf.len(),
+        };
+        let Some(answers) = self.answers.as_mut() else { return Ok(0) };
+        let n = answers.0.read(&mut buf[..want])?;
+        if let Some(remaining) = &mut self.remaining {
+            if n == 0 && want > 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("the answer ended {remaining} bytes short of its Content-Length"),
+                ));
+            }
+            *remaining -= n as u64;
+        }
+        Ok(n)
     }
 }
 
@@ -534,6 +722,101 @@ pub(crate) mod tests {
         let err = nodes
             .put_object(&format!("http://127.0.0.1:{port}"), &put(id, 1 << 20), &vec![1u8; 1 << 20][..], None)
             .unwrap_err();
+        assert!(matches!(err, ClientError::Unreachable { .. }), "{err:?}");
+    }
+
+    /// Reads one request head from a test server's connection; `None` at its end.
+    fn read_request(reader: &mut BufReader<TcpStream>) -> Option<String> {
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            if reader.read_until(b'\n', &mut head).ok()? == 0 {
+                return None;
+            }
+        }
+        Some(String::from_utf8(head).unwrap())
+    }
+
+    #[test]
+    fn a_large_download_is_read_from_a_connection_of_its_own_that_the_next_one_reuses() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = format!("http://{}", listener.local_addr().unwrap());
+        let data: Vec<u8> = (0..(2 << 20) + 5u32).map(|i| (i % 251) as u8).collect();
+        let served = data.clone();
+        let server = std::thread::spawn(move || {
+            let mut heads = Vec::new();
+            let accept = || {
+                let stream = listener.accept().unwrap().0;
+                stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                (BufReader::new(stream.try_clone().unwrap()), stream)
+            };
+            let whole = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nX-Test: yes\r\n\r\n", served.len());
+            // Two downloads on the first connection (a second connection for the second
+            // download would never be answered), then the node closes it.
+            let (mut reader, stream) = accept();
+            for _ in 0..2 {
+                heads.push(read_request(&mut reader).expect("the second download reuses the connection"));
+                (&stream).write_all(whole.as_bytes()).unwrap();
+                (&stream).write_all(&served).unwrap();
+            }
+            drop((reader, stream));
+            // The next download finds it closed and connects again: a refusal.
+            let (mut reader, stream) = accept();
+            heads.push(read_request(&mut reader).unwrap());
+            let error = r#"{"error":"no such object"}"#;
+            (&stream)
+                .write_all(
+                    format!("HTTP/1.1 404 Not Found\r\nContent-Length: {}\r\n\r\n{error}", error.len()).as_bytes(),
+                )
+                .unwrap();
+            // Then a body cut short of its Content-Length.
+            let (mut reader, stream) = accept();
+            heads.push(read_request(&mut reader).unwrap());
+            (&stream).write_all(whole.as_bytes()).unwrap();
+            (&stream).write_all(&served[..1 << 20]).unwrap();
+            heads
+        });
+        let nodes = NodeClient::anonymous(crate::client::agent());
+        let id = ObjectId::new_random();
+        let len = data.len() as u64;
+
+        let (answer, _) = nodes.get_object(&address, &id, 0, len).unwrap();
+        assert!(matches!(answer, NodeAnswer::Direct(_)));
+        assert_eq!((answer.status(), answer.header("x-test")), (200, Some("yes")));
+        let mut body = Vec::new();
+        answer.into_reader().read_to_end(&mut body).unwrap();
+        assert!(body == data, "the body arrived changed");
+
+        let (answer, _) = nodes.get_object(&address, &id, 5, len - 5).unwrap();
+        body.clear();
+        answer.into_reader().read_to_end(&mut body).unwrap();
+        assert_eq!(body.len(), data.len());
+
+        match nodes.get_object(&address, &id, 0, len) {
+            Err(ClientError::Api { status: 404, message, .. }) => assert_eq!(message, "no such object"),
+            other => panic!("{:?}", other.map(|(answer, _)| answer.status())),
+        }
+
+        let (answer, _) = nodes.get_object(&address, &id, 0, len).unwrap();
+        let err = answer.into_reader().read_to_end(&mut Vec::new()).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof, "{err}");
+
+        let heads = server.join().unwrap();
+        assert!(heads[0].starts_with(&format!("GET /objects/{id} HTTP/1.1\r\n")), "{}", heads[0]);
+        assert!(!heads[0].to_ascii_lowercase().contains("connection: close"), "{}", heads[0]);
+        assert!(heads[1].contains("Range: bytes=5-\r\n"), "{}", heads[1]);
+
+        // An address the registry does not know, and nobody listening.
+        struct Nobody;
+        impl Registry for Nobody {
+            fn is_registered(&self, _: &str) -> bool {
+                false
+            }
+        }
+        let strict = NodeClient::new(crate::client::agent(), Some("secret".into()), Arc::new(Nobody));
+        let err = strict.get_object("http://127.0.0.1:9", &id, 0, len).map(|_| ()).unwrap_err();
+        assert!(matches!(err, ClientError::NotRegistered { .. }), "{err:?}");
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let err = nodes.get_object(&format!("http://127.0.0.1:{port}"), &id, 0, len).map(|_| ()).unwrap_err();
         assert!(matches!(err, ClientError::Unreachable { .. }), "{err:?}");
     }
 }
