@@ -728,8 +728,13 @@ impl Client {
         out: &mut dyn Write,
     ) -> Result<(), ClientError> {
         let expected = location.checksum;
-        let (response, url) =
-            self.nodes.get_object(node.trim_end_matches('/'), id, offset, location.size.saturating_sub(offset))?;
+        let (response, url) = self.nodes.get_object(
+            node.trim_end_matches('/'),
+            id,
+            offset,
+            None,
+            location.size.saturating_sub(offset),
+        )?;
         let protocol = |message: String| ClientError::Protocol { url: url.clone(), message };
         let replica_sum = response.header(CHECKSUM_HEADER).map(Checksum::parse).transpose().map_err(protocol)?;
         if let (Some(expected), Some(replica)) = (expected, replica_sum) {
@@ -773,7 +778,7 @@ impl Client {
 
     /// Streams one replica into `out` and checks that every announced byte arrived.
     pub fn get_from_node(&self, node: &str, id: &ObjectId, out: &mut dyn Write) -> Result<u64, ClientError> {
-        let (response, url) = self.nodes.get_object(node.trim_end_matches('/'), id, 0, 0)?;
+        let (response, url) = self.nodes.get_object(node.trim_end_matches('/'), id, 0, None, 0)?;
         let announced: Option<u64> = response.header("Content-Length").and_then(|v| v.parse().ok());
         let copied = io::copy(&mut response.into_reader(), out)
             .map_err(|e| ClientError::Transport { url: url.clone(), message: e.to_string() })?;

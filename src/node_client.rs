@@ -262,24 +262,27 @@ impl NodeClient {
         }
     }
 
-    /// `GET /objects/{id}` on `address`, from byte `offset` on (a range past 0); the
-    /// answer and its URL. `expected` is how many bytes the caller expects from `offset`
-    /// on: from `OWN_CONNECTION_FROM` on, the answer is read from a connection of its own
-    /// (`open_get`) instead of through the agent, which reads a body 8 KiB per system call
-    /// and copies it once more on the way.
+    /// `GET /objects/{id}` on `address`: bytes `first..=last` (to its end without
+    /// `last`; a range unless the whole object is asked for); the answer and its URL.
+    /// `expected` is how many bytes the caller expects: from `OWN_CONNECTION_FROM` on, the
+    /// answer is read from a connection of its own (`open_get`) instead of through the
+    /// agent, which reads a body 8 KiB per system call and copies it once more on the way.
     pub fn get_object(
         &self,
         address: &str,
         id: &ObjectId,
-        offset: u64,
+        first: u64,
+        last: Option<u64>,
         expected: u64,
     ) -> Result<(NodeAnswer, String), ClientError> {
+        let range = (first > 0 || last.is_some())
+            .then(|| format!("bytes={first}-{}", last.map(|last| last.to_string()).unwrap_or_default()));
         if expected >= OWN_CONNECTION_FROM && address.starts_with("http://") {
-            return self.open_get(address, id, offset).map(|(get, url)| (NodeAnswer::Direct(get), url));
+            return self.open_get(address, id, range.as_deref()).map(|(get, url)| (NodeAnswer::Direct(get), url));
         }
         let (mut request, url) = self.request("GET", address, &format!("/objects/{id}"))?;
-        if offset > 0 {
-            request = request.set("Range", &format!("bytes={offset}-"));
+        if let Some(range) = &range {
+            request = request.set("Range", range);
         }
         let response = request.call().map_err(|e| from_ureq(&url, e))?;
         Ok((NodeAnswer::Agent(response), url))
@@ -291,14 +294,14 @@ impl NodeClient {
     /// read to its end is kept for the next one to the same node: a new connection per
     /// 1 MiB download cost more than it saved (both ends' TCP buffers start small and
     /// grow with each connection; the node wakes a thread for each).
-    pub fn open_get(&self, address: &str, id: &ObjectId, offset: u64) -> Result<(DirectGet, String), ClientError> {
+    fn open_get(&self, address: &str, id: &ObjectId, range: Option<&str>) -> Result<(DirectGet, String), ClientError> {
         let token = self.authorize(address)?;
         let url = format!("{address}/objects/{id}");
         let host = address.trim_start_matches("http://");
         let mut head = format!("GET /objects/{id} HTTP/1.1\r\n");
         head += &format!("Host: {host}\r\nUser-Agent: aether/{}\r\n", env!("CARGO_PKG_VERSION"));
-        if offset > 0 {
-            head += &format!("Range: bytes={offset}-\r\n");
+        if let Some(range) = range {
+            head += &format!("Range: {range}\r\n");
         }
         if let Some(token) = token {
             head += &format!("{TOKEN_HEADER}: {token}\r\n");
@@ -779,24 +782,24 @@ pub(crate) mod tests {
         let id = ObjectId::new_random();
         let len = data.len() as u64;
 
-        let (answer, _) = nodes.get_object(&address, &id, 0, len).unwrap();
+        let (answer, _) = nodes.get_object(&address, &id, 0, None, len).unwrap();
         assert!(matches!(answer, NodeAnswer::Direct(_)));
         assert_eq!((answer.status(), answer.header("x-test")), (200, Some("yes")));
         let mut body = Vec::new();
         answer.into_reader().read_to_end(&mut body).unwrap();
         assert!(body == data, "the body arrived changed");
 
-        let (answer, _) = nodes.get_object(&address, &id, 5, len - 5).unwrap();
+        let (answer, _) = nodes.get_object(&address, &id, 5, None, len - 5).unwrap();
         body.clear();
         answer.into_reader().read_to_end(&mut body).unwrap();
         assert_eq!(body.len(), data.len());
 
-        match nodes.get_object(&address, &id, 0, len) {
+        match nodes.get_object(&address, &id, 0, None, len) {
             Err(ClientError::Api { status: 404, message, .. }) => assert_eq!(message, "no such object"),
             other => panic!("{:?}", other.map(|(answer, _)| answer.status())),
         }
 
-        let (answer, _) = nodes.get_object(&address, &id, 0, len).unwrap();
+        let (answer, _) = nodes.get_object(&address, &id, 0, None, len).unwrap();
         let err = answer.into_reader().read_to_end(&mut Vec::new()).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof, "{err}");
 
@@ -813,10 +816,10 @@ pub(crate) mod tests {
             }
         }
         let strict = NodeClient::new(crate::client::agent(), Some("secret".into()), Arc::new(Nobody));
-        let err = strict.get_object("http://127.0.0.1:9", &id, 0, len).map(|_| ()).unwrap_err();
+        let err = strict.get_object("http://127.0.0.1:9", &id, 0, None, len).map(|_| ()).unwrap_err();
         assert!(matches!(err, ClientError::NotRegistered { .. }), "{err:?}");
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let err = nodes.get_object(&format!("http://127.0.0.1:{port}"), &id, 0, len).map(|_| ()).unwrap_err();
+        let err = nodes.get_object(&format!("http://127.0.0.1:{port}"), &id, 0, None, len).map(|_| ()).unwrap_err();
         assert!(matches!(err, ClientError::Unreachable { .. }), "{err:?}");
     }
 }

@@ -2,7 +2,7 @@
 
 use std::io::Read;
 
-use super::{from_ureq, Client, ClientError};
+use super::{Client, ClientError};
 use crate::proto::s3::{
     Access, AccessKey, AccessKeys, Bucket, BucketRef, Buckets, CompleteParts, CreateKey, CreateUpload, Entry, EntryRef,
     Grant, KeyRef, ListPage, ListPartsRequest, ListRequest, ListUploadsRequest, PartsPage, PutNewEntry, PutNewPart,
@@ -132,16 +132,15 @@ impl Client {
     ) -> Result<Box<dyn Read + Send + Sync>, ClientError> {
         let info = self.object(id)?;
         let mut failures = Vec::new();
+        let (first, last, expected) = match range {
+            Some((first, last)) => (first, Some(last), (last + 1).saturating_sub(first)),
+            None => (0, None, info.size),
+        };
         for node in &info.replicas {
-            let url = format!("{}/objects/{id}", node.trim_end_matches('/'));
-            let mut request = self.agent.get(&url);
-            if let Some((first, last)) = range {
-                request = request.set("Range", &format!("bytes={first}-{last}"));
-            }
-            match request.call() {
-                Ok(response) if range.is_none() || response.status() == 206 => return Ok(response.into_reader()),
-                Ok(response) => failures.push(format!("{node}: answered {} to a range", response.status())),
-                Err(e) => failures.push(format!("{node}: {}", from_ureq(&url, e).reason())),
+            match self.nodes.get_object(node.trim_end_matches('/'), id, first, last, expected) {
+                Ok((answer, _)) if range.is_none() || answer.status() == 206 => return Ok(answer.into_reader()),
+                Ok((answer, _)) => failures.push(format!("{node}: answered {} to a range", answer.status())),
+                Err(e) => failures.push(format!("{node}: {}", e.reason())),
             }
         }
         if failures.is_empty() {
