@@ -66,7 +66,8 @@ def fmt(value, unit=""):
 
 def seaweedfs_rows(out, t):
     """Issue 12's table: 4 KiB objects on SeaweedFS (`weed benchmark -fsync`) and on
-    AetherStore, measured interleaved by bench/seaweedfs.sh, and their ratio."""
+    AetherStore, measured interleaved by bench/seaweedfs.sh in rounds: the ratio of the
+    rounds' mean rates, and each round's."""
     s = "SeaweedFS side by side (4 KiB)"
     disk = load(out, "sw-disk") or {}
     appends16 = disk.get("fsync_4k_per_sec_16")
@@ -75,19 +76,41 @@ def seaweedfs_rows(out, t):
         ("put", 1, 1, 1.5), ("put", 1, 16, 2.0), ("put", 3, 1, 1.5), ("put", 3, 16, 2.0),
         ("get", 1, 1, 1.5), ("get", 1, 16, 2.0), ("get", 3, 1, 1.5), ("get", 3, 16, 2.0),
     ):
-        weed = (load(out, f"sw-weed-r{r}-c{c}") or {}).get(f"{op}_per_sec")
-        ours = load(out, f"sw-aether-r{r}-{op}-c{c}") or {}
-        v = ours.get("ops_per_sec")
+        weeds = [(w or {}).get(f"{op}_per_sec") for w in rounds(out, f"sw-weed-r{r}-c{c}")]
+        ourses = [o or {} for o in rounds(out, f"sw-aether-r{r}-{op}-c{c}")]
+        each = [(o.get("ops_per_sec"), w) for o, w in zip(ourses, weeds)]
+        both = [(v, w) for v, w in each if v is not None and w]
+        v = mean([v for v, _ in both])
+        weed = mean([w for _, w in both])
         ratio = v / weed if v is not None and weed else None
         clients = "1 client" if c == 1 else f"{c} clients"
         repl = "000" if r == 1 else "002"
         t.add(s, f"{op.upper()} 4 KiB, R={r}, {clients}", v, "ops/s", weed, f"SeaweedFS {repl} -fsync",
               f">= {target}x", None if ratio is None else ratio >= target, ratio)
-        if op == "put" and ours.get("cpu_ms_per_op") is not None:
-            t.add(s, f"  CPU per PUT (client + master + datanodes)", ours["cpu_ms_per_op"], "ms")
+        if len(each) > 1:
+            for k, (ours_k, weed_k) in enumerate(each, 1):
+                t.add(s, f"  round {k} of {len(each)}", ours_k, "ops/s", weed_k, f"SeaweedFS {repl} -fsync")
+        cpu = mean([o["cpu_ms_per_op"] for o in ourses if o.get("cpu_ms_per_op") is not None])
+        if op == "put" and cpu is not None:
+            t.add(s, f"  CPU per PUT (client + master + datanodes)", cpu, "ms")
         if op == "put" and c == 16 and v is not None and appends16:
             t.add(s, f"  same, against fsync'd appends, 16 writers", v, "ops/s", appends16 / r,
                   "appends" if r == 1 else "appends / 3")
+
+
+def rounds(out, base):
+    """The rounds of one seaweedfs.sh run, BASE-1, BASE-2, ..., each loaded (None where a
+    run failed); a run of before rounds (BASE alone) is one round."""
+    found = []
+    while os.path.exists(os.path.join(out, f"{base}-{len(found) + 1}.json")):
+        found.append(load(out, f"{base}-{len(found) + 1}"))
+    if not found and os.path.exists(os.path.join(out, base + ".json")):
+        found.append(load(out, base))
+    return found
+
+
+def mean(values):
+    return sum(values) / len(values) if values else None
 
 
 def s3_rows(out, t):

