@@ -154,8 +154,7 @@ impl NodeClient {
             url: address.to_string(),
             message: "only http:// node addresses can be written to directly".into(),
         })?;
-        let mut head = format!("PUT /objects/{} HTTP/1.1\r\n", put.id);
-        head += &format!("Host: {host}\r\nUser-Agent: aether/{}\r\n", env!("CARGO_PKG_VERSION"));
+        let mut head = head_start("PUT", &format!("/objects/{}", put.id), host);
         head += "Connection: close\r\nExpect: 100-continue\r\n";
         for (name, value) in self.put_headers(address, put)? {
             head += &format!("{name}: {value}\r\n");
@@ -298,8 +297,7 @@ impl NodeClient {
         let token = self.authorize(address)?;
         let url = format!("{address}/objects/{id}");
         let host = address.trim_start_matches("http://");
-        let mut head = format!("GET /objects/{id} HTTP/1.1\r\n");
-        head += &format!("Host: {host}\r\nUser-Agent: aether/{}\r\n", env!("CARGO_PKG_VERSION"));
+        let mut head = head_start("GET", &format!("/objects/{id}"), host);
         if let Some(range) = range {
             head += &format!("Range: {range}\r\n");
         }
@@ -595,6 +593,12 @@ impl Read for DirectGet {
         }
         Ok(n)
     }
+}
+
+/// The request line and the headers every request written to a connection of its own
+/// starts with.
+fn head_start(method: &str, path: &str, host: &str) -> String {
+    format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: aether/{}\r\n", env!("CARGO_PKG_VERSION"))
 }
 
 fn connect(host: &str, hop: Duration) -> io::Result<TcpStream> {
