@@ -6,6 +6,7 @@ use std::io::{self, Read, Write};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod completions;
 mod prefetch;
 mod s3;
 
@@ -15,10 +16,11 @@ use serde::Serialize;
 use crate::locations::{Location, Locations, DEFAULT_CAPACITY};
 use crate::node_client::{NodeClient, ObjectPut};
 use crate::proto::{
-    Checksum, ClusterStatus, CompleteUpload, DrainStatus, Heartbeat, InitUpload, InitUploadBatch, Inventory,
-    NodeCommands, NodeInfo, NodeList, ObjectId, ObjectInfo, Placement, PlacementBatch, Receipt, RegisterNode,
-    ReplaceNodes, ReplicaReport, ReplicaResult, StatusOk, Stored, CHECKSUM_HEADER, TOKEN_HEADER,
+    Checksum, ClusterStatus, CompleteBatch, CompleteBatchAnswer, CompleteUpload, DrainStatus, Heartbeat, InitUpload,
+    InitUploadBatch, Inventory, NodeCommands, NodeInfo, NodeList, ObjectId, ObjectInfo, Placement, PlacementBatch,
+    Receipt, RegisterNode, ReplaceNodes, ReplicaReport, ReplicaResult, StatusOk, Stored, CHECKSUM_HEADER, TOKEN_HEADER,
 };
+use completions::{Completions, Outcome};
 use prefetch::{Prefetched, Taken, SMALL_UPLOAD};
 
 #[derive(Debug)]
@@ -216,6 +218,8 @@ pub struct Client {
     locations: Arc<Locations>,
     /// Placements taken ahead for small uploads, shared by its clones.
     prefetched: Arc<Prefetched>,
+    /// `complete`s of concurrent uploads sent together, shared by its clones.
+    completions: Arc<Completions>,
 }
 
 /// An upload whose copies are stored but not yet completed (`Client::stage`).
@@ -241,7 +245,8 @@ impl Client {
         let nodes = NodeClient::anonymous(agent.clone());
         let locations = Arc::new(Locations::new(DEFAULT_CAPACITY));
         let prefetched = Arc::new(Prefetched::new());
-        Client { agent, nodes, master: master_url(master), token: None, locations, prefetched }
+        let completions = Arc::new(Completions::new());
+        Client { agent, nodes, master: master_url(master), token: None, locations, prefetched, completions }
     }
 
     /// Sends the cluster token with every request to the master.
@@ -439,6 +444,30 @@ impl Client {
         self.nodes.put_object(first.trim_end_matches('/'), &put, body, None)
     }
 
+    /// `complete_with_receipts`, in one request with the other uploads of this client
+    /// completing at the same time (`completions.rs`). An upload the batch did not
+    /// complete is completed alone, which takes the slow way or says why it cannot; so
+    /// is one without receipts (the master would have to ask its nodes), and every
+    /// upload to a master that predates batches.
+    fn complete_together(&self, id: &ObjectId, receipts: Vec<Receipt>) -> Result<(), ClientError> {
+        if receipts.is_empty() || !self.completions.supported() {
+            return self.complete_with_receipts(id, receipts);
+        }
+        let upload = CompleteUpload { objectid: id.to_string(), receipts: receipts.clone() };
+        let outcome = self.completions.complete(upload, |uploads| {
+            let answer: Result<CompleteBatchAnswer, ClientError> =
+                self.post("/api/upload/complete_batch", &CompleteBatch { uploads });
+            if answer.as_ref().is_err_and(|e| matches!(e.status(), Some(404 | 405))) {
+                self.completions.mark_unsupported();
+            }
+            answer.map(|answer| answer.completed)
+        });
+        match outcome {
+            Outcome::Completed => Ok(()),
+            Outcome::Alone => self.complete_with_receipts(id, receipts),
+        }
+    }
+
     /// Uploads an object to as many replicas as the master places: the bytes go once,
     /// down a chain of datanodes; nodes the chain lost are replaced by new ones from the
     /// master (reading the bytes again through `open`), then the upload is completed,
@@ -456,7 +485,7 @@ impl Client {
     ) -> Result<Uploaded, ClientError> {
         let staged = self.stage(len, replication, open)?;
         let id = staged.id;
-        let (uploaded, ()) = self.commit(staged, |receipts| self.complete_with_receipts(&id, receipts))?;
+        let (uploaded, ()) = self.commit(staged, |receipts| self.complete_together(&id, receipts))?;
         Ok(uploaded)
     }
 
@@ -886,6 +915,71 @@ mod tests {
         let url = serve_once(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nnot json!", None);
         let err = health(&url, Duration::from_secs(20)).unwrap_err();
         assert!(err.to_string().contains("not the JSON expected"), "{err}");
+    }
+
+    /// A master on loopback that answers 404 to `complete_batch` (as one from before it
+    /// does) and OK to anything else; returns its URL and the paths asked so far.
+    fn master_without_batches() -> (String, Arc<Mutex<Vec<String>>>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let asked = Arc::new(Mutex::new(Vec::new()));
+        let paths = Arc::clone(&asked);
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { return };
+                let paths = Arc::clone(&paths);
+                std::thread::spawn(move || {
+                    let mut reader = io::BufReader::new(stream.try_clone().unwrap());
+                    let mut stream = stream;
+                    loop {
+                        let mut head = Vec::new();
+                        let mut line = String::new();
+                        while io::BufRead::read_line(&mut reader, &mut line).unwrap_or(0) > 2 {
+                            head.push(std::mem::take(&mut line));
+                        }
+                        let Some(request) = head.first() else { return };
+                        let path = request.split_whitespace().nth(1).unwrap_or("").to_string();
+                        let length: u64 = head
+                            .iter()
+                            .find_map(|h| {
+                                h.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse().unwrap())
+                            })
+                            .unwrap_or(0);
+                        io::copy(&mut (&mut reader).take(length), &mut io::sink()).unwrap();
+                        let (status, body) = match path.as_str() {
+                            "/api/upload/complete_batch" => ("404 Not Found", r#"{"error": "no route"}"#),
+                            _ => ("200 OK", r#"{"status": "OK"}"#),
+                        };
+                        paths.lock().unwrap().push(path);
+                        let answer = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+                        if stream.write_all(answer.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (url, asked)
+    }
+
+    #[test]
+    fn a_master_without_batches_gets_a_complete_per_upload() {
+        let (url, asked) = master_without_batches();
+        let client = Client::new(agent(), &url);
+        let receipt = Receipt {
+            node: "node-1".into(),
+            size: 3,
+            checksum: Checksum::parse("crc32c:0000002a").unwrap(),
+            mac: "00".into(),
+        };
+        for _ in 0..2 {
+            client.complete_together(&ObjectId::new_random(), vec![receipt.clone()]).unwrap();
+        }
+        let asked = asked.lock().unwrap().clone();
+        assert_eq!(asked, ["/api/upload/complete_batch", "/api/upload/complete", "/api/upload/complete"]);
+        assert!(!client.completions.supported());
     }
 
     fn result(node: &str, status: u16, checksum: Option<u32>) -> ReplicaResult {

@@ -86,6 +86,26 @@ pub struct CompleteUpload {
     pub receipts: Vec<Receipt>,
 }
 
+/// `POST /api/upload/complete_batch`: several uploads' `complete` in one request and one
+/// durable write, for a client finishing many small uploads at once.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CompleteBatch {
+    /// 1 to `MAX_COMPLETE_BATCH` uploads, each with its receipts.
+    pub uploads: Vec<CompleteUpload>,
+}
+
+/// The most uploads one `complete_batch` completes.
+pub const MAX_COMPLETE_BATCH: usize = 64;
+
+/// The answer of `POST /api/upload/complete_batch`: for each upload, in the order asked,
+/// whether it is now complete. One that is not (its receipts make no quorum, its id is
+/// not valid, its upload expired...) is left as it was: its own `complete` finishes it the
+/// slow way or says why it cannot.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CompleteBatchAnswer {
+    pub completed: Vec<bool>,
+}
+
 /// `GET /api/objects/{id}`: where a completed object's replicas are.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ObjectInfo {

@@ -37,11 +37,12 @@ use crate::log;
 use crate::node_client::{NodeClient, Registry};
 use crate::proto::s3::{PutNewEntry, PutNewPart};
 use crate::proto::{
-    normalize_address, validate_node_id, ChainSignature, ClusterStatus, CompleteUpload, DrainStatus, Health, Heartbeat,
-    InitUpload, InitUploadBatch, Inventory, NodeCommands, NodeInfo, NodeList, ObjectId, ObjectInfo, Placement,
-    PlacementBatch, Receipt, RegisterNode, ReplaceNodes, ReplicaInfo, ReplicaReport, StatusOk, MAX_INIT_BATCH,
+    normalize_address, validate_node_id, ChainSignature, ClusterStatus, CompleteBatch, CompleteBatchAnswer,
+    CompleteUpload, DrainStatus, Health, Heartbeat, InitUpload, InitUploadBatch, Inventory, NodeCommands, NodeInfo,
+    NodeList, ObjectId, ObjectInfo, Placement, PlacementBatch, Receipt, RegisterNode, ReplaceNodes, ReplicaInfo,
+    ReplicaReport, StatusOk, MAX_COMPLETE_BATCH, MAX_INIT_BATCH,
 };
-use db::{Candidate, Confirmation, Counts, Drain, MetaDb, MetaError, NewUpload, Registered};
+use db::{Candidate, Confirmation, Counts, Drain, FinishUpload, MetaDb, MetaError, NewUpload, Registered};
 use events::{EventKind, Events};
 use liveness::{Membership, NodeState, Reported};
 use memo::Memo;
@@ -122,6 +123,9 @@ const COUNTS_COST_FACTOR: u32 = 10;
 /// Placements of uploads in flight kept in memory, per generation (`Placements`): two
 /// generations hold the last 100,000 or more, a few hundred bytes each.
 const PLACEMENTS_KEPT: usize = 50_000;
+/// The largest body of a `complete_batch`: its most uploads, each with receipts of up to
+/// the most replicas.
+const COMPLETE_BATCH_BODY: u64 = 512 * 1024;
 
 /// What the status page and the state metrics show, read at one time.
 pub struct Snapshot {
@@ -273,6 +277,7 @@ enum Endpoint {
     InitUploadBatch,
     ReplaceNodes,
     CompleteUpload,
+    CompleteUploadBatch,
     GetObject(ObjectId),
     DeleteObject(ObjectId),
     RedirectToReplica(ObjectId),
@@ -302,6 +307,7 @@ impl Endpoint {
             "/api/upload/init_batch" => (Endpoint::InitUploadBatch, is_post, "POST"),
             "/api/upload/replace" => (Endpoint::ReplaceNodes, is_post, "POST"),
             "/api/upload/complete" => (Endpoint::CompleteUpload, is_post, "POST"),
+            "/api/upload/complete_batch" => (Endpoint::CompleteUploadBatch, is_post, "POST"),
             _ if path.starts_with("/api/s3/") => (Endpoint::S3(s3::S3Endpoint::parse(method, path)?), true, ""),
             _ => {
                 if let Some(raw_id) = path.strip_prefix("/api/objects/") {
@@ -352,6 +358,7 @@ impl Endpoint {
             Endpoint::InitUploadBatch => "InitUploadBatch",
             Endpoint::ReplaceNodes => "ReplaceNodes",
             Endpoint::CompleteUpload => "CompleteUpload",
+            Endpoint::CompleteUploadBatch => "CompleteUploadBatch",
             Endpoint::GetObject(_) => "GetObject",
             Endpoint::DeleteObject(_) => "DeleteObject",
             Endpoint::RedirectToReplica(_) => "RedirectToReplica",
@@ -510,6 +517,14 @@ impl MasterState {
             Endpoint::CompleteUpload => {
                 let body: CompleteUpload = http::read_json(request, r#"{"objectid": "<uuid>"}"#)?;
                 self.complete_upload(body)
+            }
+            Endpoint::CompleteUploadBatch => {
+                let body: CompleteBatch = http::read_json_limited(
+                    request,
+                    COMPLETE_BATCH_BODY,
+                    r#"{"uploads": [{"objectid": "<uuid>", "receipts": [..]}, ..]}"#,
+                )?;
+                self.complete_upload_batch(body)
             }
             Endpoint::GetObject(id) => self.get_object(id),
             Endpoint::DeleteObject(id) => {
@@ -1117,6 +1132,41 @@ impl MasterState {
                 Err(e.into())
             }
         }
+    }
+
+    /// Completes the uploads of a batch whose receipts make their quorum, all in one
+    /// durable write, and says which. The others are left as they were for a `complete`
+    /// of their own: the slow way (asking nodes) is not taken here, so that one request
+    /// costs one write and never waits on a node.
+    fn complete_upload_batch(&self, body: CompleteBatch) -> Result<Reply, ApiError> {
+        let count = body.uploads.len();
+        if !(1..=MAX_COMPLETE_BATCH).contains(&count) {
+            return Err(ApiError::bad_request(format!(
+                "{count} uploads is out of range 1..={MAX_COMPLETE_BATCH}; send several batches"
+            )));
+        }
+        let quorum = self.config.write_quorum.unwrap_or(usize::MAX);
+        // Each upload the receipts may complete, with its place in the batch.
+        let (places, finishing): (Vec<usize>, Vec<FinishUpload>) = body
+            .uploads
+            .iter()
+            .enumerate()
+            .filter_map(|(place, upload)| {
+                let id = ObjectId::parse(&upload.objectid).ok()?;
+                let found = self.confirmations(&id.to_string(), &upload.receipts);
+                (!found.is_empty()).then(|| (place, FinishUpload { id, upload: self.new_upload(&id), found }))
+            })
+            .unzip();
+        let ids: Vec<ObjectId> = finishing.iter().map(|f| f.id).collect();
+        let outcomes = self.db.finish_uploads(finishing, self.upload_grace_ms(), quorum)?;
+        let mut completed = vec![false; count];
+        for ((place, id), outcome) in places.into_iter().zip(ids).zip(outcomes) {
+            if outcome.is_ok() {
+                self.placements.remove(&id);
+                completed[place] = true;
+            }
+        }
+        Ok(http::json_reply(200, &CompleteBatchAnswer { completed }))
     }
 
     /// Completes an upload once enough replicas are confirmed, in one durable write.

@@ -284,6 +284,79 @@ fn init_batch_hands_out_placements_each_as_init_does() {
     assert_eq!(status, 405);
 }
 
+/// Stores an upload on a placement as it came and returns its id and the receipts of its
+/// copies, not completed.
+fn stage_on(client: &Client, placement: &aetherstore::proto::Placement, data: &[u8]) -> (ObjectId, Vec<Receipt>) {
+    let id = ObjectId::parse(&placement.objectid).unwrap();
+    let stored = client
+        .put_chain(&placement.nodes, placement.signature.as_deref(), &id, data, data.len() as u64)
+        .unwrap_or_else(|e| panic!("chain {:?}: {e}", placement.nodes));
+    let receipts: Vec<Receipt> = stored.replicas.iter().filter_map(|r| r.receipt.clone()).collect();
+    assert_eq!(receipts.len(), placement.nodes.len(), "{stored:?}");
+    (id, receipts)
+}
+
+#[test]
+fn complete_batch_completes_what_its_receipts_vouch_for() {
+    let cluster = TestCluster::start("complete-batch", 3, 2);
+    let m = &cluster.master.url;
+    let client = client(&cluster);
+    let batch: aetherstore::proto::PlacementBatch = {
+        let body = json!({"size": 1000, "count": 4}).to_string();
+        let (status, answer) = request("POST", &format!("{m}/api/upload/init_batch"), Some(body.as_bytes())).unwrap();
+        assert_eq!(status, 200, "{answer}");
+        serde_json::from_value(answer).unwrap()
+    };
+    let data: Vec<Vec<u8>> = (0..4).map(|i| pattern(i, 900)).collect();
+    let (a, a_receipts) = stage_on(&client, &batch.placements[0], &data[0]);
+    let (b, b_receipts) = stage_on(&client, &batch.placements[1], &data[1]);
+    let (c, _) = stage_on(&client, &batch.placements[2], &data[2]);
+    // Never stored: the receipts of another upload do not vouch for it.
+    let d = &batch.placements[3].objectid;
+    let writes = master_writes(m);
+    let uploads = json!([
+        {"objectid": a.to_string(), "receipts": a_receipts},
+        {"objectid": b.to_string(), "receipts": b_receipts},
+        {"objectid": c.to_string()},
+        {"objectid": d, "receipts": a_receipts},
+        {"objectid": "not-an-id", "receipts": a_receipts},
+        {"objectid": a.to_string(), "receipts": a_receipts},
+    ]);
+    let body = json!({ "uploads": uploads }).to_string();
+    let (status, answer) = request("POST", &format!("{m}/api/upload/complete_batch"), Some(body.as_bytes())).unwrap();
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer, json!({"completed": [true, true, false, false, false, true]}));
+    assert_eq!(master_writes(m), writes + 1.0, "the batch is one durable write");
+    all_complete(&client, &[(a, data[0].clone()), (b, data[1].clone())], 2);
+    // What the batch left is as it was: `complete` alone finishes C the slow way (its
+    // nodes are asked) and refuses D, whose bytes are nowhere.
+    let (status, object) = api_get(&format!("{m}/api/objects/{c}")).unwrap();
+    assert_eq!(status, 404, "{object}");
+    client.complete_upload(&c).unwrap();
+    all_complete(&client, &[(c, data[2].clone())], 2);
+    let d = ObjectId::parse(d).unwrap();
+    let refused = client.complete_upload(&d).unwrap_err();
+    assert_eq!(refused.status(), Some(503), "{refused}");
+
+    let one = json!({"objectid": a.to_string()});
+    let oversized = format!(r#"{{"uploads": [{one}], "pad": "{}"}}"#, "x".repeat(600_000));
+    let refused: &[(String, u16, &str)] = &[
+        (json!({"uploads": []}).to_string(), 400, "0 uploads is out of range"),
+        (json!({ "uploads": vec![one.clone(); 65] }).to_string(), 400, "65 uploads is out of range"),
+        (json!({"objectid": a.to_string()}).to_string(), 400, "expected"),
+        (json!({"uploads": [{"receipts": []}]}).to_string(), 400, "objectid"),
+        (oversized, 413, "larger than"),
+    ];
+    for (body, want, says) in refused {
+        let (status, answer) =
+            request("POST", &format!("{m}/api/upload/complete_batch"), Some(body.as_bytes())).unwrap();
+        assert_eq!(status, *want, "{body:.80}: {answer}");
+        assert!(answer["error"].as_str().unwrap().contains(says), "{body:.80}: {answer}");
+    }
+    let (status, _) = api_get(&format!("{m}/api/upload/complete_batch")).unwrap();
+    assert_eq!(status, 405);
+}
+
 #[test]
 fn small_uploads_take_placements_from_batches() {
     let cluster = TestCluster::start("batched", 3, 2);
@@ -312,6 +385,10 @@ fn small_uploads_take_placements_from_batches() {
     assert_eq!(init, 0.0, "small uploads take placements from batches");
     // Batches double from one up to the queue's bound, refilled below a quarter of it.
     assert!(batches >= 1.0 && batches <= 8.0 + count / 16.0, "{batches} batches for {count} uploads");
+    // Their `complete`s go in batches too (each at most as many as the uploads waiting).
+    let (complete, batches) = (requests_to(&m, "CompleteUpload"), requests_to(&m, "CompleteUploadBatch"));
+    assert_eq!(complete, 0.0, "every upload had its receipts, so none was completed alone");
+    assert!(batches >= 1.0 && batches <= count, "{batches} batches for {count} uploads");
     // Every upload is an ordinary one: completed, on 2 nodes, read back from the master's word.
     all_complete(&Client::new(aetherstore::client::agent(), &m), &uploaded, 2);
     // A large upload asks `init` for itself.

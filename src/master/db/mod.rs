@@ -50,7 +50,7 @@ use objects::{forget_object, object_status};
 pub use objects::{Candidate, Confirmation, ReplicaRow};
 use schema::{migrate, open_connection};
 pub use states::{ObjectStatus, ReplicaStatus};
-pub use uploads::NewUpload;
+pub use uploads::{FinishUpload, NewUpload};
 use writer::{checkpoint_loop, Writer};
 
 /// Write-ahead log pages after which a commit checkpoints by itself (SQLite's default is

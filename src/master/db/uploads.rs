@@ -7,6 +7,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::objects::{forget_object, object_status, placed_nodes, placed_without_row};
 use super::replicas::{forget_replica, mark_missing, schedule_deletion, upsert_confirmed};
+use super::writer::in_savepoint;
 use super::{now_ms, Confirmation, MetaDb, MetaError, MetaResult, ObjectStatus, ReplicaStatus};
 use crate::proto::{Checksum, ObjectId};
 
@@ -18,6 +19,14 @@ pub const MIGRATION: &str = "
         value BLOB NOT NULL
     ) WITHOUT ROWID;
     INSERT INTO secrets (name, value) VALUES ('upload_ids', randomblob(32));";
+
+/// One upload of `MetaDb::finish_uploads`: what `finish_upload` takes for it.
+#[derive(Debug, Clone)]
+pub struct FinishUpload {
+    pub id: ObjectId,
+    pub upload: Option<NewUpload>,
+    pub found: Vec<Confirmation>,
+}
 
 /// An upload whose id this master issued (checked by the caller): it has no row until
 /// its `complete`.
@@ -67,6 +76,30 @@ impl MetaDb {
         found: Vec<Confirmation>,
     ) -> MetaResult<()> {
         self.write(move |conn| finish_in(conn, &id.to_string(), upload, grace_ms, quorum, found))
+    }
+
+    /// `finish_upload` for several uploads in one write, each in a savepoint of its own:
+    /// one refused leaves the others as they are. The outcome of each, in order; an error
+    /// of the whole write (its commit failed, or SQLite ended its transaction) refuses
+    /// them all.
+    pub fn finish_uploads(
+        &self,
+        uploads: Vec<FinishUpload>,
+        grace_ms: i64,
+        quorum: usize,
+    ) -> MetaResult<Vec<MetaResult<()>>> {
+        self.write(move |conn| {
+            let mut outcomes = Vec::with_capacity(uploads.len());
+            for FinishUpload { id, upload, found } in uploads {
+                let outcome =
+                    in_savepoint(conn, |conn| finish_in(conn, &id.to_string(), upload, grace_ms, quorum, found));
+                if conn.is_autocommit() {
+                    return Err(outcome.err().unwrap_or_else(|| MetaError::Internal("the transaction ended".into())));
+                }
+                outcomes.push(outcome);
+            }
+            Ok(outcomes)
+        })
     }
 
     /// Deletes an upload in flight (no row, its id this master's and within `grace_ms`):

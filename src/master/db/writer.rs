@@ -200,7 +200,7 @@ where
 /// If SQLite rolled back the whole transaction on `f`'s error (a full disk, an I/O
 /// error), there is no savepoint left: `f`'s own error is returned, and the caller sees
 /// the connection back in autocommit.
-fn in_savepoint<T>(conn: &Connection, f: impl FnOnce(&Connection) -> MetaResult<T>) -> MetaResult<T> {
+pub(super) fn in_savepoint<T>(conn: &Connection, f: impl FnOnce(&Connection) -> MetaResult<T>) -> MetaResult<T> {
     run(conn, "SAVEPOINT job")?;
     let result = f(conn);
     if conn.is_autocommit() {
