@@ -57,6 +57,15 @@ use writer::{checkpoint_loop, Writer};
 /// 1,000): only a fallback for when the checkpoint thread falls behind.
 const WAL_AUTOCHECKPOINT_PAGES: i64 = 16_384;
 
+/// The page size of a new database (SQLite's default is 4,096). Object ids are random, so
+/// each upload's rows land on leaves of their own in three B-trees, and every page a
+/// commit touches is written whole to the write-ahead log and again by the checkpoint:
+/// smaller pages halve those bytes, which is most of a commit's time. 4 KiB PUTs at 16
+/// clients, fresh cluster each: R = 1 5,434 -> 5,698 /s, R = 3 2,567 -> 2,680 /s; the
+/// database is 2 % larger, lookups at a million objects unchanged. A database made with
+/// another page size keeps it (WAL mode cannot change it).
+const PAGE_SIZE: i64 = 2048;
+
 /// The master's metadata: the one write connection behind the group commit, a pool of
 /// read-only connections, and the checkpoint thread.
 pub struct MetaDb {
@@ -76,6 +85,8 @@ impl MetaDb {
     pub fn open(path: &Path, readers: usize) -> MetaResult<MetaDb> {
         let rw = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let mut conn = open_connection(path, rw)?;
+        // Takes effect only while the file is still empty.
+        conn.pragma_update(None, "page_size", PAGE_SIZE)?;
         let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(MetaError::Internal(format!("SQLite refused WAL mode (got {mode})")));

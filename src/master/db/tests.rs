@@ -264,3 +264,30 @@ fn periodic_queries_never_scan_every_replica() {
     assert!(scans.is_empty(), "the plan scans every replica: {scans:?} in {plan:#?}");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn a_new_database_has_small_pages_and_an_old_one_keeps_its_own() {
+    let page_size =
+        |db: &MetaDb| db.read(|conn| Ok(conn.pragma_query_value(None, "page_size", |row| row.get::<_, i64>(0))?));
+    let (db, dir) = temp_db("page-size");
+    assert_eq!(page_size(&db).unwrap(), PAGE_SIZE);
+    drop(db);
+    std::fs::remove_dir_all(dir).unwrap();
+
+    // A database made before, with SQLite's default pages, opens and works as ever.
+    let dir = std::env::temp_dir().join(format!("aether-db-old-pages-{}", rand::random::<u32>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("meta.db");
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.pragma_update(None, "page_size", 4096).unwrap();
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        conn.execute_batch("CREATE TABLE before (x INTEGER)").unwrap();
+    }
+    let db = MetaDb::open(&path, 1).unwrap();
+    assert_eq!(page_size(&db).unwrap(), 4096);
+    db.register_node("n1", "http://a:1").unwrap();
+    assert_eq!(db.nodes().unwrap().len(), 1);
+    drop(db);
+    std::fs::remove_dir_all(dir).unwrap();
+}
