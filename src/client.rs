@@ -445,7 +445,9 @@ impl Client {
     }
 
     /// `complete_with_receipts`, in one request with the other uploads of this client
-    /// completing at the same time (`completions.rs`). An upload the batch did not
+    /// completing at the same time (`completions.rs`): for small uploads, where the
+    /// `complete` is a large share of the cost; a large one's would only wait for the
+    /// batch on its way. An upload the batch did not
     /// complete is completed alone, which takes the slow way or says why it cannot; so
     /// is one without receipts (the master would have to ask its nodes), and every
     /// upload to a master that predates batches.
@@ -485,7 +487,11 @@ impl Client {
     ) -> Result<Uploaded, ClientError> {
         let staged = self.stage(len, replication, open)?;
         let id = staged.id;
-        let (uploaded, ()) = self.commit(staged, |receipts| self.complete_together(&id, receipts))?;
+        let (uploaded, ()) = if len > SMALL_UPLOAD {
+            self.commit(staged, |receipts| self.complete_with_receipts(&id, receipts))?
+        } else {
+            self.commit(staged, |receipts| self.complete_together(&id, receipts))?
+        };
         Ok(uploaded)
     }
 

@@ -391,10 +391,11 @@ fn small_uploads_take_placements_from_batches() {
     assert!(batches >= 1.0 && batches <= count, "{batches} batches for {count} uploads");
     // Every upload is an ordinary one: completed, on 2 nodes, read back from the master's word.
     all_complete(&Client::new(aetherstore::client::agent(), &m), &uploaded, 2);
-    // A large upload asks `init` for itself.
+    // A large upload asks `init` for itself, and completes alone.
     let large = pattern(9, 65 * 1024 + 1);
     client.upload(large.len() as u64, None, &mut || Ok(&large[..])).unwrap();
     assert_eq!(requests_to(&m, "InitUpload"), 1.0);
+    assert_eq!(requests_to(&m, "CompleteUpload"), 1.0);
 }
 
 #[test]
