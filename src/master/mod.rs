@@ -1157,9 +1157,13 @@ impl MasterState {
                 (!found.is_empty()).then(|| (place, FinishUpload { id, upload: self.new_upload(&id), found }))
             })
             .unzip();
+        let mut completed = vec![false; count];
+        if finishing.is_empty() {
+            // Nothing a receipt vouches for: no write (and no sync) for it.
+            return Ok(http::json_reply(200, &CompleteBatchAnswer { completed }));
+        }
         let ids: Vec<ObjectId> = finishing.iter().map(|f| f.id).collect();
         let outcomes = self.db.finish_uploads(finishing, self.upload_grace_ms(), quorum)?;
-        let mut completed = vec![false; count];
         for ((place, id), outcome) in places.into_iter().zip(ids).zip(outcomes) {
             if outcome.is_ok() {
                 self.placements.remove(&id);

@@ -338,6 +338,13 @@ fn complete_batch_completes_what_its_receipts_vouch_for() {
     let refused = client.complete_upload(&d).unwrap_err();
     assert_eq!(refused.status(), Some(503), "{refused}");
 
+    // Nothing vouched for costs no write at all.
+    let writes = master_writes(m);
+    let body = json!({"uploads": [{"objectid": c.to_string()}, {"objectid": "x", "receipts": b_receipts}]}).to_string();
+    let (status, answer) = request("POST", &format!("{m}/api/upload/complete_batch"), Some(body.as_bytes())).unwrap();
+    assert_eq!((status, answer), (200, json!({"completed": [false, false]})));
+    assert_eq!(master_writes(m), writes);
+
     let one = json!({"objectid": a.to_string()});
     let oversized = format!(r#"{{"uploads": [{one}], "pad": "{}"}}"#, "x".repeat(600_000));
     let refused: &[(String, u16, &str)] = &[
