@@ -446,11 +446,10 @@ impl Client {
 
     /// `complete_with_receipts`, in one request with the other uploads of this client
     /// completing at the same time (`completions.rs`): for small uploads, where the
-    /// `complete` is a large share of the cost; a large one's would only wait for the
-    /// batch on its way. An upload the batch did not
-    /// complete is completed alone, which takes the slow way or says why it cannot; so
-    /// is one without receipts (the master would have to ask its nodes), and every
-    /// upload to a master that predates batches.
+    /// `complete` is a large share of the cost (a large one's would only wait for the
+    /// batch on its way). An upload the batch did not complete is completed alone, which
+    /// takes the slow way or says why it cannot; so is one without receipts (the master
+    /// would have to ask its nodes), and every upload to a master that predates batches.
     fn complete_together(&self, id: &ObjectId, receipts: Vec<Receipt>) -> Result<(), ClientError> {
         if receipts.is_empty() || !self.completions.supported() {
             return self.complete_with_receipts(id, receipts);
@@ -487,11 +486,13 @@ impl Client {
     ) -> Result<Uploaded, ClientError> {
         let staged = self.stage(len, replication, open)?;
         let id = staged.id;
-        let (uploaded, ()) = if len > SMALL_UPLOAD {
-            self.commit(staged, |receipts| self.complete_with_receipts(&id, receipts))?
-        } else {
-            self.commit(staged, |receipts| self.complete_together(&id, receipts))?
-        };
+        let (uploaded, ()) = self.commit(staged, |receipts| {
+            if len > SMALL_UPLOAD {
+                self.complete_with_receipts(&id, receipts)
+            } else {
+                self.complete_together(&id, receipts)
+            }
+        })?;
         Ok(uploaded)
     }
 

@@ -212,14 +212,21 @@ fn requests_to(master: &str, endpoint: &str) -> f64 {
 
 /// Stores and completes an upload on a placement as it came, with the datanodes' receipts.
 fn store_on(client: &Client, placement: &aetherstore::proto::Placement, data: &[u8]) -> ObjectId {
+    let (id, receipts) = stage_on(client, placement, data);
+    client.complete_with_receipts(&id, receipts).unwrap();
+    id
+}
+
+/// Stores an upload on a placement as it came and returns its id and the receipts of its
+/// copies, not completed.
+fn stage_on(client: &Client, placement: &aetherstore::proto::Placement, data: &[u8]) -> (ObjectId, Vec<Receipt>) {
     let id = ObjectId::parse(&placement.objectid).unwrap();
     let stored = client
         .put_chain(&placement.nodes, placement.signature.as_deref(), &id, data, data.len() as u64)
         .unwrap_or_else(|e| panic!("chain {:?}: {e}", placement.nodes));
     let receipts: Vec<Receipt> = stored.replicas.iter().filter_map(|r| r.receipt.clone()).collect();
     assert_eq!(receipts.len(), placement.nodes.len(), "{stored:?}");
-    client.complete_with_receipts(&id, receipts).unwrap();
-    id
+    (id, receipts)
 }
 
 /// Each upload is complete with `copies` replicas and reads back as it was written.
@@ -282,18 +289,6 @@ fn init_batch_hands_out_placements_each_as_init_does() {
     }
     let (status, _) = api_get(&format!("{m}/api/upload/init_batch")).unwrap();
     assert_eq!(status, 405);
-}
-
-/// Stores an upload on a placement as it came and returns its id and the receipts of its
-/// copies, not completed.
-fn stage_on(client: &Client, placement: &aetherstore::proto::Placement, data: &[u8]) -> (ObjectId, Vec<Receipt>) {
-    let id = ObjectId::parse(&placement.objectid).unwrap();
-    let stored = client
-        .put_chain(&placement.nodes, placement.signature.as_deref(), &id, data, data.len() as u64)
-        .unwrap_or_else(|e| panic!("chain {:?}: {e}", placement.nodes));
-    let receipts: Vec<Receipt> = stored.replicas.iter().filter_map(|r| r.receipt.clone()).collect();
-    assert_eq!(receipts.len(), placement.nodes.len(), "{stored:?}");
-    (id, receipts)
 }
 
 #[test]
