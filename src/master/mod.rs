@@ -1147,14 +1147,14 @@ impl MasterState {
         }
         let quorum = self.config.write_quorum.unwrap_or(usize::MAX);
         // Each upload the receipts may complete, with its place in the batch.
-        let (places, finishing): (Vec<usize>, Vec<FinishUpload>) = body
+        let (places, finishing): (Vec<(usize, ObjectId)>, Vec<FinishUpload>) = body
             .uploads
             .iter()
             .enumerate()
             .filter_map(|(place, upload)| {
                 let id = ObjectId::parse(&upload.objectid).ok()?;
                 let found = self.confirmations(&id.to_string(), &upload.receipts);
-                (!found.is_empty()).then(|| (place, FinishUpload { id, upload: self.new_upload(&id), found }))
+                (!found.is_empty()).then(|| ((place, id), FinishUpload { id, upload: self.new_upload(&id), found }))
             })
             .unzip();
         let mut completed = vec![false; count];
@@ -1162,9 +1162,8 @@ impl MasterState {
             // Nothing a receipt vouches for: no write (and no sync) for it.
             return Ok(http::json_reply(200, &CompleteBatchAnswer { completed }));
         }
-        let ids: Vec<ObjectId> = finishing.iter().map(|f| f.id).collect();
         let outcomes = self.db.finish_uploads(finishing, self.upload_grace_ms(), quorum)?;
-        for ((place, id), outcome) in places.into_iter().zip(ids).zip(outcomes) {
+        for ((place, id), outcome) in places.into_iter().zip(outcomes) {
             if outcome.is_ok() {
                 self.placements.remove(&id);
                 completed[place] = true;
