@@ -623,17 +623,19 @@ impl MasterState {
     fn register_node(&self, body: RegisterNode) -> Result<Reply, ApiError> {
         validate_node_id(&body.id).map_err(ApiError::bad_request)?;
         let address = normalize_address(&body.address).map_err(ApiError::bad_request)?;
+        // The whole registration happens under the lock, which `node_infos` also takes:
+        // a node `/api/nodes` lists is one placement can already choose. Two registrations
+        // at once must not leave the list of whichever read the database first either.
+        let mut known = self.nodes.write().expect("nodes lock");
         let outcome = self.db.register_node(&body.id, &address)?;
         if outcome != Registered::Unchanged {
-            // Read under the lock: two registrations at once must not leave the list of
-            // whichever read the database first (without the other node in it).
-            let mut known = self.nodes.write().expect("nodes lock");
             // `addresses`, not `nodes`: that one also counts every node's replicas.
             let mut nodes: Vec<Candidate> = self.db.addresses()?.into_iter().collect();
             nodes.sort();
             *known = Arc::new(nodes);
         }
         let before = self.membership.registered(&body.id, Instant::now());
+        drop(known);
         self.note_version(&body.id, body.version);
         self.note_zone(&body.id, body.zone)?;
         match outcome {
@@ -754,6 +756,8 @@ impl MasterState {
 
     /// Every registered node as `/api/nodes` and the status page show it.
     fn node_infos(&self) -> Result<Vec<NodeInfo>, ApiError> {
+        // Not while a node registers: it is listed once placement knows it, not before.
+        let _registrations = self.nodes.read().expect("nodes lock");
         let now = Instant::now();
         let versions = self.versions.lock().expect("versions lock").clone();
         let zones = self.membership.zones();
