@@ -18,13 +18,21 @@ fn client(cluster: &TestCluster) -> Client {
 /// Metadata writes the master has committed so far (`_sum` of the commit-batch
 /// histogram: every write counts one, however many share a commit).
 fn master_writes(master: &str) -> f64 {
+    commit_histogram(master, "sum")
+}
+
+/// Durable commits of the master's database so far (each holds one or more writes).
+fn master_commits(master: &str) -> f64 {
+    commit_histogram(master, "count")
+}
+
+fn commit_histogram(master: &str, part: &str) -> f64 {
     let (status, _) = api_get(&format!("{master}/health")).unwrap();
     assert_eq!(status, 200);
     let text = crate::cluster::agent().get(&format!("{master}/metrics")).call().unwrap().into_string().unwrap();
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("aether_master_db_commit_batch_size_sum "))
-        .unwrap_or_else(|| panic!("no commit-batch histogram in:\n{text}"));
+    let name = format!("aether_master_db_commit_batch_size_{part} ");
+    let line =
+        text.lines().find(|l| l.starts_with(&name)).unwrap_or_else(|| panic!("no commit-batch histogram in:\n{text}"));
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
@@ -308,7 +316,7 @@ fn complete_batch_completes_what_its_receipts_vouch_for() {
     let (c, _) = stage_on(&client, &batch.placements[2], &data[2]);
     // Never stored: the receipts of another upload do not vouch for it.
     let d = &batch.placements[3].objectid;
-    let writes = master_writes(m);
+    let (writes, commits) = (master_writes(m), master_commits(m));
     let uploads = json!([
         {"objectid": a.to_string(), "receipts": a_receipts},
         {"objectid": b.to_string(), "receipts": b_receipts},
@@ -321,7 +329,8 @@ fn complete_batch_completes_what_its_receipts_vouch_for() {
     let (status, answer) = request("POST", &format!("{m}/api/upload/complete_batch"), Some(body.as_bytes())).unwrap();
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer, json!({"completed": [true, true, false, false, false, true]}));
-    assert_eq!(master_writes(m), writes + 1.0, "the batch is one durable write");
+    // A write for each upload the receipts vouch for (A twice), in one commit.
+    assert_eq!((master_writes(m), master_commits(m)), (writes + 3.0, commits + 1.0), "the batch is one commit");
     all_complete(&client, &[(a, data[0].clone()), (b, data[1].clone())], 2);
     // What the batch left is as it was: `complete` alone finishes C the slow way (its
     // nodes are asked) and refuses D, whose bytes are nowhere.

@@ -7,7 +7,6 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::objects::{forget_object, object_status, placed_nodes, placed_without_row};
 use super::replicas::{forget_replica, mark_missing, schedule_deletion, upsert_confirmed};
-use super::writer::in_savepoint;
 use super::{now_ms, Confirmation, MetaDb, MetaError, MetaResult, ObjectStatus, ReplicaStatus};
 use crate::proto::{Checksum, ObjectId};
 
@@ -78,28 +77,22 @@ impl MetaDb {
         self.write(move |conn| finish_in(conn, &id.to_string(), upload, grace_ms, quorum, found))
     }
 
-    /// `finish_upload` for several uploads in one write, each in a savepoint of its own:
-    /// one refused leaves the others as they are. The outcome of each, in order; an error
-    /// of the whole write (its commit failed, or SQLite ended its transaction) refuses
-    /// them all.
+    /// `finish_upload` for several uploads, each a write of its own (one refused leaves
+    /// the others as they are), queued together so that they share one commit. The
+    /// outcome of each, in order; a failed commit refuses them all.
     pub fn finish_uploads(
         &self,
         uploads: Vec<FinishUpload>,
         grace_ms: i64,
         quorum: usize,
     ) -> MetaResult<Vec<MetaResult<()>>> {
-        self.write(move |conn| {
-            let mut outcomes = Vec::with_capacity(uploads.len());
-            for FinishUpload { id, upload, found } in uploads {
-                let outcome =
-                    in_savepoint(conn, |conn| finish_in(conn, &id.to_string(), upload, grace_ms, quorum, found));
-                if conn.is_autocommit() {
-                    return Err(outcome.err().unwrap_or_else(|| MetaError::Internal("the transaction ended".into())));
-                }
-                outcomes.push(outcome);
-            }
-            Ok(outcomes)
-        })
+        let writes = uploads
+            .into_iter()
+            .map(|FinishUpload { id, upload, found }| {
+                move |conn: &Connection| finish_in(conn, &id.to_string(), upload, grace_ms, quorum, found)
+            })
+            .collect();
+        self.write_each(writes)
     }
 
     /// Deletes an upload in flight (no row, its id this master's and within `grace_ms`):
@@ -437,6 +430,26 @@ mod tests {
         assert!(matches!(&late, Err(MetaError::NotFound(e)) if e.contains("expired")), "{late:?}");
         let unknown = db.finish_upload(ObjectId::new_random(), None, 60_000, 1, vec![found("n1", 5)]);
         assert!(matches!(&unknown, Err(MetaError::NotFound(e)) if e.contains("init")), "{unknown:?}");
+    }
+
+    #[test]
+    fn a_batch_of_uploads_shares_one_commit_and_a_refused_one_leaves_the_others() {
+        let db = temp_db("batch");
+        let (commits, writes) = (|| db.commit_batches().get_sample_count(), || db.commit_batches().get_sample_sum());
+        let (first, late, last) = (ObjectId::new_random(), ObjectId::new_random(), ObjectId::new_random());
+        let finishing =
+            |id, age_ms| FinishUpload { id, upload: Some(upload(1, age_ms, &["n1"])), found: vec![found("n1", 5)] };
+        let before = (commits(), writes());
+        let outcomes = db
+            .finish_uploads(vec![finishing(first, 0), finishing(late, 61_000), finishing(last, 0)], 60_000, 1)
+            .unwrap();
+        assert_eq!((commits() - before.0, writes() - before.1), (1, 3.0), "three writes, one commit");
+        assert!(outcomes[0].is_ok() && outcomes[2].is_ok(), "{outcomes:?}");
+        assert!(matches!(&outcomes[1], Err(MetaError::NotFound(e)) if e.contains("expired")), "{outcomes:?}");
+        for id in [first, last] {
+            assert_eq!(db.object(id).unwrap().status.as_str(), "complete");
+        }
+        assert!(matches!(db.object_with_status(late, true), Err(MetaError::NotFound(_))));
     }
 
     #[test]

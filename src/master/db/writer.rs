@@ -82,16 +82,24 @@ impl Writer {
         }
     }
 
-    /// Queues `job` and returns once the transaction it ran in is committed (or failed).
-    fn run(&self, job: Job) {
-        let turn = Arc::new(Turn::new());
+    /// Queues `jobs` together, in order, and returns once the transactions they ran in
+    /// are committed (or failed): one transaction unless the queue holds more than a
+    /// group.
+    fn run(&self, jobs: Vec<Job>) {
+        let turns: Vec<Arc<Turn>> = jobs.iter().map(|_| Arc::new(Turn::new())).collect();
         let lead = {
             let mut queue = self.queue.lock().expect("write queue lock");
-            queue.waiting.push((job, Arc::clone(&turn)));
+            queue.waiting.extend(jobs.into_iter().zip(turns.iter().cloned()));
             !std::mem::replace(&mut queue.leading, true)
         };
-        if lead || turn.wait() == TurnState::Lead {
+        if lead {
             self.commit_group();
+        }
+        // In order: a turn is given the lead only once every turn queued before it is done.
+        for turn in &turns {
+            if turn.wait() == TurnState::Lead {
+                self.commit_group();
+            }
         }
     }
 
@@ -131,9 +139,48 @@ impl MetaDb {
         F: FnOnce(&Connection) -> MetaResult<T> + Send + 'static,
     {
         let answer: Arc<Mutex<Option<MetaResult<T>>>> = Arc::new(Mutex::new(None));
-        self.writer.run(job(f, Arc::clone(&answer)));
+        self.writer.run(vec![job(f, answer_into(Arc::clone(&answer)))]);
         let outcome = answer.lock().expect("answer lock").take();
         outcome.unwrap_or_else(|| Err(MetaError::Internal("a write was never answered".into())))
+    }
+
+    /// Runs each of `writes` as a write of its own, queued together so that they share
+    /// the writer's next commit, and returns each one's outcome in order; `Err` if a
+    /// commit failed (writes of an earlier commit, when the queue held more than a group,
+    /// may have been committed).
+    ///
+    /// Not one write over them all: a savepoint copies each page it changes first into
+    /// SQLite's statement journal, kept in memory only while that stays under 64 KiB
+    /// (`SQLITE_STMTJRNL_SPILL`) and written to a temporary file past that. One savepoint
+    /// around a batch passed it and wrote every page to the file: 11 % of the master's
+    /// CPU at 4 KiB PUTs with 16 clients.
+    pub(super) fn write_each<T, F>(&self, writes: Vec<F>) -> MetaResult<Vec<MetaResult<T>>>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> MetaResult<T> + Send + 'static,
+    {
+        type Slot<T> = Arc<Mutex<Option<(MetaResult<T>, Option<MetaError>)>>>;
+        let slots: Vec<Slot<T>> = writes.iter().map(|_| Arc::new(Mutex::new(None))).collect();
+        let jobs = writes
+            .into_iter()
+            .zip(&slots)
+            .map(|(f, slot)| {
+                let slot = Arc::clone(slot);
+                job(f, move |outcome, commit_error: Option<&MetaError>| {
+                    *slot.lock().expect("answer lock") = Some((outcome, commit_error.cloned()));
+                })
+            })
+            .collect();
+        self.writer.run(jobs);
+        let mut outcomes = Vec::with_capacity(slots.len());
+        for slot in slots {
+            match slot.lock().expect("answer lock").take() {
+                Some((_, Some(commit_error))) => return Err(commit_error),
+                Some((outcome, None)) => outcomes.push(outcome),
+                None => return Err(MetaError::Internal("a write was never answered".into())),
+            }
+        }
+        Ok(outcomes)
     }
 
     /// Folds the whole write-ahead log into the database file and empties it, waiting
@@ -162,12 +209,23 @@ fn commit_batch_histogram() -> prometheus::Histogram {
     prometheus::Histogram::with_opts(opts.buckets(buckets)).expect("valid metric")
 }
 
-/// The job of `MetaDb::write`: `f` in a savepoint of the group's transaction, its
-/// outcome in `answer` once the commit's is known.
-fn job<T, F>(f: F, answer: Arc<Mutex<Option<MetaResult<T>>>>) -> Job
+/// What answers a write's caller: its own outcome, or the commit's error.
+fn answer_into<T>(slot: Arc<Mutex<Option<MetaResult<T>>>>) -> impl FnOnce(MetaResult<T>, Option<&MetaError>) {
+    move |outcome, commit_error| {
+        *slot.lock().expect("answer lock") = Some(match commit_error {
+            None => outcome,
+            Some(e) => Err(e.clone()),
+        });
+    }
+}
+
+/// The job of `MetaDb::write`: `f` in a savepoint of the group's transaction; `answer`
+/// gets its outcome and the commit's error, if any, once the commit's is known.
+fn job<T, F, A>(f: F, answer: A) -> Job
 where
     T: Send + 'static,
     F: FnOnce(&Connection) -> MetaResult<T> + Send + 'static,
+    A: FnOnce(MetaResult<T>, Option<&MetaError>) + Send + 'static,
 {
     Box::new(move |conn| {
         let (result, ended) = match conn {
@@ -185,13 +243,7 @@ where
             }
             None => (Err(MetaError::Internal("the write was not run".into())), None),
         };
-        let finish: Finish = Box::new(move |commit_error| {
-            let outcome = match commit_error {
-                None => result,
-                Some(e) => Err(e.clone()),
-            };
-            *answer.lock().expect("answer lock") = Some(outcome);
-        });
+        let finish: Finish = Box::new(move |commit_error| answer(result, commit_error));
         (finish, ended)
     })
 }
@@ -200,7 +252,7 @@ where
 /// If SQLite rolled back the whole transaction on `f`'s error (a full disk, an I/O
 /// error), there is no savepoint left: `f`'s own error is returned, and the caller sees
 /// the connection back in autocommit.
-pub(super) fn in_savepoint<T>(conn: &Connection, f: impl FnOnce(&Connection) -> MetaResult<T>) -> MetaResult<T> {
+fn in_savepoint<T>(conn: &Connection, f: impl FnOnce(&Connection) -> MetaResult<T>) -> MetaResult<T> {
     run(conn, "SAVEPOINT job")?;
     let result = f(conn);
     if conn.is_autocommit() {
@@ -336,16 +388,16 @@ mod tests {
         };
         let answers: Vec<Arc<Mutex<Option<MetaResult<()>>>>> = (0..3).map(|_| Arc::default()).collect();
         let jobs = vec![
-            job(insert("before"), Arc::clone(&answers[0])),
+            job(insert("before"), answer_into(Arc::clone(&answers[0]))),
             job(
                 |conn: &Connection| {
                     // What SQLite does itself on SQLITE_FULL or an I/O error.
                     conn.execute_batch("ROLLBACK")?;
                     Err(MetaError::Internal("database or disk is full".into()))
                 },
-                Arc::clone(&answers[1]),
+                answer_into(Arc::clone(&answers[1])),
             ),
-            job(insert("after"), Arc::clone(&answers[2])),
+            job(insert("after"), answer_into(Arc::clone(&answers[2]))),
         ];
         let finishers = commit_jobs(&db.writer.conn.lock().unwrap(), jobs);
         assert_eq!(finishers.len(), 3, "every write is answered");
