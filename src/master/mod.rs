@@ -20,7 +20,7 @@ mod s3;
 mod ui;
 mod uploads;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -623,19 +623,19 @@ impl MasterState {
     fn register_node(&self, body: RegisterNode) -> Result<Reply, ApiError> {
         validate_node_id(&body.id).map_err(ApiError::bad_request)?;
         let address = normalize_address(&body.address).map_err(ApiError::bad_request)?;
-        // The whole registration happens under the lock, which `node_infos` also takes:
-        // a node `/api/nodes` lists is one placement can already choose. Two registrations
-        // at once must not leave the list of whichever read the database first either.
-        let mut known = self.nodes.write().expect("nodes lock");
         let outcome = self.db.register_node(&body.id, &address)?;
+        let before = self.membership.registered(&body.id, Instant::now());
+        // Placement's list last: `/api/nodes` lists only the nodes in it, so a node
+        // listed there is one placement can already choose.
         if outcome != Registered::Unchanged {
+            // Read under the lock: two registrations at once must not leave the list of
+            // whichever read the database first (without the other node in it).
+            let mut known = self.nodes.write().expect("nodes lock");
             // `addresses`, not `nodes`: that one also counts every node's replicas.
             let mut nodes: Vec<Candidate> = self.db.addresses()?.into_iter().collect();
             nodes.sort();
             *known = Arc::new(nodes);
         }
-        let before = self.membership.registered(&body.id, Instant::now());
-        drop(known);
         self.note_version(&body.id, body.version);
         self.note_zone(&body.id, body.zone)?;
         match outcome {
@@ -756,8 +756,9 @@ impl MasterState {
 
     /// Every registered node as `/api/nodes` and the status page show it.
     fn node_infos(&self) -> Result<Vec<NodeInfo>, ApiError> {
-        // Not while a node registers: it is listed once placement knows it, not before.
-        let _registrations = self.nodes.read().expect("nodes lock");
+        // A node registering is listed once placement knows it, not before.
+        let known = Arc::clone(&self.nodes.read().expect("nodes lock"));
+        let known: HashSet<&str> = known.iter().map(|(id, _)| id.as_str()).collect();
         let now = Instant::now();
         let versions = self.versions.lock().expect("versions lock").clone();
         let zones = self.membership.zones();
@@ -765,6 +766,7 @@ impl MasterState {
             .db
             .nodes()?
             .into_iter()
+            .filter(|n| known.contains(n.id.as_str()))
             .map(|n| {
                 let member = self.membership.get(&n.id);
                 let version = versions.get(&n.id).cloned();

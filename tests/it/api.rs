@@ -345,3 +345,43 @@ fn a_request_for_http_2_is_answered_505_and_closed() {
     }
     assert_eq!(api_get(&format!("{}/health", master.url)).unwrap().0, 200);
 }
+
+/// A node `/api/nodes` lists can be placed on at once: a client that waits there for its
+/// nodes and then uploads is never told there are too few (the master once listed a
+/// registering node a moment before placement knew it).
+#[test]
+fn a_node_the_master_lists_can_be_placed_on_at_once() {
+    let cluster = TestCluster::start("listed-placeable", 0, 1);
+    let m = cluster.master.url.clone();
+    const NODES: usize = 16;
+    // All at once: their rows are committed together, and each then has its own steps
+    // to take, one after another.
+    let start = std::sync::Arc::new(std::sync::Barrier::new(NODES));
+    let registering: Vec<_> = (1..=NODES)
+        .map(|i| {
+            let (m, start) = (m.clone(), std::sync::Arc::clone(&start));
+            std::thread::spawn(move || {
+                // Nothing listens there: registering and placing never contact a node.
+                let node = json!({"id": format!("listed-{i}"), "address": format!("http://127.0.0.1:{}", 20 + i)});
+                start.wait();
+                let (status, answer) = post(&format!("{m}/api/node/register"), &node);
+                assert_eq!(status, 200, "{answer}");
+            })
+        })
+        .collect();
+    // Polled without a pause, to land between a registration's steps if it can.
+    let (mut listed, deadline) = (0, std::time::Instant::now() + Duration::from_secs(30));
+    while listed < NODES {
+        assert!(std::time::Instant::now() < deadline, "only {listed} of {NODES} nodes listed after 30 s");
+        let (_, nodes) = api_get(&format!("{m}/api/nodes")).unwrap();
+        let now = nodes["nodes"].as_array().map_or(0, Vec::len);
+        if now > listed {
+            listed = now;
+            let (status, answer) = post(&format!("{m}/api/upload/init"), &json!({"size": 1, "replication": listed}));
+            assert_eq!(status, 200, "{listed} nodes listed, and yet: {answer}");
+        }
+    }
+    for thread in registering {
+        thread.join().unwrap();
+    }
+}
