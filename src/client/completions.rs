@@ -1,6 +1,6 @@
 //! `Completions`: the `complete`s of a `Client`'s concurrent small uploads, sent together
 //! (`POST /api/upload/complete_batch`), so that many small uploads finishing at once cost
-//! the master one request and one durable write between them instead of one request
+//! the master one request and one durable commit between them instead of one request
 //! each. The master already commits concurrent writes together; what a batch saves is
 //! the request around each: its connection's turn, the parsing, the answer, the log line.
 //!

@@ -1141,9 +1141,9 @@ impl MasterState {
     }
 
     /// Completes the uploads of a batch whose receipts make their quorum, all in one
-    /// durable write, and says which. The others are left as they were for a `complete`
-    /// of their own: the slow way (asking nodes) is not taken here, so that one request
-    /// costs one write and never waits on a node.
+    /// durable commit (a write each), and says which. The others are left as they were
+    /// for a `complete` of their own: the slow way (asking nodes) is not taken here, so
+    /// that one request costs one commit and never waits on a node.
     fn complete_upload_batch(&self, body: CompleteBatch) -> Result<Reply, ApiError> {
         let count = body.uploads.len();
         if !(1..=MAX_COMPLETE_BATCH).contains(&count) {

@@ -206,8 +206,9 @@ fn commit_batch_histogram() -> prometheus::Histogram {
     prometheus::Histogram::with_opts(opts.buckets(buckets)).expect("valid metric")
 }
 
-/// The job of a write (`MetaDb::write_each`): `f` in a savepoint of the group's transaction; `answer`
-/// gets its outcome and the commit's error, if any, once the commit's is known.
+/// The job of a write (`MetaDb::write_each`): `f` in a savepoint of the group's
+/// transaction; `answer` gets its outcome and the commit's error, if any, once the
+/// commit's is known.
 fn job<T, F, A>(f: F, answer: A) -> Job
 where
     T: Send + 'static,
