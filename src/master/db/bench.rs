@@ -32,7 +32,7 @@ impl MetaDb {
                  VALUES (?1, ?2, 'complete', ?3, ?4, ?5, ?5)",
             )?;
             let mut replica = conn.prepare_cached(
-                "INSERT OR IGNORE INTO replicas (object_id, node_id, state, size, checksum, updated_at)
+                "INSERT OR IGNORE INTO replicas (object_seq, node_id, state, size, checksum, updated_at)
                  VALUES (?1, ?2, 'confirmed', ?3, ?4, ?5)",
             )?;
             let mut added = 0;
@@ -40,8 +40,9 @@ impl MetaDb {
                 let (id, checksum) = (id.to_string(), checksum.to_string());
                 if object.execute(params![id, *size as i64, nodes.len() as i64, checksum, now])? == 1 {
                     added += 1;
+                    let seq = conn.last_insert_rowid();
                     for node in &nodes {
-                        replica.execute(params![id, node, *size as i64, checksum, now])?;
+                        replica.execute(params![seq, node, *size as i64, checksum, now])?;
                     }
                 }
             }

@@ -35,7 +35,7 @@ impl MetaDb {
             let under: i64 = conn.query_row(
                 "SELECT count(*) FROM objects o WHERE o.status = 'complete' AND o.replication >
                  (SELECT count(*) FROM replicas r JOIN nodes n ON n.id = r.node_id
-                  WHERE r.object_id = o.id AND r.state = 'confirmed' AND n.state IN ('alive', 'suspect'))",
+                  WHERE r.object_seq = o.seq AND r.state = 'confirmed' AND n.state IN ('alive', 'suspect'))",
                 [],
                 |r| r.get(0),
             )?;

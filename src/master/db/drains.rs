@@ -63,7 +63,7 @@ impl MetaDb {
         self.read(|conn| {
             let most: Option<i64> = conn
                 .prepare_cached(
-                    "SELECT max(o.replication) FROM replicas r JOIN objects o ON o.id = r.object_id
+                    "SELECT max(o.replication) FROM replicas r JOIN objects o ON o.seq = r.object_seq
                      WHERE r.node_id = ?1 AND r.state = 'confirmed' AND o.status = 'complete'",
                 )?
                 .query_row([node], |row| row.get(0))?;
@@ -77,14 +77,15 @@ impl MetaDb {
         self.read(|conn| {
             let rows: Vec<(String, i64, i64)> = conn
                 .prepare_cached(
-                    "SELECT o.id, o.replication, o.size FROM replicas r JOIN objects o ON o.id = r.object_id
+                    "SELECT o.id, o.replication, o.size FROM replicas r JOIN objects o ON o.seq = r.object_seq
                      WHERE r.node_id = ?1 AND r.state = 'confirmed' AND o.status = 'complete' LIMIT ?2",
                 )?
                 .query_map(params![node, limit as i64], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
                 .collect::<Result<_, _>>()?;
             let mut holders = conn.prepare_cached(
                 "SELECT r.node_id FROM replicas r JOIN nodes n ON n.id = r.node_id
-                 WHERE r.object_id = ?1 AND r.state = 'confirmed' AND n.state IN ('alive', 'suspect')",
+                 WHERE r.object_seq = (SELECT seq FROM objects WHERE id = ?1) AND r.state = 'confirmed'
+                   AND n.state IN ('alive', 'suspect')",
             )?;
             let mut copies = Vec::with_capacity(rows.len());
             for (object, replication, size) in rows {
@@ -104,7 +105,8 @@ impl MetaDb {
         self.write(move |conn| {
             let now = now_ms();
             let mut insert = conn.prepare_cached(
-                "INSERT OR IGNORE INTO replicas (object_id, node_id, state, updated_at) VALUES (?1, ?2, 'placed', ?3)",
+                "INSERT OR IGNORE INTO replicas (object_seq, node_id, state, updated_at)
+                 VALUES ((SELECT seq FROM objects WHERE id = ?1), ?2, 'placed', ?3)",
             )?;
             for object in &objects {
                 if object_status(conn, object)? == Some(ObjectStatus::Complete) {
@@ -126,8 +128,10 @@ impl MetaDb {
     pub fn forget_expected(&self, node: &str, objects: Vec<String>) -> MetaResult<()> {
         let node = node.to_string();
         self.write(move |conn| {
-            let mut remove =
-                conn.prepare_cached("DELETE FROM replicas WHERE object_id = ?1 AND node_id = ?2 AND state = 'placed'")?;
+            let mut remove = conn.prepare_cached(
+                "DELETE FROM replicas WHERE object_seq = (SELECT seq FROM objects WHERE id = ?1)
+                     AND node_id = ?2 AND state = 'placed'",
+            )?;
             for object in &objects {
                 remove.execute(params![object, node])?;
             }
@@ -145,7 +149,8 @@ impl MetaDb {
                 .collect::<Result<_, _>>()?;
             let mut holders = conn.prepare_cached(
                 "SELECT r.node_id FROM replicas r JOIN nodes n ON n.id = r.node_id
-                 WHERE r.object_id = ?1 AND r.state = 'confirmed' AND n.state IN ('alive', 'suspect')",
+                 WHERE r.object_seq = (SELECT seq FROM objects WHERE id = ?1) AND r.state = 'confirmed'
+                   AND n.state IN ('alive', 'suspect')",
             )?;
             let mut page = Vec::with_capacity(ids.len());
             for id in ids {
@@ -170,7 +175,8 @@ impl MetaDb {
             let others: i64 = conn
                 .prepare_cached(
                     "SELECT count(*) FROM replicas r JOIN nodes n ON n.id = r.node_id
-                     WHERE r.object_id = ?1 AND r.node_id != ?2 AND r.state = 'confirmed'
+                     WHERE r.object_seq = (SELECT seq FROM objects WHERE id = ?1) AND r.node_id != ?2
+                       AND r.state = 'confirmed'
                        AND n.state IN ('alive', 'suspect')",
                 )?
                 .query_row(params![object, node], |row| row.get(0))?;
@@ -210,10 +216,10 @@ impl MetaDb {
             }
             let short: i64 = conn
                 .prepare_cached(
-                    "SELECT count(*) FROM replicas r JOIN objects o ON o.id = r.object_id
+                    "SELECT count(*) FROM replicas r JOIN objects o ON o.seq = r.object_seq
                      WHERE r.node_id = ?1 AND o.status = 'complete' AND o.replication >
                        (SELECT count(*) FROM replicas c JOIN nodes n ON n.id = c.node_id
-                        WHERE c.object_id = o.id AND c.node_id != ?1 AND c.state = 'confirmed'
+                        WHERE c.object_seq = o.seq AND c.node_id != ?1 AND c.state = 'confirmed'
                           AND n.state IN ('alive', 'suspect'))",
                 )?
                 .query_row([&node], |row| row.get(0))?;

@@ -116,7 +116,7 @@ impl MetaDb {
             let mut replicas = conn
                 .prepare_cached(
                     "SELECT r.node_id, n.address, r.state, n.state FROM replicas r JOIN nodes n ON n.id = r.node_id
-                     WHERE r.object_id = ?1",
+                     WHERE r.object_seq = (SELECT seq FROM objects WHERE id = ?1)",
                 )?
                 .query_map([&id], |row| {
                     Ok(ReplicaRow {
@@ -222,7 +222,9 @@ impl MetaDb {
             let mut placed = placed_nodes(conn, &id)?;
             placed.retain(|node| !failed_ids.contains(node));
             let mut holders: Vec<String> = conn
-                .prepare_cached("SELECT node_id FROM replicas WHERE object_id = ?1")?
+                .prepare_cached(
+                    "SELECT node_id FROM replicas WHERE object_seq = (SELECT seq FROM objects WHERE id = ?1)",
+                )?
                 .query_map([&id], |row| row.get(0))?
                 .collect::<Result<_, _>>()?;
             holders.extend(placed.iter().cloned());
@@ -276,7 +278,7 @@ pub(super) fn placed_without_row(conn: &Connection, id: &str) -> MetaResult<Vec<
 /// Marks an object deleted and schedules the removal of every copy.
 pub(super) fn forget_object(conn: &Connection, id: &str, now: i64) -> MetaResult<()> {
     let mut nodes: Vec<String> = conn
-        .prepare_cached("SELECT node_id FROM replicas WHERE object_id = ?1")?
+        .prepare_cached("SELECT node_id FROM replicas WHERE object_seq = (SELECT seq FROM objects WHERE id = ?1)")?
         .query_map([id], |row| row.get(0))?
         .collect::<Result<_, _>>()?;
     // An upload's placed nodes may hold a copy no one has reported yet.
@@ -288,7 +290,8 @@ pub(super) fn forget_object(conn: &Connection, id: &str, now: i64) -> MetaResult
     for node in &nodes {
         schedule_deletion(conn, node, id, now)?;
     }
-    conn.prepare_cached("DELETE FROM replicas WHERE object_id = ?1")?.execute([id])?;
+    conn.prepare_cached("DELETE FROM replicas WHERE object_seq = (SELECT seq FROM objects WHERE id = ?1)")?
+        .execute([id])?;
     conn.prepare_cached("UPDATE objects SET status = 'deleted', deleted_at = ?2, placed = NULL WHERE id = ?1")?
         .execute(params![id, now])?;
     Ok(())

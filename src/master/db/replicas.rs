@@ -14,23 +14,23 @@ use crate::proto::{Checksum, ReplicaState};
 /// the limit. Run on every maintenance tick, so it starts from the few suspect replicas
 /// and never scans every replica (`tests::periodic_queries_never_scan_every_replica`).
 pub(super) const UNDER_REPLICATED: &str = "WITH suspects AS (
-        SELECT object_id FROM replicas WHERE state != 'confirmed'
+        SELECT object_seq FROM replicas WHERE state != 'confirmed'
         UNION
         -- From the few nodes down to their replicas: joined the other way,
         -- SQLite scans every replica of every node on each tick.
-        SELECT r.object_id FROM nodes n CROSS JOIN replicas r ON r.node_id = n.id
+        SELECT r.object_seq FROM nodes n CROSS JOIN replicas r ON r.node_id = n.id
         WHERE n.state NOT IN ('alive', 'suspect')
     ),
     counted AS (
         SELECT o.id, o.replication, o.size,
                (SELECT count(*) FROM replicas r JOIN nodes n ON n.id = r.node_id
-                WHERE r.object_id = o.id AND r.state = 'confirmed' AND n.state IN ('alive', 'suspect')) AS healthy,
+                WHERE r.object_seq = o.seq AND r.state = 'confirmed' AND n.state IN ('alive', 'suspect')) AS healthy,
                EXISTS (SELECT 1 FROM replicas r JOIN nodes n ON n.id = r.node_id
-                       WHERE r.object_id = o.id AND r.state = 'confirmed'
+                       WHERE r.object_seq = o.seq AND r.state = 'confirmed'
                          AND n.state = 'read-only') AS readable
         -- CROSS JOIN keeps this order: SQLite would otherwise count
         -- every object's replicas before joining the few suspects.
-        FROM suspects s CROSS JOIN objects o ON o.id = s.object_id
+        FROM suspects s CROSS JOIN objects o ON o.seq = s.object_seq
         WHERE o.status = 'complete'
     )
     SELECT id, replication, size FROM counted
@@ -51,8 +51,8 @@ impl MetaDb {
         let reported = stored.len();
         let stored = self.read(|conn| {
             let mut known = conn.prepare_cached(
-                "SELECT 1 FROM replicas r JOIN objects o ON o.id = r.object_id
-                 WHERE r.object_id = ?1 AND r.node_id = ?2 AND r.state = 'confirmed' AND r.size = ?3
+                "SELECT 1 FROM objects o JOIN replicas r ON r.object_seq = o.seq
+                 WHERE o.id = ?1 AND r.node_id = ?2 AND r.state = 'confirmed' AND r.size = ?3
                    AND r.checksum = ?4 AND o.status = 'complete' AND o.checksum = ?4",
             )?;
             // A copy of an object with no row (an upload not completed yet) is left
@@ -82,7 +82,8 @@ impl MetaDb {
             }
             for id in &corrupt {
                 conn.prepare_cached(
-                    "UPDATE replicas SET state = 'quarantined', updated_at = ?3 WHERE object_id = ?1 AND node_id = ?2",
+                    "UPDATE replicas SET state = 'quarantined', updated_at = ?3
+                     WHERE object_seq = (SELECT seq FROM objects WHERE id = ?1) AND node_id = ?2",
                 )?
                 .execute(params![id, node, now])?;
             }
@@ -122,7 +123,8 @@ impl MetaDb {
                     Some(id) => delete.push(id),
                     None => {
                         conn.prepare_cached(
-                            "UPDATE replicas SET seen_scan = ?3 WHERE object_id = ?1 AND node_id = ?2",
+                            "UPDATE replicas SET seen_scan = ?3
+                             WHERE object_seq = (SELECT seq FROM objects WHERE id = ?1) AND node_id = ?2",
                         )?
                         .execute(params![replica.objectid, node, scan])?;
                     }
@@ -192,8 +194,9 @@ impl MetaDb {
                 "SELECT r.node_id, r.state = 'confirmed' AND n.state IN ('alive', 'suspect'),
                         r.state = 'confirmed' AND n.state = 'read-only',
                         r.state IN ('missing', 'quarantined') AND n.state IN ('alive', 'suspect') AND NOT EXISTS
-                            (SELECT 1 FROM deletions d WHERE d.node_id = r.node_id AND d.object_id = r.object_id)
-                 FROM replicas r JOIN nodes n ON n.id = r.node_id WHERE r.object_id = ?1",
+                            (SELECT 1 FROM deletions d WHERE d.node_id = r.node_id AND d.object_id = ?1)
+                 FROM replicas r JOIN nodes n ON n.id = r.node_id
+                 WHERE r.object_seq = (SELECT seq FROM objects WHERE id = ?1)",
             )?;
             let mut objects = Vec::with_capacity(rows.len());
             for (id, replication, size) in rows {
@@ -224,8 +227,9 @@ pub(super) fn upsert_confirmed(
     now: i64,
 ) -> MetaResult<()> {
     conn.prepare_cached(
-        "INSERT INTO replicas (object_id, node_id, state, size, checksum, updated_at) VALUES (?1, ?2, 'confirmed', ?3, ?4, ?5)
-         ON CONFLICT (object_id, node_id) DO UPDATE SET state = 'confirmed', size = ?3, checksum = ?4, updated_at = ?5",
+        "INSERT INTO replicas (object_seq, node_id, state, size, checksum, updated_at)
+         VALUES ((SELECT seq FROM objects WHERE id = ?1), ?2, 'confirmed', ?3, ?4, ?5)
+         ON CONFLICT (object_seq, node_id) DO UPDATE SET state = 'confirmed', size = ?3, checksum = ?4, updated_at = ?5",
     )?
     .execute(params![id, node, size as i64, checksum.to_string(), now])?;
     Ok(())
@@ -278,7 +282,8 @@ fn record_replica(conn: &Connection, node: &str, replica: &ReplicaState, now: i6
             if healthy_copies(conn, id)? >= replication {
                 // A move's expected copy (`placed`) stays: it is on its way.
                 conn.prepare_cached(
-                    "DELETE FROM replicas WHERE object_id = ?1 AND (state NOT IN ('confirmed', 'placed')
+                    "DELETE FROM replicas WHERE object_seq = (SELECT seq FROM objects WHERE id = ?1)
+                     AND (state NOT IN ('confirmed', 'placed')
                      OR node_id IN (SELECT id FROM nodes WHERE state NOT IN ('alive', 'suspect')))",
                 )?
                 .execute([id])?;
@@ -293,14 +298,17 @@ fn record_replica(conn: &Connection, node: &str, replica: &ReplicaState, now: i6
 pub(super) fn mark_missing(conn: &Connection, id: &str, node: &str, now: i64) -> MetaResult<()> {
     conn.prepare_cached(
         "UPDATE replicas SET state = 'missing', size = NULL, checksum = NULL, updated_at = ?3
-         WHERE object_id = ?1 AND node_id = ?2",
+         WHERE object_seq = (SELECT seq FROM objects WHERE id = ?1) AND node_id = ?2",
     )?
     .execute(params![id, node, now])?;
     Ok(())
 }
 
 pub(super) fn forget_replica(conn: &Connection, id: &str, node: &str) -> MetaResult<()> {
-    conn.prepare_cached("DELETE FROM replicas WHERE object_id = ?1 AND node_id = ?2")?.execute(params![id, node])?;
+    conn.prepare_cached(
+        "DELETE FROM replicas WHERE object_seq = (SELECT seq FROM objects WHERE id = ?1) AND node_id = ?2",
+    )?
+    .execute(params![id, node])?;
     Ok(())
 }
 
@@ -309,7 +317,8 @@ fn healthy_copies(conn: &Connection, id: &str) -> MetaResult<i64> {
     let healthy = conn
         .prepare_cached(
             "SELECT count(*) FROM replicas r JOIN nodes n ON n.id = r.node_id
-             WHERE r.object_id = ?1 AND r.state = 'confirmed' AND n.state IN ('alive', 'suspect')",
+             WHERE r.object_seq = (SELECT seq FROM objects WHERE id = ?1) AND r.state = 'confirmed'
+               AND n.state IN ('alive', 'suspect')",
         )?
         .query_row([id], |row| row.get(0))?;
     Ok(healthy)
@@ -318,6 +327,8 @@ fn healthy_copies(conn: &Connection, id: &str) -> MetaResult<i64> {
 /// Whether the master has any record of `node`'s copy of an object.
 pub(super) fn has_record(conn: &Connection, id: &str, node: &str) -> MetaResult<bool> {
     Ok(conn
-        .prepare_cached("SELECT 1 FROM replicas WHERE object_id = ?1 AND node_id = ?2")?
+        .prepare_cached(
+            "SELECT 1 FROM replicas WHERE object_seq = (SELECT seq FROM objects WHERE id = ?1) AND node_id = ?2",
+        )?
         .exists(params![id, node])?)
 }

@@ -125,7 +125,7 @@ mod tests {
         for status in ObjectStatus::ALL {
             conn.execute(object, params![status.as_str(), status]).unwrap();
         }
-        let replica = "INSERT INTO replicas (object_id, node_id, state, updated_at) VALUES ('pending', 'n', ?1, 0)
+        let replica = "INSERT INTO replicas (object_seq, node_id, state, updated_at) VALUES ((SELECT seq FROM objects WHERE id = 'pending'), 'n', ?1, 0)
                        ON CONFLICT DO UPDATE SET state = ?1";
         for state in ReplicaStatus::ALL {
             conn.execute(replica, [state]).unwrap();

@@ -162,8 +162,14 @@ pub(super) fn finish_in(
                 upload.issued_ms,
                 now
             ])?;
+            // The new row's `seq` names it in its replicas' rows (no lookup by id).
+            let seq = conn.last_insert_rowid();
+            let mut replica = conn.prepare_cached(
+                "INSERT INTO replicas (object_seq, node_id, state, size, checksum, updated_at)
+                 VALUES (?1, ?2, 'confirmed', ?3, ?4, ?5)",
+            )?;
             for confirmation in &found {
-                upsert_confirmed(conn, id, &confirmation.node_id, size, checksum, now)?;
+                replica.execute(params![seq, confirmation.node_id, size as i64, checksum.to_string(), now])?;
             }
             return Ok(());
         }
@@ -217,7 +223,8 @@ pub(super) fn complete_in(conn: &Connection, id: &str, quorum: usize, found: Vec
     let rows: Vec<Row> = conn
         .prepare_cached(
             "SELECT r.node_id, n.address, r.state, r.size, r.checksum FROM replicas r
-                 JOIN nodes n ON n.id = r.node_id WHERE r.object_id = ?1 ORDER BY r.node_id",
+                 JOIN nodes n ON n.id = r.node_id WHERE r.object_seq = (SELECT seq FROM objects WHERE id = ?1)
+                 ORDER BY r.node_id",
         )?
         .query_map([id], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?)))?
         .collect::<Result<_, _>>()?;
@@ -283,7 +290,8 @@ pub(super) fn complete_in(conn: &Connection, id: &str, quorum: usize, found: Vec
                 // Placed but never confirmed: a copy for repair to make, unless the
                 // object has its full count elsewhere.
                 conn.prepare_cached(
-                    "INSERT INTO replicas (object_id, node_id, state, updated_at) VALUES (?1, ?2, 'missing', ?3)",
+                    "INSERT INTO replicas (object_seq, node_id, state, updated_at)
+                     VALUES ((SELECT seq FROM objects WHERE id = ?1), ?2, 'missing', ?3)",
                 )?
                 .execute(params![id, node, now])?;
             }
@@ -343,7 +351,7 @@ mod tests {
                 },
             )?;
             let mut replicas = conn
-                .prepare("SELECT node_id, state, size, checksum FROM replicas WHERE object_id = ?1 ORDER BY node_id")?;
+                .prepare("SELECT node_id, state, size, checksum FROM replicas WHERE object_seq = (SELECT seq FROM objects WHERE id = ?1) ORDER BY node_id")?;
             let replicas = replicas
                 .query_map([id.to_string()], |r| {
                     Ok(format!(
