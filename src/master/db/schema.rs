@@ -5,7 +5,7 @@ use std::path::Path;
 
 use rusqlite::{Connection, OpenFlags};
 
-use super::{namespace, uploads};
+use super::{namespace, uploads, MetaError, MetaResult};
 
 /// Schema migrations; `PRAGMA user_version` is the number applied.
 pub(in crate::master::db) const MIGRATIONS: &[&str] = &[
@@ -136,8 +136,17 @@ pub(super) fn open_connection(path: &Path, flags: OpenFlags) -> rusqlite::Result
     Ok(conn)
 }
 
-pub(super) fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+pub(super) fn migrate(conn: &mut Connection) -> MetaResult<()> {
     let version: usize = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    if version > MIGRATIONS.len() {
+        // A newer aether upgraded it: this one's statements would fail on tables it does
+        // not know, one request at a time, instead of once here.
+        return Err(MetaError::Internal(format!(
+            "the metadata database is at schema version {version}, newer than this aether's {}: a newer \
+             version upgraded it; run that version (or a later one)",
+            MIGRATIONS.len()
+        )));
+    }
     // A new database is made in a moment; an old one may take a while (migration 9
     // rewrites the objects and replicas tables: about 17 s per million objects here).
     let upgrade = version > 0 && version < MIGRATIONS.len();
@@ -201,6 +210,20 @@ mod tests {
         let rows: i64 = db.read(|c| Ok(c.query_row("SELECT count(*) FROM replicas", [], |r| r.get(0))?)).unwrap();
         assert_eq!(rows, 1);
         drop(db);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_database_a_newer_version_upgraded_is_refused_at_open() {
+        let dir = std::env::temp_dir().join(format!("aether-db-newer-{}", rand::random::<u32>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("meta.db");
+        drop(MetaDb::open(&path, 1).unwrap());
+        let newer = MIGRATIONS.len() + 1;
+        Connection::open(&path).unwrap().pragma_update(None, "user_version", newer).unwrap();
+        let refused = MetaDb::open(&path, 1).err().expect("a newer schema is refused");
+        let message = refused.to_string();
+        assert!(message.contains(&format!("schema version {newer}, newer than this aether's")), "{message}");
         std::fs::remove_dir_all(dir).unwrap();
     }
 
