@@ -179,17 +179,26 @@ mod tests {
     use crate::master::db::{MetaDb, ReplicaStatus};
     use crate::proto::ObjectId;
 
-    #[test]
-    fn version_2_placements_move_into_their_object_rows() {
-        let dir = std::env::temp_dir().join(format!("aether-db-v2-{}", rand::random::<u32>()));
+    /// A database file in a new temporary directory (returned, to be removed), made as
+    /// the version with the first `version` migrations made it; with that connection.
+    fn database_at(name: &str, version: usize) -> (std::path::PathBuf, std::path::PathBuf, Connection) {
+        let dir = std::env::temp_dir().join(format!("aether-db-{name}-{}", rand::random::<u32>()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("meta.db");
+        let mut conn = Connection::open(&path).unwrap();
+        let tx = conn.transaction().unwrap();
+        for migration in &MIGRATIONS[..version] {
+            tx.execute_batch(migration).unwrap();
+        }
+        tx.pragma_update(None, "user_version", version).unwrap();
+        tx.commit().unwrap();
+        (dir, path, conn)
+    }
+
+    #[test]
+    fn version_2_placements_move_into_their_object_rows() {
+        let (dir, path, conn) = database_at("v2", 2);
         {
-            let conn = Connection::open(&path).unwrap();
-            for migration in &MIGRATIONS[..2] {
-                conn.execute_batch(migration).unwrap();
-            }
-            conn.pragma_update(None, "user_version", 2).unwrap();
             conn.execute_batch(
                 "INSERT INTO nodes (id, address, registered_at, last_seen) VALUES ('n1', 'http://a:1', 0, 0),
                                                                               ('n2', 'http://b:1', 0, 0);
@@ -201,6 +210,7 @@ mod tests {
             )
             .unwrap();
         }
+        drop(conn);
         let db = MetaDb::open(&path, 1).unwrap();
         let id = ObjectId::parse("0b7a3c1e-5d2f-4c8e-9a61-2f4d8e9b1c03").unwrap();
         let object = db.object_with_status(id, true).unwrap();
@@ -215,12 +225,10 @@ mod tests {
 
     #[test]
     fn a_database_a_newer_version_upgraded_is_refused_at_open() {
-        let dir = std::env::temp_dir().join(format!("aether-db-newer-{}", rand::random::<u32>()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("meta.db");
-        drop(MetaDb::open(&path, 1).unwrap());
         let newer = MIGRATIONS.len() + 1;
-        Connection::open(&path).unwrap().pragma_update(None, "user_version", newer).unwrap();
+        let (dir, path, conn) = database_at("newer", MIGRATIONS.len());
+        conn.pragma_update(None, "user_version", newer).unwrap();
+        drop(conn);
         let refused = MetaDb::open(&path, 1).err().expect("a newer schema is refused");
         let message = refused.to_string();
         assert!(message.contains(&format!("schema version {newer}, newer than this aether's")), "{message}");
@@ -229,22 +237,13 @@ mod tests {
 
     #[test]
     fn version_9_numbers_objects_and_their_replicas_follow() {
-        let dir = std::env::temp_dir().join(format!("aether-db-v9-{}", rand::random::<u32>()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("meta.db");
+        let (dir, path, conn) = database_at("v9", 8);
         let (old, new, gone) = (
             "0b7a3c1e-5d2f-4c8e-9a61-2f4d8e9b1c03",
             "1c8b4d2f-6e3a-4d9f-8b72-3a5e9f0c2d14",
             "2d9c5e3a-7f4b-4e0a-9c83-4b6f0a1d3e25",
         );
         {
-            let mut conn = Connection::open(&path).unwrap();
-            let tx = conn.transaction().unwrap();
-            for migration in &MIGRATIONS[..8] {
-                tx.execute_batch(migration).unwrap();
-            }
-            tx.pragma_update(None, "user_version", 8).unwrap();
-            tx.commit().unwrap();
             // Written in another order than created: `seq` follows `created_at`.
             conn.execute_batch(&format!(
                 "INSERT INTO nodes (id, address, registered_at, last_seen) VALUES ('n1', 'http://a:1', 0, 0),
@@ -262,6 +261,7 @@ mod tests {
             ))
             .unwrap();
         }
+        drop(conn);
         let db = MetaDb::open(&path, 2).unwrap();
         let (seqs, replicas, problems) = db
             .read(|c| {
