@@ -94,17 +94,18 @@ impl MetaDb {
     pub fn object_with_status(&self, id: ObjectId, any_status: bool) -> MetaResult<ObjectRow> {
         self.read(|conn| {
             let id = id.to_string();
-            type Row = (i64, ObjectStatus, i64, Option<String>, i64, Option<i64>);
+            type Row = (i64, ObjectStatus, i64, Option<String>, i64, Option<i64>, i64);
             let row: Option<Row> = conn
                 .prepare_cached(
-                    "SELECT size, status, replication, checksum, created_at, completed_at FROM objects WHERE id = ?1",
+                    "SELECT size, status, replication, checksum, created_at, completed_at, seq FROM objects
+                     WHERE id = ?1",
                 )?
                 .query_row([&id], |row| {
-                    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?, row.get(5)?))
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?, row.get(5)?, row.get(6)?))
                 })
                 .optional()?;
             let Some(row) = row else { return Err(MetaError::NotFound(format!("object {id} not found"))) };
-            let (size, status, replication, checksum, created_at, completed_at) = match (row.1, any_status) {
+            let (size, status, replication, checksum, created_at, completed_at, seq) = match (row.1, any_status) {
                 (ObjectStatus::Complete, _) | (ObjectStatus::Pending, true) => row,
                 (ObjectStatus::Pending, false) => {
                     return Err(MetaError::NotFound(format!(
@@ -116,9 +117,9 @@ impl MetaDb {
             let mut replicas = conn
                 .prepare_cached(
                     "SELECT r.node_id, n.address, r.state, n.state FROM replicas r JOIN nodes n ON n.id = r.node_id
-                     WHERE r.object_seq = (SELECT seq FROM objects WHERE id = ?1)",
+                     WHERE r.object_seq = ?1",
                 )?
-                .query_map([&id], |row| {
+                .query_map([seq], |row| {
                     Ok(ReplicaRow {
                         node_id: row.get(0)?,
                         address: row.get(1)?,
