@@ -607,17 +607,29 @@ impl MasterState {
         self.db.remove_node(node)?;
         self.membership.forget(node);
         self.drains.lock().expect("drains lock").remove(node);
-        {
-            let mut known = self.nodes.write().expect("nodes lock");
-            let mut nodes: Vec<Candidate> = self.db.addresses()?.into_iter().collect();
-            nodes.sort();
-            *known = Arc::new(nodes);
-        }
+        self.refresh_known()?;
         self.events.record(
             EventKind::NodeRemoved,
             format!("node {node} is removed; if its datanode is still running it registers again as a new, empty node"),
         );
         Ok(http::json_reply(200, &StatusOk::ok()))
+    }
+
+    /// Reads placement's list of nodes again from the database, keeping only the nodes
+    /// membership knows.
+    fn refresh_known(&self) -> Result<(), ApiError> {
+        // Read under the lock: two registrations at once must not leave the list of
+        // whichever read the database first (without the other node in it).
+        let mut known = self.nodes.write().expect("nodes lock");
+        // `addresses`, not `nodes`: that one also counts every node's replicas. A row
+        // another registration committed may not be in membership yet: that node joins
+        // the list when its own registration refreshes it, so a listed node is one
+        // placement can choose (CI once saw 16 listed and 14 placeable).
+        let mut nodes: Vec<Candidate> =
+            self.db.addresses()?.into_iter().filter(|(id, _)| self.membership.get(id).is_some()).collect();
+        nodes.sort();
+        *known = Arc::new(nodes);
+        Ok(())
     }
 
     fn register_node(&self, body: RegisterNode) -> Result<Reply, ApiError> {
@@ -628,13 +640,7 @@ impl MasterState {
         // Placement's list last: `/api/nodes` lists only the nodes in it, so a node
         // listed there is one placement can already choose.
         if outcome != Registered::Unchanged {
-            // Read under the lock: two registrations at once must not leave the list of
-            // whichever read the database first (without the other node in it).
-            let mut known = self.nodes.write().expect("nodes lock");
-            // `addresses`, not `nodes`: that one also counts every node's replicas.
-            let mut nodes: Vec<Candidate> = self.db.addresses()?.into_iter().collect();
-            nodes.sort();
-            *known = Arc::new(nodes);
+            self.refresh_known()?;
         }
         self.note_version(&body.id, body.version);
         self.note_zone(&body.id, body.zone)?;
