@@ -638,8 +638,10 @@ impl MasterState {
         let outcome = self.db.register_node(&body.id, &address)?;
         let before = self.membership.registered(&body.id, Instant::now());
         // Placement's list last: `/api/nodes` lists only the nodes in it, so a node
-        // listed there is one placement can already choose.
-        if outcome != Registered::Unchanged {
+        // listed there is one placement can already choose. An unchanged node missing
+        // from it is one whose first registration failed at this step: it is retried.
+        let listed = self.nodes.read().expect("nodes lock").iter().any(|(id, _)| *id == body.id);
+        if outcome != Registered::Unchanged || !listed {
             self.refresh_known()?;
         }
         self.note_version(&body.id, body.version);
