@@ -201,6 +201,8 @@ def main():
     files_1m = disk.get("create_1m_mb_per_sec_12")
     t.add(s, "1 MiB object files as a datanode writes them, 12 writers", files_1m, "MB/s")
     t.add(s, "1 MiB O_DIRECT appends + fdatasync to one file, 12 writers", disk.get("append_1m_mb_per_sec_12"), "MB/s")
+    appends_1m = disk.get("append_1m_group_mb_per_sec_12")
+    t.add(s, "  same, the fdatasyncs shared (group commit, as volumes do)", appends_1m, "MB/s")
     for l in loop:
         if l:
             t.add(s, f"Loopback TCP, {l['streams']} stream(s)", l["mb_per_sec"], "MB/s")
@@ -235,6 +237,9 @@ def main():
                     t.add(s, f"  same, against buffered writes", v, "MB/s", buffered / 3, "buffered seq. write / 3")
                 if size == "1m" and files_1m:
                     t.add(s, "  same, against 1 MiB object files", v, "MB/s", files_1m / 3, "1 MiB files, 12 writers / 3")
+                if size == "1m" and appends_1m:
+                    t.add(s, "  same, against 1 MiB appends with group commit (the best records could do)", v, "MB/s",
+                          appends_1m / 3, "1 MiB group-commit appends, 12 writers / 3")
             else:
                 t.add(s, f"PUT {label}, {threads} clients", v, "MB/s", seq, "seq. write")
             v, _ = get(f"r{r}-get-{size}-t{threads}", "mb_per_sec")

@@ -177,4 +177,5 @@ trash "$SCALING"
 log "suite done in $((SECONDS - STARTED)) s; writing results"
 python3 bench/report.py --out "$OUT" --results "$RESULTS" --elapsed "$((SECONDS - STARTED))" --quick "$QUICK"
 log "deleting the data measured"
-rm -rf "$TRASH"
+# bench/seaweedfs.sh and bench/s3.sh move theirs aside too, and leave it to this run.
+rm -rf "$TRASH" "$DIR"/trash-seaweedfs-* "$DIR"/trash-s3-*
