@@ -26,6 +26,7 @@ use std::path::Path;
 
 use super::file::{fsync_dir, RemoveOnDrop};
 use super::volume::{possible_len, record_len, volume_name, walk_records, Kind, Volumes, RECORD_HEADER, VOLUME_HEADER};
+use crate::proto::Checksum;
 
 const INDEX_MAGIC: &[u8; 8] = b"AETHIDX1";
 const INDEX_HEADER: u64 = 64;
@@ -89,7 +90,7 @@ fn encode_header(describes: &Describes, count: u64, skipped: u64, entries_crc: u
     bytes[32..40].copy_from_slice(&count.to_le_bytes());
     bytes[40..48].copy_from_slice(&skipped.to_le_bytes());
     bytes[48..52].copy_from_slice(&entries_crc.to_le_bytes());
-    let own = crc32c::crc32c(&bytes[0..60]);
+    let own = Checksum::of(&bytes[0..60]).0;
     bytes[60..64].copy_from_slice(&own.to_le_bytes());
     bytes
 }
@@ -106,7 +107,7 @@ struct Checked {
 fn check_header(bytes: &[u8; INDEX_HEADER as usize], expected: &Describes, file_len: u64) -> Result<Checked, String> {
     let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
     let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
-    if &bytes[0..8] != INDEX_MAGIC || crc32c::crc32c(&bytes[0..60]) != u32_at(60) || bytes[52..60] != [0; 8] {
+    if &bytes[0..8] != INDEX_MAGIC || Checksum::of(&bytes[0..60]).0 != u32_at(60) || bytes[52..60] != [0; 8] {
         return Err("its header is damaged".to_string());
     }
     let found = Describes { ordinal: u32_at(8), generation: u32_at(12), salt: u64_at(16), end: u64_at(24) };
@@ -143,12 +144,12 @@ fn read_entries(
 ) -> io::Result<Result<u32, String>> {
     let per_buffer = (BUFFER / ENTRY) as u64;
     let mut buffer = vec![0u8; checked.count.min(per_buffer) as usize * ENTRY];
-    let (mut crc, mut after, mut done) = (0u32, VOLUME_HEADER, 0u64);
+    let (mut crc, mut after, mut done) = (Checksum::default(), VOLUME_HEADER, 0u64);
     while done < checked.count {
         let n = (checked.count - done).min(per_buffer) as usize;
         let bytes = &mut buffer[..n * ENTRY];
         file.read_exact_at(bytes, INDEX_HEADER + done * ENTRY as u64)?;
-        crc = crc32c::crc32c_append(crc, bytes);
+        crc.update(bytes);
         for raw in bytes.chunks_exact(ENTRY) {
             let entry = match decode_entry(raw, after, end) {
                 Ok(entry) => entry,
@@ -159,7 +160,7 @@ fn read_entries(
         }
         done += n as u64;
     }
-    Ok(Ok(crc))
+    Ok(Ok(crc.0))
 }
 
 /// Why a volume's index file was not used.
@@ -223,7 +224,7 @@ pub(super) struct IndexWriter {
     ordinal: u32,
     generation: u32,
     count: u64,
-    crc: u32,
+    crc: Checksum,
 }
 
 impl IndexWriter {
@@ -234,12 +235,12 @@ impl IndexWriter {
         let mut out = BufWriter::with_capacity(BUFFER, file);
         out.write_all(&[0u8; INDEX_HEADER as usize])?;
         let temp = RemoveOnDrop(Some(temp));
-        Ok(IndexWriter { out, dir: dir.to_path_buf(), temp, ordinal, generation, count: 0, crc: 0 })
+        Ok(IndexWriter { out, dir: dir.to_path_buf(), temp, ordinal, generation, count: 0, crc: Checksum::default() })
     }
 
     pub fn add(&mut self, entry: &Entry) -> io::Result<()> {
         let bytes = encode_entry(entry);
-        self.crc = crc32c::crc32c_append(self.crc, &bytes);
+        self.crc.update(&bytes);
         self.count += 1;
         self.out.write_all(&bytes)
     }
@@ -251,7 +252,7 @@ impl IndexWriter {
         self.out.flush()?;
         let describes = Describes { ordinal: self.ordinal, generation: self.generation, salt, end };
         let file = self.out.get_ref();
-        file.write_all_at(&encode_header(&describes, self.count, skipped, self.crc), 0)?;
+        file.write_all_at(&encode_header(&describes, self.count, skipped, self.crc.0), 0)?;
         file.sync_all()?;
         let temp = self.temp.0.take().expect("an unfinished index file");
         let named = self.dir.join(index_name(self.ordinal, self.generation));

@@ -159,7 +159,7 @@ pub(crate) fn encode_footer(stored: StoredObject, created_secs: u64) -> [u8; FOO
     footer[8..16].copy_from_slice(&stored.size.to_le_bytes());
     footer[16..20].copy_from_slice(&stored.checksum.0.to_le_bytes());
     footer[20..28].copy_from_slice(&created_secs.to_le_bytes());
-    let own = crc32c::crc32c(&footer[0..28]);
+    let own = Checksum::of(&footer[0..28]).0;
     footer[28..32].copy_from_slice(&own.to_le_bytes());
     footer
 }
@@ -184,7 +184,7 @@ pub(crate) fn parse_footer(footer: &[u8; FOOTER_LEN as usize], file_len: u64) ->
     if &footer[0..8] != FOOTER_MAGIC {
         return Err("footer magic is missing".to_string());
     }
-    if crc32c::crc32c(&footer[0..28]) != word(28..32) as u32 {
+    if Checksum::of(&footer[0..28]).0 != word(28..32) as u32 {
         return Err("footer checksum does not match".to_string());
     }
     let size = word(8..16);

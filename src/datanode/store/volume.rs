@@ -95,6 +95,13 @@ pub(super) fn record_len(len: u32) -> u64 {
     (RECORD_HEADER as u64 + len as u64).next_multiple_of(ALIGN)
 }
 
+/// A record header's own checksum: of the volume's salt, then the header's first bytes.
+fn salted_sum(salt: u64, bytes: &[u8]) -> u32 {
+    let mut sum = Checksum::of(&salt.to_le_bytes());
+    sum.update(bytes);
+    sum.0
+}
+
 pub(crate) fn encode_header(header: &Header, salt: u64) -> [u8; RECORD_HEADER] {
     let mut bytes = [0u8; RECORD_HEADER];
     bytes[0..4].copy_from_slice(RECORD_MAGIC);
@@ -103,7 +110,7 @@ pub(crate) fn encode_header(header: &Header, salt: u64) -> [u8; RECORD_HEADER] {
     bytes[24..28].copy_from_slice(&header.len.to_le_bytes());
     bytes[28..32].copy_from_slice(&header.checksum.0.to_le_bytes());
     bytes[32..40].copy_from_slice(&header.created.to_le_bytes());
-    let own = crc32c::crc32c_append(crc32c::crc32c(&salt.to_le_bytes()), &bytes[0..44]);
+    let own = salted_sum(salt, &bytes[0..44]);
     bytes[44..48].copy_from_slice(&own.to_le_bytes());
     bytes
 }
@@ -114,7 +121,7 @@ pub(crate) fn parse_header(bytes: &[u8; RECORD_HEADER], salt: u64) -> Result<Hea
     if &bytes[0..4] != RECORD_MAGIC {
         return Err("record magic is missing".to_string());
     }
-    let own = crc32c::crc32c_append(crc32c::crc32c(&salt.to_le_bytes()), &bytes[0..44]);
+    let own = salted_sum(salt, &bytes[0..44]);
     if own != u32_at(44) {
         return Err("record header checksum does not match".to_string());
     }
@@ -151,7 +158,7 @@ fn encode_volume_header(ordinal: u32, generation: u32, salt: u64) -> [u8; VOLUME
     bytes[8..12].copy_from_slice(&ordinal.to_le_bytes());
     bytes[12..16].copy_from_slice(&generation.to_le_bytes());
     bytes[16..24].copy_from_slice(&salt.to_le_bytes());
-    let own = crc32c::crc32c(&bytes[0..24]);
+    let own = Checksum::of(&bytes[0..24]).0;
     bytes[24..28].copy_from_slice(&own.to_le_bytes());
     bytes
 }
@@ -160,7 +167,7 @@ fn encode_volume_header(ordinal: u32, generation: u32, salt: u64) -> [u8; VOLUME
 fn read_volume_header(file: &File, ordinal: u32, generation: u32) -> Result<u64, String> {
     let mut bytes = [0u8; VOLUME_HEADER as usize];
     file.read_exact_at(&mut bytes, 0).map_err(|e| format!("cannot read its header: {e}"))?;
-    if &bytes[0..8] != VOLUME_MAGIC || crc32c::crc32c(&bytes[0..24]).to_le_bytes() != bytes[24..28] {
+    if &bytes[0..8] != VOLUME_MAGIC || Checksum::of(&bytes[0..24]).0.to_le_bytes() != bytes[24..28] {
         return Err("its header is damaged".to_string());
     }
     if bytes[8..12] != ordinal.to_le_bytes() || bytes[12..16] != generation.to_le_bytes() {
