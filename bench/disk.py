@@ -141,26 +141,6 @@ def create_1m(directory, seconds, limit, counts, index):
     counts[index] = n * MiB / 1e6
 
 
-def append_1m(shared, seconds, limit, counts, index):
-    """1 MiB O_DIRECT writes at the next free offset of one preallocated file, each
-    followed by fdatasync."""
-    fd, lock, offsets, size = shared
-    body = mmap.mmap(-1, MiB)
-    body.write(os.urandom(MiB))
-    n = 0
-    deadline = time.perf_counter() + seconds
-    while n < limit and time.perf_counter() < deadline:
-        with lock:
-            offset = offsets[0]
-            offsets[0] += MiB
-        if offset + MiB > size:
-            break
-        os.pwrite(fd, body, offset)
-        os.fdatasync(fd)
-        n += 1
-    counts[index] = n * MiB / 1e6
-
-
 class GroupSync:
     """Leader/follower fdatasync for the writers of one file (as `volume.rs` does)."""
 
@@ -192,9 +172,10 @@ class GroupSync:
                     self.cond.notify_all()
 
 
-def append_1m_group(shared, seconds, limit, counts, index):
+def append_1m(shared, seconds, limit, counts, index):
     """1 MiB O_DIRECT writes at the next free offset of one preallocated file, written
-    at once by the writers, then made durable by a shared fdatasync (GroupSync)."""
+    at once by the writers, each followed by its own fdatasync or, with a GroupSync,
+    made durable by a shared one."""
     fd, lock, offsets, size, group = shared
     body = mmap.mmap(-1, MiB)
     body.write(os.urandom(MiB))
@@ -207,7 +188,10 @@ def append_1m_group(shared, seconds, limit, counts, index):
         if offset + MiB > size:
             break
         os.pwrite(fd, body, offset)
-        group.wrote()
+        if group is None:
+            os.fdatasync(fd)
+        else:
+            group.wrote()
         n += 1
     counts[index] = n * MiB / 1e6
 
@@ -227,23 +211,16 @@ def one_megabyte_writes(work, seconds):
     result["create_1m_mb_per_sec_12"] = parallel(create_1m, 12, seconds, 1_000_000, lambda i: (os.path.join(work, "c1m"),))
     size = 4 << 30
     path = os.path.join(work, "volume")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_DIRECT, 0o600)
-    try:
-        os.posix_fallocate(fd, 0, size)
-        shared = (fd, threading.Lock(), [0], size)
-        result["append_1m_mb_per_sec_12"] = parallel(append_1m, 12, seconds, 1_000_000, lambda i: (shared,))
-    finally:
-        os.close(fd)
-        os.unlink(path)
-    # A second file, so that neither measurement writes over space the other has written.
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_DIRECT, 0o600)
-    try:
-        os.posix_fallocate(fd, 0, size)
-        shared = (fd, threading.Lock(), [0], size, GroupSync(fd))
-        result["append_1m_group_mb_per_sec_12"] = parallel(append_1m_group, 12, seconds, 1_000_000, lambda i: (shared,))
-    finally:
-        os.close(fd)
-        os.unlink(path)
+    # A new file for each, so that neither writes over space the other has written.
+    for key, group in (("append_1m_mb_per_sec_12", False), ("append_1m_group_mb_per_sec_12", True)):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_DIRECT, 0o600)
+        try:
+            os.posix_fallocate(fd, 0, size)
+            shared = (fd, threading.Lock(), [0], size, GroupSync(fd) if group else None)
+            result[key] = parallel(append_1m, 12, seconds, 1_000_000, lambda i: (shared,))
+        finally:
+            os.close(fd)
+            os.unlink(path)
     return result
 
 
