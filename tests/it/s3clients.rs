@@ -24,11 +24,13 @@ impl DevS3 {
     fn start(name: &str) -> DevS3 {
         let dir = TempDir::new(name);
         let data = dir.path().join("data").display().to_string();
+        // Its log, for the panic below when it gives no summary.
+        let log = dir.path().join("dev.log");
         let mut child = Command::new(BIN)
             .args(["dev", "--datanodes", "3", "--port", "0", "--data", &data])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("creating the log of aether dev"))
             .spawn()
             .expect("starting aether dev");
         let stdout = child.stdout.take().unwrap();
@@ -40,7 +42,10 @@ impl DevS3 {
         let words: Vec<String> = summary
             .iter()
             .find(|l| l.trim_start().starts_with("s3 "))
-            .unwrap_or_else(|| panic!("no s3 line in the summary: {summary:?}"))
+            .unwrap_or_else(|| {
+                let log = std::fs::read_to_string(&log).unwrap_or_default();
+                panic!("no s3 line in the summary: {summary:?}; aether dev's log:\n{log}")
+            })
             .split_whitespace()
             .map(str::to_string)
             .collect();
