@@ -3,11 +3,12 @@
 //! sends the bytes once; every node holds at most a few chunks in memory.
 //!
 //! Small uploads go through the process's `ureq::Agent` (pooled connections). One the
-//! store keeps as a volume record (`inline_up_to`) is forwarded from the thread that
-//! received it, once its record is written and while that is synced (no hand-off to
-//! another thread: at replication 3 that saved about 4 of the 8 thread switches per
-//! upload on each node); other small ones from a forwarding thread (`Forwarders`:
-//! threads kept for the next upload, not one spawned per hop), as their bytes arrive.
+//! store writes as a volume record through the page cache (`inline_up_to`) is forwarded
+//! from the thread that received it, once its record is written and while that is
+//! synced (no hand-off to another thread: at replication 3 that saved about 4 of the 8
+//! thread switches per upload on each node); other small ones from a forwarding thread
+//! (`Forwarders`: threads kept for the next upload, not one spawned per hop), as their
+//! bytes arrive.
 //! Large ones (`OWN_CONNECTION_FROM`) are written to a connection of
 //! their own straight from the upload's buffer, on the thread that receives them: ureq
 //! would copy the body through an 8 KiB buffer into 8 KiB sends, which with the hand-off

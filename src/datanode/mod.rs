@@ -401,7 +401,7 @@ impl Node {
         // happens further down the chain.
         let body = request.as_reader();
         let upload = chain::Upload { id: *id, chain: &chain, signature: signature.as_deref(), declared, expected };
-        let mut forward = chain::Forward::start(&self.nodes, &upload, self.blobs.records_up_to());
+        let mut forward = chain::Forward::start(&self.nodes, &upload, self.blobs.inline_up_to());
         let forwards = forward.forwards();
         let stored = {
             let mut sink = forward.sink();

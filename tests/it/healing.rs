@@ -48,6 +48,30 @@ fn object_file(cluster: &TestCluster, node: &str, id: &str) -> PathBuf {
     cluster.datanode_dir(node).join("objects").join(&id[0..2]).join(&id[2..4]).join(id)
 }
 
+/// Flips byte `at` of a datanode's copy of an object, wherever it is kept: in its file,
+/// or in its record in a volume (found by the record header's magic and the object's id).
+fn flip_stored_byte(cluster: &TestCluster, node: &str, id: &str, at: usize) {
+    use std::os::unix::fs::FileExt;
+    let file = object_file(cluster, node, id);
+    let (path, offset) = if file.exists() {
+        (file, at)
+    } else {
+        let key = ObjectId::parse(id).unwrap().to_bytes();
+        let volumes = cluster.datanode_dir(node).join("volumes");
+        let found = std::fs::read_dir(&volumes).unwrap().find_map(|entry| {
+            let path = entry.unwrap().path();
+            let bytes = std::fs::read(&path).ok()?;
+            let header = bytes.windows(24).position(|w| &w[0..4] == b"AREC" && w[8..24] == key)?;
+            Some((path, header + 48 + at))
+        });
+        found.unwrap_or_else(|| panic!("{node} holds no copy of {id}"))
+    };
+    let file = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
+    let mut byte = [0u8];
+    file.read_exact_at(&mut byte, offset as u64).unwrap();
+    file.write_all_at(&[byte[0] ^ 0x01], offset as u64).unwrap();
+}
+
 /// Whether a running datanode (`datanode-N`) holds a copy: its `HEAD` answers, whether the
 /// copy is a file of its own or a record in a volume.
 fn has_copy(cluster: &TestCluster, node: &str, id: &str) -> bool {
@@ -187,13 +211,11 @@ fn a_flipped_byte_is_never_served_and_is_repaired() {
     let cluster = fast_cluster("rot", 3, 2, &[]);
     let data = pattern(7, 200_000);
     let (read_id, scrub_id) = (upload(&cluster.master.url, &data), upload(&cluster.master.url, &data));
+    // A volume record (up to 1 MiB), written by O_DIRECT.
     let flip = |id: &str| -> (String, String) {
         let info = object(&cluster, id);
         let victim = info["replica_nodes"][0].clone();
-        let path = object_file(&cluster, victim["node"].as_str().unwrap(), id);
-        let mut bytes = std::fs::read(&path).unwrap();
-        bytes[1234] ^= 0x01;
-        std::fs::write(&path, bytes).unwrap();
+        flip_stored_byte(&cluster, victim["node"].as_str().unwrap(), id, 1234);
         (victim["node"].as_str().unwrap().to_string(), victim["address"].as_str().unwrap().to_string())
     };
     // Found by a read: the bad copy is refused, the client fails over.
@@ -224,10 +246,7 @@ fn a_copy_lost_in_a_cluster_of_exactly_r_nodes_is_made_again_where_it_was() {
     let id = upload(&cluster.master.url, &data);
     let victim = object(&cluster, &id)["replica_nodes"][1].clone();
     let (node, address) = (victim["node"].as_str().unwrap(), victim["address"].as_str().unwrap());
-    let path = object_file(&cluster, node, &id);
-    let mut bytes = std::fs::read(&path).unwrap();
-    bytes[99] ^= 0x01;
-    std::fs::write(&path, bytes).unwrap();
+    flip_stored_byte(&cluster, node, &id, 99);
     let (status, _) = raw_request(address, "GET", &format!("/objects/{id}"), None);
     assert_eq!(status, 500, "the corrupt copy is refused and quarantined");
     // No fourth node to copy to: the node that lost its copy gets a good one back.
@@ -311,9 +330,9 @@ fn a_flipped_byte_in_a_large_object_cuts_its_reply_short() {
 #[test]
 fn a_node_down_during_a_delete_does_not_bring_the_object_back() {
     let mut cluster = fast_cluster("delete", 3, 3, &[]);
-    // Past the volume threshold: a file of its own, which the test can see while its
-    // node is down.
-    let id = upload(&cluster.master.url, &pattern(3, 100_000));
+    // Past the volume threshold (1 MiB): a file of its own, which the test can see while
+    // its node is down.
+    let id = upload(&cluster.master.url, &pattern(3, 1_100_000));
     let args = cluster.datanode_args("datanode-2", FAST_DATANODE);
     cluster.datanodes[1].kill();
     let rm = cluster.aether(&["rm", &id]);

@@ -1,10 +1,11 @@
 //! `BlobStore`: the only code that touches object files on a datanode's disk.
 //!
-//! Objects of a declared length up to `VOLUME_OBJECT` (64 KiB) are records appended to
+//! Objects of a declared length up to `VOLUME_OBJECT` (1 MiB) are records appended to
 //! volume files (`volume.rs`, indexed in memory by `index.rs`, compacted by
 //! `compaction.rs`): one shared `fdatasync` per batch of concurrent writers instead of a
-//! file, an inode and two or three fsyncs each. Larger objects, and uploads of unknown
-//! length, are files of their own (`file.rs`). Every operation looks in the index first,
+//! file, an inode and two or three fsyncs each; past `BUFFERED_RECORD` (64 KiB) a record
+//! is written by O_DIRECT from the buffer it was received into. Larger objects, and
+//! uploads of unknown length, are files of their own (`file.rs`). Every operation looks in the index first,
 //! then for a file.
 //!
 //! Layout under the data directory:
@@ -207,10 +208,11 @@ pub struct ObjectRead {
 }
 
 impl ObjectRead {
-    /// The requested range of a whole object already read and verified.
-    fn verified(mut bytes: Vec<u8>, object: StoredObject, (start, end): (u64, u64)) -> ObjectRead {
-        bytes.truncate(end as usize);
-        ObjectRead { body: ObjectBody::Verified { bytes, from: start as usize }, len: end - start, object }
+    /// The requested range of a whole object already read and verified, found in
+    /// `bytes` from `at` on.
+    fn verified(mut bytes: Vec<u8>, at: usize, object: StoredObject, (start, end): (u64, u64)) -> ObjectRead {
+        bytes.truncate(at + end as usize);
+        ObjectRead { body: ObjectBody::Verified { bytes, from: at + start as usize }, len: end - start, object }
     }
 }
 
@@ -437,7 +439,8 @@ impl BlobStore {
     }
 
     /// A small object: its body read whole (it is at most `VOLUME_OBJECT` bytes), checked,
-    /// then appended to a volume, durable when this returns.
+    /// then appended to a volume, durable when this returns. A direct record's body is
+    /// received into a pooled buffer aligned for O_DIRECT, behind room for its header.
     fn put_record(
         &self,
         id: &ObjectId,
@@ -454,37 +457,48 @@ impl BlobStore {
         if len.saturating_add(self.reserve_bytes) > available {
             return Err(StoreError::NoSpace { needed: len, available });
         }
-        let mut data = vec![0u8; len as usize];
-        let mut received = 0;
-        while received < data.len() {
-            match body.read(&mut data[received..]) {
-                Ok(0) => return Err(StoreError::ShortBody { expected: len, received: received as u64 }),
-                Ok(n) => {
-                    forward(&data[received..received + n]);
-                    received += n;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::TimedOut => return Err(StoreError::Body(e)),
-                Err(_) => return Err(StoreError::ShortBody { expected: len, received: received as u64 }),
-            }
-        }
-        // A body longer than its declared length is refused like the file path does.
-        let mut extra = [0u8; 1];
-        if matches!(body.read(&mut extra), Ok(n) if n > 0) {
-            return Err(StoreError::ShortBody { expected: len, received: len + 1 });
-        }
-        let mut checksum = Checksum::default();
-        checksum.update(&data);
-        if let Some(expected) = expected.filter(|e| *e != checksum) {
-            return Err(StoreError::ChecksumMismatch { expected, actual: checksum });
-        }
-        // The end of the body goes to the forwarding half once the record is written:
-        // a small upload is forwarded from this thread while the record is synced.
-        let mut end = || forward(&[]);
-        self.volumes.put(id, &data, checksum, forwards.then_some(&mut end as &mut dyn FnMut()))?;
+        let checksum = if volume::is_direct(len as u32) {
+            let mut pooled = self.buffers.take();
+            let result = self.put_direct_record(id, &mut pooled, body, len, expected, forward, forwards);
+            self.buffers.put(pooled);
+            result?
+        } else {
+            let mut data = vec![0u8; len as usize];
+            let checksum = receive(body, &mut data, expected, forward)?;
+            // The end of the body goes to the forwarding half once the record is written:
+            // a small upload is forwarded from this thread while the record is synced.
+            let mut end = || forward(&[]);
+            self.volumes.put(id, &data, checksum, forwards.then_some(&mut end as &mut dyn FnMut()))?;
+            checksum
+        };
         self.count.fetch_add(1, Ordering::Relaxed);
         self.bytes.fetch_add(len, Ordering::Relaxed);
         Ok(StoredObject { size: len, checksum })
+    }
+
+    /// `put_record` of a direct record, received into `pooled` (an upload buffer).
+    #[allow(clippy::too_many_arguments)]
+    fn put_direct_record(
+        &self,
+        id: &ObjectId,
+        pooled: &mut [u8],
+        body: &mut dyn Read,
+        len: u64,
+        expected: Option<Checksum>,
+        forward: &mut dyn FnMut(&[u8]),
+        forwards: bool,
+    ) -> Result<Checksum, StoreError> {
+        let at = (DIRECT_ALIGN - pooled.as_ptr() as usize % DIRECT_ALIGN) % DIRECT_ALIGN;
+        let record = &mut pooled[at..at + volume::record_len(len as u32) as usize];
+        let (head, rest) = record.split_at_mut(volume::RECORD_HEADER);
+        let (data, padding) = rest.split_at_mut(len as usize);
+        let checksum = receive(body, data, expected, forward)?;
+        // A pooled buffer holds an earlier upload's bytes: none of them reaches the disk.
+        head.fill(0);
+        padding.fill(0);
+        let mut end = || forward(&[]);
+        self.volumes.put_direct(id, record, len as u32, checksum, forwards.then_some(&mut end as &mut dyn FnMut()))?;
+        Ok(checksum)
     }
 
     /// Size and checksum from the footer or record header, for `HEAD`.
@@ -529,7 +543,7 @@ impl BlobStore {
     ) -> Result<ObjectRead, StoreError> {
         if let Some((header, bytes)) = self.volumes.read(id)? {
             let stored = StoredObject { size: header.len as u64, checksum: header.checksum };
-            return Ok(ObjectRead::verified(bytes, stored, byte_range(range, stored.size)?));
+            return Ok(ObjectRead::verified(bytes, volume::RECORD_HEADER, stored, byte_range(range, stored.size)?));
         }
         let (mut file, stored, _) = self.open_object(id)?;
         let (start, end) = byte_range(range, stored.size)?;
@@ -544,7 +558,7 @@ impl BlobStore {
             let mut sum = Checksum::default();
             sum.update(&bytes);
             check_sum(id, stored, sum)?;
-            return Ok(ObjectRead::verified(bytes, stored, (start, end)));
+            return Ok(ObjectRead::verified(bytes, 0, stored, (start, end)));
         }
         let body = VerifyingReader::new(file, *id, stored, start..end, on_corrupt);
         Ok(ObjectRead { body: ObjectBody::Streaming(Box::new(body)), len: end - start, object: stored })
@@ -639,9 +653,11 @@ impl BlobStore {
         self.volumes.background_step(wait)
     }
 
-    /// Declared sizes up to which uploads become volume records.
-    pub fn records_up_to(&self) -> Option<u64> {
-        self.records_up_to
+    /// Declared sizes up to which uploads become records written through the page cache,
+    /// which the chain forwards once written (`chain.rs`). A larger record streams on as
+    /// it arrives, like an object file: forwarding it only once whole was slower.
+    pub fn inline_up_to(&self) -> Option<u64> {
+        self.records_up_to.map(|up_to| up_to.min(volume::BUFFERED_RECORD))
     }
 
     /// Compacts the sealed volume with the most garbage if one passes the threshold,
@@ -660,6 +676,41 @@ impl BlobStore {
 
 /// `start..end` of an object of `size` bytes for a requested range (`start`, inclusive
 /// `end` or the rest), or why it cannot be served.
+/// Reads exactly `data.len()` bytes of `body` into `data`, handing each piece to
+/// `forward` as it arrives, and refuses a body that is short, longer, or does not match
+/// `expected`. Returns its checksum.
+fn receive(
+    body: &mut dyn Read,
+    data: &mut [u8],
+    expected: Option<Checksum>,
+    forward: &mut dyn FnMut(&[u8]),
+) -> Result<Checksum, StoreError> {
+    let len = data.len() as u64;
+    let mut received = 0;
+    while received < data.len() {
+        match body.read(&mut data[received..]) {
+            Ok(0) => return Err(StoreError::ShortBody { expected: len, received: received as u64 }),
+            Ok(n) => {
+                forward(&data[received..received + n]);
+                received += n;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => return Err(StoreError::Body(e)),
+            Err(_) => return Err(StoreError::ShortBody { expected: len, received: received as u64 }),
+        }
+    }
+    // A body longer than its declared length is refused like the file path does.
+    let mut extra = [0u8; 1];
+    if matches!(body.read(&mut extra), Ok(n) if n > 0) {
+        return Err(StoreError::ShortBody { expected: len, received: len + 1 });
+    }
+    let checksum = Checksum::of(data);
+    if let Some(expected) = expected.filter(|e| *e != checksum) {
+        return Err(StoreError::ChecksumMismatch { expected, actual: checksum });
+    }
+    Ok(checksum)
+}
+
 fn byte_range(range: Option<(u64, Option<u64>)>, size: u64) -> Result<(u64, u64), StoreError> {
     match range {
         None => Ok((0, size)),
@@ -1277,6 +1328,140 @@ mod tests {
         let mut scanned = 0;
         store.scan(&mut |item| scanned += item.stored.map_or(0, |_| 1)).unwrap();
         assert_eq!(scanned, ids.len() - 1);
+        fs::remove_dir_all(root).unwrap();
+    }
+
+    /// The slot the index holds for `id`: (volume, offset).
+    fn slot_of(store: &BlobStore, id: &ObjectId) -> (u32, u64) {
+        let index = store.volumes.index.read().unwrap();
+        let slot = index.objects.get(&id.to_bytes()).expect("indexed");
+        (slot.volume, slot.offset as u64)
+    }
+
+    #[test]
+    fn large_records_are_written_direct_on_block_boundaries_between_small_ones() {
+        let root = temp_root("direct");
+        let limit = 4 << 20;
+        let (store, _) = BlobStore::open_with(&root, 0, limit).unwrap();
+        let sizes = [3000usize, 100_000, 5, 1 << 20, 70_000, 4096, 65_536, 65_537, 0, 1_000_000];
+        let mut ids = Vec::new();
+        for round in 0..3 {
+            for (i, size) in sizes.into_iter().enumerate() {
+                let (id, data) = (ObjectId::new_random(), pattern(round * 20 + i, size));
+                let stored = put(&store, &id, &data, Some(size as u64), u64::MAX).unwrap();
+                assert_eq!(store.verify(&id).unwrap(), stored);
+                if volume::is_direct(size as u32) {
+                    assert_eq!(slot_of(&store, &id).1 % volume::BLOCK, 0, "a {size}-byte record on a block boundary");
+                }
+                ids.push((id, data));
+            }
+        }
+        // And from writers at once, large and small mixed.
+        let more: Vec<(ObjectId, Vec<u8>)> = std::thread::scope(|scope| {
+            let writers: Vec<_> = (0..6)
+                .map(|t| {
+                    let store = &store;
+                    scope.spawn(move || {
+                        let mut mine = Vec::new();
+                        for i in 0..6 {
+                            let size = if (t + i) % 2 == 0 { 200_000 + t * 1000 + i } else { 1000 + i };
+                            let (id, data) = (ObjectId::new_random(), pattern(100 + t * 10 + i, size));
+                            put(store, &id, &data, Some(size as u64), u64::MAX).unwrap();
+                            mine.push((id, data));
+                        }
+                        mine
+                    })
+                })
+                .collect();
+            writers.into_iter().flat_map(|w| w.join().unwrap()).collect()
+        });
+        ids.extend(more);
+        assert!(fs::read_dir(root.join("objects")).unwrap().next().is_none(), "no object files");
+        assert!(volume_files(&root).len() >= 3, "volumes rolled over: {:?}", volume_files(&root));
+        let (id, data) = &ids[1];
+        assert_eq!(read_all(&store, id, Some((1000, Some(90_000)))).unwrap(), &data[1000..90_001]);
+        assert_eq!(read_all(&store, id, Some((99_999, None))).unwrap(), &data[99_999..]);
+        while store.index_step().unwrap().is_some() {}
+        let before = snapshot(&store).0;
+        drop(store);
+
+        // Sealed volumes from their index files, the last one replayed: the same index,
+        // and the zeros before each direct record are not taken for damage.
+        let (store, from_index, replayed, fallbacks) = reopen(&root, limit);
+        assert!(store.repairs().is_empty(), "{:?}", store.repairs());
+        assert!(fallbacks.is_empty(), "{fallbacks:?}");
+        assert!(from_index > 0 && replayed == 1, "{from_index} from index files, {replayed} replayed");
+        assert!(snapshot(&store).0 == before, "the same objects at the same places");
+        let from_index_files = snapshot(&store);
+        for (i, (id, data)) in ids.iter().enumerate() {
+            assert!(read_all(&store, id, None).unwrap() == *data, "object {i}");
+        }
+        drop(store);
+        // Replayed whole, without index files: the same again.
+        for file in files_ending(&root, ".idx") {
+            fs::remove_file(file).unwrap();
+        }
+        let (store, _, _, _) = reopen(&root, limit);
+        assert!(store.repairs().is_empty(), "{:?}", store.repairs());
+        assert!(snapshot(&store) == from_index_files, "a replay gives the index the index files gave");
+
+        // A direct record torn by a crash: its header block reached the disk, a later
+        // block did not. It is cut off; what came before stays; writing goes on.
+        let small = ObjectId::new_random();
+        put(&store, &small, &pattern(7, 2000), Some(2000), u64::MAX).unwrap();
+        let torn = ObjectId::new_random();
+        put(&store, &torn, &pattern(8, 300_000), Some(300_000), u64::MAX).unwrap();
+        let (volume_ordinal, offset) = slot_of(&store, &torn);
+        let small_end = slot_of(&store, &small).1 + volume::record_len(2000);
+        assert!(small_end < offset, "zeros before the direct record");
+        drop(store);
+        let volume = volume_files(&root).pop().unwrap();
+        assert!(volume.to_string_lossy().contains(&format!("{volume_ordinal:08}.")), "{volume:?}");
+        let file = OpenOptions::new().write(true).open(&volume).unwrap();
+        file.write_all_at(&[0u8; 4096], offset + 8 * 4096).unwrap();
+        drop(file);
+        let (store, _) = BlobStore::open_with(&root, 0, limit).unwrap();
+        assert!(!store.contains(&torn));
+        assert_eq!(store.repairs().len(), 1, "{:?}", store.repairs());
+        assert_eq!(fs::metadata(&volume).unwrap().len(), offset, "cut where the torn record began");
+        assert_eq!(read_all(&store, &small, None).unwrap(), pattern(7, 2000));
+        let after = ObjectId::new_random();
+        put(&store, &after, &pattern(9, 500_000), Some(500_000), u64::MAX).unwrap();
+        drop(store);
+        let (store, _) = BlobStore::open_with(&root, 0, limit).unwrap();
+        assert!(store.repairs().is_empty(), "{:?}", store.repairs());
+        assert_eq!(read_all(&store, &after, None).unwrap(), pattern(9, 500_000));
+        for (i, (id, data)) in ids.iter().enumerate() {
+            assert!(read_all(&store, id, None).unwrap() == *data, "object {i}");
+        }
+
+        // Deleted large records are compacted away like small ones.
+        let deleted: Vec<usize> = (0..ids.len()).filter(|i| i % 3 != 0).collect();
+        for &i in &deleted {
+            assert!(store.delete(&ids[i].0).unwrap());
+        }
+        let never = |_: Duration| true;
+        let mut compactions = 0;
+        while store.compact_step(u64::MAX, &never).unwrap().is_some() {
+            compactions += 1;
+            assert!(compactions < 100);
+        }
+        assert!(compactions >= 1, "{compactions}");
+        assert!(volume_files(&root).iter().any(|p| p.to_string_lossy().ends_with(".1.vol")));
+        let check = |store: &BlobStore| {
+            for (i, (id, data)) in ids.iter().enumerate() {
+                if deleted.contains(&i) {
+                    assert!(!store.contains(id), "object {i} came back");
+                } else {
+                    assert!(read_all(store, id, None).unwrap() == *data, "object {i}");
+                }
+            }
+        };
+        check(&store);
+        drop(store);
+        let (store, _) = BlobStore::open_with(&root, 0, limit).unwrap();
+        assert!(store.repairs().is_empty(), "{:?}", store.repairs());
+        check(&store);
         fs::remove_dir_all(root).unwrap();
     }
 

@@ -10,10 +10,20 @@
 //! checked together; the salt keeps bytes a client uploaded from ever passing for a
 //! record header when start-up resynchronises past a damaged one.
 //!
+//! Direct records: an object of more than `BUFFERED_RECORD` bytes is received into a
+//! buffer aligned for O_DIRECT behind room for its header, and the record is written
+//! from there by O_DIRECT, at the next `BLOCK` boundary and in whole blocks (zeros after
+//! the bytes; its length, `record_len`, says so). The zeros left before it are padding,
+//! which replay steps over. Copying a 1 MiB record into the page cache cost more than
+//! the rest of its write, and one file per object cost its file system metadata: 1 MiB
+//! objects as direct records went from 177-240 to 252-288 MB/s at replication 3.
+//! Direct records go into space `fallocate`d ahead (`ALLOCATE_BYTES`), not written ahead:
+//! zeros written ahead of large records would double what the disk writes.
+//!
 //! Writes: a writer appends its record under the writer lock (a `pwrite` into the page
-//! cache), then waits until an `fdatasync` that started after its append has finished:
-//! the first waiter without a sync in flight becomes the leader and syncs for everyone
-//! appended so far; the others wait for it. A put is answered only after that, so a 201
+//! cache, or a direct record's O_DIRECT `pwrite`), then waits until an `fdatasync` that
+//! started after its append has finished: the first waiter without a sync in flight
+//! becomes the leader and syncs for everyone appended so far; the others wait for it. A put is answered only after that, so a 201
 //! still means the bytes are on disk. A volume rolls over at its size limit (the old one
 //! synced first). Deletes and quarantines append a tombstone the same way.
 //!
@@ -42,7 +52,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
-use super::file::fsync_dir;
+use super::file::{fsync_dir, set_direct};
 use super::index::{Index, Slot, VolumeFile};
 use super::index_file::{self, Describes, Entry, IndexWriter, Unusable};
 use super::verify::unix_secs;
@@ -50,9 +60,17 @@ use super::{StoreError, StoredObject};
 use crate::proto::{Checksum, ObjectId};
 
 /// Objects up to this size are stored as volume records; larger ones as files of their
-/// own (their O_DIRECT write costs less than copying them through a record buffer, and a
-/// record is read whole to be verified).
-pub(super) const VOLUME_OBJECT: u64 = 64 * 1024;
+/// own (a record is read whole to be verified, and a large object streams).
+pub(super) const VOLUME_OBJECT: u64 = 1 << 20;
+/// Records of objects up to this size are copied into the page cache and written back
+/// by the group's sync; larger ones are written by O_DIRECT (`put_direct`), from the
+/// upload's own buffer: copying a 1 MiB record through the page cache cost more than the
+/// rest of its write.
+pub(super) const BUFFERED_RECORD: u64 = 64 * 1024;
+/// A direct record starts at a multiple of this and fills whole blocks (zeros after its
+/// bytes), as O_DIRECT asks; the bytes before it, back to the previous record's end, are
+/// left as zeros.
+pub(super) const BLOCK: u64 = 4096;
 /// A volume rolls over once its next record would pass this size.
 pub(super) const VOLUME_BYTES: u64 = 1 << 30;
 const VOLUME_MAGIC: &[u8; 8] = b"AETHVOL1";
@@ -71,6 +89,10 @@ const AHEAD_BYTES: u64 = 4 << 20;
 const AHEAD_LOW: u64 = 2 << 20;
 /// After a write-ahead failed (a full disk, say), none is asked for this long.
 const AHEAD_BACKOFF: Duration = Duration::from_secs(10);
+/// Space `fallocate`d at a time for direct records, past the one being written (a write
+/// into allocated space commits less to the file system's journal than one that
+/// allocates).
+const ALLOCATE_BYTES: u64 = 64 << 20;
 /// What space is written ahead with.
 static ZEROS: [u8; 1 << 20] = [0; 1 << 20];
 
@@ -90,9 +112,20 @@ pub(crate) struct Header {
     pub created: u64,
 }
 
-/// Bytes a record of an object of `len` bytes takes in its volume.
+/// Bytes a record of an object of `len` bytes takes in its volume: a direct record
+/// (`BUFFERED_RECORD` on) whole blocks.
 pub(super) fn record_len(len: u32) -> u64 {
-    (RECORD_HEADER as u64 + len as u64).next_multiple_of(ALIGN)
+    let bytes = RECORD_HEADER as u64 + len as u64;
+    if is_direct(len) {
+        bytes.next_multiple_of(BLOCK)
+    } else {
+        bytes.next_multiple_of(ALIGN)
+    }
+}
+
+/// Whether a record of `len` bytes is written by O_DIRECT, at a block boundary.
+pub(super) fn is_direct(len: u32) -> bool {
+    u64::from(len) > BUFFERED_RECORD
 }
 
 /// A record header's own checksum: of the volume's salt, then the header's first bytes.
@@ -263,6 +296,11 @@ pub(super) fn walk_records(
                 pos = next;
                 end = next;
             }
+            // Zeros up to a block boundary: the space left before a direct record.
+            _ if pos % BLOCK != 0 && padding(file, &bytes, pos, len)? => {
+                pos = pos.next_multiple_of(BLOCK);
+                reader.seek(SeekFrom::Start(pos))?;
+            }
             _ => match resync(file, salt, pos + ALIGN, len)? {
                 Some(next) => {
                     skipped.push((pos, next));
@@ -274,6 +312,16 @@ pub(super) fn walk_records(
         }
     }
     Ok(Walk { end, skipped })
+}
+
+/// Whether the bytes at `pos` (`bytes` read there) are zeros up to the next block
+/// boundary: the space a direct record leaves before it.
+fn padding(file: &File, bytes: &[u8; RECORD_HEADER], pos: u64, len: u64) -> io::Result<bool> {
+    let gap = pos.next_multiple_of(BLOCK) - pos;
+    if gap <= RECORD_HEADER as u64 {
+        return Ok(bytes[..gap as usize].iter().all(|&b| b == 0));
+    }
+    Ok(bytes.iter().all(|&b| b == 0) && all_zeros(file, pos + RECORD_HEADER as u64, (pos + gap).min(len))?)
 }
 
 /// The offset of the next valid record header (one that fits in the file) from `from`.
@@ -301,6 +349,23 @@ fn resync(file: &File, salt: u64, from: u64, len: u64) -> io::Result<Option<u64>
     Ok(None)
 }
 
+/// A record's bytes as `append` gets them.
+enum Body<'a> {
+    /// The object's bytes, copied behind the header and written through the page cache.
+    Copied(&'a [u8]),
+    /// The whole direct record, header to be filled in (`put_direct`).
+    Direct(&'a mut [u8]),
+}
+
+/// Where a record appended after `end` starts: a direct one at the next block boundary.
+fn record_start(end: u64, direct: bool) -> u64 {
+    if direct {
+        end.next_multiple_of(BLOCK)
+    } else {
+        end
+    }
+}
+
 /// The writer's state: the active volume, and the group commit's sequence numbers.
 struct Writer {
     ordinal: u32,
@@ -309,6 +374,12 @@ struct Writer {
     /// The active volume opened for writing; closed when idle, so that an idle node
     /// holds no file open for writing (a remount read-only refuses while one is).
     file: Option<Arc<File>>,
+    /// The same, opened for O_DIRECT writes of direct records (buffered where the file
+    /// system has no O_DIRECT); closed with `file`.
+    direct: Option<Arc<File>>,
+    /// The active volume's space is `fallocate`d up to here (0: not known, after a roll
+    /// or a restart; allocating space that is allocated already changes nothing).
+    allocated: u64,
     last_write: Instant,
     end: u64,
     /// Records appended so far, and how many of them an fsync has covered.
@@ -581,6 +652,8 @@ impl Volumes {
             generation: active.1,
             salt: active.2,
             file: None,
+            direct: None,
+            allocated: 0,
             last_write: Instant::now(),
             end: active.3,
             written: 0,
@@ -595,7 +668,12 @@ impl Volumes {
         };
         let volumes = Volumes {
             dir: dir.to_path_buf(),
-            limit: limit.clamp(VOLUME_HEADER + record_len(VOLUME_OBJECT as u32), u32::MAX as u64),
+            // Record offsets are 32-bit. A direct record larger than a test's small limit
+            // goes into a volume of its own (`append`).
+            limit: limit.clamp(
+                VOLUME_HEADER + record_len(BUFFERED_RECORD as u32),
+                u32::MAX as u64 - BLOCK - record_len(VOLUME_OBJECT as u32),
+            ),
             index: RwLock::new(index),
             writer: Mutex::new(writer),
             synced: Condvar::new(),
@@ -632,7 +710,24 @@ impl Volumes {
     ) -> Result<(), StoreError> {
         let header =
             Header { kind: Kind::Put, id: id.to_bytes(), len: data.len() as u32, checksum, created: unix_secs() };
-        self.append(&header, data, meanwhile, &mut |index, slot| index.insert(header.id, slot))
+        self.append(&header, Body::Copied(data), meanwhile, &mut |index, slot| index.insert(header.id, slot))
+    }
+
+    /// `put` of a direct record (`is_direct`): `record` is the whole record, `record_len`
+    /// bytes aligned in memory for O_DIRECT, with the object's `len` bytes after room for
+    /// the header (written here) and zeros after them.
+    pub fn put_direct(
+        &self,
+        id: &ObjectId,
+        record: &mut [u8],
+        len: u32,
+        checksum: Checksum,
+        meanwhile: Option<&mut dyn FnMut()>,
+    ) -> Result<(), StoreError> {
+        debug_assert!(is_direct(len) && record.len() as u64 == record_len(len));
+        debug_assert_eq!(record.as_ptr() as u64 % BLOCK, 0);
+        let header = Header { kind: Kind::Put, id: id.to_bytes(), len, checksum, created: unix_secs() };
+        self.append(&header, Body::Direct(record), meanwhile, &mut |index, slot| index.insert(header.id, slot))
     }
 
     /// Appends a tombstone for `id` and drops it from the index once that is durable;
@@ -647,7 +742,8 @@ impl Volumes {
         // Whatever slot the object has now: a compaction may have moved its record while
         // the tombstone was synced (no new put of the id can come in between: a put is
         // refused while the index holds it).
-        let appended = self.append(&header, &[], None, &mut |index, _| removed = index.remove(&key).is_some());
+        let appended =
+            self.append(&header, Body::Copied(&[]), None, &mut |index, _| removed = index.remove(&key).is_some());
         match appended {
             Ok(()) => Ok(removed),
             Err(StoreError::Io(e)) => Err(e),
@@ -662,33 +758,52 @@ impl Volumes {
     fn append(
         &self,
         header: &Header,
-        data: &[u8],
+        body: Body<'_>,
         meanwhile: Option<&mut dyn FnMut()>,
         durable: &mut dyn FnMut(&mut Index, Slot),
     ) -> Result<(), StoreError> {
         let len = record_len(header.len);
-        let mut writer = self.clear_ahead(self.lock_writer(), len);
+        let direct = matches!(body, Body::Direct(_));
+        let mut writer = self.clear_ahead(self.lock_writer(), len, direct);
         if header.kind == Kind::Put
             && (writer.pending.contains(&header.id)
                 || self.index.read().expect("index lock").objects.contains_key(&header.id))
         {
             return Err(StoreError::Exists(ObjectId::from_bytes(header.id)));
         }
-        if writer.end + len > self.limit {
+        if writer.end > VOLUME_HEADER && record_start(writer.end, direct) + len > self.limit {
             self.roll(&mut writer)?;
         }
-        let mut record = Vec::with_capacity(len as usize);
-        record.extend_from_slice(&encode_header(header, writer.salt));
-        record.extend_from_slice(data);
-        record.resize(len as usize, 0);
-        let file = self.write_handle(&mut writer)?;
-        file.write_all_at(&record, writer.end)?;
+        let start = record_start(writer.end, direct);
+        match body {
+            Body::Copied(data) => {
+                let mut record = Vec::with_capacity(len as usize);
+                record.extend_from_slice(&encode_header(header, writer.salt));
+                record.extend_from_slice(data);
+                record.resize(len as usize, 0);
+                self.write_handle(&mut writer)?.write_all_at(&record, start)?;
+            }
+            Body::Direct(record) => {
+                record[..RECORD_HEADER].copy_from_slice(&encode_header(header, writer.salt));
+                let file = self.direct_handle(&mut writer)?;
+                if start + len > writer.allocated {
+                    let to = (start + len + ALLOCATE_BYTES).min(self.limit.max(start + len));
+                    let _ = rustix::fs::fallocate(&*file, rustix::fs::FallocateFlags::KEEP_SIZE, start, to - start);
+                    writer.allocated = to;
+                }
+                file.write_all_at(record, start)?;
+            }
+        }
         writer.last_write = Instant::now();
-        let slot = Slot { volume: writer.ordinal, offset: writer.end as u32, len: header.len };
-        writer.end += len;
+        let slot = Slot { volume: writer.ordinal, offset: start as u32, len: header.len };
+        writer.end = start + len;
         writer.ready = writer.ready.max(writer.end);
         writer.written += 1;
-        self.ask_ahead(&mut writer);
+        if !direct {
+            // Space written ahead pays for small records only: for a large one it would
+            // double what the disk writes.
+            self.ask_ahead(&mut writer);
+        }
         let sequence = writer.written;
         if header.kind == Kind::Put {
             writer.pending.insert(header.id);
@@ -721,12 +836,29 @@ impl Volumes {
         Ok(file)
     }
 
+    /// The active volume opened for O_DIRECT writes (kept open until idle).
+    fn direct_handle(&self, writer: &mut Writer) -> io::Result<Arc<File>> {
+        if let Some(file) = &writer.direct {
+            return Ok(Arc::clone(file));
+        }
+        // The group's syncs go through the buffered handle: it must be open too.
+        self.write_handle(writer)?;
+        let path = self.dir.join(volume_name(writer.ordinal, writer.generation, "vol"));
+        let file = OpenOptions::new().write(true).open(path)?;
+        // Without O_DIRECT (tmpfs, say) the same aligned writes go through the page cache.
+        set_direct(&file);
+        let file = Arc::new(file);
+        writer.direct = Some(Arc::clone(&file));
+        Ok(file)
+    }
+
     /// Returns once no write-ahead holds space a record of `len` bytes needs: one only
     /// asked for is taken back, one being written is waited for (a few MiB written and
     /// synced). A record that starts the next volume needs the rest of this one.
-    fn clear_ahead<'a>(&'a self, mut writer: MutexGuard<'a, Writer>, len: u64) -> MutexGuard<'a, Writer> {
+    fn clear_ahead<'a>(&'a self, mut writer: MutexGuard<'a, Writer>, len: u64, direct: bool) -> MutexGuard<'a, Writer> {
         loop {
-            let needs = if writer.end + len > self.limit { u64::MAX } else { writer.end + len };
+            let end = record_start(writer.end, direct) + len;
+            let needs = if end > self.limit { u64::MAX } else { end };
             match writer.ahead {
                 Ahead::Wanted { from, .. } if from < needs => writer.ahead = Ahead::Idle,
                 Ahead::Writing { from, .. } if from < needs => {
@@ -874,7 +1006,8 @@ impl Volumes {
         let volume = VolumeFile { file: reader, generation: 0, salt, end: VOLUME_HEADER, garbage: 0, indexed: false };
         index.volumes.insert(ordinal, volume);
         (writer.ordinal, writer.generation, writer.salt) = (ordinal, 0, salt);
-        (writer.file, writer.end, writer.ready) = (Some(file), VOLUME_HEADER, VOLUME_HEADER);
+        (writer.file, writer.direct, writer.end, writer.ready) = (Some(file), None, VOLUME_HEADER, VOLUME_HEADER);
+        writer.allocated = 0;
         Ok(())
     }
 
@@ -883,11 +1016,12 @@ impl Volumes {
     pub fn release_idle_writer(&self, idle: std::time::Duration) {
         let mut writer = self.lock_writer();
         if !writer.syncing && writer.synced == writer.written && writer.last_write.elapsed() >= idle {
-            writer.file = None;
+            (writer.file, writer.direct) = (None, None);
         }
     }
 
-    /// The record of `id`, checked: its header and its bytes.
+    /// The record of `id`, checked: its header and the record as read (the object's
+    /// bytes are `[RECORD_HEADER..]`).
     pub fn read(&self, id: &ObjectId) -> Result<Option<(Header, Vec<u8>)>, StoreError> {
         let Some((slot, file, salt)) = self.index.read().expect("index lock").locate(&id.to_bytes()) else {
             return Ok(None);
@@ -974,7 +1108,8 @@ fn all_zeros(file: &File, from: u64, to: u64) -> io::Result<bool> {
 }
 
 /// Reads and checks the record at `offset`: its header, then its bytes against the
-/// header's CRC.
+/// header's CRC. Returns the header and the record as read: the object's bytes are
+/// `[RECORD_HEADER..]` (not moved down: that was a copy of the whole object).
 pub(super) fn read_record(file: &File, offset: u64, len: u32, salt: u64) -> Result<(Header, Vec<u8>), String> {
     let mut bytes = vec![0u8; RECORD_HEADER + len as usize];
     file.read_exact_at(&mut bytes, offset).map_err(|e| format!("cannot read its volume record: {e}"))?;
@@ -982,15 +1117,11 @@ pub(super) fn read_record(file: &File, offset: u64, len: u32, salt: u64) -> Resu
     if header.len != len {
         return Err(format!("its record says {} bytes, the index {len}", header.len));
     }
-    // The header moves out of the buffer in place: no second allocation and copy.
-    bytes.drain(..RECORD_HEADER);
-    let data = bytes;
-    let mut sum = Checksum::default();
-    sum.update(&data);
+    let sum = Checksum::of(&bytes[RECORD_HEADER..]);
     if sum != header.checksum {
         return Err(format!("bytes have checksum {sum}, written with {}", header.checksum));
     }
-    Ok((header, data))
+    Ok((header, bytes))
 }
 
 // Benchmark support: fills the volumes of a stopped node quickly, for tests and scaling
