@@ -1466,6 +1466,35 @@ mod tests {
     }
 
     #[test]
+    fn a_legacy_volume_reads_as_before_and_takes_no_direct_record() {
+        let root = temp_root("legacy");
+        let (store, _) = BlobStore::open(&root, 0).unwrap();
+        let small: Vec<(ObjectId, Vec<u8>)> = (0..3).map(|i| (ObjectId::new_random(), pattern(i, 3000))).collect();
+        for (id, data) in &small {
+            put(&store, id, data, Some(3000), u64::MAX).unwrap();
+        }
+        drop(store);
+        // As a version before direct records left it: its header says so.
+        let legacy = volume_files(&root).pop().unwrap();
+        volume::make_legacy(&legacy);
+        let (store, _) = BlobStore::open(&root, 0).unwrap();
+        assert!(store.repairs().is_empty(), "{:?}", store.repairs());
+        let more = (ObjectId::new_random(), pattern(5, 3000));
+        put(&store, &more.0, &more.1, Some(3000), u64::MAX).unwrap();
+        assert_eq!(volume_files(&root), std::slice::from_ref(&legacy), "small records still go to it");
+        let large = (ObjectId::new_random(), pattern(6, 500_000));
+        put(&store, &large.0, &large.1, Some(500_000), u64::MAX).unwrap();
+        assert_eq!(slot_of(&store, &large.0).0, 2, "a direct record starts the next volume");
+        drop(store);
+        let (store, _) = BlobStore::open(&root, 0).unwrap();
+        assert!(store.repairs().is_empty(), "{:?}", store.repairs());
+        for (id, data) in small.iter().chain([&more, &large]) {
+            assert!(read_all(&store, id, None).unwrap() == *data);
+        }
+        fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
     fn a_torn_tail_is_cut_off_and_writing_goes_on() {
         let root = temp_root("torn");
         let (store, _) = BlobStore::open_with(&root, 0, 1 << 20).unwrap();

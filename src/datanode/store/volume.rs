@@ -73,7 +73,12 @@ pub(super) const BUFFERED_RECORD: u64 = 64 * 1024;
 pub(super) const BLOCK: u64 = 4096;
 /// A volume rolls over once its next record would pass this size.
 pub(super) const VOLUME_BYTES: u64 = 1 << 30;
-const VOLUME_MAGIC: &[u8; 8] = b"AETHVOL1";
+/// The magic of a volume that may hold direct records. Versions before direct records
+/// wrote `LEGACY_VOLUME_MAGIC`, and refuse this one: such a version, started on a newer
+/// node's data, moves its volumes aside whole instead of cutting off records it cannot
+/// read. A legacy volume is read as any other but takes no direct record.
+const VOLUME_MAGIC: &[u8; 8] = b"AETHVOL2";
+const LEGACY_VOLUME_MAGIC: &[u8; 8] = b"AETHVOL1";
 pub(super) const VOLUME_HEADER: u64 = 64;
 const RECORD_MAGIC: &[u8; 4] = b"AREC";
 pub(super) const RECORD_HEADER: usize = 48;
@@ -196,17 +201,19 @@ fn encode_volume_header(ordinal: u32, generation: u32, salt: u64) -> [u8; VOLUME
     bytes
 }
 
-/// The salt of a volume file, from its checked header.
-fn read_volume_header(file: &File, ordinal: u32, generation: u32) -> Result<u64, String> {
+/// The salt of a volume file, from its checked header, and whether it is a legacy
+/// volume (`LEGACY_VOLUME_MAGIC`).
+fn read_volume_header(file: &File, ordinal: u32, generation: u32) -> Result<(u64, bool), String> {
     let mut bytes = [0u8; VOLUME_HEADER as usize];
     file.read_exact_at(&mut bytes, 0).map_err(|e| format!("cannot read its header: {e}"))?;
-    if &bytes[0..8] != VOLUME_MAGIC || Checksum::of(&bytes[0..24]).0.to_le_bytes() != bytes[24..28] {
+    let legacy = &bytes[0..8] == LEGACY_VOLUME_MAGIC;
+    if !(legacy || &bytes[0..8] == VOLUME_MAGIC) || Checksum::of(&bytes[0..24]).0.to_le_bytes() != bytes[24..28] {
         return Err("its header is damaged".to_string());
     }
     if bytes[8..12] != ordinal.to_le_bytes() || bytes[12..16] != generation.to_le_bytes() {
         return Err("its header names another volume".to_string());
     }
-    Ok(u64::from_le_bytes(bytes[16..24].try_into().expect("8 bytes")))
+    Ok((u64::from_le_bytes(bytes[16..24].try_into().expect("8 bytes")), legacy))
 }
 
 pub(super) fn volume_name(ordinal: u32, generation: u32, suffix: &str) -> String {
@@ -371,6 +378,8 @@ struct Writer {
     ordinal: u32,
     generation: u32,
     salt: u64,
+    /// The active volume is a legacy one: a direct record starts the next volume.
+    legacy: bool,
     /// The active volume opened for writing; closed when idle, so that an idle node
     /// holds no file open for writing (a remount read-only refuses while one is).
     file: Option<Arc<File>>,
@@ -507,13 +516,19 @@ impl Volumes {
         // The last volume, and how far its file is written, when zeros were written
         // ahead of its records.
         let mut written_ahead = None;
+        let mut legacy = HashSet::new();
         for (&ordinal, &generation) in &newest {
             let name = volume_name(ordinal, generation, "vol");
             let path = dir.join(&name);
             let file = OpenOptions::new().read(true).write(true).open(&path)?;
             let len = file.metadata()?.len();
             let salt = match read_volume_header(&file, ordinal, generation) {
-                Ok(salt) => salt,
+                Ok((salt, old)) => {
+                    if old {
+                        legacy.insert(ordinal);
+                    }
+                    salt
+                }
                 Err(why) if len <= VOLUME_HEADER && Some(ordinal) == last => {
                     // A volume created just before a crash: it never held a record.
                     fs::remove_file(&path)?;
@@ -651,6 +666,7 @@ impl Volumes {
             ordinal: active.0,
             generation: active.1,
             salt: active.2,
+            legacy: legacy.contains(&active.0),
             file: None,
             direct: None,
             allocated: 0,
@@ -771,7 +787,8 @@ impl Volumes {
         {
             return Err(StoreError::Exists(ObjectId::from_bytes(header.id)));
         }
-        if writer.end > VOLUME_HEADER && record_start(writer.end, direct) + len > self.limit {
+        let full = writer.end > VOLUME_HEADER && record_start(writer.end, direct) + len > self.limit;
+        if full || (direct && writer.legacy) {
             self.roll(&mut writer)?;
         }
         let start = record_start(writer.end, direct);
@@ -858,7 +875,7 @@ impl Volumes {
     fn clear_ahead<'a>(&'a self, mut writer: MutexGuard<'a, Writer>, len: u64, direct: bool) -> MutexGuard<'a, Writer> {
         loop {
             let end = record_start(writer.end, direct) + len;
-            let needs = if end > self.limit { u64::MAX } else { end };
+            let needs = if end > self.limit || (direct && writer.legacy) { u64::MAX } else { end };
             match writer.ahead {
                 Ahead::Wanted { from, .. } if from < needs => writer.ahead = Ahead::Idle,
                 Ahead::Writing { from, .. } if from < needs => {
@@ -1005,7 +1022,7 @@ impl Volumes {
         }
         let volume = VolumeFile { file: reader, generation: 0, salt, end: VOLUME_HEADER, garbage: 0, indexed: false };
         index.volumes.insert(ordinal, volume);
-        (writer.ordinal, writer.generation, writer.salt) = (ordinal, 0, salt);
+        (writer.ordinal, writer.generation, writer.salt, writer.legacy) = (ordinal, 0, salt, false);
         (writer.file, writer.direct, writer.end, writer.ready) = (Some(file), None, VOLUME_HEADER, VOLUME_HEADER);
         writer.allocated = 0;
         Ok(())
@@ -1174,6 +1191,19 @@ pub fn populate_unsynced(root: &Path, count: u64, size: usize) -> io::Result<u64
         last.flush()?;
     }
     Ok(count)
+}
+
+/// Turns a volume file's header into a legacy one, as versions before direct records
+/// wrote it.
+#[cfg(test)]
+pub(super) fn make_legacy(path: &Path) {
+    let file = OpenOptions::new().read(true).write(true).open(path).unwrap();
+    let mut bytes = [0u8; VOLUME_HEADER as usize];
+    file.read_exact_at(&mut bytes, 0).unwrap();
+    bytes[0..8].copy_from_slice(LEGACY_VOLUME_MAGIC);
+    let own = Checksum::of(&bytes[0..24]).0;
+    bytes[24..28].copy_from_slice(&own.to_le_bytes());
+    file.write_all_at(&bytes, 0).unwrap();
 }
 
 #[cfg(test)]
