@@ -381,3 +381,27 @@ pub fn have_tool(program: &str, args: &[&str], install: &str) -> bool {
     }
     ok
 }
+
+/// Flips byte `at` of a datanode's copy of an object, wherever it is kept: in its file,
+/// or in its record in a volume (found by the record header's magic and the object's id).
+pub fn flip_stored_byte(cluster: &TestCluster, node: &str, id: &str, at: usize) {
+    use std::os::unix::fs::FileExt;
+    let file = cluster.datanode_dir(node).join("objects").join(&id[0..2]).join(&id[2..4]).join(id);
+    let (path, offset) = if file.exists() {
+        (file, at)
+    } else {
+        let key = aetherstore::proto::ObjectId::parse(id).unwrap().to_bytes();
+        let volumes = cluster.datanode_dir(node).join("volumes");
+        let found = std::fs::read_dir(&volumes).unwrap().find_map(|entry| {
+            let path = entry.unwrap().path();
+            let bytes = std::fs::read(&path).ok()?;
+            let header = bytes.windows(24).position(|w| &w[0..4] == b"AREC" && w[8..24] == key)?;
+            Some((path, header + 48 + at))
+        });
+        found.unwrap_or_else(|| panic!("{node} holds no copy of {id}"))
+    };
+    let file = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
+    let mut byte = [0u8];
+    file.read_exact_at(&mut byte, offset as u64).unwrap();
+    file.write_all_at(&[byte[0] ^ 0x01], offset as u64).unwrap();
+}

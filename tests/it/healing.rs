@@ -48,30 +48,6 @@ fn object_file(cluster: &TestCluster, node: &str, id: &str) -> PathBuf {
     cluster.datanode_dir(node).join("objects").join(&id[0..2]).join(&id[2..4]).join(id)
 }
 
-/// Flips byte `at` of a datanode's copy of an object, wherever it is kept: in its file,
-/// or in its record in a volume (found by the record header's magic and the object's id).
-fn flip_stored_byte(cluster: &TestCluster, node: &str, id: &str, at: usize) {
-    use std::os::unix::fs::FileExt;
-    let file = object_file(cluster, node, id);
-    let (path, offset) = if file.exists() {
-        (file, at)
-    } else {
-        let key = ObjectId::parse(id).unwrap().to_bytes();
-        let volumes = cluster.datanode_dir(node).join("volumes");
-        let found = std::fs::read_dir(&volumes).unwrap().find_map(|entry| {
-            let path = entry.unwrap().path();
-            let bytes = std::fs::read(&path).ok()?;
-            let header = bytes.windows(24).position(|w| &w[0..4] == b"AREC" && w[8..24] == key)?;
-            Some((path, header + 48 + at))
-        });
-        found.unwrap_or_else(|| panic!("{node} holds no copy of {id}"))
-    };
-    let file = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
-    let mut byte = [0u8];
-    file.read_exact_at(&mut byte, offset as u64).unwrap();
-    file.write_all_at(&[byte[0] ^ 0x01], offset as u64).unwrap();
-}
-
 /// Whether a running datanode (`datanode-N`) holds a copy: its `HEAD` answers, whether the
 /// copy is a file of its own or a record in a volume.
 fn has_copy(cluster: &TestCluster, node: &str, id: &str) -> bool {
@@ -215,7 +191,7 @@ fn a_flipped_byte_is_never_served_and_is_repaired() {
     let flip = |id: &str| -> (String, String) {
         let info = object(&cluster, id);
         let victim = info["replica_nodes"][0].clone();
-        flip_stored_byte(&cluster, victim["node"].as_str().unwrap(), id, 1234);
+        crate::cluster::flip_stored_byte(&cluster, victim["node"].as_str().unwrap(), id, 1234);
         (victim["node"].as_str().unwrap().to_string(), victim["address"].as_str().unwrap().to_string())
     };
     // Found by a read: the bad copy is refused, the client fails over.
@@ -246,7 +222,7 @@ fn a_copy_lost_in_a_cluster_of_exactly_r_nodes_is_made_again_where_it_was() {
     let id = upload(&cluster.master.url, &data);
     let victim = object(&cluster, &id)["replica_nodes"][1].clone();
     let (node, address) = (victim["node"].as_str().unwrap(), victim["address"].as_str().unwrap());
-    flip_stored_byte(&cluster, node, &id, 99);
+    crate::cluster::flip_stored_byte(&cluster, node, &id, 99);
     let (status, _) = raw_request(address, "GET", &format!("/objects/{id}"), None);
     assert_eq!(status, 500, "the corrupt copy is refused and quarantined");
     // No fourth node to copy to: the node that lost its copy gets a good one back.

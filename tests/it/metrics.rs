@@ -191,10 +191,7 @@ fn scrub_corruption_and_repair_show_in_the_metrics() {
     let (_, info) = api_get(&format!("{master}/api/objects/{id}")).unwrap();
     let victim = info["replica_nodes"][0]["node"].as_str().unwrap().to_string();
     let address = info["replica_nodes"][0]["address"].as_str().unwrap().to_string();
-    let path = cluster.datanode_dir(&victim).join("objects").join(&id[0..2]).join(&id[2..4]).join(&id);
-    let mut bytes = std::fs::read(&path).unwrap();
-    bytes[1234] ^= 0x01;
-    std::fs::write(&path, bytes).unwrap();
+    crate::cluster::flip_stored_byte(&cluster, &victim, &id, 1234);
 
     let samples = wait_for(&address, "aether_datanode_scrub_corruptions_total", &[], |v| v == 1.0, "1");
     check(&samples, "aether_datanode_scrub_pass_objects", &[], |v| v <= 1.0, "at most the one object");
