@@ -46,7 +46,7 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, Read, Seek, SeekFrom};
+use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
@@ -289,29 +289,22 @@ pub(super) fn walk_records(
     len: u64,
     found: &mut dyn FnMut(Found) -> io::Result<()>,
 ) -> io::Result<Walk> {
-    let mut reader = BufReader::with_capacity(256 * 1024, file);
-    reader.seek(SeekFrom::Start(VOLUME_HEADER))?;
+    let mut headers = Headers { file, buf: Vec::new(), at: 0 };
     let (mut pos, mut end, mut skipped) = (VOLUME_HEADER, VOLUME_HEADER, Vec::new());
     while pos + RECORD_HEADER as u64 <= len {
-        let mut bytes = [0u8; RECORD_HEADER];
-        reader.read_exact(&mut bytes)?;
+        let bytes = headers.at(pos, len)?;
         match parse_header(&bytes, salt) {
             Ok(header) if pos + record_len(header.len) <= len => {
                 let next = pos + record_len(header.len);
-                reader.seek_relative((next - pos - RECORD_HEADER as u64) as i64)?;
                 found(Found { offset: pos, header })?;
                 pos = next;
                 end = next;
             }
             // Zeros up to a block boundary: the space left before a direct record.
-            _ if pos % BLOCK != 0 && padding(file, &bytes, pos, len)? => {
-                pos = pos.next_multiple_of(BLOCK);
-                reader.seek(SeekFrom::Start(pos))?;
-            }
+            _ if pos % BLOCK != 0 && padding(file, &bytes, pos, len)? => pos = pos.next_multiple_of(BLOCK),
             _ => match resync(file, salt, pos + ALIGN, len)? {
                 Some(next) => {
                     skipped.push((pos, next));
-                    reader.seek(SeekFrom::Start(next))?;
                     pos = next;
                 }
                 None => break,
@@ -319,6 +312,35 @@ pub(super) fn walk_records(
         }
     }
     Ok(Walk { end, skipped })
+}
+
+/// What `walk_records` reads headers through: a stretch of the file at a time, large
+/// while the records come close together, one block after a large record's bytes were
+/// stepped over, so that a walk reads the headers of large records and not their bytes.
+struct Headers<'a> {
+    file: &'a File,
+    buf: Vec<u8>,
+    /// Where `buf` was read from.
+    at: u64,
+}
+
+/// How much `Headers` reads at a time among small records.
+const WALK_READ: u64 = 256 * 1024;
+
+impl Headers<'_> {
+    /// The `RECORD_HEADER` bytes at `pos`, which with them lies within the file's `len`.
+    fn at(&mut self, pos: u64, len: u64) -> io::Result<[u8; RECORD_HEADER]> {
+        let read_to = self.at + self.buf.len() as u64;
+        if pos < self.at || pos + RECORD_HEADER as u64 > read_to {
+            let near = pos >= self.at && pos < read_to + WALK_READ;
+            let size = if near { WALK_READ } else { BLOCK }.min(len - pos).max(RECORD_HEADER as u64);
+            self.buf.resize(size as usize, 0);
+            self.file.read_exact_at(&mut self.buf, pos)?;
+            self.at = pos;
+        }
+        let from = (pos - self.at) as usize;
+        Ok(self.buf[from..from + RECORD_HEADER].try_into().expect("a header"))
+    }
 }
 
 /// Whether the bytes at `pos` (`bytes` read there) are zeros up to the next block
