@@ -5,8 +5,8 @@
 //! `compaction.rs`): one shared `fdatasync` per batch of concurrent writers instead of a
 //! file, an inode and two or three fsyncs each; past `BUFFERED_RECORD` (64 KiB) a record
 //! is written by O_DIRECT from the buffer it was received into. Larger objects, and
-//! uploads of unknown length, are files of their own (`file.rs`). Every operation looks in the index first,
-//! then for a file.
+//! uploads of unknown length, are files of their own (`file.rs`). Every operation looks
+//! in the index first, then for a file.
 //!
 //! Layout under the data directory:
 //! - `volumes/<ordinal>.<generation>.vol`: small objects' records (and tombstones);

@@ -23,9 +23,10 @@
 //! Writes: a writer appends its record under the writer lock (a `pwrite` into the page
 //! cache, or a direct record's O_DIRECT `pwrite`), then waits until an `fdatasync` that
 //! started after its append has finished: the first waiter without a sync in flight
-//! becomes the leader and syncs for everyone appended so far; the others wait for it. A put is answered only after that, so a 201
-//! still means the bytes are on disk. A volume rolls over at its size limit (the old one
-//! synced first). Deletes and quarantines append a tombstone the same way.
+//! becomes the leader and syncs for everyone appended so far; the others wait for it. A
+//! put is answered only after that, so a 201 still means the bytes are on disk. A volume
+//! rolls over at its size limit (the old one synced first). Deletes and quarantines
+//! append a tombstone the same way.
 //!
 //! Space written ahead: a sync that grows the file also commits its new size to the
 //! file system's journal; one of bytes inside the file writes only them (a 4 KiB
