@@ -1331,6 +1331,18 @@ mod tests {
         fs::remove_dir_all(root).unwrap();
     }
 
+    /// Every object of `ids` reads back whole, but those at `deleted`, which stay gone.
+    #[track_caller]
+    fn kept_and_deleted(store: &BlobStore, ids: &[(ObjectId, Vec<u8>)], deleted: &[usize]) {
+        for (i, (id, data)) in ids.iter().enumerate() {
+            if deleted.contains(&i) {
+                assert!(!store.contains(id), "object {i} came back");
+            } else {
+                assert!(read_all(store, id, None).unwrap() == *data, "object {i}");
+            }
+        }
+    }
+
     /// The slot the index holds for `id`: (volume, offset).
     fn slot_of(store: &BlobStore, id: &ObjectId) -> (u32, u64) {
         let index = store.volumes.index.read().unwrap();
@@ -1448,15 +1460,7 @@ mod tests {
         }
         assert!(compactions >= 1, "{compactions}");
         assert!(volume_files(&root).iter().any(|p| p.to_string_lossy().ends_with(".1.vol")));
-        let check = |store: &BlobStore| {
-            for (i, (id, data)) in ids.iter().enumerate() {
-                if deleted.contains(&i) {
-                    assert!(!store.contains(id), "object {i} came back");
-                } else {
-                    assert!(read_all(store, id, None).unwrap() == *data, "object {i}");
-                }
-            }
-        };
+        let check = |store: &BlobStore| kept_and_deleted(store, &ids, &deleted);
         check(&store);
         drop(store);
         let (store, _) = BlobStore::open_with(&root, 0, limit).unwrap();
@@ -1713,15 +1717,7 @@ mod tests {
             assert!(compactions < 100);
         }
         assert!(compactions >= 2, "{compactions}");
-        let check = |store: &BlobStore| {
-            for (i, (id, data)) in ids.iter().enumerate() {
-                if deleted.contains(&i) {
-                    assert!(!store.contains(id), "object {i} came back");
-                } else {
-                    assert!(read_all(store, id, None).unwrap() == *data, "object {i}");
-                }
-            }
-        };
+        let check = |store: &BlobStore| kept_and_deleted(store, &ids, &deleted);
         check(&store);
         assert!(volume_files(&root).iter().any(|p| p.to_string_lossy().ends_with(".1.vol")));
         drop(store);
@@ -1775,15 +1771,7 @@ mod tests {
         done.store(true, Ordering::Relaxed);
         assert!(reader.join().unwrap() > 0);
         assert!(compactions >= 2, "{compactions}");
-        let check = |store: &BlobStore| {
-            for (i, (id, data)) in ids.iter().enumerate() {
-                if deleted.contains(&i) {
-                    assert!(!store.contains(id), "object {i} came back");
-                } else {
-                    assert!(read_all(store, id, None).unwrap() == *data, "object {i}");
-                }
-            }
-        };
+        let check = |store: &BlobStore| kept_and_deleted(store, &ids, &deleted);
         check(&store);
         drop(store);
         let (store, _) = BlobStore::open_with(&root, 0, limit).unwrap();
