@@ -29,6 +29,11 @@ impl BufferPool {
         kept.unwrap_or_else(|| vec![0u8; self.len])
     }
 
+    /// `take`, given back when the `Lent` is dropped (on any path out of its user).
+    pub fn lend(&self) -> Lent<'_> {
+        Lent { pool: self, buf: self.take() }
+    }
+
     /// Gives a buffer back; one of another length, or one past the bound, is dropped.
     pub fn put(&self, buf: Vec<u8>) {
         if buf.len() != self.len {
@@ -38,6 +43,31 @@ impl BufferPool {
         if free.len() < self.kept {
             free.push(buf);
         }
+    }
+}
+
+/// A buffer lent by a `BufferPool` (`lend`): goes back to it when dropped.
+pub struct Lent<'a> {
+    pool: &'a BufferPool,
+    buf: Vec<u8>,
+}
+
+impl std::ops::Deref for Lent<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+impl std::ops::DerefMut for Lent<'_> {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        &mut self.buf
+    }
+}
+
+impl Drop for Lent<'_> {
+    fn drop(&mut self) {
+        self.pool.put(std::mem::take(&mut self.buf));
     }
 }
 

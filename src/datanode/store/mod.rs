@@ -458,10 +458,26 @@ impl BlobStore {
             return Err(StoreError::NoSpace { needed: len, available });
         }
         let checksum = if volume::is_direct(len as u32) {
-            let mut pooled = self.buffers.take();
-            let result = self.put_direct_record(id, &mut pooled, body, len, expected, forward, forwards);
-            self.buffers.put(pooled);
-            result?
+            // Received where it is written from: aligned for O_DIRECT, behind room for
+            // the header.
+            let mut pooled = self.buffers.lend();
+            let at = (DIRECT_ALIGN - pooled.as_ptr() as usize % DIRECT_ALIGN) % DIRECT_ALIGN;
+            let record = &mut pooled[at..at + volume::record_len(len as u32) as usize];
+            let (head, rest) = record.split_at_mut(volume::RECORD_HEADER);
+            let (data, padding) = rest.split_at_mut(len as usize);
+            let checksum = receive(body, data, expected, forward)?;
+            // A pooled buffer holds an earlier upload's bytes: none of them reaches the disk.
+            head.fill(0);
+            padding.fill(0);
+            let mut end = || forward(&[]);
+            self.volumes.put_direct(
+                id,
+                record,
+                len as u32,
+                checksum,
+                forwards.then_some(&mut end as &mut dyn FnMut()),
+            )?;
+            checksum
         } else {
             let mut data = vec![0u8; len as usize];
             let checksum = receive(body, &mut data, expected, forward)?;
@@ -474,31 +490,6 @@ impl BlobStore {
         self.count.fetch_add(1, Ordering::Relaxed);
         self.bytes.fetch_add(len, Ordering::Relaxed);
         Ok(StoredObject { size: len, checksum })
-    }
-
-    /// `put_record` of a direct record, received into `pooled` (an upload buffer).
-    #[allow(clippy::too_many_arguments)]
-    fn put_direct_record(
-        &self,
-        id: &ObjectId,
-        pooled: &mut [u8],
-        body: &mut dyn Read,
-        len: u64,
-        expected: Option<Checksum>,
-        forward: &mut dyn FnMut(&[u8]),
-        forwards: bool,
-    ) -> Result<Checksum, StoreError> {
-        let at = (DIRECT_ALIGN - pooled.as_ptr() as usize % DIRECT_ALIGN) % DIRECT_ALIGN;
-        let record = &mut pooled[at..at + volume::record_len(len as u32) as usize];
-        let (head, rest) = record.split_at_mut(volume::RECORD_HEADER);
-        let (data, padding) = rest.split_at_mut(len as usize);
-        let checksum = receive(body, data, expected, forward)?;
-        // A pooled buffer holds an earlier upload's bytes: none of them reaches the disk.
-        head.fill(0);
-        padding.fill(0);
-        let mut end = || forward(&[]);
-        self.volumes.put_direct(id, record, len as u32, checksum, forwards.then_some(&mut end as &mut dyn FnMut()))?;
-        Ok(checksum)
     }
 
     /// Size and checksum from the footer or record header, for `HEAD`.
