@@ -865,6 +865,17 @@ mod tests {
         assert!(matches!(wrong, Err(StoreError::ChecksumMismatch { .. })));
         assert!(!store.contains(&id));
         assert_eq!(fs::read_dir(root.join("tmp")).unwrap().count(), 0);
+        // The same at a direct record's size: nothing indexed, and the node writes on.
+        let body = pattern(3, 300_000);
+        let short = put(&store, &id, &body[..299_999], Some(300_000), u64::MAX);
+        assert!(matches!(short, Err(StoreError::ShortBody { expected: 300_000, received: 299_999 })));
+        let long = put(&store, &id, &[&body[..], b"x"].concat(), Some(300_000), u64::MAX);
+        assert!(matches!(long, Err(StoreError::ShortBody { expected: 300_000, received: 300_001 })));
+        let wrong = store.put(&id, &mut &body[..], Some(300_000), u64::MAX, Some(Checksum(1)), None);
+        assert!(matches!(wrong, Err(StoreError::ChecksumMismatch { .. })));
+        assert!(!store.contains(&id));
+        put(&store, &id, &body, Some(300_000), u64::MAX).unwrap();
+        assert!(read_all(&store, &id, None).unwrap() == body);
         fs::remove_dir_all(root).unwrap();
     }
 
