@@ -54,8 +54,14 @@ pub use uploads::{FinishUpload, NewUpload};
 use writer::{checkpoint_loop, Writer};
 
 /// Write-ahead log pages after which a commit checkpoints by itself (SQLite's default is
-/// 1,000): only a fallback for when the checkpoint thread falls behind.
-const WAL_AUTOCHECKPOINT_PAGES: i64 = 16_384;
+/// 1,000), finishing what the checkpoint thread has left, so that the next commit starts
+/// the log over from its beginning. The thread's checkpoints run beside the commits, so
+/// under a steady load they never catch up and the log never starts over by itself: it
+/// grew to this limit, 16,384 pages (34 MB) before, and every commit appended to it, so
+/// its sync also journalled the file's new size (0.30 ms a commit against 0.20 ms once
+/// written over). With 4,096 pages (8 MiB), 4 KiB PUTs at one client, R = 1, fresh
+/// cluster: 1,330 / 1,400 / 1,235 -> 1,481 / 1,418 / 1,453 /s; 16 clients unchanged.
+const WAL_AUTOCHECKPOINT_PAGES: i64 = 4_096;
 
 /// The page size of a new database (SQLite's default is 4,096). Object ids are random, so
 /// each upload's rows land on leaves of their own in three B-trees, and every page a

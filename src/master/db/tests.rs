@@ -291,3 +291,31 @@ fn a_new_database_has_small_pages_and_an_old_one_keeps_its_own() {
     drop(db);
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn the_write_ahead_log_starts_over_under_steady_commits() {
+    let (db, dir) = temp_db_with_three_nodes("wal-restart");
+    let wal = dir.join("meta.db-wal");
+    // The log header's checkpoint sequence number (bytes 12..16) counts its starts over.
+    let starts = || {
+        let header = std::fs::read(&wal).unwrap();
+        u32::from_be_bytes(header[12..16].try_into().unwrap())
+    };
+    // A frame is a page and its 24-byte header; the commit that crosses the limit may
+    // pass it by its own frames.
+    let limit = (WAL_AUTOCHECKPOINT_PAGES + 64) as u64 * (PAGE_SIZE as u64 + 24);
+    db.create_object(ObjectId::new_random(), 10, 1, first(&db, 1)).unwrap();
+    let first_start = starts();
+    let mut largest = 0;
+    // Commits back to back, as under load, beside the checkpoint thread.
+    for commits in 1.. {
+        db.create_object(ObjectId::new_random(), 10, 1, first(&db, 1)).unwrap();
+        largest = largest.max(std::fs::metadata(&wal).unwrap().len());
+        assert!(largest <= limit, "the log grew to {largest} bytes in {commits} commits, past {limit}");
+        if starts() >= first_start + 3 {
+            break;
+        }
+    }
+    drop(db);
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -298,7 +298,8 @@ fn commit_jobs(conn: &Connection, jobs: Vec<Job>) -> Vec<(Finish, Option<MetaErr
 }
 
 /// Folds the write-ahead log into the database file every `CHECKPOINT_INTERVAL`, without
-/// blocking writers or readers (PASSIVE), so commits rarely have to do it themselves.
+/// blocking writers or readers (PASSIVE), so that a commit's own checkpoint (past
+/// `WAL_AUTOCHECKPOINT_PAGES`) finds little left to copy.
 pub(super) fn checkpoint_loop(conn: &Connection, stopped: &Receiver<()>) {
     let mut failing = false;
     while stopped.recv_timeout(CHECKPOINT_INTERVAL) == Err(crossbeam_channel::RecvTimeoutError::Timeout) {
