@@ -298,7 +298,8 @@ fn the_write_ahead_log_starts_over_under_steady_commits() {
     let wal = dir.join("meta.db-wal");
     // The log header's checkpoint sequence number (bytes 12..16) counts its starts over.
     let starts = || {
-        let header = std::fs::read(&wal).unwrap();
+        let mut header = [0u8; 16];
+        std::io::Read::read_exact(&mut std::fs::File::open(&wal).unwrap(), &mut header).unwrap();
         u32::from_be_bytes(header[12..16].try_into().unwrap())
     };
     // A frame is a page and its 24-byte header; the commit that crosses the limit may
