@@ -382,11 +382,16 @@ pub fn have_tool(program: &str, args: &[&str], install: &str) -> bool {
     ok
 }
 
+/// Where a datanode keeps an object's file, when the object is a file of its own.
+pub fn object_file(cluster: &TestCluster, node: &str, id: &str) -> PathBuf {
+    cluster.datanode_dir(node).join("objects").join(&id[0..2]).join(&id[2..4]).join(id)
+}
+
 /// Flips byte `at` of a datanode's copy of an object, wherever it is kept: in its file,
 /// or in its record in a volume (found by the record header's magic and the object's id).
 pub fn flip_stored_byte(cluster: &TestCluster, node: &str, id: &str, at: usize) {
     use std::os::unix::fs::FileExt;
-    let file = cluster.datanode_dir(node).join("objects").join(&id[0..2]).join(&id[2..4]).join(id);
+    let file = object_file(cluster, node, id);
     let (path, offset) = if file.exists() {
         (file, at)
     } else {

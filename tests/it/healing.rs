@@ -5,7 +5,6 @@
 //! locations.
 
 use std::io::Read;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,7 +13,10 @@ use aetherstore::client::Client;
 use aetherstore::proto::ObjectId;
 use serde_json::{json, Value};
 
-use crate::cluster::{agent, api_get, get_bytes, pattern, raw_request, request, upload, wait_until, Proc, TestCluster};
+use crate::cluster::{
+    agent, api_get, flip_stored_byte, get_bytes, object_file, pattern, raw_request, request, upload, wait_until, Proc,
+    TestCluster,
+};
 
 /// Master and datanode flags that make failure detection and repair take a second or two.
 const FAST_MASTER: &[&str] = &["--dead-after", "1.5"];
@@ -41,11 +43,6 @@ fn object(cluster: &TestCluster, id: &str) -> Value {
 
 fn cluster_status(cluster: &TestCluster) -> Value {
     api_get(&format!("{}/api/cluster", cluster.master.url)).unwrap().1
-}
-
-/// Where a datanode keeps an object's file.
-fn object_file(cluster: &TestCluster, node: &str, id: &str) -> PathBuf {
-    cluster.datanode_dir(node).join("objects").join(&id[0..2]).join(&id[2..4]).join(id)
 }
 
 /// Whether a running datanode (`datanode-N`) holds a copy: its `HEAD` answers, whether the
@@ -191,7 +188,7 @@ fn a_flipped_byte_is_never_served_and_is_repaired() {
     let flip = |id: &str| -> (String, String) {
         let info = object(&cluster, id);
         let victim = info["replica_nodes"][0].clone();
-        crate::cluster::flip_stored_byte(&cluster, victim["node"].as_str().unwrap(), id, 1234);
+        flip_stored_byte(&cluster, victim["node"].as_str().unwrap(), id, 1234);
         (victim["node"].as_str().unwrap().to_string(), victim["address"].as_str().unwrap().to_string())
     };
     // Found by a read: the bad copy is refused, the client fails over.
@@ -222,7 +219,7 @@ fn a_copy_lost_in_a_cluster_of_exactly_r_nodes_is_made_again_where_it_was() {
     let id = upload(&cluster.master.url, &data);
     let victim = object(&cluster, &id)["replica_nodes"][1].clone();
     let (node, address) = (victim["node"].as_str().unwrap(), victim["address"].as_str().unwrap());
-    crate::cluster::flip_stored_byte(&cluster, node, &id, 99);
+    flip_stored_byte(&cluster, node, &id, 99);
     let (status, _) = raw_request(address, "GET", &format!("/objects/{id}"), None);
     assert_eq!(status, 500, "the corrupt copy is refused and quarantined");
     // No fourth node to copy to: the node that lost its copy gets a good one back.
