@@ -6,7 +6,7 @@
 use std::sync::Mutex;
 
 pub struct BufferPool {
-    /// The length of every buffer handed out.
+    /// The length of the buffers kept.
     len: usize,
     /// Buffers kept at most.
     kept: usize,
@@ -18,13 +18,9 @@ impl BufferPool {
         BufferPool { len, kept, free: Mutex::new(Vec::new()) }
     }
 
-    pub fn buffer_len(&self) -> usize {
-        self.len
-    }
-
     /// A buffer of `len` bytes. A kept one still holds the bytes of its last use: a
     /// user must only pass on bytes it wrote into it itself.
-    pub fn take(&self) -> Vec<u8> {
+    fn take(&self) -> Vec<u8> {
         let kept = self.free.lock().unwrap_or_else(|e| e.into_inner()).pop();
         kept.unwrap_or_else(|| vec![0u8; self.len])
     }
@@ -34,8 +30,18 @@ impl BufferPool {
         Lent { pool: self, buf: self.take() }
     }
 
+    /// A buffer of `len` bytes: `lend` when `len` is the pool's length, else a new
+    /// buffer, which `put` drops when the `Lent` is dropped.
+    pub fn lend_of(&self, len: usize) -> Lent<'_> {
+        if len == self.len {
+            self.lend()
+        } else {
+            Lent { pool: self, buf: vec![0u8; len] }
+        }
+    }
+
     /// Gives a buffer back; one of another length, or one past the bound, is dropped.
-    pub fn put(&self, buf: Vec<u8>) {
+    fn put(&self, buf: Vec<u8>) {
         if buf.len() != self.len {
             return;
         }

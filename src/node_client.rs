@@ -194,14 +194,15 @@ impl NodeClient {
         let head = self.put_head(address, put)?;
         let mut upload = self.open_with_head(address, &head).map_err(|refused| refused.into_error(&url))?;
         let mut body = body.take(len);
-        let mut piece = Piece(PIECES.take());
+        // Only bytes just read into it are sent.
+        let mut piece = PIECES.lend();
         let mut sent = 0u64;
         loop {
-            let n = read_some(&mut body, &mut piece.0)?;
+            let n = read_some(&mut body, &mut piece)?;
             if n == 0 {
                 break;
             }
-            if let Err(e) = upload.send(&piece.0[..n]) {
+            if let Err(e) = upload.send(&piece[..n]) {
                 // The node may have stopped reading to refuse the upload; its answer says why.
                 return Err(match upload.answer() {
                     Ok((status, answer)) if status >= 300 => {
@@ -615,15 +616,6 @@ fn connect(host: &str, hop: Duration) -> io::Result<TcpStream> {
         }
     }
     Err(last)
-}
-
-/// A buffer of `PIECES`, given back when dropped. Only bytes just read into it are sent.
-struct Piece(Vec<u8>);
-
-impl Drop for Piece {
-    fn drop(&mut self) {
-        PIECES.put(std::mem::take(&mut self.0));
-    }
 }
 
 /// One read of the body: what it has now, up to `buf`'s length (a body that trickles in

@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use super::verify::read_footer;
 use super::verify::{encode_footer, unix_secs};
 use super::{BlobStore, StoreError, StoredObject, CHUNK, DIRECT_ALIGN, DIRECT_CHUNK, FOOTER_LEN, UNCACHED_OBJECT};
-use crate::buffers::BufferPool;
+use crate::buffers::{BufferPool, Lent};
 use crate::proto::{Checksum, ObjectId};
 
 pub(super) fn sorted_dir(dir: &Path) -> io::Result<Vec<PathBuf>> {
@@ -109,10 +109,9 @@ pub(super) fn set_direct(file: &File) -> bool {
 /// back to its true length.
 pub(super) struct ChunkWriter<'a> {
     file: &'a File,
-    /// Where a full-size buffer goes back to when the writer is dropped.
-    pool: &'a BufferPool,
-    /// A chunk, room for the footer and padding, and slack to align `start`.
-    buf: Vec<u8>,
+    /// A chunk, room for the footer and padding, and slack to align `start`; a full-size
+    /// one goes back to the store's pool when the writer is dropped.
+    buf: Lent<'a>,
     /// Where the chunk begins in `buf` (aligned in memory for O_DIRECT).
     start: usize,
     /// Bytes per write.
@@ -139,9 +138,9 @@ impl<'a> ChunkWriter<'a> {
             (want, 0)
         };
         let len = chunk + FOOTER_LEN as usize + 2 * slack;
-        let buf = if len == pool.buffer_len() { pool.take() } else { vec![0u8; len] };
+        let buf = pool.lend_of(len);
         let start = if direct { (DIRECT_ALIGN - buf.as_ptr() as usize % DIRECT_ALIGN) % DIRECT_ALIGN } else { 0 };
-        ChunkWriter { file, pool, buf, start, chunk, filled: 0, written: 0, direct }
+        ChunkWriter { file, buf, start, chunk, filled: 0, written: 0, direct }
     }
 
     /// Where the next bytes of the body go; never empty, and at most `CHUNK` long so the
@@ -176,12 +175,6 @@ impl<'a> ChunkWriter<'a> {
         } else {
             self.file.write_all_at(&self.buf[self.start..self.start + len], self.written)
         }
-    }
-}
-
-impl Drop for ChunkWriter<'_> {
-    fn drop(&mut self) {
-        self.pool.put(std::mem::take(&mut self.buf));
     }
 }
 
